@@ -1,0 +1,188 @@
+//! The desired datapath state: frontends keyed by (address, port, protocol), each with its
+//! backends. Built from a [`Plan`]; knows nothing of Kubernetes.
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::{IpAddr, SocketAddr},
+};
+
+use lb_common::{Backend, IPPROTO_TCP, IPPROTO_UDP, SCOPE_ANY, ServiceKey, service_flags};
+
+use crate::plan::{FrontendKind, Plan, Protocol};
+
+/// A frontend's identity in the maps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FrontendAddr {
+    pub address: IpAddr,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+impl FrontendAddr {
+    pub fn new(addr: SocketAddr, protocol: Protocol) -> Self {
+        Self {
+            address: addr.ip(),
+            port: addr.port(),
+            protocol,
+        }
+    }
+
+    /// The master key (slot 0) of this frontend.
+    pub fn key(&self) -> ServiceKey {
+        ServiceKey {
+            address: addr16(self.address),
+            port: self.port.to_be(),
+            proto: proto_number(self.protocol),
+            scope: SCOPE_ANY,
+            slot: 0,
+        }
+    }
+
+    pub fn from_key(key: &ServiceKey) -> Option<Self> {
+        let protocol = match key.proto {
+            IPPROTO_TCP => Protocol::Tcp,
+            IPPROTO_UDP => Protocol::Udp,
+            _ => return None,
+        };
+        Some(Self {
+            address: ip_from16(key.address),
+            port: u16::from_be(key.port),
+            protocol,
+        })
+    }
+}
+
+impl fmt::Display for FrontendAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let proto = match self.protocol {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        };
+        write!(f, "{}/{proto}", SocketAddr::new(self.address, self.port))
+    }
+}
+
+/// What one frontend must lead to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceSpec {
+    /// Empty: the frontend refuses connects.
+    pub backends: Vec<SocketAddr>,
+    /// Session affinity timeout, seconds.
+    pub affinity_timeout: Option<u32>,
+    pub kind: FrontendKind,
+}
+
+impl ServiceSpec {
+    pub fn flags(&self) -> u16 {
+        let mut flags = 0;
+        if self.affinity_timeout.is_some() {
+            flags |= service_flags::AFFINITY;
+        }
+        match self.kind {
+            FrontendKind::ClusterIP => {}
+            FrontendKind::NodePort => flags |= service_flags::NODE_PORT,
+            FrontendKind::ExternalIP | FrontendKind::LoadBalancer => {
+                flags |= service_flags::EXTERNAL
+            }
+        }
+        flags
+    }
+}
+
+/// Every frontend this node must program.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Desired {
+    pub services: BTreeMap<FrontendAddr, ServiceSpec>,
+}
+
+impl Desired {
+    /// The frontends of a plan. The engine guarantees one frontend per (address, port,
+    /// protocol); should two collide anyway, the first in plan order wins.
+    pub fn from_plan(plan: &Plan) -> Self {
+        let mut services = BTreeMap::new();
+        for fe in &plan.frontends {
+            let addr = FrontendAddr {
+                address: fe.address,
+                port: fe.port,
+                protocol: fe.protocol,
+            };
+            services.entry(addr).or_insert_with(|| ServiceSpec {
+                backends: fe.backends.clone(),
+                affinity_timeout: fe.affinity_timeout_seconds,
+                kind: fe.kind,
+            });
+        }
+        Self { services }
+    }
+
+    /// Adds (or replaces) a ClusterIP-style frontend; handy for tests and tools.
+    pub fn insert(
+        &mut self,
+        frontend: SocketAddr,
+        protocol: Protocol,
+        backends: Vec<SocketAddr>,
+    ) -> &mut Self {
+        self.services.insert(
+            FrontendAddr::new(frontend, protocol),
+            ServiceSpec {
+                backends,
+                affinity_timeout: None,
+                kind: FrontendKind::ClusterIP,
+            },
+        );
+        self
+    }
+}
+
+pub(crate) fn proto_number(p: Protocol) -> u8 {
+    match p {
+        Protocol::Tcp => IPPROTO_TCP,
+        Protocol::Udp => IPPROTO_UDP,
+    }
+}
+
+/// 16-byte map form of an address: IPv4 as `::ffff:a.b.c.d`.
+pub fn addr16(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// Inverse of [`addr16`].
+pub fn ip_from16(a: [u8; 16]) -> IpAddr {
+    std::net::Ipv6Addr::from(a).to_canonical()
+}
+
+/// The backend table value for an address.
+pub fn backend_value(addr: SocketAddr, protocol: Protocol) -> Backend {
+    Backend {
+        address: addr16(addr.ip()),
+        port: addr.port().to_be(),
+        proto: proto_number(protocol),
+        flags: 0,
+    }
+}
+
+/// Inverse of [`backend_value`].
+pub fn backend_addr(b: &Backend) -> SocketAddr {
+    SocketAddr::new(ip_from16(b.address), u16::from_be(b.port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_both_families() {
+        for s in ["10.96.0.10:80", "[fd00::10]:53"] {
+            let fe = FrontendAddr::new(s.parse().unwrap(), Protocol::Udp);
+            assert_eq!(FrontendAddr::from_key(&fe.key()), Some(fe));
+        }
+        let v4 = FrontendAddr::new("10.96.0.10:80".parse().unwrap(), Protocol::Tcp).key();
+        assert_eq!(&v4.address[10..], &[0xff, 0xff, 10, 96, 0, 10]);
+        assert_eq!(v4.port, 80u16.to_be());
+        let b: SocketAddr = "[fd00::5]:8080".parse().unwrap();
+        assert_eq!(backend_addr(&backend_value(b, Protocol::Tcp)), b);
+    }
+}

@@ -1,0 +1,178 @@
+//! Typed handles on the pinned maps, shared by the writer and the read-only inspection commands.
+use std::path::{Path, PathBuf};
+
+use aya::maps::{Array, HashMap, Map, MapData, MapInfo, PerCpuArray};
+use lb_common::{
+    BACKENDS_MAP, Backend, FRONTEND_STATS_MAP, FrontendStats, LAYOUT_VERSION, META_MAP,
+    SERVICES_MAP, STATS_MAP, ServiceKey, ServiceValue, meta, stat,
+};
+
+use super::DatapathError;
+
+/// The maps this version of lbctl expects, with their key and value sizes.
+pub(crate) const EXPECTED: [(&str, usize, usize); 5] = [
+    (
+        SERVICES_MAP,
+        size_of::<ServiceKey>(),
+        size_of::<ServiceValue>(),
+    ),
+    (BACKENDS_MAP, size_of::<u32>(), size_of::<Backend>()),
+    (STATS_MAP, size_of::<u32>(), size_of::<u64>()),
+    (
+        FRONTEND_STATS_MAP,
+        size_of::<u32>(),
+        size_of::<FrontendStats>(),
+    ),
+    (META_MAP, size_of::<u32>(), size_of::<u32>()),
+];
+
+pub struct Maps {
+    pub services: HashMap<MapData, ServiceKey, ServiceValue>,
+    pub backends: HashMap<MapData, u32, Backend>,
+    pub stats: PerCpuArray<MapData, u64>,
+    pub frontend_stats: PerCpuArray<MapData, FrontendStats>,
+    pub meta: Array<MapData, u32>,
+}
+
+/// Kernel counters summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counters {
+    pub rewritten: u64,
+    pub refused: u64,
+    pub passed: u64,
+    pub retried: u64,
+}
+
+pub(crate) fn pin_path(pin_dir: &Path, map: &str) -> PathBuf {
+    pin_dir.join(map)
+}
+
+/// Checks that the map pinned at `path` has the key and value sizes this lbctl expects.
+pub(crate) fn check_pinned_layout(pin_dir: &Path) -> Result<(), DatapathError> {
+    for (name, key, value) in EXPECTED {
+        let path = pin_path(pin_dir, name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapInfo::from_pin(&path).map_err(|e| DatapathError::map(name, e))?;
+        if info.key_size() as usize != key || info.value_size() as usize != value {
+            return Err(DatapathError::LayoutMismatch {
+                pin_dir: pin_dir.to_path_buf(),
+                detail: format!(
+                    "map {name} has key/value sizes {}/{}, this lbctl expects {key}/{value}",
+                    info.key_size(),
+                    info.value_size()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn typed<T>(name: &str, map: Map) -> Result<T, DatapathError>
+where
+    T: TryFrom<Map, Error = aya::maps::MapError>,
+{
+    T::try_from(map).map_err(|e| DatapathError::map(name, e))
+}
+
+impl Maps {
+    /// Opens the maps pinned under `pin_dir` and checks their layout.
+    pub fn open(pin_dir: &Path) -> Result<Self, DatapathError> {
+        if !pin_path(pin_dir, SERVICES_MAP).exists() {
+            return Err(DatapathError::NotInstalled(pin_dir.to_path_buf()));
+        }
+        check_pinned_layout(pin_dir)?;
+        let open = |name: &str| -> Result<Map, DatapathError> {
+            let data = MapData::from_pin(pin_path(pin_dir, name))
+                .map_err(|e| DatapathError::map(name, e))?;
+            Map::from_map_data(data).map_err(|e| DatapathError::map(name, e))
+        };
+        let maps = Self {
+            services: typed(SERVICES_MAP, open(SERVICES_MAP)?)?,
+            backends: typed(BACKENDS_MAP, open(BACKENDS_MAP)?)?,
+            stats: typed(STATS_MAP, open(STATS_MAP)?)?,
+            frontend_stats: typed(FRONTEND_STATS_MAP, open(FRONTEND_STATS_MAP)?)?,
+            meta: typed(META_MAP, open(META_MAP)?)?,
+        };
+        maps.check_version(pin_dir)?;
+        Ok(maps)
+    }
+
+    /// Takes the maps out of a freshly loaded object.
+    pub(crate) fn take(ebpf: &mut aya::Ebpf) -> Result<Self, DatapathError> {
+        let mut take = |name: &str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| DatapathError::MissingMap(name.to_owned()))
+        };
+        Ok(Self {
+            services: typed(SERVICES_MAP, take(SERVICES_MAP)?)?,
+            backends: typed(BACKENDS_MAP, take(BACKENDS_MAP)?)?,
+            stats: typed(STATS_MAP, take(STATS_MAP)?)?,
+            frontend_stats: typed(FRONTEND_STATS_MAP, take(FRONTEND_STATS_MAP)?)?,
+            meta: typed(META_MAP, take(META_MAP)?)?,
+        })
+    }
+
+    /// Fresh maps get the layout version; adopted ones must carry ours.
+    pub(crate) fn stamp_or_check_version(&mut self, pin_dir: &Path) -> Result<(), DatapathError> {
+        match self
+            .meta
+            .get(&meta::LAYOUT_VERSION, 0)
+            .map_err(|e| DatapathError::map(META_MAP, e))?
+        {
+            0 => self
+                .meta
+                .set(meta::LAYOUT_VERSION, LAYOUT_VERSION, 0)
+                .map_err(|e| DatapathError::map(META_MAP, e)),
+            _ => self.check_version(pin_dir),
+        }
+    }
+
+    fn check_version(&self, pin_dir: &Path) -> Result<(), DatapathError> {
+        let found = self
+            .meta
+            .get(&meta::LAYOUT_VERSION, 0)
+            .map_err(|e| DatapathError::map(META_MAP, e))?;
+        if found != LAYOUT_VERSION {
+            return Err(DatapathError::LayoutMismatch {
+                pin_dir: pin_dir.to_path_buf(),
+                detail: format!(
+                    "maps carry layout version {found}, this lbctl expects {LAYOUT_VERSION}"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Global kernel counters, summed over CPUs.
+    pub fn counters(&self) -> Result<Counters, DatapathError> {
+        let sum = |index: u32| -> Result<u64, DatapathError> {
+            let values = self
+                .stats
+                .get(&index, 0)
+                .map_err(|e| DatapathError::map(STATS_MAP, e))?;
+            Ok(values.iter().sum())
+        };
+        Ok(Counters {
+            rewritten: sum(stat::REWRITTEN)?,
+            refused: sum(stat::REFUSED)?,
+            passed: sum(stat::PASSED)?,
+            retried: sum(stat::RETRIED)?,
+        })
+    }
+
+    /// Counters of one frontend id, summed over CPUs.
+    pub fn frontend_counters(&self, frontend_id: u32) -> Result<FrontendStats, DatapathError> {
+        let values = self
+            .frontend_stats
+            .get(&frontend_id, 0)
+            .map_err(|e| DatapathError::map(FRONTEND_STATS_MAP, e))?;
+        Ok(values
+            .iter()
+            .fold(FrontendStats::default(), |acc, v| FrontendStats {
+                rewritten: acc.rewritten + v.rewritten,
+                refused: acc.refused + v.refused,
+            }))
+    }
+}

@@ -1,0 +1,142 @@
+//! The datapath: kernel programs attached to a cgroup, and the maps that tell them where each
+//! service frontend leads. This module knows BPF and nothing of Kubernetes; its input is a
+//! [`Desired`] state built from a [`crate::plan::Plan`].
+pub mod desired;
+pub mod loader;
+pub mod maps;
+pub mod system;
+pub mod writer;
+
+use std::path::{Path, PathBuf};
+
+pub use desired::{Desired, FrontendAddr, ServiceSpec};
+pub use loader::{Capacity, DatapathConfig, Installed};
+pub use maps::{Counters, Maps};
+pub use writer::{ApplyReport, FrontendError, Writer};
+
+/// Default pin directory.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lbctl";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no cgroup v2 mount found in /proc/self/mountinfo; lbctl needs cgroup v2")]
+    NoCgroup2,
+    #[error(
+        "{0} is not on a bpffs; pin directories must live under a bpf filesystem (e.g. /sys/fs/bpf)"
+    )]
+    NotBpffs(PathBuf),
+    #[error("no datapath is installed at {0} (no pinned maps there); start `lbctl agent` first")]
+    NotInstalled(PathBuf),
+    #[error(
+        "the maps pinned at {pin_dir} do not match this lbctl ({detail}); remove them with `lbctl uninstall --pin-dir {pin_dir}` and start again"
+    )]
+    LayoutMismatch { pin_dir: PathBuf, detail: String },
+    #[error("this lbctl binary was built without its kernel object (AYA_BUILD_SKIP); rebuild it")]
+    NoObject,
+    #[error("loading the kernel programs: {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error("the kernel object has no map {0}")]
+    MissingMap(String),
+    #[error("the kernel object has no program {0}")]
+    MissingProgram(String),
+    #[error("program {program}: {source}")]
+    Program {
+        program: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("pinning the link of program {program}: {detail}")]
+    Link { program: String, detail: String },
+    #[error("map {map}: {source}")]
+    Map {
+        map: String,
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+impl DatapathError {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn map(map: &str, source: aya::maps::MapError) -> Self {
+        Self::Map {
+            map: map.to_owned(),
+            source,
+        }
+    }
+
+    pub(crate) fn program(program: &str, source: aya::programs::ProgramError) -> Self {
+        Self::Program {
+            program: program.to_owned(),
+            source,
+        }
+    }
+}
+
+/// An attached datapath and its writer.
+pub struct Datapath {
+    pin_dir: PathBuf,
+    installed: Installed,
+    writer: Writer,
+}
+
+impl Datapath {
+    /// Attaches the programs (or adopts the ones already pinned) and rebuilds the writer's view
+    /// of the maps. Nothing is removed from the maps until the first [`Datapath::apply`].
+    pub fn install(config: &DatapathConfig) -> Result<Self, DatapathError> {
+        let (maps, installed) = loader::install(config)?;
+        let writer = Writer::adopt(maps)?;
+        Ok(Self {
+            pin_dir: config.pin_dir.clone(),
+            installed,
+            writer,
+        })
+    }
+
+    /// Opens an installed datapath for writing without touching its programs.
+    pub fn open(pin_dir: &Path) -> Result<Self, DatapathError> {
+        let writer = Writer::adopt(Maps::open(pin_dir)?)?;
+        Ok(Self {
+            pin_dir: pin_dir.to_path_buf(),
+            installed: Installed::Adopted,
+            writer,
+        })
+    }
+
+    /// Makes the maps hold exactly `desired`.
+    pub fn apply(&mut self, desired: &Desired) -> Result<ApplyReport, DatapathError> {
+        self.writer.apply(desired)
+    }
+
+    pub fn counters(&self) -> Result<Counters, DatapathError> {
+        self.writer.maps().counters()
+    }
+
+    pub fn writer(&self) -> &Writer {
+        &self.writer
+    }
+
+    pub fn installed(&self) -> Installed {
+        self.installed
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+}
+
+/// Detaches the programs and removes every pin under `pin_dir`.
+pub fn uninstall(pin_dir: &Path) -> Result<(), DatapathError> {
+    loader::uninstall(pin_dir)
+}

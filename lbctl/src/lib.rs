@@ -1,0 +1,3 @@
+pub mod datapath;
+pub mod model;
+pub mod plan;

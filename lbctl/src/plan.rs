@@ -1,0 +1,113 @@
+//! What one node must program: the output of the policy engine and the input of the datapath
+//! writer. The two meet only here; nothing in this file knows Kubernetes objects or BPF.
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+};
+
+use serde::{Serialize, Serializer};
+
+/// Transport protocol of a frontend. SCTP ports are not captured by the socket hooks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum Protocol {
+    #[serde(rename = "TCP")]
+    Tcp,
+    #[serde(rename = "UDP")]
+    Udp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which kind of service address a frontend is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum FrontendKind {
+    ClusterIP,
+    NodePort,
+    ExternalIP,
+    LoadBalancer,
+}
+
+impl fmt::Display for FrontendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FrontendKind::ClusterIP => "ClusterIP",
+            FrontendKind::NodePort => "NodePort",
+            FrontendKind::ExternalIP => "ExternalIP",
+            FrontendKind::LoadBalancer => "LoadBalancer",
+        })
+    }
+}
+
+/// `namespace/name` of a Service.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for ServiceRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+impl Serialize for ServiceRef {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// One service address on this node and the backends a connect to it may reach. An empty
+/// `backends` means the service exists but has no usable endpoint: connects are refused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Frontend {
+    pub service: ServiceRef,
+    pub port_name: String,
+    pub protocol: Protocol,
+    pub kind: FrontendKind,
+    pub address: IpAddr,
+    pub port: u16,
+    /// Sorted; IPv6 ones print as `[fd00::5]:8080`.
+    #[serde(serialize_with = "serialize_backends")]
+    pub backends: Vec<SocketAddr>,
+    /// `sessionAffinity: ClientIP` timeout, when set.
+    pub affinity_timeout_seconds: Option<u32>,
+}
+
+fn serialize_backends<S: Serializer>(backends: &[SocketAddr], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(backends.iter().map(|b| b.to_string()))
+}
+
+/// An input object (or part of one) that was left out, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Skipped {
+    /// e.g. `EndpointSlice default/quote-x7k2p`.
+    pub object: String,
+    pub reason: String,
+}
+
+/// Everything one node must program.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    pub node: String,
+    /// Sorted by service, kind, address, port, protocol.
+    pub frontends: Vec<Frontend>,
+    pub skipped: Vec<Skipped>,
+    /// Advice for the operator (e.g. a Service asks for a traffic distribution but its slices
+    /// carry no hints). Not part of the JSON output.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
+}

@@ -1,0 +1,35 @@
+//! Test kit for lbctl's real-kernel tests and the demo: scratch cgroups and pin directories that
+//! clean up after themselves (also when a test fails), processes started inside a cgroup, and
+//! backends that say who they are.
+//!
+//! Every kernel test needs root with CAP_BPF and CAP_SYS_ADMIN. Without them the kit fails
+//! loudly ([`require_root`]): a kernel test never passes by skipping.
+pub mod backends;
+pub mod cgroup;
+pub mod pins;
+pub mod probe;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// A name no other test (in this or another process) uses: `lbctl-test-<pid>-<n>-<tag>`.
+pub fn unique_name(tag: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "lbctl-test-{}-{}-{tag}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Fails with a clear message when the process cannot touch BPF and cgroups.
+pub fn require_root() {
+    use std::os::unix::fs::MetadataExt;
+    // The owner of /proc/self is the effective user of this process.
+    let euid = std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(u32::MAX);
+    assert_eq!(
+        euid, 0,
+        "lbctl's kernel tests must run as root (CAP_BPF, CAP_SYS_ADMIN, CAP_NET_ADMIN); they never skip"
+    );
+}

@@ -1,0 +1,132 @@
+//! The parent side of `lb-probe`: start it, move it into a cgroup, then let it run.
+use std::{
+    io::{BufRead, BufReader, Write},
+    path::PathBuf,
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::cgroup::CgroupGuard;
+
+/// What one connect (or datagram exchange) of the probe ended with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Reached the backend with this name.
+    Reached(String),
+    /// Failed with this errno.
+    Failed(i32),
+    /// The `mark` line the test sent was seen here (loop mode).
+    Mark,
+}
+
+impl Outcome {
+    fn parse(line: &str) -> Result<Self> {
+        let mut words = line.split_whitespace();
+        Ok(match (words.next(), words.next()) {
+            (Some("ok"), Some(name)) => Outcome::Reached(name.to_owned()),
+            (Some("err"), Some(errno)) => Outcome::Failed(errno.parse().context("errno")?),
+            (Some("mark"), None) => Outcome::Mark,
+            _ => bail!("unexpected probe output {line:?}"),
+        })
+    }
+}
+
+/// Path of the `lb-probe` binary: next to the running executable or one directory up (test
+/// binaries live in `target/<profile>/deps`).
+pub fn probe_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("LB_PROBE") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().expect("exe dir");
+    for candidate in [dir.join("lb-probe"), dir.join("../lb-probe")] {
+        if candidate.exists() {
+            return candidate;
+        }
+    }
+    panic!(
+        "lb-probe not found next to {}; build it with `cargo build -p lbctl-tests`",
+        exe.display()
+    );
+}
+
+/// A running probe.
+pub struct Probe {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Probe {
+    /// Starts `lb-probe ARGS` inside `cgroup` (or where the test runs when `None`). The probe
+    /// waits for a `go` line, so it does nothing before it is in the cgroup.
+    pub fn spawn(cgroup: Option<&CgroupGuard>, args: &[&str]) -> Result<Self> {
+        let mut child = Command::new(probe_binary())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting lb-probe")?;
+        if let Some(cgroup) = cgroup {
+            cgroup.add(child.id())?;
+        }
+        let mut stdin = child.stdin.take().context("probe stdin")?;
+        writeln!(stdin, "go")?;
+        let stdout = BufReader::new(child.stdout.take().context("probe stdout")?);
+        Ok(Self {
+            child,
+            stdin: Some(stdin),
+            stdout,
+        })
+    }
+
+    /// Runs the probe to completion and returns its outcomes.
+    pub fn run(cgroup: Option<&CgroupGuard>, args: &[&str]) -> Result<Vec<Outcome>> {
+        let mut probe = Self::spawn(cgroup, args)?;
+        probe.finish()
+    }
+
+    /// Sends a line to the probe (loop mode: `mark`).
+    pub fn send(&mut self, line: &str) -> Result<()> {
+        let stdin = self.stdin.as_mut().context("probe stdin closed")?;
+        writeln!(stdin, "{line}")?;
+        stdin.flush()?;
+        Ok(())
+    }
+
+    /// Reads outcomes until the probe has printed `n` of them.
+    pub fn read(&mut self, n: usize) -> Result<Vec<Outcome>> {
+        let mut out = Vec::with_capacity(n);
+        let mut line = String::new();
+        while out.len() < n {
+            line.clear();
+            if self.stdout.read_line(&mut line)? == 0 {
+                bail!("probe exited after {} outcomes", out.len());
+            }
+            out.push(Outcome::parse(&line)?);
+        }
+        Ok(out)
+    }
+
+    /// Closes stdin (a loop probe stops), waits, and returns every outcome not read yet.
+    pub fn finish(&mut self) -> Result<Vec<Outcome>> {
+        self.stdin.take();
+        let mut out = Vec::new();
+        for line in (&mut self.stdout).lines() {
+            out.push(Outcome::parse(&line?)?);
+        }
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!("lb-probe failed: {status}");
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,356 @@
+//! The connect-time datapath on the real kernel: real cgroups, real sockets, real maps.
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
+
+use lbctl::{
+    datapath::{Datapath, Desired, Installed},
+    plan::Protocol,
+};
+use testkit::{
+    backends::Backends,
+    pins::Scratch,
+    probe::{Outcome, Probe},
+};
+
+const LOCALHOST4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+const LOCALHOST6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
+const ECONNREFUSED: i32 = 111;
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().expect("socket address literal")
+}
+
+fn reached(outcomes: &[Outcome]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for o in outcomes {
+        match o {
+            Outcome::Reached(name) => *counts.entry(name.clone()).or_default() += 1,
+            other => panic!("expected only successful connects, got {other:?} in {outcomes:?}"),
+        }
+    }
+    counts
+}
+
+#[test]
+fn ipv4_frontend_is_rewritten_to_its_backend() {
+    let mut s = Scratch::new("v4").unwrap();
+    let b = Backends::tcp(LOCALHOST4, &["b0"]).unwrap();
+    s.datapath
+        .apply(Desired::default().insert(sa("10.96.0.10:80"), Protocol::Tcp, b.addrs()))
+        .unwrap();
+
+    let out = Probe::run(Some(&s.cgroup), &["tcp", "10.96.0.10:80", "5"]).unwrap();
+    assert_eq!(out, vec![Outcome::Reached("b0".into()); 5]);
+}
+
+#[test]
+fn ipv6_frontend_is_rewritten_to_its_backend() {
+    let mut s = Scratch::new("v6").unwrap();
+    let b = Backends::tcp(LOCALHOST6, &["b6"]).unwrap();
+    s.datapath
+        .apply(Desired::default().insert(sa("[fd00::10]:80"), Protocol::Tcp, b.addrs()))
+        .unwrap();
+
+    let out = Probe::run(Some(&s.cgroup), &["tcp", "[fd00::10]:80", "3"]).unwrap();
+    assert_eq!(out, vec![Outcome::Reached("b6".into()); 3]);
+}
+
+#[test]
+fn v4_mapped_destination_on_a_v6_socket_uses_the_ipv4_frontend() {
+    let mut s = Scratch::new("mapped").unwrap();
+    let b = Backends::tcp(LOCALHOST4, &["b0"]).unwrap();
+    s.datapath
+        .apply(Desired::default().insert(sa("10.96.0.10:80"), Protocol::Tcp, b.addrs()))
+        .unwrap();
+
+    // A v6 socket (the probe binds by the destination's family) connecting to ::ffff:10.96.0.10.
+    let out = Probe::run(Some(&s.cgroup), &["tcp", "[::ffff:10.96.0.10]:80", "3"]).unwrap();
+    assert_eq!(out, vec![Outcome::Reached("b0".into()); 3]);
+}
+
+#[test]
+fn frontend_without_backends_refuses_with_econnrefused() {
+    let mut s = Scratch::new("refuse").unwrap();
+    let mut desired = Desired::default();
+    desired.insert(sa("10.96.0.11:80"), Protocol::Tcp, vec![]);
+    desired.insert(sa("[fd00::11]:80"), Protocol::Tcp, vec![]);
+    desired.insert(sa("10.96.0.11:53"), Protocol::Udp, vec![]);
+    s.datapath.apply(&desired).unwrap();
+
+    for (mode, addr) in [
+        ("tcp", "10.96.0.11:80"),
+        ("tcp", "[fd00::11]:80"),
+        ("udp", "10.96.0.11:53"),
+    ] {
+        let out = Probe::run(Some(&s.cgroup), &[mode, addr, "2"]).unwrap();
+        assert_eq!(out, vec![Outcome::Failed(ECONNREFUSED); 2], "{mode} {addr}");
+    }
+    let c = s.datapath.counters().unwrap();
+    assert_eq!(c.refused, 6, "{c:?}");
+}
+
+#[test]
+fn destinations_that_are_no_frontend_are_untouched() {
+    let mut s = Scratch::new("pass").unwrap();
+    let frontends = Backends::tcp(LOCALHOST4, &["direct"]).unwrap();
+    let b = Backends::tcp(LOCALHOST4, &["b0"]).unwrap();
+    // Same address, another port, and another protocol on the same port: all different keys.
+    let direct = frontends.addr("direct");
+    let mut desired = Desired::default();
+    desired.insert(
+        SocketAddr::new(direct.ip(), direct.port().wrapping_add(1)),
+        Protocol::Tcp,
+        b.addrs(),
+    );
+    desired.insert(direct, Protocol::Udp, b.addrs());
+    s.datapath.apply(&desired).unwrap();
+
+    let out = Probe::run(Some(&s.cgroup), &["tcp", &direct.to_string(), "3"]).unwrap();
+    assert_eq!(out, vec![Outcome::Reached("direct".into()); 3]);
+    assert!(s.datapath.counters().unwrap().passed >= 3);
+}
+
+#[test]
+fn processes_outside_the_cgroup_are_untouched() {
+    let mut s = Scratch::new("outside").unwrap();
+    let real = Backends::tcp(LOCALHOST4, &["real"]).unwrap();
+    let b = Backends::tcp(LOCALHOST4, &["b0"]).unwrap();
+    // The frontend is a real listener's address: inside the cgroup it leads to b0, outside it
+    // stays the listener itself.
+    s.datapath
+        .apply(Desired::default().insert(real.addr("real"), Protocol::Tcp, b.addrs()))
+        .unwrap();
+
+    let inside = Probe::run(
+        Some(&s.cgroup),
+        &["tcp", &real.addr("real").to_string(), "3"],
+    )
+    .unwrap();
+    assert_eq!(inside, vec![Outcome::Reached("b0".into()); 3]);
+    let outside = Probe::run(None, &["tcp", &real.addr("real").to_string(), "3"]).unwrap();
+    assert_eq!(outside, vec![Outcome::Reached("real".into()); 3]);
+}
+
+#[test]
+fn connected_udp_reaches_the_backend() {
+    let mut s = Scratch::new("udp").unwrap();
+    let b = Backends::udp(LOCALHOST4, &["u0"]).unwrap();
+    s.datapath
+        .apply(Desired::default().insert(sa("10.96.0.53:53"), Protocol::Udp, b.addrs()))
+        .unwrap();
+
+    let out = Probe::run(Some(&s.cgroup), &["udp", "10.96.0.53:53", "3"]).unwrap();
+    assert_eq!(out, vec![Outcome::Reached("u0".into()); 3]);
+}
+
+#[test]
+fn connects_spread_over_all_backends() {
+    let mut s = Scratch::new("spread").unwrap();
+    let b = Backends::tcp(LOCALHOST4, &["b0", "b1", "b2"]).unwrap();
+    s.datapath
+        .apply(Desired::default().insert(sa("10.96.0.12:80"), Protocol::Tcp, b.addrs()))
+        .unwrap();
+
+    let out = Probe::run(Some(&s.cgroup), &["tcp", "10.96.0.12:80", "300"]).unwrap();
+    let counts = reached(&out);
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    for (name, n) in &counts {
+        assert!(
+            *n >= 60,
+            "{name} got {n} of 300 connects (< 20%): {counts:?}"
+        );
+    }
+}
+
+/// Shrinks 3 -> 1 and grows 1 -> 3 while a client connects without pause: no connect fails,
+/// and none that starts after a change lands on a backend the change removed.
+#[test]
+fn backends_change_under_a_connect_loop_without_failures() {
+    let mut s = Scratch::new("churn").unwrap();
+    let b = Backends::tcp(LOCALHOST4, &["b0", "b1", "b2"]).unwrap();
+    let vip = sa("10.96.0.13:80");
+    let set = |names: &[&str]| -> Vec<SocketAddr> { names.iter().map(|n| b.addr(n)).collect() };
+    s.datapath
+        .apply(Desired::default().insert(vip, Protocol::Tcp, set(&["b0", "b1", "b2"])))
+        .unwrap();
+
+    let mut probe = Probe::spawn(Some(&s.cgroup), &["loop", &vip.to_string()]).unwrap();
+    let mut phases: Vec<(Vec<&str>, Vec<Outcome>)> = Vec::new();
+    for names in [
+        vec!["b1"],
+        vec!["b0", "b1", "b2"],
+        vec!["b2"],
+        vec!["b0", "b2"],
+    ] {
+        probe.read(50).unwrap();
+        s.datapath
+            .apply(Desired::default().insert(vip, Protocol::Tcp, set(&names)))
+            .unwrap();
+        probe.send("mark").unwrap();
+        // Everything up to the mark may still use the old set; after it, only the new one.
+        let mut after = Vec::new();
+        let mut seen_mark = false;
+        while after.len() < 100 {
+            for o in probe.read(1).unwrap() {
+                match o {
+                    Outcome::Mark => seen_mark = true,
+                    Outcome::Failed(e) => {
+                        panic!("a connect failed with errno {e} during a change to {names:?}")
+                    }
+                    Outcome::Reached(_) if seen_mark => after.push(o),
+                    Outcome::Reached(_) => {}
+                }
+            }
+        }
+        phases.push((names, after));
+    }
+    let rest = probe.finish().unwrap();
+    assert!(
+        rest.iter().all(|o| matches!(o, Outcome::Reached(_))),
+        "{rest:?}"
+    );
+    for (names, after) in phases {
+        for o in &after {
+            let Outcome::Reached(name) = o else {
+                unreachable!()
+            };
+            assert!(
+                names.contains(&name.as_str()),
+                "reached {name} after it was removed (set {names:?})"
+            );
+        }
+        if names.len() > 1 {
+            assert!(
+                reached(&after).len() > 1,
+                "only one backend of {names:?} used: {after:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn apply_writes_only_the_difference_and_deletes_what_is_gone() {
+    let mut s = Scratch::new("diff").unwrap();
+    let b = Backends::tcp(LOCALHOST4, &["b0", "b1"]).unwrap();
+    let mut desired = Desired::default();
+    desired.insert(sa("10.96.0.20:80"), Protocol::Tcp, b.addrs());
+    desired.insert(sa("10.96.0.21:80"), Protocol::Tcp, vec![b.addr("b0")]);
+    let first = s.datapath.apply(&desired).unwrap();
+    assert_eq!((first.frontends_written, first.backends_written), (2, 2));
+    assert!(s.datapath.apply(&desired).unwrap().is_noop());
+
+    desired.services.remove(&lbctl::datapath::FrontendAddr::new(
+        sa("10.96.0.20:80"),
+        Protocol::Tcp,
+    ));
+    let second = s.datapath.apply(&desired).unwrap();
+    assert_eq!(
+        (second.frontends_deleted, second.backends_deleted),
+        (1, 1),
+        "{second:?}"
+    );
+    assert_eq!(s.datapath.writer().programmed(), (1, 1));
+
+    // The deleted frontend is no service any more: its connects pass through (and, with no route
+    // to 10.96.0.20, fail some other way than a refusal); the kept one still works.
+    let out = Probe::run(Some(&s.cgroup), &["tcp", "10.96.0.21:80", "2"]).unwrap();
+    assert_eq!(out, vec![Outcome::Reached("b0".into()); 2]);
+    assert_eq!(s.datapath.counters().unwrap().refused, 0);
+}
+
+#[test]
+fn a_restarted_agent_adopts_the_pinned_datapath() {
+    let mut s = Scratch::new("adopt").unwrap();
+    let b = Backends::tcp(LOCALHOST4, &["b0", "b1"]).unwrap();
+    let mut desired = Desired::default();
+    desired.insert(sa("10.96.0.30:80"), Protocol::Tcp, b.addrs());
+    desired.insert(sa("10.96.0.31:80"), Protocol::Tcp, vec![]);
+    s.datapath.apply(&desired).unwrap();
+    let fe = lbctl::datapath::FrontendAddr::new(sa("10.96.0.30:80"), Protocol::Tcp);
+    let id = s.datapath.writer().frontend_id(&fe);
+
+    // A new process would do exactly this: install finds the pinned links and adopts.
+    let mut again = Datapath::install(&s.config()).unwrap();
+    assert_eq!(again.installed(), Installed::Adopted);
+    assert_eq!(
+        again.writer().frontend_id(&fe),
+        id,
+        "frontend ids are reused"
+    );
+    assert!(
+        again.apply(&desired).unwrap().is_noop(),
+        "adopted state equals what was written"
+    );
+    drop(std::mem::replace(&mut s.datapath, again));
+
+    let out = Probe::run(Some(&s.cgroup), &["tcp", "10.96.0.30:80", "20"]).unwrap();
+    assert_eq!(reached(&out).values().sum::<usize>(), 20);
+    let out = Probe::run(Some(&s.cgroup), &["tcp", "10.96.0.31:80", "1"]).unwrap();
+    assert_eq!(out, vec![Outcome::Failed(ECONNREFUSED)]);
+}
+
+#[test]
+fn uninstall_detaches_the_programs() {
+    let mut s = Scratch::new("uninstall").unwrap();
+    let real = Backends::tcp(LOCALHOST4, &["real"]).unwrap();
+    let b = Backends::tcp(LOCALHOST4, &["b0"]).unwrap();
+    let target = real.addr("real").to_string();
+    s.datapath
+        .apply(Desired::default().insert(real.addr("real"), Protocol::Tcp, b.addrs()))
+        .unwrap();
+    assert_eq!(
+        Probe::run(Some(&s.cgroup), &["tcp", &target, "1"]).unwrap(),
+        vec![Outcome::Reached("b0".into())]
+    );
+
+    lbctl::datapath::uninstall(s.pins.path()).unwrap();
+    assert!(
+        !s.pins.path().exists(),
+        "uninstall removes the pin directory"
+    );
+    // Nothing holds the links any more: the programs are detached, the address is itself again.
+    assert_eq!(
+        Probe::run(Some(&s.cgroup), &["tcp", &target, "1"]).unwrap(),
+        vec![Outcome::Reached("real".into())]
+    );
+}
+
+#[test]
+fn pinned_maps_carry_btf_field_names() {
+    let mut s = Scratch::new("btf").unwrap();
+    s.datapath
+        .apply(Desired::default().insert(
+            sa("10.96.0.40:80"),
+            Protocol::Tcp,
+            vec![sa("127.0.0.1:8080")],
+        ))
+        .unwrap();
+    let out = std::process::Command::new("bpftool")
+        .args(["map", "dump", "pinned"])
+        .arg(s.pins.path().join(lb_common::SERVICES_MAP))
+        .output()
+        .expect("bpftool (installed by `cargo xtask setup`)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    for field in [
+        "address",
+        "port",
+        "proto",
+        "slot",
+        "backend_id",
+        "count",
+        "frontend_id",
+        "affinity_timeout",
+    ] {
+        assert!(
+            text.contains(&format!("\"{field}\"")),
+            "bpftool output lacks field {field}:\n{text}"
+        );
+    }
+}

@@ -1,0 +1,103 @@
+//! `cargo xtask setup`: everything a fresh Debian machine lacks to build and test lbctl.
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::run as exec;
+
+/// Debian packages: LLVM 22 for bpf-linker, the tools the tests and the demo drive.
+const PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    "bpftool",
+    "iproute2",
+    "iptables",
+    "nftables",
+    "curl",
+    "dnsmasq-base",
+    "dnsutils",
+];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn installed(package: &str) -> bool {
+    output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
+        .is_some_and(|s| s.contains("install ok installed"))
+}
+
+fn apt() -> Result<()> {
+    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("setup: installing Debian packages: {}", missing.join(" "));
+    exec(Command::new("apt-get").args(["update", "-qq"]))?;
+    exec(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn rust_src() -> Result<()> {
+    let have = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .is_some_and(|s| s.lines().any(|l| l.starts_with("rust-src")));
+    if have {
+        return Ok(());
+    }
+    eprintln!("setup: adding rust-src to the nightly toolchain");
+    exec(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+fn bpf_linker() -> Result<()> {
+    let version = output(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
+    if version.contains(BPF_LINKER_VERSION) {
+        return Ok(());
+    }
+    eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (a few minutes)");
+    exec(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "install",
+                &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+                "--locked",
+                "--no-default-features",
+            ])
+            .args(["--features", "llvm-22"])
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22"),
+    )
+}
+
+pub fn run() -> Result<()> {
+    if !is_root() {
+        bail!(
+            "cargo xtask setup installs Debian packages and the tests attach BPF programs: run it as root"
+        );
+    }
+    apt().context("installing Debian packages")?;
+    rust_src().context("installing rust-src for nightly")?;
+    bpf_linker().context("installing bpf-linker")?;
+    Ok(())
+}
+
+/// The owner of `/proc/self` is the effective user of this process.
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
