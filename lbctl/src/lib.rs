@@ -1,3 +1,14 @@
+//! lbctl: an eBPF socket-level service load balancer for Kubernetes.
+//!
+//! Data flows one way: `source` (Kubernetes or manifest files) -> `model` -> `engine` (pure
+//! policy, no I/O) -> `plan` -> `datapath` (diff, ordered map writes) -> kernel. `agent` wires
+//! them together; `inspect` and `output` are the CLI's read-only views.
+pub mod agent;
 pub mod datapath;
+pub mod engine;
+pub mod inspect;
+pub mod metrics;
 pub mod model;
+pub mod output;
 pub mod plan;
+pub mod source;

@@ -30,11 +30,33 @@ pub struct Backends {
 impl Backends {
     /// TCP servers on `ip`, one per name: each accepted connection gets the name, then EOF.
     pub fn tcp(ip: IpAddr, names: &[&str]) -> Result<Self> {
+        let named: Vec<(&str, SocketAddr)> =
+            names.iter().map(|n| (*n, SocketAddr::new(ip, 0))).collect();
+        Self::tcp_at(&named)
+    }
+
+    /// TCP servers on 127.0.0.2, 127.0.0.3, ... all on one port, as the endpoints of one
+    /// EndpointSlice port are.
+    pub fn tcp_same_port(names: &[&str]) -> Result<Self> {
+        let first = TcpListener::bind("127.0.0.2:0").context("finding a free port")?;
+        let port = first.local_addr()?.port();
+        drop(first);
+        let named: Vec<(&str, SocketAddr)> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (*n, SocketAddr::from(([127, 0, 0, 2 + i as u8], port))))
+            .collect();
+        Self::tcp_at(&named)
+    }
+
+    /// TCP servers at the given addresses (port 0: any).
+    pub fn tcp_at(named: &[(&str, SocketAddr)]) -> Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut backends = Vec::new();
         let mut threads = Vec::new();
-        for name in names {
-            let listener = TcpListener::bind((ip, 0)).context("binding a backend")?;
+        for (name, at) in named {
+            let listener =
+                TcpListener::bind(at).with_context(|| format!("binding backend {name} on {at}"))?;
             let addr = listener.local_addr()?;
             let (stop, reply) = (stop.clone(), format!("{name}\n"));
             threads.push(thread::spawn(move || {

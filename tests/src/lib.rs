@@ -4,6 +4,7 @@
 //!
 //! Every kernel test needs root with CAP_BPF and CAP_SYS_ADMIN. Without them the kit fails
 //! loudly ([`require_root`]): a kernel test never passes by skipping.
+pub mod agent;
 pub mod backends;
 pub mod cgroup;
 pub mod pins;

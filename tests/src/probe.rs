@@ -32,23 +32,25 @@ impl Outcome {
     }
 }
 
-/// Path of the `lb-probe` binary: next to the running executable or one directory up (test
-/// binaries live in `target/<profile>/deps`).
-pub fn probe_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("LB_PROBE") {
-        return PathBuf::from(path);
-    }
+/// Path of a workspace binary (`lb-probe`, `lbctl`): next to the running executable or one
+/// directory up (test binaries live in `target/<profile>/deps`).
+pub fn sibling_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let dir = exe.parent().expect("exe dir");
-    for candidate in [dir.join("lb-probe"), dir.join("../lb-probe")] {
+    for candidate in [dir.join(name), dir.join("..").join(name)] {
         if candidate.exists() {
             return candidate;
         }
     }
     panic!(
-        "lb-probe not found next to {}; build it with `cargo build -p lbctl-tests`",
+        "{name} not found next to {}; build the workspace (`cargo build --workspace`)",
         exe.display()
     );
+}
+
+/// Path of the `lb-probe` binary.
+pub fn probe_binary() -> PathBuf {
+    sibling_binary("lb-probe")
 }
 
 /// A running probe.

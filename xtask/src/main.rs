@@ -64,6 +64,8 @@ fn main() -> Result<()> {
         }
         Task::Test { args } => {
             setup::run()?;
+            // The kernel tests start the `lbctl`, `lb-probe` binaries: build every binary first.
+            run(cargo().args(["build", "--workspace", "--bins"]))?;
             run(cargo().args(["test", "--workspace"]).args(args))
         }
         Task::Lint => {

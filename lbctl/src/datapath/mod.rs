@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 pub use desired::{Desired, FrontendAddr, ServiceSpec};
 pub use loader::{Capacity, DatapathConfig, Installed};
 pub use maps::{Counters, Maps};
-pub use writer::{ApplyReport, FrontendError, Writer};
+pub use writer::{ApplyReport, FrontendError, ProgrammedFrontend, Writer};
 
 /// Default pin directory.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lbctl";
@@ -133,6 +133,32 @@ impl Datapath {
 
     pub fn pin_dir(&self) -> &Path {
         &self.pin_dir
+    }
+
+    /// Pins (maps and links) that should exist under the pin directory and do not: someone
+    /// removed them behind the agent's back.
+    pub fn missing_pins(&self) -> Vec<PathBuf> {
+        let maps = maps::EXPECTED
+            .iter()
+            .map(|(name, _, _)| maps::pin_path(&self.pin_dir, name));
+        let links = loader::PROGRAMS
+            .iter()
+            .map(|p| loader::link_path(&self.pin_dir, p));
+        maps.chain(links).filter(|p| !p.exists()).collect()
+    }
+
+    /// Puts back what [`Datapath::missing_pins`] reports. Missing links alone are re-attached
+    /// to the pinned maps (nothing is lost). A missing map cannot be recovered from its pin: the
+    /// datapath is rebuilt from scratch, and the next [`Datapath::apply`] refills it.
+    pub fn repair(&mut self, config: &DatapathConfig) -> Result<(), DatapathError> {
+        let map_missing = maps::EXPECTED
+            .iter()
+            .any(|(name, _, _)| !maps::pin_path(&self.pin_dir, name).exists());
+        if map_missing {
+            loader::uninstall(&self.pin_dir)?;
+        }
+        *self = Self::install(config)?;
+        Ok(())
     }
 }
 

@@ -14,7 +14,7 @@ use lb_common::{BACKENDS_MAP, Backend, SERVICES_MAP, ServiceKey, ServiceValue};
 
 use super::{
     DatapathError,
-    desired::{Desired, FrontendAddr, ServiceSpec, backend_value},
+    desired::{Desired, FrontendAddr, ServiceSpec, backend_addr, backend_value},
     maps::Maps,
 };
 
@@ -24,6 +24,17 @@ struct Programmed {
     master: ServiceValue,
     /// Backend id of slot `i + 1`.
     slots: Vec<u32>,
+}
+
+/// One frontend as the maps hold it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProgrammedFrontend {
+    pub frontend: FrontendAddr,
+    pub frontend_id: u32,
+    pub flags: u16,
+    pub affinity_timeout: u32,
+    /// In slot order.
+    pub backends: Vec<std::net::SocketAddr>,
 }
 
 /// A frontend that could not be (fully) written, and why. Everything else was written.
@@ -466,7 +477,25 @@ impl Writer {
         Ok(())
     }
 
-    /// Frontends as programmed, with their backend addresses (for inspection and tests).
+    /// Frontends as the maps hold them, with backends decoded, in key order.
+    pub fn frontends(&self) -> Vec<ProgrammedFrontend> {
+        self.services
+            .iter()
+            .map(|(frontend, p)| ProgrammedFrontend {
+                frontend: *frontend,
+                frontend_id: p.master.frontend_id,
+                flags: p.master.flags,
+                affinity_timeout: p.master.affinity_timeout,
+                backends: p
+                    .slots
+                    .iter()
+                    .filter_map(|id| self.backend_values.get(id).map(backend_addr))
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// The frontend id of a programmed frontend.
     pub fn frontend_id(&self, frontend: &FrontendAddr) -> Option<u32> {
         self.services.get(frontend).map(|p| p.master.frontend_id)
     }

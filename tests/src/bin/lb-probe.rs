@@ -8,6 +8,10 @@
 //! lb-probe loop ADDR          tcp attempts until stdin closes; a `mark` line on stdin is
 //!                             echoed as `mark` between the attempts before and after it
 //! lb-probe exec CMD ARGS...   run a command (e.g. curl or dig) inside the cgroup
+//! lb-probe http NAME NODE ADDR
+//!                             an HTTP server on ADDR answering every request with
+//!                             "This is the quote service running in pod NAME on node NODE";
+//!                             prints `listening ADDR` once bound, serves until killed
 //! ```
 use std::{
     io::{self, BufRead, Read, Write},
@@ -97,8 +101,52 @@ fn run(args: &[String]) -> Result<(), String> {
         [cmd, program, rest @ ..] if cmd == "exec" => {
             Err(Command::new(program).args(rest).exec().to_string())
         }
+        [cmd, name, node, addr] if cmd == "http" => serve_http(name, node, parse(addr)?, &mut out),
         _ => Err("usage: lb-probe tcp|udp ADDR COUNT | loop ADDR | exec CMD ARGS...".into()),
     }
+}
+
+/// The demo's quote pod: one thread per connection, any request gets the same 200 answer.
+fn serve_http(
+    name: &str,
+    node: &str,
+    addr: SocketAddr,
+    out: &mut impl Write,
+) -> Result<(), String> {
+    let listener = std::net::TcpListener::bind(addr).map_err(|e| format!("binding {addr}: {e}"))?;
+    writeln!(out, "listening {addr}")
+        .and_then(|()| out.flush())
+        .map_err(|e| e.to_string())?;
+    let body = format!("This is the quote service running in pod {name} on node {node}\n");
+    let response = std::sync::Arc::new(format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    ));
+    for conn in listener.incoming() {
+        let Ok(mut conn) = conn else { continue };
+        let response = response.clone();
+        thread::spawn(move || {
+            if read_request_head(&mut conn).is_ok() {
+                let _ = conn.write_all(response.as_bytes());
+            }
+        });
+    }
+    Ok(())
+}
+
+/// Reads up to the blank line that ends an HTTP request head (or EOF, or the timeout).
+fn read_request_head(conn: &mut TcpStream) -> io::Result<()> {
+    conn.set_read_timeout(Some(TIMEOUT))?;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 64 * 1024 {
+        let n = conn.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {

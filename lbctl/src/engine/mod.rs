@@ -1,0 +1,107 @@
+//! The traffic-policy engine: cluster objects + this node -> the [`Plan`] the datapath programs.
+//!
+//! Pure: no I/O, no async, no BPF, and deterministic (the order of the input objects does not
+//! matter). Bad input never stops the rest: whatever cannot be used goes to `plan.skipped` with
+//! the reason, and everything else is still planned. `docs/semantics.md` describes the rules.
+mod claims;
+mod endpoints;
+mod node;
+mod ports;
+mod report;
+mod service;
+mod slices;
+mod topology;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Service;
+
+use crate::{
+    model::Inventory,
+    plan::{Plan, ServiceRef},
+};
+
+pub use node::ZONE_LABEL;
+pub use slices::SERVICE_NAME_LABEL;
+
+/// Which node the plan is for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeContext {
+    /// `metadata.name` of this node's Node object (and `nodeName` of its endpoints).
+    pub name: String,
+    /// Overrides the Node's `topology.kubernetes.io/zone` label.
+    pub zone: Option<String>,
+}
+
+impl NodeContext {
+    pub fn new(name: impl Into<String>) -> Self {
+        NodeContext {
+            name: name.into(),
+            zone: None,
+        }
+    }
+
+    pub fn with_zone(mut self, zone: impl Into<String>) -> Self {
+        self.zone = Some(zone.into());
+        self
+    }
+}
+
+/// Computes what `node` must program for the objects in `inventory`.
+pub fn plan(inventory: &Inventory, node: &NodeContext) -> Plan {
+    let mut report = report::Report::default();
+    let this_node = node::ThisNode::resolve(&inventory.nodes, node, &mut report);
+    let slices = slices::SliceIndex::build(&inventory.endpoint_slices, &mut report);
+    let mut claims = claims::Claims::default();
+    for svc in services_in_claim_order(&inventory.services, &mut report) {
+        let frontends = service::plan_service(svc, &slices, &this_node, &mut report);
+        claims.offer(frontends, &mut report);
+    }
+    let (skipped, warnings) = report.finish();
+    Plan {
+        node: node.name.clone(),
+        frontends: claims.into_sorted_frontends(),
+        skipped,
+        warnings,
+    }
+}
+
+/// Services in the order they claim frontends: the first claim of an (address, port, protocol)
+/// wins. Older `creationTimestamp` first (missing timestamps last), then namespace/name, so an
+/// existing Service cannot be hijacked by a newer one (CVE-2020-8554 style). Duplicate objects
+/// (same namespace/name) are reduced to one.
+fn services_in_claim_order<'a>(
+    services: &'a [Service],
+    report: &mut report::Report,
+) -> Vec<&'a Service> {
+    let mut by_ref: BTreeMap<ServiceRef, Vec<&Service>> = BTreeMap::new();
+    for svc in services {
+        by_ref
+            .entry(report::service_ref(&svc.metadata))
+            .or_default()
+            .push(svc);
+    }
+    let mut unique: Vec<(ServiceRef, &Service)> = by_ref
+        .into_iter()
+        .filter_map(|(svc_ref, copies)| {
+            let chosen = report::pick_canonical(copies, || {
+                report.skip(
+                    report::service_object(&svc_ref),
+                    "several different objects with this namespace/name; the one that sorts \
+                     first as JSON was used",
+                )
+            })?;
+            Some((svc_ref, chosen))
+        })
+        .collect();
+    unique.sort_by(|(a_ref, a), (b_ref, b)| {
+        let a_time = a.metadata.creation_timestamp.as_ref();
+        let b_time = b.metadata.creation_timestamp.as_ref();
+        a_time
+            .is_none()
+            .cmp(&b_time.is_none())
+            .then_with(|| a_time.cmp(&b_time))
+            .then_with(|| a_ref.cmp(b_ref))
+    });
+    unique.into_iter().map(|(_, svc)| svc).collect()
+}

@@ -1,0 +1,146 @@
+//! Service ports, protocols, port numbers and address families.
+use std::{fmt, net::IpAddr};
+
+use k8s_openapi::api::core::v1::ServicePort;
+
+use super::report::Report;
+use crate::plan::Protocol;
+
+/// An IP address family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub(crate) fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        })
+    }
+}
+
+/// Why a protocol cannot be planned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum ProtocolProblem {
+    /// SCTP: valid, but the socket hooks do not see it.
+    NotCaptured,
+    Unknown(String),
+}
+
+impl fmt::Display for ProtocolProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProtocolProblem::NotCaptured => {
+                f.write_str("SCTP is not captured by the socket hooks; not load-balanced")
+            }
+            ProtocolProblem::Unknown(p) => write!(f, "unknown protocol {p:?}"),
+        }
+    }
+}
+
+/// `protocol` of a Service or EndpointSlice port; unset means TCP.
+pub(crate) fn parse_protocol(protocol: Option<&str>) -> Result<Protocol, ProtocolProblem> {
+    match protocol {
+        None | Some("TCP") => Ok(Protocol::Tcp),
+        Some("UDP") => Ok(Protocol::Udp),
+        Some("SCTP") => Err(ProtocolProblem::NotCaptured),
+        Some(other) => Err(ProtocolProblem::Unknown(other.to_owned())),
+    }
+}
+
+/// A port number from the API (`int32`), which must be 1..=65535.
+pub(crate) fn parse_port(number: i32) -> Result<u16, String> {
+    u16::try_from(number)
+        .ok()
+        .filter(|n| *n != 0)
+        .ok_or_else(|| format!("port {number} is out of range 1-65535"))
+}
+
+/// How a port is named in reasons: `port "http"`, or `port 80/TCP` when unnamed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct PortLabel(String);
+
+impl PortLabel {
+    pub(crate) fn new(name: &str, number: Option<i32>, protocol: Option<&str>) -> Self {
+        PortLabel(match (name, number) {
+            ("", Some(number)) => format!("port {number}/{}", protocol.unwrap_or("TCP")),
+            ("", None) => "unnamed port".to_owned(),
+            (name, _) => format!("port {name:?}"),
+        })
+    }
+}
+
+impl fmt::Display for PortLabel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A validated Service port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct PortSpec {
+    /// Empty when unnamed.
+    pub(crate) name: String,
+    pub(crate) protocol: Protocol,
+    pub(crate) port: u16,
+    /// Set and valid.
+    pub(crate) node_port: Option<u16>,
+    pub(crate) label: PortLabel,
+}
+
+/// The ports of a Service that can be planned; the others are reported against `object`.
+pub(crate) fn service_ports(
+    ports: &[ServicePort],
+    object: &str,
+    report: &mut Report,
+) -> Vec<PortSpec> {
+    let mut specs = Vec::new();
+    for port in ports {
+        let name = port.name.clone().unwrap_or_default();
+        let label = PortLabel::new(&name, Some(port.port), port.protocol.as_deref());
+        let protocol = match parse_protocol(port.protocol.as_deref()) {
+            Ok(protocol) => protocol,
+            Err(problem) => {
+                report.skip(object, format!("{label}: {problem}"));
+                continue;
+            }
+        };
+        let number = match parse_port(port.port) {
+            Ok(number) => number,
+            Err(reason) => {
+                report.skip(object, format!("{label}: {reason}"));
+                continue;
+            }
+        };
+        let node_port = match port.node_port.map(parse_port).transpose() {
+            Ok(node_port) => node_port,
+            Err(reason) => {
+                report.skip(
+                    object,
+                    format!("{label}: nodePort: {reason}; no NodePort frontends"),
+                );
+                None
+            }
+        };
+        specs.push(PortSpec {
+            name,
+            protocol,
+            port: number,
+            node_port,
+            label,
+        });
+    }
+    specs
+}

@@ -1,0 +1,358 @@
+//! One Service -> its frontends on this node, each with the backend set its policy selects.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, SocketAddr},
+};
+
+use k8s_openapi::api::core::v1::{Service, ServiceSpec};
+
+use super::{
+    endpoints::{BackendSets, Candidate},
+    node::ThisNode,
+    ports::{Family, PortSpec, service_ports},
+    report::{Report, service_object, service_ref},
+    slices::{SliceIndex, SliceView},
+    topology::RequestedHints,
+};
+use crate::plan::{Frontend, FrontendKind, ServiceRef};
+
+/// `sessionAffinityConfig.clientIP.timeoutSeconds` when unset (3 hours, as in the API).
+pub const DEFAULT_AFFINITY_TIMEOUT_SECONDS: u32 = 10_800;
+/// The API's upper bound for the affinity timeout (1 day).
+const MAX_AFFINITY_TIMEOUT_SECONDS: u32 = 86_400;
+
+/// A frontend address that is not a cluster IP; these always use the Cluster set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ExternalAddress {
+    kind: FrontendKind,
+    address: IpAddr,
+}
+
+/// Everything about a Service that is the same for all its ports.
+struct ServicePlan<'a> {
+    svc_ref: ServiceRef,
+    object: String,
+    cluster_ips: Vec<IpAddr>,
+    families: BTreeSet<Family>,
+    internal_local: bool,
+    node_ports_open: bool,
+    external: Vec<ExternalAddress>,
+    affinity: Option<u32>,
+    slices: &'a [SliceView],
+}
+
+/// The frontends of `svc` on this node (possibly conflicting with other services: see
+/// `claims`). Not captured, silently: ExternalName and headless services.
+pub(crate) fn plan_service(
+    svc: &Service,
+    slices: &SliceIndex,
+    node: &ThisNode,
+    report: &mut Report,
+) -> Vec<Frontend> {
+    let svc_ref = service_ref(&svc.metadata);
+    let object = service_object(&svc_ref);
+    let Some(spec) = svc.spec.as_ref() else {
+        report.skip(object, "no spec");
+        return Vec::new();
+    };
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return Vec::new();
+    }
+    let Some(cluster_ips) = cluster_ips(spec, &object, report) else {
+        return Vec::new();
+    };
+    let families: BTreeSet<Family> = cluster_ips.iter().map(|ip| Family::of(*ip)).collect();
+    let ports = service_ports(spec.ports.as_deref().unwrap_or_default(), &object, report);
+    if spec.ports.as_deref().unwrap_or_default().is_empty() {
+        report.skip(&object, "no ports");
+    }
+    let external = external_addresses(svc, &families, &object, report);
+    let affinity = affinity_timeout(spec, &object, report);
+    let service_slices = slices.for_service(&svc_ref);
+    warn_if_hints_missing(svc, &svc_ref, service_slices, report);
+    let plan = ServicePlan {
+        svc_ref,
+        object,
+        cluster_ips,
+        families,
+        internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+        node_ports_open: matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer")),
+        external,
+        affinity,
+        slices: service_slices,
+    };
+    ports
+        .iter()
+        .flat_map(|port| plan.port_frontends(port, node, report))
+        .collect()
+}
+
+impl ServicePlan<'_> {
+    fn port_frontends(
+        &self,
+        port: &PortSpec,
+        node: &ThisNode,
+        report: &mut Report,
+    ) -> Vec<Frontend> {
+        if !self.slices.is_empty()
+            && self
+                .slices
+                .iter()
+                .all(|slice| slice.port_for(&port.name, port.protocol).is_none())
+        {
+            report.skip(
+                &self.object,
+                format!(
+                    "{}: no EndpointSlice of this Service has a {} port named {:?}; its \
+                     frontends have no backends and refuse connections",
+                    port.label, port.protocol, port.name
+                ),
+            );
+        }
+        let sets: BTreeMap<Family, BackendSets> = self
+            .families
+            .iter()
+            .map(|family| (*family, self.backend_sets(port, *family, node)))
+            .collect();
+        let backends_of = |address: IpAddr, local: bool| -> Vec<SocketAddr> {
+            sets.get(&Family::of(address))
+                .map(|set| {
+                    if local {
+                        set.local.clone()
+                    } else {
+                        set.cluster.clone()
+                    }
+                })
+                .unwrap_or_default()
+        };
+
+        let mut frontends = Vec::new();
+        for address in &self.cluster_ips {
+            let backends = backends_of(*address, self.internal_local);
+            frontends.push(self.frontend(
+                port,
+                FrontendKind::ClusterIP,
+                *address,
+                port.port,
+                backends,
+            ));
+        }
+        if let Some(node_port) = port.node_port.filter(|_| self.node_ports_open) {
+            for address in &node.addresses {
+                if self.families.contains(&Family::of(*address)) {
+                    let backends = backends_of(*address, false);
+                    frontends.push(self.frontend(
+                        port,
+                        FrontendKind::NodePort,
+                        *address,
+                        node_port,
+                        backends,
+                    ));
+                }
+            }
+        }
+        for external in &self.external {
+            let backends = backends_of(external.address, false);
+            frontends.push(self.frontend(
+                port,
+                external.kind,
+                external.address,
+                port.port,
+                backends,
+            ));
+        }
+        frontends
+    }
+
+    fn frontend(
+        &self,
+        port: &PortSpec,
+        kind: FrontendKind,
+        address: IpAddr,
+        number: u16,
+        backends: Vec<SocketAddr>,
+    ) -> Frontend {
+        Frontend {
+            service: self.svc_ref.clone(),
+            port_name: port.name.clone(),
+            protocol: port.protocol,
+            kind,
+            address,
+            port: number,
+            backends,
+            affinity_timeout_seconds: self.affinity,
+        }
+    }
+
+    /// The endpoints of one family for one service port, from all slices, with the backend port
+    /// resolved per slice (named target ports may differ between slices).
+    fn backend_sets(&self, port: &PortSpec, family: Family, node: &ThisNode) -> BackendSets {
+        let mut candidates = Vec::new();
+        for slice in self.slices {
+            let Some(backend_port) = slice
+                .port_for(&port.name, port.protocol)
+                .and_then(|p| p.port)
+            else {
+                continue;
+            };
+            candidates.extend(
+                slice
+                    .endpoints
+                    .iter()
+                    .filter(|ep| Family::of(ep.address) == family)
+                    .map(|ep| Candidate {
+                        backend: SocketAddr::new(ep.address, backend_port),
+                        endpoint: ep,
+                    }),
+            );
+        }
+        BackendSets::categorize(candidates, node)
+    }
+}
+
+/// The cluster IPs (`spec.clusterIPs`, else `spec.clusterIP`), or `None` when the Service is not
+/// load-balanced: headless (silently) or no cluster IP at all (reported).
+fn cluster_ips(spec: &ServiceSpec, object: &str, report: &mut Report) -> Option<Vec<IpAddr>> {
+    let listed: Vec<&str> = match spec.cluster_ips.as_deref() {
+        Some(ips) if !ips.is_empty() => ips.iter().map(String::as_str).collect(),
+        _ => spec.cluster_ip.as_deref().into_iter().collect(),
+    };
+    let listed: Vec<&str> = listed.into_iter().filter(|ip| !ip.is_empty()).collect();
+    match listed.first() {
+        None => {
+            report.skip(
+                object,
+                "no cluster IP (spec.clusterIP unset: not allocated yet? use the objects as \
+                 the API server returns them, e.g. kubectl get -o yaml)",
+            );
+            return None;
+        }
+        Some(&"None") => return None,
+        Some(_) => {}
+    }
+    let mut ips = Vec::new();
+    for ip in listed {
+        match ip.parse::<IpAddr>() {
+            Ok(ip) if !ips.contains(&ip) => ips.push(ip),
+            Ok(_) => {}
+            Err(_) => report.skip(object, format!("clusterIP {ip:?}: invalid IP address")),
+        }
+    }
+    (!ips.is_empty()).then_some(ips)
+}
+
+/// `spec.externalIPs` and the LoadBalancer ingress IPs (not `ipMode: Proxy`), in the Service's
+/// families only (like kube-proxy, which programs a family only for services with a cluster IP
+/// of that family).
+fn external_addresses(
+    svc: &Service,
+    families: &BTreeSet<Family>,
+    object: &str,
+    report: &mut Report,
+) -> Vec<ExternalAddress> {
+    let mut listed: Vec<(FrontendKind, &str)> = Vec::new();
+    let external_ips = svc
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.external_ips.as_deref());
+    listed.extend(
+        external_ips
+            .unwrap_or_default()
+            .iter()
+            .map(|ip| (FrontendKind::ExternalIP, ip.as_str())),
+    );
+    let ingress = svc
+        .status
+        .as_ref()
+        .and_then(|status| status.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_deref())
+        .unwrap_or_default();
+    for entry in ingress {
+        // Hostname-only entries have nothing to capture.
+        let Some(ip) = entry.ip.as_deref() else {
+            continue;
+        };
+        match entry.ip_mode.as_deref() {
+            None | Some("VIP") => listed.push((FrontendKind::LoadBalancer, ip)),
+            // The load balancer proxies: traffic to it must leave the node.
+            Some("Proxy") => {}
+            Some(other) => report.skip(
+                object,
+                format!("LoadBalancer ingress {ip:?}: unknown ipMode {other:?}; not captured"),
+            ),
+        }
+    }
+    let mut addresses = Vec::new();
+    for (kind, ip) in listed {
+        match ip.parse::<IpAddr>() {
+            Ok(address) if families.contains(&Family::of(address)) => {
+                addresses.push(ExternalAddress { kind, address });
+            }
+            Ok(address) => report.skip(
+                object,
+                format!(
+                    "{kind} {address}: {} address, but the Service has no {} cluster IP",
+                    Family::of(address),
+                    Family::of(address)
+                ),
+            ),
+            Err(_) => report.skip(object, format!("{kind} {ip:?}: invalid IP address")),
+        }
+    }
+    addresses
+}
+
+/// `sessionAffinity: ClientIP` -> its timeout (default 10800 s); otherwise none.
+fn affinity_timeout(spec: &ServiceSpec, object: &str, report: &mut Report) -> Option<u32> {
+    if spec.session_affinity.as_deref() != Some("ClientIP") {
+        return None;
+    }
+    let configured = spec
+        .session_affinity_config
+        .as_ref()
+        .and_then(|config| config.client_ip.as_ref())
+        .and_then(|client_ip| client_ip.timeout_seconds);
+    let Some(configured) = configured else {
+        return Some(DEFAULT_AFFINITY_TIMEOUT_SECONDS);
+    };
+    match u32::try_from(configured) {
+        Ok(seconds) if (1..=MAX_AFFINITY_TIMEOUT_SECONDS).contains(&seconds) => Some(seconds),
+        _ => {
+            report.skip(
+                object,
+                format!(
+                    "sessionAffinityConfig.clientIP.timeoutSeconds {configured} is out of range \
+                     1-{MAX_AFFINITY_TIMEOUT_SECONDS}; using {DEFAULT_AFFINITY_TIMEOUT_SECONDS}"
+                ),
+            );
+            Some(DEFAULT_AFFINITY_TIMEOUT_SECONDS)
+        }
+    }
+}
+
+/// The proxy follows hints only; a Service that asks for a distribution but whose ready
+/// endpoints carry no hints of that kind gets none (usually: hand-written slices).
+fn warn_if_hints_missing(
+    svc: &Service,
+    svc_ref: &ServiceRef,
+    slices: &[SliceView],
+    report: &mut Report,
+) {
+    let Some(requested) = RequestedHints::of(svc) else {
+        return;
+    };
+    let mut ready = slices
+        .iter()
+        .flat_map(|slice| &slice.endpoints)
+        .filter(|ep| ep.conditions.ready)
+        .peekable();
+    if ready.peek().is_some() && !ready.any(|ep| requested.kind.present_on(ep)) {
+        report.warn(format!(
+            "Service {svc_ref} asks for {} but none of its ready endpoints carries {}: no \
+             topology filtering (the EndpointSlice controller writes hints; hand-written \
+             EndpointSlices must carry them)",
+            requested.asked_by,
+            requested.kind.describe()
+        ));
+    }
+}

@@ -1,0 +1,161 @@
+//! EndpointSlices, validated once and grouped by the Service they belong to.
+use std::{collections::BTreeMap, net::IpAddr};
+
+use k8s_openapi::api::discovery::v1::{EndpointPort, EndpointSlice};
+
+use super::{
+    endpoints::EndpointView,
+    ports::{Family, PortLabel, ProtocolProblem, parse_port, parse_protocol},
+    report::{Report, namespace_of, slice_object},
+};
+use crate::plan::{Protocol, ServiceRef};
+
+/// The label that ties an EndpointSlice to its Service (same namespace).
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// One port of an EndpointSlice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct SlicePort {
+    /// Empty when unnamed.
+    pub(crate) name: String,
+    /// `None` for protocols the socket hooks do not capture (SCTP) or unknown ones.
+    pub(crate) protocol: Option<Protocol>,
+    /// `None` when missing or out of range (already reported).
+    pub(crate) port: Option<u16>,
+}
+
+/// A validated EndpointSlice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct SliceView {
+    pub(crate) ports: Vec<SlicePort>,
+    pub(crate) endpoints: Vec<EndpointView>,
+}
+
+impl SliceView {
+    /// The slice port a service port maps to: same name (unset = empty) and protocol.
+    pub(crate) fn port_for(&self, name: &str, protocol: Protocol) -> Option<&SlicePort> {
+        self.ports
+            .iter()
+            .find(|p| p.name == name && p.protocol == Some(protocol))
+    }
+}
+
+/// All usable slices, by Service.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct SliceIndex {
+    by_service: BTreeMap<ServiceRef, Vec<SliceView>>,
+}
+
+impl SliceIndex {
+    pub(crate) fn build(slices: &[EndpointSlice], report: &mut Report) -> Self {
+        let mut by_service: BTreeMap<ServiceRef, Vec<SliceView>> = BTreeMap::new();
+        for slice in slices {
+            if let Some((svc, view)) = validate(slice, report) {
+                by_service.entry(svc).or_default().push(view);
+            }
+        }
+        SliceIndex { by_service }
+    }
+
+    pub(crate) fn for_service(&self, svc: &ServiceRef) -> &[SliceView] {
+        self.by_service.get(svc).map_or(&[], Vec::as_slice)
+    }
+}
+
+fn validate(slice: &EndpointSlice, report: &mut Report) -> Option<(ServiceRef, SliceView)> {
+    let object = slice_object(&slice.metadata);
+    let service_name = slice
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|labels| labels.get(SERVICE_NAME_LABEL))
+        .filter(|name| !name.is_empty());
+    let Some(service_name) = service_name else {
+        report.skip(object, format!("no {SERVICE_NAME_LABEL} label"));
+        return None;
+    };
+    let family = match slice.address_type.as_str() {
+        "IPv4" => Family::V4,
+        "IPv6" => Family::V6,
+        "FQDN" => {
+            report.skip(object, "addressType FQDN is not load-balanced");
+            return None;
+        }
+        other => {
+            report.skip(object, format!("unknown addressType {other:?}"));
+            return None;
+        }
+    };
+    let ports = slice
+        .ports
+        .iter()
+        .flatten()
+        .map(|port| slice_port(port, &object, report))
+        .collect();
+    let mut endpoints = Vec::new();
+    for endpoint in &slice.endpoints {
+        // Addresses are fungible; like kube-proxy, only the first one is used.
+        let Some(address) = endpoint.addresses.first() else {
+            // Named by what it points to, not its position: the order of endpoints means nothing.
+            let target = endpoint.target_ref.as_ref().and_then(|target| {
+                Some(format!(
+                    "{} {}",
+                    target.kind.as_deref()?,
+                    target.name.as_deref()?
+                ))
+            });
+            match target {
+                Some(target) => report.skip(&object, format!("endpoint for {target}: no address")),
+                None => report.skip(&object, "an endpoint has no address"),
+            }
+            continue;
+        };
+        match address.parse::<IpAddr>() {
+            Ok(ip) if Family::of(ip) == family => endpoints.push(EndpointView::new(ip, endpoint)),
+            Ok(_) => report.skip(
+                &object,
+                format!("endpoint {address:?}: not an {family} address (addressType {family})"),
+            ),
+            Err(_) => report.skip(&object, format!("endpoint {address:?}: invalid IP address")),
+        }
+    }
+    let svc = ServiceRef {
+        namespace: namespace_of(&slice.metadata),
+        name: service_name.clone(),
+    };
+    Some((svc, SliceView { ports, endpoints }))
+}
+
+fn slice_port(port: &EndpointPort, object: &str, report: &mut Report) -> SlicePort {
+    let name = port.name.clone().unwrap_or_default();
+    let protocol = match parse_protocol(port.protocol.as_deref()) {
+        Ok(protocol) => Some(protocol),
+        // SCTP ports are valid; no service port of ours will look for them.
+        Err(ProtocolProblem::NotCaptured) => None,
+        Err(problem @ ProtocolProblem::Unknown(_)) => {
+            let label = PortLabel::new(&name, port.port, port.protocol.as_deref());
+            report.skip(object, format!("{label}: {problem}"));
+            None
+        }
+    };
+    let number = match port.port {
+        None => {
+            let label = PortLabel::new(&name, None, port.protocol.as_deref());
+            report.skip(object, format!("{label}: no port number"));
+            None
+        }
+        Some(number) => match parse_port(number) {
+            Ok(number) => Some(number),
+            Err(reason) => {
+                let label = PortLabel::new(&name, None, port.protocol.as_deref());
+                report.skip(object, format!("{label}: {reason}"));
+                None
+            }
+        },
+    };
+    SlicePort {
+        name,
+        protocol,
+        port: number,
+    }
+}

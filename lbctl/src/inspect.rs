@@ -1,0 +1,275 @@
+//! Read-only views of an installed datapath, from the pinned maps: what `lbctl status`,
+//! `services`, `lookup` and `stats` print.
+use std::{net::SocketAddr, path::Path, str::FromStr};
+
+use aya::{
+    maps::MapInfo,
+    programs::links::{FdLink, PinnedLink},
+};
+use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
+use lb_common::{BACKENDS_MAP, SERVICES_MAP, service_flags};
+use serde::Serialize;
+
+use crate::{
+    datapath::{DatapathError, FrontendAddr, Maps, ProgrammedFrontend, Writer, loader},
+    plan::Protocol,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+    #[error("{0:?} is not ADDRESS:PORT[/tcp|/udp] (e.g. 10.96.0.10:80/tcp or [fd00::10]:53/udp)")]
+    BadTarget(String),
+}
+
+/// `10.96.0.10:80/tcp`, `[fd00::10]:53/udp`; the protocol defaults to TCP.
+pub fn parse_target(s: &str) -> Result<FrontendAddr, InspectError> {
+    let (addr, proto) = match s.rsplit_once('/') {
+        Some((a, p)) => (a, p),
+        None => (s, "tcp"),
+    };
+    let protocol = match proto.to_ascii_lowercase().as_str() {
+        "tcp" => Protocol::Tcp,
+        "udp" => Protocol::Udp,
+        _ => return Err(InspectError::BadTarget(s.to_owned())),
+    };
+    let addr = SocketAddr::from_str(addr).map_err(|_| InspectError::BadTarget(s.to_owned()))?;
+    Ok(FrontendAddr::new(addr, protocol))
+}
+
+fn kind_of(flags: u16) -> &'static str {
+    if flags & service_flags::NODE_PORT != 0 {
+        "NodePort"
+    } else if flags & service_flags::EXTERNAL != 0 {
+        "External"
+    } else {
+        "ClusterIP"
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct FrontendView {
+    pub frontend: String,
+    pub kind: &'static str,
+    pub id: u32,
+    pub backends: Vec<String>,
+    pub affinity_timeout_seconds: Option<u32>,
+    pub rewritten: u64,
+    pub refused: u64,
+}
+
+fn view(maps: &Maps, f: &ProgrammedFrontend) -> FrontendView {
+    let stats = maps.frontend_counters(f.frontend_id).unwrap_or_default();
+    FrontendView {
+        frontend: f.frontend.to_string(),
+        kind: kind_of(f.flags),
+        id: f.frontend_id,
+        backends: f.backends.iter().map(ToString::to_string).collect(),
+        affinity_timeout_seconds: (f.flags & service_flags::AFFINITY != 0)
+            .then_some(f.affinity_timeout),
+        rewritten: stats.rewritten,
+        refused: stats.refused,
+    }
+}
+
+/// Every programmed frontend.
+pub fn services(pin_dir: &Path) -> Result<Vec<FrontendView>, InspectError> {
+    let writer = Writer::adopt(Maps::open(pin_dir)?)?;
+    Ok(writer
+        .frontends()
+        .iter()
+        .map(|f| view(writer.maps(), f))
+        .collect())
+}
+
+pub fn services_table(views: &[FrontendView]) -> String {
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY).set_header([
+        "FRONTEND",
+        "KIND",
+        "BACKENDS",
+        "AFFINITY",
+        "REWRITTEN",
+        "REFUSED",
+    ]);
+    for v in views {
+        t.add_row([
+            v.frontend.clone(),
+            v.kind.to_owned(),
+            if v.backends.is_empty() {
+                "(none: refuses)".to_owned()
+            } else {
+                v.backends.join("\n")
+            },
+            v.affinity_timeout_seconds
+                .map_or("-".to_owned(), |s| format!("{s}s")),
+            v.rewritten.to_string(),
+            v.refused.to_string(),
+        ]);
+    }
+    t.to_string()
+}
+
+/// What a `connect()` from the attached cgroup to a destination gets now.
+#[derive(Debug, Serialize)]
+#[serde(tag = "verdict", rename_all = "snake_case")]
+pub enum Lookup {
+    /// Not a frontend: the destination is left untouched.
+    PassedThrough { destination: String },
+    /// A frontend without usable backends: `connect()` fails with ECONNREFUSED.
+    Refused { frontend: FrontendView },
+    /// A frontend: one of these backends is chosen uniformly at random.
+    Rewritten { frontend: FrontendView },
+}
+
+pub fn lookup(pin_dir: &Path, target: FrontendAddr) -> Result<Lookup, InspectError> {
+    let writer = Writer::adopt(Maps::open(pin_dir)?)?;
+    let found = writer
+        .frontends()
+        .into_iter()
+        .find(|f| f.frontend == target);
+    Ok(match found {
+        None => Lookup::PassedThrough {
+            destination: target.to_string(),
+        },
+        Some(f) if f.backends.is_empty() => Lookup::Refused {
+            frontend: view(writer.maps(), &f),
+        },
+        Some(f) => Lookup::Rewritten {
+            frontend: view(writer.maps(), &f),
+        },
+    })
+}
+
+pub fn lookup_text(l: &Lookup) -> String {
+    match l {
+        Lookup::PassedThrough { destination } => {
+            format!(
+                "{destination}: not a service frontend on this node; connects pass through untouched\n"
+            )
+        }
+        Lookup::Refused { frontend } => format!(
+            "{}: service frontend with no usable backend on this node; connect() fails with ECONNREFUSED \
+             (refused so far: {})\nWhy: run `lbctl plan --node <this node>` on the cluster's objects to see the \
+             endpoints and policy that left it empty.\n",
+            frontend.frontend, frontend.refused
+        ),
+        Lookup::Rewritten { frontend } => format!(
+            "{}: rewritten to one of {} backend(s), chosen uniformly at random{}:\n  {}\n",
+            frontend.frontend,
+            frontend.backends.len(),
+            frontend
+                .affinity_timeout_seconds
+                .map_or(String::new(), |s| format!(" (ClientIP affinity, {s}s)")),
+            frontend.backends.join("\n  ")
+        ),
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct MapFill {
+    pub map: &'static str,
+    pub entries: usize,
+    pub capacity: u32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LinkView {
+    pub program: &'static str,
+    pub pinned: bool,
+    pub link_id: Option<u32>,
+    pub program_id: Option<u32>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub pin_dir: String,
+    pub links: Vec<LinkView>,
+    pub maps: Vec<MapFill>,
+    pub frontends: usize,
+    pub counters: crate::datapath::Counters,
+}
+
+pub fn status(pin_dir: &Path) -> Result<Status, InspectError> {
+    let maps = Maps::open(pin_dir)?;
+    let links = loader::PROGRAMS
+        .iter()
+        .map(|&program| {
+            let path = loader::link_path(pin_dir, program);
+            let info = PinnedLink::from_pin(&path)
+                .ok()
+                .and_then(|l| FdLink::from(l).info().ok());
+            LinkView {
+                program,
+                pinned: path.exists(),
+                link_id: info.as_ref().map(|i| i.id()),
+                program_id: info.as_ref().map(|i| i.program_id()),
+            }
+        })
+        .collect();
+    let capacity = |name: &str| {
+        MapInfo::from_pin(pin_dir.join(name))
+            .map(|i| i.max_entries())
+            .unwrap_or(0)
+    };
+    let service_entries = maps.services.keys().count();
+    let backend_entries = maps.backends.keys().count();
+    let frontends = maps
+        .services
+        .keys()
+        .filter(|k| k.as_ref().is_ok_and(|k| k.slot == 0))
+        .count();
+    Ok(Status {
+        pin_dir: pin_dir.display().to_string(),
+        links,
+        maps: vec![
+            MapFill {
+                map: SERVICES_MAP,
+                entries: service_entries,
+                capacity: capacity(SERVICES_MAP),
+            },
+            MapFill {
+                map: BACKENDS_MAP,
+                entries: backend_entries,
+                capacity: capacity(BACKENDS_MAP),
+            },
+        ],
+        frontends,
+        counters: maps.counters()?,
+    })
+}
+
+pub fn status_text(s: &Status) -> String {
+    let mut out = format!("pin directory: {}\n", s.pin_dir);
+    for l in &s.links {
+        out.push_str(&match (l.pinned, l.link_id, l.program_id) {
+            (true, Some(link), Some(prog)) => format!(
+                "program {}: attached (link {link}, program {prog})\n",
+                l.program
+            ),
+            (true, _, _) => format!("program {}: pinned link unreadable\n", l.program),
+            (false, _, _) => format!("program {}: NOT attached\n", l.program),
+        });
+    }
+    for m in &s.maps {
+        let pct = if m.capacity == 0 {
+            0.0
+        } else {
+            100.0 * m.entries as f64 / f64::from(m.capacity)
+        };
+        out.push_str(&format!(
+            "map {}: {} of {} entries ({pct:.1}%)\n",
+            m.map, m.entries, m.capacity
+        ));
+    }
+    out.push_str(&format!(
+        "frontends: {}\nconnects: {} rewritten, {} refused, {} passed through ({} retried)\n",
+        s.frontends,
+        s.counters.rewritten,
+        s.counters.refused,
+        s.counters.passed,
+        s.counters.retried
+    ));
+    out
+}

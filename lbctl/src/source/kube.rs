@@ -1,0 +1,660 @@
+//! The Kubernetes source of the node agent: reflectors for Services, EndpointSlices and this
+//! node's Node object.
+//!
+//! # How it works
+//! [`KubeSource::start`] spawns one task per resource. Each task runs a kube-rs
+//! [`watcher`](kube::runtime::watcher()) in the default list-then-watch mode, with the default
+//! client-go-like backoff ([`WatchStreamExt::default_backoff`]: 0.8 s doubling to 30 s, with
+//! jitter), and reflects it into a [`reflector::Store`]:
+//!
+//! | resource | scope | selector |
+//! |---|---|---|
+//! | `v1/Service` | all namespaces | none |
+//! | `discovery.k8s.io/v1/EndpointSlice` | all namespaces | none |
+//! | `v1/Node` | cluster | `metadata.name=<node>` |
+//!
+//! The watcher resumes a dropped watch from the last resourceVersion it saw (bookmarks keep that
+//! version fresh) and relists when the API server answers `410 Gone`. A relist is buffered by
+//! the store and swapped in atomically when complete, so readers never see a half-listed store.
+//!
+//! # What the agent reads
+//! - A [`tokio::sync::watch`] channel of [`SourceState`]: `generation` is bumped after every
+//!   change to a store (and once per completed list), so the agent can wait for
+//!   `changed()`, sleep a little to coalesce a burst, and read one [`KubeSource::snapshot`].
+//!   A snapshot taken after observing generation `g` contains at least every change up to `g`.
+//! - `synced` becomes true once *all three* stores have completed their initial list, and never
+//!   goes back: the agent must not prune datapath state before that.
+//! - `connected` is false while any watch is failing (`last_error` says why). Failures never
+//!   clear a store: the last known objects stay in the snapshot until the API server says
+//!   otherwise.
+//! - [`KubeSource::stats`] gives per-resource counters (events, errors, lists, expirations) for
+//!   metrics.
+//!
+//! The source only reads; it never writes to the API server.
+
+use std::{
+    fmt::Debug,
+    future::Future,
+    hash::Hash,
+    path::PathBuf,
+    pin::Pin,
+    sync::{Arc, Mutex, MutexGuard},
+    task::{Context, Poll},
+};
+
+use futures::StreamExt;
+use http::{Request, Response};
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
+};
+use kube::{
+    Api, Client, Config, ResourceExt,
+    client::Body,
+    config::{KubeConfigOptions, Kubeconfig},
+    runtime::{
+        WatchStreamExt,
+        reflector::{self, Store, store::Writer},
+        watcher,
+    },
+};
+use serde::de::DeserializeOwned;
+use tokio::{sync::watch, task::JoinHandle};
+use tracing::{debug, info, warn};
+
+use crate::model::Inventory;
+
+/// Errors raised while building a client or starting the source. Watch failures at run time
+/// are not errors of this type: they are reported through [`SourceState`] and retried.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeSourceError {
+    #[error("cannot load kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: PathBuf,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error(
+        "no Kubernetes configuration: not in a cluster ({incluster}) and no usable kubeconfig ({inferred})"
+    )]
+    NoConfig { incluster: String, inferred: String },
+    #[error("cannot create the Kubernetes client: {0}")]
+    Client(#[source] kube::Error),
+    #[error("invalid node name {0:?}: must be a non-empty DNS subdomain")]
+    InvalidNodeName(String),
+}
+
+/// Builds a client: from `kubeconfig` when given (its current context), otherwise from the
+/// in-cluster service account (the normal case for the DaemonSet), falling back to the default
+/// kubeconfig lookup (`$KUBECONFIG`, `~/.kube/config`) for runs outside a cluster.
+pub async fn client_from(kubeconfig: Option<PathBuf>) -> Result<Client, KubeSourceError> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc =
+                Kubeconfig::read_from(&path).map_err(|source| KubeSourceError::Kubeconfig {
+                    path: path.clone(),
+                    source,
+                })?;
+            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .map_err(|source| KubeSourceError::Kubeconfig { path, source })?
+        }
+        None => match Config::incluster() {
+            Ok(config) => config,
+            Err(incluster) => {
+                debug!(error = %incluster, "no in-cluster configuration, trying kubeconfig");
+                Config::infer()
+                    .await
+                    .map_err(|inferred| KubeSourceError::NoConfig {
+                        incluster: incluster.to_string(),
+                        inferred: inferred.to_string(),
+                    })?
+            }
+        },
+    };
+    info!(server = %config.cluster_url, "Kubernetes API server");
+    Client::try_from(config).map_err(KubeSourceError::Client)
+}
+
+/// The three resources the source watches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum WatchedResource {
+    Services,
+    EndpointSlices,
+    Nodes,
+}
+
+impl WatchedResource {
+    pub const ALL: [WatchedResource; 3] = [Self::Services, Self::EndpointSlices, Self::Nodes];
+
+    /// The lower-case plural name, as used in metric labels and API paths.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Services => "services",
+            Self::EndpointSlices => "endpointslices",
+            Self::Nodes => "nodes",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Self::Services => 0,
+            Self::EndpointSlices => 1,
+            Self::Nodes => 2,
+        }
+    }
+}
+
+impl std::fmt::Display for WatchedResource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the agent loop watches: cheap to clone and compare.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SourceState {
+    /// Bumped after every change to any store (including each completed list or relist).
+    pub generation: u64,
+    /// All three stores have completed their initial list. Never goes back to false.
+    pub synced: bool,
+    /// Every watch is currently healthy (false before the first successful contact and while
+    /// any watch is failing; a routine `410 Gone` relist does not count as a failure).
+    pub connected: bool,
+    /// Why the failing watches fail (`"<resource>: <error>"`, joined by `"; "`); `None` when
+    /// all are healthy.
+    pub last_error: Option<String>,
+}
+
+/// Per-resource health and counters, monotonic for the life of the source.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ResourceStats {
+    /// The initial list has completed.
+    pub synced: bool,
+    /// The last request or event succeeded.
+    pub connected: bool,
+    /// Objects currently in the store.
+    pub objects: usize,
+    /// Objects received: each listed object and each ADDED/MODIFIED/DELETED watch event.
+    pub events: u64,
+    /// Watch or list failures (including `410 Gone`).
+    pub errors: u64,
+    /// Completed lists (1 after the initial sync; each relist adds one).
+    pub lists: u64,
+    /// `410 Gone` answers (resourceVersion too old), each followed by a relist.
+    pub expired: u64,
+    /// The current error, `None` while connected.
+    pub last_error: Option<String>,
+}
+
+/// Tunables of [`KubeSource::start_with`]; [`KubeSourceConfig::new`] gives the defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KubeSourceConfig {
+    /// This node's name (the `metadata.name` of its Node object).
+    pub node_name: String,
+    /// Server-side timeout of each watch request (`timeoutSeconds`); `None` keeps kube-rs'
+    /// default of 290 s. The client also gives up on a silent watch after this plus 5 s.
+    pub watch_timeout_secs: Option<u32>,
+    /// Page size of list requests; `None` keeps kube-rs' default of 500.
+    pub page_size: Option<u32>,
+}
+
+impl KubeSourceConfig {
+    pub fn new(node_name: impl Into<String>) -> Self {
+        Self {
+            node_name: node_name.into(),
+            watch_timeout_secs: None,
+            page_size: None,
+        }
+    }
+
+    fn watcher_config(&self) -> watcher::Config {
+        let mut config = watcher::Config::default();
+        if let Some(timeout) = self.watch_timeout_secs {
+            config = config.timeout(timeout);
+        }
+        if let Some(page_size) = self.page_size {
+            config = config.page_size(page_size);
+        }
+        config
+    }
+}
+
+/// Reflectors for Services, EndpointSlices and this node's Node. Dropping it stops the watches
+/// (the stores stay readable through any [`KubeSourceHandle`]).
+pub struct KubeSource {
+    handle: KubeSourceHandle,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// A cheap, cloneable read-only view of a [`KubeSource`] (stores, state and counters), e.g.
+/// for a metrics collector.
+#[derive(Clone)]
+pub struct KubeSourceHandle {
+    services: Store<Service>,
+    endpoint_slices: Store<EndpointSlice>,
+    nodes: Store<Node>,
+    shared: Arc<Shared>,
+}
+
+impl KubeSource {
+    /// Starts watching with default settings; see [`KubeSource::start_with`].
+    pub fn start(
+        client: Client,
+        node_name: impl Into<String>,
+    ) -> Result<(KubeSource, watch::Receiver<SourceState>), KubeSourceError> {
+        Self::start_with(client, KubeSourceConfig::new(node_name))
+    }
+
+    /// Starts the three reflectors on the current tokio runtime and returns the source and a
+    /// receiver of its [`SourceState`]. Fails only on an invalid node name: connection problems
+    /// are reported through the state and retried with backoff, forever.
+    pub fn start_with(
+        client: Client,
+        config: KubeSourceConfig,
+    ) -> Result<(KubeSource, watch::Receiver<SourceState>), KubeSourceError> {
+        validate_node_name(&config.node_name)?;
+        let (tx, rx) = watch::channel(SourceState::default());
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner::default()),
+            tx,
+        });
+        let base = config.watcher_config();
+
+        let (services, services_writer) = reflector::store::<Service>();
+        let (endpoint_slices, slices_writer) = reflector::store::<EndpointSlice>();
+        let (nodes, nodes_writer) = reflector::store::<Node>();
+
+        let tasks = vec![
+            spawn_reflector(
+                Api::all(tapped_client(&client, WatchedResource::Services, &shared)),
+                base.clone(),
+                services_writer,
+                WatchedResource::Services,
+                shared.clone(),
+            ),
+            spawn_reflector(
+                Api::all(tapped_client(
+                    &client,
+                    WatchedResource::EndpointSlices,
+                    &shared,
+                )),
+                base.clone(),
+                slices_writer,
+                WatchedResource::EndpointSlices,
+                shared.clone(),
+            ),
+            spawn_reflector(
+                Api::all(tapped_client(&client, WatchedResource::Nodes, &shared)),
+                base.fields(&format!("metadata.name={}", config.node_name)),
+                nodes_writer,
+                WatchedResource::Nodes,
+                shared.clone(),
+            ),
+        ];
+        info!(node = %config.node_name, "watching Services, EndpointSlices and this Node");
+        let handle = KubeSourceHandle {
+            services,
+            endpoint_slices,
+            nodes,
+            shared,
+        };
+        Ok((KubeSource { handle, tasks }, rx))
+    }
+
+    /// A cloneable read-only view of this source.
+    pub fn handle(&self) -> KubeSourceHandle {
+        self.handle.clone()
+    }
+
+    /// See [`KubeSourceHandle::snapshot`].
+    pub fn snapshot(&self) -> Inventory {
+        self.handle.snapshot()
+    }
+
+    /// See [`KubeSourceHandle::state`].
+    pub fn state(&self) -> SourceState {
+        self.handle.state()
+    }
+
+    /// See [`KubeSourceHandle::stats`].
+    pub fn stats(&self) -> Vec<(WatchedResource, ResourceStats)> {
+        self.handle.stats()
+    }
+
+    /// Another receiver of the state channel.
+    pub fn subscribe(&self) -> watch::Receiver<SourceState> {
+        self.handle.subscribe()
+    }
+
+    /// Stops the watches now (dropping the source does the same).
+    pub fn stop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for KubeSource {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl KubeSourceHandle {
+    /// The objects currently in the stores, each list sorted by namespace and name. Before
+    /// [`SourceState::synced`] this may be incomplete; it is never emptied by a watch failure.
+    pub fn snapshot(&self) -> Inventory {
+        Inventory {
+            services: sorted(self.services.state()),
+            endpoint_slices: sorted(self.endpoint_slices.state()),
+            nodes: sorted(self.nodes.state()),
+        }
+    }
+
+    /// The current state (same value as the watch channel carries).
+    pub fn state(&self) -> SourceState {
+        self.shared.tx.borrow().clone()
+    }
+
+    /// Per-resource health and counters, in [`WatchedResource::ALL`] order.
+    pub fn stats(&self) -> Vec<(WatchedResource, ResourceStats)> {
+        let inner = self.shared.lock();
+        WatchedResource::ALL
+            .iter()
+            .map(|&resource| {
+                let status = &inner.resources[resource.index()];
+                let objects = match resource {
+                    WatchedResource::Services => self.services.len(),
+                    WatchedResource::EndpointSlices => self.endpoint_slices.len(),
+                    WatchedResource::Nodes => self.nodes.len(),
+                };
+                let stats = ResourceStats {
+                    synced: status.synced,
+                    connected: status.connected,
+                    objects,
+                    events: status.events,
+                    errors: status.errors,
+                    lists: status.lists,
+                    expired: status.expired,
+                    last_error: status.last_error.clone(),
+                };
+                (resource, stats)
+            })
+            .collect()
+    }
+
+    /// Another receiver of the state channel.
+    pub fn subscribe(&self) -> watch::Receiver<SourceState> {
+        self.shared.tx.subscribe()
+    }
+}
+
+fn sorted<K: kube::Resource + Clone>(objects: Vec<Arc<K>>) -> Vec<K> {
+    let mut objects: Vec<K> = objects.into_iter().map(Arc::unwrap_or_clone).collect();
+    objects.sort_by(|a, b| {
+        (a.meta().namespace.as_deref(), a.meta().name.as_deref())
+            .cmp(&(b.meta().namespace.as_deref(), b.meta().name.as_deref()))
+    });
+    objects
+}
+
+/// A node name goes into a field selector: reject what would change its meaning.
+fn validate_node_name(name: &str) -> Result<(), KubeSourceError> {
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+    if valid {
+        Ok(())
+    } else {
+        Err(KubeSourceError::InvalidNodeName(name.to_string()))
+    }
+}
+
+#[derive(Debug, Default)]
+struct ResourceStatus {
+    synced: bool,
+    connected: bool,
+    events: u64,
+    errors: u64,
+    lists: u64,
+    expired: u64,
+    last_error: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    resources: [ResourceStatus; 3],
+    generation: u64,
+}
+
+impl Inner {
+    fn state(&self) -> SourceState {
+        let errors: Vec<String> = WatchedResource::ALL
+            .iter()
+            .filter_map(|&r| {
+                let status = &self.resources[r.index()];
+                match (&status.last_error, status.connected) {
+                    (Some(error), false) => Some(format!("{r}: {error}")),
+                    _ => None,
+                }
+            })
+            .collect();
+        SourceState {
+            generation: self.generation,
+            synced: self.resources.iter().all(|r| r.synced),
+            connected: self.resources.iter().all(|r| r.connected),
+            last_error: (!errors.is_empty()).then(|| errors.join("; ")),
+        }
+    }
+}
+
+/// State shared by the reflector tasks, the request taps and the handles.
+struct Shared {
+    inner: Mutex<Inner>,
+    tx: watch::Sender<SourceState>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // The critical sections cannot panic half-way; a poisoned lock still holds sane data.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Applies `f` and publishes the new state if it changed. The lock is held while
+    /// publishing so that concurrent updates are published in order.
+    fn update(&self, resource: WatchedResource, f: impl FnOnce(&mut ResourceStatus, &mut u64)) {
+        let mut inner = self.lock();
+        let Inner {
+            resources,
+            generation,
+        } = &mut *inner;
+        f(&mut resources[resource.index()], generation);
+        let new = inner.state();
+        self.tx.send_if_modified(|current| {
+            if *current == new {
+                false
+            } else {
+                *current = new;
+                true
+            }
+        });
+    }
+
+    /// A list or watch request of `resource` got a successful answer.
+    fn reachable(&self, resource: WatchedResource) {
+        self.update(resource, |status, _| mark_connected(resource, status));
+    }
+
+    fn on_event<K: ResourceExt>(&self, resource: WatchedResource, event: &watcher::Event<K>) {
+        match event {
+            watcher::Event::Init => debug!(%resource, "listing"),
+            watcher::Event::InitApply(_) => self.update(resource, |status, _| status.events += 1),
+            watcher::Event::InitDone => self.update(resource, |status, generation| {
+                status.lists += 1;
+                if status.synced {
+                    info!(%resource, lists = status.lists, "relisted");
+                } else {
+                    info!(%resource, "initial list complete");
+                }
+                status.synced = true;
+                mark_connected(resource, status);
+                *generation += 1;
+            }),
+            watcher::Event::Apply(obj) | watcher::Event::Delete(obj) => {
+                let deleted = matches!(event, watcher::Event::Delete(_));
+                debug!(%resource, name = %obj.name_any(), namespace = ?obj.namespace(), deleted, "event");
+                self.update(resource, |status, generation| {
+                    status.events += 1;
+                    mark_connected(resource, status);
+                    *generation += 1;
+                });
+            }
+        }
+    }
+
+    fn on_error(&self, resource: WatchedResource, error: &watcher::Error) {
+        let expired = matches!(error, watcher::Error::WatchError(status) if status.code == 410);
+        self.update(resource, |status, _| {
+            status.errors += 1;
+            if expired {
+                // Routine: the watch fell behind the server's history. The watcher relists; the
+                // store keeps serving the old objects until the relist completes.
+                status.expired += 1;
+                info!(%resource, "resourceVersion expired (410 Gone): relisting");
+            } else {
+                let message = error_chain(error);
+                if status.connected || status.last_error.as_deref() != Some(message.as_str()) {
+                    warn!(%resource, error = %message, "watch failed; keeping the last known objects and retrying");
+                }
+                status.connected = false;
+                status.last_error = Some(message);
+            }
+        });
+    }
+}
+
+fn mark_connected(resource: WatchedResource, status: &mut ResourceStatus) {
+    if !status.connected && status.last_error.is_some() {
+        info!(%resource, "watch recovered");
+    }
+    status.connected = true;
+    status.last_error = None;
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
+}
+
+fn spawn_reflector<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    writer: Writer<K>,
+    resource: WatchedResource,
+    shared: Arc<Shared>,
+) -> JoinHandle<()>
+where
+    K: kube::Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
+{
+    tokio::spawn(async move {
+        let stream = watcher(api, config).default_backoff().reflect(writer);
+        let mut stream = std::pin::pin!(stream);
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(event) => shared.on_event(resource, &event),
+                Err(error) => shared.on_error(resource, &error),
+            }
+        }
+        // kube's watcher never ends on its own; note it if it ever does.
+        warn!(%resource, "watch stream ended");
+    })
+}
+
+/// A client that sends through `client` and reports every successful answer to a request of
+/// `resource` as "reachable". kube's watcher does not surface a watch that restarts quietly
+/// after an outage (no objects changed), so without this the source would stay "disconnected"
+/// until the next change.
+fn tapped_client(client: &Client, resource: WatchedResource, shared: &Arc<Shared>) -> Client {
+    Client::new(
+        Tap {
+            client: client.clone(),
+            resource,
+            shared: shared.clone(),
+        },
+        client.default_namespace().to_string(),
+    )
+}
+
+#[derive(Clone)]
+struct Tap {
+    client: Client,
+    resource: WatchedResource,
+    shared: Arc<Shared>,
+}
+
+impl tower_service::Service<Request<Body>> for Tap {
+    type Response = Response<Body>;
+    type Error = kube::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, kube::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let tap = self.clone();
+        Box::pin(async move {
+            let response = tap.client.send(request).await?;
+            if response.status().is_success() {
+                tap.shared.reachable(tap.resource);
+            }
+            Ok(response)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_names_are_validated() {
+        assert!(validate_node_name("worker-1.example").is_ok());
+        assert!(validate_node_name("").is_err());
+        assert!(validate_node_name("a,metadata.name=b").is_err());
+        assert!(validate_node_name("Upper").is_err());
+    }
+
+    #[test]
+    fn state_requires_all_three_synced_and_connected() {
+        let mut inner = Inner::default();
+        inner.resources[0].synced = true;
+        inner.resources[1].synced = true;
+        assert!(!inner.state().synced);
+        inner.resources[2].synced = true;
+        assert!(inner.state().synced);
+        for r in &mut inner.resources {
+            r.connected = true;
+        }
+        inner.resources[1].connected = false;
+        inner.resources[1].last_error = Some("boom".into());
+        let state = inner.state();
+        assert!(!state.connected);
+        assert_eq!(state.last_error.as_deref(), Some("endpointslices: boom"));
+    }
+}

@@ -1,0 +1,191 @@
+//! `lbctl agent` in Kubernetes mode on the real kernel, against the in-test API server (list,
+//! watch, bookmarks, 410 expiry over HTTP; no real kube-apiserver can be installed on these
+//! machines, see docs/kubernetes-source.md). Watch events reprogram the node; an erroring API
+//! server leaves the datapath untouched and the agent not ready; recovery converges.
+#[path = "../../lbctl/tests/support/fake_apiserver.rs"]
+mod fake_apiserver;
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    time::Duration,
+};
+
+use fake_apiserver::FakeApiServer;
+use lbctl::{datapath::FrontendAddr, inspect, plan::Protocol};
+use serde_json::{Value, json};
+use testkit::{
+    agent::{AgentProcess, wait_until},
+    backends::Backends,
+    cgroup::CgroupGuard,
+    pins::PinDirGuard,
+    probe::{Outcome, Probe},
+};
+
+const VIP: &str = "10.96.0.20";
+
+fn node() -> Value {
+    json!({"apiVersion": "v1", "kind": "Node",
+           "metadata": {"name": "node-a", "labels": {"topology.kubernetes.io/zone": "z1"}},
+           "status": {"addresses": [{"type": "InternalIP", "address": "192.0.2.1"}]}})
+}
+
+fn service(port: u16) -> Value {
+    json!({"apiVersion": "v1", "kind": "Service",
+           "metadata": {"name": "svc", "namespace": "default"},
+           "spec": {"clusterIP": VIP, "clusterIPs": [VIP],
+                    "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": port}]}})
+}
+
+fn slice(endpoint: SocketAddr) -> Value {
+    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+           "metadata": {"name": "svc-abc12", "namespace": "default",
+                        "labels": {"kubernetes.io/service-name": "svc"}},
+           "addressType": "IPv4",
+           "ports": [{"name": "http", "port": endpoint.port(), "protocol": "TCP"}],
+           "endpoints": [{"addresses": [endpoint.ip().to_string()], "nodeName": "node-a",
+                          "conditions": {"ready": true}}]})
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Status code of `GET path` on the agent's metrics server (0 when unreachable).
+fn http_status(addr: SocketAddr, path: &str) -> u16 {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+        return 0;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    );
+    let mut reply = String::new();
+    let _ = s.read_to_string(&mut reply);
+    reply
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+fn reaches(cgroup: &CgroupGuard, name: &str) -> bool {
+    Probe::run(Some(cgroup), &["tcp", &format!("{VIP}:80"), "1"]).unwrap()
+        == vec![Outcome::Reached(name.into())]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_events_program_the_node_and_api_errors_never_flush_it() {
+    let cgroup = CgroupGuard::new("kube").unwrap();
+    let pins = PinDirGuard::new("kube");
+    let b = Backends::tcp_same_port(&["b0", "b1"]).unwrap();
+    let api = FakeApiServer::start().await;
+    api.apply(&node());
+    api.apply(&service(b.addr("b0").port()));
+    api.apply(&slice(b.addr("b0")));
+
+    let dir = std::env::temp_dir().join(testkit::unique_name("kubeconfig"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("config");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: t, cluster: {{server: \"{}\"}}}}]\n\
+             users: [{{name: t, user: {{}}}}]\ncontexts: [{{name: t, context: {{cluster: t, user: t}}}}]\n\
+             current-context: t\n",
+            api.url()
+        ),
+    )
+    .unwrap();
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let args: Vec<String> = [
+        "--node",
+        "node-a",
+        "--kubeconfig",
+        &kubeconfig.display().to_string(),
+        "--pin-dir",
+        &pins.path().display().to_string(),
+        "--cgroup",
+        &cgroup.path().display().to_string(),
+        "--metrics-addr",
+        &metrics.to_string(),
+        "--coalesce-ms",
+        "10",
+        "--max-service-entries",
+        "4096",
+        "--max-backends",
+        "1024",
+        "--max-frontends",
+        "1024",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let agent = AgentProcess::start(&args).unwrap();
+
+    let target = FrontendAddr::new(format!("{VIP}:80").parse().unwrap(), Protocol::Tcp);
+    let programmed = || match inspect::lookup(pins.path(), target) {
+        Ok(inspect::Lookup::Rewritten { frontend }) => frontend.backends,
+        _ => vec![],
+    };
+    let ok = tokio::task::block_in_place(|| {
+        wait_until(Duration::from_secs(15), || {
+            programmed() == vec![b.addr("b0").to_string()]
+        })
+    });
+    assert!(ok, "initial sync not programmed:\n{}", agent.log());
+    assert!(tokio::task::block_in_place(|| reaches(&cgroup, "b0")));
+    assert!(tokio::task::block_in_place(|| wait_until(
+        Duration::from_secs(5),
+        || http_status(metrics, "/readyz") == 200
+    )));
+
+    // A watch event: the endpoint moves to b1; a client follows within a second.
+    api.apply(&slice(b.addr("b1")));
+    assert!(
+        tokio::task::block_in_place(|| wait_until(Duration::from_secs(1), || reaches(
+            &cgroup, "b1"
+        ))),
+        "watch event not programmed within a second:\n{}",
+        agent.log()
+    );
+
+    // The API server errors: not ready, the datapath stays as it is.
+    api.fail_with(Some(500));
+    assert!(
+        tokio::task::block_in_place(|| wait_until(Duration::from_secs(10), || http_status(
+            metrics, "/readyz"
+        ) == 503)),
+        "agent stayed ready while the API server failed:\n{}",
+        agent.log()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        programmed(),
+        vec![b.addr("b1").to_string()],
+        "a failing API server must not flush the maps"
+    );
+    assert!(tokio::task::block_in_place(|| reaches(&cgroup, "b1")));
+
+    // History compacted while failing: the agent relists (410) after recovery and converges.
+    api.apply(&slice(b.addr("b0")));
+    api.compact();
+    api.fail_with(None);
+    assert!(
+        tokio::task::block_in_place(|| wait_until(Duration::from_secs(20), || reaches(
+            &cgroup, "b0"
+        ))),
+        "did not converge after the API server recovered:\n{}",
+        agent.log()
+    );
+    assert!(tokio::task::block_in_place(|| wait_until(
+        Duration::from_secs(10),
+        || http_status(metrics, "/readyz") == 200
+    )));
+    let _ = std::fs::remove_dir_all(&dir);
+}
