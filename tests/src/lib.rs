@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod backends;
 pub mod cgroup;
+pub mod churn;
 pub mod pins;
 pub mod probe;
 

@@ -1,4 +1,4 @@
-//! Developer and operator tasks: `cargo xtask setup | demo | test | lint`.
+//! Developer and operator tasks: `cargo xtask setup | demo | test | lint | soak`.
 //!
 //! This crate depends on nothing heavy on purpose: `setup` must build and run on a fresh
 //! machine before anything that needs the eBPF toolchain can.
@@ -31,6 +31,13 @@ enum Task {
     },
     /// rustfmt --check and clippy with warnings as errors.
     Lint,
+    /// Endpoint churn under continuous connects for a long time (needs root): prints connects,
+    /// refusals, violations and RSS as it goes; fails on any violation.
+    Soak {
+        /// How long to run.
+        #[arg(long, default_value_t = 5.0)]
+        minutes: f64,
+    },
 }
 
 fn cargo() -> Command {
@@ -67,6 +74,22 @@ fn main() -> Result<()> {
             // The kernel tests start the `lbctl`, `lb-probe` binaries: build every binary first.
             run(cargo().args(["build", "--workspace", "--bins"]))?;
             run(cargo().args(["test", "--workspace"]).args(args))
+        }
+        Task::Soak { minutes } => {
+            setup::run()?;
+            run(cargo().args([
+                "build",
+                "--release",
+                "-p",
+                "lbctl-tests",
+                "--bin",
+                "lb-soak",
+                "--bin",
+                "lb-probe",
+            ]))?;
+            let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+            run(Command::new(format!("{target}/release/lb-soak"))
+                .args(["--minutes", &minutes.to_string()]))
         }
         Task::Lint => {
             run(cargo().args(["fmt", "--all", "--check"]))?;

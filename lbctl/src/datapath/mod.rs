@@ -96,6 +96,7 @@ impl Datapath {
     /// of the maps. Nothing is removed from the maps until the first [`Datapath::apply`].
     pub fn install(config: &DatapathConfig) -> Result<Self, DatapathError> {
         let (maps, installed) = loader::install(config)?;
+        restrict_pins(&config.pin_dir)?;
         let writer = Writer::adopt(maps)?;
         Ok(Self {
             pin_dir: config.pin_dir.clone(),
@@ -160,6 +161,25 @@ impl Datapath {
         *self = Self::install(config)?;
         Ok(())
     }
+}
+
+/// Makes the pin directory and everything in it root-only (directories 0700, pins 0600),
+/// whatever the umask was: only root may open lbctl's maps and links.
+fn restrict_pins(pin_dir: &Path) -> Result<(), DatapathError> {
+    use std::os::unix::fs::PermissionsExt;
+    let entries = std::fs::read_dir(pin_dir)
+        .map_err(|e| DatapathError::io(format!("listing {}", pin_dir.display()), e))?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            restrict_pins(&path)?;
+        } else {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| DatapathError::io(format!("setting mode of {}", path.display()), e))?;
+        }
+    }
+    std::fs::set_permissions(pin_dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| DatapathError::io(format!("setting mode of {}", pin_dir.display()), e))
 }
 
 /// Detaches the programs and removes every pin under `pin_dir`.

@@ -8,6 +8,8 @@
 //! lb-probe loop ADDR          tcp attempts until stdin closes; a `mark` line on stdin is
 //!                             echoed as `mark` between the attempts before and after it
 //! lb-probe exec CMD ARGS...   run a command (e.g. curl or dig) inside the cgroup
+//! lb-probe timed ADDR...      tcp attempts over the addresses in turn until stdin closes,
+//!                             each line `START_NS END_NS ADDR ok NAME|err ERRNO`
 //! lb-probe http NAME NODE ADDR
 //!                             an HTTP server on ADDR answering every request with
 //!                             "This is the quote service running in pod NAME on node NODE";
@@ -101,6 +103,10 @@ fn run(args: &[String]) -> Result<(), String> {
         [cmd, program, rest @ ..] if cmd == "exec" => {
             Err(Command::new(program).args(rest).exec().to_string())
         }
+        [cmd, addrs @ ..] if cmd == "timed" && !addrs.is_empty() => {
+            let addrs = addrs.iter().map(parse).collect::<Result<Vec<_>, _>>()?;
+            timed_loop(&addrs, &mut out)
+        }
         [cmd, name, node, addr] if cmd == "http" => serve_http(name, node, parse(addr)?, &mut out),
         _ => Err("usage: lb-probe tcp|udp ADDR COUNT | loop ADDR | exec CMD ARGS...".into()),
     }
@@ -145,6 +151,42 @@ fn read_request_head(conn: &mut TcpStream) -> io::Result<()> {
             break;
         }
         head.extend_from_slice(&buf[..n]);
+    }
+    Ok(())
+}
+
+/// Wall-clock nanoseconds: comparable with the test process's clock.
+fn now_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+/// TCP attempts over `addrs` in turn until stdin closes, each printed as
+/// `START_NS END_NS ADDR ok NAME` or `START_NS END_NS ADDR err ERRNO`.
+fn timed_loop(addrs: &[SocketAddr], out: &mut impl Write) -> Result<(), String> {
+    let (tx, rx) = mpsc::channel::<()>();
+    thread::spawn(move || {
+        let mut sink = String::new();
+        while io::stdin().lock().read_line(&mut sink).is_ok_and(|n| n > 0) {}
+        let _ = tx.send(());
+    });
+    for addr in addrs.iter().cycle() {
+        if rx.try_recv().is_ok() {
+            return Ok(());
+        }
+        let start = now_ns();
+        let result = tcp_once(*addr);
+        let end = now_ns();
+        match result {
+            Ok(name) => writeln!(out, "{start} {end} {addr} ok {name}"),
+            Err(e) => writeln!(
+                out,
+                "{start} {end} {addr} err {}",
+                e.raw_os_error().unwrap_or(-1)
+            ),
+        }
+        .map_err(|e| e.to_string())?;
     }
     Ok(())
 }
