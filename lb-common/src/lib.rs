@@ -21,7 +21,7 @@
 
 /// Bumped whenever a map key or value changes layout; stored in the pinned `lb_meta` map so an
 /// agent refuses to adopt maps written by an incompatible version.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Map names (also the file names under the pin directory).
 pub const SERVICES_MAP: &str = "lb_services";
@@ -31,14 +31,18 @@ pub const FRONTEND_STATS_MAP: &str = "lb_fe_stats";
 pub const META_MAP: &str = "lb_meta";
 pub const REVNAT_MAP: &str = "lb_revnat";
 pub const AFFINITY_MAP: &str = "lb_affinity";
+pub const MEMBERS_MAP: &str = "lb_members";
 
 /// Default capacities; the agent can override them at load time.
 pub const DEFAULT_MAX_SERVICE_ENTRIES: u32 = 65_536 * 8;
 pub const DEFAULT_MAX_BACKENDS: u32 = 262_144;
 /// Frontend ids index the per-frontend counters, so this bounds the number of frontends.
 pub const DEFAULT_MAX_FRONTENDS: u32 = 65_536;
+/// Sockets whose reverse translation is remembered at once ([`REVNAT_MAP`], an LRU hash: the
+/// kernel preallocates it, about 120 bytes per entry).
 pub const DEFAULT_MAX_REVNAT: u32 = 262_144;
-pub const DEFAULT_MAX_AFFINITY: u32 = 262_144;
+/// Session affinity entries (client, frontend) ([`AFFINITY_MAP`], an LRU hash, preallocated).
+pub const DEFAULT_MAX_AFFINITY: u32 = 65_536;
 
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
@@ -109,8 +113,8 @@ pub struct ServiceValue {
     pub count: u16,
     /// Master: [`service_flags`].
     pub flags: u16,
-    /// Master: stable id of the frontend; indexes the per-frontend counters and the
-    /// reverse-translation table.
+    /// Master: stable id of the frontend; indexes the per-frontend counters, keys
+    /// [`MEMBERS_MAP`] and [`AFFINITY_MAP`], and validates [`REVNAT_MAP`] entries.
     pub frontend_id: u32,
     /// Master: session affinity timeout in seconds (0 when affinity is off).
     pub affinity_timeout: u32,
@@ -130,23 +134,53 @@ pub struct Backend {
     pub flags: u8,
 }
 
-/// Value of [`REVNAT_MAP`] (key: frontend id): the service address a backend's replies must
-/// appear to come from (UDP `recvmsg`, `getpeername`).
+/// Value of [`REVNAT_MAP`], an LRU hash keyed by socket cookie (`u64`,
+/// `bpf_get_socket_cookie`): the one translation a socket made last. `connect4/6` and
+/// `sendmsg4/6` write it; `recvmsg4/6` and `getpeername4/6` use it to make the backend's address
+/// look like the service's; `sendmsg4/6` reuse its backend so one UDP socket sticks to one
+/// backend; `sock_release` deletes it when the socket closes.
+///
+/// An entry is used only while the frontend's master still carries `frontend_id` (the service was
+/// not deleted or re-created), and by `sendmsg` only while `(frontend_id, backend_id)` is in
+/// [`MEMBERS_MAP`] (the backend is still in the set).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct RevNat {
-    pub address: [u8; 16],
-    pub port: u16,
-    pub pad: [u8; 2],
+    /// The service (frontend) address the application asked for; IPv4 as `::ffff:a.b.c.d`.
+    pub service_address: [u8; 16],
+    /// The backend address the socket was sent to instead.
+    pub backend_address: [u8; 16],
+    /// Service port, network order.
+    pub service_port: u16,
+    /// Backend port, network order.
+    pub backend_port: u16,
+    /// IPPROTO_TCP or IPPROTO_UDP (part of the frontend's key).
+    pub proto: u8,
+    pub pad: [u8; 3],
+    /// The frontend id of the master when the entry was written.
+    pub frontend_id: u32,
+    /// The backend id chosen.
+    pub backend_id: u32,
+}
+
+/// Key of [`MEMBERS_MAP`] (value: `1u32`): "this backend is in this frontend's current set".
+/// Lets a program check in one lookup that a remembered backend (UDP stickiness, session
+/// affinity) may still be used.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct MemberKey {
+    pub frontend_id: u32,
+    pub backend_id: u32,
 }
 
 /// Key of [`AFFINITY_MAP`]: one client of one frontend.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct AffinityKey {
-    /// Network namespace cookie of the client socket.
+    /// Network namespace cookie of the client socket (`bpf_get_netns_cookie`).
     pub netns_cookie: u64,
-    /// Client source address when known (zero otherwise).
+    /// Client source address when the socket is bound to one (zero otherwise, which is the
+    /// usual case at connect time); IPv4 as `::ffff:a.b.c.d`.
     pub client: [u8; 16],
     pub frontend_id: u32,
     pub pad: u32,
@@ -158,8 +192,9 @@ pub struct AffinityKey {
 pub struct AffinityValue {
     pub backend_id: u32,
     pub pad: u32,
-    /// `bpf_ktime_get_ns` / 1e9 at the last use.
-    pub last_used_sec: u64,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when the entry was last used or made: it holds
+    /// while `now - last_used_ns < affinity_timeout` seconds.
+    pub last_used_ns: u64,
 }
 
 /// Indexes of [`STATS_MAP`], a per-CPU array of `u64` counters.
@@ -173,6 +208,15 @@ pub mod stat {
     /// A slot or backend vanished between reading the master and following it (a concurrent
     /// update); the program retried with the current entry.
     pub const RETRIED: u32 = 3;
+    /// A reply (`recvmsg`) or peer address (`getpeername`) shown as the service address.
+    pub const REVERSED: u32 = 4;
+    /// A frontend destination left alone because the socket is in another network namespace
+    /// than the host's and the scope is `host-only`.
+    pub const FOREIGN_NETNS: u32 = 5;
+    /// A connect or datagram that kept its backend through session affinity.
+    pub const AFFINITY: u32 = 6;
+    /// A datagram of an unconnected UDP socket that kept the socket's backend.
+    pub const STICKY: u32 = 7;
     pub const COUNT: u32 = 8;
 }
 
@@ -190,7 +234,18 @@ pub mod meta {
     pub const LAYOUT_VERSION: u32 = 0;
     /// Bit 0: kernel-side debug logging on.
     pub const DEBUG: u32 = 1;
-    pub const COUNT: u32 = 4;
+    /// Socket LB scope: [`SCOPE_ALL`] or [`SCOPE_HOST_ONLY`].
+    pub const SCOPE: u32 = 2;
+    /// Low and high 32 bits of the host network namespace's cookie (the agent's own namespace),
+    /// written before [`SCOPE`].
+    pub const HOST_NETNS_COOKIE_LO: u32 = 3;
+    pub const HOST_NETNS_COOKIE_HI: u32 = 4;
+    pub const COUNT: u32 = 8;
+
+    /// Serve sockets of every network namespace (the default).
+    pub const SCOPE_ALL: u32 = 0;
+    /// Serve sockets of the host network namespace only; leave other namespaces' alone.
+    pub const SCOPE_HOST_ONLY: u32 = 1;
 }
 
 macro_rules! assert_layout {
@@ -203,9 +258,11 @@ macro_rules! assert_layout {
 assert_layout!(ServiceKey, 24, address @ 0, port @ 16, proto @ 18, scope @ 19, slot @ 20);
 assert_layout!(ServiceValue, 16, backend_id @ 0, count @ 4, flags @ 6, frontend_id @ 8, affinity_timeout @ 12);
 assert_layout!(Backend, 20, address @ 0, port @ 16, proto @ 18, flags @ 19);
-assert_layout!(RevNat, 20, address @ 0, port @ 16);
-assert_layout!(AffinityKey, 32, netns_cookie @ 0, client @ 8, frontend_id @ 24);
-assert_layout!(AffinityValue, 16, backend_id @ 0, last_used_sec @ 8);
+assert_layout!(RevNat, 48, service_address @ 0, backend_address @ 16, service_port @ 32,
+    backend_port @ 34, proto @ 36, pad @ 37, frontend_id @ 40, backend_id @ 44);
+assert_layout!(MemberKey, 8, frontend_id @ 0, backend_id @ 4);
+assert_layout!(AffinityKey, 32, netns_cookie @ 0, client @ 8, frontend_id @ 24, pad @ 28);
+assert_layout!(AffinityValue, 16, backend_id @ 0, pad @ 4, last_used_ns @ 8);
 assert_layout!(FrontendStats, 16, rewritten @ 0, refused @ 8);
 
 #[cfg(feature = "user")]
@@ -220,6 +277,8 @@ mod pod {
     unsafe impl aya::Pod for super::Backend {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::RevNat {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::MemberKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::AffinityKey {}
     // SAFETY: as above.

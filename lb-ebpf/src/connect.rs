@@ -1,14 +1,18 @@
 //! `connect4`/`connect6`: rewrite a frontend destination to a backend when a TCP or UDP socket
-//! connects, or refuse the call with ECONNREFUSED when the frontend has no backend.
+//! connects, or refuse the call with ECONNREFUSED when the frontend has no backend. The forward
+//! helpers here serve `sendmsg4`/`sendmsg6` too.
 use aya_ebpf::{
     helpers::generated::bpf_set_retval, macros::cgroup_sock_addr, programs::SockAddrContext,
 };
-use lb_common::{ECONNREFUSED, IPPROTO_TCP, IPPROTO_UDP, is_v4_mapped, v4_mapped};
+use lb_common::{ECONNREFUSED, IPPROTO_TCP, IPPROTO_UDP};
 
-use crate::lb::{Verdict, select};
+use crate::{
+    lb::{Verdict, forward},
+    sock,
+};
 
 /// Return codes of a cgroup sock_addr program.
-const ALLOW: i32 = 1;
+pub const ALLOW: i32 = 1;
 const REJECT: i32 = 0;
 
 #[inline(always)]
@@ -23,66 +27,58 @@ fn protocol(ctx: &SockAddrContext) -> Option<u8> {
 
 #[inline(always)]
 fn refuse() -> i32 {
-    // SAFETY: bpf_set_retval is allowed in cgroup programs (5.18+); it sets the errno the
-    // syscall returns when the program rejects it.
+    // SAFETY: bpf_set_retval is allowed in connect and sendmsg programs (5.18+); it sets the
+    // errno the syscall returns when the program rejects it.
     unsafe { bpf_set_retval(-ECONNREFUSED) };
     REJECT
 }
 
-#[cgroup_sock_addr(connect4)]
-pub fn lb_connect4(ctx: SockAddrContext) -> i32 {
-    let Some(proto) = protocol(&ctx) else {
+/// The forward path of an IPv4 hook (`datagram`: a `sendmsg4` datagram, not a connect).
+#[inline(always)]
+pub fn forward4(ctx: &SockAddrContext, datagram: bool) -> i32 {
+    let Some(proto) = protocol(ctx) else {
         return ALLOW;
     };
-    // SAFETY: user_ip4 and user_port are readable u32 fields of bpf_sock_addr.
-    let (ip4, port) = unsafe { ((*ctx.sock_addr).user_ip4, (*ctx.sock_addr).user_port) };
-    let address = v4_mapped(ip4.to_ne_bytes());
-    match select(&address, port as u16, proto) {
+    let (address, port) = sock::user_v4(ctx);
+    match forward(ctx, &address, port, proto, datagram) {
         Verdict::Pass => ALLOW,
         Verdict::Refuse => refuse(),
         Verdict::Forward(backend) => {
-            if !is_v4_mapped(&backend.address) {
+            // The writer gives a frontend only backends of its own family.
+            if !sock::is_mapped4(&backend.address) {
                 return refuse();
             }
-            let a = backend.address;
-            // SAFETY: user_ip4 and user_port are writable in connect4 (4-byte stores).
-            unsafe {
-                (*ctx.sock_addr).user_ip4 = u32::from_ne_bytes([a[12], a[13], a[14], a[15]]);
-                (*ctx.sock_addr).user_port = u32::from(backend.port);
-            }
+            sock::set_user_v4(ctx, &backend.address, backend.port);
             ALLOW
         }
     }
 }
 
-#[cgroup_sock_addr(connect6)]
-pub fn lb_connect6(ctx: SockAddrContext) -> i32 {
-    let Some(proto) = protocol(&ctx) else {
+/// The forward path of an IPv6 hook. IPv4-mapped destinations find the IPv4 frontend and get
+/// an IPv4-mapped backend (a `sendmsg` to one never gets here: the kernel hands such
+/// datagrams to `sendmsg4`).
+#[inline(always)]
+pub fn forward6(ctx: &SockAddrContext, datagram: bool) -> i32 {
+    let Some(proto) = protocol(ctx) else {
         return ALLOW;
     };
-    // SAFETY: user_ip6 and user_port are readable u32 fields of bpf_sock_addr.
-    let (ip6, port) = unsafe { ((*ctx.sock_addr).user_ip6, (*ctx.sock_addr).user_port) };
-    let mut address = [0u8; 16];
-    for (i, word) in ip6.iter().enumerate() {
-        let b = word.to_ne_bytes();
-        address[i * 4..i * 4 + 4].copy_from_slice(&b);
-    }
-    match select(&address, port as u16, proto) {
+    let (address, port) = sock::user_v6(ctx);
+    match forward(ctx, &address, port, proto, datagram) {
         Verdict::Pass => ALLOW,
         Verdict::Refuse => refuse(),
         Verdict::Forward(backend) => {
-            let a = backend.address;
-            // SAFETY: user_ip6 and user_port are writable in connect6 (4-byte stores).
-            unsafe {
-                (*ctx.sock_addr).user_ip6 = [
-                    u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
-                    u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
-                    u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
-                    u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
-                ];
-                (*ctx.sock_addr).user_port = u32::from(backend.port);
-            }
+            sock::set_user_v6(ctx, &backend.address, backend.port);
             ALLOW
         }
     }
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn lb_connect4(ctx: SockAddrContext) -> i32 {
+    forward4(&ctx, false)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn lb_connect6(ctx: SockAddrContext) -> i32 {
+    forward6(&ctx, false)
 }

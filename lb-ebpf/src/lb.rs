@@ -1,84 +1,231 @@
-//! Backend selection: the one piece of logic every socket hook shares.
-use aya_ebpf::helpers::bpf_get_prandom_u32;
-use lb_common::{Backend, SCOPE_ANY, ServiceKey, ServiceValue, stat};
+//! Backend selection: the logic every forward hook (`connect4/6`, `sendmsg4/6`) shares, and the
+//! reverse lookup the `recvmsg4/6` and `getpeername4/6` hooks share.
+use aya_ebpf::{helpers::bpf_get_prandom_u32, programs::SockAddrContext};
+use lb_common::{MemberKey, RevNat, SCOPE_ANY, ServiceKey, ServiceValue, service_flags, stat};
 
-use crate::maps::{self, BACKENDS, SERVICES};
+use crate::{
+    affinity,
+    maps::{self, BACKENDS, MEMBERS, REVNAT, SERVICES},
+    sock::{self, Addr, from_bytes, to_bytes},
+};
 
-/// What a hook does with a destination.
+/// Where a forward hook sends the call.
+#[derive(Clone, Copy)]
+pub struct Target {
+    pub address: Addr,
+    /// Network order.
+    pub port: u16,
+}
+
+/// What a forward hook does with a destination.
 pub enum Verdict {
-    /// Not a frontend: leave the destination alone.
+    /// Not a frontend (or not ours to touch): leave the destination alone.
     Pass,
     /// A frontend with no usable backend: fail the call with ECONNREFUSED.
     Refuse,
     /// Send to this backend.
-    Forward(Backend),
+    Forward(Target),
+}
+
+/// The backend chosen for a frontend.
+#[derive(Clone, Copy)]
+pub struct Chosen {
+    /// The frontend id of the master the backend was chosen from.
+    pub frontend_id: u32,
+    pub backend_id: u32,
+    pub target: Target,
 }
 
 #[inline(always)]
-fn master(address: &[u8; 16], port: u16, proto: u8) -> Option<ServiceValue> {
-    let key = ServiceKey {
-        address: *address,
+pub fn eq_addr(a: &Addr, b: &Addr) -> bool {
+    a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3]
+}
+
+/// The key of a frontend's master (slot 0); [`select`] reuses it for the slots.
+#[inline(always)]
+pub fn service_key(address: &Addr, port: u16, proto: u8) -> ServiceKey {
+    ServiceKey {
+        address: to_bytes(*address),
         port,
         proto,
         scope: SCOPE_ANY,
         slot: 0,
-    };
+    }
+}
+
+/// The master of `key`'s frontend (`key.slot` is set to 0).
+#[inline(always)]
+pub fn master(key: &mut ServiceKey) -> Option<ServiceValue> {
+    key.slot = 0;
     // SAFETY: the pointer comes from a successful lookup and is read once, by value.
-    SERVICES.get_ptr(&key).map(|p| unsafe { *p })
+    SERVICES.get_ptr(&*key).map(|p| unsafe { *p })
+}
+
+/// Where the backend with this id is.
+#[inline(always)]
+pub fn backend(id: u32) -> Option<Target> {
+    let p = BACKENDS.get_ptr(&id)?;
+    // SAFETY: the pointer comes from a successful lookup; two fields are read by value.
+    unsafe {
+        Some(Target {
+            address: from_bytes(&(*p).address),
+            port: (*p).port,
+        })
+    }
+}
+
+/// Whether `backend_id` is in the current set of the frontend `frontend_id`.
+#[inline(always)]
+pub fn is_member(frontend_id: u32, backend_id: u32) -> bool {
+    MEMBERS
+        .get_ptr(&MemberKey {
+            frontend_id,
+            backend_id,
+        })
+        .is_some()
 }
 
 #[inline(always)]
-fn pick(address: &[u8; 16], port: u16, proto: u8, count: u16) -> Option<Backend> {
+fn pick(key: &mut ServiceKey, svc: &ServiceValue) -> Option<Chosen> {
     // SAFETY: plain helper call without arguments.
-    let slot = unsafe { bpf_get_prandom_u32() } % u32::from(count) + 1;
-    let key = ServiceKey {
-        address: *address,
-        port,
-        proto,
-        scope: SCOPE_ANY,
-        slot,
-    };
+    key.slot = unsafe { bpf_get_prandom_u32() } % u32::from(svc.count) + 1;
     // SAFETY: as in `master`.
-    let backend_id = SERVICES.get_ptr(&key).map(|p| unsafe { (*p).backend_id })?;
-    // SAFETY: as in `master`.
-    BACKENDS.get_ptr(&backend_id).map(|p| unsafe { *p })
+    let backend_id = SERVICES
+        .get_ptr(&*key)
+        .map(|p| unsafe { (*p).backend_id })?;
+    Some(Chosen {
+        frontend_id: svc.frontend_id,
+        backend_id,
+        target: backend(backend_id)?,
+    })
 }
 
-/// Looks a destination up and chooses a backend uniformly at random among the slots.
+/// Chooses a backend uniformly at random among the slots of `svc` (the master just read for
+/// `key`'s frontend). `None`: the frontend has no usable backend (or vanished meanwhile).
 ///
 /// The writer fills slots and backends before it publishes a master, and shrinks a master
 /// before it deletes slots, so a miss after reading a master can only be a concurrent shrink:
 /// read the master again and choose once more among the current slots.
 #[inline(always)]
-pub fn select(address: &[u8; 16], port: u16, proto: u8) -> Verdict {
-    let Some(svc) = master(address, port, proto) else {
+pub fn select(key: &mut ServiceKey, svc: &ServiceValue) -> Option<Chosen> {
+    if svc.count == 0 {
+        return None;
+    }
+    if let Some(chosen) = pick(key, svc) {
+        return Some(chosen);
+    }
+    maps::count(stat::RETRIED);
+    let svc = master(key)?;
+    if svc.count == 0 {
+        return None;
+    }
+    pick(key, &svc)
+}
+
+/// The forward path of `connect4/6` (`datagram == false`) and `sendmsg4/6` (`true`).
+///
+/// Lookups: the master; for a datagram the socket's [`REVNAT`] entry and, when it names this
+/// frontend, the backend's membership (then nothing else: the datagram keeps the socket's
+/// backend); else a slot and its backend (or, with session affinity, the client's entry, its
+/// membership and its backend), and one [`REVNAT`] update.
+#[inline(always)]
+pub fn forward(
+    ctx: &SockAddrContext,
+    address: &Addr,
+    port: u16,
+    proto: u8,
+    datagram: bool,
+) -> Verdict {
+    let mut key = service_key(address, port, proto);
+    let Some(svc) = master(&mut key) else {
         maps::count(stat::PASSED);
         return Verdict::Pass;
     };
-    if svc.count > 0
-        && let Some(backend) = pick(address, port, proto, svc.count)
+    if !sock::in_scope(ctx) {
+        maps::count(stat::FOREIGN_NETNS);
+        return Verdict::Pass;
+    }
+    let cookie = sock::cookie(ctx);
+    if datagram
+        && svc.count > 0
+        && let Some(e) = REVNAT.get_ptr(&cookie)
+        // SAFETY: the pointer comes from a successful lookup; fields are read by value.
+        && let Some(target) = sticky(unsafe { &*e }, &svc, address, port, proto)
     {
+        maps::count(stat::STICKY);
         maps::count(stat::REWRITTEN);
         maps::count_frontend(svc.frontend_id, false);
-        return Verdict::Forward(backend);
+        return Verdict::Forward(target);
     }
-    let svc = if svc.count > 0 {
-        maps::count(stat::RETRIED);
-        match master(address, port, proto) {
-            Some(svc) => svc,
-            None => return Verdict::Pass,
-        }
+    let chosen = if svc.flags & service_flags::AFFINITY != 0 {
+        affinity::select(ctx, &mut key, &svc)
     } else {
-        svc
+        select(&mut key, &svc)
     };
-    if svc.count > 0
-        && let Some(backend) = pick(address, port, proto, svc.count)
-    {
-        maps::count(stat::REWRITTEN);
-        maps::count_frontend(svc.frontend_id, false);
-        return Verdict::Forward(backend);
+    let Some(chosen) = chosen else {
+        maps::count(stat::REFUSED);
+        maps::count_frontend(svc.frontend_id, true);
+        return Verdict::Refuse;
+    };
+    let entry = RevNat {
+        service_address: key.address,
+        backend_address: to_bytes(chosen.target.address),
+        service_port: port,
+        backend_port: chosen.target.port,
+        proto,
+        pad: [0; 3],
+        frontend_id: chosen.frontend_id,
+        backend_id: chosen.backend_id,
+    };
+    // A full map evicts its least recently used entry; an error here only costs the reverse
+    // translation of this socket, never the forward one.
+    let _ = REVNAT.insert(&cookie, &entry, 0);
+    maps::count(stat::REWRITTEN);
+    maps::count_frontend(chosen.frontend_id, false);
+    Verdict::Forward(chosen.target)
+}
+
+/// The socket's remembered backend, when `e` names this very frontend (same master) and the
+/// backend is still in its set.
+#[inline(always)]
+fn sticky(e: &RevNat, svc: &ServiceValue, address: &Addr, port: u16, proto: u8) -> Option<Target> {
+    (e.frontend_id == svc.frontend_id
+        && e.service_port == port
+        && e.proto == proto
+        && eq_addr(&from_bytes(&e.service_address), address)
+        && is_member(svc.frontend_id, e.backend_id))
+    .then(|| Target {
+        address: from_bytes(&e.backend_address),
+        port: e.backend_port,
+    })
+}
+
+/// The reverse path of `recvmsg4/6` and `getpeername4/6`: when `peer` is the backend this
+/// socket was sent to and its frontend still exists as it was, the service address and port to
+/// show instead. Lookups: the socket's [`REVNAT`] entry, then the master.
+#[inline(always)]
+pub fn reverse(ctx: &SockAddrContext, peer: &Addr, port: u16) -> Option<Target> {
+    let cookie = sock::cookie(ctx);
+    let e = REVNAT.get_ptr(&cookie)?;
+    // SAFETY: the pointer comes from a successful lookup; the entry is only read.
+    let e = unsafe { &*e };
+    if e.backend_port != port || !eq_addr(&from_bytes(&e.backend_address), peer) {
+        return None;
     }
-    maps::count(stat::REFUSED);
-    maps::count_frontend(svc.frontend_id, true);
-    Verdict::Refuse
+    let service = Target {
+        address: from_bytes(&e.service_address),
+        port: e.service_port,
+    };
+    let mut key = service_key(&service.address, service.port, e.proto);
+    match master(&mut key) {
+        Some(svc) if svc.frontend_id == e.frontend_id => {
+            maps::count(stat::REVERSED);
+            Some(service)
+        }
+        _ => {
+            // The service was deleted (or re-created): the entry is stale for good.
+            let _ = REVNAT.remove(&cookie);
+            None
+        }
+    }
 }

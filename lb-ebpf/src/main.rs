@@ -4,11 +4,21 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
+mod affinity;
+#[cfg(target_arch = "bpf")]
 mod connect;
 #[cfg(target_arch = "bpf")]
 mod lb;
 #[cfg(target_arch = "bpf")]
 mod maps;
+#[cfg(target_arch = "bpf")]
+mod peer;
+#[cfg(target_arch = "bpf")]
+mod release;
+#[cfg(target_arch = "bpf")]
+mod sock;
+#[cfg(target_arch = "bpf")]
+mod udp;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

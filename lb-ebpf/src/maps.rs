@@ -1,10 +1,13 @@
 //! The BPF maps (BTF-defined, so `bpftool map dump` prints field names). Capacities here are
 //! defaults; the agent overrides them at load time.
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
-use lb_common::{Backend, FrontendStats, ServiceKey, ServiceValue};
+use lb_common::{
+    AffinityKey, AffinityValue, Backend, FrontendStats, MemberKey, RevNat, ServiceKey,
+    ServiceValue, meta,
+};
 
 /// `BPF_F_NO_PREALLOC`: service and backend tables take memory for what is in them only.
 const NO_PREALLOC: usize = 1;
@@ -27,6 +30,29 @@ pub static BACKENDS: HashMap<
     NO_PREALLOC,
 > = HashMap::new();
 
+/// (frontend id, backend id) -> 1: the backends in each frontend's current set.
+#[btf_map(name = "lb_members")]
+pub static MEMBERS: HashMap<
+    MemberKey,
+    u32,
+    { lb_common::DEFAULT_MAX_SERVICE_ENTRIES as usize },
+    NO_PREALLOC,
+> = HashMap::new();
+
+/// Socket cookie -> the translation the socket made last (reverse translation, UDP stickiness).
+/// Entries are deleted when their socket closes (`sock_release`); LRU eviction is the backstop.
+#[btf_map(name = "lb_revnat")]
+pub static REVNAT: LruHashMap<u64, RevNat, { lb_common::DEFAULT_MAX_REVNAT as usize }> =
+    LruHashMap::new();
+
+/// (netns cookie, client address, frontend id) -> backend id and last use: session affinity.
+#[btf_map(name = "lb_affinity")]
+pub static AFFINITY: LruHashMap<
+    AffinityKey,
+    AffinityValue,
+    { lb_common::DEFAULT_MAX_AFFINITY as usize },
+> = LruHashMap::new();
+
 /// Global counters, see `lb_common::stat`.
 #[btf_map(name = "lb_stats")]
 pub static STATS: PerCpuArray<u64, { lb_common::stat::COUNT as usize }> = PerCpuArray::new();
@@ -41,6 +67,18 @@ pub static FRONTEND_STATS: PerCpuArray<
 /// Layout version and runtime switches, see `lb_common::meta`.
 #[btf_map(name = "lb_meta")]
 pub static META: Array<u32, { lb_common::meta::COUNT as usize }> = Array::new();
+
+#[inline(always)]
+pub fn meta(index: u32) -> u32 {
+    // SAFETY: the pointer comes from a successful array lookup and is read once, by value.
+    META.get_ptr(index).map_or(0, |p| unsafe { *p })
+}
+
+/// The host network namespace's cookie, as the agent wrote it.
+#[inline(always)]
+pub fn host_netns_cookie() -> u64 {
+    u64::from(meta(meta::HOST_NETNS_COOKIE_LO)) | u64::from(meta(meta::HOST_NETNS_COOKIE_HI)) << 32
+}
 
 #[inline(always)]
 pub fn count(index: u32) {

@@ -7,7 +7,7 @@ use aya::{
     programs::links::{FdLink, PinnedLink},
 };
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
-use lb_common::{BACKENDS_MAP, SERVICES_MAP, service_flags};
+use lb_common::{AFFINITY_MAP, BACKENDS_MAP, REVNAT_MAP, SERVICES_MAP, service_flags};
 use serde::Serialize;
 
 use crate::{
@@ -234,6 +234,16 @@ pub fn status(pin_dir: &Path) -> Result<Status, InspectError> {
                 entries: backend_entries,
                 capacity: capacity(BACKENDS_MAP),
             },
+            MapFill {
+                map: REVNAT_MAP,
+                entries: maps.revnat_entries(),
+                capacity: capacity(REVNAT_MAP),
+            },
+            MapFill {
+                map: AFFINITY_MAP,
+                entries: maps.affinity_entries(),
+                capacity: capacity(AFFINITY_MAP),
+            },
         ],
         frontends,
         counters: maps.counters()?,
@@ -263,13 +273,20 @@ pub fn status_text(s: &Status) -> String {
             m.map, m.entries, m.capacity
         ));
     }
+    let c = &s.counters;
     out.push_str(&format!(
-        "frontends: {}\nconnects: {} rewritten, {} refused, {} passed through ({} retried)\n",
+        "frontends: {}\nconnects: {} rewritten, {} refused, {} passed through ({} retried)\n\
+         replies and peers shown as the service: {}; kept by affinity: {}; sticky datagrams: {}; \
+         left alone (other netns, host-only scope): {}\n",
         s.frontends,
-        s.counters.rewritten,
-        s.counters.refused,
-        s.counters.passed,
-        s.counters.retried
+        c.rewritten,
+        c.refused,
+        c.passed,
+        c.retried,
+        c.reversed,
+        c.affinity,
+        c.sticky,
+        c.foreign_netns
     ));
     out
 }

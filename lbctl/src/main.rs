@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use lbctl::{
     agent::{self, AgentConfig, SourceConfig},
-    datapath::{self, Capacity, DEFAULT_PIN_DIR, DatapathConfig},
+    datapath::{self, Capacity, DEFAULT_PIN_DIR, DatapathConfig, SocketLbScope},
     engine::{self, NodeContext},
     inspect, output,
     source::manifests,
@@ -148,6 +148,17 @@ struct AgentArgs {
     /// Maximum number of frontends (size of the per-frontend counters).
     #[arg(long, default_value_t = lb_common::DEFAULT_MAX_FRONTENDS)]
     max_frontends: u32,
+    /// Capacity of the reverse-translation map (sockets whose translation is remembered: UDP
+    /// replies, getpeername, UDP stickiness); preallocated, ~120 bytes each.
+    #[arg(long, default_value_t = lb_common::DEFAULT_MAX_REVNAT)]
+    max_revnat: u32,
+    /// Capacity of the session affinity map (client network namespace x frontend).
+    #[arg(long, default_value_t = lb_common::DEFAULT_MAX_AFFINITY)]
+    max_affinity: u32,
+    /// Which sockets the load balancer serves: those of `all` network namespaces, or only the
+    /// agent's own (`host-only`, for meshes that redirect pod traffic themselves).
+    #[arg(long, value_enum, default_value_t = SocketLbScope::All)]
+    socket_lb_scope: SocketLbScope,
     /// Detach the programs, remove the pins, and exit.
     #[arg(long)]
     cleanup: bool,
@@ -216,7 +227,10 @@ fn run_agent(args: AgentArgs) -> Result<()> {
                 service_entries: args.max_service_entries,
                 backends: args.max_backends,
                 frontends: args.max_frontends,
+                revnat: args.max_revnat,
+                affinity: args.max_affinity,
             },
+            scope: args.socket_lb_scope,
         },
         coalesce: Duration::from_millis(args.coalesce_ms),
         resync: Duration::from_secs(args.resync_seconds.max(1)),

@@ -8,8 +8,11 @@ pub mod agent;
 pub mod backends;
 pub mod cgroup;
 pub mod churn;
+pub mod dns;
+pub mod netns;
 pub mod pins;
 pub mod probe;
+pub mod sockets;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -2,7 +2,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use lbctl::datapath::{Capacity, Datapath, DatapathConfig};
+use lbctl::datapath::{Capacity, Datapath, DatapathConfig, loader::SocketLbScope};
 
 use crate::cgroup::CgroupGuard;
 
@@ -38,6 +38,10 @@ pub fn test_capacity() -> Capacity {
         service_entries: 4096,
         backends: 1024,
         frontends: 1024,
+        // Room for the 10,000 sockets of the reverse-map test: without the release hook the
+        // map would fill up to them.
+        revnat: 16_384,
+        affinity: 1024,
     }
 }
 
@@ -51,9 +55,18 @@ pub struct Scratch {
 
 impl Scratch {
     pub fn new(tag: &str) -> Result<Self> {
+        Self::with_scope(tag, SocketLbScope::All)
+    }
+
+    /// As [`Scratch::new`], with a socket LB scope.
+    pub fn with_scope(tag: &str, scope: SocketLbScope) -> Result<Self> {
         let cgroup = CgroupGuard::new(tag)?;
         let pins = PinDirGuard::new(tag);
-        let datapath = Datapath::install(&Scratch::config_for(&pins, &cgroup))?;
+        let config = DatapathConfig {
+            scope,
+            ..Scratch::config_for(&pins, &cgroup)
+        };
+        let datapath = Datapath::install(&config)?;
         Ok(Self {
             datapath,
             pins,
@@ -66,6 +79,7 @@ impl Scratch {
             pin_dir: pins.path().to_path_buf(),
             cgroup: cgroup.path().to_path_buf(),
             capacity: test_capacity(),
+            scope: SocketLbScope::All,
         }
     }
 

@@ -132,3 +132,59 @@ impl Drop for Probe {
         let _ = self.child.wait();
     }
 }
+
+/// Probes started through a wrapper (a network namespace) and read line by line (the
+/// socket-semantics modes of [`crate::sockets`], `exec`).
+impl Probe {
+    /// As [`Probe::spawn`], but runs `PREFIX... lb-probe ARGS`, e.g. with
+    /// [`crate::netns::NetnsGuard::exec_prefix`]. The wrapper must exec the probe in place (as
+    /// `ip netns exec` does), so the pid moved into `cgroup` is the probe's.
+    pub fn spawn_via(prefix: &[&str], cgroup: Option<&CgroupGuard>, args: &[&str]) -> Result<Self> {
+        let Some((program, wrapper_args)) = prefix.split_first() else {
+            return Self::spawn(cgroup, args);
+        };
+        let mut child = Command::new(program)
+            .args(wrapper_args)
+            .arg(probe_binary())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting lb-probe through {program}"))?;
+        if let Some(cgroup) = cgroup {
+            cgroup.add(child.id())?;
+        }
+        let mut stdin = child.stdin.take().context("probe stdin")?;
+        writeln!(stdin, "go")?;
+        let stdout = BufReader::new(child.stdout.take().context("probe stdout")?);
+        Ok(Self {
+            child,
+            stdin: Some(stdin),
+            stdout,
+        })
+    }
+
+    /// Reads `n` lines as they are.
+    pub fn read_lines(&mut self, n: usize) -> Result<Vec<String>> {
+        let mut out = Vec::with_capacity(n);
+        let mut line = String::new();
+        while out.len() < n {
+            line.clear();
+            if self.stdout.read_line(&mut line)? == 0 {
+                bail!("probe exited after {} lines", out.len());
+            }
+            out.push(line.trim_end().to_owned());
+        }
+        Ok(out)
+    }
+
+    /// Closes stdin, waits, and returns the exit status and everything not read yet (for
+    /// `exec`: the command's whole output).
+    pub fn finish_raw(&mut self) -> Result<(std::process::ExitStatus, String)> {
+        use std::io::Read as _;
+        self.stdin.take();
+        let mut text = String::new();
+        self.stdout.read_to_string(&mut text)?;
+        Ok((self.child.wait()?, text))
+    }
+}

@@ -323,7 +323,13 @@ fn a_killed_agent_restarts_without_failed_connects_or_stale_entries() {
         .collect();
     assert_eq!(
         fill,
-        vec![("lb_services".to_owned(), 3), ("lb_backends".to_owned(), 2)]
+        vec![
+            ("lb_services".to_owned(), 3),
+            ("lb_backends".to_owned(), 2),
+            // Every client socket is closed: no reverse-translation entry may be left.
+            ("lb_revnat".to_owned(), 0),
+            ("lb_affinity".to_owned(), 0),
+        ]
     );
 }
 

@@ -3,14 +3,15 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, HashMap, Map, MapData, MapInfo, PerCpuArray};
 use lb_common::{
-    BACKENDS_MAP, Backend, FRONTEND_STATS_MAP, FrontendStats, LAYOUT_VERSION, META_MAP,
+    AFFINITY_MAP, AffinityKey, AffinityValue, BACKENDS_MAP, Backend, FRONTEND_STATS_MAP,
+    FrontendStats, LAYOUT_VERSION, MEMBERS_MAP, META_MAP, MemberKey, REVNAT_MAP, RevNat,
     SERVICES_MAP, STATS_MAP, ServiceKey, ServiceValue, meta, stat,
 };
 
 use super::DatapathError;
 
 /// The maps this version of lbctl expects, with their key and value sizes.
-pub(crate) const EXPECTED: [(&str, usize, usize); 5] = [
+pub(crate) const EXPECTED: [(&str, usize, usize); 8] = [
     (
         SERVICES_MAP,
         size_of::<ServiceKey>(),
@@ -24,6 +25,13 @@ pub(crate) const EXPECTED: [(&str, usize, usize); 5] = [
         size_of::<FrontendStats>(),
     ),
     (META_MAP, size_of::<u32>(), size_of::<u32>()),
+    (MEMBERS_MAP, size_of::<MemberKey>(), size_of::<u32>()),
+    (REVNAT_MAP, size_of::<u64>(), size_of::<RevNat>()),
+    (
+        AFFINITY_MAP,
+        size_of::<AffinityKey>(),
+        size_of::<AffinityValue>(),
+    ),
 ];
 
 pub struct Maps {
@@ -32,6 +40,12 @@ pub struct Maps {
     pub stats: PerCpuArray<MapData, u64>,
     pub frontend_stats: PerCpuArray<MapData, FrontendStats>,
     pub meta: Array<MapData, u32>,
+    /// (frontend id, backend id) -> 1: each frontend's current backend set.
+    pub members: HashMap<MapData, MemberKey, u32>,
+    /// Socket cookie -> the socket's last translation (LRU hash).
+    pub revnat: HashMap<MapData, u64, RevNat>,
+    /// Client of a frontend -> its backend (LRU hash).
+    pub affinity: HashMap<MapData, AffinityKey, AffinityValue>,
 }
 
 /// Kernel counters summed over CPUs.
@@ -41,6 +55,15 @@ pub struct Counters {
     pub refused: u64,
     pub passed: u64,
     pub retried: u64,
+    /// Replies (`recvmsg`) and peer addresses (`getpeername`) shown as the service address.
+    pub reversed: u64,
+    /// Frontend destinations left alone because the socket was in another network namespace
+    /// (scope `host-only`).
+    pub foreign_netns: u64,
+    /// Connects and datagrams that kept their backend through session affinity.
+    pub affinity: u64,
+    /// Datagrams of unconnected UDP sockets that kept their socket's backend.
+    pub sticky: u64,
 }
 
 pub(crate) fn pin_path(pin_dir: &Path, map: &str) -> PathBuf {
@@ -94,6 +117,9 @@ impl Maps {
             stats: typed(STATS_MAP, open(STATS_MAP)?)?,
             frontend_stats: typed(FRONTEND_STATS_MAP, open(FRONTEND_STATS_MAP)?)?,
             meta: typed(META_MAP, open(META_MAP)?)?,
+            members: typed(MEMBERS_MAP, open(MEMBERS_MAP)?)?,
+            revnat: typed(REVNAT_MAP, open(REVNAT_MAP)?)?,
+            affinity: typed(AFFINITY_MAP, open(AFFINITY_MAP)?)?,
         };
         maps.check_version(pin_dir)?;
         Ok(maps)
@@ -111,6 +137,9 @@ impl Maps {
             stats: typed(STATS_MAP, take(STATS_MAP)?)?,
             frontend_stats: typed(FRONTEND_STATS_MAP, take(FRONTEND_STATS_MAP)?)?,
             meta: typed(META_MAP, take(META_MAP)?)?,
+            members: typed(MEMBERS_MAP, take(MEMBERS_MAP)?)?,
+            revnat: typed(REVNAT_MAP, take(REVNAT_MAP)?)?,
+            affinity: typed(AFFINITY_MAP, take(AFFINITY_MAP)?)?,
         })
     }
 
@@ -145,6 +174,42 @@ impl Maps {
         Ok(())
     }
 
+    /// Sets the socket LB scope the programs read at every forward hook: the host network
+    /// namespace's cookie first, then the scope that makes them use it.
+    pub(crate) fn set_scope(
+        &mut self,
+        host_only: bool,
+        host_netns_cookie: u64,
+    ) -> Result<(), DatapathError> {
+        let set = |maps: &mut Self, index: u32, value: u32| {
+            maps.meta
+                .set(index, value, 0)
+                .map_err(|e| DatapathError::map(META_MAP, e))
+        };
+        set(self, meta::HOST_NETNS_COOKIE_LO, host_netns_cookie as u32)?;
+        set(
+            self,
+            meta::HOST_NETNS_COOKIE_HI,
+            (host_netns_cookie >> 32) as u32,
+        )?;
+        let scope = if host_only {
+            meta::SCOPE_HOST_ONLY
+        } else {
+            meta::SCOPE_ALL
+        };
+        set(self, meta::SCOPE, scope)
+    }
+
+    /// Number of live reverse-translation entries (iterates the map: for inspection and tests).
+    pub fn revnat_entries(&self) -> usize {
+        self.revnat.keys().filter(Result::is_ok).count()
+    }
+
+    /// Number of live session affinity entries (iterates the map).
+    pub fn affinity_entries(&self) -> usize {
+        self.affinity.keys().filter(Result::is_ok).count()
+    }
+
     /// Global kernel counters, summed over CPUs.
     pub fn counters(&self) -> Result<Counters, DatapathError> {
         let sum = |index: u32| -> Result<u64, DatapathError> {
@@ -159,6 +224,10 @@ impl Maps {
             refused: sum(stat::REFUSED)?,
             passed: sum(stat::PASSED)?,
             retried: sum(stat::RETRIED)?,
+            reversed: sum(stat::REVERSED)?,
+            foreign_netns: sum(stat::FOREIGN_NETNS)?,
+            affinity: sum(stat::AFFINITY)?,
+            sticky: sum(stat::STICKY)?,
         })
     }
 

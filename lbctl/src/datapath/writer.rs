@@ -3,14 +3,25 @@
 //! The writer keeps a mirror of what the maps hold (rebuilt from the maps when an agent adopts
 //! them), diffs the desired state against it and writes only the difference, in the order of
 //! `semantics.md`, so a concurrent `connect()` never sees a half-written service:
-//! 1. new backends, 2. slots 1..N, 3. the master with the new count (one update),
-//! 4. slots above the new count, 5. orphaned backends last.
+//! 1. new backends,
+//! 2. slots 1..N and the memberships of new backends,
+//! 3. the master with the new count (one update),
+//! 4. slots above the new count and the memberships of removed backends,
+//! 5. orphaned backends last.
 //!
-//! A deleted frontend loses its master first (connects then pass through), then its slots.
+//! A deleted frontend loses its master first (connects then pass through), then its slots, then
+//! its memberships.
+//!
+//! Memberships (`lb_members`, (frontend id, backend id)) tell the programs that a backend a
+//! socket or a client remembers (UDP stickiness, session affinity) may still be used. A missing
+//! one only costs a new selection; a stale one would keep a socket on a removed backend, so they
+//! are removed in the same apply that removes the backend from the set.
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use aya::maps::{IterableMap as _, MapError};
-use lb_common::{BACKENDS_MAP, Backend, SERVICES_MAP, ServiceKey, ServiceValue};
+use lb_common::{
+    BACKENDS_MAP, Backend, MEMBERS_MAP, MemberKey, SERVICES_MAP, ServiceKey, ServiceValue,
+};
 
 use super::{
     DatapathError,
@@ -24,6 +35,9 @@ struct Programmed {
     master: ServiceValue,
     /// Backend id of slot `i + 1`.
     slots: Vec<u32>,
+    /// The spec this was written from, when fully written by this writer: an unchanged spec
+    /// then costs one comparison per apply, without touching the backend table.
+    spec: Option<ServiceSpec>,
 }
 
 /// One frontend as the maps hold it.
@@ -120,6 +134,19 @@ pub struct Writer {
     /// Slots or masters found in the maps that belong to no consistent frontend (left by a
     /// crashed writer); removed by the next apply.
     stray_keys: Vec<ServiceKey>,
+    /// (frontend id, backend id) pairs `lb_members` holds.
+    members: BTreeSet<(u32, u32)>,
+    /// Backend id -> number of slots (over all frontends) that refer to it.
+    refs: HashMap<u32, u32>,
+    /// Backends whose reference count dropped to zero (or that were never used): deleted by
+    /// the next apply unless a slot refers to them again.
+    maybe_orphans: BTreeSet<u32>,
+    /// Frontend ids whose memberships may disagree with their slots (adopted, or a membership
+    /// write failed): checked in full by the next apply. All others are known to agree, so an
+    /// unchanged frontend costs one comparison.
+    unsettled: BTreeSet<u32>,
+    /// Memberships may exist for frontend ids no frontend has: scan them on the next apply.
+    check_stray_members: bool,
 }
 
 fn slot_key(base: &ServiceKey, slot: u32) -> ServiceKey {
@@ -143,8 +170,17 @@ impl Writer {
             backend_alloc: Ids::new(backend_cap.saturating_add(1)),
             frontend_alloc: Ids::new(frontend_cap),
             stray_keys: Vec::new(),
+            members: BTreeSet::new(),
+            refs: HashMap::new(),
+            maybe_orphans: BTreeSet::new(),
+            unsettled: BTreeSet::new(),
+            check_stray_members: true,
             maps,
         };
+        for key in writer.maps.members.keys() {
+            let key = key.map_err(|e| DatapathError::map(MEMBERS_MAP, e))?;
+            writer.members.insert((key.frontend_id, key.backend_id));
+        }
         for entry in writer.maps.backends.iter() {
             let (id, value) = entry.map_err(|e| DatapathError::map(BACKENDS_MAP, e))?;
             writer.backend_ids.insert(value, id);
@@ -185,16 +221,29 @@ impl Writer {
                 continue;
             };
             writer.frontend_alloc.take(master.frontend_id);
+            writer.unsettled.insert(master.frontend_id);
             // A master whose slots are incomplete is rewritten by the next apply.
-            writer
-                .services
-                .insert(frontend, Programmed { master, slots: ids });
+            writer.set_programmed(
+                frontend,
+                Programmed {
+                    master,
+                    slots: ids,
+                    spec: None,
+                },
+            );
         }
         for (key, rest) in slots {
             writer
                 .stray_keys
                 .extend(rest.keys().map(|&slot| slot_key(&key, slot)));
         }
+        let unused: Vec<u32> = writer
+            .backend_values
+            .keys()
+            .filter(|id| !writer.refs.contains_key(id))
+            .copied()
+            .collect();
+        writer.maybe_orphans.extend(unused);
         Ok(writer)
     }
 
@@ -214,6 +263,11 @@ impl Writer {
         // 1. Backends every desired frontend needs.
         let mut wanted_slots: BTreeMap<FrontendAddr, Vec<u32>> = BTreeMap::new();
         for (frontend, spec) in &desired.services {
+            if self.services.get(frontend).is_some_and(|p| {
+                p.spec.as_ref() == Some(spec) && !self.unsettled.contains(&p.master.frontend_id)
+            }) {
+                continue;
+            }
             match self.ensure_backends(*frontend, spec, &mut report) {
                 Ok(ids) => {
                     wanted_slots.insert(*frontend, ids);
@@ -254,23 +308,26 @@ impl Writer {
                 Err(e) => return Err(DatapathError::map(SERVICES_MAP, e)),
             }
         }
+        // Memberships of frontend ids no frontend has (a crashed writer, a failed delete).
+        if std::mem::take(&mut self.check_stray_members) {
+            self.remove_stray_members(&mut report)?;
+        }
 
         // 5. Backends no slot refers to any more.
-        let referenced: BTreeSet<u32> = self
-            .services
-            .values()
-            .flat_map(|p| p.slots.iter().copied())
+        let candidates: Vec<u32> = std::mem::take(&mut self.maybe_orphans)
+            .into_iter()
             .collect();
-        let orphans: Vec<u32> = self
-            .backend_values
-            .keys()
-            .filter(|id| !referenced.contains(id))
-            .copied()
-            .collect();
-        for id in orphans {
+        for (i, &id) in candidates.iter().enumerate() {
+            if self.refs.contains_key(&id) || !self.backend_values.contains_key(&id) {
+                continue;
+            }
             match self.maps.backends.remove(&id) {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(DatapathError::map(BACKENDS_MAP, e)),
+                Err(e) => {
+                    // Tried again by the next apply.
+                    self.maybe_orphans.extend(&candidates[i..]);
+                    return Err(DatapathError::map(BACKENDS_MAP, e));
+                }
             }
             report.map_operations += 1;
             report.backends_deleted += 1;
@@ -280,6 +337,27 @@ impl Writer {
             self.backend_alloc.release(id);
         }
         Ok(report)
+    }
+
+    fn remove_stray_members(&mut self, report: &mut ApplyReport) -> Result<(), DatapathError> {
+        let live: BTreeSet<u32> = self
+            .services
+            .values()
+            .map(|p| p.master.frontend_id)
+            .collect();
+        let stray: Vec<(u32, u32)> = self
+            .members
+            .iter()
+            .filter(|(fid, _)| !live.contains(fid))
+            .copied()
+            .collect();
+        for pair in stray {
+            if let Err(e) = self.remove_member(pair, &mut report.map_operations) {
+                self.check_stray_members = true;
+                return Err(DatapathError::map(MEMBERS_MAP, e));
+            }
+        }
+        Ok(())
     }
 
     /// Makes sure every backend of `spec` is in the backend table; returns their ids in slot
@@ -321,6 +399,7 @@ impl Writer {
             report.backends_written += 1;
             self.backend_ids.insert(value, id);
             self.backend_values.insert(id, value);
+            self.maybe_orphans.insert(id);
             ids.push(id);
         }
         Ok(ids)
@@ -333,6 +412,15 @@ impl Writer {
         ids: &[u32],
         report: &mut ApplyReport,
     ) -> Result<(), String> {
+        if let Some(p) = self.services.get(&frontend)
+            && p.slots == ids
+            && p.master.count as usize == ids.len()
+            && p.master.flags == spec.flags()
+            && p.master.affinity_timeout == spec.affinity_timeout.unwrap_or(0)
+            && !self.unsettled.contains(&p.master.frontend_id)
+        {
+            return Ok(());
+        }
         let base = frontend.key();
         let old = self.services.get(&frontend).cloned();
         let frontend_id = match &old {
@@ -350,9 +438,12 @@ impl Writer {
             affinity_timeout: spec.affinity_timeout.unwrap_or(0),
         };
         let old_slots = old.as_ref().map(|p| p.slots.clone()).unwrap_or_default();
+        let wanted: BTreeSet<u32> = ids.iter().copied().collect();
+        let held: BTreeSet<u32> = self.members_of(frontend_id).collect();
         if old
             .as_ref()
             .is_some_and(|p| p.master == master && p.slots == ids)
+            && held == wanted
         {
             return Ok(());
         }
@@ -386,6 +477,18 @@ impl Writer {
             }
         }
 
+        // Memberships of the backends that join the set, before the master publishes it.
+        for &id in wanted.difference(&held) {
+            if let Err(e) = self.add_member((frontend_id, id), &mut report.map_operations) {
+                self.unsettled.insert(frontend_id);
+                self.record(frontend, old.as_ref(), written);
+                if old.is_none() {
+                    self.rollback_new(frontend, &base, frontend_id, report);
+                }
+                return Err(format!("writing a backend membership: {e}"));
+            }
+        }
+
         // The master, in one update: from here on readers use the new count.
         if let Err(e) = self.maps.services.insert(base, master, 0) {
             self.record(frontend, old.as_ref(), written);
@@ -408,24 +511,44 @@ impl Writer {
                 }
             }
         }
-        self.services.insert(
+        // Memberships of the backends that left the set: a socket or client that remembers
+        // one selects anew from now on.
+        let mut failed_member = false;
+        for &id in held.difference(&wanted) {
+            if let Err(e) = self.remove_member((frontend_id, id), &mut report.map_operations) {
+                // Kept in the mirror: the next apply retries.
+                failed_member = true;
+                tracing::warn!(
+                    %frontend, backend_id = id, error = %e,
+                    "could not delete a backend membership"
+                );
+            }
+        }
+        self.set_programmed(
             frontend,
             Programmed {
                 master,
                 slots: ids.to_vec(),
+                spec: Some(spec.clone()),
             },
         );
+        if failed_member {
+            self.unsettled.insert(frontend_id);
+        } else {
+            self.unsettled.remove(&frontend_id);
+        }
         Ok(())
     }
 
     /// Keeps the mirror true to the maps after a partial write of a frontend.
     fn record(&mut self, frontend: FrontendAddr, old: Option<&Programmed>, slots: Vec<u32>) {
         if let Some(old) = old {
-            self.services.insert(
+            self.set_programmed(
                 frontend,
                 Programmed {
                     master: old.master,
                     slots,
+                    spec: None,
                 },
             );
         }
@@ -440,6 +563,15 @@ impl Writer {
         report: &mut ApplyReport,
     ) {
         self.frontend_alloc.release(frontend_id);
+        let members: Vec<u32> = self.members_of(frontend_id).collect();
+        for id in members {
+            if self
+                .remove_member((frontend_id, id), &mut report.map_operations)
+                .is_err()
+            {
+                tracing::warn!(%frontend, backend_id = id, "could not delete a backend membership");
+            }
+        }
         let mut slot = 1;
         while self.maps.services.get(&slot_key(base, slot), 0).is_ok() {
             if self.maps.services.remove(&slot_key(base, slot)).is_err() {
@@ -461,7 +593,7 @@ impl Writer {
             Ok(()) | Err(MapError::KeyNotFound) => report.map_operations += 1,
             Err(e) => return Err(format!("deleting the service entry: {e}")),
         }
-        let Some(programmed) = self.services.remove(&frontend) else {
+        let Some(programmed) = self.remove_programmed(&frontend) else {
             return Ok(());
         };
         for slot in 1..=programmed.slots.len() {
@@ -472,8 +604,89 @@ impl Writer {
             }
             report.map_operations += 1;
         }
-        self.frontend_alloc.release(programmed.master.frontend_id);
+        let frontend_id = programmed.master.frontend_id;
+        let members: Vec<u32> = self.members_of(frontend_id).collect();
+        for id in members {
+            if let Err(e) = self.remove_member((frontend_id, id), &mut report.map_operations) {
+                // Kept in the mirror; the next apply removes it as a stray membership.
+                self.check_stray_members = true;
+                tracing::warn!(
+                    %frontend, backend_id = id, error = %e,
+                    "could not delete a backend membership"
+                );
+            }
+        }
+        self.frontend_alloc.release(frontend_id);
+        self.unsettled.remove(&frontend_id);
         report.frontends_deleted += 1;
+        Ok(())
+    }
+
+    /// Records what the maps hold for a frontend, keeping backend reference counts.
+    fn set_programmed(&mut self, frontend: FrontendAddr, programmed: Programmed) {
+        for &id in &programmed.slots {
+            *self.refs.entry(id).or_default() += 1;
+        }
+        if let Some(old) = self.services.insert(frontend, programmed) {
+            self.release_refs(&old.slots);
+        }
+    }
+
+    fn remove_programmed(&mut self, frontend: &FrontendAddr) -> Option<Programmed> {
+        let old = self.services.remove(frontend)?;
+        self.release_refs(&old.slots);
+        Some(old)
+    }
+
+    fn release_refs(&mut self, slots: &[u32]) {
+        for id in slots {
+            if let Some(n) = self.refs.get_mut(id) {
+                *n -= 1;
+                if *n == 0 {
+                    self.refs.remove(id);
+                    self.maybe_orphans.insert(*id);
+                }
+            }
+        }
+    }
+
+    /// Backend ids `lb_members` holds for a frontend id.
+    fn members_of(&self, frontend_id: u32) -> impl Iterator<Item = u32> + '_ {
+        self.members
+            .range((frontend_id, 0)..=(frontend_id, u32::MAX))
+            .map(|&(_, backend_id)| backend_id)
+    }
+
+    fn add_member(
+        &mut self,
+        (frontend_id, backend_id): (u32, u32),
+        ops: &mut usize,
+    ) -> Result<(), MapError> {
+        let key = MemberKey {
+            frontend_id,
+            backend_id,
+        };
+        self.maps.members.insert(key, 1, 0)?;
+        *ops += 1;
+        self.members.insert((frontend_id, backend_id));
+        Ok(())
+    }
+
+    fn remove_member(
+        &mut self,
+        (frontend_id, backend_id): (u32, u32),
+        ops: &mut usize,
+    ) -> Result<(), MapError> {
+        let key = MemberKey {
+            frontend_id,
+            backend_id,
+        };
+        match self.maps.members.remove(&key) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(e),
+        }
+        *ops += 1;
+        self.members.remove(&(frontend_id, backend_id));
         Ok(())
     }
 

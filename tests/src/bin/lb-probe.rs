@@ -10,6 +10,8 @@
 //! lb-probe exec CMD ARGS...   run a command (e.g. curl or dig) inside the cgroup
 //! lb-probe timed ADDR...      tcp attempts over the addresses in turn until stdin closes,
 //!                             each line `START_NS END_NS ADDR ok NAME|err ERRNO`
+//! lb-probe dgram|dgram-many|peer|serve ...
+//!                             socket-semantics modes, see `testkit::sockets`
 //! lb-probe http NAME NODE ADDR
 //!                             an HTTP server on ADDR answering every request with
 //!                             "This is the quote service running in pod NAME on node NODE";
@@ -108,6 +110,9 @@ fn run(args: &[String]) -> Result<(), String> {
             timed_loop(&addrs, &mut out)
         }
         [cmd, name, node, addr] if cmd == "http" => serve_http(name, node, parse(addr)?, &mut out),
+        [mode, rest @ ..] if testkit::sockets::MODES.contains(&mode.as_str()) => {
+            testkit::sockets::run(mode, rest, &mut out)
+        }
         _ => Err("usage: lb-probe tcp|udp ADDR COUNT | loop ADDR | exec CMD ARGS...".into()),
     }
 }

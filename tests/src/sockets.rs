@@ -1,0 +1,202 @@
+//! The socket-semantics modes of `lb-probe` (the probe's side; [`crate::probe::Probe`] is the
+//! parent's). Every mode prints one line per attempt, `ok NAME ...` or `err ERRNO`:
+//!
+//! ```text
+//! dgram ADDR                  ONE unconnected UDP socket; each stdin line `N [TO]` makes N
+//!                             exchanges (sendto ADDR, or TO; recvfrom): `ok NAME FROM` per
+//!                             exchange, FROM being the reply's source as recvfrom reports it
+//! dgram-many ADDR N           N short-lived unconnected UDP sockets, one exchange each, then
+//!                             one line `done OK ERR`
+//! peer tcp|udp ADDR COUNT     connect (TCP, or connected UDP and one exchange), then
+//!                             `ok NAME PEER` with PEER from getpeername
+//! serve tcp|udp NAME ADDR ... named servers (any number of NAME ADDR pairs) answering with
+//!                             their name; prints `listening` once all are bound
+//! ```
+use std::{
+    io::{self, BufRead, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    thread,
+    time::Duration,
+};
+
+/// The modes [`run`] serves.
+pub const MODES: &[&str] = &["dgram", "dgram-many", "peer", "serve"];
+
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+fn unspecified(addr: SocketAddr) -> SocketAddr {
+    if addr.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from(([0u16; 8], 0))
+    }
+}
+
+fn parse(s: &str) -> Result<SocketAddr, String> {
+    s.parse().map_err(|e| format!("{s}: {e}"))
+}
+
+fn errno(e: &io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(-1)
+}
+
+/// Sends one datagram on `socket` to `addr` and waits for the reply.
+fn exchange(socket: &UdpSocket, addr: SocketAddr) -> io::Result<(String, SocketAddr)> {
+    socket.send_to(b"?", addr)?;
+    let mut buf = [0u8; 256];
+    let (n, from) = socket.recv_from(&mut buf)?;
+    Ok((String::from_utf8_lossy(&buf[..n]).trim().to_owned(), from))
+}
+
+fn line(out: &mut impl Write, text: std::fmt::Arguments<'_>) -> Result<(), String> {
+    out.write_fmt(text)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush())
+        .map_err(|e| e.to_string())
+}
+
+fn dgram(addr: SocketAddr, out: &mut impl Write) -> Result<(), String> {
+    let socket = UdpSocket::bind(unspecified(addr)).map_err(|e| e.to_string())?;
+    socket
+        .set_read_timeout(Some(TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    for request in io::stdin().lock().lines() {
+        let request = request.map_err(|e| e.to_string())?;
+        let mut words = request.split_whitespace();
+        let n: usize = words
+            .next()
+            .unwrap_or_default()
+            .parse()
+            .map_err(|e| format!("{request:?}: {e}"))?;
+        let to = match words.next() {
+            Some(other) => parse(other)?,
+            None => addr,
+        };
+        for _ in 0..n {
+            match exchange(&socket, to) {
+                Ok((name, from)) => line(out, format_args!("ok {name} {from}"))?,
+                Err(e) => line(out, format_args!("err {}", errno(&e)))?,
+            }
+        }
+    }
+    Ok(())
+}
+
+fn dgram_many(addr: SocketAddr, count: usize, out: &mut impl Write) -> Result<(), String> {
+    let (mut ok, mut failed) = (0usize, 0usize);
+    for _ in 0..count {
+        let result = UdpSocket::bind(unspecified(addr)).and_then(|socket| {
+            socket.set_read_timeout(Some(TIMEOUT))?;
+            exchange(&socket, addr)
+        });
+        match result {
+            Ok(_) => ok += 1,
+            Err(_) => failed += 1,
+        }
+    }
+    line(out, format_args!("done {ok} {failed}"))
+}
+
+fn peer_once(proto: &str, addr: SocketAddr) -> io::Result<(String, SocketAddr)> {
+    let mut buf = [0u8; 256];
+    if proto == "tcp" {
+        let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT)?;
+        let peer = stream.peer_addr()?;
+        stream.set_read_timeout(Some(TIMEOUT))?;
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply)?;
+        Ok((reply.trim().to_owned(), peer))
+    } else {
+        let socket = UdpSocket::bind(unspecified(addr))?;
+        socket.set_read_timeout(Some(TIMEOUT))?;
+        socket.connect(addr)?;
+        let peer = socket.peer_addr()?;
+        socket.send(b"?")?;
+        let n = socket.recv(&mut buf)?;
+        Ok((String::from_utf8_lossy(&buf[..n]).trim().to_owned(), peer))
+    }
+}
+
+fn serve(proto: &str, pairs: &[String], out: &mut impl Write) -> Result<(), String> {
+    if pairs.is_empty() || !pairs.len().is_multiple_of(2) {
+        return Err("serve needs NAME ADDR pairs".into());
+    }
+    let mut threads = Vec::new();
+    for pair in pairs.chunks(2) {
+        let (name, addr) = (format!("{}\n", pair[0]), parse(&pair[1])?);
+        if proto == "tcp" {
+            let listener = TcpListener::bind(addr).map_err(|e| format!("binding {addr}: {e}"))?;
+            threads.push(thread::spawn(move || {
+                for mut conn in listener.incoming().flatten() {
+                    let _ = conn.write_all(name.as_bytes());
+                }
+            }));
+        } else {
+            let socket = UdpSocket::bind(addr).map_err(|e| format!("binding {addr}: {e}"))?;
+            threads.push(thread::spawn(move || {
+                let mut buf = [0u8; 512];
+                while let Ok((_, from)) = socket.recv_from(&mut buf) {
+                    let _ = socket.send_to(name.as_bytes(), from);
+                }
+            }));
+        }
+    }
+    line(out, format_args!("listening"))?;
+    for t in threads {
+        let _ = t.join();
+    }
+    Ok(())
+}
+
+/// Runs one of [`MODES`] with its arguments.
+pub fn run(mode: &str, args: &[String], out: &mut impl Write) -> Result<(), String> {
+    match (mode, args) {
+        ("dgram", [addr]) => dgram(parse(addr)?, out),
+        ("dgram-many", [addr, count]) => dgram_many(
+            parse(addr)?,
+            count.parse().map_err(|e| format!("{e}"))?,
+            out,
+        ),
+        ("peer", [proto, addr, count]) if proto == "tcp" || proto == "udp" => {
+            let addr = parse(addr)?;
+            let count: usize = count.parse().map_err(|e| format!("count: {e}"))?;
+            for _ in 0..count {
+                match peer_once(proto, addr) {
+                    Ok((name, peer)) => line(out, format_args!("ok {name} {peer}"))?,
+                    Err(e) => line(out, format_args!("err {}", errno(&e)))?,
+                }
+            }
+            Ok(())
+        }
+        ("serve", [proto, pairs @ ..]) if proto == "tcp" || proto == "udp" => {
+            serve(proto, pairs, out)
+        }
+        _ => Err(format!("bad arguments for `{mode}`: {args:?}")),
+    }
+}
+
+/// One line of `dgram` or `peer` output: the backend reached (or the errno), and the address
+/// the socket reported for it (the reply's source, or the peer).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    pub outcome: crate::probe::Outcome,
+    pub from: Option<SocketAddr>,
+}
+
+impl Reply {
+    pub fn parse(line: &str) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let words: Vec<&str> = line.split_whitespace().collect();
+        Ok(match words.as_slice() {
+            ["ok", name, from] => Reply {
+                outcome: crate::probe::Outcome::Reached((*name).to_owned()),
+                from: Some(from.parse().context("reply address")?),
+            },
+            ["err", errno] => Reply {
+                outcome: crate::probe::Outcome::Failed(errno.parse().context("errno")?),
+                from: None,
+            },
+            _ => anyhow::bail!("unexpected probe output {line:?}"),
+        })
+    }
+}
