@@ -8,11 +8,13 @@ pub mod agent;
 pub mod backends;
 pub mod cgroup;
 pub mod churn;
+pub mod demo;
 pub mod dns;
 pub mod netns;
 pub mod pins;
 pub mod probe;
 pub mod sockets;
+pub mod topology;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
