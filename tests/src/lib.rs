@@ -6,6 +6,7 @@
 //! loudly ([`require_root`]): a kernel test never passes by skipping.
 pub mod agent;
 pub mod backends;
+pub mod bench;
 pub mod cgroup;
 pub mod churn;
 pub mod demo;

@@ -1,4 +1,4 @@
-//! Developer and operator tasks: `cargo xtask setup | demo | test | lint | soak`.
+//! Developer and operator tasks: `cargo xtask setup | demo | test | lint | soak | bench`.
 //!
 //! This crate depends on nothing heavy on purpose: `setup` must build and run on a fresh
 //! machine before anything that needs the eBPF toolchain can.
@@ -31,6 +31,13 @@ enum Task {
     },
     /// rustfmt --check and clippy with warnings as errors.
     Lint,
+    /// Benchmarks (needs root; a report, not a test): lbctl vs kube-proxy-shaped iptables and
+    /// nftables datapaths, and the control plane at scale. Writes bench-results/.
+    Bench {
+        /// Arguments for lb-bench (after `--`), e.g. `-- --quick` or `-- --reps 3`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// Endpoint churn under continuous connects for a long time (needs root): prints connects,
     /// refusals, violations and RSS as it goes; fails on any violation.
     Soak {
@@ -90,6 +97,27 @@ fn main() -> Result<()> {
             let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
             run(Command::new(format!("{target}/release/lb-soak"))
                 .args(["--minutes", &minutes.to_string()]))
+        }
+        Task::Bench { args } => {
+            setup::run()?;
+            run(cargo().args([
+                "build",
+                "--release",
+                "-p",
+                "lbctl-tests",
+                "--bin",
+                "lb-bench",
+            ]))?;
+            // From the workspace root, so bench-results/ lands there.
+            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .context("workspace root")?;
+            let target = std::env::var("CARGO_TARGET_DIR")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|_| root.join("target"));
+            run(Command::new(target.join("release/lb-bench"))
+                .args(args)
+                .current_dir(root))
         }
         Task::Lint => {
             run(cargo().args(["fmt", "--all", "--check"]))?;

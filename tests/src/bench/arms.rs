@@ -1,0 +1,193 @@
+//! The datapath arms: how each one is programmed with a [`ServiceSet`], and which address its
+//! client connects to.
+use std::{fmt, net::SocketAddr, path::Path, str::FromStr, time::Instant};
+
+use anyhow::{Context, Result, bail};
+use lbctl::datapath::Desired;
+use serde::Serialize;
+
+use super::{
+    netns::{Netns, Topology, run, run_with_input},
+    rules,
+    scratch::BenchDatapath,
+    services::{ServiceSet, TARGET_PORT},
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Arm {
+    /// Straight to the backend: no load balancer, no rules.
+    Direct,
+    /// lbctl's connect-time socket LB (cgroup connect4).
+    Lbctl,
+    /// kube-proxy iptables mode, iptables 1.8 with the nf_tables backend.
+    IptablesNft,
+    /// kube-proxy iptables mode, legacy x_tables.
+    IptablesLegacy,
+    /// kube-proxy nftables mode.
+    Nftables,
+}
+
+pub const ALL_ARMS: [Arm; 5] = [
+    Arm::Direct,
+    Arm::Lbctl,
+    Arm::IptablesNft,
+    Arm::IptablesLegacy,
+    Arm::Nftables,
+];
+
+/// Services per `nft -f` transaction when loading the nftables arm. One transaction of
+/// 30,000 services takes minutes on this kernel (the commit binds every anonymous vmap with a
+/// walk of the whole transaction); chunks give the same ruleset in a fraction of the time.
+const NFT_CHUNK: usize = 1000;
+
+impl Arm {
+    pub fn name(self) -> &'static str {
+        match self {
+            Arm::Direct => "direct",
+            Arm::Lbctl => "lbctl",
+            Arm::IptablesNft => "iptables-nft",
+            Arm::IptablesLegacy => "iptables-legacy",
+            Arm::Nftables => "nftables",
+        }
+    }
+
+    fn short(self) -> &'static str {
+        match self {
+            Arm::Direct => "d",
+            Arm::Lbctl => "lb",
+            Arm::IptablesNft => "in",
+            Arm::IptablesLegacy => "il",
+            Arm::Nftables => "nf",
+        }
+    }
+
+    /// The restore tool of the iptables arms.
+    pub fn restore_tool(self) -> Option<&'static str> {
+        match self {
+            Arm::IptablesNft => Some("iptables-nft-restore"),
+            Arm::IptablesLegacy => Some("iptables-legacy-restore"),
+            _ => None,
+        }
+    }
+
+    /// Whether this machine can run the arm; `Err` says why not.
+    pub fn available(self) -> Result<()> {
+        let probe = match self {
+            Arm::Direct | Arm::Lbctl => return Ok(()),
+            Arm::IptablesNft => ["iptables-nft", "-t", "nat", "-L", "-n"],
+            Arm::IptablesLegacy => ["iptables-legacy", "-t", "nat", "-L", "-n"],
+            Arm::Nftables => ["nft", "list", "ruleset", "", ""],
+        };
+        let ns = Netns::new(&format!("probe-{}", self.short()))?;
+        let args: Vec<&str> = probe[1..]
+            .iter()
+            .copied()
+            .filter(|a| !a.is_empty())
+            .collect();
+        run(ns.exec(probe[0]).args(&args))
+            .with_context(|| format!("{} does not work here", probe[0]))
+    }
+}
+
+impl fmt::Display for Arm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Arm {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        ALL_ARMS
+            .into_iter()
+            .find(|a| a.name() == s)
+            .with_context(|| {
+                let names: Vec<&str> = ALL_ARMS.iter().map(|a| a.name()).collect();
+                format!("unknown arm {s:?} (arms: {})", names.join(", "))
+            })
+    }
+}
+
+/// One arm at one service count: its namespaces with the rules loaded.
+pub struct Programmed {
+    pub arm: Arm,
+    pub topology: Topology,
+    /// Wall time of loading the rules (`None` for direct).
+    pub program_ms: Option<f64>,
+    /// Where the measured connects go (direct: every backend of the measured service, the
+    /// client choosing at random; the others: the measured service's address).
+    pub targets: Vec<SocketAddr>,
+}
+
+/// Builds the topology of `arm` and programs `set` into it (or, for lbctl, into `lb`).
+pub fn program(arm: Arm, set: &ServiceSet, lb: Option<&mut BenchDatapath>) -> Result<Programmed> {
+    let topology = Topology::new(
+        &format!("{}{}", arm.short(), set.count),
+        &ServiceSet::measured_backends(set.endpoints),
+    )
+    .with_context(|| format!("building the topology of {arm}"))?;
+    let program_ms = match arm {
+        Arm::Direct => None,
+        Arm::Lbctl => {
+            let lb = lb.context("the lbctl arm needs its datapath")?;
+            let desired = set.desired();
+            lb.datapath.apply(&Desired::default())?;
+            let t = Instant::now();
+            let report = lb.datapath.apply(&desired)?;
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            if !report.errors.is_empty() {
+                bail!("lbctl could not program: {:?}", &report.errors[..1]);
+            }
+            Some(ms)
+        }
+        Arm::IptablesNft | Arm::IptablesLegacy => {
+            let tool = arm.restore_tool().expect("iptables arm");
+            let text = rules::iptables_restore(set);
+            let t = Instant::now();
+            run_with_input(topology.client.exec(tool).arg("-w"), text.as_bytes())
+                .with_context(|| format!("loading {} services with {tool}", set.count))?;
+            Some(t.elapsed().as_secs_f64() * 1e3)
+        }
+        Arm::Nftables => Some(load_nft_chunked(&topology.client, set)?),
+    };
+    let targets = match arm {
+        Arm::Direct => ServiceSet::measured_backends(set.endpoints)
+            .into_iter()
+            .map(|ip| SocketAddr::from((ip, TARGET_PORT)))
+            .collect(),
+        _ => vec![set.measured()],
+    };
+    Ok(Programmed {
+        arm,
+        topology,
+        program_ms,
+        targets,
+    })
+}
+
+/// Loads the nftables rules in transactions of [`NFT_CHUNK`] services; returns the total time.
+fn load_nft_chunked(ns: &Netns, set: &ServiceSet) -> Result<f64> {
+    let mut texts = vec![rules::nft_base()];
+    let mut start = 0;
+    while start < set.count {
+        let end = (start + NFT_CHUNK).min(set.count);
+        texts.push(rules::nft_services(set, start..end));
+        start = end;
+    }
+    let t = Instant::now();
+    for text in &texts {
+        nft_f(ns, text)?;
+    }
+    Ok(t.elapsed().as_secs_f64() * 1e3)
+}
+
+pub fn nft_f(ns: &Netns, text: &str) -> Result<()> {
+    run_with_input(ns.exec("nft").args(["-f", "-"]), text.as_bytes()).context("nft -f")
+}
+
+/// The cgroup a client of `arm` runs in.
+pub fn cgroup_for<'a>(arm: Arm, plain: &'a Path, lb: &'a Path) -> &'a Path {
+    if arm == Arm::Lbctl { lb } else { plain }
+}

@@ -1,0 +1,103 @@
+//! `lb-bench`: lbctl's socket LB against kube-proxy-shaped iptables and nftables datapaths, and
+//! lbctl's control plane at scale. Run it with `cargo xtask bench [-- ARGS]` (as root); see
+//! BENCHMARKS.md. Everything it creates is removed at the end, on error and on Ctrl-C.
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use testkit::bench::{self, Options, arms::Arm};
+
+#[derive(Parser)]
+#[command(
+    about = "lbctl vs kube-proxy-shaped iptables/nftables: connect latency, control plane at scale",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    internal: Option<Internal>,
+    /// A smoke run: fewer repetitions, smaller service counts.
+    #[arg(long)]
+    quick: bool,
+    /// Repetitions of every datapath measurement (default 5, quick 2).
+    #[arg(long)]
+    reps: Option<usize>,
+    /// Datapath arms, comma separated: direct,lbctl,iptables-nft,iptables-legacy,nftables.
+    #[arg(long, value_delimiter = ',')]
+    arms: Option<Vec<Arm>>,
+    /// Service counts of the datapath arms (default 1,1000,10000,30000; quick 1,1000).
+    #[arg(long, value_delimiter = ',')]
+    counts: Option<Vec<usize>>,
+    /// Endpoints per service in the datapath arms (default 3).
+    #[arg(long)]
+    endpoints: Option<usize>,
+    /// Measured connects per repetition (default 5000, quick 500).
+    #[arg(long)]
+    connects: Option<usize>,
+    /// Skip part 1 (datapath arms).
+    #[arg(long)]
+    skip_datapath: bool,
+    /// Skip part 2 (control plane).
+    #[arg(long)]
+    skip_control_plane: bool,
+    /// Where results.json, summary.md and connect-latency.svg go.
+    #[arg(long, default_value = "bench-results")]
+    out: PathBuf,
+}
+
+/// Child processes of the benchmark itself.
+#[derive(Subcommand)]
+enum Internal {
+    /// The measuring client of one arm.
+    #[command(name = "__client", hide = true)]
+    Client {
+        #[arg(long)]
+        client_netns: PathBuf,
+        #[arg(long)]
+        server_netns: PathBuf,
+    },
+    /// lbctl's control plane at one scale.
+    #[command(name = "__control-plane", hide = true)]
+    ControlPlane {
+        #[arg(long)]
+        services: usize,
+        #[arg(long)]
+        endpoints: usize,
+        #[arg(long)]
+        changes: usize,
+        #[arg(long)]
+        pin_dir: PathBuf,
+        #[arg(long)]
+        cgroup: PathBuf,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.internal {
+        Some(Internal::Client {
+            client_netns,
+            server_netns,
+        }) => bench::client::child_main(&client_netns, &server_netns),
+        Some(Internal::ControlPlane {
+            services,
+            endpoints,
+            changes,
+            pin_dir,
+            cgroup,
+        }) => bench::control::child_main(services, endpoints, changes, &pin_dir, &cgroup),
+        None => bench::run(&Options {
+            quick: cli.quick,
+            reps: cli.reps,
+            arms: cli.arms,
+            counts: cli.counts,
+            endpoints: cli.endpoints,
+            connects: cli.connects,
+            skip_datapath: cli.skip_datapath,
+            skip_control_plane: cli.skip_control_plane,
+            out: cli.out,
+            command: std::env::args()
+                .skip(1)
+                .fold("lb-bench".to_owned(), |acc, a| acc + " " + &a),
+        }),
+    }
+}
