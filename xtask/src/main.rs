@@ -1,7 +1,8 @@
-//! Developer and operator tasks: `cargo xtask setup | demo | test | lint | soak | bench`.
+//! Developer and operator tasks: `cargo xtask setup | demo | test | lint | bench`.
 //!
 //! This crate depends on nothing heavy on purpose: `setup` must build and run on a fresh
 //! machine before anything that needs the eBPF toolchain can.
+mod fuzz;
 mod setup;
 
 use std::process::Command;
@@ -45,6 +46,13 @@ enum Task {
         #[arg(long, default_value_t = 5.0)]
         minutes: f64,
     },
+    /// Run each fuzz target (fuzz/: manifest_parse, engine_plan) for a while with cargo-fuzz
+    /// (nightly); fails on the first crash, leaving its input in fuzz/artifacts/.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
 }
 
 fn cargo() -> Command {
@@ -80,7 +88,17 @@ fn main() -> Result<()> {
             setup::run()?;
             // The kernel tests start the `lbctl`, `lb-probe` binaries: build every binary first.
             run(cargo().args(["build", "--workspace", "--bins"]))?;
-            run(cargo().args(["test", "--workspace"]).args(args))
+            let filtered = !args.is_empty();
+            run(cargo().args(["test", "--workspace"]).args(args))?;
+            // The fuzz targets, briefly, after the tests (not for a filtered run).
+            if filtered {
+                return Ok(());
+            }
+            fuzz::run(fuzz::TEST_SECONDS)
+        }
+        Task::Fuzz { seconds } => {
+            setup::run()?;
+            fuzz::run(seconds)
         }
         Task::Soak { minutes } => {
             setup::run()?;

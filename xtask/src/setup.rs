@@ -18,9 +18,12 @@ const PACKAGES: &[&str] = &[
     "curl",
     "dnsmasq-base",
     "dnsutils",
+    // libFuzzer (C++) for the fuzz targets: libfuzzer-sys builds it with the cc crate.
+    "g++",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;
@@ -84,6 +87,20 @@ fn bpf_linker() -> Result<()> {
     )
 }
 
+/// cargo-fuzz, for `cargo xtask fuzz` (it builds the targets with `cargo +nightly fuzz`).
+fn cargo_fuzz() -> Result<()> {
+    let cargo = || Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    if output(cargo().args(["fuzz", "--version"])).is_some_and(|v| v.contains(CARGO_FUZZ_VERSION)) {
+        return Ok(());
+    }
+    eprintln!("setup: installing cargo-fuzz {CARGO_FUZZ_VERSION}");
+    exec(cargo().args([
+        "install",
+        &format!("cargo-fuzz@{CARGO_FUZZ_VERSION}"),
+        "--locked",
+    ]))
+}
+
 pub fn run() -> Result<()> {
     if !is_root() {
         bail!(
@@ -93,6 +110,7 @@ pub fn run() -> Result<()> {
     apt().context("installing Debian packages")?;
     rust_src().context("installing rust-src for nightly")?;
     bpf_linker().context("installing bpf-linker")?;
+    cargo_fuzz().context("installing cargo-fuzz")?;
     Ok(())
 }
 
