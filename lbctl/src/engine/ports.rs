@@ -144,3 +144,27 @@ pub(crate) fn service_ports(
     }
     specs
 }
+
+/// Why an address may not be a service frontend, as the API server's `ValidateNonSpecialIP`
+/// refuses it for external IPs: capturing it would redirect a node's or a pod's own traffic
+/// (localhost, the cloud metadata address, multicast) rather than a service's.
+pub(crate) fn special_address(ip: IpAddr) -> Option<&'static str> {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_canonical(),
+        v4 => v4,
+    };
+    if ip.is_unspecified() {
+        Some("unspecified")
+    } else if ip.is_loopback() {
+        Some("loopback")
+    } else if ip.is_multicast() {
+        Some("multicast")
+    } else if match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => v6.is_unicast_link_local(),
+    } {
+        Some("link-local")
+    } else {
+        None
+    }
+}

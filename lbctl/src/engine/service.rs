@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{Service, ServiceSpec};
 use super::{
     endpoints::{BackendSets, Candidate},
     node::ThisNode,
-    ports::{Family, PortSpec, service_ports},
+    ports::{Family, PortSpec, service_ports, special_address},
     report::{Report, service_object, service_ref},
     slices::{SliceIndex, SliceView},
     topology::RequestedHints,
@@ -233,6 +233,10 @@ fn cluster_ips(spec: &ServiceSpec, object: &str, report: &mut Report) -> Option<
     let mut ips = Vec::new();
     for ip in listed {
         match ip.parse::<IpAddr>() {
+            Ok(ip) if let Some(why) = special_address(ip) => report.skip(
+                object,
+                format!("clusterIP {ip}: {why} address; a frontend there would capture the node's own traffic"),
+            ),
             Ok(ip) if !ips.contains(&ip) => ips.push(ip),
             Ok(_) => {}
             Err(_) => report.skip(object, format!("clusterIP {ip:?}: invalid IP address")),
@@ -285,6 +289,10 @@ fn external_addresses(
     let mut addresses = Vec::new();
     for (kind, ip) in listed {
         match ip.parse::<IpAddr>() {
+            Ok(address) if let Some(why) = special_address(address) => report.skip(
+                object,
+                format!("{kind} {address}: {why} address; a frontend there would capture the node's own traffic"),
+            ),
             Ok(address) if families.contains(&Family::of(address)) => {
                 addresses.push(ExternalAddress { kind, address });
             }

@@ -26,6 +26,7 @@ use serde::{
 };
 use serde_yaml::{Mapping, Value};
 
+use super::yaml_budget;
 use crate::model::Inventory;
 
 /// File name extensions read from a directory.
@@ -203,6 +204,13 @@ pub fn load_str(text: &str, origin: &str) -> Result<Inventory, ManifestError> {
 }
 
 fn load_yaml(text: &str, origin: &str) -> Result<Inventory, ManifestError> {
+    // Refuse documents that expand to absurd sizes before building anything from them.
+    for document in serde_yaml::Deserializer::from_str(text) {
+        let mut budget = yaml_budget::budget_for(text.len());
+        yaml_budget::NodeBudget(&mut budget)
+            .deserialize(document)
+            .map_err(|e| syntax_error(origin, Format::Yaml, yaml_position(&e), &e))?;
+    }
     let mut shapes = Vec::new();
     for document in serde_yaml::Deserializer::from_str(text) {
         let value = Value::deserialize(document)

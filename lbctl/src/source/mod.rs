@@ -4,5 +4,6 @@
 pub mod files;
 pub mod kube;
 pub mod manifests;
+mod yaml_budget;
 
 pub use kube::SourceState;
