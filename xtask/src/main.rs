@@ -82,6 +82,9 @@ fn main() -> Result<()> {
                 "--bins",
             ]))?;
             let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+            // Ctrl-C reaches lb-demo too, which cleans up before it exits: wait for it rather
+            // than returning the prompt in the middle of its cleanup.
+            ctrlc::set_handler(|| {}).context("installing the Ctrl-C handler")?;
             run(&mut Command::new(format!("{target}/debug/lb-demo")))
         }
         Task::Test { args } => {
