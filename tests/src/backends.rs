@@ -51,50 +51,39 @@ impl Backends {
 
     /// TCP servers at the given addresses (port 0: any).
     pub fn tcp_at(named: &[(&str, SocketAddr)]) -> Result<Self> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut backends = Vec::new();
-        let mut threads = Vec::new();
-        for (name, at) in named {
-            let listener =
-                TcpListener::bind(at).with_context(|| format!("binding backend {name} on {at}"))?;
-            let addr = listener.local_addr()?;
-            let (stop, reply) = (stop.clone(), format!("{name}\n"));
-            threads.push(thread::spawn(move || {
-                for conn in listener.incoming() {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    if let Ok(mut conn) = conn {
-                        let _ = conn.write_all(reply.as_bytes());
-                    }
-                }
-            }));
-            backends.push(Backend {
-                name: (*name).to_owned(),
-                addr,
-            });
-        }
-        Ok(Self {
-            backends,
-            stop,
-            threads,
-            udp: false,
-        })
+        let servers = named
+            .iter()
+            .map(|(name, at)| (*name, *at, format!("{name}\n")))
+            .collect();
+        Self::serve(servers, false)
     }
 
     /// Minimal HTTP/1.1 servers on `ip`: each answers any request with `200 OK` and the body
     /// given with its name (for `curl` in the demo).
     pub fn http(ip: IpAddr, named_bodies: &[(&str, String)]) -> Result<Self> {
+        let servers = named_bodies
+            .iter()
+            .map(|(name, body)| {
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                (*name, SocketAddr::new(ip, 0), response)
+            })
+            .collect();
+        Self::serve(servers, true)
+    }
+
+    /// One listener thread per (name, address, reply): each accepted connection gets the reply
+    /// (after the request head when `http`), then EOF.
+    fn serve(servers: Vec<(&str, SocketAddr, String)>, http: bool) -> Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut backends = Vec::new();
         let mut threads = Vec::new();
-        for (name, body) in named_bodies {
-            let listener = TcpListener::bind((ip, 0)).context("binding a backend")?;
+        for (name, at, reply) in servers {
+            let listener =
+                TcpListener::bind(at).with_context(|| format!("binding backend {name} on {at}"))?;
             let addr = listener.local_addr()?;
-            let response = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
             let stop = stop.clone();
             threads.push(thread::spawn(move || {
                 for conn in listener.incoming() {
@@ -102,13 +91,15 @@ impl Backends {
                         break;
                     }
                     if let Ok(mut conn) = conn {
-                        let _ = read_request_head(&mut conn);
-                        let _ = conn.write_all(response.as_bytes());
+                        if http {
+                            let _ = read_request_head(&mut conn, Duration::from_secs(2));
+                        }
+                        let _ = conn.write_all(reply.as_bytes());
                     }
                 }
             }));
             backends.push(Backend {
-                name: (*name).to_owned(),
+                name: name.to_owned(),
                 addr,
             });
         }
@@ -173,10 +164,10 @@ impl Backends {
     }
 }
 
-/// Reads up to the blank line that ends an HTTP request head (or EOF, or 2 s).
-fn read_request_head(conn: &mut TcpStream) -> std::io::Result<()> {
+/// Reads up to the blank line that ends an HTTP request head (or EOF, or `timeout`).
+pub fn read_request_head(conn: &mut TcpStream, timeout: Duration) -> std::io::Result<()> {
     use std::io::Read;
-    conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+    conn.set_read_timeout(Some(timeout))?;
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 64 * 1024 {

@@ -29,6 +29,27 @@ pub fn unique_name(tag: &str) -> String {
     )
 }
 
+/// A scratch directory under the system temp dir, removed (with its content) on drop.
+pub struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> std::io::Result<Self> {
+        let path = std::env::temp_dir().join(unique_name(tag));
+        std::fs::create_dir_all(&path)?;
+        Ok(Self(path))
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Fails with a clear message when the process cannot touch BPF and cgroups.
 pub fn require_root() {
     use std::os::unix::fs::MetadataExt;

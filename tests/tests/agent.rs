@@ -10,6 +10,7 @@ use std::{
 
 use lbctl::{datapath::FrontendAddr, inspect, plan::Protocol};
 use testkit::{
+    TempDir,
     agent::{AgentProcess, wait_until},
     backends::Backends,
     cgroup::CgroupGuard,
@@ -92,26 +93,16 @@ struct Setup {
     cgroup: CgroupGuard,
 }
 
-/// A temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
 impl Setup {
     fn new(tag: &str) -> Self {
         let cgroup = CgroupGuard::new(tag).unwrap();
         let pins = PinDirGuard::new(tag);
-        let dir = TempDir(std::env::temp_dir().join(testkit::unique_name(tag)));
-        fs::create_dir_all(&dir.0).unwrap();
+        let dir = TempDir::new(tag).unwrap();
         Self { dir, pins, cgroup }
     }
 
     fn manifest(&self) -> PathBuf {
-        self.dir.0.join("cluster.yaml")
+        self.dir.path().join("cluster.yaml")
     }
 
     fn start_agent(&self) -> AgentProcess {

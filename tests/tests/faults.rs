@@ -1,15 +1,10 @@
 //! Faults: SIGKILL in the middle of a large apply, maps that are full, and who may touch the
 //! pins. Real kernel, real agent processes.
-use std::{
-    fs,
-    net::SocketAddr,
-    os::unix::fs::PermissionsExt,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{fs, net::SocketAddr, os::unix::fs::PermissionsExt, path::Path, time::Duration};
 
 use lbctl::{datapath::FrontendAddr, inspect, plan::Protocol};
 use testkit::{
+    TempDir,
     agent::{AgentProcess, wait_until},
     backends::Backends,
     cgroup::CgroupGuard,
@@ -18,23 +13,6 @@ use testkit::{
 };
 
 const NODE: &str = "node-a";
-
-/// A temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(testkit::unique_name(tag));
-        fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 /// `count` services 10.98.x.y:80, each with the given endpoints (all on this node), plus the
 /// service `anchor` (10.96.0.99:80) whose endpoints never change.
@@ -127,8 +105,8 @@ fn sigkill_during_a_large_apply_then_restart_converges_without_failed_connects()
     const N: usize = 3000;
     let cgroup = CgroupGuard::new("kill-apply").unwrap();
     let pins = PinDirGuard::new("kill-apply");
-    let dir = TempDir::new("kill-apply");
-    let manifest = dir.0.join("cluster.yaml");
+    let dir = TempDir::new("kill-apply").unwrap();
+    let manifest = dir.path().join("cluster.yaml");
     let anchor = Backends::tcp_same_port(&["a0", "a1"]).unwrap();
     let args = agent_args(&manifest, &pins, &cgroup, (65536, 65536));
     fs::write(&manifest, many_services(N, |i| ep(i, 0), &anchor.addrs())).unwrap();
@@ -206,8 +184,8 @@ fn sigkill_during_a_large_apply_then_restart_converges_without_failed_connects()
 fn full_maps_are_reported_and_the_rest_keeps_working() {
     let cgroup = CgroupGuard::new("full").unwrap();
     let pins = PinDirGuard::new("full");
-    let dir = TempDir::new("full");
-    let manifest = dir.0.join("cluster.yaml");
+    let dir = TempDir::new("full").unwrap();
+    let manifest = dir.path().join("cluster.yaml");
     let anchor = Backends::tcp_same_port(&["a0"]).unwrap();
     // 40 services × (master + 2 slots) = 120 entries + the anchor's 2; room for 64.
     fs::write(&manifest, many_services(40, |i| ep(i, 0), &anchor.addrs())).unwrap();

@@ -137,25 +137,10 @@ fn serve_http(
         let Ok(mut conn) = conn else { continue };
         let response = response.clone();
         thread::spawn(move || {
-            if read_request_head(&mut conn).is_ok() {
+            if testkit::backends::read_request_head(&mut conn, TIMEOUT).is_ok() {
                 let _ = conn.write_all(response.as_bytes());
             }
         });
-    }
-    Ok(())
-}
-
-/// Reads up to the blank line that ends an HTTP request head (or EOF, or the timeout).
-fn read_request_head(conn: &mut TcpStream) -> io::Result<()> {
-    conn.set_read_timeout(Some(TIMEOUT))?;
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 64 * 1024 {
-        let n = conn.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        head.extend_from_slice(&buf[..n]);
     }
     Ok(())
 }
