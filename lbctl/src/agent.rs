@@ -80,7 +80,7 @@ fn wire_counters(metrics: &Metrics, config: &DatapathConfig, source: &Source) {
     // Opened at each scrape, so the counters follow the maps even when they are recreated.
     let pin_dir = config.pin_dir.clone();
     metrics.set_connect_counts(move || {
-        let c = Maps::open(&pin_dir).ok()?.counters().ok()?;
+        let c = Maps::open_read_only(&pin_dir).ok()?.counters().ok()?;
         Some(ConnectCounts {
             rewritten: c.rewritten,
             refused: c.refused,

@@ -75,7 +75,7 @@ fn view(maps: &Maps, f: &ProgrammedFrontend) -> FrontendView {
 
 /// Every programmed frontend.
 pub fn services(pin_dir: &Path) -> Result<Vec<FrontendView>, InspectError> {
-    let writer = Writer::adopt(Maps::open(pin_dir)?)?;
+    let writer = Writer::adopt(Maps::open_read_only(pin_dir)?)?;
     Ok(writer
         .frontends()
         .iter()
@@ -124,7 +124,7 @@ pub enum Lookup {
 }
 
 pub fn lookup(pin_dir: &Path, target: FrontendAddr) -> Result<Lookup, InspectError> {
-    let writer = Writer::adopt(Maps::open(pin_dir)?)?;
+    let writer = Writer::adopt(Maps::open_read_only(pin_dir)?)?;
     let found = writer
         .frontends()
         .into_iter()
@@ -192,7 +192,7 @@ pub struct Status {
 }
 
 pub fn status(pin_dir: &Path) -> Result<Status, InspectError> {
-    let maps = Maps::open(pin_dir)?;
+    let maps = Maps::open_read_only(pin_dir)?;
     let links = loader::PROGRAMS
         .iter()
         .map(|&program| {

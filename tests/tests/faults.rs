@@ -233,3 +233,50 @@ fn pins_are_root_only() {
         }
     }
 }
+
+/// The inspection commands open the pinned maps read-only: they read everything, and a write
+/// through their descriptors is refused by the kernel.
+#[test]
+fn inspection_opens_the_maps_read_only() {
+    use lb_common::{ServiceKey, ServiceValue};
+    use lbctl::datapath::{Desired, Maps};
+
+    let mut s = Scratch::new("readonly").unwrap();
+    s.datapath
+        .apply(Desired::default().insert(
+            "10.96.0.70:80".parse().unwrap(),
+            Protocol::Tcp,
+            vec!["127.0.0.1:8080".parse().unwrap()],
+        ))
+        .unwrap();
+    let views = inspect::services(s.pins.path()).unwrap();
+    assert_eq!(views.len(), 1);
+    assert_eq!(views[0].backends, vec!["127.0.0.1:8080".to_owned()]);
+
+    let mut ro = Maps::open_read_only(s.pins.path()).unwrap();
+    assert_eq!(
+        ro.services.keys().count(),
+        2,
+        "master and one slot readable"
+    );
+    let key = ServiceKey {
+        address: [0; 16],
+        port: 1,
+        proto: 6,
+        scope: 0,
+        slot: 0,
+    };
+    let err = ro
+        .services
+        .insert(key, ServiceValue::default(), 0)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("Operation not permitted")
+            || format!("{err:?}").contains("PermissionDenied"),
+        "{err:?}"
+    );
+    // Read-write opening (the agent's) can write.
+    let mut rw = Maps::open(s.pins.path()).unwrap();
+    rw.services.insert(key, ServiceValue::default(), 0).unwrap();
+    rw.services.remove(&key).unwrap();
+}

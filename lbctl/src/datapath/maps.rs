@@ -66,6 +66,32 @@ pub struct Counters {
     pub sticky: u64,
 }
 
+/// How [`Maps`] opens pinned maps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Access {
+    ReadWrite,
+    ReadOnly,
+}
+
+/// Checks one opened map against [`EXPECTED`].
+fn check_layout(pin_dir: &Path, name: &str, data: &MapData) -> Result<(), DatapathError> {
+    let info = data.info().map_err(|e| DatapathError::map(name, e))?;
+    let Some((_, key, value)) = EXPECTED.iter().find(|(n, _, _)| *n == name) else {
+        return Ok(());
+    };
+    if info.key_size() as usize != *key || info.value_size() as usize != *value {
+        return Err(DatapathError::LayoutMismatch {
+            pin_dir: pin_dir.to_path_buf(),
+            detail: format!(
+                "map {name} has key/value sizes {}/{}, this lbctl expects {key}/{value}",
+                info.key_size(),
+                info.value_size()
+            ),
+        });
+    }
+    Ok(())
+}
+
 pub(crate) fn pin_path(pin_dir: &Path, map: &str) -> PathBuf {
     pin_dir.join(map)
 }
@@ -102,13 +128,33 @@ where
 impl Maps {
     /// Opens the maps pinned under `pin_dir` and checks their layout.
     pub fn open(pin_dir: &Path) -> Result<Self, DatapathError> {
+        Self::open_with(pin_dir, Access::ReadWrite)
+    }
+
+    /// Opens the pinned maps through read-only file descriptors (`BPF_F_RDONLY`): what the
+    /// inspection commands use, so they cannot change the datapath even by mistake.
+    pub fn open_read_only(pin_dir: &Path) -> Result<Self, DatapathError> {
+        Self::open_with(pin_dir, Access::ReadOnly)
+    }
+
+    fn open_with(pin_dir: &Path, access: Access) -> Result<Self, DatapathError> {
         if !pin_path(pin_dir, SERVICES_MAP).exists() {
             return Err(DatapathError::NotInstalled(pin_dir.to_path_buf()));
         }
-        check_pinned_layout(pin_dir)?;
         let open = |name: &str| -> Result<Map, DatapathError> {
-            let data = MapData::from_pin(pin_path(pin_dir, name))
-                .map_err(|e| DatapathError::map(name, e))?;
+            let path = pin_path(pin_dir, name);
+            let data = match access {
+                Access::ReadWrite => {
+                    MapData::from_pin(&path).map_err(|e| DatapathError::map(name, e))?
+                }
+                Access::ReadOnly => {
+                    let fd = super::sys::open_pinned_read_only(&path).map_err(|e| {
+                        DatapathError::io(format!("opening {} read-only", path.display()), e)
+                    })?;
+                    MapData::from_fd(fd).map_err(|e| DatapathError::map(name, e))?
+                }
+            };
+            check_layout(pin_dir, name, &data)?;
             Map::from_map_data(data).map_err(|e| DatapathError::map(name, e))
         };
         let maps = Self {
