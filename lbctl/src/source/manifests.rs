@@ -204,7 +204,18 @@ pub fn load_str(text: &str, origin: &str) -> Result<Inventory, ManifestError> {
 }
 
 fn load_yaml(text: &str, origin: &str) -> Result<Inventory, ManifestError> {
-    // Refuse documents that expand to absurd sizes before building anything from them.
+    // Refuse documents that expand to absurd sizes, or nest absurdly deep, before parsing them.
+    if let Some(line) = yaml_budget::too_deep(text) {
+        return Err(syntax_error(
+            origin,
+            Format::Yaml,
+            (Some(line), None),
+            &format!(
+                "flow collections nested deeper than {}; refused",
+                yaml_budget::MAX_FLOW_DEPTH
+            ),
+        ));
+    }
     for document in serde_yaml::Deserializer::from_str(text) {
         let mut budget = yaml_budget::budget_for(text.len());
         yaml_budget::NodeBudget(&mut budget)

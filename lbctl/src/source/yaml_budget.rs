@@ -87,6 +87,31 @@ impl<'de> Visitor<'de> for NodeBudget<'_> {
     }
 }
 
+/// Flow collections (`[`, `{`) nested deeper than this are refused before parsing: libyaml
+/// spends quadratic time on deep nesting before serde_yaml's own depth limit (128) applies.
+/// A raw count, blind to quotes and comments: no real manifest nests anywhere near this deep.
+pub const MAX_FLOW_DEPTH: usize = 1000;
+
+/// The 1-based line where flow nesting first exceeds [`MAX_FLOW_DEPTH`], if it does.
+pub fn too_deep(text: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut line = 1;
+    for b in text.bytes() {
+        match b {
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_FLOW_DEPTH {
+                    return Some(line);
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            b'\n' => line += 1,
+            _ => {}
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,6 +130,14 @@ mod tests {
         let text = format!("a: &a [{}]\nb: [{}]\n", "1,".repeat(n), "*a,".repeat(n));
         let err = walk(&text).unwrap_err().to_string();
         assert!(err.contains("too many nodes"), "{err}");
+    }
+
+    #[test]
+    fn flow_depth_is_bounded_cheaply() {
+        let deep = format!("a: {}{}\n", "[".repeat(5000), "]".repeat(5000));
+        assert_eq!(too_deep(&deep), Some(1));
+        let ok = format!("a: {}{}\nb: [{{x: 1}}]\n", "[".repeat(50), "]".repeat(50));
+        assert_eq!(too_deep(&ok), None);
     }
 
     #[test]
