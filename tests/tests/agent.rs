@@ -132,6 +132,26 @@ impl Setup {
         AgentProcess::start(&args).unwrap()
     }
 
+    /// A Cluster service `vip:80` with one local endpoint `b0`, and an agent that has
+    /// programmed it.
+    fn one_backend(tag: &str, vip: &str, extra: &[&str]) -> (Self, Backends, AgentProcess) {
+        let s = Setup::new(tag);
+        let b = Backends::tcp_same_port(&["b0"]).unwrap();
+        let ep = Ep {
+            addr: b.addr("b0"),
+            node: NODE,
+            ready: true,
+        };
+        write_atomically(&s.manifest(), &cluster_yaml("Cluster", vip, &[ep]));
+        let agent = s.start_agent_with(extra);
+        assert!(
+            wait_until(Duration::from_secs(10), || s.programmed(vip).is_some()),
+            "{}",
+            agent.log()
+        );
+        (s, b, agent)
+    }
+
     /// The backends the datapath has for `vip:80/tcp` now (None: not a frontend).
     fn programmed(&self, vip: &str) -> Option<Vec<String>> {
         let target = FrontendAddr::new(format!("{vip}:80").parse().unwrap(), Protocol::Tcp);
@@ -202,25 +222,8 @@ fn editing_the_manifests_reprograms_the_node_within_a_second() {
 
 #[test]
 fn a_broken_manifest_keeps_the_last_programmed_state() {
-    let s = Setup::new("agent-broken");
-    let b = Backends::tcp_same_port(&["b0"]).unwrap();
     let vip = "10.96.0.11";
-    write_atomically(
-        &s.manifest(),
-        &cluster_yaml(
-            "Cluster",
-            vip,
-            &[Ep {
-                addr: b.addr("b0"),
-                node: NODE,
-                ready: true,
-            }],
-        ),
-    );
-    let mut agent = s.start_agent();
-    assert!(wait_until(Duration::from_secs(10), || s
-        .programmed(vip)
-        .is_some()));
+    let (s, b, mut agent) = Setup::one_backend("agent-broken", vip, &[]);
 
     write_atomically(
         &s.manifest(),
@@ -326,25 +329,8 @@ fn a_killed_agent_restarts_without_failed_connects_or_stale_entries() {
 
 #[test]
 fn sigterm_leaves_the_datapath_programmed() {
-    let s = Setup::new("agent-term");
-    let b = Backends::tcp_same_port(&["b0"]).unwrap();
     let vip = "10.96.0.13";
-    write_atomically(
-        &s.manifest(),
-        &cluster_yaml(
-            "Cluster",
-            vip,
-            &[Ep {
-                addr: b.addr("b0"),
-                node: NODE,
-                ready: true,
-            }],
-        ),
-    );
-    let mut agent = s.start_agent();
-    assert!(wait_until(Duration::from_secs(10), || s
-        .programmed(vip)
-        .is_some()));
+    let (s, _b, mut agent) = Setup::one_backend("agent-term", vip, &[]);
     assert!(
         agent.terminate(),
         "agent did not exit cleanly on SIGTERM:\n{}",
@@ -356,26 +342,8 @@ fn sigterm_leaves_the_datapath_programmed() {
 
 #[test]
 fn pins_removed_behind_the_agents_back_are_recreated() {
-    let s = Setup::new("agent-pins");
-    let b = Backends::tcp_same_port(&["b0"]).unwrap();
     let vip = "10.96.0.14";
-    write_atomically(
-        &s.manifest(),
-        &cluster_yaml(
-            "Cluster",
-            vip,
-            &[Ep {
-                addr: b.addr("b0"),
-                node: NODE,
-                ready: true,
-            }],
-        ),
-    );
-    let args = ["--resync-seconds", "1"];
-    let _agent = s.start_agent_with(&args);
-    assert!(wait_until(Duration::from_secs(10), || s
-        .programmed(vip)
-        .is_some()));
+    let (s, b, _agent) = Setup::one_backend("agent-pins", vip, &["--resync-seconds", "1"]);
 
     // Someone removes a link pin: the program detaches; the agent re-attaches it.
     fs::remove_file(s.pins.path().join("links/lb_connect4")).unwrap();

@@ -5,7 +5,10 @@
 mod fuzz;
 mod setup;
 
-use std::process::Command;
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -67,6 +70,30 @@ pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), PathBuf::from)
+}
+
+/// Builds these binaries of `lbctl-tests` in release mode; returns the path of the first.
+fn build_release(bins: &[&str]) -> Result<PathBuf> {
+    let mut cmd = cargo();
+    cmd.args(["build", "--release", "-p", "lbctl-tests"]);
+    for bin in bins {
+        cmd.args(["--bin", bin]);
+    }
+    run(&mut cmd)?;
+    Ok(target_dir()
+        .join("release")
+        .join(bins.first().context("no binary named")?))
+}
+
 fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Setup => setup::run(),
@@ -81,11 +108,10 @@ fn main() -> Result<()> {
                 "lbctl-tests",
                 "--bins",
             ]))?;
-            let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
             // Ctrl-C reaches lb-demo too, which cleans up before it exits: wait for it rather
             // than returning the prompt in the middle of its cleanup.
             ctrlc::set_handler(|| {}).context("installing the Ctrl-C handler")?;
-            run(&mut Command::new(format!("{target}/debug/lb-demo")))
+            run(&mut Command::new(target_dir().join("debug/lb-demo")))
         }
         Task::Test { args } => {
             setup::run()?;
@@ -108,40 +134,14 @@ fn main() -> Result<()> {
         }
         Task::Soak { minutes } => {
             setup::run()?;
-            run(cargo().args([
-                "build",
-                "--release",
-                "-p",
-                "lbctl-tests",
-                "--bin",
-                "lb-soak",
-                "--bin",
-                "lb-probe",
-            ]))?;
-            let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
-            run(Command::new(format!("{target}/release/lb-soak"))
-                .args(["--minutes", &minutes.to_string()]))
+            let soak = build_release(&["lb-soak", "lb-probe"])?;
+            run(Command::new(soak).args(["--minutes", &minutes.to_string()]))
         }
         Task::Bench { args } => {
             setup::run()?;
-            run(cargo().args([
-                "build",
-                "--release",
-                "-p",
-                "lbctl-tests",
-                "--bin",
-                "lb-bench",
-            ]))?;
+            let bench = build_release(&["lb-bench"])?;
             // From the workspace root, so bench-results/ lands there.
-            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .parent()
-                .context("workspace root")?;
-            let target = std::env::var("CARGO_TARGET_DIR")
-                .map(std::path::PathBuf::from)
-                .unwrap_or_else(|_| root.join("target"));
-            run(Command::new(target.join("release/lb-bench"))
-                .args(args)
-                .current_dir(root))
+            run(Command::new(bench).args(args).current_dir(workspace_root()))
         }
         Task::Lint => {
             run(cargo().args(["fmt", "--all", "--check"]))?;
