@@ -280,3 +280,34 @@ fn inspection_opens_the_maps_read_only() {
     rw.services.insert(key, ServiceValue::default(), 0).unwrap();
     rw.services.remove(&key).unwrap();
 }
+
+/// Maps pinned by an lbctl of another layout are refused with a message that says what to do,
+/// and nothing is changed.
+#[test]
+fn pinned_maps_of_another_layout_are_refused() {
+    use lbctl::datapath::{Datapath, Maps};
+
+    let s = Scratch::new("layout").unwrap();
+    let mut maps = Maps::open(s.pins.path()).unwrap();
+    maps.meta
+        .set(
+            lb_common::meta::LAYOUT_VERSION,
+            lb_common::LAYOUT_VERSION + 1,
+            0,
+        )
+        .unwrap();
+    let err = Datapath::install(&s.config())
+        .err()
+        .expect("an incompatible layout must be refused")
+        .to_string();
+    assert!(
+        err.contains("layout version") && err.contains("lbctl uninstall"),
+        "{err}"
+    );
+    let err = inspect::status(s.pins.path()).unwrap_err().to_string();
+    assert!(err.contains("lbctl uninstall"), "{err}");
+    assert_eq!(
+        maps.meta.get(&lb_common::meta::LAYOUT_VERSION, 0).unwrap(),
+        lb_common::LAYOUT_VERSION + 1
+    );
+}
