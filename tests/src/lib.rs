@@ -29,6 +29,16 @@ pub fn unique_name(tag: &str) -> String {
     )
 }
 
+/// The repository's root directory (README, docs/, manifests/).
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(
+            || std::path::PathBuf::from("."),
+            std::path::Path::to_path_buf,
+        )
+}
+
 /// A scratch directory under the system temp dir, removed (with its content) on drop.
 pub struct TempDir(std::path::PathBuf);
 

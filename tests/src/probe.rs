@@ -64,12 +64,14 @@ impl Probe {
     /// Starts `lb-probe ARGS` inside `cgroup` (or where the test runs when `None`). The probe
     /// waits for a `go` line, so it does nothing before it is in the cgroup.
     pub fn spawn(cgroup: Option<&CgroupGuard>, args: &[&str]) -> Result<Self> {
-        let mut child = Command::new(probe_binary())
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("starting lb-probe")?;
+        let mut cmd = Command::new(probe_binary());
+        cmd.args(args);
+        Self::start(cmd, cgroup).context("starting lb-probe")
+    }
+
+    /// Starts `cmd` (which runs lb-probe in place), moves it into `cgroup`, then lets it go.
+    fn start(mut cmd: Command, cgroup: Option<&CgroupGuard>) -> Result<Self> {
+        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
         if let Some(cgroup) = cgroup {
             cgroup.add(child.id())?;
         }
@@ -143,25 +145,9 @@ impl Probe {
         let Some((program, wrapper_args)) = prefix.split_first() else {
             return Self::spawn(cgroup, args);
         };
-        let mut child = Command::new(program)
-            .args(wrapper_args)
-            .arg(probe_binary())
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting lb-probe through {program}"))?;
-        if let Some(cgroup) = cgroup {
-            cgroup.add(child.id())?;
-        }
-        let mut stdin = child.stdin.take().context("probe stdin")?;
-        writeln!(stdin, "go")?;
-        let stdout = BufReader::new(child.stdout.take().context("probe stdout")?);
-        Ok(Self {
-            child,
-            stdin: Some(stdin),
-            stdout,
-        })
+        let mut cmd = Command::new(program);
+        cmd.args(wrapper_args).arg(probe_binary()).args(args);
+        Self::start(cmd, cgroup).with_context(|| format!("starting lb-probe through {program}"))
     }
 
     /// Reads `n` lines as they are.

@@ -8,7 +8,7 @@ use std::{
     collections::BTreeSet,
     fs,
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, Output},
 };
 
@@ -47,10 +47,7 @@ const DOCS: [&str; 5] = [
 ];
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
+    testkit::repo_root()
 }
 
 fn lbctl_path() -> PathBuf {

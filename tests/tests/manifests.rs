@@ -27,10 +27,7 @@ const AGENT_CAPABILITIES: [&str; 3] = ["BPF", "NET_ADMIN", "PERFMON"];
 const NAMESPACE: &str = "kube-system";
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
+    testkit::repo_root()
 }
 
 fn install_dir() -> PathBuf {
