@@ -21,6 +21,7 @@ use crate::{
     engine::{self, NodeContext},
     metrics::{self, ConnectCounts, Metrics, SourceCounts},
     model::Inventory,
+    monitor::{MonitorServer, names::NamesWriter},
     source::{SourceState, files::FileSource, kube::KubeSource},
 };
 
@@ -43,6 +44,10 @@ pub struct AgentConfig {
     /// Re-apply this often even without changes (repairs maps changed behind the agent's back).
     pub resync: Duration,
     pub metrics_addr: Option<SocketAddr>,
+    /// Serve `lbctl monitor` on this Unix socket ([`crate::monitor::socket_path`] by default).
+    pub monitor_socket: PathBuf,
+    /// Kernel-side debug logs (`--debug-bpf`), through tracing target `lbctl::bpf`.
+    pub debug_bpf: bool,
 }
 
 enum Source {
@@ -115,6 +120,13 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     metrics.readiness().set_datapath_attached(true);
     let (frontends, backends) = datapath.writer().programmed();
     metrics.set_programmed(frontends, backends);
+    let monitor = MonitorServer::start(
+        &config.datapath.pin_dir,
+        &config.monitor_socket,
+        config.debug_bpf,
+    )
+    .context("starting the monitor socket")?;
+    let mut names = NamesWriter::default();
 
     let (source, mut changes) = start_source(&config.source, &config.node.name).await?;
     wire_counters(&metrics, &config.datapath, &source);
@@ -150,8 +162,9 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
             tracing::info!(error = ?state.last_error, "waiting for the source to sync before programming");
             continue;
         }
-        reconcile(&config, &source, &mut datapath, &metrics, since);
+        reconcile(&config, &source, &mut datapath, &metrics, since, &mut names, &monitor);
     }
+    drop(monitor);
     tracing::info!("shutting down; the datapath stays programmed");
     if let Some(server) = server {
         server.shutdown().await;
@@ -165,6 +178,8 @@ fn reconcile(
     datapath: &mut Datapath,
     metrics: &Metrics,
     since: Instant,
+    names: &mut NamesWriter,
+    monitor: &MonitorServer,
 ) {
     let started = Instant::now();
     let missing = datapath.missing_pins();
@@ -181,6 +196,9 @@ fn reconcile(
             return;
         }
         metrics.readiness().set_datapath_attached(true);
+        if let Err(e) = monitor.reassert() {
+            tracing::warn!(error = %e, "restoring the monitor and debug switches");
+        }
     }
     let inventory = source.snapshot();
     let plan = engine::plan(&inventory, &config.node);
@@ -193,6 +211,9 @@ fn reconcile(
     let desired = Desired::from_plan(&plan);
     match datapath.apply(&desired) {
         Ok(report) => {
+            if let Err(e) = names.sync(datapath.pin_dir(), &plan, datapath.writer()) {
+                tracing::warn!(error = %e, "writing the Service names of the frontends");
+            }
             for e in &report.errors {
                 tracing::error!(frontend = %e.frontend, reason = %e.reason, "not programmed");
                 metrics.inc_error("datapath_capacity");

@@ -1,6 +1,6 @@
 //! Read-only views of an installed datapath, from the pinned maps: what `lbctl status`,
 //! `services`, `lookup` and `stats` print.
-use std::{net::SocketAddr, path::Path, str::FromStr};
+use std::{collections::BTreeMap, net::SocketAddr, path::Path, str::FromStr};
 
 use aya::{
     maps::MapInfo,
@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::{
     datapath::{DatapathError, FrontendAddr, Maps, ProgrammedFrontend, Writer, loader},
+    monitor::names::{self, ServiceName},
     plan::Protocol,
 };
 
@@ -50,6 +51,11 @@ fn kind_of(flags: u16) -> &'static str {
 
 #[derive(Debug, Serialize)]
 pub struct FrontendView {
+    /// `namespace/name` of the Service, as the agent recorded it in `lb_fe_names` (null for a
+    /// frontend it has not named, e.g. programmed by an older agent).
+    pub service: Option<String>,
+    /// The Service port's name (empty when the port is unnamed).
+    pub port_name: Option<String>,
     pub frontend: String,
     pub kind: &'static str,
     pub id: u32,
@@ -59,9 +65,12 @@ pub struct FrontendView {
     pub refused: u64,
 }
 
-fn view(maps: &Maps, f: &ProgrammedFrontend) -> FrontendView {
+fn view(maps: &Maps, names: &Names, f: &ProgrammedFrontend) -> FrontendView {
     let stats = maps.frontend_counters(f.frontend_id).unwrap_or_default();
+    let name = names.get(&f.frontend_id);
     FrontendView {
+        service: name.map(ServiceName::service),
+        port_name: name.map(|n| n.port_name.clone()),
         frontend: f.frontend.to_string(),
         kind: kind_of(f.flags),
         id: f.frontend_id,
@@ -73,19 +82,23 @@ fn view(maps: &Maps, f: &ProgrammedFrontend) -> FrontendView {
     }
 }
 
+type Names = BTreeMap<u32, ServiceName>;
+
 /// Every programmed frontend.
 pub fn services(pin_dir: &Path) -> Result<Vec<FrontendView>, InspectError> {
     let writer = Writer::adopt(Maps::open_read_only(pin_dir)?)?;
+    let names = names::read(pin_dir)?;
     Ok(writer
         .frontends()
         .iter()
-        .map(|f| view(writer.maps(), f))
+        .map(|f| view(writer.maps(), &names, f))
         .collect())
 }
 
 pub fn services_table(views: &[FrontendView]) -> String {
     let mut t = Table::new();
     t.load_preset(UTF8_BORDERS_ONLY).set_header([
+        "SERVICE",
         "FRONTEND",
         "KIND",
         "BACKENDS",
@@ -94,7 +107,13 @@ pub fn services_table(views: &[FrontendView]) -> String {
         "REFUSED",
     ]);
     for v in views {
+        let service = match (&v.service, &v.port_name) {
+            (Some(s), Some(p)) if !p.is_empty() => format!("{s}:{p}"),
+            (Some(s), _) => s.clone(),
+            (None, _) => "-".to_owned(),
+        };
         t.add_row([
+            service,
             v.frontend.clone(),
             v.kind.to_owned(),
             if v.backends.is_empty() {
@@ -125,6 +144,7 @@ pub enum Lookup {
 
 pub fn lookup(pin_dir: &Path, target: FrontendAddr) -> Result<Lookup, InspectError> {
     let writer = Writer::adopt(Maps::open_read_only(pin_dir)?)?;
+    let names = names::read(pin_dir)?;
     let found = writer
         .frontends()
         .into_iter()
@@ -134,10 +154,10 @@ pub fn lookup(pin_dir: &Path, target: FrontendAddr) -> Result<Lookup, InspectErr
             destination: target.to_string(),
         },
         Some(f) if f.backends.is_empty() => Lookup::Refused {
-            frontend: view(writer.maps(), &f),
+            frontend: view(writer.maps(), &names, &f),
         },
         Some(f) => Lookup::Rewritten {
-            frontend: view(writer.maps(), &f),
+            frontend: view(writer.maps(), &names, &f),
         },
     })
 }

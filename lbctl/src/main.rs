@@ -12,7 +12,7 @@ use lbctl::{
     agent::{self, AgentConfig, SourceConfig},
     datapath::{self, Capacity, DEFAULT_PIN_DIR, DatapathConfig, SocketLbScope},
     engine::{self, NodeContext},
-    inspect, output,
+    inspect, monitor, output,
     source::manifests,
 };
 
@@ -100,11 +100,47 @@ enum Command {
         #[command(flatten)]
         output: Output,
     },
+    /// Stream the datapath's decisions as they happen: which process in which cgroup connected
+    /// (or sent a datagram) to which Service, and whether it was rewritten or refused. Needs
+    /// the agent running on this node; costs the datapath nothing while no monitor runs.
+    Monitor(MonitorArgs),
     /// Detach the programs and remove every pinned map and link.
     Uninstall {
         #[command(flatten)]
         pin: PinDir,
     },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum MonitorVerdict {
+    Rewritten,
+    Refused,
+    Reversed,
+}
+
+#[derive(Args)]
+struct MonitorArgs {
+    #[command(flatten)]
+    pin: PinDir,
+    /// The agent's monitor socket (default: derived from --pin-dir, as the agent does).
+    #[arg(long, env = "LBCTL_MONITOR_SOCKET")]
+    monitor_socket: Option<PathBuf>,
+    /// Only this Service's decisions (NAMESPACE/NAME).
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    service: Option<String>,
+    /// Only these verdicts (repeatable). Default: rewritten and refused (and reversed with
+    /// --reverse).
+    #[arg(long, value_enum)]
+    verdict: Vec<MonitorVerdict>,
+    /// Also show reverse translations: UDP replies and getpeername() shown as the service.
+    #[arg(long)]
+    reverse: bool,
+    /// Exit after printing this many events.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Output format: a table, or one JSON object per line.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+    format: Format,
 }
 
 #[derive(Args)]
@@ -159,14 +195,25 @@ struct AgentArgs {
     /// agent's own (`host-only`, for meshes that redirect pod traffic themselves).
     #[arg(long, value_enum, default_value_t = SocketLbScope::All)]
     socket_lb_scope: SocketLbScope,
+    /// Serve `lbctl monitor` on this Unix socket (default: /run/lbctl/<pin dir>.monitor.sock).
+    #[arg(long, env = "LBCTL_MONITOR_SOCKET")]
+    monitor_socket: Option<PathBuf>,
+    /// Kernel-side debug logs: one line per decision of the programs, logged with target
+    /// `lbctl::bpf` at debug level. For troubleshooting: it costs every service connect.
+    #[arg(long)]
+    debug_bpf: bool,
     /// Detach the programs, remove the pins, and exit.
     #[arg(long)]
     cleanup: bool,
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+fn init_logging(format: LogFormat, debug_bpf: bool) {
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if debug_bpf && let Ok(directive) = "lbctl::bpf=debug".parse() {
+        // --debug-bpf asks for the kernel's debug lines whatever RUST_LOG says.
+        filter = filter.add_directive(directive);
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -197,7 +244,7 @@ fn print<T: serde::Serialize>(
 }
 
 fn run_agent(args: AgentArgs) -> Result<()> {
-    init_logging(args.log_format);
+    init_logging(args.log_format, args.debug_bpf);
     if args.cleanup {
         datapath::uninstall(&args.pin.pin_dir)?;
         tracing::info!(pin_dir = %args.pin.pin_dir.display(), "datapath removed");
@@ -221,7 +268,7 @@ fn run_agent(args: AgentArgs) -> Result<()> {
             SourceConfig::Manifests(args.manifests)
         },
         datapath: DatapathConfig {
-            pin_dir: args.pin.pin_dir,
+            pin_dir: args.pin.pin_dir.clone(),
             cgroup,
             capacity: Capacity {
                 service_entries: args.max_service_entries,
@@ -235,6 +282,10 @@ fn run_agent(args: AgentArgs) -> Result<()> {
         coalesce: Duration::from_millis(args.coalesce_ms),
         resync: Duration::from_secs(args.resync_seconds.max(1)),
         metrics_addr: args.metrics_addr,
+        monitor_socket: args
+            .monitor_socket
+            .unwrap_or_else(|| monitor::socket_path(&args.pin.pin_dir)),
+        debug_bpf: args.debug_bpf,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(agent::run(config, shutdown_signal()))
@@ -328,11 +379,48 @@ fn run(cli: Cli) -> Result<()> {
                 Format::Table => emit(&stats_text(&views, &totals)),
             }
         }
+        Command::Monitor(args) => run_monitor(args),
         Command::Uninstall { pin } => {
             datapath::uninstall(&pin.pin_dir)?;
             emit(&format!("removed {}\n", display(&pin.pin_dir)))
         }
     }
+}
+
+fn run_monitor(args: MonitorArgs) -> Result<()> {
+    let filter = monitor::Filter {
+        service: args
+            .service
+            .as_deref()
+            .map(monitor::parse_service)
+            .transpose()?,
+        verdicts: args
+            .verdict
+            .iter()
+            .map(|v| match v {
+                MonitorVerdict::Rewritten => "rewritten",
+                MonitorVerdict::Refused => "refused",
+                MonitorVerdict::Reversed => "reversed",
+            })
+            .map(str::to_owned)
+            .collect(),
+        reverse: args.reverse,
+    };
+    let socket = args
+        .monitor_socket
+        .unwrap_or_else(|| monitor::socket_path(&args.pin.pin_dir));
+    let style = match args.format {
+        Format::Table => monitor::Style::Table,
+        Format::Json => monitor::Style::Json,
+    };
+    monitor::run(
+        &args.pin.pin_dir,
+        &socket,
+        &filter,
+        style,
+        args.count,
+        &mut std::io::stdout().lock(),
+    )
 }
 
 fn display(p: &Path) -> String {

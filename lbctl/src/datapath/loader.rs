@@ -13,7 +13,8 @@ use aya::{
     },
 };
 use lb_common::{
-    AFFINITY_MAP, BACKENDS_MAP, FRONTEND_STATS_MAP, MEMBERS_MAP, REVNAT_MAP, SERVICES_MAP,
+    AFFINITY_MAP, BACKENDS_MAP, FRONTEND_STATS_MAP, MEMBERS_MAP, NAMES_MAP, REVNAT_MAP,
+    SERVICES_MAP,
 };
 
 use super::{
@@ -182,7 +183,8 @@ pub fn install(config: &DatapathConfig) -> Result<(Maps, Installed), DatapathErr
         // One membership per backend slot, so as many as service entries.
         .map_max_entries(MEMBERS_MAP, config.capacity.service_entries)
         .map_max_entries(REVNAT_MAP, config.capacity.revnat)
-        .map_max_entries(AFFINITY_MAP, config.capacity.affinity);
+        .map_max_entries(AFFINITY_MAP, config.capacity.affinity)
+        .map_max_entries(NAMES_MAP, config.capacity.frontends);
     let pin_paths: Vec<(&str, PathBuf)> = maps::EXPECTED
         .iter()
         .map(|(name, _, _)| (*name, maps::pin_path(&config.pin_dir, name)))

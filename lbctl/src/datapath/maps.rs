@@ -3,15 +3,16 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, HashMap, Map, MapData, MapInfo, PerCpuArray};
 use lb_common::{
-    AFFINITY_MAP, AffinityKey, AffinityValue, BACKENDS_MAP, Backend, FRONTEND_STATS_MAP,
-    FrontendStats, LAYOUT_VERSION, MEMBERS_MAP, META_MAP, MemberKey, REVNAT_MAP, RevNat,
-    SERVICES_MAP, STATS_MAP, ServiceKey, ServiceValue, meta, stat,
+    AFFINITY_MAP, AffinityKey, AffinityValue, BACKENDS_MAP, Backend, EVENTS_MAP,
+    FRONTEND_STATS_MAP, FrontendName, FrontendStats, LAYOUT_VERSION, MEMBERS_MAP, META_MAP,
+    MemberKey, NAMES_MAP, REVNAT_MAP, RevNat, SERVICES_MAP, STATS_MAP, ServiceKey, ServiceValue,
+    meta, stat,
 };
 
 use super::DatapathError;
 
 /// The maps this version of lbctl expects, with their key and value sizes.
-pub(crate) const EXPECTED: [(&str, usize, usize); 8] = [
+pub(crate) const EXPECTED: [(&str, usize, usize); 10] = [
     (
         SERVICES_MAP,
         size_of::<ServiceKey>(),
@@ -32,6 +33,9 @@ pub(crate) const EXPECTED: [(&str, usize, usize); 8] = [
         size_of::<AffinityKey>(),
         size_of::<AffinityValue>(),
     ),
+    (NAMES_MAP, size_of::<u32>(), size_of::<FrontendName>()),
+    // A ring buffer has neither keys nor values.
+    (EVENTS_MAP, 0, 0),
 ];
 
 pub struct Maps {

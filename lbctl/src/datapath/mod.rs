@@ -4,7 +4,7 @@
 pub mod desired;
 pub mod loader;
 pub mod maps;
-mod sys;
+pub(crate) mod sys;
 pub mod system;
 pub mod writer;
 
