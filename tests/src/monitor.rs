@@ -46,7 +46,7 @@ impl MonitorProcess {
             .context("starting lbctl monitor")?;
         let lines = forward_lines(child.stdout.take().context("monitor stdout")?);
         let stderr = forward_lines(child.stderr.take().context("monitor stderr")?);
-        let mut monitor = Self {
+        let monitor = Self {
             child,
             lines,
             stderr,
