@@ -5,9 +5,10 @@
 //! per decision on a frontend (an array lookup the kernel inlines) and do nothing else while it
 //! is 0: that one check is all monitoring costs when nobody watches.
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-        generated::bpf_get_current_cgroup_id,
+        generated::{bpf_get_current_cgroup_id, bpf_ringbuf_query},
     },
     programs::SockAddrContext,
 };
@@ -54,6 +55,11 @@ pub fn report(ctx: &SockAddrContext, switches: u32, d: &Decision) {
     }
 }
 
+/// Unread bytes in [`EVENTS`] from which a submit wakes the reader. Below, the reader finds the
+/// events on its next timed poll (the agent polls every 100 ms): waking it for every event
+/// would cost each monitored connect a wakeup of the reader's thread.
+const WAKEUP_BYTES: u64 = lb_common::EVENTS_RING_BYTES as u64 / 8;
+
 #[inline(always)]
 fn event(d: &Decision) {
     // A full ring (no monitor reading fast enough) drops the event; the decision stands.
@@ -81,7 +87,20 @@ fn event(d: &Decision) {
         (*e).frontend_id = d.frontend_id;
         (*e).backend_id = d.backend_id;
     }
-    entry.submit(0);
+    // SAFETY: the pointer is the ring buffer map's own definition, as aya-ebpf passes it to
+    // the ring buffer helpers.
+    let unread = unsafe {
+        bpf_ringbuf_query(
+            core::ptr::from_ref(&EVENTS).cast_mut().cast(),
+            u64::from(BPF_RB_AVAIL_DATA),
+        )
+    };
+    let wakeup = if unread >= WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(u64::from(wakeup));
 }
 
 #[inline(always)]

@@ -159,25 +159,40 @@ fn bind(socket: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
+/// Drains the ring when the programs wake the reader (they do once an eighth of it is unread)
+/// and every [`POLL`]: most events are submitted without a wakeup, which would cost each
+/// monitored connect a wakeup of this thread.
 async fn read_ring(mut ring: AsyncFd<RingBuf<MapData>>, tx: broadcast::Sender<RawEvent>) {
+    let mut tick = tokio::time::interval(POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let mut guard = match ring.readable_mut().await {
-            Ok(guard) => guard,
-            Err(e) => {
-                tracing::error!(error = %e, "polling the events ring buffer failed; monitors get no more events");
-                return;
-            }
-        };
-        let ring = guard.get_inner_mut();
-        while let Some(item) = ring.next() {
-            if item.len() >= size_of::<MonitorEvent>() {
-                let mut raw = [0u8; EVENT_LEN];
-                raw.copy_from_slice(&item[..EVENT_LEN]);
-                // No monitor connected (the last one just left): dropped.
-                let _ = tx.send(raw);
-            }
+        tokio::select! {
+            ready = ring.readable_mut() => match ready {
+                Ok(mut guard) => {
+                    drain(guard.get_inner_mut(), &tx);
+                    guard.clear_ready();
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "polling the events ring buffer failed; monitors get no more events");
+                    return;
+                }
+            },
+            _ = tick.tick() => drain(ring.get_mut(), &tx),
         }
-        guard.clear_ready();
+    }
+}
+
+/// How often the agent reads the events ring without being woken.
+const POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+fn drain(ring: &mut RingBuf<MapData>, tx: &broadcast::Sender<RawEvent>) {
+    while let Some(item) = ring.next() {
+        if item.len() >= size_of::<MonitorEvent>() {
+            let mut raw = [0u8; EVENT_LEN];
+            raw.copy_from_slice(&item[..EVENT_LEN]);
+            // No monitor connected (the last one just left): dropped.
+            let _ = tx.send(raw);
+        }
     }
 }
 

@@ -162,8 +162,8 @@ pub fn measure(
             run_ns[monitors] += t1 - t0;
             runs[monitors] += c1 - c0;
             if let Some(w) = watcher {
-                // Let the last events arrive before counting.
-                thread::sleep(Duration::from_millis(50));
+                // Let the last events arrive (the agent reads the ring every 100 ms) before counting.
+                thread::sleep(Duration::from_millis(300));
                 events[monitors] += w.finish();
             }
         }
