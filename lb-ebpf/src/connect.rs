@@ -40,7 +40,11 @@ pub fn forward4(ctx: &SockAddrContext, datagram: bool) -> i32 {
         return ALLOW;
     };
     let (address, port) = sock::user_v4(ctx);
-    let hook = if datagram { hook::SENDMSG4 } else { hook::CONNECT4 };
+    let hook = if datagram {
+        hook::SENDMSG4
+    } else {
+        hook::CONNECT4
+    };
     match forward(ctx, &address, port, proto, datagram, hook) {
         Verdict::Pass => ALLOW,
         Verdict::Refuse => refuse(),
@@ -64,7 +68,11 @@ pub fn forward6(ctx: &SockAddrContext, datagram: bool) -> i32 {
         return ALLOW;
     };
     let (address, port) = sock::user_v6(ctx);
-    let hook = if datagram { hook::SENDMSG6 } else { hook::CONNECT6 };
+    let hook = if datagram {
+        hook::SENDMSG6
+    } else {
+        hook::CONNECT6
+    };
     match forward(ctx, &address, port, proto, datagram, hook) {
         Verdict::Pass => ALLOW,
         Verdict::Refuse => refuse(),

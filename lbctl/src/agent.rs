@@ -162,7 +162,15 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
             tracing::info!(error = ?state.last_error, "waiting for the source to sync before programming");
             continue;
         }
-        reconcile(&config, &source, &mut datapath, &metrics, since, &mut names, &monitor);
+        reconcile(
+            &config,
+            &source,
+            &mut datapath,
+            &metrics,
+            since,
+            &mut names,
+            &monitor,
+        );
     }
     drop(monitor);
     tracing::info!("shutting down; the datapath stays programmed");

@@ -51,14 +51,11 @@ impl MonitorProcess {
             lines,
             stderr,
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match monitor.stderr.recv_timeout(left) {
-                Ok(line) if line.starts_with("monitoring ") => return Ok(monitor),
-                Ok(line) => bail!("lbctl monitor: {line}"),
-                Err(_) => bail!("lbctl monitor did not start within 10 s"),
-            }
+        // The first thing it says: that it is monitoring, or why not.
+        match monitor.stderr.recv_timeout(Duration::from_secs(10)) {
+            Ok(line) if line.starts_with("monitoring ") => Ok(monitor),
+            Ok(line) => bail!("lbctl monitor: {line}"),
+            Err(_) => bail!("lbctl monitor did not start within 10 s"),
         }
     }
 

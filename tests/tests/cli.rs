@@ -422,7 +422,9 @@ fn every_documented_command_runs() {
         seen.insert(tool.to_owned());
         match tool {
             // `lbctl monitor` streams from a running agent (tests/tests/monitor.rs runs it).
-            "lbctl" if cmd.line.starts_with("lbctl agent") || cmd.line.starts_with("lbctl monitor") => {
+            "lbctl"
+                if cmd.line.starts_with("lbctl agent") || cmd.line.starts_with("lbctl monitor") =>
+            {
                 check_agent_line(cmd)
             }
             "lbctl" | "bpftool" => run_doc_line(cmd, &pins),

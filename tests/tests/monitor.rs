@@ -1,16 +1,10 @@
 //! `lbctl monitor` and `lbctl agent --debug-bpf` on the real kernel: the JSON contract field by
 //! field for real connects and datagrams from a process in a test cgroup, the filters, several
 //! monitors at once, a SIGKILLed monitor leaving nothing behind, and the kernel's debug logs.
-use std::{
-    fs,
-    net::SocketAddr,
-    os::unix::fs::MetadataExt,
-    path::PathBuf,
-    time::Duration,
-};
+use std::{fs, net::SocketAddr, os::unix::fs::MetadataExt, path::PathBuf, time::Duration};
 
-use lbctl::{datapath::FrontendAddr, inspect, plan::Protocol};
 use lb_common::meta;
+use lbctl::{datapath::FrontendAddr, inspect, plan::Protocol};
 use serde_json::Value;
 use testkit::{
     TempDir,
@@ -31,7 +25,13 @@ const QUIET: Duration = Duration::from_millis(500);
 
 /// Three Services on this node: `default/web` (TCP, port `http`, one endpoint), `default/empty`
 /// (TCP, port `http`, no endpoint: refuses) and `default/dns` (UDP, port `dns`, one endpoint).
-fn cluster_yaml(web: &str, web_ep: SocketAddr, empty: &str, dns: &str, dns_ep: SocketAddr) -> String {
+fn cluster_yaml(
+    web: &str,
+    web_ep: SocketAddr,
+    empty: &str,
+    dns: &str,
+    dns_ep: SocketAddr,
+) -> String {
     let service = |name: &str, vip: &str, port_name: &str, port: u16, proto: &str, target: u16| {
         format!(
             "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  clusterIP: {vip}\n  clusterIPs: [{vip}]\n  ports: [{{name: {port_name}, port: {port}, protocol: {proto}, targetPort: {target}}}]\n---\n"
@@ -137,7 +137,11 @@ impl Setup {
             ) && inspect::services(self.pins.path())
                 .is_ok_and(|v| v.len() == 3 && v.iter().all(|f| f.service.is_some()))
         });
-        assert!(programmed, "agent did not program and name 3 frontends:\n{}", agent.log());
+        assert!(
+            programmed,
+            "agent did not program and name 3 frontends:\n{}",
+            agent.log()
+        );
         // An agent that adopts finds the frontends programmed by its predecessor: wait for its
         // own start too.
         assert!(
@@ -226,8 +230,11 @@ fn json_contract_of_a_rewritten_connect_field_by_field() {
 
     // `peer` connects, asks getpeername(), reads the backend's name: one connect4 decision
     // (and one reverse translation, which the monitor hides without --reverse).
-    let mut probe = Probe::spawn(Some(&s.cgroup), &["peer", "tcp", &format!("{}:80", s.web), "1"])
-        .unwrap();
+    let mut probe = Probe::spawn(
+        Some(&s.cgroup),
+        &["peer", "tcp", &format!("{}:80", s.web), "1"],
+    )
+    .unwrap();
     let pid = probe.pid();
     let out = probe.read_lines(1).unwrap();
     assert!(out[0].starts_with("ok b0 "), "{out:?}");
@@ -250,10 +257,16 @@ fn json_contract_of_a_rewritten_connect_field_by_field() {
 
     // With --reverse the getpeername() shows up too, on the same socket (same cookie).
     let rev = s.monitor(&["--reverse"]);
-    let mut probe = Probe::spawn(Some(&s.cgroup), &["peer", "tcp", &format!("{}:80", s.web), "1"])
-        .unwrap();
+    let mut probe = Probe::spawn(
+        Some(&s.cgroup),
+        &["peer", "tcp", &format!("{}:80", s.web), "1"],
+    )
+    .unwrap();
     let out = probe.read_lines(1).unwrap();
-    assert!(out[0].ends_with(&format!(" {}:80", s.web)), "getpeername shows the service: {out:?}");
+    assert!(
+        out[0].ends_with(&format!(" {}:80", s.web)),
+        "getpeername shows the service: {out:?}"
+    );
     let connect = next(&rev, "the connect");
     let peer = next(&rev, "the getpeername");
     assert_eq!(connect["verdict"], "rewritten", "{connect}");
@@ -287,7 +300,10 @@ fn json_contract_of_a_refused_connect_and_a_udp_send() {
     assert_eq!(e["service"], "default/empty", "{e}");
     assert_eq!(e["port_name"], "http", "{e}");
     assert_eq!(e["frontend"], format!("{}:80/tcp", s.empty), "{e}");
-    assert!(e["backend"].is_null(), "a refused connect has no backend: {e}");
+    assert!(
+        e["backend"].is_null(),
+        "a refused connect has no backend: {e}"
+    );
     assert_eq!(e["reason"], "no_backends", "{e}");
     assert_caller(&e, &s, pid);
 
@@ -334,7 +350,10 @@ fn filters_by_service_and_verdict() {
 
     let seen = web_only.events_until_quiet(Duration::from_secs(1));
     assert_eq!(seen.len(), 2, "{seen:?}");
-    assert!(seen.iter().all(|e| e["service"] == "default/web"), "{seen:?}");
+    assert!(
+        seen.iter().all(|e| e["service"] == "default/web"),
+        "{seen:?}"
+    );
     let seen = refused_only.events_until_quiet(Duration::from_secs(1));
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert_eq!(seen[0]["service"], "default/empty");
@@ -345,10 +364,22 @@ fn filters_by_service_and_verdict() {
         lines.push(line);
     }
     assert_eq!(lines.len(), 4, "{lines:#?}");
-    assert!(lines[0].starts_with("TIME") && lines[0].contains("VERDICT"), "{lines:#?}");
-    assert!(lines[1].contains("rewritten") && lines[1].contains("default/web:http"), "{lines:#?}");
-    assert!(lines[3].contains("refused") && lines[3].contains("default/empty:http"), "{lines:#?}");
-    assert!(lines[3].contains("no_backends") && lines[3].contains("lb-probe["), "{lines:#?}");
+    assert!(
+        lines[0].starts_with("TIME") && lines[0].contains("VERDICT"),
+        "{lines:#?}"
+    );
+    assert!(
+        lines[1].contains("rewritten") && lines[1].contains("default/web:http"),
+        "{lines:#?}"
+    );
+    assert!(
+        lines[3].contains("refused") && lines[3].contains("default/empty:http"),
+        "{lines:#?}"
+    );
+    assert!(
+        lines[3].contains("no_backends") && lines[3].contains("lb-probe["),
+        "{lines:#?}"
+    );
 
     // A bad filter is refused with a clear message.
     let bad = std::process::Command::new(testkit::probe::sibling_binary("lbctl"))
@@ -381,7 +412,10 @@ fn two_monitors_see_every_event_and_a_killed_one_leaves_nothing_behind() {
     assert_eq!(out, vec![Outcome::Reached("b0".into()); 3]);
     let cookies = |m: &MonitorProcess| -> Vec<u64> {
         let events = m.events_until_quiet(Duration::from_secs(1));
-        events.iter().map(|e| e["socket_cookie"].as_u64().unwrap()).collect()
+        events
+            .iter()
+            .map(|e| e["socket_cookie"].as_u64().unwrap())
+            .collect()
     };
     let seen_a = cookies(&a);
     let seen_b = cookies(&b);
@@ -410,7 +444,10 @@ fn two_monitors_see_every_event_and_a_killed_one_leaves_nothing_behind() {
     // And a new monitor works as the first did.
     let c = s.monitor(&[]);
     Probe::run(Some(&s.cgroup), &["tcp", &format!("{}:80", s.web), "1"]).unwrap();
-    assert_eq!(next(&c, "a connect after the kills")["service"], "default/web");
+    assert_eq!(
+        next(&c, "a connect after the kills")["service"],
+        "default/web"
+    );
 }
 
 #[test]
@@ -419,7 +456,11 @@ fn count_exits_after_n_events_and_no_agent_is_a_clear_error() {
     let agent = s.start_agent(&[]);
     let mut m = s.monitor(&["--count", "2"]);
     Probe::run(Some(&s.cgroup), &["tcp", &format!("{}:80", s.web), "3"]).unwrap();
-    assert_eq!(m.wait(EVENT_WAIT), Some(true), "--count 2 exits after two events");
+    assert_eq!(
+        m.wait(EVENT_WAIT),
+        Some(true),
+        "--count 2 exits after two events"
+    );
     drop(agent);
 
     let out = std::process::Command::new(testkit::probe::sibling_binary("lbctl"))
@@ -429,7 +470,10 @@ fn count_exits_after_n_events_and_no_agent_is_a_clear_error() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("monitor socket") && err.contains("lbctl agent"), "{err}");
+    assert!(
+        err.contains("monitor socket") && err.contains("lbctl agent"),
+        "{err}"
+    );
 }
 
 /// The agent's log without terminal colours.
@@ -474,7 +518,11 @@ fn debug_logs_appear_with_debug_bpf_and_not_without_also_on_adopted_programs() {
     // A new agent with --debug-bpf adopts the programs the first one attached and pinned.
     plain.kill9();
     let debug = s.start_agent(&["--debug-bpf"]);
-    assert!(plain_log(&debug).contains("installed=Adopted"), "{}", debug.log());
+    assert!(
+        plain_log(&debug).contains("installed=Adopted"),
+        "{}",
+        debug.log()
+    );
     assert_ne!(switches(s.pins.path()).unwrap() & meta::DEBUG_LOGS, 0);
     let out = Probe::run(Some(&s.cgroup), &["tcp", &format!("{}:80", s.web), "1"]).unwrap();
     assert_eq!(out, vec![Outcome::Reached("b0".into())]);
@@ -486,7 +534,9 @@ fn debug_logs_appear_with_debug_bpf_and_not_without_also_on_adopted_programs() {
             l.contains("rewritten hook=1")
                 && l.contains(&format!("{}]:80", s.web))
                 && l.contains(&format!("{}]:{}", backend.ip(), backend.port()))
-        }) && lines.iter().any(|l| l.contains("refused hook=1") && l.contains("reason=4"))
+        }) && lines
+            .iter()
+            .any(|l| l.contains("refused hook=1") && l.contains("reason=4"))
     });
     assert!(logged, "no kernel debug lines:\n{}", debug.log());
 }

@@ -24,11 +24,17 @@ impl log::Log for ToTracing {
     fn log(&self, record: &log::Record<'_>) {
         let program = record.module_path().unwrap_or("lb_ebpf");
         match record.level() {
-            log::Level::Error => tracing::error!(target: "lbctl::bpf", program, "{}", record.args()),
+            log::Level::Error => {
+                tracing::error!(target: "lbctl::bpf", program, "{}", record.args())
+            }
             log::Level::Warn => tracing::warn!(target: "lbctl::bpf", program, "{}", record.args()),
             log::Level::Info => tracing::info!(target: "lbctl::bpf", program, "{}", record.args()),
-            log::Level::Debug => tracing::debug!(target: "lbctl::bpf", program, "{}", record.args()),
-            log::Level::Trace => tracing::trace!(target: "lbctl::bpf", program, "{}", record.args()),
+            log::Level::Debug => {
+                tracing::debug!(target: "lbctl::bpf", program, "{}", record.args())
+            }
+            log::Level::Trace => {
+                tracing::trace!(target: "lbctl::bpf", program, "{}", record.args())
+            }
         }
     }
 

@@ -218,7 +218,8 @@ impl Resolver {
             .and_then(|m| m.get(&e.frontend_id, 0).ok())
             .map(|n| names::decode(&n));
         let proto = if e.proto == IPPROTO_UDP { "udp" } else { "tcp" };
-        let frontend = SocketAddr::new(ip_from16(e.frontend_address), u16::from_be(e.frontend_port));
+        let frontend =
+            SocketAddr::new(ip_from16(e.frontend_address), u16::from_be(e.frontend_port));
         let backend = (e.verdict != verdict::REFUSED).then(|| {
             SocketAddr::new(ip_from16(e.backend_address), u16::from_be(e.backend_port)).to_string()
         });

@@ -113,7 +113,12 @@ impl NamesWriter {
 
     /// Writes the names of `plan`'s frontends that `writer` programmed and removes the others.
     /// Returns the number of map operations.
-    pub fn sync(&mut self, pin_dir: &Path, plan: &Plan, writer: &Writer) -> Result<usize, DatapathError> {
+    pub fn sync(
+        &mut self,
+        pin_dir: &Path,
+        plan: &Plan,
+        writer: &Writer,
+    ) -> Result<usize, DatapathError> {
         let mut desired = BTreeMap::new();
         for fe in &plan.frontends {
             let addr = FrontendAddr {
@@ -122,9 +127,9 @@ impl NamesWriter {
                 protocol: fe.protocol,
             };
             if let Some(id) = writer.frontend_id(&addr) {
-                desired
-                    .entry(id)
-                    .or_insert_with(|| encode(&fe.service.namespace, &fe.service.name, &fe.port_name));
+                desired.entry(id).or_insert_with(|| {
+                    encode(&fe.service.namespace, &fe.service.name, &fe.port_name)
+                });
             }
         }
         self.open(pin_dir)?;
@@ -145,7 +150,11 @@ impl NamesWriter {
                 }
             }
         }
-        let stale: Vec<u32> = written.keys().filter(|id| !desired.contains_key(id)).copied().collect();
+        let stale: Vec<u32> = written
+            .keys()
+            .filter(|id| !desired.contains_key(id))
+            .copied()
+            .collect();
         for id in stale {
             ops += 1;
             match map.remove(&id) {

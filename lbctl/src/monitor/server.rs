@@ -136,7 +136,9 @@ impl Drop for MonitorServer {
 }
 
 fn lock(switches: &Mutex<Switches>) -> std::sync::MutexGuard<'_, Switches> {
-    switches.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    switches
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Creates the socket's directory (root only), replaces a stale socket, and listens, mode 0600:
@@ -227,7 +229,11 @@ fn count_monitor(switches: &Mutex<Switches>, joined: bool) {
     if let Err(e) = s.write() {
         tracing::warn!(error = %e, monitors = s.monitors, "writing the monitor switch");
     } else {
-        tracing::info!(monitors = s.monitors, "monitor {}", if joined { "connected" } else { "left" });
+        tracing::info!(
+            monitors = s.monitors,
+            "monitor {}",
+            if joined { "connected" } else { "left" }
+        );
     }
 }
 

@@ -199,13 +199,8 @@ pub fn run(opts: &DatapathOptions, arms: &[Arm]) -> Result<(DatapathResults, Vec
                 count: opts.connects,
                 warmup: opts.warmup,
             };
-            let (figure, table) = super::monitor::measure(
-                lb.pins.path(),
-                &mut l.client,
-                &request,
-                count,
-                opts.reps,
-            )?;
+            let (figure, table) =
+                super::monitor::measure(lb.pins.path(), &mut l.client, &request, count, opts.reps)?;
             println!("{table}");
             tables.push(table);
             monitoring = Some(figure);

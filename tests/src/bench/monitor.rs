@@ -111,7 +111,10 @@ fn wait_monitors(server: &MonitorServer, n: usize) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(5);
     while server.monitors() != n {
         if Instant::now() > deadline {
-            bail!("the monitor server still counts {} monitors, not {n}", server.monitors());
+            bail!(
+                "the monitor server still counts {} monitors, not {n}",
+                server.monitors()
+            );
         }
         thread::sleep(Duration::from_millis(5));
     }
