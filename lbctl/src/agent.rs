@@ -120,12 +120,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     metrics.readiness().set_datapath_attached(true);
     let (frontends, backends) = datapath.writer().programmed();
     metrics.set_programmed(frontends, backends);
-    let monitor = MonitorServer::start(
-        &config.datapath.pin_dir,
-        &config.monitor_socket,
-        config.debug_bpf,
-    )
-    .context("starting the monitor socket")?;
+    let mut monitor = start_monitor(&config);
     let mut names = NamesWriter::default();
 
     let (source, mut changes) = start_source(&config.source, &config.node.name).await?;
@@ -169,7 +164,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
             &metrics,
             since,
             &mut names,
-            &monitor,
+            &mut monitor,
         );
     }
     drop(monitor);
@@ -180,6 +175,22 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     Ok(())
 }
 
+/// Serves `lbctl monitor` (and `--debug-bpf`); a failure costs monitoring, never the
+/// datapath, so it is logged and the agent goes on.
+fn start_monitor(config: &AgentConfig) -> Option<MonitorServer> {
+    match MonitorServer::start(
+        &config.datapath.pin_dir,
+        &config.monitor_socket,
+        config.debug_bpf,
+    ) {
+        Ok(server) => Some(server),
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), socket = %config.monitor_socket.display(), "lbctl monitor is not served");
+            None
+        }
+    }
+}
+
 fn reconcile(
     config: &AgentConfig,
     source: &Source,
@@ -187,7 +198,7 @@ fn reconcile(
     metrics: &Metrics,
     since: Instant,
     names: &mut NamesWriter,
-    monitor: &MonitorServer,
+    monitor: &mut Option<MonitorServer>,
 ) {
     let started = Instant::now();
     let missing = datapath.missing_pins();
@@ -204,9 +215,10 @@ fn reconcile(
             return;
         }
         metrics.readiness().set_datapath_attached(true);
-        if let Err(e) = monitor.reassert() {
-            tracing::warn!(error = %e, "restoring the monitor and debug switches");
-        }
+        // The maps may be new: serve the new events ring (monitors of the old one are
+        // disconnected) and write the switches into the new lb_meta.
+        *monitor = None;
+        *monitor = start_monitor(config);
     }
     let inventory = source.snapshot();
     let plan = engine::plan(&inventory, &config.node);

@@ -540,3 +540,29 @@ fn debug_logs_appear_with_debug_bpf_and_not_without_also_on_adopted_programs() {
     });
     assert!(logged, "no kernel debug lines:\n{}", debug.log());
 }
+
+#[test]
+fn an_agent_killed_while_watched_ends_its_monitors_and_the_next_agent_turns_events_off() {
+    let s = Setup::new("mon-agent-kill", 7);
+    let mut agent = s.start_agent(&[]);
+    let mut m = s.monitor(&[]);
+    assert_ne!(switches(s.pins.path()).unwrap() & meta::DEBUG_EVENTS, 0);
+
+    agent.kill9();
+    assert_eq!(
+        m.wait(EVENT_WAIT),
+        Some(false),
+        "a monitor whose agent is gone exits with an error"
+    );
+    // The dead agent could not turn the events off; connects still work meanwhile.
+    assert_ne!(switches(s.pins.path()).unwrap() & meta::DEBUG_EVENTS, 0);
+    let out = Probe::run(Some(&s.cgroup), &["tcp", &format!("{}:80", s.web), "1"]).unwrap();
+    assert_eq!(out, vec![Outcome::Reached("b0".into())]);
+
+    let _next = s.start_agent(&[]);
+    assert_eq!(
+        switches(s.pins.path()).unwrap(),
+        0,
+        "the next agent clears the switches its predecessor left on"
+    );
+}

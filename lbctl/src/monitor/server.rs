@@ -33,6 +33,9 @@ struct Switches {
     pin_dir: PathBuf,
     debug_logs: bool,
     monitors: usize,
+    /// Set when the server is dropped: monitors still winding down must not write the
+    /// switches any more (a new server may own them).
+    retired: bool,
 }
 
 impl Switches {
@@ -50,6 +53,9 @@ impl Switches {
     /// Writes the switches into the pinned `lb_meta` (opened each time: it may have been
     /// recreated by a repair since the last write).
     fn write(&self) -> Result<()> {
+        if self.retired {
+            return Ok(());
+        }
         write_switches(&self.pin_dir, self.word())
     }
 }
@@ -79,11 +85,19 @@ impl MonitorServer {
             pin_dir: pin_dir.to_path_buf(),
             debug_logs,
             monitors: 0,
+            retired: false,
         }));
         let mut tasks = Vec::new();
         if debug_logs {
-            // Before the switch: the log ring must have its reader when records come.
-            tasks.push(bpflog::start(pin_dir)?);
+            // Before the switch: the log ring must have its reader when records come. Without
+            // one (programs too old to have a log ring), the switch stays off.
+            match bpflog::start(pin_dir) {
+                Ok(task) => tasks.push(task),
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "kernel debug logs stay off");
+                    lock(&switches).debug_logs = false;
+                }
+            }
         }
         lock(&switches).write()?;
 
@@ -110,11 +124,6 @@ impl MonitorServer {
         })
     }
 
-    /// Writes the switches again (after the datapath was repaired, its `lb_meta` is new).
-    pub fn reassert(&self) -> Result<()> {
-        lock(&self.switches).write()
-    }
-
     /// Number of monitors connected now.
     pub fn monitors(&self) -> usize {
         lock(&self.switches).monitors
@@ -127,7 +136,8 @@ impl Drop for MonitorServer {
             task.abort();
         }
         let _ = std::fs::remove_file(&self.socket);
-        let switches = lock(&self.switches);
+        let mut switches = lock(&self.switches);
+        switches.retired = true;
         // Nobody reads the rings any more: the programs stop writing them.
         if let Err(e) = write_switches(&switches.pin_dir, 0) {
             tracing::warn!(error = %e, "clearing the monitor and debug switches");
