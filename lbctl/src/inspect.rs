@@ -7,7 +7,7 @@ use aya::{
     programs::links::{FdLink, PinnedLink},
 };
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
-use lb_common::{AFFINITY_MAP, BACKENDS_MAP, REVNAT_MAP, SERVICES_MAP, service_flags};
+use lb_common::{AFFINITY_MAP, BACKENDS_MAP, REVNAT_MAP, SERVICES_MAP, meta, service_flags};
 use serde::Serialize;
 
 use crate::{
@@ -209,6 +209,10 @@ pub struct Status {
     pub maps: Vec<MapFill>,
     pub frontends: usize,
     pub counters: crate::datapath::Counters,
+    /// The programs write events for `lbctl monitor` (at least one is connected to the agent).
+    pub monitor_events: bool,
+    /// The programs write kernel debug logs (`lbctl agent --debug-bpf`).
+    pub debug_logs: bool,
 }
 
 pub fn status(pin_dir: &Path) -> Result<Status, InspectError> {
@@ -233,6 +237,7 @@ pub fn status(pin_dir: &Path) -> Result<Status, InspectError> {
             .map(|i| i.max_entries())
             .unwrap_or(0)
     };
+    let switches = maps.meta.get(&meta::DEBUG, 0).unwrap_or(0);
     let service_entries = maps.services.keys().count();
     let backend_entries = maps.backends.keys().count();
     let frontends = maps
@@ -267,6 +272,8 @@ pub fn status(pin_dir: &Path) -> Result<Status, InspectError> {
         ],
         frontends,
         counters: maps.counters()?,
+        monitor_events: switches & meta::DEBUG_EVENTS != 0,
+        debug_logs: switches & meta::DEBUG_LOGS != 0,
     })
 }
 
@@ -307,6 +314,12 @@ pub fn status_text(s: &Status) -> String {
         c.affinity,
         c.sticky,
         c.foreign_netns
+    ));
+    let on = |b: bool| if b { "on" } else { "off" };
+    out.push_str(&format!(
+        "monitor events: {} (on while an `lbctl monitor` is connected); kernel debug logs: {}\n",
+        on(s.monitor_events),
+        on(s.debug_logs)
     ));
     out
 }

@@ -381,6 +381,38 @@ fn filters_by_service_and_verdict() {
         "{lines:#?}"
     );
 
+    // `lbctl services` names the Services too, and `status` says a monitor is watching.
+    let lbctl = |args: &[&str]| {
+        let out = std::process::Command::new(testkit::probe::sibling_binary("lbctl"))
+            .args(args)
+            .arg("--pin-dir")
+            .arg(s.pins.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let services: Value = serde_json::from_str(&lbctl(&["services", "-o", "json"])).unwrap();
+    let web = services
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["frontend"] == format!("{}:80/tcp", s.web))
+        .expect("web frontend listed");
+    assert_eq!(web["service"], "default/web", "{web}");
+    assert_eq!(web["port_name"], "http", "{web}");
+    let table = lbctl(&["services"]);
+    assert!(
+        table.contains("SERVICE") && table.contains("default/dns:dns"),
+        "{table}"
+    );
+    let status = lbctl(&["status"]);
+    assert!(status.contains("monitor events: on"), "{status}");
+
     // A bad filter is refused with a clear message.
     let bad = std::process::Command::new(testkit::probe::sibling_binary("lbctl"))
         .args(["monitor", "--service", "web", "--pin-dir"])
