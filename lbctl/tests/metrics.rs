@@ -9,7 +9,9 @@ use std::{
     time::Duration,
 };
 
-use lbctl::metrics::{ConnectCounts, Metrics, OPENMETRICS_CONTENT_TYPE, SourceCounts, serve};
+use lbctl::metrics::{
+    ConnectCounts, ErrorKind, Metrics, OPENMETRICS_CONTENT_TYPE, SourceCounts, serve,
+};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
@@ -120,9 +122,9 @@ async fn metrics_health_and_readiness_over_http() {
     metrics.observe_sync(Duration::from_millis(150));
     metrics.observe_event_latency(Duration::from_millis(3));
     metrics.set_programmed(3, 7);
-    metrics.inc_error("apply");
-    metrics.inc_error("apply");
-    metrics.inc_error("read_counters");
+    metrics.inc_error(ErrorKind::Apply);
+    metrics.inc_error(ErrorKind::Apply);
+    metrics.inc_error(ErrorKind::Capacity);
 
     let reply = get(addr, "/metrics").await;
     assert_eq!(reply.status, 200);
@@ -191,7 +193,7 @@ async fn metrics_health_and_readiness_over_http() {
         Some(2.0)
     );
     assert_eq!(
-        sample(&body, r#"lbctl_errors_total{kind="read_counters"}"#),
+        sample(&body, r#"lbctl_errors_total{kind="capacity"}"#),
         Some(1.0)
     );
     assert_eq!(
