@@ -490,7 +490,10 @@ fn refusing_skipped_last_sync_and_build_info() {
         );
         assert_eq!(sample(&body, &series), Some(0.0), "{body}");
     }
-    assert_eq!(sample(&body, "lbctl_last_sync_timestamp_seconds"), Some(0.0));
+    assert_eq!(
+        sample(&body, "lbctl_last_sync_timestamp_seconds"),
+        Some(0.0)
+    );
     metrics.set_refusing(&[(TrafficPolicy::Local, 3)].into_iter().collect());
     metrics.set_skipped(2);
     let at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_000_000_500);
@@ -501,7 +504,10 @@ fn refusing_skipped_last_sync_and_build_info() {
         Some(3.0)
     );
     assert_eq!(
-        sample(&body, r#"lbctl_frontends_refusing{traffic_policy="Cluster"}"#),
+        sample(
+            &body,
+            r#"lbctl_frontends_refusing{traffic_policy="Cluster"}"#
+        ),
         Some(0.0)
     );
     assert_eq!(sample(&body, "lbctl_skipped_objects"), Some(2.0));
@@ -586,7 +592,9 @@ async fn healthz_fails_when_the_loop_stops_turning() {
     let health = get(addr, "/healthz").await;
     assert_eq!(health.status, 503);
     assert!(
-        health.body.starts_with("stuck: the reconcile loop has not completed a turn for"),
+        health
+            .body
+            .starts_with("stuck: the reconcile loop has not completed a turn for"),
         "{}",
         health.body
     );
