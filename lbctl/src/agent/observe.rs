@@ -357,6 +357,112 @@ mod tests {
         system_time(rfc3339.parse().unwrap()).unwrap()
     }
 
+    fn service(itp: &str) -> Service {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"clusterIP": "10.96.0.10", "internalTrafficPolicy": itp,
+                     "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}
+        }))
+        .unwrap()
+    }
+
+    fn endpoint_slice(port_name: &str, endpoints: serde_json::Value) -> EndpointSlice {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-1", "namespace": "shop",
+                         "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "ports": [{"name": port_name, "port": 8080, "protocol": "TCP"}],
+            "endpoints": endpoints
+        }))
+        .unwrap()
+    }
+
+    fn refusing_frontend(kind: FrontendKind) -> Frontend {
+        Frontend {
+            service: ServiceRef {
+                namespace: "shop".into(),
+                name: "web".into(),
+            },
+            port_name: "http".into(),
+            protocol: Protocol::Tcp,
+            kind,
+            address: "10.96.0.10".parse().unwrap(),
+            port: 80,
+            backends: vec![],
+            affinity_timeout_seconds: None,
+        }
+    }
+
+    fn explained(itp: &str, slices: Vec<EndpointSlice>, kind: FrontendKind) -> Refusal {
+        let inventory = Inventory {
+            services: vec![service(itp)],
+            endpoint_slices: slices,
+            nodes: vec![],
+        };
+        explain(&refusing_frontend(kind), &inventory, "node-a")
+    }
+
+    #[test]
+    fn refusals_name_the_policy_and_what_is_missing() {
+        let elsewhere = serde_json::json!([
+            {"addresses": ["10.244.2.5"], "nodeName": "node-b", "conditions": {"ready": true}},
+            {"addresses": ["10.244.2.6"], "nodeName": "node-b", "conditions": {"ready": true}}
+        ]);
+        let r = explained(
+            "Local",
+            vec![endpoint_slice("http", elsewhere.clone())],
+            FrontendKind::ClusterIP,
+        );
+        assert_eq!(r.policy, TrafficPolicy::Local);
+        assert_eq!(
+            r.reason,
+            "internalTrafficPolicy: Local and no ready endpoint on this node (2 ready on other nodes)"
+        );
+        // A node port of the same Service uses the Cluster set: the policy does not apply.
+        let r = explained(
+            "Local",
+            vec![endpoint_slice("http", serde_json::json!([]))],
+            FrontendKind::NodePort,
+        );
+        assert_eq!(r.policy, TrafficPolicy::Cluster);
+        assert_eq!(
+            r.reason,
+            "the Service's EndpointSlices list no IPv4 endpoint"
+        );
+
+        let r = explained("Cluster", vec![], FrontendKind::ClusterIP);
+        assert_eq!(r.policy, TrafficPolicy::Cluster);
+        assert!(
+            r.reason.starts_with("no EndpointSlice for this Service"),
+            "{}",
+            r.reason
+        );
+
+        let r = explained(
+            "Cluster",
+            vec![endpoint_slice("metrics", elsewhere)],
+            FrontendKind::ClusterIP,
+        );
+        assert_eq!(
+            r.reason,
+            "no EndpointSlice of this Service has a TCP port named \"http\""
+        );
+
+        let not_ready = serde_json::json!([
+            {"addresses": ["10.244.1.5"], "nodeName": "node-a",
+             "conditions": {"ready": false, "serving": false, "terminating": true}}
+        ]);
+        let r = explained(
+            "Cluster",
+            vec![endpoint_slice("http", not_ready)],
+            FrontendKind::ClusterIP,
+        );
+        assert_eq!(
+            r.reason,
+            "no ready endpoint (1 listed, none ready or serving while terminating)"
+        );
+    }
+
     #[test]
     fn trigger_times_count_once_and_only_after_the_start() {
         let start = at("2026-01-01T10:00:00Z");
