@@ -260,23 +260,67 @@ impl ServiceConnects {
     }
 
     /// Replaces the programmed frontends: counts so far go to the old owners, new owners start
-    /// from the current values, Service ports without a frontend are dropped.
+    /// from the current values, Service ports without a frontend are dropped. Reads only the
+    /// ids whose owner changes (none when a sync changes no frontend's identity).
     fn set(&mut self, frontends: Vec<NamedFrontend>, read: Option<&FrontendCountsFn>) -> bool {
-        let collected = self.collect(read);
         let mut next = BTreeMap::new();
+        // Owners that give up their id (to another frontend, or because it is gone).
+        let mut leaving: Vec<(u32, Owned)> = Vec::new();
         for f in frontends {
-            let kept = self
-                .frontends
-                .remove(&f.id)
-                .filter(|o| o.frontend == f.frontend && o.service == f.service);
-            next.insert(
-                f.id,
-                kept.unwrap_or(Owned {
-                    frontend: f.frontend,
-                    service: f.service,
-                    last: None,
-                }),
-            );
+            match self.frontends.remove(&f.id) {
+                Some(owned) if owned.frontend == f.frontend && owned.service == f.service => {
+                    next.insert(f.id, owned);
+                }
+                old => {
+                    leaving.extend(old.map(|owned| (f.id, owned)));
+                    next.insert(
+                        f.id,
+                        Owned {
+                            frontend: f.frontend,
+                            service: f.service,
+                            last: None,
+                        },
+                    );
+                }
+            }
+        }
+        leaving.extend(std::mem::take(&mut self.frontends));
+        // One read: the last counts of the leaving owners, the baselines of the new ones.
+        let ids: Vec<u32> = leaving
+            .iter()
+            .map(|(id, _)| *id)
+            .chain(
+                next.iter()
+                    .filter(|(_, owned)| owned.last.is_none())
+                    .map(|(id, _)| *id),
+            )
+            .collect::<BTreeSet<u32>>()
+            .into_iter()
+            .collect();
+        let mut read_ok = true;
+        if !ids.is_empty() {
+            match read
+                .and_then(|read| read(&ids))
+                .filter(|counts| counts.len() == ids.len())
+            {
+                Some(counts) => {
+                    let now: BTreeMap<u32, FrontendCounts> =
+                        ids.iter().copied().zip(counts).collect();
+                    for (id, owned) in &leaving {
+                        if let (Some(last), Some(now)) = (owned.last, now.get(id)) {
+                            let total = self.totals.entry(owned.service.clone()).or_default();
+                            total.rewritten += increase(last.rewritten, now.rewritten);
+                            total.refused += increase(last.refused, now.refused);
+                        }
+                    }
+                    for (id, owned) in &mut next {
+                        if owned.last.is_none() {
+                            owned.last = now.get(id).copied();
+                        }
+                    }
+                }
+                None => read_ok = false,
+            }
         }
         self.frontends = next;
         let live: BTreeSet<&ServicePort> = self.frontends.values().map(|o| &o.service).collect();
@@ -284,8 +328,7 @@ impl ServiceConnects {
         for owned in self.frontends.values() {
             self.totals.entry(owned.service.clone()).or_default();
         }
-        // Baseline the new owners now.
-        self.collect(read) && collected
+        read_ok
     }
 }
 

@@ -605,3 +605,37 @@ async fn healthz_fails_when_the_loop_stops_turning() {
     assert_eq!(get(addr, "/healthz").await.status, 200);
     server.shutdown().await;
 }
+
+#[test]
+fn a_sync_that_changes_no_frontend_reads_no_counter() {
+    let metrics = Metrics::new();
+    let reads = Arc::new(AtomicU64::new(0));
+    let counted = reads.clone();
+    metrics.set_frontend_counts(move |ids| {
+        counted.fetch_add(ids.len() as u64, Ordering::Relaxed);
+        Some(vec![FrontendCounts::default(); ids.len()])
+    });
+    let web = port("default", "web", "http");
+    let frontends = vec![
+        named(1, "10.96.0.10:80/tcp", &web),
+        named(2, "10.96.0.11:80/tcp", &web),
+    ];
+    metrics.set_service_frontends(frontends.clone());
+    assert_eq!(
+        reads.load(Ordering::Relaxed),
+        2,
+        "the new frontends are baselined"
+    );
+    metrics.set_service_frontends(frontends);
+    assert_eq!(
+        reads.load(Ordering::Relaxed),
+        2,
+        "nothing changed, nothing read"
+    );
+    metrics.set_service_frontends(vec![named(1, "10.96.0.10:80/tcp", &web)]);
+    assert_eq!(
+        reads.load(Ordering::Relaxed),
+        3,
+        "only the leaving id is read"
+    );
+}
