@@ -59,15 +59,17 @@ impl Refusals {
     ) -> BTreeMap<TrafficPolicy, usize> {
         let mut now: BTreeMap<FrontendAddr, Refusing> = BTreeMap::new();
         let mut serving: BTreeMap<FrontendAddr, (&Frontend, usize)> = BTreeMap::new();
+        let mut index: Option<Index> = None;
         for frontend in programmed {
             let addr = frontend_addr(frontend);
             if frontend.backends.is_empty() {
+                let index = index.get_or_insert_with(|| Index::new(inventory));
                 now.insert(
                     addr,
                     Refusing {
                         service: frontend.service.clone(),
                         port_name: frontend.port_name.clone(),
-                        refusal: explain(frontend, inventory, node),
+                        refusal: index.explain(frontend, node),
                     },
                 );
             } else {
@@ -149,13 +151,66 @@ fn protocol_name(protocol: Protocol) -> &'static str {
     protocol.as_str()
 }
 
+/// Services and their EndpointSlices by `namespace/name`, built once per sync that has
+/// refusing frontends (explaining stays linear in the inventory).
+struct Index<'a> {
+    services: HashMap<(&'a str, &'a str), &'a Service>,
+    slices: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
+}
+
+impl<'a> Index<'a> {
+    fn new(inventory: &'a Inventory) -> Self {
+        let mut services = HashMap::new();
+        for svc in &inventory.services {
+            if let Some(name) = svc.metadata.name.as_deref() {
+                services
+                    .entry((namespace_of(svc.metadata.namespace.as_ref()), name))
+                    .or_insert(svc);
+            }
+        }
+        let mut slices: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+        for slice in &inventory.endpoint_slices {
+            if let Some(service) = slice
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_NAME_LABEL))
+            {
+                slices
+                    .entry((namespace_of(slice.metadata.namespace.as_ref()), service))
+                    .or_default()
+                    .push(slice);
+            }
+        }
+        Self { services, slices }
+    }
+
+    fn explain(&self, frontend: &Frontend, node: &str) -> Refusal {
+        let key = (
+            frontend.service.namespace.as_str(),
+            frontend.service.name.as_str(),
+        );
+        explain_from(
+            frontend,
+            self.services.get(&key).copied(),
+            self.slices.get(&key).map_or(&[], Vec::as_slice),
+            node,
+        )
+    }
+}
+
 /// Why `frontend` (which has no backend) refuses, from the objects it was planned from: the
 /// decision itself is the engine's; this only names the likely cause for the log.
 pub fn explain(frontend: &Frontend, inventory: &Inventory, node: &str) -> Refusal {
-    let service = inventory.services.iter().find(|svc: &&Service| {
-        namespace_of(svc.metadata.namespace.as_ref()) == frontend.service.namespace
-            && svc.metadata.name.as_deref() == Some(frontend.service.name.as_str())
-    });
+    Index::new(inventory).explain(frontend, node)
+}
+
+fn explain_from(
+    frontend: &Frontend,
+    service: Option<&Service>,
+    slices: &[&EndpointSlice],
+    node: &str,
+) -> Refusal {
     let local = frontend.kind == FrontendKind::ClusterIP
         && service
             .and_then(|svc| svc.spec.as_ref())
@@ -166,19 +221,6 @@ pub fn explain(frontend: &Frontend, inventory: &Inventory, node: &str) -> Refusa
     } else {
         TrafficPolicy::Cluster
     };
-    let slices: Vec<&EndpointSlice> = inventory
-        .endpoint_slices
-        .iter()
-        .filter(|slice| {
-            namespace_of(slice.metadata.namespace.as_ref()) == frontend.service.namespace
-                && slice
-                    .metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(SERVICE_NAME_LABEL))
-                    == Some(&frontend.service.name)
-        })
-        .collect();
     let refusal = |reason: String| Refusal { policy, reason };
     if slices.is_empty() {
         return refusal(
