@@ -56,11 +56,14 @@ pub struct AgentConfig {
     /// `/healthz` fails when the loop has not completed a turn for this long; must exceed
     /// `resync` (the longest the loop waits when nothing happens).
     pub stall_threshold: Duration,
-    /// Test hook (hidden flag `--test-stall-file`): while this file exists the loop stops before
-    /// its next sync, as a hung apply would, so tests can see `/healthz` fail. `None` in
-    /// production.
+    /// Test hook (`lbctl agent` reads it from [`STALL_FILE_ENV`]): while this file exists the
+    /// loop stops before its next sync, as a hung apply would, so tests can see `/healthz` fail.
+    /// `None` in production.
     pub stall_file: Option<PathBuf>,
 }
+
+/// The environment variable `lbctl agent` takes [`AgentConfig::stall_file`] from (tests only).
+pub const STALL_FILE_ENV: &str = "LBCTL_TEST_STALL_FILE";
 
 enum Source {
     Files(FileSource),

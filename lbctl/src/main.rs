@@ -183,9 +183,6 @@ struct AgentArgs {
     /// seconds [default: 3 × --resync-seconds]; must exceed --resync-seconds.
     #[arg(long, value_name = "SECONDS")]
     stall_seconds: Option<u64>,
-    /// Test hook: stall the reconcile loop while this file exists (for /healthz tests).
-    #[arg(long, hide = true, value_name = "PATH")]
-    test_stall_file: Option<PathBuf>,
     /// Detach the programs, remove the pins, and exit.
     #[arg(long)]
     cleanup: bool,
@@ -274,7 +271,8 @@ fn run_agent(args: AgentArgs) -> Result<()> {
         resync: Duration::from_secs(resync_seconds),
         metrics_addr: args.metrics_addr,
         stall_threshold: Duration::from_secs(stall_seconds),
-        stall_file: args.test_stall_file,
+        // Test hook, read from the environment so that it appears in no --help or completion.
+        stall_file: std::env::var_os(agent::STALL_FILE_ENV).map(PathBuf::from),
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(agent::run(config, shutdown_signal()))

@@ -125,6 +125,10 @@ impl Node {
     }
 
     fn agent(&self, extra: &[&str]) -> AgentProcess {
+        self.agent_with_env(extra, &[])
+    }
+
+    fn agent_with_env(&self, extra: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> AgentProcess {
         let mut args: Vec<String> = vec![
             "--node".into(),
             NODE.into(),
@@ -148,7 +152,7 @@ impl Node {
             "1024".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        AgentProcess::start(&args).unwrap()
+        AgentProcess::start_with_env(&args, env).unwrap()
     }
 
     /// `GET path` (HTTP/1.0: no chunked body): status and body, or `None` when not listening.
@@ -455,8 +459,10 @@ fn healthz_fails_while_the_reconcile_loop_is_stuck() {
         .concat(),
     );
     let stall = node.dir.path().join("stall");
-    let stall_arg = stall.display().to_string();
-    let mut agent = node.agent(&["--stall-seconds", "2", "--test-stall-file", &stall_arg]);
+    let mut agent = node.agent_with_env(
+        &["--stall-seconds", "2"],
+        &[(lbctl::agent::STALL_FILE_ENV, stall.as_os_str())],
+    );
     assert!(
         wait_until(Duration::from_secs(15), || node
             .get("/healthz")

@@ -167,6 +167,31 @@ fn plan_shows_quote_local_staying_on_the_node() {
 }
 
 #[test]
+fn a_stall_threshold_below_the_resync_period_is_refused_before_anything_starts() {
+    let out = lbctl(&[
+        "agent",
+        "--node",
+        "kind-worker",
+        "--manifests",
+        "manifests/examples/quote.yaml",
+        "--pin-dir",
+        "/nonexistent/lbctl-pins",
+        "--cgroup",
+        "/nonexistent/cgroup",
+        "--resync-seconds",
+        "10",
+        "--stall-seconds",
+        "10",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        stderr(&out).contains("--stall-seconds 10 must exceed --resync-seconds 10"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
 fn plan_explains_services_without_a_cluster_ip() {
     // The workload example is what one applies: the API server has not allocated ClusterIPs
     // yet, and the plan says so instead of planning nothing silently.
