@@ -104,7 +104,7 @@ enum Command {
     },
     /// Stream the datapath's decisions as they happen: which process in which cgroup connected
     /// (or sent a datagram) to which Service, and whether it was rewritten or refused. Needs
-    /// the agent running on this node; costs the datapath nothing while no monitor runs.
+    /// the agent running on this node; while no monitor runs the datapath only checks a flag.
     Monitor(MonitorArgs),
     /// Detach the programs and remove every pinned map and link.
     Uninstall {
