@@ -563,12 +563,12 @@ fn debug_logs_appear_with_debug_bpf_and_not_without_also_on_adopted_programs() {
     let logged = wait_until(EVENT_WAIT, || {
         let lines = bpf_lines(&debug);
         lines.iter().any(|l| {
-            l.contains("rewritten hook=1")
+            l.contains("rewritten hook=connect4")
                 && l.contains(&format!("{}]:80", s.web))
                 && l.contains(&format!("{}]:{}", backend.ip(), backend.port()))
         }) && lines
             .iter()
-            .any(|l| l.contains("refused hook=1") && l.contains("reason=4"))
+            .any(|l| l.contains("refused hook=connect4") && l.contains("reason=no_backends"))
     });
     assert!(logged, "no kernel debug lines:\n{}", debug.log());
 }

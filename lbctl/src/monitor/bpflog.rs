@@ -23,22 +23,36 @@ impl log::Log for ToTracing {
 
     fn log(&self, record: &log::Record<'_>) {
         let program = record.module_path().unwrap_or("lb_ebpf");
+        let message = readable(&record.args().to_string());
         match record.level() {
-            log::Level::Error => {
-                tracing::error!(target: "lbctl::bpf", program, "{}", record.args())
-            }
-            log::Level::Warn => tracing::warn!(target: "lbctl::bpf", program, "{}", record.args()),
-            log::Level::Info => tracing::info!(target: "lbctl::bpf", program, "{}", record.args()),
-            log::Level::Debug => {
-                tracing::debug!(target: "lbctl::bpf", program, "{}", record.args())
-            }
-            log::Level::Trace => {
-                tracing::trace!(target: "lbctl::bpf", program, "{}", record.args())
-            }
+            log::Level::Error => tracing::error!(target: "lbctl::bpf", program, "{message}"),
+            log::Level::Warn => tracing::warn!(target: "lbctl::bpf", program, "{message}"),
+            log::Level::Info => tracing::info!(target: "lbctl::bpf", program, "{message}"),
+            log::Level::Debug => tracing::debug!(target: "lbctl::bpf", program, "{message}"),
+            log::Level::Trace => tracing::trace!(target: "lbctl::bpf", program, "{message}"),
         }
     }
 
     fn flush(&self) {}
+}
+
+/// The programs log `hook` and `reason` as numbers (strings would not fit their stack): shown
+/// with the names `lbctl monitor` uses.
+fn readable(message: &str) -> String {
+    message
+        .split(' ')
+        .map(|word| {
+            let named = |prefix: &str, name: fn(u8) -> &'static str| {
+                word.strip_prefix(prefix)
+                    .and_then(|n| n.parse::<u8>().ok())
+                    .map(|n| format!("{prefix}{}", name(n)))
+            };
+            named("hook=", super::hook_name)
+                .or_else(|| named("reason=", super::reason_name))
+                .unwrap_or_else(|| word.to_owned())
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The id of the program attached through the pinned link of `program`.
@@ -81,4 +95,16 @@ pub fn start(pin_dir: &Path) -> Result<JoinHandle<()>> {
             guard.clear_ready();
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hook_and_reason_numbers_are_named() {
+        assert_eq!(
+            super::readable("refused hook=1 cookie=5 frontend=[::ffff:10.0.0.1]:80 reason=4"),
+            "refused hook=connect4 cookie=5 frontend=[::ffff:10.0.0.1]:80 reason=no_backends"
+        );
+        assert_eq!(super::readable("hook=x reason="), "hook=x reason=");
+    }
 }

@@ -154,7 +154,7 @@ pub fn reason_name(r: u8) -> &'static str {
     }
 }
 
-fn hook_name(h: u8) -> &'static str {
+pub fn hook_name(h: u8) -> &'static str {
     match h {
         hook::CONNECT4 => "connect4",
         hook::CONNECT6 => "connect6",
