@@ -17,7 +17,7 @@ use anyhow::{Context, Result};
 use tokio::sync::watch;
 
 use crate::{
-    datapath::{Datapath, DatapathConfig, Desired, Maps},
+    datapath::{Datapath, DatapathConfig, Desired, Maps, Object},
     engine::{self, NodeContext},
     metrics::{self, ConnectCounts, Metrics, SourceCounts},
     model::Inventory,
@@ -43,6 +43,8 @@ pub struct AgentConfig {
     /// Re-apply this often even without changes (repairs maps changed behind the agent's back).
     pub resync: Duration,
     pub metrics_addr: Option<SocketAddr>,
+    /// Kernel object to load instead of the embedded one (`--object`, for upgrade tests).
+    pub object: Option<PathBuf>,
 }
 
 enum Source {
@@ -110,8 +112,11 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         Some(addr) => Some(metrics::serve(addr, metrics.clone()).await?),
         None => None,
     };
-    let mut datapath = Datapath::install(&config.datapath).context("installing the datapath")?;
+    let mut datapath = install(&config).context("installing the datapath")?;
     tracing::info!(pin_dir = %config.datapath.pin_dir.display(), installed = ?datapath.installed(), "datapath ready");
+    if let Ok(Some(state)) = crate::datapath::state::read(&config.datapath.pin_dir) {
+        metrics.set_datapath_info(&state);
+    }
     metrics.readiness().set_datapath_attached(true);
     let (frontends, backends) = datapath.writer().programmed();
     metrics.set_programmed(frontends, backends);
@@ -157,6 +162,15 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         server.shutdown().await;
     }
     Ok(())
+}
+
+/// Installs the embedded kernel object, or the one `--object` names; verifies the attach point.
+fn install(config: &AgentConfig) -> Result<Datapath> {
+    let object = match &config.object {
+        Some(path) => Object::from_file(path)?,
+        None => Object::embedded()?,
+    };
+    Ok(Datapath::install_object(&config.datapath, object)?)
 }
 
 fn reconcile(

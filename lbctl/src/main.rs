@@ -162,6 +162,10 @@ struct AgentArgs {
     /// Detach the programs, remove the pins, and exit.
     #[arg(long)]
     cleanup: bool,
+    /// Load this kernel object instead of the one built into lbctl (development and upgrade
+    /// tests only).
+    #[arg(long, value_name = "PATH", hide = true)]
+    object: Option<PathBuf>,
 }
 
 fn init_logging(format: LogFormat) {
@@ -235,6 +239,7 @@ fn run_agent(args: AgentArgs) -> Result<()> {
         coalesce: Duration::from_millis(args.coalesce_ms),
         resync: Duration::from_secs(args.resync_seconds.max(1)),
         metrics_addr: args.metrics_addr,
+        object: args.object,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(agent::run(config, shutdown_signal()))
