@@ -117,7 +117,8 @@ pub struct Datapath {
     pin_dir: PathBuf,
     installed: Installed,
     writer: Writer,
-    object: Object,
+    /// The kernel object installed (`None` when opened without installing).
+    object: Option<Object>,
     /// A migration waiting for its first [`Datapath::apply`] (see [`Installed::Migrating`]).
     pending: Option<(DatapathConfig, loader::Pending)>,
 }
@@ -139,7 +140,7 @@ impl Datapath {
             pin_dir: config.pin_dir.clone(),
             installed: loaded.installed,
             writer,
-            object,
+            object: Some(object),
             pending: loaded.pending.map(|p| (config.clone(), p)),
         })
     }
@@ -151,7 +152,7 @@ impl Datapath {
             pin_dir: pin_dir.to_path_buf(),
             installed: Installed::Adopted,
             writer,
-            object: Object::embedded()?,
+            object: None,
             pending: None,
         })
     }
@@ -163,7 +164,8 @@ impl Datapath {
         if self.pending.is_some() {
             if report.errors.is_empty() {
                 let (config, pending) = self.pending.take().expect("checked above");
-                loader::complete(&config, &self.object, pending)?;
+                let object = self.object.clone().map_or_else(Object::embedded, Ok)?;
+                loader::complete(&config, &object, pending)?;
                 self.installed = Installed::Upgraded;
                 restrict_pins(&self.pin_dir)?;
             } else {
@@ -176,9 +178,9 @@ impl Datapath {
         Ok(report)
     }
 
-    /// The identity of the kernel object this datapath was installed with.
-    pub fn object(&self) -> &Object {
-        &self.object
+    /// The kernel object this datapath was installed with (`None` when opened).
+    pub fn object(&self) -> Option<&Object> {
+        self.object.as_ref()
     }
 
     pub fn counters(&self) -> Result<Counters, DatapathError> {
@@ -219,7 +221,8 @@ impl Datapath {
         if map_missing {
             loader::uninstall(&self.pin_dir)?;
         }
-        *self = Self::install_object(config, self.object.clone())?;
+        let object = self.object.clone().map_or_else(Object::embedded, Ok)?;
+        *self = Self::install_object(config, object)?;
         Ok(())
     }
 }

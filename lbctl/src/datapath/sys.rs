@@ -16,6 +16,12 @@ const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_LINK_UPDATE: libc::c_long = 29;
 /// `BPF_F_RDONLY` (file flag of `BPF_OBJ_GET`).
 const BPF_F_RDONLY: u32 = 1 << 3;
+/// Filesystem magics of linux/magic.h (as libc defines them; `c_long` is `i64` on 64-bit
+/// targets only, hence the casts).
+#[allow(clippy::unnecessary_cast)]
+const BPF_FS: i64 = libc::BPF_FS_MAGIC as i64;
+#[allow(clippy::unnecessary_cast)]
+const CGROUP2_FS: i64 = libc::CGROUP2_SUPER_MAGIC as i64;
 /// `BPF_MAP_TYPE_ARRAY`.
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
 
@@ -162,12 +168,12 @@ pub(crate) fn fs_type(path: &Path) -> io::Result<i64> {
 
 /// Whether `path` is on a bpf filesystem.
 pub(crate) fn is_bpffs(path: &Path) -> bool {
-    fs_type(path).is_ok_and(|t| t == libc::BPF_FS_MAGIC as i64)
+    fs_type(path).is_ok_and(|t| t == BPF_FS)
 }
 
 /// Whether `path` is on the cgroup v2 filesystem.
 pub(crate) fn is_cgroup2(path: &Path) -> bool {
-    fs_type(path).is_ok_and(|t| t == libc::CGROUP2_SUPER_MAGIC as i64)
+    fs_type(path).is_ok_and(|t| t == CGROUP2_FS)
 }
 
 /// Mounts a bpffs (mode 0700) on `target`. Needs CAP_SYS_ADMIN in the mount namespace's owner.

@@ -117,7 +117,11 @@ fn own_cgroup_candidates(own: &str, mounts: &[Mount]) -> Vec<PathBuf> {
         .filter(|m| !m.root.split('/').any(|c| c == ".."))
         .filter_map(|m| {
             let rel = Path::new(own).strip_prefix(&m.root).ok()?;
-            Some(m.mount_point.join(rel))
+            Some(if rel.as_os_str().is_empty() {
+                m.mount_point.clone()
+            } else {
+                m.mount_point.join(rel)
+            })
         })
         .collect()
 }
