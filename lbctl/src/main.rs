@@ -100,7 +100,7 @@ enum Command {
         #[command(flatten)]
         output: Output,
     },
-    /// Detach the programs and remove every pinned map and link.
+    /// Detach the programs and remove every pin: maps, links, the state record, staged maps.
     Uninstall {
         #[command(flatten)]
         pin: PinDir,
@@ -124,7 +124,9 @@ struct AgentArgs {
     kubeconfig: Option<PathBuf>,
     #[command(flatten)]
     pin: PinDir,
-    /// cgroup v2 directory to attach to (default: the cgroup2 mount, i.e. the whole node).
+    /// cgroup v2 directory to attach to (default: the cgroup2 mount, i.e. the whole node). It
+    /// is checked: a directory that is not cgroup v2, or the agent's own cgroup (a pod's private
+    /// cgroup namespace), is refused.
     #[arg(long)]
     cgroup: Option<PathBuf>,
     /// Serve /metrics, /healthz and /readyz here (e.g. 127.0.0.1:9970).
