@@ -212,6 +212,12 @@ pub(crate) struct Loaded {
 /// Connects keep working throughout: nothing is detached, no map is emptied.
 pub(crate) fn install(config: &DatapathConfig, object: &Object) -> Result<Loaded, DatapathError> {
     let attach_point = system::verify_attach_point(&config.cgroup)?;
+    tracing::info!(
+        cgroup = %attach_point.path.display(),
+        cgroup_id = attach_point.cgroup_id,
+        whole_node = attach_point.is_root(),
+        "attach point verified"
+    );
     system::ensure_pin_dir(&config.pin_dir)?;
     // A migration that died before it completed left staged maps: start over.
     remove_pins(&staging_dir(&config.pin_dir))?;

@@ -165,7 +165,13 @@ impl Datapath {
             if report.errors.is_empty() {
                 let (config, pending) = self.pending.take().expect("checked above");
                 let object = self.object.clone().map_or_else(Object::embedded, Ok)?;
-                loader::complete(&config, &object, pending)?;
+                if let Err(e) = loader::complete(&config, &object, pending) {
+                    // Start the migration over (new staged maps, filled by the next apply);
+                    // meanwhile every hook runs on maps that hold the full state.
+                    tracing::error!(error = %e, "completing the migration failed; staging again");
+                    *self = Self::install_object(&config, object)?;
+                    return Err(e);
+                }
                 self.installed = Installed::Upgraded;
                 restrict_pins(&self.pin_dir)?;
             } else {
