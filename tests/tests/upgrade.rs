@@ -23,6 +23,13 @@ fn distinct(names: &[String]) -> BTreeSet<String> {
     names.iter().cloned().collect()
 }
 
+/// The kernel id of a pinned map.
+fn map_id(node: &Node, map: &str) -> u32 {
+    aya::maps::MapInfo::from_pin(node.pins.path().join(map))
+        .expect("pinned map")
+        .id()
+}
+
 fn recorded(node: &Node) -> State {
     state::read(node.pins.path())
         .expect("reading lb_state")
@@ -50,6 +57,7 @@ fn another_object_replaces_the_programs_on_the_pinned_links_without_a_failed_con
     let a_ids = node.program_ids();
     let links_before: Vec<Option<u32>> = node.status().links.iter().map(|l| l.link_id).collect();
     let services_map = node.status();
+    let map_ids = (map_id(&node, "lb_services"), map_id(&node, "lb_revnat"));
 
     let mut probe = Probe::spawn(Some(&node.cgroup), &["loop", &format!("{vip}:80")]).unwrap();
     let before = reached(&mut probe, 200).unwrap();
@@ -85,6 +93,11 @@ fn another_object_replaces_the_programs_on_the_pinned_links_without_a_failed_con
         "the same links, updated in place"
     );
     assert_eq!(status.frontends, services_map.frontends, "maps kept");
+    assert_eq!(
+        (map_id(&node, "lb_services"), map_id(&node, "lb_revnat")),
+        map_ids,
+        "the same maps"
+    );
     assert_eq!(node.programmed(vip).map(|v| v.len()), Some(2));
 
     // And back to A (a rollback is an upgrade too).
@@ -126,6 +139,7 @@ fn changed_capacities_migrate_to_new_maps_without_a_failed_connect() {
     );
     assert_eq!(node.capacity("lb_backends"), 1024);
     let ids = node.program_ids();
+    let old_map = map_id(&node, "lb_backends");
 
     let mut probe = Probe::spawn(Some(&node.cgroup), &["loop", &format!("{vip}:80")]).unwrap();
     reached(&mut probe, 100).unwrap();
@@ -139,6 +153,7 @@ fn changed_capacities_migrate_to_new_maps_without_a_failed_connect() {
 
     assert_eq!(node.capacity("lb_backends"), 2048);
     assert_eq!(node.capacity("lb_services"), 8192);
+    assert_ne!(map_id(&node, "lb_backends"), old_map, "a new map");
     let state = recorded(&node);
     assert_eq!(
         (state.capacity.backends, state.capacity.service_entries),
