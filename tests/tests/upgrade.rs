@@ -8,7 +8,7 @@ use lbctl::datapath::{
     state::{self, State},
 };
 use testkit::{
-    agent::wait_until,
+    agent::{AgentProcess, wait_until},
     backends::Backends,
     lifecycle::{
         Node, one_service_yaml, reached, reached_after_mark, variant_b_object, wait_for_log,
@@ -36,22 +36,49 @@ fn recorded(node: &Node) -> State {
         .expect("the agent records its state")
 }
 
-/// Object A (the production build) spreads connects over both backends; object B (the test
-/// variant) sends every connect to slot 1. Switching A -> B -> A under a connect loop swaps the
-/// programs on the same links, keeps the maps, and never fails a connect.
-#[test]
-fn another_object_replaces_the_programs_on_the_pinned_links_without_a_failed_connect() {
-    let node = Node::new("upgrade-object").unwrap();
-    let b = Backends::tcp_same_port(&["b0", "b1"]).unwrap();
-    let vip = "10.96.1.10";
-    node.write_manifest(&one_service_yaml(vip, &b.addrs()))
+/// A node whose agent (production object) serves `vip:80` with two backends, and a client
+/// connecting to it in a loop (100 connects read, none failed).
+struct Serving {
+    node: Node,
+    /// Keep it bound: the servers stop when it drops.
+    backends: Backends,
+    agent: AgentProcess,
+    probe: Probe,
+}
+
+fn serving(tag: &str, vip: &str) -> Serving {
+    let node = Node::new(tag).unwrap();
+    let backends = Backends::tcp_same_port(&["b0", "b1"]).unwrap();
+    node.write_manifest(&one_service_yaml(vip, &backends.addrs()))
         .unwrap();
-    let mut agent = node.agent(&[]).unwrap();
+    let agent = node.agent(&[]).unwrap();
     assert!(
         wait_until(WAIT, || node.programmed(vip).is_some_and(|v| v.len() == 2)),
         "{}",
         agent.log()
     );
+    let mut probe = Probe::spawn(Some(&node.cgroup), &["loop", &format!("{vip}:80")]).unwrap();
+    reached(&mut probe, 100).unwrap();
+    Serving {
+        node,
+        backends,
+        agent,
+        probe,
+    }
+}
+
+/// Object A (the production build) spreads connects over both backends; object B (the test
+/// variant) sends every connect to slot 1. Switching A -> B -> A under a connect loop swaps the
+/// programs on the same links, keeps the maps, and never fails a connect.
+#[test]
+fn another_object_replaces_the_programs_on_the_pinned_links_without_a_failed_connect() {
+    let vip = "10.96.1.10";
+    let Serving {
+        node,
+        mut agent,
+        mut probe,
+        backends: _backends,
+    } = serving("upgrade-object", vip);
     let a_sha = Object::embedded().unwrap().sha256().to_owned();
     assert_eq!(recorded(&node).object_sha256, a_sha);
     let a_ids = node.program_ids();
@@ -59,7 +86,6 @@ fn another_object_replaces_the_programs_on_the_pinned_links_without_a_failed_con
     let services_map = node.status();
     let map_ids = (map_id(&node, "lb_services"), map_id(&node, "lb_revnat"));
 
-    let mut probe = Probe::spawn(Some(&node.cgroup), &["loop", &format!("{vip}:80")]).unwrap();
     let before = reached(&mut probe, 200).unwrap();
     assert_eq!(distinct(&before).len(), 2, "object A spreads: {before:?}");
 
@@ -126,23 +152,16 @@ fn another_object_replaces_the_programs_on_the_pinned_links_without_a_failed_con
 /// swapped in under the programs, and take the old maps' pin names. No connect fails.
 #[test]
 fn changed_capacities_migrate_to_new_maps_without_a_failed_connect() {
-    let node = Node::new("upgrade-capacity").unwrap();
-    let b = Backends::tcp_same_port(&["b0", "b1"]).unwrap();
     let vip = "10.96.1.11";
-    node.write_manifest(&one_service_yaml(vip, &b.addrs()))
-        .unwrap();
-    let mut agent = node.agent(&[]).unwrap();
-    assert!(
-        wait_until(WAIT, || node.programmed(vip).is_some_and(|v| v.len() == 2)),
-        "{}",
-        agent.log()
-    );
+    let Serving {
+        node,
+        mut agent,
+        mut probe,
+        backends: _backends,
+    } = serving("upgrade-capacity", vip);
     assert_eq!(node.capacity("lb_backends"), 1024);
     let ids = node.program_ids();
     let old_map = map_id(&node, "lb_backends");
-
-    let mut probe = Probe::spawn(Some(&node.cgroup), &["loop", &format!("{vip}:80")]).unwrap();
-    reached(&mut probe, 100).unwrap();
     assert!(agent.terminate(), "{}", agent.log());
     let mut bigger = node
         .agent(&["--max-backends", "2048", "--max-service-entries", "8192"])
@@ -181,19 +200,12 @@ fn changed_capacities_migrate_to_new_maps_without_a_failed_connect() {
 /// hand: an older lbctl's maps). No connect fails; the new maps carry this lbctl's version.
 #[test]
 fn maps_of_an_older_layout_are_migrated_without_a_failed_connect() {
-    let node = Node::new("upgrade-layout").unwrap();
-    let b = Backends::tcp_same_port(&["b0", "b1"]).unwrap();
-    let vip = "10.96.1.12";
-    node.write_manifest(&one_service_yaml(vip, &b.addrs()))
-        .unwrap();
-    let mut agent = node.agent(&[]).unwrap();
-    assert!(
-        wait_until(WAIT, || node.programmed(vip).is_some_and(|v| v.len() == 2)),
-        "{}",
-        agent.log()
-    );
-    let mut probe = Probe::spawn(Some(&node.cgroup), &["loop", &format!("{vip}:80")]).unwrap();
-    reached(&mut probe, 100).unwrap();
+    let Serving {
+        node,
+        mut agent,
+        mut probe,
+        backends: _backends,
+    } = serving("upgrade-layout", "10.96.1.12");
     assert!(agent.terminate(), "{}", agent.log());
 
     let mut maps = Maps::open(node.pins.path()).unwrap();
