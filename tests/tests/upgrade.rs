@@ -140,7 +140,7 @@ fn another_object_replaces_the_programs_on_the_pinned_links_without_a_failed_con
 
     // Restarting with the same object adopts: no program changes.
     let ids = node.program_ids();
-    assert!(agent_a.terminate());
+    assert!(agent_a.terminate(), "{}", agent_a.log());
     let mut again = node.agent(&[]).unwrap();
     wait_for_log(&mut again, "Adopted", WAIT).unwrap();
     assert_eq!(node.program_ids(), ids);
