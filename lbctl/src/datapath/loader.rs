@@ -231,6 +231,7 @@ pub(crate) fn install(config: &DatapathConfig, object: &Object) -> Result<Loaded
     let same_object = recorded
         .as_ref()
         .is_some_and(|s| s.object_sha256 == object.sha256);
+    let attach_point = effective_attach_point(recorded.as_ref(), any_linked, attach_point);
 
     let pinned = maps::inspect_pinned(pin_dir, &config.capacity)?;
     if let maps::Pinned::Replace(reason) = &pinned {
@@ -362,7 +363,12 @@ pub(crate) fn complete(
     mut pending: Pending,
 ) -> Result<(), DatapathError> {
     let pin_dir = &config.pin_dir;
-    let attach_point = system::verify_attach_point(&config.cgroup)?;
+    let recorded = state::read(pin_dir).ok().flatten();
+    let attach_point = effective_attach_point(
+        recorded.as_ref(),
+        true,
+        system::verify_attach_point(&config.cgroup)?,
+    );
     let cgroup = open_cgroup(&config.cgroup)?;
     for name in PROGRAMS {
         let path = link_path(pin_dir, name);
@@ -396,6 +402,28 @@ pub(crate) fn complete(
         "migration complete: programs swapped to the new maps, old maps released"
     );
     Ok(())
+}
+
+/// Pinned links stay on the cgroup they were attached to: when the record names another cgroup
+/// than `--cgroup`, that one is kept (and said).
+fn effective_attach_point(
+    recorded: Option<&State>,
+    any_linked: bool,
+    verified: system::AttachPoint,
+) -> system::AttachPoint {
+    match recorded {
+        Some(r) if any_linked && r.attach_point.cgroup_id != verified.cgroup_id => {
+            tracing::warn!(
+                attached = %r.attach_point.path.display(),
+                attached_id = r.attach_point.cgroup_id,
+                asked = %verified.path.display(),
+                "the pinned programs are attached to another cgroup than --cgroup names; they \
+                 stay there (run `lbctl uninstall` first to move them)"
+            );
+            r.attach_point.clone()
+        }
+        _ => verified,
+    }
 }
 
 fn open_cgroup(cgroup: &Path) -> Result<fs::File, DatapathError> {
