@@ -526,3 +526,22 @@ fn missing_bpffs_without_cap_sys_admin_is_a_clear_error() {
         "{stderr}"
     );
 }
+
+/// Pinned links stay on the cgroup they were attached to: an install that names another
+/// cgroup adopts them where they are, and the record (what `lbctl status` shows) keeps saying
+/// where that is.
+#[test]
+fn the_record_keeps_the_cgroup_the_links_are_attached_to() {
+    let s = Scratch::new("attach-moved").unwrap();
+    let other = testkit::cgroup::CgroupGuard::new("attach-moved-other").unwrap();
+    let config = lbctl::datapath::DatapathConfig {
+        cgroup: other.path().to_path_buf(),
+        ..s.config()
+    };
+    let again = Datapath::install(&config).unwrap();
+    assert_eq!(again.installed(), Installed::Adopted);
+    let recorded = lbctl::datapath::state::read(s.pins.path())
+        .unwrap()
+        .expect("recorded");
+    assert_eq!(recorded.attach_point.path, s.cgroup.path());
+}
