@@ -11,6 +11,7 @@ pub mod cgroup;
 pub mod churn;
 pub mod demo;
 pub mod dns;
+pub mod lifecycle;
 pub mod netns;
 pub mod pins;
 pub mod probe;
