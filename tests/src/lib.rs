@@ -13,6 +13,7 @@ pub mod demo;
 pub mod dns;
 pub mod netns;
 pub mod pins;
+pub mod podman;
 pub mod probe;
 pub mod sockets;
 pub mod topology;
