@@ -254,12 +254,22 @@ impl Drop for Played<'_> {
 fn wait_ready(played: &Played, port: u16) -> Result<()> {
     let agent = played.container("agent");
     let started = Instant::now();
+    let mut polls = 0u32;
+    let mut restarted = false;
     let ready = wait_until(Duration::from_secs(60), || {
-        http_status(port, "/readyz") == Some(200)
+        polls += 1;
+        // A crash loop shows as restarts: no need to wait the full minute for it.
+        if polls % 50 == 0 {
+            restarted = played
+                .podman
+                .inspect(&agent, "{{.RestartCount}}")
+                .is_ok_and(|n| n != "0");
+        }
+        restarted || http_status(port, "/readyz") == Some(200)
     });
-    if !ready {
+    if !ready || restarted {
         bail!(
-            "the agent did not become ready within 60 s; its log:\n{}",
+            "the agent did not become ready (restarted: {restarted}); its log:\n{}",
             played.podman.logs(&agent)
         );
     }
