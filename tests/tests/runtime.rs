@@ -259,7 +259,7 @@ fn wait_ready(played: &Played, port: u16) -> Result<()> {
     let ready = wait_until(Duration::from_secs(60), || {
         polls += 1;
         // A crash loop shows as restarts: no need to wait the full minute for it.
-        if polls % 50 == 0 {
+        if polls.is_multiple_of(50) {
             restarted = played
                 .podman
                 .inspect(&agent, "{{.RestartCount}}")
