@@ -6,7 +6,9 @@
 //! `containers.conf` and `storage.conf` (pointed at by `CONTAINERS_CONF` and
 //! `CONTAINERS_STORAGE_CONF`) put images, containers, the runtime directory and the events log
 //! under the scratch directory, which is unmounted and removed on drop, after every pod and
-//! container it holds is removed. So every run starts from zero, as on a CI machine.
+//! container it holds is removed. So every run starts from zero, as on a CI machine. (The one
+//! file podman writes elsewhere is containers/image's blob-info cache, which it always keeps in
+//! `/var/lib/containers/cache` for root: a cache, not configuration.)
 //!
 //! Machine facts the configuration encodes: without CAP_SYS_RESOURCE podman's default ulimits
 //! cannot be set (`default_ulimits`), and crun refuses a hybrid cgroup layout (`runtime = "runc"`).
