@@ -11,7 +11,8 @@
 //! of the host's cgroup2 root, and a scratch directory of the host's bpffs in place of
 //! `/sys/fs/bpf`.
 //!
-//! It proves: the agent becomes ready with no restart, within its memory request; a process in
+//! It proves: the agent becomes ready with no restart, within its memory request, and `lbctl
+//! status` runs in its pod (as docs/operations.md says); a process in
 //! the scratch cgroup reaches a Local service's local endpoint, and a Local service without one
 //! is refused with ECONNREFUSED; `podman kube down` (a rolling restart's first half) leaves the
 //! datapath serving; a second `kube play` adopts the same links without one failed connect of a
@@ -422,6 +423,12 @@ fn the_install_runs_under_podman_and_the_uninstall_leaves_nothing() -> Result<()
     wait_ready(&first, port)?;
     let pin_dir = bpffs.pin_dir();
     let links = link_ids(&pin_dir)?;
+    // What docs/operations.md tells operators to run in the agent's pod works in this image.
+    let status = podman.run(&["exec", &first.container("agent"), "lbctl", "status"])?;
+    assert!(
+        status.contains("lb_connect4"),
+        "`lbctl status` in the pod does not show the programs:\n{status}"
+    );
     assert!(
         !attached(cgroup.path())?.is_empty(),
         "bpftool shows nothing attached to the scratch cgroup"
