@@ -715,3 +715,105 @@ pub fn write_play_file(path: &Path, objects: &[serde_json::Value]) -> Result<()>
     }
     fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dockerfiles_runtime_stage_is_understood_and_nothing_else() {
+        let dockerfile = fs::read_to_string(crate::repo_root().join("manifests/Dockerfile"))
+            .expect("Dockerfile");
+        let runtime = DockerfileRuntime::parse(&dockerfile).expect("runtime stage");
+        assert_eq!(runtime.programs, ["/out/lbctl", "/bin/sleep"]);
+        assert!(runtime.changes.iter().any(|c| c.starts_with("ENTRYPOINT ")));
+        // Anything the test would not reproduce fails it.
+        for extra in ["RUN true", "USER 1000", "COPY x /x"] {
+            let changed = format!("{dockerfile}{extra}\n");
+            assert!(
+                DockerfileRuntime::parse(&changed).is_err(),
+                "{extra} accepted"
+            );
+        }
+        let debian = dockerfile.replace("FROM scratch", "FROM debian:bookworm-slim");
+        assert!(DockerfileRuntime::parse(&debian).is_err());
+    }
+
+    #[test]
+    fn memory_quantities() {
+        assert_eq!(quantity_bytes("128Mi").unwrap(), 128 << 20);
+        assert_eq!(quantity_bytes("1Gi").unwrap(), 1 << 30);
+        assert_eq!(quantity_bytes("500M").unwrap(), 500_000_000);
+        assert_eq!(quantity_bytes("4096").unwrap(), 4096);
+        assert!(quantity_bytes("1.5Gi").is_err());
+        assert!(quantity_bytes("Mi").is_err());
+    }
+
+    fn install() -> DaemonSet {
+        read_object(
+            &crate::repo_root().join("manifests/install/daemonset.yaml"),
+            "DaemonSet",
+        )
+        .expect("the install's DaemonSet")
+    }
+
+    fn substitutions(host_paths: &[(&str, &str)]) -> Substitutions<'static> {
+        Substitutions {
+            pod_name: "p".into(),
+            image_name: "lbctl",
+            image: "localhost/x:1",
+            node_name: "n",
+            host_paths: host_paths
+                .iter()
+                .map(|(a, b)| ((*a).to_owned(), PathBuf::from(b)))
+                .collect(),
+            extra_args: vec!["--manifests".into(), "/m".into()],
+            extra_args_container: "agent",
+            extra_volume: None,
+        }
+    }
+
+    #[test]
+    fn the_pod_is_the_template_with_only_the_substitutions() {
+        let ds = install();
+        let subst = substitutions(&[("/sys/fs/bpf", "/b"), ("/sys/fs/cgroup", "/c")]);
+        let pod = pod_from_daemonset(&ds, &subst).expect("pod");
+        let template = ds.spec.unwrap().template.spec.unwrap();
+        let spec = pod.spec.unwrap();
+        let (before, after) = (&template.containers[0], &spec.containers[0]);
+        assert_eq!(after.security_context, before.security_context);
+        assert_eq!(after.resources, before.resources);
+        assert_eq!(after.volume_mounts, before.volume_mounts);
+        assert_eq!(after.image.as_deref(), Some("localhost/x:1"));
+        assert_eq!(
+            after.args.as_ref().unwrap()[..before.args.as_ref().unwrap().len()],
+            before.args.as_ref().unwrap()[..]
+        );
+        assert_eq!(spec.host_network, template.host_network);
+        let paths: Vec<&str> = spec
+            .volumes
+            .iter()
+            .flatten()
+            .filter_map(|v| v.host_path.as_ref().map(|h| h.path.as_str()))
+            .collect();
+        assert_eq!(paths, ["/b", "/c"]);
+        let annotations = pod.metadata.annotations.unwrap();
+        assert_eq!(
+            annotations["container.seccomp.security.alpha.kubernetes.io/agent"],
+            "unconfined"
+        );
+        assert_eq!(
+            annotations["container.apparmor.security.beta.kubernetes.io/agent"],
+            "unconfined"
+        );
+    }
+
+    #[test]
+    fn a_substitution_the_spec_does_not_have_is_an_error() {
+        let subst = substitutions(&[("/sys/fs/bpf", "/b"), ("/var/lib/other", "/o")]);
+        assert!(pod_from_daemonset(&install(), &subst).is_err());
+        let mut subst = substitutions(&[]);
+        subst.extra_args_container = "no-such-container";
+        assert!(pod_from_daemonset(&install(), &subst).is_err());
+    }
+}
