@@ -239,7 +239,9 @@ impl BpffsDir {
     pub fn new(tag: &str) -> Result<Self> {
         crate::require_root();
         let path = Path::new(lbctl::datapath::system::BPFFS_ROOT).join(crate::unique_name(tag));
-        fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
+        // Mounts bpffs at /sys/fs/bpf first if the machine has none there (as the agent does).
+        lbctl::datapath::system::ensure_pin_dir(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
         Ok(Self { path })
     }
 

@@ -12,9 +12,9 @@
 //! `/sys/fs/bpf`.
 //!
 //! It proves: the agent becomes ready with no restart, within its memory request, and `lbctl
-//! status` runs in its pod (as docs/operations.md says); a process in
-//! the scratch cgroup reaches a Local service's local endpoint, and a Local service without one
-//! is refused with ECONNREFUSED; `podman kube down` (a rolling restart's first half) leaves the
+//! status` runs in its pod (as docs/operations.md says); a process in the scratch cgroup
+//! reaches a Local service's local endpoint, and a Local service without one is refused with
+//! ECONNREFUSED; `podman kube down` (a rolling restart's first half) leaves the
 //! datapath serving; a second `kube play` adopts the same links without one failed connect of a
 //! client connecting in a loop throughout; `kubectl delete -k manifests/install` then the
 //! uninstall DaemonSet leaves no pin and nothing attached to the cgroup.
