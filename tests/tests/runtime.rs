@@ -179,6 +179,28 @@ fn attached(cgroup: &Path) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
+/// The memory the pinned maps take, as `bpftool map show` reports it (`bytes_memlock`).
+fn maps_memlock(pin_dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    for entry in fs::read_dir(pin_dir)? {
+        let path = entry?.path();
+        if !path.is_file() {
+            continue;
+        }
+        let out = Command::new("bpftool")
+            .args(["-j", "map", "show", "pinned"])
+            .arg(&path)
+            .output()
+            .context("running bpftool")?;
+        let info: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("bpftool map show pinned {}", path.display()))?;
+        total += info["bytes_memlock"]
+            .as_u64()
+            .with_context(|| format!("no bytes_memlock for {}: {info}", path.display()))?;
+    }
+    Ok(total)
+}
+
 /// The link ids of the pinned programs (all must be pinned).
 fn link_ids(pin_dir: &Path) -> Result<Vec<u32>> {
     inspect::status(pin_dir)?
@@ -451,6 +473,16 @@ fn the_install_runs_under_podman_and_the_uninstall_leaves_nothing() -> Result<()
         usage as f64 / f64::from(1 << 20),
         file.display(),
         request.0
+    );
+    // The measurement must include the maps, or it proves nothing.
+    let maps = maps_memlock(&pin_dir)?;
+    eprintln!(
+        "pinned maps: {:.1} MiB memlock",
+        maps as f64 / f64::from(1 << 20)
+    );
+    assert!(
+        usage >= maps * 3 / 4,
+        "the agent's memory cgroup ({usage} bytes) does not hold its maps ({maps} bytes memlock)"
     );
     assert!(
         usage <= request_bytes,
