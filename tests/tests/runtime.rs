@@ -11,7 +11,9 @@
 //! of the host's cgroup2 root, and a scratch directory of the host's bpffs in place of
 //! `/sys/fs/bpf`.
 //!
-//! It proves: the agent becomes ready with no restart, within its memory request, and `lbctl
+//! It proves: the agent runs with exactly the capabilities, seccomp mode, no-new-privileges and
+//! read-only root the manifest asks for; it becomes ready with no restart, within its memory
+//! request (which the maps are charged to), and `lbctl
 //! status` runs in its pod (as docs/operations.md says); a process in the scratch cgroup
 //! reaches a Local service's local endpoint, and a Local service without one is refused with
 //! ECONNREFUSED; `podman kube down` (a rolling restart's first half) leaves the
@@ -177,6 +179,85 @@ fn attached(cgroup: &Path) -> Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// The bit of a capability in /proc/PID/status's masks (linux/capability.h).
+fn capability_bit(name: &str) -> Result<u32> {
+    Ok(match name {
+        "CHOWN" => 0,
+        "DAC_OVERRIDE" => 1,
+        "FOWNER" => 3,
+        "KILL" => 5,
+        "SETGID" => 6,
+        "SETUID" => 7,
+        "NET_BIND_SERVICE" => 10,
+        "NET_ADMIN" => 12,
+        "NET_RAW" => 13,
+        "IPC_LOCK" => 14,
+        "SYS_PTRACE" => 19,
+        "SYS_ADMIN" => 21,
+        "SYS_RESOURCE" => 24,
+        "PERFMON" => 38,
+        "BPF" => 39,
+        _ => bail!("capability {name}: add its bit to this table"),
+    })
+}
+
+/// The running process is what the container's securityContext asks for: exactly its
+/// capabilities (all of them dropped, then the added ones), its seccomp mode (`Unconfined`: none,
+/// otherwise a filter), no new privileges, a read-only root filesystem.
+fn runs_as_written(pid: u32, c: &k8s_openapi::api::core::v1::Container) -> Result<()> {
+    let sc = c.security_context.clone().context("no securityContext")?;
+    let caps = sc.capabilities.clone().unwrap_or_default();
+    if caps.drop.as_deref() != Some(&["ALL".to_owned()][..]) {
+        bail!("the check assumes `drop: [ALL]`");
+    }
+    let mut expected: u64 = 0;
+    for name in caps.add.iter().flatten() {
+        expected |= 1 << capability_bit(name)?;
+    }
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(|v| v.trim().to_owned())
+            .with_context(|| format!("no {name} in /proc/{pid}/status"))
+    };
+    for mask in ["CapEff", "CapPrm", "CapBnd"] {
+        let value = u64::from_str_radix(&field(mask)?, 16)?;
+        assert_eq!(
+            value, expected,
+            "{mask} of the agent is {value:#x}, the manifest grants {expected:#x}"
+        );
+    }
+    let unconfined = sc
+        .seccomp_profile
+        .as_ref()
+        .is_some_and(|p| p.type_ == "Unconfined");
+    // 0: no seccomp, 2: a filter.
+    let mode = if unconfined { "0" } else { "2" };
+    assert_eq!(
+        field("Seccomp")?,
+        mode,
+        "the agent's seccomp mode is not what the manifest asks for"
+    );
+    if sc.allow_privilege_escalation == Some(false) {
+        assert_eq!(field("NoNewPrivs")?, "1");
+    }
+    if sc.read_only_root_filesystem == Some(true) {
+        let mountinfo = fs::read_to_string(format!("/proc/{pid}/mountinfo"))?;
+        let root = mountinfo
+            .lines()
+            .find(|l| l.split(' ').nth(4) == Some("/"))
+            .context("no root mount")?;
+        let options = root.split(' ').nth(5).unwrap_or_default();
+        assert!(
+            options.split(',').any(|o| o == "ro"),
+            "the agent's root filesystem is not read-only: {root}"
+        );
+    }
+    Ok(())
 }
 
 /// The memory the pinned maps take, as `bpftool map show` reports it (`bytes_memlock`).
@@ -445,6 +526,10 @@ fn the_install_runs_under_podman_and_the_uninstall_leaves_nothing() -> Result<()
     wait_ready(&first, port)?;
     let pin_dir = bpffs.pin_dir();
     let links = link_ids(&pin_dir)?;
+    let pid: u32 = podman
+        .inspect(&first.container("agent"), "{{.State.Pid}}")?
+        .parse()?;
+    runs_as_written(pid, &agent_container(&install_ds)?)?;
     // What docs/operations.md tells operators to run in the agent's pod works in this image.
     let status = podman.run(&["exec", &first.container("agent"), "lbctl", "status"])?;
     assert!(
@@ -458,9 +543,6 @@ fn the_install_runs_under_podman_and_the_uninstall_leaves_nothing() -> Result<()
 
     // Memory: the maps are charged to the memory cgroup of the process that creates them, the
     // agent's container. Its whole usage must fit the request the manifest makes.
-    let pid: u32 = podman
-        .inspect(&first.container("agent"), "{{.State.Pid}}")?
-        .parse()?;
     let (usage, file) = memory_usage(pid)?;
     let request = agent_container(&install_ds)?
         .resources
