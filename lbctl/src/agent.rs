@@ -5,22 +5,32 @@
 //! applied (so nothing pruned) before the source has synced; a source that fails keeps its last
 //! objects, so a failing API server or a broken file never flushes the datapath. On SIGTERM or
 //! SIGINT the agent exits and leaves the datapath programmed: connects keep working.
+//!
+//! The loop beats [`metrics::Liveness`] once per turn (`/healthz` fails when it stops), and
+//! [`observe`] turns each sync into logs that say what changed, once.
+pub mod observe;
+
 use std::{
+    collections::{BTreeMap, BTreeSet},
     future::Future,
     net::SocketAddr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::Arc,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context, Result};
 use tokio::sync::watch;
 
 use crate::{
-    datapath::{Datapath, DatapathConfig, Desired, Maps},
+    datapath::{Datapath, DatapathConfig, Desired, FrontendAddr, Maps},
     engine::{self, NodeContext},
-    metrics::{self, ConnectCounts, Metrics, SourceCounts},
+    metrics::{
+        self, ConnectCounts, ErrorKind, FrontendCounts, Metrics, NamedFrontend, ServicePort,
+        SourceCounts,
+    },
     model::Inventory,
+    plan::Frontend,
     source::{SourceState, files::FileSource, kube::KubeSource},
 };
 
@@ -43,7 +53,17 @@ pub struct AgentConfig {
     /// Re-apply this often even without changes (repairs maps changed behind the agent's back).
     pub resync: Duration,
     pub metrics_addr: Option<SocketAddr>,
+    /// `/healthz` fails when the loop has not completed a turn for this long; must exceed
+    /// `resync` (the longest the loop waits when nothing happens).
+    pub stall_threshold: Duration,
+    /// Test hook (`lbctl agent` reads it from [`STALL_FILE_ENV`]): while this file exists the
+    /// loop stops before its next sync, as a hung apply would, so tests can see `/healthz` fail.
+    /// `None` in production.
+    pub stall_file: Option<PathBuf>,
 }
+
+/// The environment variable `lbctl agent` takes [`AgentConfig::stall_file`] from (tests only).
+pub const STALL_FILE_ENV: &str = "LBCTL_TEST_STALL_FILE";
 
 enum Source {
     Files(FileSource),
@@ -87,6 +107,19 @@ fn wire_counters(metrics: &Metrics, config: &DatapathConfig, source: &Source) {
             passed: c.passed,
         })
     });
+    let pin_dir = config.pin_dir.clone();
+    metrics.set_frontend_counts(move |ids| {
+        let maps = Maps::open_read_only(&pin_dir).ok()?;
+        ids.iter()
+            .map(|id| {
+                let c = maps.frontend_counters(*id).ok()?;
+                Some(FrontendCounts {
+                    rewritten: c.rewritten,
+                    refused: c.refused,
+                })
+            })
+            .collect()
+    });
     if let Source::Kube(kube) = source {
         let handle = kube.handle();
         metrics.set_source_counts(move || {
@@ -103,15 +136,29 @@ fn wire_counters(metrics: &Metrics, config: &DatapathConfig, source: &Source) {
     }
 }
 
+/// What the agent remembers between syncs to report changes once.
+struct SyncState {
+    reported: observe::Reported,
+    refusals: observe::Refusals,
+    triggers: observe::TriggerTimes,
+}
+
 /// Runs until `shutdown` resolves.
 pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let started_at = SystemTime::now();
     let metrics = Arc::new(Metrics::new());
+    metrics.liveness().set_threshold(config.stall_threshold);
     let server = match config.metrics_addr {
         Some(addr) => Some(metrics::serve(addr, metrics.clone()).await?),
         None => None,
     };
     let mut datapath = Datapath::install(&config.datapath).context("installing the datapath")?;
-    tracing::info!(pin_dir = %config.datapath.pin_dir.display(), installed = ?datapath.installed(), "datapath ready");
+    tracing::info!(
+        pin_dir = %config.datapath.pin_dir.display(),
+        installed = ?datapath.installed(),
+        object_sha256 = crate::datapath::object_identity().unwrap_or("none"),
+        "datapath ready"
+    );
     metrics.readiness().set_datapath_attached(true);
     let (frontends, backends) = datapath.writer().programmed();
     metrics.set_programmed(frontends, backends);
@@ -119,11 +166,19 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     let (source, mut changes) = start_source(&config.source, &config.node.name).await?;
     wire_counters(&metrics, &config.datapath, &source);
 
+    let mut state = SyncState {
+        reported: observe::Reported::default(),
+        refusals: observe::Refusals::default(),
+        triggers: observe::TriggerTimes::new(started_at),
+    };
+    // The source error last logged while waiting for the first sync (logged once per change).
+    let mut waiting_logged: Option<Option<String>> = None;
     tokio::pin!(shutdown);
     let mut resync = tokio::time::interval(config.resync);
     resync.tick().await;
     let mut pending_since: Option<Instant> = Some(Instant::now());
     loop {
+        metrics.liveness().beat();
         if pending_since.is_none() {
             tokio::select! {
                 changed = changes.changed() => {
@@ -141,16 +196,28 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
             () = tokio::time::sleep(config.coalesce) => {}
             () = &mut shutdown => break,
         }
+        if let Some(path) = &config.stall_file {
+            tokio::select! {
+                () = stall_while_exists(path) => {}
+                () = &mut shutdown => break,
+            }
+        }
         let since = pending_since.take().unwrap_or_else(Instant::now);
-        let state = changes.borrow_and_update().clone();
-        metrics
-            .readiness()
-            .set_source(state.synced, state.connected, state.last_error.clone());
-        if !state.synced {
-            tracing::info!(error = ?state.last_error, "waiting for the source to sync before programming");
+        let source_state = changes.borrow_and_update().clone();
+        metrics.readiness().set_source(
+            source_state.synced,
+            source_state.connected,
+            source_state.last_error.clone(),
+        );
+        if !source_state.synced {
+            if waiting_logged.as_ref() != Some(&source_state.last_error) {
+                tracing::info!(error = ?source_state.last_error, "waiting for the source to sync before programming");
+                waiting_logged = Some(source_state.last_error.clone());
+            }
             continue;
         }
-        reconcile(&config, &source, &mut datapath, &metrics, since);
+        waiting_logged = None;
+        reconcile(&config, &source, &mut datapath, &metrics, &mut state, since);
     }
     tracing::info!("shutting down; the datapath stays programmed");
     if let Some(server) = server {
@@ -159,11 +226,32 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     Ok(())
 }
 
+/// Returns once `path` does not exist (the test hook of [`AgentConfig::stall_file`]).
+async fn stall_while_exists(path: &Path) {
+    let mut logged = false;
+    while path.exists() {
+        if !logged {
+            tracing::warn!(file = %path.display(), "stalling the reconcile loop while this file exists (test hook)");
+            logged = true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn frontend_addr(frontend: &Frontend) -> FrontendAddr {
+    FrontendAddr {
+        address: frontend.address,
+        port: frontend.port,
+        protocol: frontend.protocol,
+    }
+}
+
 fn reconcile(
     config: &AgentConfig,
     source: &Source,
     datapath: &mut Datapath,
     metrics: &Metrics,
+    state: &mut SyncState,
     since: Instant,
 ) {
     let started = Instant::now();
@@ -173,10 +261,10 @@ fn reconcile(
             ?missing,
             "pinned objects were removed behind the agent's back; recreating them"
         );
-        metrics.inc_error("pins_removed");
+        metrics.inc_error(ErrorKind::PinsRemoved);
         if let Err(e) = datapath.repair(&config.datapath) {
             tracing::error!(error = %e, "recreating the datapath failed; will retry");
-            metrics.inc_error("datapath");
+            metrics.inc_error(ErrorKind::Repair);
             metrics.readiness().set_datapath_attached(false);
             return;
         }
@@ -184,23 +272,27 @@ fn reconcile(
     }
     let inventory = source.snapshot();
     let plan = engine::plan(&inventory, &config.node);
-    for skipped in &plan.skipped {
-        tracing::warn!(object = %skipped.object, reason = %skipped.reason, "skipped");
-    }
-    for warning in &plan.warnings {
-        tracing::warn!("{warning}");
-    }
+    state.reported.update(&plan);
+    metrics.set_skipped(plan.skipped.len());
+    state.triggers.note(&inventory.endpoint_slices);
     let desired = Desired::from_plan(&plan);
     match datapath.apply(&desired) {
         Ok(report) => {
+            let applied_at = SystemTime::now();
             for e in &report.errors {
                 tracing::error!(frontend = %e.frontend, reason = %e.reason, "not programmed");
-                metrics.inc_error("datapath_capacity");
+                metrics.inc_error(ErrorKind::Capacity);
             }
             let (frontends, backends) = datapath.writer().programmed();
             metrics.set_programmed(frontends, backends);
             metrics.observe_sync(started.elapsed());
             metrics.observe_event_latency(since.elapsed());
+            for trigger in state.triggers.take() {
+                metrics.observe_programming(trigger, applied_at);
+            }
+            if report.errors.is_empty() {
+                metrics.set_last_sync(applied_at);
+            }
             metrics
                 .readiness()
                 .set_last_apply(if report.errors.is_empty() {
@@ -208,6 +300,8 @@ fn reconcile(
                 } else {
                     Err(format!("{} frontends not programmed", report.errors.len()))
                 });
+            let failed: BTreeSet<FrontendAddr> = report.errors.iter().map(|e| e.frontend).collect();
+            observe_programmed(config, datapath, metrics, state, &plan, &inventory, &failed);
             if !report.is_noop() {
                 tracing::info!(
                     frontends,
@@ -222,8 +316,50 @@ fn reconcile(
         }
         Err(e) => {
             tracing::error!(error = %e, "applying the plan failed; will retry");
-            metrics.inc_error("datapath");
+            metrics.inc_error(ErrorKind::Apply);
             metrics.readiness().set_last_apply(Err(e.to_string()));
         }
     }
+}
+
+/// After an apply: names the programmed frontends for the per-Service counters, and reports
+/// frontends that start or stop refusing.
+fn observe_programmed(
+    config: &AgentConfig,
+    datapath: &Datapath,
+    metrics: &Metrics,
+    state: &mut SyncState,
+    plan: &crate::plan::Plan,
+    inventory: &Inventory,
+    failed: &BTreeSet<FrontendAddr>,
+) {
+    let writer = datapath.writer();
+    // The plan's frontend for each address (the first, as `Desired::from_plan` takes it).
+    let mut by_addr: BTreeMap<FrontendAddr, &Frontend> = BTreeMap::new();
+    for frontend in &plan.frontends {
+        by_addr.entry(frontend_addr(frontend)).or_insert(frontend);
+    }
+    let named = by_addr
+        .iter()
+        .filter_map(|(addr, frontend)| {
+            Some(NamedFrontend {
+                id: writer.frontend_id(addr)?,
+                frontend: addr.to_string(),
+                service: ServicePort {
+                    namespace: frontend.service.namespace.clone(),
+                    service: frontend.service.name.clone(),
+                    port_name: frontend.port_name.clone(),
+                },
+            })
+        })
+        .collect();
+    metrics.set_service_frontends(named);
+    let programmed = by_addr
+        .iter()
+        .filter(|(addr, _)| !failed.contains(addr) && writer.frontend_id(addr).is_some())
+        .map(|(_, frontend)| *frontend);
+    let refusing = state
+        .refusals
+        .update(programmed, inventory, &config.node.name);
+    metrics.set_refusing(&refusing);
 }

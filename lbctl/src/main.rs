@@ -7,7 +7,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use lbctl::{
     agent::{self, AgentConfig, SourceConfig},
     datapath::{self, Capacity, DEFAULT_PIN_DIR, DatapathConfig, SocketLbScope},
@@ -28,6 +28,7 @@ struct Cli {
 enum Format {
     Table,
     Json,
+    Yaml,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -85,6 +86,7 @@ enum Command {
         output: Output,
     },
     /// What a connect to ADDRESS:PORT[/tcp|/udp] gets now, and why.
+    #[command(after_help = LOOKUP_EXIT_CODES)]
     Lookup {
         /// e.g. 10.96.0.10:80/tcp or [fd00::10]:53/udp
         target: String,
@@ -105,7 +107,25 @@ enum Command {
         #[command(flatten)]
         pin: PinDir,
     },
+    /// Print a shell completion script, e.g. `lbctl completion bash > /etc/bash_completion.d/lbctl`
+    /// or `source <(lbctl completion zsh)`.
+    Completion {
+        /// The shell to complete in.
+        shell: clap_complete::Shell,
+    },
 }
+
+/// `lbctl lookup`'s exit status when the frontend refuses connects (ECONNREFUSED).
+const EXIT_REFUSED: u8 = 3;
+/// `lbctl lookup`'s exit status when the destination is not a frontend on this node.
+const EXIT_NOT_A_FRONTEND: u8 = 4;
+
+const LOOKUP_EXIT_CODES: &str = "\
+Exit status:
+  0  a frontend with backends: the connect is rewritten to one of them
+  3  a frontend without a usable backend: the connect fails with ECONNREFUSED
+  4  not a service frontend on this node: the connect passes through untouched
+  1  error (no datapath installed, unreadable maps, bad ADDRESS:PORT); 2: bad usage";
 
 #[derive(Args)]
 struct AgentArgs {
@@ -159,6 +179,10 @@ struct AgentArgs {
     /// agent's own (`host-only`, for meshes that redirect pod traffic themselves).
     #[arg(long, value_enum, default_value_t = SocketLbScope::All)]
     socket_lb_scope: SocketLbScope,
+    /// /healthz fails (503) when the reconcile loop has not completed a turn for this many
+    /// seconds [default: 3 × --resync-seconds]; must exceed --resync-seconds.
+    #[arg(long, value_name = "SECONDS")]
+    stall_seconds: Option<u64>,
     /// Detach the programs, remove the pins, and exit.
     #[arg(long)]
     cleanup: bool,
@@ -167,8 +191,10 @@ struct AgentArgs {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colors only on a terminal: `kubectl logs` and log files get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),
@@ -192,6 +218,7 @@ fn print<T: serde::Serialize>(
 ) -> Result<()> {
     match format {
         Format::Json => emit(&(serde_json::to_string_pretty(value)? + "\n")),
+        Format::Yaml => emit(&output::render_yaml(value)?),
         Format::Table => emit(&table(value)),
     }
 }
@@ -207,6 +234,14 @@ fn run_agent(args: AgentArgs) -> Result<()> {
         Some(c) => c,
         None => datapath::system::cgroup2_root()?,
     };
+    let resync_seconds = args.resync_seconds.max(1);
+    let stall_seconds = args.stall_seconds.unwrap_or(3 * resync_seconds);
+    if stall_seconds <= resync_seconds {
+        anyhow::bail!(
+            "--stall-seconds {stall_seconds} must exceed --resync-seconds {resync_seconds}: the loop \
+             waits up to that long when nothing changes"
+        );
+    }
     let mut node = NodeContext::new(args.node);
     if let Some(zone) = args.zone {
         node = node.with_zone(zone);
@@ -233,8 +268,11 @@ fn run_agent(args: AgentArgs) -> Result<()> {
             scope: args.socket_lb_scope,
         },
         coalesce: Duration::from_millis(args.coalesce_ms),
-        resync: Duration::from_secs(args.resync_seconds.max(1)),
+        resync: Duration::from_secs(resync_seconds),
         metrics_addr: args.metrics_addr,
+        stall_threshold: Duration::from_secs(stall_seconds),
+        // Test hook, read from the environment so that it appears in no --help or completion.
+        stall_file: std::env::var_os(agent::STALL_FILE_ENV).map(PathBuf::from),
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(agent::run(config, shutdown_signal()))
@@ -262,27 +300,60 @@ fn run_plan(node: String, zone: Option<String>, format: Format, paths: &[PathBuf
         ctx = ctx.with_zone(zone);
     }
     let plan = engine::plan(&inventory, &ctx);
-    match format {
-        // The table lists warnings itself; keep JSON on stdout clean and warn on stderr.
-        Format::Json => {
-            for w in &plan.warnings {
-                eprintln!("warning: {w}");
-            }
-            emit(&(output::render_json(&plan) + "\n"))
+    if !matches!(format, Format::Table) {
+        // The table lists warnings itself; keep JSON and YAML on stdout clean and warn on stderr.
+        for w in &plan.warnings {
+            eprintln!("warning: {w}");
         }
+    }
+    match format {
+        Format::Json => emit(&(output::render_json(&plan) + "\n")),
+        Format::Yaml => emit(&output::render_yaml(&plan)?),
         Format::Table => emit(&output::render_table(&plan)),
     }
 }
 
-fn stats_text(views: &[inspect::FrontendView], totals: &datapath::Counters) -> String {
+/// What `lbctl stats` prints: the node's totals and each frontend's counters.
+#[derive(serde::Serialize)]
+struct Stats {
+    total: datapath::Counters,
+    frontends: Vec<inspect::FrontendView>,
+}
+
+fn stats_text(stats: &Stats) -> String {
+    let totals = &stats.total;
     format!(
         "total: {} rewritten, {} refused, {} passed through, {} retried\n{}",
         totals.rewritten,
         totals.refused,
         totals.passed,
         totals.retried,
-        inspect::services_table(views)
+        inspect::services_table(&stats.frontends)
     )
+}
+
+/// Not a failure: a non-zero exit status a command chose after printing its result (`lookup`'s
+/// verdict), carried out of [`run`] to [`main`].
+#[derive(Debug, thiserror::Error)]
+#[error("exit status {0}")]
+struct Exit(u8);
+
+/// Prints what a connect to `target` gets; the exit status tells scripts which verdict it was.
+fn run_lookup(target: &str, pin_dir: &Path, format: Format) -> Result<()> {
+    let target = inspect::parse_target(target)?;
+    let lookup = inspect::lookup(pin_dir, target)?;
+    print(format, &lookup, inspect::lookup_text)?;
+    match lookup {
+        inspect::Lookup::Rewritten { .. } => Ok(()),
+        inspect::Lookup::Refused { .. } => Err(Exit(EXIT_REFUSED).into()),
+        inspect::Lookup::PassedThrough { .. } => Err(Exit(EXIT_NOT_A_FRONTEND).into()),
+    }
+}
+
+fn completion(shell: clap_complete::Shell) -> Result<()> {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "lbctl", &mut script);
+    emit(&String::from_utf8(script).context("completion script")?)
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -308,30 +379,19 @@ fn run(cli: Cli) -> Result<()> {
             target,
             pin,
             output,
-        } => {
-            let target = inspect::parse_target(&target)?;
-            print(
-                output.format,
-                &inspect::lookup(&pin.pin_dir, target)?,
-                inspect::lookup_text,
-            )
-        }
+        } => run_lookup(&target, &pin.pin_dir, output.format),
         Command::Stats { pin, output } => {
-            let views = inspect::services(&pin.pin_dir)?;
-            let totals = inspect::status(&pin.pin_dir)?.counters;
-            match output.format {
-                Format::Json => emit(
-                    &(serde_json::to_string_pretty(
-                        &serde_json::json!({"total": totals, "frontends": views}),
-                    )? + "\n"),
-                ),
-                Format::Table => emit(&stats_text(&views, &totals)),
-            }
+            let stats = Stats {
+                frontends: inspect::services(&pin.pin_dir)?,
+                total: inspect::status(&pin.pin_dir)?.counters,
+            };
+            print(output.format, &stats, stats_text)
         }
         Command::Uninstall { pin } => {
             datapath::uninstall(&pin.pin_dir)?;
             emit(&format!("removed {}\n", display(&pin.pin_dir)))
         }
+        Command::Completion { shell } => completion(shell),
     }
 }
 
@@ -342,6 +402,9 @@ fn display(p: &Path) -> String {
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<Exit>() => {
+            ExitCode::from(e.downcast_ref::<Exit>().map_or(1, |exit| exit.0))
+        }
         Err(e) => {
             eprintln!("lbctl: {e:#}");
             ExitCode::FAILURE

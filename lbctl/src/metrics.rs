@@ -7,21 +7,29 @@
 //! |---|---|---|
 //! | `lbctl_sync_duration_seconds` | histogram | [`Metrics::observe_sync`] (one full plan + apply) |
 //! | `lbctl_event_to_datapath_seconds` | histogram | [`Metrics::observe_event_latency`] (event received -> maps written) |
+//! | `lbctl_network_programming_duration_seconds` | histogram | [`Metrics::observe_programming`] (EndpointSlice trigger time -> maps written) |
+//! | `lbctl_last_sync_timestamp_seconds` | gauge | [`Metrics::set_last_sync`] |
 //! | `lbctl_frontends_programmed`, `lbctl_backends_programmed` | gauge | [`Metrics::set_programmed`] |
-//! | `lbctl_errors_total{kind}` | counter | [`Metrics::inc_error`] |
+//! | `lbctl_frontends_refusing{traffic_policy}` | gauge | [`Metrics::set_refusing`] |
+//! | `lbctl_skipped_objects` | gauge | [`Metrics::set_skipped`] |
+//! | `lbctl_errors_total{kind}` | counter | [`Metrics::inc_error`], kinds of [`ErrorKind`] |
 //! | `lbctl_connects_total{verdict="rewritten\|refused\|passed"}` | counter | read at scrape time from [`Metrics::set_connect_counts`] (kernel counters) |
+//! | `lbctl_service_connects_total{namespace,service,port_name,verdict}` | counter | per-frontend kernel counters read through [`Metrics::set_frontend_counts`], named by [`Metrics::set_service_frontends`] |
 //! | `lbctl_source_events_total{resource}`, `lbctl_source_errors_total{resource}` | counter | read at scrape time from [`Metrics::set_source_counts`] |
+//! | `lbctl_build_info{version,object_sha256}` | info | at start |
 //! | `lbctl_ready` | gauge | 1 when [`Readiness::check`] passes |
 //!
 //! Counters that live elsewhere (BPF maps, the Kubernetes source) are not copied into the
-//! registry: a collector calls the provided closure on each scrape and reports its absolute
-//! values, so they can never drift from their source.
+//! registry: a collector calls the provided closure on each scrape and reports its values, so
+//! they can never drift from their source. `/healthz` fails when the reconcile loop stops
+//! turning ([`Liveness`]).
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     fmt,
     net::SocketAddr,
-    sync::{Arc, Mutex, MutexGuard, RwLock},
-    time::Duration,
+    sync::{Arc, Mutex, MutexGuard, RwLock, atomic::AtomicU64},
+    time::{Duration, Instant, SystemTime},
 };
 
 use axum::{
@@ -39,6 +47,7 @@ use prometheus_client::{
         family::Family,
         gauge::{ConstGauge, Gauge},
         histogram::{Histogram, exponential_buckets},
+        info::Info,
     },
     registry::{Registry, Unit},
 };
@@ -49,6 +58,10 @@ use tracing::{error, info};
 pub const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// `/healthz` fails when the reconcile loop has not completed a turn for this long, unless the
+/// agent sets another threshold (it uses 3 × `--resync-seconds`, which is this by default).
+pub const DEFAULT_STALL_THRESHOLD: Duration = Duration::from_secs(90);
+
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
     #[error("cannot listen on {addr}: {source}")]
@@ -57,6 +70,77 @@ pub enum MetricsError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// The kinds of `lbctl_errors_total{kind}`: every error the agent counts is one of these, and
+/// every kind is served from the start (at 0), so an alert on any of them needs no `absent()`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ErrorKind {
+    /// Applying a plan to the maps failed as a whole; the agent retries at its next turn.
+    Apply,
+    /// One frontend could not be written (a map or the frontend ids are full); the others were.
+    Capacity,
+    /// Pinned maps or links were removed behind the agent's back; the agent recreates them.
+    PinsRemoved,
+    /// Recreating removed pins failed; the agent retries at its next turn.
+    Repair,
+    /// The kernel's per-frontend counters could not be read (for a scrape or after an apply).
+    ReadCounters,
+}
+
+impl ErrorKind {
+    /// Every kind, in the order the docs list them.
+    pub const ALL: [ErrorKind; 5] = [
+        ErrorKind::Apply,
+        ErrorKind::Capacity,
+        ErrorKind::PinsRemoved,
+        ErrorKind::Repair,
+        ErrorKind::ReadCounters,
+    ];
+
+    /// The value of the `kind` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            ErrorKind::Apply => "apply",
+            ErrorKind::Capacity => "capacity",
+            ErrorKind::PinsRemoved => "pins_removed",
+            ErrorKind::Repair => "repair",
+            ErrorKind::ReadCounters => "read_counters",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// The traffic policy that left a frontend without backends (label `traffic_policy` of
+/// `lbctl_frontends_refusing`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TrafficPolicy {
+    /// The frontend may use every ready endpoint in the cluster, and none is.
+    Cluster,
+    /// `internalTrafficPolicy: Local`: only this node's endpoints count, and none is ready.
+    Local,
+}
+
+impl TrafficPolicy {
+    pub const ALL: [TrafficPolicy; 2] = [TrafficPolicy::Cluster, TrafficPolicy::Local];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            TrafficPolicy::Cluster => "Cluster",
+            TrafficPolicy::Local => "Local",
+        }
+    }
+}
+
+impl fmt::Display for TrafficPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
 }
 
 /// Connect verdicts counted by the kernel hooks (absolute values since the maps were created).
@@ -70,6 +154,33 @@ pub struct ConnectCounts {
     pub passed: u64,
 }
 
+/// The kernel's counters of one frontend id (absolute values since the maps were created).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FrontendCounts {
+    pub rewritten: u64,
+    pub refused: u64,
+}
+
+/// A Service port: the unit of `lbctl_service_connects_total`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServicePort {
+    pub namespace: String,
+    pub service: String,
+    /// The port's `name` (empty for the single unnamed port of a Service).
+    pub port_name: String,
+}
+
+/// A frontend programmed on this node, by its id in the maps, and the Service port it belongs
+/// to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamedFrontend {
+    pub id: u32,
+    /// The frontend's identity, e.g. `10.96.0.10:80/tcp`: an id given to another frontend
+    /// starts counting afresh.
+    pub frontend: String,
+    pub service: ServicePort,
+}
+
 /// Counters of one watched resource of a source.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SourceCounts {
@@ -80,12 +191,221 @@ pub struct SourceCounts {
 
 type ConnectCountsFn = dyn Fn() -> Option<ConnectCounts> + Send + Sync;
 type SourceCountsFn = dyn Fn() -> Vec<SourceCounts> + Send + Sync;
+/// Reads the counters of these frontend ids, in the same order (`None`: maps unreadable).
+type FrontendCountsFn = dyn Fn(&[u32]) -> Option<Vec<FrontendCounts>> + Send + Sync;
 
 /// Closures read at scrape time.
 #[derive(Default)]
 struct Providers {
     connects: RwLock<Option<Box<ConnectCountsFn>>>,
     source: RwLock<Option<Box<SourceCountsFn>>>,
+    frontends: RwLock<Option<Box<FrontendCountsFn>>>,
+}
+
+/// Per-Service-port connect counters, accumulated from the per-frontend kernel counters.
+///
+/// The kernel counts by frontend id; ids are reused once a frontend is deleted, and a Service
+/// port has several frontends (cluster IPs of both families, node ports, external IPs). So the
+/// agent keeps, per id, the value it last read and adds the increase to the Service port that
+/// owns the id. An id that changes owner (or is new) counts from its value at that moment, so
+/// nothing of a previous owner leaks into a Service; a counter that went down (maps recreated)
+/// counts from zero again. Series exist only for Service ports with a frontend programmed on
+/// this node, and are dropped with their last frontend: at most one series per Service port and
+/// verdict, bounded by the frontend ids (`--max-frontends`).
+#[derive(Debug, Default)]
+struct ServiceConnects {
+    frontends: BTreeMap<u32, Owned>,
+    totals: BTreeMap<ServicePort, FrontendCounts>,
+}
+
+#[derive(Debug)]
+struct Owned {
+    frontend: String,
+    service: ServicePort,
+    /// The counters last read; `None` until the first read after the id got this owner.
+    last: Option<FrontendCounts>,
+}
+
+fn increase(last: u64, now: u64) -> u64 {
+    // A counter that went down was recreated (maps rebuilt): everything since counts.
+    now.checked_sub(last).unwrap_or(now)
+}
+
+impl ServiceConnects {
+    /// Adds what the kernel counted since the last read to each id's owner. `false` when the
+    /// counters could not be read (nothing changes then).
+    fn collect(&mut self, read: Option<&FrontendCountsFn>) -> bool {
+        let ids: Vec<u32> = self.frontends.keys().copied().collect();
+        if ids.is_empty() {
+            return true;
+        }
+        let Some(counts) = read.and_then(|read| read(&ids)) else {
+            return false;
+        };
+        if counts.len() != ids.len() {
+            return false;
+        }
+        for (id, now) in ids.iter().zip(counts) {
+            let Some(owned) = self.frontends.get_mut(id) else {
+                continue;
+            };
+            if let Some(last) = owned.last {
+                let total = self.totals.entry(owned.service.clone()).or_default();
+                total.rewritten += increase(last.rewritten, now.rewritten);
+                total.refused += increase(last.refused, now.refused);
+            }
+            owned.last = Some(now);
+        }
+        true
+    }
+
+    /// Replaces the programmed frontends: counts so far go to the old owners, new owners start
+    /// from the current values, Service ports without a frontend are dropped. Reads only the
+    /// ids whose owner changes (none when a sync changes no frontend's identity).
+    fn set(&mut self, frontends: Vec<NamedFrontend>, read: Option<&FrontendCountsFn>) -> bool {
+        let mut next = BTreeMap::new();
+        // Owners that give up their id (to another frontend, or because it is gone).
+        let mut leaving: Vec<(u32, Owned)> = Vec::new();
+        for f in frontends {
+            match self.frontends.remove(&f.id) {
+                Some(owned) if owned.frontend == f.frontend && owned.service == f.service => {
+                    next.insert(f.id, owned);
+                }
+                old => {
+                    leaving.extend(old.map(|owned| (f.id, owned)));
+                    next.insert(
+                        f.id,
+                        Owned {
+                            frontend: f.frontend,
+                            service: f.service,
+                            last: None,
+                        },
+                    );
+                }
+            }
+        }
+        leaving.extend(std::mem::take(&mut self.frontends));
+        // One read: the last counts of the leaving owners, the baselines of the new ones.
+        let ids: Vec<u32> = leaving
+            .iter()
+            .map(|(id, _)| *id)
+            .chain(
+                next.iter()
+                    .filter(|(_, owned)| owned.last.is_none())
+                    .map(|(id, _)| *id),
+            )
+            .collect::<BTreeSet<u32>>()
+            .into_iter()
+            .collect();
+        let mut read_ok = true;
+        if !ids.is_empty() {
+            match read
+                .and_then(|read| read(&ids))
+                .filter(|counts| counts.len() == ids.len())
+            {
+                Some(counts) => {
+                    let now: BTreeMap<u32, FrontendCounts> =
+                        ids.iter().copied().zip(counts).collect();
+                    for (id, owned) in &leaving {
+                        if let (Some(last), Some(now)) = (owned.last, now.get(id)) {
+                            let total = self.totals.entry(owned.service.clone()).or_default();
+                            total.rewritten += increase(last.rewritten, now.rewritten);
+                            total.refused += increase(last.refused, now.refused);
+                        }
+                    }
+                    for (id, owned) in &mut next {
+                        if owned.last.is_none() {
+                            owned.last = now.get(id).copied();
+                        }
+                    }
+                }
+                None => read_ok = false,
+            }
+        }
+        self.frontends = next;
+        let live: BTreeSet<&ServicePort> = self.frontends.values().map(|o| &o.service).collect();
+        self.totals.retain(|port, _| live.contains(port));
+        for owned in self.frontends.values() {
+            self.totals.entry(owned.service.clone()).or_default();
+        }
+        read_ok
+    }
+}
+
+/// Whether the reconcile loop still turns: it beats once per turn; `/healthz` fails when the
+/// last beat is older than the threshold.
+#[derive(Debug)]
+pub struct Liveness {
+    inner: Mutex<(Instant, Duration)>,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Self {
+            inner: Mutex::new((Instant::now(), DEFAULT_STALL_THRESHOLD)),
+        }
+    }
+}
+
+impl Liveness {
+    fn lock(&self) -> MutexGuard<'_, (Instant, Duration)> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The loop completed a turn now.
+    pub fn beat(&self) {
+        self.beat_at(Instant::now());
+    }
+
+    /// The loop completed a turn at `at` (tests use a time in the past).
+    pub fn beat_at(&self, at: Instant) {
+        self.lock().0 = at;
+    }
+
+    /// How long without a turn means stuck.
+    pub fn set_threshold(&self, threshold: Duration) {
+        self.lock().1 = threshold;
+    }
+
+    pub fn threshold(&self) -> Duration {
+        self.lock().1
+    }
+
+    /// `Ok` while the loop turns, else why not.
+    pub fn check(&self) -> Result<(), String> {
+        let (last, threshold) = *self.lock();
+        let quiet = last.elapsed();
+        if quiet > threshold {
+            Err(format!(
+                "the reconcile loop has not completed a turn for {:.1} s (threshold {} s)",
+                quiet.as_secs_f64(),
+                threshold.as_secs_f64()
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// The buckets of kube-proxy's `network_programming_duration_seconds`: 0.25 s and 0.5 s, every
+/// second to 59 s, every 5 s to 115 s, every 30 s to 5 min.
+fn programming_buckets() -> Vec<f64> {
+    let mut buckets = vec![0.25, 0.5];
+    buckets.extend((1..=59).map(f64::from));
+    buckets.extend((0..12).map(|i| 60.0 + 5.0 * f64::from(i)));
+    buckets.extend((0..7).map(|i| 120.0 + 30.0 * f64::from(i)));
+    buckets
+}
+
+type Labels = Vec<(String, String)>;
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
 }
 
 /// The metrics registry of the agent. Cheap to update from any task (`&self` everywhere).
@@ -93,11 +413,17 @@ pub struct Metrics {
     registry: Registry,
     sync_duration: Histogram,
     event_to_datapath: Histogram,
+    programming: Histogram,
+    last_sync: Gauge<f64, AtomicU64>,
     frontends: Gauge,
     backends: Gauge,
-    errors: Family<Vec<(String, String)>, Counter>,
+    refusing: Family<Labels, Gauge>,
+    skipped: Gauge,
+    errors: Family<Labels, Counter>,
     readiness: Arc<Readiness>,
+    liveness: Arc<Liveness>,
     providers: Arc<Providers>,
+    service_connects: Arc<Mutex<ServiceConnects>>,
 }
 
 impl Default for Metrics {
@@ -110,6 +436,7 @@ impl fmt::Debug for Metrics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Metrics")
             .field("readiness", &self.readiness)
+            .field("liveness", &self.liveness)
             .finish_non_exhaustive()
     }
 }
@@ -120,11 +447,23 @@ impl Metrics {
         // 0.5 ms .. ~16 s
         let sync_duration = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
         let event_to_datapath = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        let programming = Histogram::new(programming_buckets());
+        let last_sync = Gauge::<f64, AtomicU64>::default();
         let frontends = Gauge::default();
         let backends = Gauge::default();
-        let errors = Family::<Vec<(String, String)>, Counter>::default();
+        let refusing = Family::<Labels, Gauge>::default();
+        for policy in TrafficPolicy::ALL {
+            let _ = refusing.get_or_create(&labels(&[("traffic_policy", policy.label())]));
+        }
+        let skipped = Gauge::default();
+        let errors = Family::<Labels, Counter>::default();
+        for kind in ErrorKind::ALL {
+            let _ = errors.get_or_create(&labels(&[("kind", kind.label())]));
+        }
         let readiness = Arc::new(Readiness::default());
+        let liveness = Arc::new(Liveness::default());
         let providers = Arc::new(Providers::default());
+        let service_connects = Arc::new(Mutex::new(ServiceConnects::default()));
 
         registry.register_with_unit(
             "lbctl_sync_duration",
@@ -138,6 +477,19 @@ impl Metrics {
             Unit::Seconds,
             event_to_datapath.clone(),
         );
+        registry.register_with_unit(
+            "lbctl_network_programming_duration",
+            "From an EndpointSlice's endpoints.kubernetes.io/last-change-trigger-time to the apply \
+             that wrote the change into the maps (as kube-proxy's network_programming_duration_seconds)",
+            Unit::Seconds,
+            programming.clone(),
+        );
+        registry.register_with_unit(
+            "lbctl_last_sync_timestamp",
+            "Unix time of the last sync that programmed every frontend of the plan (0: none yet)",
+            Unit::Seconds,
+            last_sync.clone(),
+        );
         registry.register(
             "lbctl_frontends_programmed",
             "Service frontends currently programmed in the datapath",
@@ -149,24 +501,54 @@ impl Metrics {
             backends.clone(),
         );
         registry.register(
+            "lbctl_frontends_refusing",
+            "Programmed frontends without a usable backend (connects get ECONNREFUSED), by the \
+             traffic policy that selected their endpoints",
+            refusing.clone(),
+        );
+        registry.register(
+            "lbctl_skipped_objects",
+            "Input objects (or parts) the last plan left out; the agent logs each once",
+            skipped.clone(),
+        );
+        registry.register(
             "lbctl_errors",
             "Errors of the agent, by kind",
             errors.clone(),
         );
+        registry.register(
+            "lbctl_build",
+            "Version of lbctl and SHA-256 of the kernel object it embeds",
+            Info::new(labels(&[
+                ("version", env!("CARGO_PKG_VERSION")),
+                (
+                    "object_sha256",
+                    crate::datapath::object_identity().unwrap_or("none"),
+                ),
+            ])),
+        );
         registry.register_collector(Box::new(ScrapeTimeCollector {
             readiness: readiness.clone(),
             providers: providers.clone(),
+            service_connects: service_connects.clone(),
+            errors: errors.clone(),
         }));
 
         Self {
             registry,
             sync_duration,
             event_to_datapath,
+            programming,
+            last_sync,
             frontends,
             backends,
+            refusing,
+            skipped,
             errors,
             readiness,
+            liveness,
             providers,
+            service_connects,
         }
     }
 
@@ -180,6 +562,22 @@ impl Metrics {
         self.event_to_datapath.observe(duration.as_secs_f64());
     }
 
+    /// Records one network programming latency: from an EndpointSlice's trigger time to now
+    /// (a trigger time in the future, clock skew, counts as 0).
+    pub fn observe_programming(&self, trigger: SystemTime, programmed: SystemTime) {
+        let latency = programmed.duration_since(trigger).unwrap_or_default();
+        self.programming.observe(latency.as_secs_f64());
+    }
+
+    /// A sync programmed every frontend of the plan at `at`.
+    pub fn set_last_sync(&self, at: SystemTime) {
+        let seconds = at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        self.last_sync.set(seconds);
+    }
+
     /// Sets the number of frontends and backends now in the maps.
     pub fn set_programmed(&self, frontends: usize, backends: usize) {
         self.frontends
@@ -188,10 +586,25 @@ impl Metrics {
             .set(i64::try_from(backends).unwrap_or(i64::MAX));
     }
 
-    /// Counts one error of `kind` (e.g. `"apply"`, `"plan"`, `"read_counters"`).
-    pub fn inc_error(&self, kind: &str) {
+    /// Sets how many programmed frontends refuse connects under each traffic policy.
+    pub fn set_refusing(&self, by_policy: &BTreeMap<TrafficPolicy, usize>) {
+        for policy in TrafficPolicy::ALL {
+            let count = by_policy.get(&policy).copied().unwrap_or(0);
+            self.refusing
+                .get_or_create(&labels(&[("traffic_policy", policy.label())]))
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Sets the number of skipped entries of the last plan.
+    pub fn set_skipped(&self, skipped: usize) {
+        self.skipped.set(i64::try_from(skipped).unwrap_or(i64::MAX));
+    }
+
+    /// Counts one error.
+    pub fn inc_error(&self, kind: ErrorKind) {
         self.errors
-            .get_or_create(&vec![("kind".to_string(), kind.to_string())])
+            .get_or_create(&labels(&[("kind", kind.label())]))
             .inc();
     }
 
@@ -209,9 +622,34 @@ impl Metrics {
         *write_lock(&self.providers.source) = Some(Box::new(read));
     }
 
+    /// Sets the closure that reads the kernel's counters of the given frontend ids (in order;
+    /// `None` when the maps cannot be read), used at each scrape and each
+    /// [`Metrics::set_service_frontends`].
+    pub fn set_frontend_counts(
+        &self,
+        read: impl Fn(&[u32]) -> Option<Vec<FrontendCounts>> + Send + Sync + 'static,
+    ) {
+        *write_lock(&self.providers.frontends) = Some(Box::new(read));
+    }
+
+    /// The frontends now programmed, with their Service ports (after each apply). Counts up to
+    /// now go to the previous owners; see `ServiceConnects` for how ids are followed.
+    pub fn set_service_frontends(&self, frontends: Vec<NamedFrontend>) {
+        let read = read_lock(&self.providers.frontends);
+        let ok = lock(&self.service_connects).set(frontends, read.as_deref());
+        if !ok {
+            self.inc_error(ErrorKind::ReadCounters);
+        }
+    }
+
     /// The readiness conditions served on `/readyz` and as `lbctl_ready`.
     pub fn readiness(&self) -> &Readiness {
         &self.readiness
+    }
+
+    /// The reconcile loop's heartbeat, served on `/healthz`.
+    pub fn liveness(&self) -> &Liveness {
+        &self.liveness
     }
 
     /// The registry in the OpenMetrics text format (what `/metrics` serves).
@@ -220,6 +658,12 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn write_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
@@ -235,12 +679,32 @@ fn read_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
 struct ScrapeTimeCollector {
     readiness: Arc<Readiness>,
     providers: Arc<Providers>,
+    service_connects: Arc<Mutex<ServiceConnects>>,
+    errors: Family<Labels, Counter>,
 }
 
 impl fmt::Debug for ScrapeTimeCollector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ScrapeTimeCollector")
             .finish_non_exhaustive()
+    }
+}
+
+impl ScrapeTimeCollector {
+    /// The per-Service-port totals, brought up to date.
+    fn service_connects(&self) -> Vec<(ServicePort, FrontendCounts)> {
+        let read = read_lock(&self.providers.frontends);
+        let mut connects = lock(&self.service_connects);
+        if !connects.collect(read.as_deref()) {
+            self.errors
+                .get_or_create(&labels(&[("kind", ErrorKind::ReadCounters.label())]))
+                .inc();
+        }
+        connects
+            .totals
+            .iter()
+            .map(|(port, counts)| (port.clone(), *counts))
+            .collect()
     }
 }
 
@@ -264,6 +728,31 @@ impl Collector for ScrapeTimeCollector {
             ] {
                 let labels = [("verdict", verdict)];
                 ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+            }
+        }
+
+        let services = self.service_connects();
+        if !services.is_empty() {
+            let metric = ConstCounter::new(0u64);
+            let mut family = encoder.encode_descriptor(
+                "lbctl_service_connects",
+                "Connects and datagrams to the frontends of a Service port programmed on this node, \
+                 by verdict, since the agent started (kernel per-frontend counters)",
+                None,
+                metric.metric_type(),
+            )?;
+            for (port, counts) in &services {
+                for (verdict, value) in
+                    [("rewritten", counts.rewritten), ("refused", counts.refused)]
+                {
+                    let labels = [
+                        ("namespace", port.namespace.as_str()),
+                        ("service", port.service.as_str()),
+                        ("port_name", port.port_name.as_str()),
+                        ("verdict", verdict),
+                    ];
+                    ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+                }
             }
         }
 
@@ -383,7 +872,7 @@ impl Readiness {
 pub fn router(metrics: Arc<Metrics>) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz_handler))
         .route("/readyz", get(readyz_handler))
         .with_state(metrics)
 }
@@ -395,6 +884,17 @@ async fn metrics_handler(State(metrics): State<Arc<Metrics>>) -> Response {
             error!(error = %err, "cannot encode metrics");
             (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n").into_response()
         }
+    }
+}
+
+async fn healthz_handler(State(metrics): State<Arc<Metrics>>) -> Response {
+    match metrics.liveness().check() {
+        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("stuck: {reason}\n"),
+        )
+            .into_response(),
     }
 }
 

@@ -1,4 +1,5 @@
-//! Rendering a [`Plan`] for people (a table) and for programs (JSON).
+//! Rendering a [`Plan`] for people (a table) and for programs (JSON, YAML), and the YAML form of
+//! any other view (`-o yaml`).
 use std::{fmt::Write as _, net::SocketAddr};
 
 use comfy_table::{ContentArrangement, Table, presets};
@@ -84,4 +85,14 @@ pub fn render_json(plan: &Plan) -> String {
         // valid JSON anyway.
         Err(error) => serde_json::json!({ "error": error.to_string() }).to_string(),
     }
+}
+
+/// Any serializable view as YAML (`-o yaml`), with serde-saphyr: the same fields and values as
+/// the JSON form.
+pub fn render_yaml<T: serde::Serialize>(value: &T) -> Result<String, serde_saphyr::SerializeError> {
+    let mut yaml = serde_saphyr::to_string(value)?;
+    if !yaml.ends_with('\n') {
+        yaml.push('\n');
+    }
+    Ok(yaml)
 }

@@ -20,11 +20,17 @@ pub struct AgentProcess {
 impl AgentProcess {
     /// Starts `lbctl agent ARGS`, logging to a temporary file.
     pub fn start<S: AsRef<OsStr>>(args: &[S]) -> Result<Self> {
+        Self::start_with_env(args, &[])
+    }
+
+    /// Starts `lbctl agent ARGS` with these environment variables set too.
+    pub fn start_with_env<S: AsRef<OsStr>>(args: &[S], env: &[(&str, &OsStr)]) -> Result<Self> {
         let log = std::env::temp_dir().join(format!("{}.log", crate::unique_name("agent")));
         let file = fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let child = Command::new(sibling_binary("lbctl"))
             .arg("agent")
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)

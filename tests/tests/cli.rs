@@ -20,7 +20,7 @@ use testkit::{
     topology::sibling_binary,
 };
 
-const SUBCOMMANDS: [&str; 7] = [
+const SUBCOMMANDS: [&str; 8] = [
     "agent",
     "plan",
     "status",
@@ -28,7 +28,12 @@ const SUBCOMMANDS: [&str; 7] = [
     "lookup",
     "stats",
     "uninstall",
+    "completion",
 ];
+/// `lbctl lookup`'s exit status for a refusing frontend, and for a destination that is not a
+/// frontend (documented in `lbctl lookup --help` and docs/troubleshooting.md).
+const EXIT_REFUSED: i32 = 3;
+const EXIT_NOT_A_FRONTEND: i32 = 4;
 /// quote-local in manifests/examples/quote.yaml (and in the docs): no backend in the scratch
 /// datapath, so connects are refused.
 const QUOTE_LOCAL: &str = "10.96.77.212:80";
@@ -162,6 +167,31 @@ fn plan_shows_quote_local_staying_on_the_node() {
 }
 
 #[test]
+fn a_stall_threshold_below_the_resync_period_is_refused_before_anything_starts() {
+    let out = lbctl(&[
+        "agent",
+        "--node",
+        "kind-worker",
+        "--manifests",
+        "manifests/examples/quote.yaml",
+        "--pin-dir",
+        "/nonexistent/lbctl-pins",
+        "--cgroup",
+        "/nonexistent/cgroup",
+        "--resync-seconds",
+        "10",
+        "--stall-seconds",
+        "10",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        stderr(&out).contains("--stall-seconds 10 must exceed --resync-seconds 10"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
 fn plan_explains_services_without_a_cluster_ip() {
     // The workload example is what one applies: the API server has not allocated ClusterIPs
     // yet, and the plan says so instead of planning nothing silently.
@@ -232,36 +262,157 @@ fn inspection_commands_read_the_installed_datapath() {
         );
     }
 
-    let refused = with_pins(&["lookup", &format!("{QUOTE_LOCAL}/tcp")]);
+    // lookup prints its verdict and says it in its exit status, for scripts.
+    let lookup = |target: &str| lbctl(&["lookup", target, "--pin-dir", &pins]);
+    let refused = lookup(&format!("{QUOTE_LOCAL}/tcp"));
+    assert_eq!(refused.status.code(), Some(EXIT_REFUSED), "{refused:?}");
+    let text = stdout(&refused);
     assert!(
-        refused.contains("ECONNREFUSED") && refused.contains("refused so far: 1"),
-        "{refused}"
+        text.contains("ECONNREFUSED") && text.contains("refused so far: 1"),
+        "{text}"
     );
-    let rewritten = with_pins(&["lookup", &format!("{QUOTE}/tcp")]);
+    let rewritten = lookup(&format!("{QUOTE}/tcp"));
+    assert_eq!(rewritten.status.code(), Some(0), "{rewritten:?}");
     assert!(
-        rewritten.contains("rewritten to one of 2 backend(s)"),
-        "{rewritten}"
+        stdout(&rewritten).contains("rewritten to one of 2 backend(s)"),
+        "{rewritten:?}"
     );
-    let passed = with_pins(&["lookup", "10.96.0.1:443"]);
-    assert!(passed.contains("pass through"), "{passed}");
-    let bad = lbctl(&["lookup", "quote-local", "--pin-dir", &pins]);
-    assert!(!bad.status.success() && stderr(&bad).contains("ADDRESS:PORT"));
+    let passed = lookup("10.96.0.1:443");
+    assert_eq!(
+        passed.status.code(),
+        Some(EXIT_NOT_A_FRONTEND),
+        "{passed:?}"
+    );
+    assert!(stdout(&passed).contains("pass through"), "{passed:?}");
+    assert!(stderr(&passed).is_empty(), "{passed:?}");
+    let bad = lookup("quote-local");
+    assert_eq!(bad.status.code(), Some(1), "{bad:?}");
+    assert!(stderr(&bad).contains("ADDRESS:PORT"));
+    let help = ok(&["lookup", "--help"]);
+    for line in [
+        "0  a frontend with backends",
+        "3  a frontend without a usable backend",
+        "4  not a service frontend",
+    ] {
+        assert!(help.contains(line), "lookup --help lacks {line:?}: {help}");
+    }
 
     let stats = with_pins(&["stats"]);
     assert!(stats.contains("1 refused"), "{stats}");
 
+    // -o json and -o yaml carry the same document.
     for args in [
-        vec!["status", "-o", "json"],
-        vec!["services", "-o", "json"],
-        vec!["stats", "-o", "json"],
-        vec!["lookup", QUOTE_LOCAL, "-o", "json"],
+        vec!["status"],
+        vec!["services"],
+        vec!["stats"],
+        vec!["lookup", QUOTE],
+        vec!["lookup", QUOTE_LOCAL],
     ] {
         let mut all = args.clone();
         all.extend(["--pin-dir", pins.as_str()]);
-        json(&all);
+        let (from_json, from_yaml) = json_and_yaml(&all);
+        assert_eq!(from_json, from_yaml, "lbctl {all:?}");
     }
-    let lookup = json(&["lookup", QUOTE_LOCAL, "-o", "json", "--pin-dir", &pins]);
+    let (lookup, _) = json_and_yaml(&["lookup", QUOTE_LOCAL, "--pin-dir", &pins]);
     assert_eq!(lookup["verdict"], "refused");
+    assert_eq!(lookup["frontend"]["refused"], 1);
+}
+
+/// `lbctl ARGS -o json` and `-o yaml`, each parsed (lookup's verdict exit statuses allowed).
+fn json_and_yaml(args: &[&str]) -> (Value, Value) {
+    let run = |format: &str| {
+        let mut all = args.to_vec();
+        all.extend(["-o", format]);
+        let out = lbctl(&all);
+        let verdict = args[0] == "lookup"
+            && matches!(out.status.code(), Some(EXIT_REFUSED | EXIT_NOT_A_FRONTEND));
+        assert!(
+            out.status.success() || verdict,
+            "lbctl {all:?}: {}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        stdout(&out)
+    };
+    let text = run("json");
+    let from_json: Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("lbctl {args:?} -o json: not JSON ({e}): {text}"));
+    let text = run("yaml");
+    let from_yaml: Value = serde_saphyr::from_str(&text)
+        .unwrap_or_else(|e| panic!("lbctl {args:?} -o yaml: not YAML ({e}): {text}"));
+    (from_json, from_yaml)
+}
+
+#[test]
+fn plan_prints_the_same_document_as_json_and_yaml() {
+    for node in ["kind-worker", "kind-worker2"] {
+        let (from_json, from_yaml) =
+            json_and_yaml(&["plan", "--node", node, "manifests/examples/quote.yaml"]);
+        assert_eq!(from_json, from_yaml, "{node}");
+        assert_eq!(from_yaml["node"], node);
+        assert!(
+            from_yaml["frontends"]
+                .as_array()
+                .is_some_and(|f| !f.is_empty()),
+            "{from_yaml}"
+        );
+    }
+}
+
+/// What bash completes after `lbctl WORDS...` (the last word is the one being typed).
+fn bash_completions(words: &[&str]) -> Vec<String> {
+    let script = format!(
+        "source <('{}' completion bash) && COMP_WORDS=(lbctl {}) && COMP_CWORD={} && \
+         _lbctl lbctl '{}' '{}' && printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+        lbctl_path().display(),
+        words
+            .iter()
+            .map(|w| format!("'{w}'"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        words.len(),
+        words.last().copied().unwrap_or_default(),
+        words.len().checked_sub(2).map_or("lbctl", |i| words[i])
+    );
+    let out = Command::new("bash")
+        .args(["-c", &script])
+        .output()
+        .expect("bash");
+    assert!(
+        out.status.success(),
+        "{script}: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    stdout(&out).lines().map(str::to_owned).collect()
+}
+
+#[test]
+fn shell_completions_complete_subcommands_and_flags() {
+    // bash runs the script: it completes subcommands, flags and the -o values.
+    assert!(
+        bash_completions(&["loo"]).contains(&"lookup".to_owned()),
+        "{:?}",
+        bash_completions(&["loo"])
+    );
+    let flags = bash_completions(&["lookup", "--pi"]);
+    assert_eq!(flags, ["--pin-dir"], "{flags:?}");
+    let formats = bash_completions(&["services", "-o", ""]);
+    for format in ["table", "json", "yaml"] {
+        assert!(formats.contains(&format.to_owned()), "{formats:?}");
+    }
+    // zsh and fish are not installed here: their scripts must name every subcommand and the
+    // inspection commands' flags in their own syntax.
+    let zsh = ok(&["completion", "zsh"]);
+    assert!(zsh.starts_with("#compdef lbctl"), "{zsh}");
+    let fish = ok(&["completion", "fish"]);
+    for sub in SUBCOMMANDS {
+        assert!(zsh.contains(&format!("'{sub}:")), "zsh lacks {sub}");
+        assert!(fish.contains(&format!("-a \"{sub}\"")), "fish lacks {sub}");
+    }
+    assert!(zsh.contains("--pin-dir") && fish.contains("-l pin-dir"));
+    let bad = lbctl(&["completion", "tcsh"]);
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
 }
 
 #[test]
@@ -357,8 +508,11 @@ fn run_doc_line(cmd: &DocCommand, pins: &str) {
         .env("LBCTL_PIN_DIR", pins)
         .output()
         .expect("running sh");
+    // `lbctl lookup` tells its verdict in its exit status (the docs show refusing frontends).
+    let lookup_verdict = line.starts_with("lbctl lookup")
+        && matches!(out.status.code(), Some(EXIT_REFUSED | EXIT_NOT_A_FRONTEND));
     assert!(
-        out.status.success(),
+        out.status.success() || lookup_verdict,
         "{}: `{}` failed ({}): {}{}",
         cmd.origin,
         cmd.line,
@@ -450,9 +604,13 @@ fn documented_metrics() -> Vec<String> {
         .collect()
 }
 
-/// OpenMetrics names a counter family without `_total` in `# TYPE`.
+/// OpenMetrics names a counter family without `_total` in `# TYPE`, an info family without
+/// `_info`.
 fn family(metric: &str) -> &str {
-    metric.strip_suffix("_total").unwrap_or(metric)
+    metric
+        .strip_suffix("_total")
+        .or_else(|| metric.strip_suffix("_info"))
+        .unwrap_or(metric)
 }
 
 #[test]
@@ -494,9 +652,8 @@ fn documented_metrics_are_served() {
     let source = fs::read_to_string(repo().join("lbctl/src/metrics.rs")).expect("metrics.rs");
     for metric in &documented {
         let name = family(metric);
-        if metric.starts_with("lbctl_source_") || metric == "lbctl_errors_total" {
-            // Served once there is something to count: source events come only from the
-            // Kubernetes source (lbctl's own tests cover it), errors with the first error.
+        if metric.starts_with("lbctl_source_") {
+            // Source events come only from the Kubernetes source (lbctl's own tests cover it).
             assert!(
                 source.contains(&format!("\"{name}\"")),
                 "{metric} is not defined"
@@ -509,4 +666,8 @@ fn documented_metrics_are_served() {
         }
     }
     assert!(text.contains("lbctl_ready 1"), "{text}");
+    for kind in lbctl::metrics::ErrorKind::ALL {
+        let series = format!("lbctl_errors_total{{kind=\"{}\"}} 0", kind.label());
+        assert!(text.contains(&series), "{series} not served:\n{text}");
+    }
 }

@@ -25,6 +25,23 @@ use super::{
 /// The object built by `build.rs` from `lb-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
 
+/// SHA-256 (hex) of the kernel object this binary embeds, `None` when it was built without one
+/// (`AYA_BUILD_SKIP`): which programs exactly this lbctl loads (served as `lbctl_build_info`).
+pub fn object_identity() -> Option<&'static str> {
+    static IDENTITY: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    IDENTITY
+        .get_or_init(|| {
+            (!OBJECT.is_empty()).then(|| {
+                ring::digest::digest(&ring::digest::SHA256, OBJECT)
+                    .as_ref()
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect()
+            })
+        })
+        .as_deref()
+}
+
 /// The programs, each attached to the hook its name says (`cgroup/connect4`, ...), in attach
 /// order: the hooks that release and read reverse state come before the ones that write it, so
 /// every translated socket has its reverse translation and its cleanup from the start.

@@ -11,7 +11,7 @@ pub mod writer;
 use std::path::{Path, PathBuf};
 
 pub use desired::{Desired, FrontendAddr, ServiceSpec};
-pub use loader::{Capacity, DatapathConfig, Installed, SocketLbScope};
+pub use loader::{Capacity, DatapathConfig, Installed, SocketLbScope, object_identity};
 pub use maps::{Counters, Maps};
 pub use writer::{ApplyReport, FrontendError, ProgrammedFrontend, Writer};
 

@@ -1,0 +1,526 @@
+//! What an operator sees of a running `lbctl agent` on the real kernel: per-Service counters
+//! after real connects through the datapath, the refusing gauge and its log lines (once, not at
+//! every resync), the network programming duration from an annotated EndpointSlice, and
+//! `/healthz` failing while the reconcile loop is stuck.
+use std::{
+    fs,
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime},
+};
+
+use testkit::{
+    TempDir,
+    agent::{AgentProcess, wait_until},
+    backends::Backends,
+    cgroup::CgroupGuard,
+    pins::PinDirGuard,
+    probe::{Outcome, Probe},
+};
+
+const NODE: &str = "node-a";
+const ECONNREFUSED: i32 = 111;
+const WEB_VIP: &str = "10.96.1.10";
+const LOCAL_VIP: &str = "10.96.1.11";
+
+/// One endpoint: address and node.
+type Ep<'a> = (SocketAddr, &'a str);
+
+/// A Service with one port `http` and one EndpointSlice (optionally stamped with a trigger time).
+fn service(name: &str, vip: &str, itp: &str, eps: &[Ep], trigger: Option<&str>) -> String {
+    let port = eps.first().map_or(8080, |(a, _)| a.port());
+    let endpoints: String = if eps.is_empty() {
+        "  []\n".to_owned()
+    } else {
+        eps.iter()
+            .map(|(addr, node)| {
+                format!(
+                    "  - addresses: [\"{}\"]\n    nodeName: {node}\n    conditions: {{ready: true}}\n",
+                    addr.ip()
+                )
+            })
+            .collect()
+    };
+    let annotations = trigger.map_or(String::new(), |t| {
+        format!("  annotations: {{endpoints.kubernetes.io/last-change-trigger-time: \"{t}\"}}\n")
+    });
+    format!(
+        r#"---
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: shop}}
+spec:
+  clusterIP: {vip}
+  internalTrafficPolicy: {itp}
+  ports: [{{name: http, port: 80, protocol: TCP, targetPort: {port}}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {name}-abc12
+  namespace: shop
+  labels: {{kubernetes.io/service-name: {name}}}
+{annotations}addressType: IPv4
+ports: [{{name: http, port: {port}, protocol: TCP}}]
+endpoints:
+{endpoints}"#
+    )
+}
+
+const NODES: &str = r#"apiVersion: v1
+kind: Node
+metadata: {name: node-a}
+status: {addresses: [{type: InternalIP, address: 192.0.2.1}]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-b}
+status: {addresses: [{type: InternalIP, address: 192.0.2.2}]}
+"#;
+
+/// A Service the engine skips (its cluster IP is not an address).
+const BROKEN: &str = r#"---
+apiVersion: v1
+kind: Service
+metadata: {name: broken, namespace: shop}
+spec:
+  clusterIP: not-an-ip
+  ports: [{name: http, port: 80, protocol: TCP}]
+"#;
+
+fn write_atomically(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, text).unwrap();
+    fs::rename(&tmp, path).unwrap();
+}
+
+/// A free port on 127.0.0.1 for the agent's metrics server.
+fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+}
+
+struct Node {
+    dir: TempDir,
+    pins: PinDirGuard,
+    cgroup: CgroupGuard,
+    metrics: SocketAddr,
+}
+
+impl Node {
+    fn new(tag: &str) -> Self {
+        testkit::require_root();
+        Self {
+            cgroup: CgroupGuard::new(tag).unwrap(),
+            pins: PinDirGuard::new(tag),
+            dir: TempDir::new(tag).unwrap(),
+            metrics: free_port(),
+        }
+    }
+
+    fn manifest(&self) -> PathBuf {
+        self.dir.path().join("cluster.yaml")
+    }
+
+    fn agent(&self, extra: &[&str]) -> AgentProcess {
+        self.agent_with_env(extra, &[])
+    }
+
+    fn agent_with_env(&self, extra: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> AgentProcess {
+        let mut args: Vec<String> = vec![
+            "--node".into(),
+            NODE.into(),
+            "--manifests".into(),
+            self.manifest().display().to_string(),
+            "--pin-dir".into(),
+            self.pins.path().display().to_string(),
+            "--cgroup".into(),
+            self.cgroup.path().display().to_string(),
+            "--coalesce-ms".into(),
+            "10".into(),
+            "--resync-seconds".into(),
+            "1".into(),
+            "--metrics-addr".into(),
+            self.metrics.to_string(),
+            "--max-service-entries".into(),
+            "4096".into(),
+            "--max-backends".into(),
+            "1024".into(),
+            "--max-frontends".into(),
+            "1024".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        AgentProcess::start_with_env(&args, env).unwrap()
+    }
+
+    /// `GET path` (HTTP/1.0: no chunked body): status and body, or `None` when not listening.
+    fn get(&self, path: &str) -> Option<(u16, String)> {
+        let mut stream = TcpStream::connect_timeout(&self.metrics, Duration::from_secs(2)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n",
+            self.metrics
+        )
+        .ok()?;
+        let mut raw = String::new();
+        stream.read_to_string(&mut raw).ok()?;
+        let (head, body) = raw.split_once("\r\n\r\n")?;
+        let status = head.split_whitespace().nth(1)?.parse().ok()?;
+        Some((status, body.to_owned()))
+    }
+
+    fn scrape(&self) -> String {
+        match self.get("/metrics") {
+            Some((200, body)) => body,
+            other => panic!("GET /metrics: {other:?}"),
+        }
+    }
+
+    /// The value of one sample in a fresh scrape.
+    fn sample(&self, series: &str) -> Option<f64> {
+        sample(&self.scrape(), series)
+    }
+
+    /// Waits until the agent has completed `n` more syncs than now.
+    fn wait_for_syncs(&self, n: f64, agent: &AgentProcess) {
+        let start = self.sample(SYNCS).unwrap_or(0.0);
+        assert!(
+            wait_until(Duration::from_secs(20), || self
+                .sample(SYNCS)
+                .is_some_and(|c| c >= start + n)),
+            "the agent did not sync {n} more times:\n{}",
+            agent.log()
+        );
+    }
+}
+
+const SYNCS: &str = "lbctl_sync_duration_seconds_count";
+
+fn sample(body: &str, series: &str) -> Option<f64> {
+    body.lines().find_map(|line| {
+        let (name, value) = line.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok())?
+    })
+}
+
+fn service_series(service: &str, verdict: &str) -> String {
+    format!(
+        "lbctl_service_connects_total{{namespace=\"shop\",service=\"{service}\",port_name=\"http\",verdict=\"{verdict}\"}}"
+    )
+}
+
+fn lines_with(log: &str, needle: &str) -> usize {
+    log.lines().filter(|l| l.contains(needle)).count()
+}
+
+fn connect(node: &Node, vip: &str, n: usize) -> Vec<Outcome> {
+    Probe::run(
+        Some(&node.cgroup),
+        &["tcp", &format!("{vip}:80"), &n.to_string()],
+    )
+    .unwrap()
+}
+
+#[test]
+fn per_service_counters_and_the_refusing_gauge_follow_real_connects_and_log_once() {
+    let node = Node::new("obs-counters");
+    let b = Backends::tcp_same_port(&["b0"]).unwrap();
+    let b0 = b.addr("b0");
+    // web: Cluster, its endpoint on this node. local: Local, its only endpoint on node-b.
+    write_atomically(
+        &node.manifest(),
+        &[
+            NODES,
+            &service("web", WEB_VIP, "Cluster", &[(b0, NODE)], None),
+            &service("local", LOCAL_VIP, "Local", &[(b0, "node-b")], None),
+            BROKEN,
+        ]
+        .concat(),
+    );
+    let agent = node.agent(&[]);
+    // The series exist once the agent has named the programmed frontends.
+    assert!(
+        wait_until(Duration::from_secs(15), || node
+            .get("/metrics")
+            .is_some_and(|(_, body)| sample(
+                &body,
+                &service_series("local", "refused")
+            )
+            .is_some())),
+        "{}",
+        agent.log()
+    );
+
+    assert_eq!(
+        connect(&node, WEB_VIP, 5),
+        vec![Outcome::Reached("b0".into()); 5]
+    );
+    assert_eq!(
+        connect(&node, LOCAL_VIP, 2),
+        vec![Outcome::Failed(ECONNREFUSED); 2]
+    );
+
+    let body = node.scrape();
+    assert_eq!(
+        sample(&body, &service_series("web", "rewritten")),
+        Some(5.0),
+        "{body}"
+    );
+    assert_eq!(sample(&body, &service_series("web", "refused")), Some(0.0));
+    assert_eq!(
+        sample(&body, &service_series("local", "refused")),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(&body, &service_series("local", "rewritten")),
+        Some(0.0)
+    );
+    // Only programmed Service ports have series: the skipped one has none.
+    assert!(!body.contains("service=\"broken\""), "{body}");
+    assert_eq!(
+        sample(&body, r#"lbctl_frontends_refusing{traffic_policy="Local"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &body,
+            r#"lbctl_frontends_refusing{traffic_policy="Cluster"}"#
+        ),
+        Some(0.0)
+    );
+    assert_eq!(sample(&body, "lbctl_skipped_objects"), Some(1.0));
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let last_sync = sample(&body, "lbctl_last_sync_timestamp_seconds").expect("last sync");
+    assert!(last_sync > 0.0 && last_sync <= now, "{last_sync} vs {now}");
+    let object = lbctl::datapath::object_identity().expect("the agent embeds its object");
+    assert!(
+        body.contains(&format!("object_sha256=\"{object}\"")),
+        "{body}"
+    );
+
+    // Several resyncs later, the refusal and the skipped Service were each logged once.
+    node.wait_for_syncs(3.0, &agent);
+    let log = agent.log();
+    assert_eq!(lines_with(&log, "frontend refuses connections"), 1, "{log}");
+    let refusal = log
+        .lines()
+        .find(|l| l.contains("frontend refuses connections"))
+        .unwrap();
+    for needle in [
+        "10.96.1.11:80/tcp",
+        "shop/local",
+        "internalTrafficPolicy: Local and no ready endpoint on this node (1 ready on other nodes)",
+    ] {
+        assert!(refusal.contains(needle), "{needle} not in: {refusal}");
+    }
+    assert_eq!(
+        lines_with(&log, "skipped object=Service shop/broken"),
+        1,
+        "{log}"
+    );
+
+    // The local endpoint moves to this node and the broken Service is fixed away: one line
+    // each, the gauge drops, and the counters go on from where they were.
+    write_atomically(
+        &node.manifest(),
+        &[
+            NODES,
+            &service("web", WEB_VIP, "Cluster", &[(b0, NODE)], None),
+            &service("local", LOCAL_VIP, "Local", &[(b0, NODE)], None),
+        ]
+        .concat(),
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || node
+            .sample(r#"lbctl_frontends_refusing{traffic_policy="Local"}"#)
+            == Some(0.0)),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(
+        connect(&node, LOCAL_VIP, 1),
+        vec![Outcome::Reached("b0".into())]
+    );
+    let body = node.scrape();
+    assert_eq!(
+        sample(&body, &service_series("local", "rewritten")),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&body, &service_series("local", "refused")),
+        Some(2.0)
+    );
+    assert_eq!(sample(&body, "lbctl_skipped_objects"), Some(0.0));
+    node.wait_for_syncs(2.0, &agent);
+    let log = agent.log();
+    assert_eq!(lines_with(&log, "frontend has backends again"), 1, "{log}");
+    assert_eq!(
+        lines_with(&log, "no longer skipped object=Service shop/broken"),
+        1,
+        "{log}"
+    );
+    assert_eq!(lines_with(&log, "frontend refuses connections"), 1, "{log}");
+}
+
+/// RFC 3339 in UTC with nanoseconds, as the EndpointSlice controller writes it.
+fn rfc3339(at: SystemTime) -> String {
+    let d = at.duration_since(SystemTime::UNIX_EPOCH).unwrap();
+    let ts = k8s_openapi::jiff::Timestamp::new(
+        i64::try_from(d.as_secs()).unwrap(),
+        i32::try_from(d.subsec_nanos()).unwrap(),
+    )
+    .unwrap();
+    ts.to_string()
+}
+
+#[test]
+fn network_programming_duration_is_measured_from_the_slice_trigger_time() {
+    let node = Node::new("obs-programming");
+    let b = Backends::tcp_same_port(&["b0", "b1"]).unwrap();
+    let (b0, b1) = (b.addr("b0"), b.addr("b1"));
+    const COUNT: &str = "lbctl_network_programming_duration_seconds_count";
+    const SUM: &str = "lbctl_network_programming_duration_seconds_sum";
+    // A trigger time from before the agent started measures its absence, not programming.
+    let before_start = "2020-01-01T00:00:00Z";
+    let write = |eps: &[Ep], trigger: &str| {
+        write_atomically(
+            &node.manifest(),
+            &[
+                NODES,
+                &service("web", WEB_VIP, "Cluster", eps, Some(trigger)),
+            ]
+            .concat(),
+        );
+    };
+    write(&[(b0, NODE)], before_start);
+    let agent = node.agent(&[]);
+    assert!(
+        wait_until(Duration::from_secs(15), || node
+            .get("/metrics")
+            .is_some_and(|(_, body)| sample(
+                &body,
+                &service_series("web", "rewritten")
+            )
+            .is_some())),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(node.sample(COUNT), Some(0.0));
+
+    // The controller stamps an update with the time of the pod change that caused it.
+    let trigger = SystemTime::now();
+    write(&[(b0, NODE), (b1, NODE)], &rfc3339(trigger));
+    assert!(
+        wait_until(Duration::from_secs(10), || node.sample(COUNT) == Some(1.0)),
+        "{}",
+        agent.log()
+    );
+    let observed = node.sample(SUM).expect("sum");
+    let since_trigger = trigger.elapsed().unwrap().as_secs_f64();
+    // Measured from the trigger to the apply: not negative, and not more than has elapsed.
+    assert!(
+        (0.0..=since_trigger).contains(&observed),
+        "{observed} s observed, {since_trigger} s since the trigger"
+    );
+    let mut seen = Vec::new();
+    assert!(wait_until(Duration::from_secs(5), || {
+        seen = connect(&node, WEB_VIP, 1);
+        seen == vec![Outcome::Reached("b1".into())]
+    }));
+
+    // Resyncs see the same trigger time again: it was measured once.
+    node.wait_for_syncs(3.0, &agent);
+    assert_eq!(node.sample(COUNT), Some(1.0));
+    // A change stamped before the start is programmed but not measured.
+    write(&[(b1, NODE)], before_start);
+    assert!(wait_until(Duration::from_secs(10), || {
+        connect(&node, WEB_VIP, 3) == vec![Outcome::Reached("b1".into()); 3]
+    }));
+    node.wait_for_syncs(2.0, &agent);
+    assert_eq!(node.sample(COUNT), Some(1.0));
+}
+
+#[test]
+fn healthz_fails_while_the_reconcile_loop_is_stuck() {
+    let node = Node::new("obs-healthz");
+    let b = Backends::tcp_same_port(&["b0"]).unwrap();
+    write_atomically(
+        &node.manifest(),
+        &[
+            NODES,
+            &service("web", WEB_VIP, "Cluster", &[(b.addr("b0"), NODE)], None),
+        ]
+        .concat(),
+    );
+    let stall = node.dir.path().join("stall");
+    let mut agent = node.agent_with_env(
+        &["--stall-seconds", "2"],
+        &[(lbctl::agent::STALL_FILE_ENV, stall.as_os_str())],
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || node
+            .get("/healthz")
+            .is_some_and(|(status, _)| status == 200)
+            && node
+                .sample("lbctl_last_sync_timestamp_seconds")
+                .unwrap_or(0.0)
+                > 0.0),
+        "{}",
+        agent.log()
+    );
+
+    // The loop hangs before its next sync, as a stuck apply would.
+    fs::write(&stall, "").unwrap();
+    let mut health = None;
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            health = node.get("/healthz");
+            health.as_ref().is_some_and(|(status, _)| *status == 503)
+        }),
+        "/healthz stayed {health:?}:\n{}",
+        agent.log()
+    );
+    let (_, body) = health.unwrap();
+    assert!(
+        body.starts_with("stuck: the reconcile loop has not completed a turn for")
+            && body.contains("threshold 2 s"),
+        "{body}"
+    );
+    // The process is alive and still serves metrics: only the loop is stuck.
+    assert!(agent.running());
+    assert_eq!(node.get("/metrics").map(|(s, _)| s), Some(200));
+    // While stuck, edits are not programmed. (The edit empties the Service: connects to it are
+    // then refused by the datapath, and never leave the machine.)
+    let syncs = node.sample(SYNCS);
+    write_atomically(
+        &node.manifest(),
+        &[NODES, &service("web", WEB_VIP, "Cluster", &[], None)].concat(),
+    );
+    thread_sleep_a_resync();
+    assert_eq!(node.sample(SYNCS), syncs);
+
+    // The loop turns again: healthy, and the edit is programmed.
+    fs::remove_file(&stall).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || node
+            .get("/healthz")
+            .is_some_and(|(status, _)| status == 200)),
+        "{}",
+        agent.log()
+    );
+    assert!(wait_until(Duration::from_secs(10), || {
+        connect(&node, WEB_VIP, 1) == vec![Outcome::Failed(ECONNREFUSED)]
+    }));
+}
+
+/// Lets a resync period (1 s in these tests) pass; used only to give a stalled loop the chance
+/// to (wrongly) sync, never as a pass/fail timing.
+fn thread_sleep_a_resync() {
+    std::thread::sleep(Duration::from_millis(1500));
+}
