@@ -14,6 +14,7 @@ pub mod dns;
 pub mod lifecycle;
 pub mod netns;
 pub mod pins;
+pub mod podman;
 pub mod probe;
 pub mod sockets;
 pub mod topology;
