@@ -4,27 +4,8 @@
 //!
 //! `AYA_BUILD_SKIP=1` skips the eBPF build (an empty object is embedded): handy for editing
 //! user-space code; such a binary refuses to load the datapath with a clear error.
-use std::{env, fs, path::PathBuf};
+include!("build_ebpf.rs");
 
 fn main() -> anyhow::Result<()> {
-    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    let skip = env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
-    if skip {
-        println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
-        fs::write(out_dir.join("lb-ebpf"), [])?;
-        return Ok(());
-    }
-    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
-    let ebpf_dir = manifest_dir.join("../lb-ebpf").canonicalize()?;
-    let common_dir = manifest_dir.join("../lb-common").canonicalize()?;
-    println!("cargo:rerun-if-changed={}", common_dir.display());
-    let ebpf_dir = ebpf_dir.to_str().expect("utf-8 path").to_owned();
-    aya_build::build_ebpf(
-        [aya_build::Package {
-            name: "lb-ebpf",
-            root_dir: &ebpf_dir,
-            ..Default::default()
-        }],
-        aya_build::Toolchain::default(),
-    )
+    build_lb_ebpf(&[])
 }

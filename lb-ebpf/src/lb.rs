@@ -92,6 +92,10 @@ pub fn is_member(frontend_id: u32, backend_id: u32) -> bool {
 fn pick(key: &mut ServiceKey, svc: &ServiceValue) -> Option<Chosen> {
     // SAFETY: plain helper call without arguments.
     key.slot = unsafe { bpf_get_prandom_u32() } % u32::from(svc.count) + 1;
+    #[cfg(feature = "test-variant-b")]
+    {
+        key.slot = 1;
+    }
     // SAFETY: as in `master`.
     let backend_id = SERVICES
         .get_ptr(&*key)

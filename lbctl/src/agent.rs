@@ -23,7 +23,7 @@ use anyhow::{Context, Result};
 use tokio::sync::watch;
 
 use crate::{
-    datapath::{Datapath, DatapathConfig, Desired, FrontendAddr, Maps},
+    datapath::{Datapath, DatapathConfig, Desired, FrontendAddr, Maps, Object},
     engine::{self, NodeContext},
     metrics::{
         self, ConnectCounts, ErrorKind, FrontendCounts, Metrics, NamedFrontend, ServicePort,
@@ -65,6 +65,8 @@ pub struct AgentConfig {
     /// loop stops before its next sync, as a hung apply would, so tests can see `/healthz` fail.
     /// `None` in production.
     pub stall_file: Option<PathBuf>,
+    /// Kernel object to load instead of the embedded one (`--object`, for upgrade tests).
+    pub object: Option<PathBuf>,
 }
 
 /// The environment variable `lbctl agent` takes [`AgentConfig::stall_file`] from (tests only).
@@ -157,13 +159,16 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         Some(addr) => Some(metrics::serve(addr, metrics.clone()).await?),
         None => None,
     };
-    let mut datapath = Datapath::install(&config.datapath).context("installing the datapath")?;
+    let mut datapath = install(&config).context("installing the datapath")?;
     tracing::info!(
         pin_dir = %config.datapath.pin_dir.display(),
         installed = ?datapath.installed(),
         object_sha256 = crate::datapath::object_identity().unwrap_or("none"),
         "datapath ready"
     );
+    if let Ok(Some(state)) = crate::datapath::state::read(&config.datapath.pin_dir) {
+        metrics.set_datapath_info(&state);
+    }
     metrics.readiness().set_datapath_attached(true);
     let (frontends, backends) = datapath.writer().programmed();
     metrics.set_programmed(frontends, backends);
@@ -287,6 +292,15 @@ fn frontend_addr(frontend: &Frontend) -> FrontendAddr {
     }
 }
 
+/// Installs the embedded kernel object, or the one `--object` names; verifies the attach point.
+fn install(config: &AgentConfig) -> Result<Datapath> {
+    let object = match &config.object {
+        Some(path) => Object::from_file(path)?,
+        None => Object::embedded()?,
+    };
+    Ok(Datapath::install_object(&config.datapath, object)?)
+}
+
 fn reconcile(
     config: &AgentConfig,
     source: &Source,
@@ -324,6 +338,15 @@ fn reconcile(
     let desired = Desired::from_plan(&plan);
     match datapath.apply(&desired) {
         Ok(report) => {
+            // A migration that completed in this apply pinned new maps: serve the new ring.
+            if monitoring
+                .server
+                .as_ref()
+                .is_some_and(|server| !server.is_current())
+            {
+                monitoring.server = None;
+                monitoring.server = start_monitor(config);
+            }
             if let Err(e) = monitoring
                 .names
                 .sync(datapath.pin_dir(), &plan, datapath.writer())

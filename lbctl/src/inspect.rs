@@ -11,7 +11,10 @@ use lb_common::{AFFINITY_MAP, BACKENDS_MAP, REVNAT_MAP, SERVICES_MAP, meta, serv
 use serde::Serialize;
 
 use crate::{
-    datapath::{DatapathError, FrontendAddr, Maps, ProgrammedFrontend, Writer, loader},
+    datapath::{
+        DatapathError, FrontendAddr, Maps, ProgrammedFrontend, Writer, loader,
+        state::{self, State},
+    },
     monitor::names::{self, ServiceName},
     plan::Protocol,
 };
@@ -205,6 +208,9 @@ pub struct LinkView {
 #[derive(Debug, Serialize)]
 pub struct Status {
     pub pin_dir: String,
+    /// What the agent recorded: attach point (cgroup path and id), kernel object, capacities.
+    /// `None` for a datapath installed by an lbctl that did not record it.
+    pub datapath: Option<State>,
     pub links: Vec<LinkView>,
     pub maps: Vec<MapFill>,
     pub frontends: usize,
@@ -247,6 +253,7 @@ pub fn status(pin_dir: &Path) -> Result<Status, InspectError> {
         .count();
     Ok(Status {
         pin_dir: pin_dir.display().to_string(),
+        datapath: state::read(pin_dir)?,
         links,
         maps: vec![
             MapFill {
@@ -279,6 +286,22 @@ pub fn status(pin_dir: &Path) -> Result<Status, InspectError> {
 
 pub fn status_text(s: &Status) -> String {
     let mut out = format!("pin directory: {}\n", s.pin_dir);
+    match &s.datapath {
+        Some(d) => out.push_str(&format!(
+            "attach point: cgroup {} (id {}{})\nkernel object: sha256 {} (layout version {}, lbctl {})\n",
+            d.attach_point.path.display(),
+            d.attach_point.cgroup_id,
+            if d.attach_point.is_root() {
+                ", the root: every process of the node"
+            } else {
+                ""
+            },
+            d.object_sha256,
+            d.layout_version,
+            d.lbctl_version
+        )),
+        None => out.push_str("attach point: not recorded (installed by an older lbctl)\n"),
+    }
     for l in &s.links {
         out.push_str(&match (l.pinned, l.link_id, l.program_id) {
             (true, Some(link), Some(prog)) => format!(

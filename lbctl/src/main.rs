@@ -106,7 +106,7 @@ enum Command {
     /// (or sent a datagram) to which Service, and whether it was rewritten or refused. Needs
     /// the agent running on this node; while no monitor runs the datapath only checks a flag.
     Monitor(MonitorArgs),
-    /// Detach the programs and remove every pinned map and link.
+    /// Detach the programs and remove every pin: maps, links, the state record, staged maps.
     Uninstall {
         #[command(flatten)]
         pin: PinDir,
@@ -186,7 +186,9 @@ struct AgentArgs {
     kubeconfig: Option<PathBuf>,
     #[command(flatten)]
     pin: PinDir,
-    /// cgroup v2 directory to attach to (default: the cgroup2 mount, i.e. the whole node).
+    /// cgroup v2 directory to attach to (default: the cgroup2 mount, i.e. the whole node). It
+    /// is checked: a directory that is not cgroup v2, or the agent's own cgroup (a pod's private
+    /// cgroup namespace), is refused.
     #[arg(long)]
     cgroup: Option<PathBuf>,
     /// Serve /metrics, /healthz and /readyz here (e.g. 127.0.0.1:9970).
@@ -235,6 +237,10 @@ struct AgentArgs {
     /// Detach the programs, remove the pins, and exit.
     #[arg(long)]
     cleanup: bool,
+    /// Load this kernel object instead of the one built into lbctl (development and upgrade
+    /// tests only).
+    #[arg(long, value_name = "PATH", hide = true)]
+    object: Option<PathBuf>,
 }
 
 fn init_logging(format: LogFormat, debug_bpf: bool) {
@@ -330,23 +336,33 @@ fn run_agent(args: AgentArgs) -> Result<()> {
         stall_threshold: Duration::from_secs(stall_seconds),
         // Test hook, read from the environment so that it appears in no --help or completion.
         stall_file: std::env::var_os(agent::STALL_FILE_ENV).map(PathBuf::from),
+        object: args.object,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
-    runtime.block_on(agent::run(config, shutdown_signal()))
+    runtime.block_on(async {
+        // Registered before anything else runs: a SIGTERM during start-up (an upgrade rolled
+        // quickly) stops the agent cleanly instead of killing it.
+        let shutdown = shutdown_signal();
+        agent::run(config, shutdown).await
+    })
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now; the future resolves on either.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM"),
-        _ = int.recv() => tracing::info!("SIGINT"),
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            std::future::pending::<()>().await;
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM"),
+            _ = int.recv() => tracing::info!("SIGINT"),
+        }
     }
 }
 

@@ -420,6 +420,8 @@ pub struct Metrics {
     refusing: Family<Labels, Gauge>,
     skipped: Gauge,
     errors: Family<Labels, Counter>,
+    /// 1, labelled with the attach point and the kernel object (datapath/state.rs).
+    datapath_info: Family<Labels, Gauge>,
     readiness: Arc<Readiness>,
     liveness: Arc<Liveness>,
     providers: Arc<Providers>,
@@ -527,6 +529,12 @@ impl Metrics {
                 ),
             ])),
         );
+        let datapath_info = Family::<Labels, Gauge>::default();
+        registry.register(
+            "lbctl_datapath_info",
+            "1, labelled with the cgroup the programs are attached to (path, cgroup id) and the kernel object's SHA-256",
+            datapath_info.clone(),
+        );
         registry.register_collector(Box::new(ScrapeTimeCollector {
             readiness: readiness.clone(),
             providers: providers.clone(),
@@ -545,11 +553,29 @@ impl Metrics {
             refusing,
             skipped,
             errors,
+            datapath_info,
             readiness,
             liveness,
             providers,
             service_connects,
         }
+    }
+
+    /// Sets `lbctl_datapath_info` to the installed datapath's record.
+    pub fn set_datapath_info(&self, state: &crate::datapath::state::State) {
+        self.datapath_info.clear();
+        let labels = vec![
+            (
+                "cgroup".to_owned(),
+                state.attach_point.path.display().to_string(),
+            ),
+            (
+                "cgroup_id".to_owned(),
+                state.attach_point.cgroup_id.to_string(),
+            ),
+            ("object_sha256".to_owned(), state.object_sha256.clone()),
+        ];
+        self.datapath_info.get_or_create(&labels).set(1);
     }
 
     /// Records the duration of one full sync (plan + apply).

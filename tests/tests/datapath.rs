@@ -354,3 +354,194 @@ fn pinned_maps_carry_btf_field_names() {
         );
     }
 }
+
+/// The attach point is verified and recorded: `lbctl status` shows the cgroup's path and id
+/// (its directory's inode on cgroup2) and the kernel object, read from the pins alone; the
+/// agent's metrics show the same.
+#[test]
+fn status_and_metrics_show_the_verified_attach_point() {
+    use std::os::unix::fs::MetadataExt;
+    use testkit::lifecycle::{Node, free_port, http_get};
+
+    let node = Node::new("attach-status").unwrap();
+    let b = Backends::tcp_same_port(&["b0"]).unwrap();
+    node.write_manifest(&testkit::lifecycle::one_service_yaml(
+        "10.96.2.10",
+        &b.addrs(),
+    ))
+    .unwrap();
+    let port = free_port().unwrap();
+    let metrics = SocketAddr::from(([127, 0, 0, 1], port));
+    let agent = node
+        .agent(&["--metrics-addr", &metrics.to_string()])
+        .unwrap();
+    assert!(
+        testkit::agent::wait_until(std::time::Duration::from_secs(10), || node
+            .programmed("10.96.2.10")
+            .is_some()),
+        "{}",
+        agent.log()
+    );
+    let id = std::fs::metadata(node.cgroup.path()).unwrap().ino();
+    let sha = lbctl::datapath::Object::embedded()
+        .unwrap()
+        .sha256()
+        .to_owned();
+
+    let status = lbctl::inspect::status(node.pins.path()).unwrap();
+    let recorded = status
+        .datapath
+        .as_ref()
+        .expect("the attach point is recorded");
+    assert_eq!(recorded.attach_point.path, node.cgroup.path());
+    assert_eq!(recorded.attach_point.cgroup_id, id);
+    assert!(!recorded.attach_point.is_root());
+    assert_eq!(recorded.object_sha256, sha);
+    let text = lbctl::inspect::status_text(&status);
+    assert!(
+        text.contains(&format!(
+            "attach point: cgroup {} (id {id})",
+            node.cgroup.path().display()
+        )),
+        "{text}"
+    );
+
+    let body = http_get(metrics, "/metrics").unwrap();
+    let line = format!(
+        "lbctl_datapath_info{{cgroup=\"{}\",cgroup_id=\"{id}\",object_sha256=\"{sha}\"}} 1",
+        node.cgroup.path().display()
+    );
+    assert!(body.contains(&line), "{line} not in:\n{body}");
+}
+
+/// `--cgroup` must be a cgroup v2 directory: anything else is refused, naming it.
+#[test]
+fn a_directory_that_is_no_cgroup_is_refused() {
+    let s = Scratch::new("attach-notcg").unwrap();
+    let dir = testkit::TempDir::new("attach-notcg").unwrap();
+    let config = lbctl::datapath::DatapathConfig {
+        cgroup: dir.path().to_path_buf(),
+        ..s.config()
+    };
+    let err = Datapath::install(&config)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains(&dir.path().display().to_string()) && err.contains("not a cgroup v2"),
+        "{err}"
+    );
+}
+
+/// Runs `sh -c SCRIPT` (with `$LBCTL` set to the lbctl binary) until it exits, at most 20 s;
+/// returns whether it succeeded and its stderr.
+fn run_script(script: &str) -> (bool, String) {
+    use std::{process::Stdio, time::Duration};
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .env("LBCTL", testkit::probe::sibling_binary("lbctl"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sh");
+    let exited = testkit::agent::wait_until(Duration::from_secs(20), || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+    if !exited {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().expect("wait");
+    (
+        exited && out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// An agent in a private cgroup namespace whose only cgroup2 mount is its own (as in a pod
+/// without the host's /sys/fs/cgroup) refuses to start, says what to mount, and attaches
+/// nothing: it must never serve only itself by accident.
+#[test]
+fn an_agent_in_a_private_cgroup_namespace_refuses_its_own_cgroup() {
+    let cgroup = testkit::cgroup::CgroupGuard::new("attach-ns").unwrap();
+    let pins = testkit::pins::PinDirGuard::new("attach-ns");
+    let dir = testkit::TempDir::new("attach-ns").unwrap();
+    let manifest = dir.path().join("cluster.yaml");
+    std::fs::write(&manifest, "").unwrap();
+    let root = lbctl::datapath::system::cgroup2_root().unwrap();
+    for cgroup_flag in ["", &format!("--cgroup {}", root.display())] {
+        // Into the scratch cgroup, then a new cgroup namespace rooted there; in a private mount
+        // namespace the host's cgroup2 is unmounted and the namespace's own mounted instead.
+        let script = format!(
+            "echo $$ > {procs} && exec unshare --cgroup --mount --propagation private sh -c \
+             'umount -l {root} && mount -t cgroup2 cgroup2 {root} && exec \"$LBCTL\" agent --node n --manifests {manifest} \
+             --pin-dir {pins} {cgroup_flag}'",
+            procs = cgroup.path().join("cgroup.procs").display(),
+            root = root.display(),
+            manifest = manifest.display(),
+            pins = pins.path().display(),
+        );
+        let (ok, stderr) = run_script(&script);
+        assert!(
+            !ok,
+            "the agent started in its own cgroup namespace: {stderr}"
+        );
+        assert!(
+            stderr.contains("refusing to attach")
+                && stderr.contains("own cgroup")
+                && stderr.contains("hostPath volume of the host's /sys/fs/cgroup"),
+            "{stderr}"
+        );
+        assert!(
+            !pins.path().exists(),
+            "nothing may be pinned: {}",
+            pins.path().display()
+        );
+    }
+}
+
+/// No bpffs at /sys/fs/bpf and no CAP_SYS_ADMIN to mount one (a container without the host's
+/// bpffs): an immediate error that says what to mount on the host.
+#[test]
+fn missing_bpffs_without_cap_sys_admin_is_a_clear_error() {
+    let cgroup = testkit::cgroup::CgroupGuard::new("bpffs-missing").unwrap();
+    let dir = testkit::TempDir::new("bpffs-missing").unwrap();
+    let manifest = dir.path().join("cluster.yaml");
+    std::fs::write(&manifest, "").unwrap();
+    // A private mount namespace where /sys/fs/bpf is a tmpfs, and an agent without SYS_ADMIN.
+    let script = format!(
+        "exec unshare --mount --propagation private sh -c \
+         'mount -t tmpfs tmpfs /sys/fs/bpf && exec setpriv --bounding-set -sys_admin --inh-caps -sys_admin \
+         \"$LBCTL\" agent --node n --manifests {manifest} --pin-dir /sys/fs/bpf/lbctl --cgroup {cgroup}'",
+        manifest = manifest.display(),
+        cgroup = cgroup.path().display(),
+    );
+    let (ok, stderr) = run_script(&script);
+    assert!(!ok, "the agent started without bpffs: {stderr}");
+    assert!(
+        stderr.contains("bpffs is not mounted at /sys/fs/bpf")
+            && stderr.contains("mount -t bpf bpffs /sys/fs/bpf")
+            && stderr.contains("hostPath"),
+        "{stderr}"
+    );
+}
+
+/// Pinned links stay on the cgroup they were attached to: an install that names another
+/// cgroup adopts them where they are, and the record (what `lbctl status` shows) keeps saying
+/// where that is.
+#[test]
+fn the_record_keeps_the_cgroup_the_links_are_attached_to() {
+    let s = Scratch::new("attach-moved").unwrap();
+    let other = testkit::cgroup::CgroupGuard::new("attach-moved-other").unwrap();
+    let config = lbctl::datapath::DatapathConfig {
+        cgroup: other.path().to_path_buf(),
+        ..s.config()
+    };
+    let again = Datapath::install(&config).unwrap();
+    assert_eq!(again.installed(), Installed::Adopted);
+    let recorded = lbctl::datapath::state::read(s.pins.path())
+        .unwrap()
+        .expect("recorded");
+    assert_eq!(recorded.attach_point.path, s.cgroup.path());
+}

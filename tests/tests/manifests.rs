@@ -14,7 +14,7 @@ use std::{
 
 use k8s_openapi::api::{
     apps::v1::{DaemonSet, Deployment},
-    core::v1::{Container, Service, ServiceAccount},
+    core::v1::{ConfigMap, Container, Service, ServiceAccount},
     rbac::v1::{ClusterRole, ClusterRoleBinding},
 };
 use lbctl::{datapath::FrontendAddr, inspect, plan::Protocol};
@@ -186,9 +186,39 @@ fn agent_is_not_privileged_and_adds_only_the_capabilities_it_needs() {
     assert_eq!(caps.drop, Some(vec!["ALL".to_owned()]));
     let added: BTreeSet<String> = caps.add.unwrap_or_default().into_iter().collect();
     assert_eq!(added, set(&AGENT_CAPABILITIES));
+    // Unconfined, with the reason in the manifest: containers/common's default profile (CRI-O,
+    // podman) allows bpf(2) only with CAP_SYS_ADMIN. tests/tests/runtime.rs runs it.
     assert_eq!(
         sc.seccomp_profile.map(|p| p.type_),
-        Some("RuntimeDefault".into())
+        Some("Unconfined".into())
+    );
+    // AppArmor through the annotation, which Kubernetes 1.27 to 1.29 know (the securityContext
+    // field exists only from 1.30, and kubectl's strict validation rejects unknown fields).
+    assert!(
+        sc.app_armor_profile.is_none(),
+        "appArmorProfile needs Kubernetes 1.30"
+    );
+    let annotations = ds
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.annotations.clone())
+        .unwrap_or_default();
+    assert_eq!(
+        annotations
+            .get("container.apparmor.security.beta.kubernetes.io/agent")
+            .map(String::as_str),
+        Some("unconfined")
+    );
+    assert_eq!(
+        pod.node_selector
+            .as_ref()
+            .and_then(|s| s.get("kubernetes.io/os"))
+            .map(String::as_str),
+        Some("linux")
     );
 }
 
@@ -356,7 +386,6 @@ fn image_build_matches_xtask_setup() {
         "rust-src",
         "nightly",
         "AS build",
-        "FROM debian:bookworm-slim",
         "cargo build --release --locked -p lbctl",
         "ENTRYPOINT [\"/usr/local/bin/lbctl\"]",
     ] {
@@ -365,6 +394,180 @@ fn image_build_matches_xtask_setup() {
             "the Dockerfile lacks {needle:?}"
         );
     }
+    // The nightly of the date setup pins (lbctl's build script runs `cargo +nightly`).
+    let nightly = setup
+        .lines()
+        .find_map(|l| l.strip_prefix("const NIGHTLY_DATE: &str = \""))
+        .and_then(|rest| rest.strip_suffix("\";"))
+        .expect("NIGHTLY_DATE in setup.rs");
+    assert!(
+        dockerfile.contains(&format!("ARG NIGHTLY_DATE={nightly}\n")),
+        "the Dockerfile must install nightly-{nightly}"
+    );
+    // The runtime stage is what tests/tests/runtime.rs builds and runs (it parses it).
+    let runtime = testkit::podman::DockerfileRuntime::parse(&dockerfile).expect("runtime stage");
+    assert!(runtime.programs.iter().any(|p| p == "/out/lbctl"));
+    // The uninstall DaemonSet's idle container runs a program the image has.
+    let idle = uninstall_daemonset()
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+        .containers[0]
+        .command
+        .clone()
+        .expect("the idle container's command");
+    let name = Path::new(&idle[0]).file_name().unwrap();
+    assert!(
+        idle[0].starts_with("/usr/local/bin/")
+            && runtime
+                .programs
+                .iter()
+                .any(|p| Path::new(p).file_name() == Some(name)),
+        "{idle:?} is not in the image"
+    );
+}
+
+fn uninstall_dir() -> PathBuf {
+    repo().join("manifests/uninstall")
+}
+
+fn uninstall_daemonset() -> DaemonSet {
+    let path = uninstall_dir().join("daemonset.yaml");
+    let docs = documents(&path);
+    assert_eq!(docs.len(), 1, "{}: one DaemonSet", path.display());
+    strict(&docs[0], &path.display().to_string())
+}
+
+/// The fields of a kustomization the tests look at.
+#[derive(serde::Deserialize)]
+struct Kustomization {
+    namespace: String,
+    resources: Vec<String>,
+    images: Vec<KustomizeImage>,
+}
+
+#[derive(serde::Deserialize)]
+struct KustomizeImage {
+    name: String,
+}
+
+fn kustomization(dir: &Path) -> Kustomization {
+    let path = dir.join("kustomization.yaml");
+    let doc = documents(&path).remove(0);
+    <Kustomization as serde::Deserialize>::deserialize(doc)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn the_uninstall_daemonset_runs_lbctl_uninstall_with_the_bpffs_and_nothing_else() {
+    let k = kustomization(&uninstall_dir());
+    assert_eq!(k.namespace, NAMESPACE);
+    assert_eq!(k.resources, vec!["daemonset.yaml".to_owned()]);
+    let install_image = agent_container(&daemonset()).image;
+    assert_eq!(Some(&k.images[0].name), install_image.as_ref());
+    assert_eq!(
+        k.images[0].name,
+        kustomization(&install_dir()).images[0].name,
+        "the same image as the install"
+    );
+
+    let ds = uninstall_daemonset();
+    assert_eq!(ds.metadata.namespace.as_deref(), Some(NAMESPACE));
+    assert_ne!(
+        ds.metadata.name,
+        daemonset().metadata.name,
+        "a DaemonSet of its own"
+    );
+    let pod = ds.spec.unwrap().template.spec.unwrap();
+    assert_eq!(
+        pod.automount_service_account_token,
+        Some(false),
+        "no API access"
+    );
+    assert!(pod.service_account_name.is_none());
+    assert_ne!(pod.host_network, Some(true));
+    let volumes = pod.volumes.unwrap_or_default();
+    let host_paths: Vec<&str> = volumes
+        .iter()
+        .filter_map(|v| v.host_path.as_ref().map(|h| h.path.as_str()))
+        .collect();
+    assert_eq!(
+        host_paths,
+        ["/sys/fs/bpf"],
+        "the pins, nothing else of the host"
+    );
+
+    let init = pod.init_containers.expect("an init container");
+    assert_eq!(init.len(), 1);
+    assert_eq!(init[0].image, install_image);
+    assert_eq!(init[0].args.as_deref(), Some(&["uninstall".to_owned()][..]));
+    assert!(init[0].command.is_none(), "the image's entrypoint: lbctl");
+    let sc = init[0].security_context.clone().expect("securityContext");
+    let caps = sc.capabilities.expect("capabilities");
+    assert_eq!(caps.drop, Some(vec!["ALL".to_owned()]));
+    assert_eq!(caps.add, Some(vec!["BPF".to_owned()]));
+    assert_eq!(sc.privileged, Some(false));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    let mounts = init[0].volume_mounts.clone().unwrap_or_default();
+    assert_eq!(mounts.len(), 1);
+    assert_eq!(mounts[0].mount_path, "/sys/fs/bpf");
+
+    let idle = &pod.containers[0];
+    assert_eq!(pod.containers.len(), 1);
+    assert_eq!(idle.image, install_image);
+    let sc = idle.security_context.clone().expect("securityContext");
+    assert_eq!(sc.run_as_non_root, Some(true));
+    assert_eq!(
+        sc.capabilities.and_then(|c| c.add),
+        None,
+        "the idle container needs no capability"
+    );
+    assert!(idle.volume_mounts.is_none());
+}
+
+#[test]
+fn the_api_server_address_comes_from_an_optional_configmap() {
+    let map: ConfigMap = install_object("ConfigMap");
+    let c = agent_container(&daemonset());
+    for key in ["KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"] {
+        let env = c
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == key)
+            .unwrap_or_else(|| panic!("no {key} in the agent's env"));
+        let from = env
+            .value_from
+            .as_ref()
+            .and_then(|v| v.config_map_key_ref.as_ref())
+            .unwrap_or_else(|| panic!("{key} not from a ConfigMap"));
+        assert_eq!(Some(&from.name), map.metadata.name.as_ref());
+        assert_eq!(from.key, key);
+        assert_eq!(
+            from.optional,
+            Some(true),
+            "{key}: the ConfigMap is optional"
+        );
+    }
+    assert!(
+        map.data.unwrap_or_default().is_empty(),
+        "shipped empty: without keys the agent uses the in-cluster defaults"
+    );
+}
+
+#[test]
+fn a_startup_probe_guards_the_first_sync() {
+    let c = agent_container(&daemonset());
+    let startup = c.startup_probe.expect("startupProbe");
+    let get = startup.http_get.expect("httpGet");
+    assert_eq!(get.path.as_deref(), Some("/healthz"));
+    let budget = startup.period_seconds.unwrap_or(10) * startup.failure_threshold.unwrap_or(3);
+    assert!(
+        budget >= 30,
+        "{budget} s to start is too short for a big cluster's first list"
+    );
 }
 
 fn log_path(pins: &Path) -> PathBuf {

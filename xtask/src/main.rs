@@ -117,6 +117,9 @@ fn main() -> Result<()> {
             setup::run()?;
             // The kernel tests start the `lbctl`, `lb-probe` binaries: build every binary first.
             run(cargo().args(["build", "--workspace", "--bins"]))?;
+            // The real-runtime test (tests/tests/runtime.rs) runs the release binary in the
+            // image it builds, as the Dockerfile does.
+            run(cargo().args(["build", "--release", "-p", "lbctl"]))?;
             let filtered = !args.is_empty();
             run(cargo().args(["test", "--workspace"]).args(args))?;
             // The fuzz targets, briefly, after the tests (not for a filtered run).

@@ -20,9 +20,17 @@ const PACKAGES: &[&str] = &[
     "dnsutils",
     // libFuzzer (C++) for the fuzz targets: libfuzzer-sys builds it with the cc crate.
     "g++",
+    // The real-runtime test (tests/tests/runtime.rs): `podman kube play` of the install's pod
+    // spec, with runc (crun refuses hybrid cgroup layouts) and catatonit (podman's pause image).
+    "podman",
+    "runc",
+    "catatonit",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// The date of the nightly toolchain the kernel programs are built with (lbctl's build script
+/// runs `cargo +nightly`); manifests/Dockerfile installs the same one.
+const NIGHTLY_DATE: &str = "2026-05-20";
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 fn output(cmd: &mut Command) -> Option<String> {
@@ -50,6 +58,30 @@ fn apt() -> Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
+}
+
+/// The toolchain called `nightly` must be the pinned one: a different nightly may build
+/// different kernel programs (or none).
+fn nightly_date() -> Result<()> {
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
+        .context("no nightly toolchain: `rustup toolchain install nightly-{NIGHTLY_DATE}`")?;
+    let manifest =
+        std::path::Path::new(sysroot.trim()).join("lib/rustlib/multirust-channel-manifest.toml");
+    let text = std::fs::read_to_string(&manifest)
+        .with_context(|| format!("reading {}", manifest.display()))?;
+    let date = text
+        .lines()
+        .find_map(|l| l.strip_prefix("date = \""))
+        .and_then(|rest| rest.strip_suffix('"'))
+        .with_context(|| format!("no date in {}", manifest.display()))?;
+    if date != NIGHTLY_DATE {
+        bail!(
+            "the `nightly` toolchain is of {date}, lbctl builds with nightly-{NIGHTLY_DATE}: \
+             `rustup toolchain install nightly-{NIGHTLY_DATE}` and make it `nightly` \
+             (or update NIGHTLY_DATE here and in manifests/Dockerfile)"
+        );
+    }
+    Ok(())
 }
 
 fn rust_src() -> Result<()> {
@@ -109,6 +141,7 @@ pub fn run() -> Result<()> {
     }
     apt().context("installing Debian packages")?;
     rust_src().context("installing rust-src for nightly")?;
+    nightly_date().context("checking the nightly toolchain")?;
     bpf_linker().context("installing bpf-linker")?;
     cargo_fuzz().context("installing cargo-fuzz")?;
     Ok(())

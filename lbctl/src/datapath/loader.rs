@@ -1,7 +1,9 @@
 //! Loading, attaching and pinning the kernel programs, adopting what an earlier agent pinned,
 //! and removing it all.
 use std::{
+    borrow::Cow,
     fs,
+    os::fd::AsFd as _,
     path::{Path, PathBuf},
 };
 
@@ -12,15 +14,12 @@ use aya::{
         links::{FdLink, PinnedLink},
     },
 };
-use lb_common::{
-    AFFINITY_MAP, BACKENDS_MAP, FRONTEND_STATS_MAP, MEMBERS_MAP, NAMES_MAP, REVNAT_MAP,
-    SERVICES_MAP,
-};
 
 use super::{
     DatapathError,
     maps::{self, Maps},
-    system,
+    state::{self, STATE_MAP, State},
+    sys, system,
 };
 
 /// The object built by `build.rs` from `lb-ebpf`.
@@ -31,15 +30,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb
 pub fn object_identity() -> Option<&'static str> {
     static IDENTITY: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     IDENTITY
-        .get_or_init(|| {
-            (!OBJECT.is_empty()).then(|| {
-                ring::digest::digest(&ring::digest::SHA256, OBJECT)
-                    .as_ref()
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect()
-            })
-        })
+        .get_or_init(|| (!OBJECT.is_empty()).then(|| state::sha256_hex(OBJECT)))
         .as_deref()
 }
 
@@ -62,8 +53,9 @@ pub const PROGRAMS: [&str; 9] = [
 /// `cgroup_sock_addr` programs).
 const SOCK_RELEASE: &str = "lb_sock_release";
 
-/// Map capacities, set when the maps are created (an adopted map keeps its size).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Map capacities, set when the maps are created. Pinned maps of other capacities are replaced
+/// (see [`Installed::Migrating`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Capacity {
     /// Entries of `lb_services`: one master per frontend plus one slot per backend of it.
     pub service_entries: u32,
@@ -117,32 +109,7 @@ impl std::fmt::Display for SocketLbScope {
 /// The cookie of the network namespace this process runs in (`SO_NETNS_COOKIE`, Linux 5.14+):
 /// what `bpf_get_netns_cookie` returns for a socket in the same namespace.
 pub fn current_netns_cookie() -> std::io::Result<u64> {
-    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
-    /// From asm-generic/socket.h; the libc crate does not define it.
-    const SO_NETNS_COOKIE: libc::c_int = 71;
-    // SAFETY: socket(2) with constant arguments; the result is checked before use.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh descriptor owned by nobody else; OwnedFd closes it.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut cookie: u64 = 0;
-    let mut len = size_of::<u64>() as libc::socklen_t;
-    // SAFETY: the kernel writes at most `len` bytes into `cookie`, which lives across the call.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_NETNS_COOKIE,
-            (&raw mut cookie).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(cookie)
+    super::sys::netns_cookie()
 }
 
 /// Where and how to install the datapath.
@@ -157,67 +124,167 @@ pub struct DatapathConfig {
     pub scope: SocketLbScope,
 }
 
+/// A kernel object to load: the one embedded in this binary, or (for tests of upgrades) one
+/// read from a file. Its identity is its SHA-256.
+#[derive(Clone, Debug)]
+pub struct Object {
+    bytes: Cow<'static, [u8]>,
+    sha256: String,
+}
+
+impl Object {
+    /// The object `build.rs` built from `lb-ebpf` and embedded in this binary.
+    pub fn embedded() -> Result<Self, DatapathError> {
+        if OBJECT.is_empty() {
+            return Err(DatapathError::NoObject);
+        }
+        Ok(Self {
+            bytes: Cow::Borrowed(OBJECT),
+            sha256: state::sha256_hex(OBJECT),
+        })
+    }
+
+    /// An object read from a file.
+    pub fn from_file(path: &Path) -> Result<Self, DatapathError> {
+        let bytes = fs::read(path)
+            .map_err(|e| DatapathError::io(format!("reading {}", path.display()), e))?;
+        Ok(Self {
+            sha256: state::sha256_hex(&bytes),
+            bytes: Cow::Owned(bytes),
+        })
+    }
+
+    /// SHA-256 of the object, hex.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+}
+
 /// How [`install`] found the node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Installed {
     /// Programs loaded, attached and pinned just now.
     Fresh,
-    /// Programs were already attached and pinned; their maps were adopted as they are.
+    /// The same object's programs were already attached and pinned; their maps were adopted as
+    /// they are.
     Adopted,
+    /// Another object's programs were attached: this object's programs replaced them on the
+    /// pinned links (`BPF_LINK_UPDATE`), keeping the pinned maps.
+    Upgraded,
+    /// The pinned maps have another layout or other capacities: new maps are staged, and the
+    /// first [`crate::datapath::Datapath::apply`] fills them, swaps the programs and replaces
+    /// the old maps' pins.
+    Migrating,
 }
 
 pub(crate) fn link_path(pin_dir: &Path, program: &str) -> PathBuf {
     pin_dir.join("links").join(program)
 }
 
-/// Loads and attaches the programs unless they are already pinned under `pin_dir`, in which case
-/// the pinned maps are adopted (after a layout check) and nothing is detached: connects keep
-/// working on the last programmed state throughout.
-pub fn install(config: &DatapathConfig) -> Result<(Maps, Installed), DatapathError> {
-    if OBJECT.is_empty() {
-        return Err(DatapathError::NoObject);
+/// Where a migration stages its new maps until they replace the pinned ones (bpffs refuses
+/// names with a dot).
+pub(crate) fn staging_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join("staging")
+}
+
+/// A loaded object whose programs wait to replace the attached ones, with new maps pinned in
+/// the staging directory (a migration).
+pub struct Pending {
+    ebpf: aya::Ebpf,
+    reason: String,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("reason", &self.reason)
+            .finish_non_exhaustive()
     }
+}
+
+/// What [`install`] leaves behind.
+pub(crate) struct Loaded {
+    pub maps: Maps,
+    pub installed: Installed,
+    pub pending: Option<Pending>,
+}
+
+/// Installs `object` under `config.pin_dir` on `config.cgroup`, whatever is there:
+/// - nothing pinned: load, attach, pin ([`Installed::Fresh`]);
+/// - the same object attached, maps of this layout and capacities: adopt the maps as they are,
+///   detaching nothing ([`Installed::Adopted`]);
+/// - another object attached, maps compatible: load it on the pinned maps and swap each
+///   pinned link to its new program in one step, readers first ([`Installed::Upgraded`]);
+/// - maps of another layout or capacity: stage new maps and leave the attached programs
+///   serving until the caller has filled them ([`Installed::Migrating`], [`complete`]).
+///
+/// Connects keep working throughout: nothing is detached, no map is emptied.
+pub(crate) fn install(config: &DatapathConfig, object: &Object) -> Result<Loaded, DatapathError> {
+    let attach_point = system::verify_attach_point(&config.cgroup)?;
+    tracing::info!(
+        cgroup = %attach_point.path.display(),
+        cgroup_id = attach_point.cgroup_id,
+        whole_node = attach_point.is_root(),
+        "attach point verified"
+    );
     system::ensure_pin_dir(&config.pin_dir)?;
-    maps::check_pinned_layout(&config.pin_dir)?;
-    let all_linked = PROGRAMS
+    // A migration that died before it completed left staged maps: start over.
+    remove_pins(&staging_dir(&config.pin_dir))?;
+    let pin_dir = &config.pin_dir;
+    let linked: Vec<bool> = PROGRAMS
         .iter()
-        .all(|p| link_path(&config.pin_dir, p).exists());
-    if all_linked {
-        let mut maps = Maps::open(&config.pin_dir)?;
-        maps.stamp_or_check_version(&config.pin_dir)?;
-        set_scope(&mut maps, config)?;
-        return Ok((maps, Installed::Adopted));
+        .map(|p| link_path(pin_dir, p).exists())
+        .collect();
+    let any_linked = linked.iter().any(|l| *l);
+    let recorded = state::read(pin_dir).ok().flatten();
+    let same_object = recorded
+        .as_ref()
+        .is_some_and(|s| s.object_sha256 == object.sha256);
+    let attach_point = effective_attach_point(recorded.as_ref(), any_linked, attach_point);
+
+    let pinned = maps::inspect_pinned(pin_dir, &config.capacity)?;
+    if let maps::Pinned::Replace(reason) = &pinned {
+        if any_linked {
+            let loaded = stage(config, object, reason)?;
+            tracing::info!(
+                pin_dir = %pin_dir.display(),
+                reason = %reason,
+                "the pinned maps must be replaced: new maps staged; they replace the old ones after the first apply"
+            );
+            return Ok(loaded);
+        }
+        // Nothing reads the old maps: drop them and start afresh.
+        tracing::info!(pin_dir = %pin_dir.display(), reason = %reason, "replacing unattached pinned maps");
+        remove_maps(pin_dir)?;
     }
 
-    let cgroup = fs::File::open(&config.cgroup)
-        .map_err(|e| DatapathError::io(format!("opening cgroup {}", config.cgroup.display()), e))?;
-    let mut loader = EbpfLoader::new();
-    loader
-        .default_map_pin_directory(&config.pin_dir)
-        .map_max_entries(SERVICES_MAP, config.capacity.service_entries)
-        .map_max_entries(BACKENDS_MAP, config.capacity.backends)
-        .map_max_entries(FRONTEND_STATS_MAP, config.capacity.frontends)
-        // One membership per backend slot, so as many as service entries.
-        .map_max_entries(MEMBERS_MAP, config.capacity.service_entries)
-        .map_max_entries(REVNAT_MAP, config.capacity.revnat)
-        .map_max_entries(AFFINITY_MAP, config.capacity.affinity)
-        .map_max_entries(NAMES_MAP, config.capacity.frontends);
-    let pin_paths: Vec<(&str, PathBuf)> = maps::EXPECTED
-        .iter()
-        .map(|(name, _, _)| (*name, maps::pin_path(&config.pin_dir, name)))
-        .collect();
-    for (name, path) in &pin_paths {
-        loader.map_pin_path(name, path.as_path());
+    if linked.iter().all(|l| *l) && same_object && pinned == maps::Pinned::Compatible {
+        let mut maps = Maps::open(pin_dir)?;
+        maps.stamp_or_check_version(pin_dir)?;
+        set_scope(&mut maps, config)?;
+        record(config, object, &attach_point)?;
+        return Ok(Loaded {
+            maps,
+            installed: Installed::Adopted,
+            pending: None,
+        });
     }
-    let mut ebpf = loader.load(OBJECT).map_err(DatapathError::Load)?;
+
+    let cgroup = open_cgroup(&config.cgroup)?;
+    let mut ebpf = load(config, object, pin_dir)?;
     let mut maps = Maps::take(&mut ebpf)?;
-    maps.stamp_or_check_version(&config.pin_dir)?;
+    maps.stamp_or_check_version(pin_dir)?;
     set_scope(&mut maps, config)?;
 
-    system::create_private_dir(&config.pin_dir.join("links"))?;
+    system::create_private_dir(&pin_dir.join("links"))?;
+    let mut upgraded = false;
     for name in PROGRAMS {
-        let path = link_path(&config.pin_dir, name);
+        let path = link_path(pin_dir, name);
         if path.exists() {
+            if !same_object {
+                replace_program(&mut ebpf, name, &path)?;
+                upgraded = true;
+            }
             continue;
         }
         let link = attach(&mut ebpf, name, &cgroup)?;
@@ -226,13 +293,210 @@ pub fn install(config: &DatapathConfig) -> Result<(Maps, Installed), DatapathErr
             detail: e.to_string(),
         })?;
     }
-    tracing::info!(pin_dir = %config.pin_dir.display(), cgroup = %config.cgroup.display(), "datapath attached");
-    Ok((maps, Installed::Fresh))
+    record(config, object, &attach_point)?;
+    let installed = if upgraded {
+        tracing::info!(
+            pin_dir = %pin_dir.display(),
+            object_sha256 = %object.sha256,
+            previous = recorded.as_ref().map_or("unknown", |s| s.object_sha256.as_str()),
+            "programs replaced on the pinned links; maps kept"
+        );
+        Installed::Upgraded
+    } else {
+        tracing::info!(pin_dir = %pin_dir.display(), cgroup = %config.cgroup.display(), "datapath attached");
+        Installed::Fresh
+    };
+    Ok(Loaded {
+        maps,
+        installed,
+        pending: None,
+    })
 }
 
-/// Loads one program and attaches it to `cgroup` with a bpf_link (which always lets other
-/// programs coexist on the same cgroup).
+/// Loads `object` with its maps pinned under `map_dir` (reused when pinned there already,
+/// created and pinned otherwise), sized by `config.capacity`.
+fn load(
+    config: &DatapathConfig,
+    object: &Object,
+    map_dir: &Path,
+) -> Result<aya::Ebpf, DatapathError> {
+    let pin_paths: Vec<(&str, PathBuf, u32)> = maps::MAPS
+        .iter()
+        .map(|m| {
+            (
+                m.name,
+                maps::pin_path(map_dir, m.name),
+                (m.capacity)(&config.capacity),
+            )
+        })
+        .collect();
+    let mut loader = EbpfLoader::new();
+    loader.default_map_pin_directory(map_dir);
+    for (name, path, capacity) in &pin_paths {
+        loader
+            .map_max_entries(name, *capacity)
+            .map_pin_path(name, path.as_path());
+    }
+    loader.load(&object.bytes).map_err(DatapathError::Load)
+}
+
+/// Loads `object` on new maps pinned in the staging directory; the attached programs keep
+/// serving the old maps until [`complete`].
+fn stage(config: &DatapathConfig, object: &Object, reason: &str) -> Result<Loaded, DatapathError> {
+    let staging = staging_dir(&config.pin_dir);
+    system::create_private_dir(&staging)?;
+    let mut ebpf = load(config, object, &staging)?;
+    let mut maps = Maps::take(&mut ebpf)?;
+    maps.stamp_or_check_version(&staging)?;
+    set_scope(&mut maps, config)?;
+    for name in PROGRAMS {
+        load_program(&mut ebpf, name)?;
+    }
+    Ok(Loaded {
+        maps,
+        installed: Installed::Migrating,
+        pending: Some(Pending {
+            ebpf,
+            reason: reason.to_owned(),
+        }),
+    })
+}
+
+/// Finishes a migration once the staged maps hold the desired state: every pinned link gets
+/// its new program (readers first, so each translated socket finds its reverse state in the
+/// maps its readers use), then the staged maps take the old maps' pin names (the old maps go
+/// with their last program), then the state records the new object.
+pub(crate) fn complete(
+    config: &DatapathConfig,
+    object: &Object,
+    mut pending: Pending,
+) -> Result<(), DatapathError> {
+    let pin_dir = &config.pin_dir;
+    let recorded = state::read(pin_dir).ok().flatten();
+    let attach_point = effective_attach_point(
+        recorded.as_ref(),
+        true,
+        system::verify_attach_point(&config.cgroup)?,
+    );
+    let cgroup = open_cgroup(&config.cgroup)?;
+    for name in PROGRAMS {
+        let path = link_path(pin_dir, name);
+        if path.exists() {
+            replace_program(&mut pending.ebpf, name, &path)?;
+        } else {
+            let link = attach(&mut pending.ebpf, name, &cgroup)?;
+            link.pin(&path).map_err(|e| DatapathError::Link {
+                program: name.to_owned(),
+                detail: e.to_string(),
+            })?;
+        }
+    }
+    let staging = staging_dir(pin_dir);
+    for m in &maps::MAPS {
+        let from = maps::pin_path(&staging, m.name);
+        let to = maps::pin_path(pin_dir, m.name);
+        fs::rename(&from, &to).map_err(|e| {
+            DatapathError::io(
+                format!("renaming {} to {}", from.display(), to.display()),
+                e,
+            )
+        })?;
+    }
+    remove_dir(&staging)?;
+    record(config, object, &attach_point)?;
+    tracing::info!(
+        pin_dir = %pin_dir.display(),
+        reason = %pending.reason,
+        object_sha256 = %object.sha256,
+        "migration complete: programs swapped to the new maps, old maps released"
+    );
+    Ok(())
+}
+
+/// Pinned links stay on the cgroup they were attached to: when the record names another cgroup
+/// than `--cgroup`, that one is kept (and said).
+fn effective_attach_point(
+    recorded: Option<&State>,
+    any_linked: bool,
+    verified: system::AttachPoint,
+) -> system::AttachPoint {
+    match recorded {
+        Some(r) if any_linked && r.attach_point.cgroup_id != verified.cgroup_id => {
+            tracing::warn!(
+                attached = %r.attach_point.path.display(),
+                attached_id = r.attach_point.cgroup_id,
+                asked = %verified.path.display(),
+                "the pinned programs are attached to another cgroup than --cgroup names; they \
+                 stay there (run `lbctl uninstall` first to move them)"
+            );
+            r.attach_point.clone()
+        }
+        _ => verified,
+    }
+}
+
+fn open_cgroup(cgroup: &Path) -> Result<fs::File, DatapathError> {
+    fs::File::open(cgroup)
+        .map_err(|e| DatapathError::io(format!("opening cgroup {}", cgroup.display()), e))
+}
+
+fn record(
+    config: &DatapathConfig,
+    object: &Object,
+    attach_point: &system::AttachPoint,
+) -> Result<(), DatapathError> {
+    state::write(
+        &config.pin_dir,
+        &State {
+            object_sha256: object.sha256.clone(),
+            layout_version: lb_common::LAYOUT_VERSION,
+            capacity: config.capacity,
+            attach_point: attach_point.clone(),
+            lbctl_version: env!("CARGO_PKG_VERSION").to_owned(),
+        },
+    )
+}
+
+/// Loads one program into the kernel (without attaching it).
+fn load_program(ebpf: &mut aya::Ebpf, name: &str) -> Result<(), DatapathError> {
+    let program = ebpf
+        .program_mut(name)
+        .ok_or_else(|| DatapathError::MissingProgram(name.to_owned()))?;
+    let err = |e| DatapathError::program(name, e);
+    if name == SOCK_RELEASE {
+        let program: &mut CgroupSock = program.try_into().map_err(err)?;
+        if program.fd().is_err() {
+            program.load().map_err(err)?;
+        }
+    } else {
+        let program: &mut CgroupSockAddr = program.try_into().map_err(err)?;
+        if program.fd().is_err() {
+            program.load().map_err(err)?;
+        }
+    }
+    Ok(())
+}
+
+/// Points the link pinned at `link_pin` to this object's program `name` (`BPF_LINK_UPDATE`):
+/// the hook runs the old program or the new one, never neither.
+fn replace_program(ebpf: &mut aya::Ebpf, name: &str, link_pin: &Path) -> Result<(), DatapathError> {
+    load_program(ebpf, name)?;
+    let program = ebpf
+        .program(name)
+        .ok_or_else(|| DatapathError::MissingProgram(name.to_owned()))?;
+    let fd = program.fd().map_err(|e| DatapathError::program(name, e))?;
+    let link = sys::obj_get(link_pin, false)
+        .map_err(|e| DatapathError::io(format!("opening {}", link_pin.display()), e))?;
+    sys::link_update(link.as_fd(), fd.as_fd()).map_err(|e| DatapathError::Link {
+        program: name.to_owned(),
+        detail: format!("replacing the program of {}: {e}", link_pin.display()),
+    })
+}
+
+/// Attaches one program (loading it first unless it is loaded) to `cgroup` with a bpf_link
+/// (which always lets other programs coexist on the same cgroup).
 fn attach(ebpf: &mut aya::Ebpf, name: &str, cgroup: &fs::File) -> Result<FdLink, DatapathError> {
+    load_program(ebpf, name)?;
     let program = ebpf
         .program_mut(name)
         .ok_or_else(|| DatapathError::MissingProgram(name.to_owned()))?;
@@ -243,7 +507,6 @@ fn attach(ebpf: &mut aya::Ebpf, name: &str, cgroup: &fs::File) -> Result<FdLink,
     let err = |e| DatapathError::program(name, e);
     if name == SOCK_RELEASE {
         let program: &mut CgroupSock = program.try_into().map_err(err)?;
-        program.load().map_err(err)?;
         let id = program
             .attach(cgroup, CgroupAttachMode::Single)
             .map_err(err)?;
@@ -254,7 +517,6 @@ fn attach(ebpf: &mut aya::Ebpf, name: &str, cgroup: &fs::File) -> Result<FdLink,
             .map_err(link_error)
     } else {
         let program: &mut CgroupSockAddr = program.try_into().map_err(err)?;
-        program.load().map_err(err)?;
         let id = program
             .attach(cgroup, CgroupAttachMode::Single)
             .map_err(err)?;
@@ -275,14 +537,43 @@ fn set_scope(maps: &mut Maps, config: &DatapathConfig) -> Result<(), DatapathErr
     Ok(())
 }
 
-/// Detaches the programs (by removing their pinned links) and removes the pinned maps and the
-/// pin directory. Safe to run twice; missing pieces are skipped.
-pub fn uninstall(pin_dir: &Path) -> Result<(), DatapathError> {
-    let rm = |path: &Path| match fs::remove_file(path) {
+fn remove_file(path: &Path) -> Result<(), DatapathError> {
+    match fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(DatapathError::io(format!("removing {}", path.display()), e)),
-    };
+    }
+}
+
+fn remove_dir(dir: &Path) -> Result<(), DatapathError> {
+    match fs::remove_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(DatapathError::io(format!("removing {}", dir.display()), e)),
+    }
+}
+
+/// Unpins the maps of [`maps::MAPS`] in `dir`.
+fn remove_maps(dir: &Path) -> Result<(), DatapathError> {
+    for m in &maps::MAPS {
+        remove_file(&maps::pin_path(dir, m.name))?;
+    }
+    Ok(())
+}
+
+/// Unpins the staged maps of `dir` and removes it.
+fn remove_pins(dir: &Path) -> Result<(), DatapathError> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    remove_maps(dir)?;
+    remove_dir(dir)
+}
+
+/// Detaches the programs (by removing their pinned links) and removes the pinned maps, the
+/// state record, staged maps and the pin directory. Safe to run twice; missing pieces are
+/// skipped.
+pub fn uninstall(pin_dir: &Path) -> Result<(), DatapathError> {
     for program in PROGRAMS {
         let path = link_path(pin_dir, program);
         // Hold the link open while removing its pin: the kernel drops a link whose last
@@ -290,18 +581,12 @@ pub fn uninstall(pin_dir: &Path) -> Result<(), DatapathError> {
         // descriptor detaches it before close() returns. So the programs are detached when
         // this function returns.
         let held = PinnedLink::from_pin(&path).ok().map(FdLink::from);
-        rm(&path)?;
+        remove_file(&path)?;
         drop(held);
     }
-    for (name, _, _) in maps::EXPECTED {
-        rm(&maps::pin_path(pin_dir, name))?;
-    }
-    for dir in [pin_dir.join("links"), pin_dir.to_path_buf()] {
-        match fs::remove_dir(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(DatapathError::io(format!("removing {}", dir.display()), e)),
-        }
-    }
-    Ok(())
+    remove_maps(pin_dir)?;
+    remove_file(&pin_dir.join(STATE_MAP))?;
+    remove_pins(&staging_dir(pin_dir))?;
+    remove_dir(&pin_dir.join("links"))?;
+    remove_dir(pin_dir)
 }

@@ -9,34 +9,175 @@ use lb_common::{
     meta, stat,
 };
 
-use super::DatapathError;
+use super::{DatapathError, loader::Capacity};
 
-/// The maps this version of lbctl expects, with their key and value sizes.
-pub(crate) const EXPECTED: [(&str, usize, usize); 10] = [
-    (
-        SERVICES_MAP,
-        size_of::<ServiceKey>(),
-        size_of::<ServiceValue>(),
-    ),
-    (BACKENDS_MAP, size_of::<u32>(), size_of::<Backend>()),
-    (STATS_MAP, size_of::<u32>(), size_of::<u64>()),
-    (
-        FRONTEND_STATS_MAP,
-        size_of::<u32>(),
-        size_of::<FrontendStats>(),
-    ),
-    (META_MAP, size_of::<u32>(), size_of::<u32>()),
-    (MEMBERS_MAP, size_of::<MemberKey>(), size_of::<u32>()),
-    (REVNAT_MAP, size_of::<u64>(), size_of::<RevNat>()),
-    (
-        AFFINITY_MAP,
-        size_of::<AffinityKey>(),
-        size_of::<AffinityValue>(),
-    ),
-    (NAMES_MAP, size_of::<u32>(), size_of::<FrontendName>()),
-    // A ring buffer has neither keys nor values.
-    (EVENTS_MAP, 0, 0),
+/// One map of the layout this lbctl expects: its name (also its pin file name), key and value
+/// sizes, and how many entries it gets under a [`Capacity`].
+pub(crate) struct MapSpec {
+    pub name: &'static str,
+    pub key_size: usize,
+    pub value_size: usize,
+    pub capacity: fn(&Capacity) -> u32,
+}
+
+/// The maps, written once: the loader pins these, [`Maps`] opens them, uninstall removes them.
+pub(crate) const MAPS: [MapSpec; 10] = [
+    MapSpec {
+        name: SERVICES_MAP,
+        key_size: size_of::<ServiceKey>(),
+        value_size: size_of::<ServiceValue>(),
+        capacity: |c| c.service_entries,
+    },
+    MapSpec {
+        name: BACKENDS_MAP,
+        key_size: size_of::<u32>(),
+        value_size: size_of::<Backend>(),
+        capacity: |c| c.backends,
+    },
+    MapSpec {
+        name: STATS_MAP,
+        key_size: size_of::<u32>(),
+        value_size: size_of::<u64>(),
+        capacity: |_| stat::COUNT,
+    },
+    MapSpec {
+        name: FRONTEND_STATS_MAP,
+        key_size: size_of::<u32>(),
+        value_size: size_of::<FrontendStats>(),
+        capacity: |c| c.frontends,
+    },
+    MapSpec {
+        name: META_MAP,
+        key_size: size_of::<u32>(),
+        value_size: size_of::<u32>(),
+        capacity: |_| meta::COUNT,
+    },
+    MapSpec {
+        name: MEMBERS_MAP,
+        key_size: size_of::<MemberKey>(),
+        value_size: size_of::<u32>(),
+        // One membership per backend slot, so as many as service entries.
+        capacity: |c| c.service_entries,
+    },
+    MapSpec {
+        name: REVNAT_MAP,
+        key_size: size_of::<u64>(),
+        value_size: size_of::<RevNat>(),
+        capacity: |c| c.revnat,
+    },
+    MapSpec {
+        name: AFFINITY_MAP,
+        key_size: size_of::<AffinityKey>(),
+        value_size: size_of::<AffinityValue>(),
+        capacity: |c| c.affinity,
+    },
+    MapSpec {
+        name: NAMES_MAP,
+        key_size: size_of::<u32>(),
+        value_size: size_of::<FrontendName>(),
+        capacity: |c| c.frontends,
+    },
+    // A ring buffer has neither keys nor values; its size is in bytes.
+    MapSpec {
+        name: EVENTS_MAP,
+        key_size: 0,
+        value_size: 0,
+        capacity: |_| lb_common::EVENTS_RING_BYTES,
+    },
 ];
+
+/// What [`inspect_pinned`] found under a pin directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Pinned {
+    /// No map is pinned.
+    Absent,
+    /// The pinned maps have this lbctl's layout and the configured capacities: programs can
+    /// use them as they are.
+    Compatible,
+    /// The pinned maps must be replaced (another layout, or other capacities): why.
+    Replace(String),
+}
+
+/// Checks one map's kernel info against its [`MapSpec`].
+fn check_layout(pin_dir: &Path, spec: &MapSpec, info: &MapInfo) -> Result<(), DatapathError> {
+    if info.key_size() as usize != spec.key_size || info.value_size() as usize != spec.value_size {
+        return Err(DatapathError::LayoutMismatch {
+            pin_dir: pin_dir.to_path_buf(),
+            detail: format!(
+                "map {} has key/value sizes {}/{}, this lbctl expects {}/{}",
+                spec.name,
+                info.key_size(),
+                info.value_size(),
+                spec.key_size,
+                spec.value_size
+            ),
+        });
+    }
+    Ok(())
+}
+
+pub(crate) fn pin_path(pin_dir: &Path, map: &str) -> PathBuf {
+    pin_dir.join(map)
+}
+
+fn spec(name: &str) -> &'static MapSpec {
+    MAPS.iter()
+        .find(|m| m.name == name)
+        .expect("every map name is in MAPS")
+}
+
+/// Compares the maps pinned under `pin_dir` with this lbctl's layout and `capacity`. Maps of a
+/// newer layout version (pinned by a newer lbctl) are refused: their meaning is unknown.
+pub(crate) fn inspect_pinned(pin_dir: &Path, capacity: &Capacity) -> Result<Pinned, DatapathError> {
+    let mut any = false;
+    for spec in &MAPS {
+        let path = pin_path(pin_dir, spec.name);
+        if !path.exists() {
+            continue;
+        }
+        any = true;
+        let info = MapInfo::from_pin(&path).map_err(|e| DatapathError::map(spec.name, e))?;
+        if let Err(e) = check_layout(pin_dir, spec, &info) {
+            return Ok(Pinned::Replace(e.to_string()));
+        }
+        let want = (spec.capacity)(capacity);
+        if info.max_entries() != want {
+            return Ok(Pinned::Replace(format!(
+                "map {} has {} entries, {} asked for",
+                spec.name,
+                info.max_entries(),
+                want
+            )));
+        }
+    }
+    if !any {
+        return Ok(Pinned::Absent);
+    }
+    let meta_path = pin_path(pin_dir, META_MAP);
+    if meta_path.exists() {
+        let data = MapData::from_pin(&meta_path).map_err(|e| DatapathError::map(META_MAP, e))?;
+        let meta: Array<MapData, u32> = typed(META_MAP, Map::Array(data))?;
+        let found = meta
+            .get(&meta::LAYOUT_VERSION, 0)
+            .map_err(|e| DatapathError::map(META_MAP, e))?;
+        if found > LAYOUT_VERSION {
+            return Err(version_mismatch(pin_dir, found));
+        }
+        if found != 0 && found != LAYOUT_VERSION {
+            return Ok(Pinned::Replace(format!(
+                "maps carry layout version {found}, this lbctl writes {LAYOUT_VERSION}"
+            )));
+        }
+    }
+    Ok(Pinned::Compatible)
+}
+
+fn version_mismatch(pin_dir: &Path, found: u32) -> DatapathError {
+    DatapathError::LayoutMismatch {
+        pin_dir: pin_dir.to_path_buf(),
+        detail: format!("maps carry layout version {found}, this lbctl expects {LAYOUT_VERSION}"),
+    }
+}
 
 pub struct Maps {
     pub services: HashMap<MapData, ServiceKey, ServiceValue>,
@@ -77,51 +218,6 @@ enum Access {
     ReadOnly,
 }
 
-/// Checks one opened map against [`EXPECTED`].
-fn check_layout(pin_dir: &Path, name: &str, data: &MapData) -> Result<(), DatapathError> {
-    let info = data.info().map_err(|e| DatapathError::map(name, e))?;
-    let Some((_, key, value)) = EXPECTED.iter().find(|(n, _, _)| *n == name) else {
-        return Ok(());
-    };
-    if info.key_size() as usize != *key || info.value_size() as usize != *value {
-        return Err(DatapathError::LayoutMismatch {
-            pin_dir: pin_dir.to_path_buf(),
-            detail: format!(
-                "map {name} has key/value sizes {}/{}, this lbctl expects {key}/{value}",
-                info.key_size(),
-                info.value_size()
-            ),
-        });
-    }
-    Ok(())
-}
-
-pub(crate) fn pin_path(pin_dir: &Path, map: &str) -> PathBuf {
-    pin_dir.join(map)
-}
-
-/// Checks that the map pinned at `path` has the key and value sizes this lbctl expects.
-pub(crate) fn check_pinned_layout(pin_dir: &Path) -> Result<(), DatapathError> {
-    for (name, key, value) in EXPECTED {
-        let path = pin_path(pin_dir, name);
-        if !path.exists() {
-            continue;
-        }
-        let info = MapInfo::from_pin(&path).map_err(|e| DatapathError::map(name, e))?;
-        if info.key_size() as usize != key || info.value_size() as usize != value {
-            return Err(DatapathError::LayoutMismatch {
-                pin_dir: pin_dir.to_path_buf(),
-                detail: format!(
-                    "map {name} has key/value sizes {}/{}, this lbctl expects {key}/{value}",
-                    info.key_size(),
-                    info.value_size()
-                ),
-            });
-        }
-    }
-    Ok(())
-}
-
 fn typed<T>(name: &str, map: Map) -> Result<T, DatapathError>
 where
     T: TryFrom<Map, Error = aya::maps::MapError>,
@@ -145,51 +241,48 @@ impl Maps {
         if !pin_path(pin_dir, SERVICES_MAP).exists() {
             return Err(DatapathError::NotInstalled(pin_dir.to_path_buf()));
         }
-        let open = |name: &str| -> Result<Map, DatapathError> {
+        let maps = Self::build(|name| {
             let path = pin_path(pin_dir, name);
             let data = match access {
                 Access::ReadWrite => {
                     MapData::from_pin(&path).map_err(|e| DatapathError::map(name, e))?
                 }
                 Access::ReadOnly => {
-                    let fd = super::sys::open_pinned_read_only(&path).map_err(|e| {
+                    let fd = super::sys::obj_get(&path, true).map_err(|e| {
                         DatapathError::io(format!("opening {} read-only", path.display()), e)
                     })?;
                     MapData::from_fd(fd).map_err(|e| DatapathError::map(name, e))?
                 }
             };
-            check_layout(pin_dir, name, &data)?;
+            let info = data.info().map_err(|e| DatapathError::map(name, e))?;
+            check_layout(pin_dir, spec(name), &info)?;
             Map::from_map_data(data).map_err(|e| DatapathError::map(name, e))
-        };
-        let maps = Self {
-            services: typed(SERVICES_MAP, open(SERVICES_MAP)?)?,
-            backends: typed(BACKENDS_MAP, open(BACKENDS_MAP)?)?,
-            stats: typed(STATS_MAP, open(STATS_MAP)?)?,
-            frontend_stats: typed(FRONTEND_STATS_MAP, open(FRONTEND_STATS_MAP)?)?,
-            meta: typed(META_MAP, open(META_MAP)?)?,
-            members: typed(MEMBERS_MAP, open(MEMBERS_MAP)?)?,
-            revnat: typed(REVNAT_MAP, open(REVNAT_MAP)?)?,
-            affinity: typed(AFFINITY_MAP, open(AFFINITY_MAP)?)?,
-        };
+        })?;
         maps.check_version(pin_dir)?;
         Ok(maps)
     }
 
     /// Takes the maps out of a freshly loaded object.
     pub(crate) fn take(ebpf: &mut aya::Ebpf) -> Result<Self, DatapathError> {
-        let mut take = |name: &str| {
+        Self::build(|name| {
             ebpf.take_map(name)
                 .ok_or_else(|| DatapathError::MissingMap(name.to_owned()))
-        };
+        })
+    }
+
+    /// The one place that names each map of [`MAPS`] with its type.
+    fn build(
+        mut get: impl FnMut(&'static str) -> Result<Map, DatapathError>,
+    ) -> Result<Self, DatapathError> {
         Ok(Self {
-            services: typed(SERVICES_MAP, take(SERVICES_MAP)?)?,
-            backends: typed(BACKENDS_MAP, take(BACKENDS_MAP)?)?,
-            stats: typed(STATS_MAP, take(STATS_MAP)?)?,
-            frontend_stats: typed(FRONTEND_STATS_MAP, take(FRONTEND_STATS_MAP)?)?,
-            meta: typed(META_MAP, take(META_MAP)?)?,
-            members: typed(MEMBERS_MAP, take(MEMBERS_MAP)?)?,
-            revnat: typed(REVNAT_MAP, take(REVNAT_MAP)?)?,
-            affinity: typed(AFFINITY_MAP, take(AFFINITY_MAP)?)?,
+            services: typed(SERVICES_MAP, get(SERVICES_MAP)?)?,
+            backends: typed(BACKENDS_MAP, get(BACKENDS_MAP)?)?,
+            stats: typed(STATS_MAP, get(STATS_MAP)?)?,
+            frontend_stats: typed(FRONTEND_STATS_MAP, get(FRONTEND_STATS_MAP)?)?,
+            meta: typed(META_MAP, get(META_MAP)?)?,
+            members: typed(MEMBERS_MAP, get(MEMBERS_MAP)?)?,
+            revnat: typed(REVNAT_MAP, get(REVNAT_MAP)?)?,
+            affinity: typed(AFFINITY_MAP, get(AFFINITY_MAP)?)?,
         })
     }
 
@@ -214,12 +307,7 @@ impl Maps {
             .get(&meta::LAYOUT_VERSION, 0)
             .map_err(|e| DatapathError::map(META_MAP, e))?;
         if found != LAYOUT_VERSION {
-            return Err(DatapathError::LayoutMismatch {
-                pin_dir: pin_dir.to_path_buf(),
-                detail: format!(
-                    "maps carry layout version {found}, this lbctl expects {LAYOUT_VERSION}"
-                ),
-            });
+            return Err(version_mismatch(pin_dir, found));
         }
         Ok(())
     }

@@ -4,6 +4,7 @@
 pub mod desired;
 pub mod loader;
 pub mod maps;
+pub mod state;
 pub(crate) mod sys;
 pub mod system;
 pub mod writer;
@@ -11,7 +12,7 @@ pub mod writer;
 use std::path::{Path, PathBuf};
 
 pub use desired::{Desired, FrontendAddr, ServiceSpec};
-pub use loader::{Capacity, DatapathConfig, Installed, SocketLbScope, object_identity};
+pub use loader::{Capacity, DatapathConfig, Installed, Object, SocketLbScope, object_identity};
 pub use maps::{Counters, Maps};
 pub use writer::{ApplyReport, FrontendError, ProgrammedFrontend, Writer};
 
@@ -26,12 +27,38 @@ pub enum DatapathError {
         #[source]
         source: std::io::Error,
     },
-    #[error("no cgroup v2 mount found in /proc/self/mountinfo; lbctl needs cgroup v2")]
+    #[error(
+        "no cgroup v2 filesystem is mounted (none in /proc/self/mountinfo); lbctl needs cgroup v2. \
+         In a pod, mount the host's /sys/fs/cgroup (hostPath volume) and pass its path with --cgroup"
+    )]
     NoCgroup2,
+    #[error(
+        "{0} is not a cgroup v2 directory; --cgroup must name a directory of the host's cgroup2 \
+         filesystem (its root, e.g. /sys/fs/cgroup, serves the whole node)"
+    )]
+    NotCgroup2(PathBuf),
+    #[error(
+        "refusing to attach to {cgroup}: it is this agent's own cgroup or lies below it ({own}), so \
+         the load balancer would serve the agent alone. In a container with a private cgroup \
+         namespace the cgroup2 filesystem shows only the container's own cgroup: mount the host's \
+         cgroup2 root (a hostPath volume of the host's /sys/fs/cgroup, e.g. at /host/sys/fs/cgroup) \
+         and pass --cgroup with that path"
+    )]
+    OwnCgroup { cgroup: PathBuf, own: PathBuf },
     #[error(
         "{0} is not on a bpffs; pin directories must live under a bpf filesystem (e.g. /sys/fs/bpf)"
     )]
     NotBpffs(PathBuf),
+    #[error(
+        "bpffs is not mounted at {path} and this process cannot mount it ({source}). Mount it on \
+         the host (`mount -t bpf bpffs {path}`; systemd does it by default), and in a pod give the \
+         agent a hostPath volume of the host's {path} with mountPropagation: HostToContainer"
+    )]
+    NoBpffs {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("no datapath is installed at {0} (no pinned maps there); start `lbctl agent` first")]
     NotInstalled(PathBuf),
     #[error(
@@ -90,19 +117,31 @@ pub struct Datapath {
     pin_dir: PathBuf,
     installed: Installed,
     writer: Writer,
+    /// The kernel object installed (`None` when opened without installing).
+    object: Option<Object>,
+    /// A migration waiting for its first [`Datapath::apply`] (see [`Installed::Migrating`]).
+    pending: Option<(DatapathConfig, loader::Pending)>,
 }
 
 impl Datapath {
-    /// Attaches the programs (or adopts the ones already pinned) and rebuilds the writer's view
-    /// of the maps. Nothing is removed from the maps until the first [`Datapath::apply`].
+    /// Attaches the programs of the embedded kernel object (or adopts the ones already
+    /// pinned, or upgrades them) and rebuilds the writer's view of the maps. Nothing is removed
+    /// from the maps until the first [`Datapath::apply`].
     pub fn install(config: &DatapathConfig) -> Result<Self, DatapathError> {
-        let (maps, installed) = loader::install(config)?;
+        Self::install_object(config, Object::embedded()?)
+    }
+
+    /// As [`Datapath::install`], with another kernel object (tests of upgrades).
+    pub fn install_object(config: &DatapathConfig, object: Object) -> Result<Self, DatapathError> {
+        let loaded = loader::install(config, &object)?;
         restrict_pins(&config.pin_dir)?;
-        let writer = Writer::adopt(maps)?;
+        let writer = Writer::adopt(loaded.maps)?;
         Ok(Self {
             pin_dir: config.pin_dir.clone(),
-            installed,
+            installed: loaded.installed,
             writer,
+            object: Some(object),
+            pending: loaded.pending.map(|p| (config.clone(), p)),
         })
     }
 
@@ -113,12 +152,41 @@ impl Datapath {
             pin_dir: pin_dir.to_path_buf(),
             installed: Installed::Adopted,
             writer,
+            object: None,
+            pending: None,
         })
     }
 
-    /// Makes the maps hold exactly `desired`.
+    /// Makes the maps hold exactly `desired`. During a migration the new maps get it first;
+    /// once every frontend fits, the programs move to them and they replace the old maps.
     pub fn apply(&mut self, desired: &Desired) -> Result<ApplyReport, DatapathError> {
-        self.writer.apply(desired)
+        let report = self.writer.apply(desired)?;
+        if self.pending.is_some() {
+            if report.errors.is_empty() {
+                let (config, pending) = self.pending.take().expect("checked above");
+                let object = self.object.clone().map_or_else(Object::embedded, Ok)?;
+                if let Err(e) = loader::complete(&config, &object, pending) {
+                    // Start the migration over (new staged maps, filled by the next apply);
+                    // meanwhile every hook runs on maps that hold the full state.
+                    tracing::error!(error = %e, "completing the migration failed; staging again");
+                    *self = Self::install_object(&config, object)?;
+                    return Err(e);
+                }
+                self.installed = Installed::Upgraded;
+                restrict_pins(&self.pin_dir)?;
+            } else {
+                tracing::warn!(
+                    not_programmed = report.errors.len(),
+                    "the new maps cannot hold every frontend: the old datapath keeps serving"
+                );
+            }
+        }
+        Ok(report)
+    }
+
+    /// The kernel object this datapath was installed with (`None` when opened).
+    pub fn object(&self) -> Option<&Object> {
+        self.object.as_ref()
     }
 
     pub fn counters(&self) -> Result<Counters, DatapathError> {
@@ -140,9 +208,9 @@ impl Datapath {
     /// Pins (maps and links) that should exist under the pin directory and do not: someone
     /// removed them behind the agent's back.
     pub fn missing_pins(&self) -> Vec<PathBuf> {
-        let maps = maps::EXPECTED
+        let maps = maps::MAPS
             .iter()
-            .map(|(name, _, _)| maps::pin_path(&self.pin_dir, name));
+            .map(|m| maps::pin_path(&self.pin_dir, m.name));
         let links = loader::PROGRAMS
             .iter()
             .map(|p| loader::link_path(&self.pin_dir, p));
@@ -153,13 +221,14 @@ impl Datapath {
     /// to the pinned maps (nothing is lost). A missing map cannot be recovered from its pin: the
     /// datapath is rebuilt from scratch, and the next [`Datapath::apply`] refills it.
     pub fn repair(&mut self, config: &DatapathConfig) -> Result<(), DatapathError> {
-        let map_missing = maps::EXPECTED
+        let map_missing = maps::MAPS
             .iter()
-            .any(|(name, _, _)| !maps::pin_path(&self.pin_dir, name).exists());
+            .any(|m| !maps::pin_path(&self.pin_dir, m.name).exists());
         if map_missing {
             loader::uninstall(&self.pin_dir)?;
         }
-        *self = Self::install(config)?;
+        let object = self.object.clone().map_or_else(Object::embedded, Ok)?;
+        *self = Self::install_object(config, object)?;
         Ok(())
     }
 }

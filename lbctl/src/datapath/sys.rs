@@ -1,17 +1,72 @@
-//! The one BPF command aya 0.14 does not offer: opening a pinned object read-only.
+//! Every system call the datapath makes outside aya: the BPF commands aya 0.14 does not offer
+//! (opening a pin read-only, `BPF_LINK_UPDATE`, creating and pinning the small state map),
+//! filesystem facts (`statfs`, `mount` of bpffs, through `rustix`) and the network namespace
+//! cookie. Nothing else in lbctl calls `libc` or `bpf(2)` directly.
 use std::{
     ffi::CString,
     io,
-    os::fd::{FromRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
     path::Path,
 };
 
+/// `enum bpf_cmd` values (linux/bpf.h).
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_LINK_UPDATE: libc::c_long = 29;
+/// `BPF_F_RDONLY` (file flag of `BPF_OBJ_GET`).
 const BPF_F_RDONLY: u32 = 1 << 3;
+/// Filesystem magics of linux/magic.h (as libc defines them; `c_long` is `i64` on 64-bit
+/// targets only, hence the casts).
+#[allow(clippy::unnecessary_cast)]
+const BPF_FS: i64 = libc::BPF_FS_MAGIC as i64;
+#[allow(clippy::unnecessary_cast)]
+const CGROUP2_FS: i64 = libc::CGROUP2_SUPER_MAGIC as i64;
+/// `BPF_MAP_TYPE_ARRAY`.
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
 
-/// The `BPF_OBJ_GET` member of `union bpf_attr`, zero-padded to 8 bytes.
+fn c_path(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} contains a NUL byte", path.display()),
+        )
+    })
+}
+
+/// Calls `bpf(cmd, attr, size_of(attr))`; returns the non-negative result.
+///
+/// # Safety
+/// `attr` must be the `union bpf_attr` member `cmd` expects (a valid prefix of it, every
+/// padding byte spelled out), and every pointer in it must stay valid for the call.
+unsafe fn bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<libc::c_long> {
+    // SAFETY: the caller guarantees `attr` matches `cmd`; the kernel reads at most
+    // size_of::<T>() bytes of it.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *const T,
+            size_of::<T>() as libc::c_uint,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// Wraps a descriptor the kernel just returned.
+fn owned(fd: libc::c_long) -> OwnedFd {
+    // SAFETY: `fd` was returned by a successful bpf(2) call that creates a descriptor; nothing
+    // else owns it.
+    unsafe { OwnedFd::from_raw_fd(fd as i32) }
+}
+
+/// The `BPF_OBJ_GET`/`BPF_OBJ_PIN` member of `union bpf_attr`, zero-padded to 8 bytes.
 #[repr(C)]
-struct ObjGetAttr {
+struct ObjAttr {
     pathname: u64,
     bpf_fd: u32,
     file_flags: u32,
@@ -19,30 +74,148 @@ struct ObjGetAttr {
     pad: u32,
 }
 
-/// Opens a pinned map with a read-only file descriptor: lookups work, updates fail with EPERM.
-pub(crate) fn open_pinned_read_only(path: &Path) -> io::Result<OwnedFd> {
-    let c_path = CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    let attr = ObjGetAttr {
+/// Opens a pinned object (map or link). `read_only` asks for a read-only descriptor: lookups
+/// work, updates fail with EPERM.
+pub(crate) fn obj_get(path: &Path, read_only: bool) -> io::Result<OwnedFd> {
+    let c_path = c_path(path)?;
+    let attr = ObjAttr {
         pathname: c_path.as_ptr() as u64,
         bpf_fd: 0,
-        file_flags: BPF_F_RDONLY,
+        file_flags: if read_only { BPF_F_RDONLY } else { 0 },
         path_fd: 0,
         pad: 0,
     };
-    // SAFETY: BPF_OBJ_GET reads `attr` (a valid, fully initialized bpf_attr prefix whose path
-    // pointer outlives the call) and returns a new file descriptor or -1.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET,
-            &attr as *const ObjGetAttr,
-            size_of::<ObjGetAttr>() as libc::c_uint,
-        )
+    // SAFETY: `attr` is the BPF_OBJ_GET member; its path outlives the call.
+    unsafe { bpf(BPF_OBJ_GET, &attr) }.map(owned)
+}
+
+/// Pins a BPF object (here: the state map) at `path`.
+pub(crate) fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+    let c_path = c_path(path)?;
+    let attr = ObjAttr {
+        pathname: c_path.as_ptr() as u64,
+        bpf_fd: fd.as_raw_fd() as u32,
+        file_flags: 0,
+        path_fd: 0,
+        pad: 0,
     };
+    // SAFETY: `attr` is the BPF_OBJ_PIN member; its path outlives the call.
+    unsafe { bpf(BPF_OBJ_PIN, &attr) }.map(drop)
+}
+
+/// The `BPF_LINK_UPDATE` member of `union bpf_attr`.
+#[repr(C)]
+struct LinkUpdateAttr {
+    link_fd: u32,
+    new_prog_fd: u32,
+    flags: u32,
+    old_prog_fd: u32,
+}
+
+/// Replaces the program of a link in one step (`BPF_LINK_UPDATE`): the hook runs the old
+/// program or the new one, never none. aya 0.14 keeps its own wrapper crate-private.
+pub(crate) fn link_update(link: BorrowedFd<'_>, program: BorrowedFd<'_>) -> io::Result<()> {
+    let attr = LinkUpdateAttr {
+        link_fd: link.as_raw_fd() as u32,
+        new_prog_fd: program.as_raw_fd() as u32,
+        flags: 0,
+        old_prog_fd: 0,
+    };
+    // SAFETY: `attr` is the BPF_LINK_UPDATE member; it holds descriptors only.
+    unsafe { bpf(BPF_LINK_UPDATE, &attr) }.map(drop)
+}
+
+/// The `BPF_MAP_CREATE` member of `union bpf_attr`, up to `map_ifindex`.
+#[repr(C)]
+struct MapCreateAttr {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+    inner_map_fd: u32,
+    numa_node: u32,
+    map_name: [u8; 16],
+    map_ifindex: u32,
+}
+
+/// Creates a one-entry array map of `value_size` bytes (key: `u32` 0) named `name`.
+pub(crate) fn create_array_map(name: &str, value_size: u32) -> io::Result<OwnedFd> {
+    let mut map_name = [0u8; 16];
+    let len = name.len().min(15);
+    map_name[..len].copy_from_slice(&name.as_bytes()[..len]);
+    let attr = MapCreateAttr {
+        map_type: BPF_MAP_TYPE_ARRAY,
+        key_size: 4,
+        value_size,
+        max_entries: 1,
+        map_flags: 0,
+        inner_map_fd: 0,
+        numa_node: 0,
+        map_name,
+        map_ifindex: 0,
+    };
+    // SAFETY: `attr` is a prefix of the BPF_MAP_CREATE member without pointers.
+    unsafe { bpf(BPF_MAP_CREATE, &attr) }.map(owned)
+}
+
+/// The filesystem type (`f_type`, a `*_MAGIC` of linux/magic.h) of the filesystem holding
+/// `path`.
+pub(crate) fn fs_type(path: &Path) -> io::Result<i64> {
+    let st = rustix::fs::statfs(path)?;
+    Ok(st.f_type as i64)
+}
+
+/// Whether `path` is on a bpf filesystem.
+pub(crate) fn is_bpffs(path: &Path) -> bool {
+    fs_type(path).is_ok_and(|t| t == BPF_FS)
+}
+
+/// Whether `path` is on the cgroup v2 filesystem.
+pub(crate) fn is_cgroup2(path: &Path) -> bool {
+    fs_type(path).is_ok_and(|t| t == CGROUP2_FS)
+}
+
+/// Mounts a bpffs (mode 0700) on `target`. Needs CAP_SYS_ADMIN in the mount namespace's owner.
+pub(crate) fn mount_bpffs(target: &Path) -> io::Result<()> {
+    rustix::mount::mount(
+        "bpffs",
+        target,
+        "bpf",
+        rustix::mount::MountFlags::empty(),
+        c"mode=0700",
+    )?;
+    Ok(())
+}
+
+/// The cookie of the network namespace this process runs in (`SO_NETNS_COOKIE`, Linux 5.14+):
+/// what `bpf_get_netns_cookie` returns for a socket in the same namespace. (`rustix` has no
+/// wrapper for this option.)
+pub(crate) fn netns_cookie() -> io::Result<u64> {
+    /// From asm-generic/socket.h; the libc crate does not define it.
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    // SAFETY: socket(2) with constant arguments; the result is checked before use.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    // SAFETY: `fd` is a fresh descriptor owned by nobody else; OwnedFd closes it.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut cookie: u64 = 0;
+    let mut len = size_of::<u64>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `cookie`, which lives across the call;
+    // the socket stays open for the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cookie)
 }

@@ -197,7 +197,7 @@ impl Resolver {
     pub fn new(pin_dir: &Path) -> Result<Self> {
         let path = pin_dir.join(NAMES_MAP);
         let names = if path.exists() {
-            let fd = crate::datapath::sys::open_pinned_read_only(&path)
+            let fd = crate::datapath::sys::obj_get(&path, true)
                 .with_context(|| format!("opening {} read-only", path.display()))?;
             let data = MapData::from_fd(fd)?;
             Some(HashMap::try_from(Map::from_map_data(data)?)?)

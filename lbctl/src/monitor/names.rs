@@ -74,7 +74,7 @@ pub fn read(pin_dir: &Path) -> Result<BTreeMap<u32, ServiceName>, DatapathError>
     if !path.exists() {
         return Ok(BTreeMap::new());
     }
-    let fd = crate::datapath::sys::open_pinned_read_only(&path)
+    let fd = crate::datapath::sys::obj_get(&path, true)
         .map_err(|e| DatapathError::io(format!("opening {} read-only", path.display()), e))?;
     let data = MapData::from_fd(fd).map_err(map_error)?;
     let map: HashMap<MapData, u32, FrontendName> =

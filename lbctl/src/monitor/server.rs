@@ -14,7 +14,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use aya::maps::{Array, Map, MapData, RingBuf};
+use aya::maps::{Array, Map, MapData, MapInfo, RingBuf};
 use lb_common::{EVENTS_MAP, META_MAP, MonitorEvent, meta};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt, unix::AsyncFd},
@@ -74,6 +74,10 @@ pub fn write_switches(pin_dir: &Path, word: u32) -> Result<()> {
 pub struct MonitorServer {
     switches: Arc<Mutex<Switches>>,
     socket: PathBuf,
+    /// The events ring read, by path and map id: a datapath rebuilt (repair) or migrated to
+    /// new maps pins another ring there.
+    ring_path: PathBuf,
+    ring_id: u32,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -104,6 +108,7 @@ impl MonitorServer {
         let ring_path = pin_dir.join(EVENTS_MAP);
         let data = MapData::from_pin(&ring_path)
             .with_context(|| format!("opening the events ring buffer {}", ring_path.display()))?;
+        let ring_id = data.info()?.id();
         let ring = RingBuf::try_from(Map::RingBuf(data))
             .with_context(|| format!("mapping {}", ring_path.display()))?;
         // SAFETY: the RingBuf owns its map descriptor for its whole life and as_raw_fd always
@@ -120,8 +125,16 @@ impl MonitorServer {
         Ok(Self {
             switches,
             socket: socket.to_path_buf(),
+            ring_path,
+            ring_id,
             tasks,
         })
+    }
+
+    /// Whether the ring this server reads is still the one pinned (and so its switches are in
+    /// the pinned `lb_meta`). `false` after a repair or a map migration: start a new server.
+    pub fn is_current(&self) -> bool {
+        MapInfo::from_pin(&self.ring_path).is_ok_and(|info| info.id() == self.ring_id)
     }
 
     /// Number of monitors connected now.

@@ -1,0 +1,230 @@
+//! Helpers of the lifecycle tests (`tests/upgrade.rs`, attach point and bpffs checks): an agent
+//! serving one service from a manifest file, the test variant of the kernel object, the ids of
+//! the attached programs, and a client loop that must never fail.
+use std::{
+    fs,
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use lbctl::{datapath::FrontendAddr, inspect, plan::Protocol};
+
+use crate::{
+    TempDir,
+    agent::{AgentProcess, wait_until},
+    cgroup::CgroupGuard,
+    pins::PinDirGuard,
+    probe::{Outcome, Probe},
+};
+
+pub const NODE: &str = "node-a";
+
+/// The kernel object built with `lb-ebpf`'s `test-variant-b` feature by this crate's build.rs:
+/// it behaves as the production object except that every connect takes backend slot 1.
+pub fn variant_b_object() -> PathBuf {
+    let path = PathBuf::from(concat!(env!("OUT_DIR"), "/lb-ebpf"));
+    let len = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        len > 0,
+        "{} is empty: the tests crate was built with AYA_BUILD_SKIP",
+        path.display()
+    );
+    path
+}
+
+/// One node, one ClusterIP service `vip:80` whose endpoints (all on this node) are `backends`.
+pub fn one_service_yaml(vip: &str, backends: &[SocketAddr]) -> String {
+    let port = backends.first().map_or(8080, SocketAddr::port);
+    let mut endpoints = String::new();
+    for b in backends {
+        endpoints.push_str(&format!(
+            "  - addresses: [\"{}\"]\n    nodeName: {NODE}\n    conditions: {{ready: true, serving: true, terminating: false}}\n",
+            b.ip()
+        ));
+    }
+    format!(
+        r#"apiVersion: v1
+kind: Node
+metadata: {{name: {NODE}}}
+status: {{addresses: [{{type: InternalIP, address: 192.0.2.1}}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: svc, namespace: default}}
+spec:
+  clusterIP: {vip}
+  clusterIPs: [{vip}]
+  ports: [{{name: http, port: 80, protocol: TCP, targetPort: {port}}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: svc-abc12
+  namespace: default
+  labels: {{kubernetes.io/service-name: svc}}
+addressType: IPv4
+ports: [{{name: http, port: {port}, protocol: TCP}}]
+endpoints:
+{endpoints}"#
+    )
+}
+
+/// A scratch node: cgroup, pin directory and a manifest file for agents.
+pub struct Node {
+    pub dir: TempDir,
+    pub pins: PinDirGuard,
+    pub cgroup: CgroupGuard,
+}
+
+impl Node {
+    pub fn new(tag: &str) -> Result<Self> {
+        Ok(Self {
+            cgroup: CgroupGuard::new(tag)?,
+            pins: PinDirGuard::new(tag),
+            dir: TempDir::new(tag)?,
+        })
+    }
+
+    pub fn manifest(&self) -> PathBuf {
+        self.dir.path().join("cluster.yaml")
+    }
+
+    pub fn write_manifest(&self, text: &str) -> Result<()> {
+        let tmp = self.manifest().with_extension("tmp");
+        fs::write(&tmp, text)?;
+        fs::rename(&tmp, self.manifest())?;
+        Ok(())
+    }
+
+    /// `lbctl agent` on this node with small capacities, plus `extra` flags (which replace the
+    /// defaults of the same name).
+    pub fn agent(&self, extra: &[&str]) -> Result<AgentProcess> {
+        let manifest = self.manifest().display().to_string();
+        let pins = self.pins.path().display().to_string();
+        let cgroup = self.cgroup.path().display().to_string();
+        let defaults: [(&str, &str); 10] = [
+            ("--node", NODE),
+            ("--manifests", &manifest),
+            ("--pin-dir", &pins),
+            ("--cgroup", &cgroup),
+            ("--coalesce-ms", "10"),
+            ("--max-service-entries", "4096"),
+            ("--max-backends", "1024"),
+            ("--max-frontends", "1024"),
+            ("--max-revnat", "4096"),
+            ("--max-affinity", "1024"),
+        ];
+        let mut args: Vec<String> = Vec::new();
+        for (flag, value) in defaults {
+            if !extra.contains(&flag) {
+                args.extend([flag.to_owned(), value.to_owned()]);
+            }
+        }
+        args.extend(extra.iter().map(ToString::to_string));
+        AgentProcess::start(&args)
+    }
+
+    /// The backends programmed for `vip:80/tcp` (None: not a frontend, or unreadable).
+    pub fn programmed(&self, vip: &str) -> Option<Vec<String>> {
+        let target = FrontendAddr::new(format!("{vip}:80").parse().ok()?, Protocol::Tcp);
+        match inspect::lookup(self.pins.path(), target).ok()? {
+            inspect::Lookup::PassedThrough { .. } => None,
+            inspect::Lookup::Refused { .. } => Some(vec![]),
+            inspect::Lookup::Rewritten { frontend } => Some(frontend.backends),
+        }
+    }
+
+    /// `lbctl status` as the library reads it.
+    pub fn status(&self) -> inspect::Status {
+        inspect::status(self.pins.path()).expect("lbctl status")
+    }
+
+    /// The program id behind each pinned link, in `PROGRAMS` order.
+    pub fn program_ids(&self) -> Vec<u32> {
+        program_ids(self.pins.path())
+    }
+
+    /// The capacity of one pinned map, as `lbctl status` shows it.
+    pub fn capacity(&self, map: &str) -> u32 {
+        self.status()
+            .maps
+            .iter()
+            .find(|m| m.map == map)
+            .map_or(0, |m| m.capacity)
+    }
+}
+
+/// The program id behind each pinned link of `pin_dir`; panics when one is not attached.
+pub fn program_ids(pin_dir: &Path) -> Vec<u32> {
+    inspect::status(pin_dir)
+        .expect("lbctl status")
+        .links
+        .iter()
+        .map(|l| {
+            l.program_id
+                .unwrap_or_else(|| panic!("program {} is not attached", l.program))
+        })
+        .collect()
+}
+
+/// Waits until the agent logged `needle` (or exited); fails with its log.
+pub fn wait_for_log(agent: &mut AgentProcess, needle: &str, timeout: Duration) -> Result<()> {
+    if wait_until(timeout, || agent.log().contains(needle)) {
+        Ok(())
+    } else {
+        bail!("agent never logged {needle:?}:\n{}", agent.log())
+    }
+}
+
+/// Sends a mark to a loop probe and returns the names of `n` backends reached after it; any
+/// failed connect (before or after the mark) fails the test.
+pub fn reached_after_mark(probe: &mut Probe, n: usize) -> Result<Vec<String>> {
+    probe.send("mark")?;
+    let mut after = Vec::new();
+    let mut seen = false;
+    while after.len() < n {
+        for o in probe.read(1)? {
+            match o {
+                Outcome::Mark => seen = true,
+                Outcome::Failed(e) => bail!("a connect failed with errno {e}"),
+                Outcome::Reached(name) if seen => after.push(name),
+                Outcome::Reached(_) => {}
+            }
+        }
+    }
+    Ok(after)
+}
+
+/// Reads `n` outcomes of a loop probe; any failed connect fails the test.
+pub fn reached(probe: &mut Probe, n: usize) -> Result<Vec<String>> {
+    probe
+        .read(n)?
+        .into_iter()
+        .filter(|o| *o != Outcome::Mark)
+        .map(|o| match o {
+            Outcome::Reached(name) => Ok(name),
+            other => bail!("a connect failed: {other:?}"),
+        })
+        .collect()
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// `GET path` over plain HTTP/1.0; the body.
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
+    let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .with_context(|| format!("connecting to {addr}"))?;
+    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(conn, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut text = String::new();
+    conn.read_to_string(&mut text)?;
+    Ok(text
+        .split_once("\r\n\r\n")
+        .map_or(text.clone(), |(_, b)| b.to_owned()))
+}
