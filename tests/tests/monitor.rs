@@ -135,11 +135,11 @@ impl Setup {
                 inspect::lookup(self.pins.path(), dns),
                 Ok(inspect::Lookup::Rewritten { .. })
             ) && inspect::services(self.pins.path())
-                .is_ok_and(|v| v.len() == 3 && v.iter().all(|f| f.service.is_some()))
+                .is_ok_and(|v| v.len() >= 3 && v.iter().all(|f| f.service.is_some()))
         });
         assert!(
             programmed,
-            "agent did not program and name 3 frontends:\n{}",
+            "agent did not program and name the frontends:\n{}",
             agent.log()
         );
         // An agent that adopts finds the frontends programmed by its predecessor: wait for its
@@ -597,4 +597,40 @@ fn an_agent_killed_while_watched_ends_its_monitors_and_the_next_agent_turns_even
         0,
         "the next agent clears the switches its predecessor left on"
     );
+}
+
+#[test]
+fn an_ipv6_connect_is_reported_from_connect6_with_ipv6_addresses() {
+    let s = Setup::new("mon-v6", 8);
+    let b6 = Backends::tcp("::1".parse().unwrap(), &["v6"]).unwrap();
+    let vip = "fd00::97:8";
+    let extra = format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: web6, namespace: default}}\nspec:\n  ipFamilies: [IPv6]\n  clusterIP: \"{vip}\"\n  clusterIPs: [\"{vip}\"]\n  ports: [{{name: http, port: 80, protocol: TCP, targetPort: {port}}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web6-abc12\n  namespace: default\n  labels: {{kubernetes.io/service-name: web6}}\naddressType: IPv6\nports: [{{name: http, port: {port}, protocol: TCP}}]\nendpoints:\n  - addresses: [\"::1\"]\n    nodeName: {NODE}\n    conditions: {{ready: true, serving: true, terminating: false}}\n",
+        port = b6.addr("v6").port()
+    );
+    let mut yaml = fs::read_to_string(&s.manifest).unwrap();
+    yaml.push_str(&extra);
+    fs::write(&s.manifest, yaml).unwrap();
+    let _agent = s.start_agent(&[]);
+    let target = FrontendAddr::new(format!("[{vip}]:80").parse().unwrap(), Protocol::Tcp);
+    assert!(
+        wait_until(Duration::from_secs(10), || matches!(
+            inspect::lookup(s.pins.path(), target),
+            Ok(inspect::Lookup::Rewritten { .. })
+        )),
+        "the IPv6 Service was not programmed"
+    );
+    let m = s.monitor(&["--service", "default/web6"]);
+
+    let mut probe = Probe::spawn(Some(&s.cgroup), &["tcp", &format!("[{vip}]:80"), "1"]).unwrap();
+    let pid = probe.pid();
+    assert_eq!(probe.finish().unwrap(), vec![Outcome::Reached("v6".into())]);
+    let e = next(&m, "the IPv6 connect");
+    assert_eq!(e["verdict"], "rewritten", "{e}");
+    assert_eq!(e["hook"], "connect6", "{e}");
+    assert_eq!(e["service"], "default/web6", "{e}");
+    assert_eq!(e["port_name"], "http", "{e}");
+    assert_eq!(e["frontend"], format!("[{vip}]:80/tcp"), "{e}");
+    assert_eq!(e["backend"], b6.addr("v6").to_string(), "{e}");
+    assert_caller(&e, &s, pid);
 }
