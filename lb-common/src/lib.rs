@@ -32,6 +32,15 @@ pub const META_MAP: &str = "lb_meta";
 pub const REVNAT_MAP: &str = "lb_revnat";
 pub const AFFINITY_MAP: &str = "lb_affinity";
 pub const MEMBERS_MAP: &str = "lb_members";
+/// Frontend id -> the Service (namespace, name, port name) it belongs to; written by the agent
+/// with each apply so inspection and `lbctl monitor` name Services without the API server.
+pub const NAMES_MAP: &str = "lb_fe_names";
+/// Ring buffer of [`MonitorEvent`]s, written only while [`meta::DEBUG`] has
+/// [`meta::DEBUG_EVENTS`] set (while at least one `lbctl monitor` is connected to the agent).
+pub const EVENTS_MAP: &str = "lb_events";
+/// Size of [`EVENTS_MAP`] in bytes (a power of two, a multiple of the page size): about 10,000
+/// events of 96 bytes plus the ring's 8-byte record headers.
+pub const EVENTS_RING_BYTES: u32 = 1 << 20;
 
 /// Default capacities; the agent can override them at load time.
 pub const DEFAULT_MAX_SERVICE_ENTRIES: u32 = 65_536 * 8;
@@ -232,7 +241,8 @@ pub struct FrontendStats {
 pub mod meta {
     /// [`super::LAYOUT_VERSION`] of the maps.
     pub const LAYOUT_VERSION: u32 = 0;
-    /// Bit 0: kernel-side debug logging on.
+    /// Runtime switches of the kernel programs, [`DEBUG_LOGS`] and [`DEBUG_EVENTS`]: read once
+    /// per decision on a frontend, nothing more happens while it is 0.
     pub const DEBUG: u32 = 1;
     /// Socket LB scope: [`SCOPE_ALL`] or [`SCOPE_HOST_ONLY`].
     pub const SCOPE: u32 = 2;
@@ -242,10 +252,101 @@ pub mod meta {
     pub const HOST_NETNS_COOKIE_HI: u32 = 4;
     pub const COUNT: u32 = 8;
 
+    /// Bit of [`DEBUG`]: kernel-side debug logs (aya-log), `lbctl agent --debug-bpf`.
+    pub const DEBUG_LOGS: u32 = 1 << 0;
+    /// Bit of [`DEBUG`]: decision events into the events ring buffer (`lbctl monitor`).
+    pub const DEBUG_EVENTS: u32 = 1 << 1;
+
     /// Serve sockets of every network namespace (the default).
     pub const SCOPE_ALL: u32 = 0;
     /// Serve sockets of the host network namespace only; leave other namespaces' alone.
     pub const SCOPE_HOST_ONLY: u32 = 1;
+}
+
+/// Longest namespace and Service name (RFC 1123 / RFC 1035 labels: 63 bytes) plus a NUL.
+pub const NAME_LEN: usize = 64;
+/// Longest Service port name (an IANA service name: 15 bytes) plus a NUL.
+pub const PORT_NAME_LEN: usize = 16;
+
+/// Value of [`NAMES_MAP`] (key: frontend id, `u32`): NUL-padded UTF-8.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrontendName {
+    pub namespace: [u8; NAME_LEN],
+    pub name: [u8; NAME_LEN],
+    pub port_name: [u8; PORT_NAME_LEN],
+}
+
+/// What a program did with a call, [`MonitorEvent::verdict`].
+pub mod verdict {
+    /// The destination was rewritten to a backend.
+    pub const REWRITTEN: u8 = 1;
+    /// The call failed with ECONNREFUSED: the frontend has no usable backend.
+    pub const REFUSED: u8 = 2;
+    /// A reply's source (`recvmsg`) or a peer address (`getpeername`) was shown as the service.
+    pub const REVERSED: u8 = 3;
+}
+
+/// Why, [`MonitorEvent::reason`].
+pub mod reason {
+    /// A backend chosen uniformly at random among the frontend's slots.
+    pub const RANDOM: u8 = 1;
+    /// A datagram of an unconnected UDP socket kept its socket's backend.
+    pub const STICKY: u8 = 2;
+    /// Session affinity (ClientIP) kept or chose the client's backend.
+    pub const AFFINITY: u8 = 3;
+    /// The frontend has no backend on this node (count 0).
+    pub const NO_BACKENDS: u8 = 4;
+    /// The backends vanished while the program read them (a concurrent update emptied it).
+    pub const BACKENDS_GONE: u8 = 5;
+    /// A reply to a datagram (`recvmsg`).
+    pub const REPLY: u8 = 6;
+    /// A peer address (`getpeername`).
+    pub const PEER: u8 = 7;
+}
+
+/// Which hook made the decision, [`MonitorEvent::hook`].
+pub mod hook {
+    pub const CONNECT4: u8 = 1;
+    pub const CONNECT6: u8 = 2;
+    pub const SENDMSG4: u8 = 3;
+    pub const SENDMSG6: u8 = 4;
+    pub const RECVMSG: u8 = 5;
+    pub const GETPEERNAME: u8 = 6;
+}
+
+/// One decision of a program on a frontend, as `lbctl monitor` receives it from
+/// [`EVENTS_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct MonitorEvent {
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC).
+    pub ktime_ns: u64,
+    pub socket_cookie: u64,
+    /// cgroup v2 id of the calling process (the inode number of its cgroup directory).
+    pub cgroup_id: u64,
+    /// `bpf_get_current_pid_tgid`: process id (tgid) in the high 32 bits, thread id below.
+    pub pid_tgid: u64,
+    /// The calling thread's name, NUL-padded.
+    pub comm: [u8; 16],
+    /// The service address the application used; IPv4 as `::ffff:a.b.c.d`.
+    pub frontend_address: [u8; 16],
+    /// The backend address (zero when refused).
+    pub backend_address: [u8; 16],
+    /// Network order.
+    pub frontend_port: u16,
+    /// Network order.
+    pub backend_port: u16,
+    pub proto: u8,
+    /// [`verdict`].
+    pub verdict: u8,
+    /// [`reason`].
+    pub reason: u8,
+    /// [`hook`].
+    pub hook: u8,
+    pub frontend_id: u32,
+    /// 0 when refused.
+    pub backend_id: u32,
 }
 
 macro_rules! assert_layout {
@@ -264,6 +365,10 @@ assert_layout!(MemberKey, 8, frontend_id @ 0, backend_id @ 4);
 assert_layout!(AffinityKey, 32, netns_cookie @ 0, client @ 8, frontend_id @ 24, pad @ 28);
 assert_layout!(AffinityValue, 16, backend_id @ 0, pad @ 4, last_used_ns @ 8);
 assert_layout!(FrontendStats, 16, rewritten @ 0, refused @ 8);
+assert_layout!(FrontendName, 144, namespace @ 0, name @ 64, port_name @ 128);
+assert_layout!(MonitorEvent, 96, ktime_ns @ 0, socket_cookie @ 8, cgroup_id @ 16, pid_tgid @ 24,
+    comm @ 32, frontend_address @ 48, backend_address @ 64, frontend_port @ 80, backend_port @ 82,
+    proto @ 84, verdict @ 85, reason @ 86, hook @ 87, frontend_id @ 88, backend_id @ 92);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -285,6 +390,10 @@ mod pod {
     unsafe impl aya::Pod for super::AffinityValue {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FrontendStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FrontendName {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::MonitorEvent {}
 }
 
 #[cfg(test)]

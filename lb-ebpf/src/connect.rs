@@ -4,7 +4,7 @@
 use aya_ebpf::{
     helpers::generated::bpf_set_retval, macros::cgroup_sock_addr, programs::SockAddrContext,
 };
-use lb_common::{ECONNREFUSED, IPPROTO_TCP, IPPROTO_UDP};
+use lb_common::{ECONNREFUSED, IPPROTO_TCP, IPPROTO_UDP, hook};
 
 use crate::{
     lb::{Verdict, forward},
@@ -40,7 +40,12 @@ pub fn forward4(ctx: &SockAddrContext, datagram: bool) -> i32 {
         return ALLOW;
     };
     let (address, port) = sock::user_v4(ctx);
-    match forward(ctx, &address, port, proto, datagram) {
+    let hook = if datagram {
+        hook::SENDMSG4
+    } else {
+        hook::CONNECT4
+    };
+    match forward(ctx, &address, port, proto, datagram, hook) {
         Verdict::Pass => ALLOW,
         Verdict::Refuse => refuse(),
         Verdict::Forward(backend) => {
@@ -63,7 +68,12 @@ pub fn forward6(ctx: &SockAddrContext, datagram: bool) -> i32 {
         return ALLOW;
     };
     let (address, port) = sock::user_v6(ctx);
-    match forward(ctx, &address, port, proto, datagram) {
+    let hook = if datagram {
+        hook::SENDMSG6
+    } else {
+        hook::CONNECT6
+    };
+    match forward(ctx, &address, port, proto, datagram, hook) {
         Verdict::Pass => ALLOW,
         Verdict::Refuse => refuse(),
         Verdict::Forward(backend) => {

@@ -1,12 +1,15 @@
 //! Backend selection: the logic every forward hook (`connect4/6`, `sendmsg4/6`) shares, and the
 //! reverse lookup the `recvmsg4/6` and `getpeername4/6` hooks share.
 use aya_ebpf::{helpers::bpf_get_prandom_u32, programs::SockAddrContext};
-use lb_common::{MemberKey, RevNat, SCOPE_ANY, ServiceKey, ServiceValue, service_flags, stat};
+use lb_common::{
+    MemberKey, RevNat, SCOPE_ANY, ServiceKey, ServiceValue, reason, service_flags, stat, verdict,
+};
 
 use crate::{
     affinity,
     maps::{self, BACKENDS, MEMBERS, REVNAT, SERVICES},
     sock::{self, Addr, from_bytes, to_bytes},
+    trace,
 };
 
 /// Where a forward hook sends the call.
@@ -126,12 +129,14 @@ pub fn select(key: &mut ServiceKey, svc: &ServiceValue) -> Option<Chosen> {
     pick(key, &svc)
 }
 
-/// The forward path of `connect4/6` (`datagram == false`) and `sendmsg4/6` (`true`).
+/// The forward path of `connect4/6` (`datagram == false`) and `sendmsg4/6` (`true`); `hook`
+/// names the hook for monitor events and debug logs.
 ///
 /// Lookups: the master; for a datagram the socket's [`REVNAT`] entry and, when it names this
 /// frontend, the backend's membership (then nothing else: the datagram keeps the socket's
 /// backend); else a slot and its backend (or, with session affinity, the client's entry, its
-/// membership and its backend), and one [`REVNAT`] update.
+/// membership and its backend), and one [`REVNAT`] update. Then `lb_meta[DEBUG]`, whose
+/// switches are all off unless someone watches (see [`trace`]).
 #[inline(always)]
 pub fn forward(
     ctx: &SockAddrContext,
@@ -139,6 +144,7 @@ pub fn forward(
     port: u16,
     proto: u8,
     datagram: bool,
+    hook: u8,
 ) -> Verdict {
     let mut key = service_key(address, port, proto);
     let Some(svc) = master(&mut key) else {
@@ -150,26 +156,83 @@ pub fn forward(
         return Verdict::Pass;
     }
     let cookie = sock::cookie(ctx);
+    let (decided, reason) = decide(ctx, &mut key, &svc, cookie, address, port, proto, datagram);
+    let switches = trace::switches();
+    if switches != 0 {
+        let (verdict, backend_id, backend) = match &decided {
+            Some(c) => (verdict::REWRITTEN, c.backend_id, c.target),
+            None => (
+                verdict::REFUSED,
+                0,
+                Target {
+                    address: [0; 4],
+                    port: 0,
+                },
+            ),
+        };
+        trace::report(
+            ctx,
+            switches,
+            &trace::Decision {
+                hook,
+                verdict,
+                reason,
+                proto,
+                cookie,
+                frontend_id: svc.frontend_id,
+                frontend: *address,
+                frontend_port: port,
+                backend_id,
+                backend: backend.address,
+                backend_port: backend.port,
+            },
+        );
+    }
+    match decided {
+        Some(c) => Verdict::Forward(c.target),
+        None => Verdict::Refuse,
+    }
+}
+
+/// The decision of [`forward`] on a frontend (`svc`, read for `key`), counted, with its
+/// [`reason`]. `None`: refuse.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn decide(
+    ctx: &SockAddrContext,
+    key: &mut ServiceKey,
+    svc: &ServiceValue,
+    cookie: u64,
+    address: &Addr,
+    port: u16,
+    proto: u8,
+    datagram: bool,
+) -> (Option<Chosen>, u8) {
     if datagram
         && svc.count > 0
         && let Some(e) = REVNAT.get_ptr(&cookie)
         // SAFETY: the pointer comes from a successful lookup; fields are read by value.
-        && let Some(target) = sticky(unsafe { &*e }, &svc, address, port, proto)
+        && let Some(chosen) = sticky(unsafe { &*e }, svc, address, port, proto)
     {
         maps::count(stat::STICKY);
         maps::count(stat::REWRITTEN);
         maps::count_frontend(svc.frontend_id, false);
-        return Verdict::Forward(target);
+        return (Some(chosen), reason::STICKY);
     }
-    let chosen = if svc.flags & service_flags::AFFINITY != 0 {
-        affinity::select(ctx, &mut key, &svc)
+    let (chosen, why) = if svc.flags & service_flags::AFFINITY != 0 {
+        (affinity::select(ctx, key, svc), reason::AFFINITY)
     } else {
-        select(&mut key, &svc)
+        (select(key, svc), reason::RANDOM)
     };
     let Some(chosen) = chosen else {
         maps::count(stat::REFUSED);
         maps::count_frontend(svc.frontend_id, true);
-        return Verdict::Refuse;
+        let why = if svc.count == 0 {
+            reason::NO_BACKENDS
+        } else {
+            reason::BACKENDS_GONE
+        };
+        return (None, why);
     };
     let entry = RevNat {
         service_address: key.address,
@@ -186,29 +249,34 @@ pub fn forward(
     let _ = REVNAT.insert(&cookie, &entry, 0);
     maps::count(stat::REWRITTEN);
     maps::count_frontend(chosen.frontend_id, false);
-    Verdict::Forward(chosen.target)
+    (Some(chosen), why)
 }
 
 /// The socket's remembered backend, when `e` names this very frontend (same master) and the
 /// backend is still in its set.
 #[inline(always)]
-fn sticky(e: &RevNat, svc: &ServiceValue, address: &Addr, port: u16, proto: u8) -> Option<Target> {
+fn sticky(e: &RevNat, svc: &ServiceValue, address: &Addr, port: u16, proto: u8) -> Option<Chosen> {
     (e.frontend_id == svc.frontend_id
         && e.service_port == port
         && e.proto == proto
         && eq_addr(&from_bytes(&e.service_address), address)
         && is_member(svc.frontend_id, e.backend_id))
-    .then(|| Target {
-        address: from_bytes(&e.backend_address),
-        port: e.backend_port,
+    .then(|| Chosen {
+        frontend_id: e.frontend_id,
+        backend_id: e.backend_id,
+        target: Target {
+            address: from_bytes(&e.backend_address),
+            port: e.backend_port,
+        },
     })
 }
 
 /// The reverse path of `recvmsg4/6` and `getpeername4/6`: when `peer` is the backend this
 /// socket was sent to and its frontend still exists as it was, the service address and port to
-/// show instead. Lookups: the socket's [`REVNAT`] entry, then the master.
+/// show instead. Lookups: the socket's [`REVNAT`] entry, then the master (and, on a
+/// translation, `lb_meta[DEBUG]`).
 #[inline(always)]
-pub fn reverse(ctx: &SockAddrContext, peer: &Addr, port: u16) -> Option<Target> {
+pub fn reverse(ctx: &SockAddrContext, peer: &Addr, port: u16, hook: u8) -> Option<Target> {
     let cookie = sock::cookie(ctx);
     let e = REVNAT.get_ptr(&cookie)?;
     // SAFETY: the pointer comes from a successful lookup; the entry is only read.
@@ -224,6 +292,30 @@ pub fn reverse(ctx: &SockAddrContext, peer: &Addr, port: u16) -> Option<Target> 
     match master(&mut key) {
         Some(svc) if svc.frontend_id == e.frontend_id => {
             maps::count(stat::REVERSED);
+            let switches = trace::switches();
+            if switches != 0 {
+                trace::report(
+                    ctx,
+                    switches,
+                    &trace::Decision {
+                        hook,
+                        verdict: verdict::REVERSED,
+                        reason: if hook == lb_common::hook::RECVMSG {
+                            reason::REPLY
+                        } else {
+                            reason::PEER
+                        },
+                        proto: e.proto,
+                        cookie,
+                        frontend_id: e.frontend_id,
+                        frontend: service.address,
+                        frontend_port: service.port,
+                        backend_id: e.backend_id,
+                        backend: *peer,
+                        backend_port: port,
+                    },
+                );
+            }
             Some(service)
         }
         _ => {

@@ -18,6 +18,8 @@ mod release;
 #[cfg(target_arch = "bpf")]
 mod sock;
 #[cfg(target_arch = "bpf")]
+mod trace;
+#[cfg(target_arch = "bpf")]
 mod udp;
 
 #[cfg(target_arch = "bpf")]

@@ -1,12 +1,12 @@
 //! The BPF maps (BTF-defined, so `bpftool map dump` prints field names). Capacities here are
 //! defaults; the agent overrides them at load time.
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     macros::btf_map,
 };
 use lb_common::{
-    AffinityKey, AffinityValue, Backend, FrontendStats, MemberKey, RevNat, ServiceKey,
-    ServiceValue, meta,
+    AffinityKey, AffinityValue, Backend, FrontendName, FrontendStats, MemberKey, MonitorEvent,
+    RevNat, ServiceKey, ServiceValue, meta,
 };
 
 /// `BPF_F_NO_PREALLOC`: service and backend tables take memory for what is in them only.
@@ -101,3 +101,18 @@ pub fn count_frontend(frontend_id: u32, refused: bool) {
         }
     }
 }
+
+/// Frontend id -> Service namespace, name and port name. Written by the agent, never read by
+/// the programs: it lives here so it is created, pinned and removed with the other maps.
+#[btf_map(name = "lb_fe_names")]
+pub static NAMES: HashMap<
+    u32,
+    FrontendName,
+    { lb_common::DEFAULT_MAX_FRONTENDS as usize },
+    NO_PREALLOC,
+> = HashMap::new();
+
+/// Decision events for `lbctl monitor`, written only while `meta::DEBUG_EVENTS` is set.
+#[btf_map(name = "lb_events")]
+pub static EVENTS: RingBuf<MonitorEvent, { lb_common::EVENTS_RING_BYTES as usize }> =
+    RingBuf::new();

@@ -30,6 +30,7 @@ use crate::{
         SourceCounts,
     },
     model::Inventory,
+    monitor::{MonitorServer, names::NamesWriter},
     plan::Frontend,
     source::{SourceState, files::FileSource, kube::KubeSource},
 };
@@ -53,6 +54,10 @@ pub struct AgentConfig {
     /// Re-apply this often even without changes (repairs maps changed behind the agent's back).
     pub resync: Duration,
     pub metrics_addr: Option<SocketAddr>,
+    /// Serve `lbctl monitor` on this Unix socket ([`crate::monitor::socket_path`] by default).
+    pub monitor_socket: PathBuf,
+    /// Kernel-side debug logs (`--debug-bpf`), through tracing target `lbctl::bpf`.
+    pub debug_bpf: bool,
     /// `/healthz` fails when the loop has not completed a turn for this long; must exceed
     /// `resync` (the longest the loop waits when nothing happens).
     pub stall_threshold: Duration,
@@ -167,6 +172,10 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     metrics.readiness().set_datapath_attached(true);
     let (frontends, backends) = datapath.writer().programmed();
     metrics.set_programmed(frontends, backends);
+    let mut monitoring = Monitoring {
+        server: start_monitor(&config),
+        names: NamesWriter::default(),
+    };
 
     let (source, mut changes) = start_source(&config.source, &config.node.name).await?;
     wire_counters(&metrics, &config.datapath, &source);
@@ -222,13 +231,45 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
             continue;
         }
         waiting_logged = None;
-        reconcile(&config, &source, &mut datapath, &metrics, &mut state, since);
+        reconcile(
+            &config,
+            &source,
+            &mut datapath,
+            &metrics,
+            &mut state,
+            since,
+            &mut monitoring,
+        );
     }
+    drop(monitoring);
     tracing::info!("shutting down; the datapath stays programmed");
     if let Some(server) = server {
         server.shutdown().await;
     }
     Ok(())
+}
+
+/// Serves `lbctl monitor` (and `--debug-bpf`); a failure costs monitoring, never the
+/// datapath, so it is logged and the agent goes on.
+fn start_monitor(config: &AgentConfig) -> Option<MonitorServer> {
+    match MonitorServer::start(
+        &config.datapath.pin_dir,
+        &config.monitor_socket,
+        config.debug_bpf,
+    ) {
+        Ok(server) => Some(server),
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), socket = %config.monitor_socket.display(), "lbctl monitor is not served");
+            None
+        }
+    }
+}
+
+/// What the agent keeps for `lbctl monitor` and `lbctl services`: the monitor socket's server
+/// and the writer of the Service names map.
+struct Monitoring {
+    server: Option<MonitorServer>,
+    names: NamesWriter,
 }
 
 /// Returns once `path` does not exist (the test hook of [`AgentConfig::stall_file`]).
@@ -267,6 +308,7 @@ fn reconcile(
     metrics: &Metrics,
     state: &mut SyncState,
     since: Instant,
+    monitoring: &mut Monitoring,
 ) {
     let started = Instant::now();
     let missing = datapath.missing_pins();
@@ -283,6 +325,10 @@ fn reconcile(
             return;
         }
         metrics.readiness().set_datapath_attached(true);
+        // The maps may be new: serve the new events ring (monitors of the old one are
+        // disconnected) and write the switches into the new lb_meta.
+        monitoring.server = None;
+        monitoring.server = start_monitor(config);
     }
     let inventory = source.snapshot();
     let plan = engine::plan(&inventory, &config.node);
@@ -292,6 +338,21 @@ fn reconcile(
     let desired = Desired::from_plan(&plan);
     match datapath.apply(&desired) {
         Ok(report) => {
+            // A migration that completed in this apply pinned new maps: serve the new ring.
+            if monitoring
+                .server
+                .as_ref()
+                .is_some_and(|server| !server.is_current())
+            {
+                monitoring.server = None;
+                monitoring.server = start_monitor(config);
+            }
+            if let Err(e) = monitoring
+                .names
+                .sync(datapath.pin_dir(), &plan, datapath.writer())
+            {
+                tracing::warn!(error = %e, "writing the Service names of the frontends");
+            }
             let applied_at = SystemTime::now();
             for e in &report.errors {
                 tracing::error!(frontend = %e.frontend, reason = %e.reason, "not programmed");

@@ -1,13 +1,13 @@
 //! Read-only views of an installed datapath, from the pinned maps: what `lbctl status`,
 //! `services`, `lookup` and `stats` print.
-use std::{net::SocketAddr, path::Path, str::FromStr};
+use std::{collections::BTreeMap, net::SocketAddr, path::Path, str::FromStr};
 
 use aya::{
     maps::MapInfo,
     programs::links::{FdLink, PinnedLink},
 };
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
-use lb_common::{AFFINITY_MAP, BACKENDS_MAP, REVNAT_MAP, SERVICES_MAP, service_flags};
+use lb_common::{AFFINITY_MAP, BACKENDS_MAP, REVNAT_MAP, SERVICES_MAP, meta, service_flags};
 use serde::Serialize;
 
 use crate::{
@@ -15,6 +15,7 @@ use crate::{
         DatapathError, FrontendAddr, Maps, ProgrammedFrontend, Writer, loader,
         state::{self, State},
     },
+    monitor::names::{self, ServiceName},
     plan::Protocol,
 };
 
@@ -53,6 +54,11 @@ fn kind_of(flags: u16) -> &'static str {
 
 #[derive(Debug, Serialize)]
 pub struct FrontendView {
+    /// `namespace/name` of the Service, as the agent recorded it in `lb_fe_names` (null for a
+    /// frontend it has not named, e.g. programmed by an older agent).
+    pub service: Option<String>,
+    /// The Service port's name (empty when the port is unnamed).
+    pub port_name: Option<String>,
     pub frontend: String,
     pub kind: &'static str,
     pub id: u32,
@@ -62,9 +68,12 @@ pub struct FrontendView {
     pub refused: u64,
 }
 
-fn view(maps: &Maps, f: &ProgrammedFrontend) -> FrontendView {
+fn view(maps: &Maps, names: &Names, f: &ProgrammedFrontend) -> FrontendView {
     let stats = maps.frontend_counters(f.frontend_id).unwrap_or_default();
+    let name = names.get(&f.frontend_id);
     FrontendView {
+        service: name.map(ServiceName::service),
+        port_name: name.map(|n| n.port_name.clone()),
         frontend: f.frontend.to_string(),
         kind: kind_of(f.flags),
         id: f.frontend_id,
@@ -76,19 +85,23 @@ fn view(maps: &Maps, f: &ProgrammedFrontend) -> FrontendView {
     }
 }
 
+type Names = BTreeMap<u32, ServiceName>;
+
 /// Every programmed frontend.
 pub fn services(pin_dir: &Path) -> Result<Vec<FrontendView>, InspectError> {
     let writer = Writer::adopt(Maps::open_read_only(pin_dir)?)?;
+    let names = names::read(pin_dir)?;
     Ok(writer
         .frontends()
         .iter()
-        .map(|f| view(writer.maps(), f))
+        .map(|f| view(writer.maps(), &names, f))
         .collect())
 }
 
 pub fn services_table(views: &[FrontendView]) -> String {
     let mut t = Table::new();
     t.load_preset(UTF8_BORDERS_ONLY).set_header([
+        "SERVICE",
         "FRONTEND",
         "KIND",
         "BACKENDS",
@@ -97,7 +110,13 @@ pub fn services_table(views: &[FrontendView]) -> String {
         "REFUSED",
     ]);
     for v in views {
+        let service = match (&v.service, &v.port_name) {
+            (Some(s), Some(p)) if !p.is_empty() => format!("{s}:{p}"),
+            (Some(s), _) => s.clone(),
+            (None, _) => "-".to_owned(),
+        };
         t.add_row([
+            service,
             v.frontend.clone(),
             v.kind.to_owned(),
             if v.backends.is_empty() {
@@ -128,6 +147,7 @@ pub enum Lookup {
 
 pub fn lookup(pin_dir: &Path, target: FrontendAddr) -> Result<Lookup, InspectError> {
     let writer = Writer::adopt(Maps::open_read_only(pin_dir)?)?;
+    let names = names::read(pin_dir)?;
     let found = writer
         .frontends()
         .into_iter()
@@ -137,10 +157,10 @@ pub fn lookup(pin_dir: &Path, target: FrontendAddr) -> Result<Lookup, InspectErr
             destination: target.to_string(),
         },
         Some(f) if f.backends.is_empty() => Lookup::Refused {
-            frontend: view(writer.maps(), &f),
+            frontend: view(writer.maps(), &names, &f),
         },
         Some(f) => Lookup::Rewritten {
-            frontend: view(writer.maps(), &f),
+            frontend: view(writer.maps(), &names, &f),
         },
     })
 }
@@ -195,6 +215,10 @@ pub struct Status {
     pub maps: Vec<MapFill>,
     pub frontends: usize,
     pub counters: crate::datapath::Counters,
+    /// The programs write events for `lbctl monitor` (at least one is connected to the agent).
+    pub monitor_events: bool,
+    /// The programs write kernel debug logs (`lbctl agent --debug-bpf`).
+    pub debug_logs: bool,
 }
 
 pub fn status(pin_dir: &Path) -> Result<Status, InspectError> {
@@ -219,6 +243,7 @@ pub fn status(pin_dir: &Path) -> Result<Status, InspectError> {
             .map(|i| i.max_entries())
             .unwrap_or(0)
     };
+    let switches = maps.meta.get(&meta::DEBUG, 0).unwrap_or(0);
     let service_entries = maps.services.keys().count();
     let backend_entries = maps.backends.keys().count();
     let frontends = maps
@@ -254,6 +279,8 @@ pub fn status(pin_dir: &Path) -> Result<Status, InspectError> {
         ],
         frontends,
         counters: maps.counters()?,
+        monitor_events: switches & meta::DEBUG_EVENTS != 0,
+        debug_logs: switches & meta::DEBUG_LOGS != 0,
     })
 }
 
@@ -310,6 +337,12 @@ pub fn status_text(s: &Status) -> String {
         c.affinity,
         c.sticky,
         c.foreign_netns
+    ));
+    let on = |b: bool| if b { "on" } else { "off" };
+    out.push_str(&format!(
+        "monitor events: {} (on while an `lbctl monitor` is connected); kernel debug logs: {}\n",
+        on(s.monitor_events),
+        on(s.debug_logs)
     ));
     out
 }

@@ -2,13 +2,15 @@
 //!
 //! Data flows one way: `source` (Kubernetes or manifest files) -> `model` -> `engine` (pure
 //! policy, no I/O) -> `plan` -> `datapath` (diff, ordered map writes) -> kernel. `agent` wires
-//! them together; `inspect` and `output` are the CLI's read-only views.
+//! them together; `inspect` and `output` are the CLI's read-only views, `monitor` streams the
+//! datapath's decisions.
 pub mod agent;
 pub mod datapath;
 pub mod engine;
 pub mod inspect;
 pub mod metrics;
 pub mod model;
+pub mod monitor;
 pub mod output;
 pub mod plan;
 pub mod source;

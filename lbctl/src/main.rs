@@ -12,7 +12,7 @@ use lbctl::{
     agent::{self, AgentConfig, SourceConfig},
     datapath::{self, Capacity, DEFAULT_PIN_DIR, DatapathConfig, SocketLbScope},
     engine::{self, NodeContext},
-    inspect, output,
+    inspect, monitor, output,
     source::manifests,
 };
 
@@ -102,6 +102,10 @@ enum Command {
         #[command(flatten)]
         output: Output,
     },
+    /// Stream the datapath's decisions as they happen: which process in which cgroup connected
+    /// (or sent a datagram) to which Service, and whether it was rewritten or refused. Needs
+    /// the agent running on this node; while no monitor runs the datapath only checks a flag.
+    Monitor(MonitorArgs),
     /// Detach the programs and remove every pin: maps, links, the state record, staged maps.
     Uninstall {
         #[command(flatten)]
@@ -115,6 +119,44 @@ enum Command {
     },
 }
 
+/// `lbctl monitor`'s output: a stream, so one JSON object per line and no YAML.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum MonitorFormat {
+    Table,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum MonitorVerdict {
+    Rewritten,
+    Refused,
+    Reversed,
+}
+
+#[derive(Args)]
+struct MonitorArgs {
+    #[command(flatten)]
+    pin: PinDir,
+    /// The agent's monitor socket (default: derived from --pin-dir, as the agent does).
+    #[arg(long, env = "LBCTL_MONITOR_SOCKET")]
+    monitor_socket: Option<PathBuf>,
+    /// Only this Service's decisions (NAMESPACE/NAME).
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    service: Option<String>,
+    /// Only these verdicts (repeatable). Default: rewritten and refused (and reversed with
+    /// --reverse).
+    #[arg(long, value_enum)]
+    verdict: Vec<MonitorVerdict>,
+    /// Also show reverse translations: UDP replies and getpeername() shown as the service.
+    #[arg(long)]
+    reverse: bool,
+    /// Exit after printing this many events.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Output format: a table, or one JSON object per line.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = MonitorFormat::Table)]
+    format: MonitorFormat,
+}
 /// `lbctl lookup`'s exit status when the frontend refuses connects (ECONNREFUSED).
 const EXIT_REFUSED: u8 = 3;
 /// `lbctl lookup`'s exit status when the destination is not a frontend on this node.
@@ -181,6 +223,13 @@ struct AgentArgs {
     /// agent's own (`host-only`, for meshes that redirect pod traffic themselves).
     #[arg(long, value_enum, default_value_t = SocketLbScope::All)]
     socket_lb_scope: SocketLbScope,
+    /// Serve `lbctl monitor` on this Unix socket (default: /run/lbctl/<pin dir>.monitor.sock).
+    #[arg(long, env = "LBCTL_MONITOR_SOCKET")]
+    monitor_socket: Option<PathBuf>,
+    /// Kernel-side debug logs: one line per decision of the programs, logged with target
+    /// `lbctl::bpf` at debug level. For troubleshooting: it costs every service connect.
+    #[arg(long)]
+    debug_bpf: bool,
     /// /healthz fails (503) when the reconcile loop has not completed a turn for this many
     /// seconds [default: 3 × --resync-seconds]; must exceed --resync-seconds.
     #[arg(long, value_name = "SECONDS")]
@@ -194,9 +243,13 @@ struct AgentArgs {
     object: Option<PathBuf>,
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+fn init_logging(format: LogFormat, debug_bpf: bool) {
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if debug_bpf && let Ok(directive) = "lbctl::bpf=debug".parse() {
+        // --debug-bpf asks for the kernel's debug lines whatever RUST_LOG says.
+        filter = filter.add_directive(directive);
+    }
     // Colors only on a terminal: `kubectl logs` and log files get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -230,7 +283,7 @@ fn print<T: serde::Serialize>(
 }
 
 fn run_agent(args: AgentArgs) -> Result<()> {
-    init_logging(args.log_format);
+    init_logging(args.log_format, args.debug_bpf);
     if args.cleanup {
         datapath::uninstall(&args.pin.pin_dir)?;
         tracing::info!(pin_dir = %args.pin.pin_dir.display(), "datapath removed");
@@ -262,7 +315,7 @@ fn run_agent(args: AgentArgs) -> Result<()> {
             SourceConfig::Manifests(args.manifests)
         },
         datapath: DatapathConfig {
-            pin_dir: args.pin.pin_dir,
+            pin_dir: args.pin.pin_dir.clone(),
             cgroup,
             capacity: Capacity {
                 service_entries: args.max_service_entries,
@@ -276,6 +329,10 @@ fn run_agent(args: AgentArgs) -> Result<()> {
         coalesce: Duration::from_millis(args.coalesce_ms),
         resync: Duration::from_secs(resync_seconds),
         metrics_addr: args.metrics_addr,
+        monitor_socket: args
+            .monitor_socket
+            .unwrap_or_else(|| monitor::socket_path(&args.pin.pin_dir)),
+        debug_bpf: args.debug_bpf,
         stall_threshold: Duration::from_secs(stall_seconds),
         // Test hook, read from the environment so that it appears in no --help or completion.
         stall_file: std::env::var_os(agent::STALL_FILE_ENV).map(PathBuf::from),
@@ -403,12 +460,49 @@ fn run(cli: Cli) -> Result<()> {
             };
             print(output.format, &stats, stats_text)
         }
+        Command::Monitor(args) => run_monitor(args),
         Command::Uninstall { pin } => {
             datapath::uninstall(&pin.pin_dir)?;
             emit(&format!("removed {}\n", display(&pin.pin_dir)))
         }
         Command::Completion { shell } => completion(shell),
     }
+}
+
+fn run_monitor(args: MonitorArgs) -> Result<()> {
+    let filter = monitor::Filter {
+        service: args
+            .service
+            .as_deref()
+            .map(monitor::parse_service)
+            .transpose()?,
+        verdicts: args
+            .verdict
+            .iter()
+            .map(|v| match v {
+                MonitorVerdict::Rewritten => "rewritten",
+                MonitorVerdict::Refused => "refused",
+                MonitorVerdict::Reversed => "reversed",
+            })
+            .map(str::to_owned)
+            .collect(),
+        reverse: args.reverse,
+    };
+    let socket = args
+        .monitor_socket
+        .unwrap_or_else(|| monitor::socket_path(&args.pin.pin_dir));
+    let style = match args.format {
+        MonitorFormat::Table => monitor::Style::Table,
+        MonitorFormat::Json => monitor::Style::Json,
+    };
+    monitor::run(
+        &args.pin.pin_dir,
+        &socket,
+        &filter,
+        style,
+        args.count,
+        &mut std::io::stdout().lock(),
+    )
 }
 
 fn display(p: &Path) -> String {

@@ -12,6 +12,7 @@ pub mod churn;
 pub mod demo;
 pub mod dns;
 pub mod lifecycle;
+pub mod monitor;
 pub mod netns;
 pub mod pins;
 pub mod podman;

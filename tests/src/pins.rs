@@ -6,7 +6,8 @@ use lbctl::datapath::{Capacity, Datapath, DatapathConfig, loader::SocketLbScope}
 
 use crate::cgroup::CgroupGuard;
 
-/// A pin directory under /sys/fs/bpf, uninstalled (links detached, maps unpinned) on drop.
+/// A pin directory under /sys/fs/bpf, uninstalled (links detached, maps unpinned) on drop,
+/// with the monitor socket an agent serving it made (left behind when the agent was killed).
 pub struct PinDirGuard {
     path: PathBuf,
 }
@@ -29,6 +30,7 @@ impl Drop for PinDirGuard {
         if let Err(e) = lbctl::datapath::uninstall(&self.path) {
             eprintln!("warning: cleaning {}: {e}", self.path.display());
         }
+        let _ = std::fs::remove_file(lbctl::monitor::socket_path(&self.path));
     }
 }
 

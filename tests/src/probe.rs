@@ -91,6 +91,11 @@ impl Probe {
         probe.finish()
     }
 
+    /// The probe's process id (what `lbctl monitor` reports as `pid`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends a line to the probe (loop mode: `mark`).
     pub fn send(&mut self, line: &str) -> Result<()> {
         let stdin = self.stdin.as_mut().context("probe stdin closed")?;

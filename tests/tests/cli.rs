@@ -20,8 +20,9 @@ use testkit::{
     topology::sibling_binary,
 };
 
-const SUBCOMMANDS: [&str; 8] = [
+const SUBCOMMANDS: [&str; 9] = [
     "agent",
+    "monitor",
     "plan",
     "status",
     "services",
@@ -528,8 +529,8 @@ fn run_doc_line(cmd: &DocCommand, pins: &str) {
     );
 }
 
-/// `lbctl agent ...` would run forever (and attach to the host): check that its arguments
-/// parse, which clap does before it acts on `--help`.
+/// `lbctl agent ...` would run forever (and attach to the host), `lbctl monitor ...` needs a
+/// running agent: check that their arguments parse, which clap does before it acts on `--help`.
 fn check_agent_line(cmd: &DocCommand) {
     let args: Vec<&str> = cmd.line.split_whitespace().skip(1).collect();
     let out = Command::new(lbctl_path())
@@ -574,7 +575,12 @@ fn every_documented_command_runs() {
         let tool = first_word(&cmd.line);
         seen.insert(tool.to_owned());
         match tool {
-            "lbctl" if cmd.line.starts_with("lbctl agent") => check_agent_line(cmd),
+            // `lbctl monitor` streams from a running agent (tests/tests/monitor.rs runs it).
+            "lbctl"
+                if cmd.line.starts_with("lbctl agent") || cmd.line.starts_with("lbctl monitor") =>
+            {
+                check_agent_line(cmd)
+            }
             "lbctl" | "bpftool" => run_doc_line(cmd, &pins),
             // The two commands of the README: CI runs `cargo xtask test`, the demo test the
             // demo, and the benchmarks are a report.

@@ -278,6 +278,16 @@ fn bpffs_and_the_host_cgroup2_root_are_mounted_and_used() {
         "the default pin dir is under /sys/fs/bpf"
     );
     assert!(lbctl::datapath::DEFAULT_PIN_DIR.starts_with(&bpf.mount_path));
+    // `lbctl monitor` through `kubectl exec`: the agent's monitor socket on a writable mount.
+    let run = mounts
+        .iter()
+        .find(|m| m.name == "run")
+        .expect("a volume for the monitor socket");
+    assert_eq!(
+        lbctl::monitor::socket_path(std::path::Path::new(lbctl::datapath::DEFAULT_PIN_DIR))
+            .parent(),
+        Some(std::path::Path::new(&run.mount_path))
+    );
 
     // The real binary accepts these arguments (clap validates them before --help).
     let out = Command::new(sibling_binary("lbctl").expect("lbctl built"))

@@ -3,9 +3,10 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, HashMap, Map, MapData, MapInfo, PerCpuArray};
 use lb_common::{
-    AFFINITY_MAP, AffinityKey, AffinityValue, BACKENDS_MAP, Backend, FRONTEND_STATS_MAP,
-    FrontendStats, LAYOUT_VERSION, MEMBERS_MAP, META_MAP, MemberKey, REVNAT_MAP, RevNat,
-    SERVICES_MAP, STATS_MAP, ServiceKey, ServiceValue, meta, stat,
+    AFFINITY_MAP, AffinityKey, AffinityValue, BACKENDS_MAP, Backend, EVENTS_MAP,
+    FRONTEND_STATS_MAP, FrontendName, FrontendStats, LAYOUT_VERSION, MEMBERS_MAP, META_MAP,
+    MemberKey, NAMES_MAP, REVNAT_MAP, RevNat, SERVICES_MAP, STATS_MAP, ServiceKey, ServiceValue,
+    meta, stat,
 };
 
 use super::{DatapathError, loader::Capacity};
@@ -20,7 +21,7 @@ pub(crate) struct MapSpec {
 }
 
 /// The maps, written once: the loader pins these, [`Maps`] opens them, uninstall removes them.
-pub(crate) const MAPS: [MapSpec; 8] = [
+pub(crate) const MAPS: [MapSpec; 10] = [
     MapSpec {
         name: SERVICES_MAP,
         key_size: size_of::<ServiceKey>(),
@@ -69,6 +70,19 @@ pub(crate) const MAPS: [MapSpec; 8] = [
         key_size: size_of::<AffinityKey>(),
         value_size: size_of::<AffinityValue>(),
         capacity: |c| c.affinity,
+    },
+    MapSpec {
+        name: NAMES_MAP,
+        key_size: size_of::<u32>(),
+        value_size: size_of::<FrontendName>(),
+        capacity: |c| c.frontends,
+    },
+    // A ring buffer has neither keys nor values; its size is in bytes.
+    MapSpec {
+        name: EVENTS_MAP,
+        key_size: 0,
+        value_size: 0,
+        capacity: |_| lb_common::EVENTS_RING_BYTES,
     },
 ];
 

@@ -5,7 +5,7 @@ pub mod desired;
 pub mod loader;
 pub mod maps;
 pub mod state;
-mod sys;
+pub(crate) mod sys;
 pub mod system;
 pub mod writer;
 

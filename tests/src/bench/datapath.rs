@@ -10,6 +10,7 @@ use serde::Serialize;
 use super::{
     arms::{self, Arm, Programmed},
     client::{ClientProc, Request, Sample},
+    monitor::MonitorFigure,
     report::{Table, fmt_ms, fmt_rate, fmt_us},
     scratch::{self, BenchDatapath},
     services::ServiceSet,
@@ -57,6 +58,8 @@ pub struct DatapathResults {
     pub request_response: Vec<ArmFigure>,
     /// lbctl's kernel counters at the end (rewritten / passed prove the arm went through it).
     pub lbctl_counters: Option<Counters>,
+    /// lbctl's connects and `lb_connect4` run time without and with a monitor (smallest count).
+    pub monitoring: Option<MonitorFigure>,
 }
 
 struct Live {
@@ -131,6 +134,8 @@ pub fn run(opts: &DatapathOptions, arms: &[Arm]) -> Result<(DatapathResults, Vec
         None
     };
     let max_count = opts.counts.iter().copied().max().unwrap_or(1);
+    let min_count = opts.counts.iter().copied().min().unwrap_or(1);
+    let mut monitoring = None;
     let mut points = Vec::new();
     let mut non_service = Vec::new();
     let mut request_response = Vec::new();
@@ -183,6 +188,23 @@ pub fn run(opts: &DatapathOptions, arms: &[Arm]) -> Result<(DatapathResults, Vec
         println!("{table}");
         tables.push(table);
         points.extend(these);
+
+        if count == min_count
+            && let Some(lb) = &lb
+            && let Some(l) = live.iter_mut().find(|l| l.programmed.arm == Arm::Lbctl)
+        {
+            eprintln!("   measuring lbctl with and without a monitor");
+            let request = Request::Connect {
+                targets: l.programmed.targets.clone(),
+                count: opts.connects,
+                warmup: opts.warmup,
+            };
+            let (figure, table) =
+                super::monitor::measure(lb.pins.path(), &mut l.client, &request, count, opts.reps)?;
+            println!("{table}");
+            tables.push(table);
+            monitoring = Some(figure);
+        }
 
         if count == max_count {
             eprintln!("   measuring the non-service tax");
@@ -263,6 +285,7 @@ pub fn run(opts: &DatapathOptions, arms: &[Arm]) -> Result<(DatapathResults, Vec
             non_service,
             request_response,
             lbctl_counters,
+            monitoring,
         },
         tables,
     ))

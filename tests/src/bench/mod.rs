@@ -3,7 +3,7 @@
 //!
 //! Modules: [`services`] (the synthetic cluster), [`rules`] (kube-proxy-shaped rule text),
 //! [`netns`] (namespaces and the veth topology), [`client`] (the measuring child process),
-//! [`arms`] + [`datapath`] (part 1), [`control`] (part 2), [`report`] + [`svg`] (output),
+//! [`arms`] + [`datapath`] (part 1, with [`monitor`]: what `lbctl monitor` costs), [`control`] (part 2), [`report`] + [`svg`] (output),
 //! [`cleanup`] + [`scratch`] (nothing outlives the run, also on Ctrl-C).
 pub mod arms;
 pub mod cleanup;
@@ -11,6 +11,7 @@ pub mod client;
 pub mod control;
 pub mod datapath;
 pub mod machine;
+pub mod monitor;
 pub mod netns;
 pub mod report;
 pub mod rules;
