@@ -132,3 +132,53 @@ fn services_in_claim_order<'a>(
     });
     unique.into_iter().map(|(_, svc)| svc).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    use super::*;
+
+    #[test]
+    fn which_services_a_proxy_serves() {
+        let labelled = |value: Option<&str>| Service {
+            metadata: ObjectMeta {
+                labels: value
+                    .map(|v| BTreeMap::from([(SERVICE_PROXY_NAME_LABEL.to_owned(), v.to_owned())])),
+                ..ObjectMeta::default()
+            },
+            ..Service::default()
+        };
+        let unlabelled_but_other = Service {
+            metadata: ObjectMeta {
+                labels: Some(BTreeMap::from([("app".to_owned(), "web".to_owned())])),
+                ..ObjectMeta::default()
+            },
+            ..Service::default()
+        };
+        let default = NodeContext::new("w1");
+        let named = NodeContext::new("w1").with_service_proxy_name("lbctl");
+        let rows = [
+            ("no labels", labelled(None), true, false),
+            ("other labels only", unlabelled_but_other, true, false),
+            ("label: lbctl", labelled(Some("lbctl")), false, true),
+            (
+                "label: another proxy",
+                labelled(Some("other")),
+                false,
+                false,
+            ),
+            ("label present, empty", labelled(Some("")), false, false),
+        ];
+        for (name, svc, by_default, by_name) in rows {
+            assert_eq!(default.serves(&svc), by_default, "{name}: default");
+            assert_eq!(
+                named.serves(&svc),
+                by_name,
+                "{name}: --service-proxy-name lbctl"
+            );
+        }
+    }
+}
