@@ -18,25 +18,30 @@ fn docs(parts: impl IntoIterator<Item = String>) -> Vec<String> {
     all
 }
 
+/// [`web`] and its one slice `NAME-a` (port http 8080) with `endpoints`.
+fn web_sliced(name: &str, cluster_ip: &str, extra: &str, endpoints: &[String]) -> [String; 2] {
+    [
+        web(name, cluster_ip, extra),
+        slice(&format!("{name}-a"), name, HTTP_8080, endpoints),
+    ]
+}
+
 // ---- Which endpoints are usable ----------------------------------------------------------
 
 #[test]
 fn ready_true_or_unset_is_ready() {
     Case {
-        docs: docs([
-            web("web", "10.96.0.10", ""),
-            slice(
-                "web-a",
-                "web",
-                HTTP_8080,
-                &[
-                    ep("10.244.1.1", "w1", READY),
-                    ep("10.244.1.2", "w1", NO_CONDITIONS),
-                    ep("10.244.1.3", "w1", "conditions: {serving: true}"),
-                    ep("10.244.2.1", "w2", NOT_READY),
-                ],
-            ),
-        ]),
+        docs: docs(web_sliced(
+            "web",
+            "10.96.0.10",
+            "",
+            &[
+                ep("10.244.1.1", "w1", READY),
+                ep("10.244.1.2", "w1", NO_CONDITIONS),
+                ep("10.244.1.3", "w1", "conditions: {serving: true}"),
+                ep("10.244.2.1", "w2", NOT_READY),
+            ],
+        )),
         frontends: &[
             "default/web ClusterIP 10.96.0.10:80/TCP -> 10.244.1.1:8080 10.244.1.2:8080 10.244.1.3:8080",
         ],
@@ -48,25 +53,22 @@ fn ready_true_or_unset_is_ready() {
 #[test]
 fn cluster_set_falls_back_to_serving_terminating() {
     Case {
-        docs: docs([
-            web("web", "10.96.0.10", ""),
-            slice(
-                "web-a",
-                "web",
-                HTTP_8080,
-                &[
-                    ep("10.244.1.1", "w1", NOT_READY),
-                    ep("10.244.2.1", "w2", TERMINATING),
-                    ep("10.244.2.2", "w2", TERMINATING_NOT_SERVING),
-                    // serving unset means serving.
-                    ep(
-                        "10.244.2.3",
-                        "w2",
-                        "conditions: {ready: false, terminating: true}",
-                    ),
-                ],
-            ),
-        ]),
+        docs: docs(web_sliced(
+            "web",
+            "10.96.0.10",
+            "",
+            &[
+                ep("10.244.1.1", "w1", NOT_READY),
+                ep("10.244.2.1", "w2", TERMINATING),
+                ep("10.244.2.2", "w2", TERMINATING_NOT_SERVING),
+                // serving unset means serving.
+                ep(
+                    "10.244.2.3",
+                    "w2",
+                    "conditions: {ready: false, terminating: true}",
+                ),
+            ],
+        )),
         frontends: &["default/web ClusterIP 10.96.0.10:80/TCP -> 10.244.2.1:8080 10.244.2.3:8080"],
         ..Case::default()
     }
@@ -76,18 +78,15 @@ fn cluster_set_falls_back_to_serving_terminating() {
 #[test]
 fn cluster_set_prefers_ready_over_terminating() {
     Case {
-        docs: docs([
-            web("web", "10.96.0.10", ""),
-            slice(
-                "web-a",
-                "web",
-                HTTP_8080,
-                &[
-                    ep("10.244.1.1", "w1", TERMINATING),
-                    ep("10.244.2.1", "w2", READY),
-                ],
-            ),
-        ]),
+        docs: docs(web_sliced(
+            "web",
+            "10.96.0.10",
+            "",
+            &[
+                ep("10.244.1.1", "w1", TERMINATING),
+                ep("10.244.2.1", "w2", READY),
+            ],
+        )),
         frontends: &["default/web ClusterIP 10.96.0.10:80/TCP -> 10.244.2.1:8080"],
         ..Case::default()
     }
@@ -185,15 +184,12 @@ fn itp_local_uses_only_this_nodes_endpoints() {
 #[test]
 fn itp_local_without_local_endpoints_refuses_never_remote() {
     Case {
-        docs: docs([
-            web("web-local", "10.96.0.11", "internalTrafficPolicy: Local"),
-            slice(
-                "web-local-a",
-                "web-local",
-                HTTP_8080,
-                &[ep("10.244.2.1", "w2", READY), ep("10.244.2.2", "w2", READY)],
-            ),
-        ]),
+        docs: docs(web_sliced(
+            "web-local",
+            "10.96.0.11",
+            "internalTrafficPolicy: Local",
+            &[ep("10.244.2.1", "w2", READY), ep("10.244.2.2", "w2", READY)],
+        )),
         frontends: &["default/web-local ClusterIP 10.96.0.11:80/TCP -> refuse"],
         ..Case::default()
     }
@@ -203,20 +199,17 @@ fn itp_local_without_local_endpoints_refuses_never_remote() {
 #[test]
 fn itp_local_falls_back_to_local_serving_terminating() {
     Case {
-        docs: docs([
-            web("web-local", "10.96.0.11", "internalTrafficPolicy: Local"),
-            slice(
-                "web-local-a",
-                "web-local",
-                HTTP_8080,
-                &[
-                    ep("10.244.1.1", "w1", TERMINATING),
-                    ep("10.244.1.2", "w1", NOT_READY),
-                    ep("10.244.2.1", "w2", READY),
-                    ep("10.244.2.2", "w2", TERMINATING),
-                ],
-            ),
-        ]),
+        docs: docs(web_sliced(
+            "web-local",
+            "10.96.0.11",
+            "internalTrafficPolicy: Local",
+            &[
+                ep("10.244.1.1", "w1", TERMINATING),
+                ep("10.244.1.2", "w1", NOT_READY),
+                ep("10.244.2.1", "w2", READY),
+                ep("10.244.2.2", "w2", TERMINATING),
+            ],
+        )),
         frontends: &["default/web-local ClusterIP 10.96.0.11:80/TCP -> 10.244.1.1:8080"],
         ..Case::default()
     }
@@ -226,18 +219,15 @@ fn itp_local_falls_back_to_local_serving_terminating() {
 #[test]
 fn itp_local_prefers_local_ready_over_local_terminating() {
     Case {
-        docs: docs([
-            web("web-local", "10.96.0.11", "internalTrafficPolicy: Local"),
-            slice(
-                "web-local-a",
-                "web-local",
-                HTTP_8080,
-                &[
-                    ep("10.244.1.1", "w1", TERMINATING),
-                    ep("10.244.1.2", "w1", NO_CONDITIONS),
-                ],
-            ),
-        ]),
+        docs: docs(web_sliced(
+            "web-local",
+            "10.96.0.11",
+            "internalTrafficPolicy: Local",
+            &[
+                ep("10.244.1.1", "w1", TERMINATING),
+                ep("10.244.1.2", "w1", NO_CONDITIONS),
+            ],
+        )),
         frontends: &["default/web-local ClusterIP 10.96.0.11:80/TCP -> 10.244.1.2:8080"],
         ..Case::default()
     }
@@ -247,15 +237,12 @@ fn itp_local_prefers_local_ready_over_local_terminating() {
 #[test]
 fn endpoint_without_node_name_is_never_local() {
     Case {
-        docs: docs([
-            web("web-local", "10.96.0.11", "internalTrafficPolicy: Local"),
-            slice(
-                "web-local-a",
-                "web-local",
-                HTTP_8080,
-                &[ep("10.244.1.1", "", READY)],
-            ),
-        ]),
+        docs: docs(web_sliced(
+            "web-local",
+            "10.96.0.11",
+            "internalTrafficPolicy: Local",
+            &[ep("10.244.1.1", "", READY)],
+        )),
         frontends: &["default/web-local ClusterIP 10.96.0.11:80/TCP -> refuse"],
         ..Case::default()
     }
@@ -1413,19 +1400,16 @@ fn frontends_are_sorted_by_service_kind_address_port_protocol() {
 #[test]
 fn backends_are_sorted_and_plan_names_the_node() {
     let plan = Case {
-        docs: docs([
-            web("web", "10.96.0.10", ""),
-            slice(
-                "web-a",
-                "web",
-                HTTP_8080,
-                &[
-                    ep("10.244.2.10", "w2", READY),
-                    ep("10.244.1.9", "w1", READY),
-                    ep("10.244.2.9", "w2", READY),
-                ],
-            ),
-        ]),
+        docs: docs(web_sliced(
+            "web",
+            "10.96.0.10",
+            "",
+            &[
+                ep("10.244.2.10", "w2", READY),
+                ep("10.244.1.9", "w1", READY),
+                ep("10.244.2.9", "w2", READY),
+            ],
+        )),
         frontends: &["default/web ClusterIP 10.96.0.10:80/TCP -> 10.244.1.9:8080 10.244.2.9:8080 10.244.2.10:8080"],
         ..Case::default()
     }
