@@ -881,3 +881,67 @@ impl<'de> DeserializeSeed<'de> for ItemSeed<'_> {
         self.out.push(self.kind, deserializer)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node_with(extra: &str) -> String {
+        format!("apiVersion: v1\nkind: Node\nmetadata: {{name: n1}}\n{extra}")
+    }
+
+    fn nested(depth: usize) -> String {
+        // `x` is at depth 1; each `[` one deeper.
+        node_with(&format!(
+            "x: {}1{}\n",
+            "[".repeat(depth - 1),
+            "]".repeat(depth - 1)
+        ))
+    }
+
+    #[test]
+    fn nesting_up_to_the_limit_loads_beyond_is_refused() {
+        let inventory = load_str(&nested(MAX_YAML_DEPTH), "ok.yaml").expect("at the limit");
+        assert_eq!(inventory.nodes.len(), 1);
+        let err = load_str(&nested(MAX_YAML_DEPTH + 1), "deep.yaml")
+            .expect_err("beyond the limit")
+            .to_string();
+        assert!(err.starts_with("deep.yaml:4:"), "{err}");
+        assert!(err.contains("nested deeper than 64"), "{err}");
+    }
+
+    #[test]
+    fn ordinary_anchors_and_aliases_load() {
+        let text = node_with("x: &x {a: 1, b: [1, 2]}\ny: *x\nz: [*x, *x]\n");
+        assert_eq!(load_str(&text, "a.yaml").expect("loads").nodes.len(), 1);
+    }
+
+    #[test]
+    fn the_alias_budget_grows_with_the_text() {
+        // n aliases to an n-element anchor replay n^2 events: refused at n = 400 in a small
+        // file, loaded when the same aliases sit in a file large enough to pay for them.
+        let quadratic = |n: usize| {
+            node_with(&format!(
+                "a: &a [{}]\nb: [{}]\n",
+                "1,".repeat(n),
+                "*a,".repeat(n)
+            ))
+        };
+        let err = load_str(&quadratic(400), "quad.yaml")
+            .expect_err("160,000 replayed events from 2.5 KB")
+            .to_string();
+        assert!(err.contains("too many nodes"), "{err}");
+        let padded = format!("{}# {}\n", quadratic(400), "x".repeat(200_000));
+        load_str(&padded, "big.yaml").expect("a 200 KB file may replay 400,000 events");
+    }
+
+    #[test]
+    fn object_errors_name_the_field() {
+        let text = node_with("spec: {podCIDRs: 5}\n");
+        let err = load_str(&text, "n.yaml")
+            .expect_err("not a list")
+            .to_string();
+        assert!(err.starts_with("n.yaml:4:"), "{err}");
+        assert!(err.contains("Node n1: spec.podCIDRs: "), "{err}");
+    }
+}
