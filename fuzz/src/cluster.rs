@@ -24,11 +24,13 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 use lbctl::{
-    engine::{NodeContext, SERVICE_NAME_LABEL, ZONE_LABEL},
+    engine::{NodeContext, SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL, ZONE_LABEL},
     model::Inventory,
 };
 
 const NAMES: [&str; 5] = ["web", "db", "dns", "a", ""];
+/// Values of the service-proxy-name label and of `--service-proxy-name`.
+const PROXY_NAMES: [&str; 3] = ["lbctl", "other", ""];
 const NAMESPACES: [Option<&str>; 4] = [None, Some("default"), Some(""), Some("kube-system")];
 const NODES: [&str; 3] = ["n1", "n2", "n3"];
 const ZONES: [&str; 3] = ["z1", "z2", ""];
@@ -176,6 +178,8 @@ pub struct Svc {
     spec: Option<SvcSpec>,
     ingress: Vec<Ingress>,
     topology_annotation: bool,
+    /// The service-proxy-name label.
+    proxy_name: Option<u8>,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -199,6 +203,12 @@ impl Svc {
             metadata.annotations = Some(BTreeMap::from([(
                 "service.kubernetes.io/topology-mode".to_owned(),
                 "Auto".to_owned(),
+            )]));
+        }
+        if let Some(proxy) = self.proxy_name {
+            metadata.labels = Some(BTreeMap::from([(
+                SERVICE_PROXY_NAME_LABEL.to_owned(),
+                pick(&PROXY_NAMES, proxy).to_owned(),
             )]));
         }
         let ingress = self
@@ -384,6 +394,8 @@ pub struct Cluster {
     services: Vec<Svc>,
     slices: Vec<Slice>,
     nodes: Vec<NodeObj>,
+    /// `--service-proxy-name` (never empty: the CLI refuses an empty one).
+    proxy_name: Option<u8>,
 }
 
 impl Cluster {
@@ -396,10 +408,13 @@ impl Cluster {
     }
 
     pub fn node(&self) -> NodeContext {
-        let node = NodeContext::new(pick(&NODES, self.node));
-        match self.zone {
-            Some(zone) => node.with_zone(pick(&ZONES, zone)),
-            None => node,
+        let mut node = NodeContext::new(pick(&NODES, self.node));
+        if let Some(zone) = self.zone {
+            node = node.with_zone(pick(&ZONES, zone));
         }
+        if let Some(proxy) = self.proxy_name {
+            node = node.with_service_proxy_name(pick(&PROXY_NAMES[..2], proxy));
+        }
+        node
     }
 }

@@ -29,7 +29,19 @@ pub fn check_plan(inventory: &Inventory, node: &NodeContext, plan: &Plan) -> Res
     check_frontend_order(&plan.frontends)?;
     check_skipped(plan)?;
     let sources = BackendSources::of(inventory, &node.name);
+    let served: BTreeSet<ServiceRef> = inventory
+        .services
+        .iter()
+        .filter(|svc| node.serves(svc))
+        .map(service_ref)
+        .collect();
     for frontend in &plan.frontends {
+        if !served.contains(&frontend.service) {
+            return Err(format!(
+                "{}: a frontend of a Service this proxy does not serve (service-proxy-name)",
+                frontend.service
+            ));
+        }
         check_frontend(frontend, &sources)?;
     }
     Ok(())

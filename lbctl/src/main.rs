@@ -65,6 +65,10 @@ enum Command {
         /// Override the node's zone (label topology.kubernetes.io/zone).
         #[arg(long)]
         zone: Option<String>,
+        /// Plan only the Services labelled service.kubernetes.io/service-proxy-name=NAME (by
+        /// default: only the Services without that label, as kube-proxy does).
+        #[arg(long, value_name = "NAME", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+        service_proxy_name: Option<String>,
         #[command(flatten)]
         output: Output,
         /// Manifest files or directories (YAML, multi-document, `kind: List`).
@@ -177,6 +181,11 @@ struct AgentArgs {
     /// Override this node's zone.
     #[arg(long)]
     zone: Option<String>,
+    /// Serve only the Services labelled service.kubernetes.io/service-proxy-name=NAME, beside
+    /// another proxy that serves the rest (by default: only the Services without that label,
+    /// as kube-proxy does).
+    #[arg(long, value_name = "NAME", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    service_proxy_name: Option<String>,
     /// Read objects from these manifest files or directories (re-read on change) instead of
     /// the Kubernetes API.
     #[arg(long = "manifests", value_name = "PATH", conflicts_with = "kubeconfig")]
@@ -301,12 +310,8 @@ fn run_agent(args: AgentArgs) -> Result<()> {
              waits up to that long when nothing changes"
         );
     }
-    let mut node = NodeContext::new(args.node);
-    if let Some(zone) = args.zone {
-        node = node.with_zone(zone);
-    }
     let config = AgentConfig {
-        node,
+        node: node_context(args.node, args.zone, args.service_proxy_name),
         source: if args.manifests.is_empty() {
             SourceConfig::Kubernetes {
                 kubeconfig: args.kubeconfig,
@@ -366,12 +371,20 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     }
 }
 
-fn run_plan(node: String, zone: Option<String>, format: Format, paths: &[PathBuf]) -> Result<()> {
-    let inventory = manifests::load_paths(paths)?;
+/// The node and the Services this proxy serves, from `--node`, `--zone`, `--service-proxy-name`.
+fn node_context(node: String, zone: Option<String>, proxy_name: Option<String>) -> NodeContext {
     let mut ctx = NodeContext::new(node);
     if let Some(zone) = zone {
         ctx = ctx.with_zone(zone);
     }
+    if let Some(name) = proxy_name {
+        ctx = ctx.with_service_proxy_name(name);
+    }
+    ctx
+}
+
+fn run_plan(ctx: NodeContext, format: Format, paths: &[PathBuf]) -> Result<()> {
+    let inventory = manifests::load_paths(paths)?;
     let plan = engine::plan(&inventory, &ctx);
     if !matches!(format, Format::Table) {
         // The table lists warnings itself; keep JSON and YAML on stdout clean and warn on stderr.
@@ -435,9 +448,14 @@ fn run(cli: Cli) -> Result<()> {
         Command::Plan {
             node,
             zone,
+            service_proxy_name,
             output,
             paths,
-        } => run_plan(node, zone, output.format, &paths),
+        } => run_plan(
+            node_context(node, zone, service_proxy_name),
+            output.format,
+            &paths,
+        ),
         Command::Status { pin, output } => print(
             output.format,
             &inspect::status(&pin.pin_dir)?,

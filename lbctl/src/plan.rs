@@ -70,6 +70,36 @@ impl Serialize for ServiceRef {
     }
 }
 
+/// A frontend's identity: what the engine claims (one service per key) and what the datapath
+/// keys its maps by (`datapath::desired` adds the BPF map encoding).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FrontendKey {
+    pub address: IpAddr,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+impl FrontendKey {
+    pub fn new(addr: SocketAddr, protocol: Protocol) -> Self {
+        FrontendKey {
+            address: addr.ip(),
+            port: addr.port(),
+            protocol,
+        }
+    }
+}
+
+/// `10.96.0.10:80/tcp`, `[fd00::10]:53/udp`.
+impl fmt::Display for FrontendKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let proto = match self.protocol {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        };
+        write!(f, "{}/{proto}", SocketAddr::new(self.address, self.port))
+    }
+}
+
 /// One service address on this node and the backends a connect to it may reach. An empty
 /// `backends` means the service exists but has no usable endpoint: connects are refused.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -85,6 +115,17 @@ pub struct Frontend {
     pub backends: Vec<SocketAddr>,
     /// `sessionAffinity: ClientIP` timeout, when set.
     pub affinity_timeout_seconds: Option<u32>,
+}
+
+impl Frontend {
+    /// Its identity: address, port, protocol.
+    pub fn key(&self) -> FrontendKey {
+        FrontendKey {
+            address: self.address,
+            port: self.port,
+            protocol: self.protocol,
+        }
+    }
 }
 
 fn serialize_backends<S: Serializer>(backends: &[SocketAddr], s: S) -> Result<S::Ok, S::Error> {

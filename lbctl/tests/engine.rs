@@ -18,31 +18,34 @@ fn docs(parts: impl IntoIterator<Item = String>) -> Vec<String> {
     all
 }
 
+/// [`web`] and its one slice `NAME-a` (port http 8080) with `endpoints`.
+fn web_sliced(name: &str, cluster_ip: &str, extra: &str, endpoints: &[String]) -> [String; 2] {
+    [
+        web(name, cluster_ip, extra),
+        slice(&format!("{name}-a"), name, HTTP_8080, endpoints),
+    ]
+}
+
 // ---- Which endpoints are usable ----------------------------------------------------------
 
 #[test]
 fn ready_true_or_unset_is_ready() {
     Case {
-        docs: docs([
-            web("web", "10.96.0.10", ""),
-            slice(
-                "web-a",
-                "web",
-                HTTP_8080,
-                &[
-                    ep("10.244.1.1", "w1", READY),
-                    ep("10.244.1.2", "w1", NO_CONDITIONS),
-                    ep("10.244.1.3", "w1", "conditions: {serving: true}"),
-                    ep("10.244.2.1", "w2", NOT_READY),
-                ],
-            ),
-        ]),
-        node: w1(),
+        docs: docs(web_sliced(
+            "web",
+            "10.96.0.10",
+            "",
+            &[
+                ep("10.244.1.1", "w1", READY),
+                ep("10.244.1.2", "w1", NO_CONDITIONS),
+                ep("10.244.1.3", "w1", "conditions: {serving: true}"),
+                ep("10.244.2.1", "w2", NOT_READY),
+            ],
+        )),
         frontends: &[
             "default/web ClusterIP 10.96.0.10:80/TCP -> 10.244.1.1:8080 10.244.1.2:8080 10.244.1.3:8080",
         ],
-        skipped: &[],
-        warnings: &[],
+        ..Case::default()
     }
     .check();
 }
@@ -50,29 +53,24 @@ fn ready_true_or_unset_is_ready() {
 #[test]
 fn cluster_set_falls_back_to_serving_terminating() {
     Case {
-        docs: docs([
-            web("web", "10.96.0.10", ""),
-            slice(
-                "web-a",
-                "web",
-                HTTP_8080,
-                &[
-                    ep("10.244.1.1", "w1", NOT_READY),
-                    ep("10.244.2.1", "w2", TERMINATING),
-                    ep("10.244.2.2", "w2", TERMINATING_NOT_SERVING),
-                    // serving unset means serving.
-                    ep(
-                        "10.244.2.3",
-                        "w2",
-                        "conditions: {ready: false, terminating: true}",
-                    ),
-                ],
-            ),
-        ]),
-        node: w1(),
+        docs: docs(web_sliced(
+            "web",
+            "10.96.0.10",
+            "",
+            &[
+                ep("10.244.1.1", "w1", NOT_READY),
+                ep("10.244.2.1", "w2", TERMINATING),
+                ep("10.244.2.2", "w2", TERMINATING_NOT_SERVING),
+                // serving unset means serving.
+                ep(
+                    "10.244.2.3",
+                    "w2",
+                    "conditions: {ready: false, terminating: true}",
+                ),
+            ],
+        )),
         frontends: &["default/web ClusterIP 10.96.0.10:80/TCP -> 10.244.2.1:8080 10.244.2.3:8080"],
-        skipped: &[],
-        warnings: &[],
+        ..Case::default()
     }
     .check();
 }
@@ -80,22 +78,17 @@ fn cluster_set_falls_back_to_serving_terminating() {
 #[test]
 fn cluster_set_prefers_ready_over_terminating() {
     Case {
-        docs: docs([
-            web("web", "10.96.0.10", ""),
-            slice(
-                "web-a",
-                "web",
-                HTTP_8080,
-                &[
-                    ep("10.244.1.1", "w1", TERMINATING),
-                    ep("10.244.2.1", "w2", READY),
-                ],
-            ),
-        ]),
-        node: w1(),
+        docs: docs(web_sliced(
+            "web",
+            "10.96.0.10",
+            "",
+            &[
+                ep("10.244.1.1", "w1", TERMINATING),
+                ep("10.244.2.1", "w2", READY),
+            ],
+        )),
         frontends: &["default/web ClusterIP 10.96.0.10:80/TCP -> 10.244.2.1:8080"],
-        skipped: &[],
-        warnings: &[],
+        ..Case::default()
     }
     .check();
 }
@@ -125,13 +118,11 @@ fn terminating_but_not_serving_is_never_used() {
                 ],
             ),
         ]),
-        node: w1(),
         frontends: &[
             "default/web ClusterIP 10.96.0.10:80/TCP -> refuse",
             "default/web-local ClusterIP 10.96.0.11:80/TCP -> refuse",
         ],
-        skipped: &[],
-        warnings: &[],
+        ..Case::default()
     }
     .check();
 }
@@ -140,10 +131,8 @@ fn terminating_but_not_serving_is_never_used() {
 fn service_without_endpoint_slices_refuses() {
     Case {
         docs: docs([web("web", "10.96.0.10", "")]),
-        node: w1(),
         frontends: &["default/web ClusterIP 10.96.0.10:80/TCP -> refuse"],
-        skipped: &[],
-        warnings: &[],
+        ..Case::default()
     }
     .check();
 }
@@ -173,13 +162,11 @@ fn local_and_remote() -> Vec<String> {
 fn itp_local_uses_only_this_nodes_endpoints() {
     Case {
         docs: local_and_remote(),
-        node: w1(),
         frontends: &[
             "default/web ClusterIP 10.96.0.10:80/TCP -> 10.244.1.1:8080 10.244.2.1:8080",
             "default/web-local ClusterIP 10.96.0.11:80/TCP -> 10.244.1.1:8080",
         ],
-        skipped: &[],
-        warnings: &[],
+        ..Case::default()
     }
     .check();
     Case {
@@ -189,8 +176,7 @@ fn itp_local_uses_only_this_nodes_endpoints() {
             "default/web ClusterIP 10.96.0.10:80/TCP -> 10.244.1.1:8080 10.244.2.1:8080",
             "default/web-local ClusterIP 10.96.0.11:80/TCP -> 10.244.2.1:8080",
         ],
-        skipped: &[],
-        warnings: &[],
+        ..Case::default()
     }
     .check();
 }
@@ -198,19 +184,14 @@ fn itp_local_uses_only_this_nodes_endpoints() {
 #[test]
 fn itp_local_without_local_endpoints_refuses_never_remote() {
     Case {
-        docs: docs([
-            web("web-local", "10.96.0.11", "internalTrafficPolicy: Local"),
-            slice(
-                "web-local-a",
-                "web-local",
-                HTTP_8080,
-                &[ep("10.244.2.1", "w2", READY), ep("10.244.2.2", "w2", READY)],
-            ),
-        ]),
-        node: w1(),
+        docs: docs(web_sliced(
+            "web-local",
+            "10.96.0.11",
+            "internalTrafficPolicy: Local",
+            &[ep("10.244.2.1", "w2", READY), ep("10.244.2.2", "w2", READY)],
+        )),
         frontends: &["default/web-local ClusterIP 10.96.0.11:80/TCP -> refuse"],
-        skipped: &[],
-        warnings: &[],
+        ..Case::default()
     }
     .check();
 }
@@ -218,24 +199,19 @@ fn itp_local_without_local_endpoints_refuses_never_remote() {
 #[test]
 fn itp_local_falls_back_to_local_serving_terminating() {
     Case {
-        docs: docs([
-            web("web-local", "10.96.0.11", "internalTrafficPolicy: Local"),
-            slice(
-                "web-local-a",
-                "web-local",
-                HTTP_8080,
-                &[
-                    ep("10.244.1.1", "w1", TERMINATING),
-                    ep("10.244.1.2", "w1", NOT_READY),
-                    ep("10.244.2.1", "w2", READY),
-                    ep("10.244.2.2", "w2", TERMINATING),
-                ],
-            ),
-        ]),
-        node: w1(),
+        docs: docs(web_sliced(
+            "web-local",
+            "10.96.0.11",
+            "internalTrafficPolicy: Local",
+            &[
+                ep("10.244.1.1", "w1", TERMINATING),
+                ep("10.244.1.2", "w1", NOT_READY),
+                ep("10.244.2.1", "w2", READY),
+                ep("10.244.2.2", "w2", TERMINATING),
+            ],
+        )),
         frontends: &["default/web-local ClusterIP 10.96.0.11:80/TCP -> 10.244.1.1:8080"],
-        skipped: &[],
-        warnings: &[],
+        ..Case::default()
     }
     .check();
 }
@@ -243,22 +219,17 @@ fn itp_local_falls_back_to_local_serving_terminating() {
 #[test]
 fn itp_local_prefers_local_ready_over_local_terminating() {
     Case {
-        docs: docs([
-            web("web-local", "10.96.0.11", "internalTrafficPolicy: Local"),
-            slice(
-                "web-local-a",
-                "web-local",
-                HTTP_8080,
-                &[
-                    ep("10.244.1.1", "w1", TERMINATING),
-                    ep("10.244.1.2", "w1", NO_CONDITIONS),
-                ],
-            ),
-        ]),
-        node: w1(),
+        docs: docs(web_sliced(
+            "web-local",
+            "10.96.0.11",
+            "internalTrafficPolicy: Local",
+            &[
+                ep("10.244.1.1", "w1", TERMINATING),
+                ep("10.244.1.2", "w1", NO_CONDITIONS),
+            ],
+        )),
         frontends: &["default/web-local ClusterIP 10.96.0.11:80/TCP -> 10.244.1.2:8080"],
-        skipped: &[],
-        warnings: &[],
+        ..Case::default()
     }
     .check();
 }
@@ -266,19 +237,14 @@ fn itp_local_prefers_local_ready_over_local_terminating() {
 #[test]
 fn endpoint_without_node_name_is_never_local() {
     Case {
-        docs: docs([
-            web("web-local", "10.96.0.11", "internalTrafficPolicy: Local"),
-            slice(
-                "web-local-a",
-                "web-local",
-                HTTP_8080,
-                &[ep("10.244.1.1", "", READY)],
-            ),
-        ]),
-        node: w1(),
+        docs: docs(web_sliced(
+            "web-local",
+            "10.96.0.11",
+            "internalTrafficPolicy: Local",
+            &[ep("10.244.1.1", "", READY)],
+        )),
         frontends: &["default/web-local ClusterIP 10.96.0.11:80/TCP -> refuse"],
-        skipped: &[],
-        warnings: &[],
+        ..Case::default()
     }
     .check();
 }
@@ -321,8 +287,7 @@ fn external_destinations_use_the_cluster_set_even_with_etp_local() {
             "default/lb ExternalIP 203.0.113.10:80/TCP -> 10.244.1.1:8080 10.244.2.1:8080",
             "default/lb LoadBalancer 198.51.100.7:80/TCP -> 10.244.1.1:8080 10.244.2.1:8080",
         ],
-        skipped: &[],
-        warnings: &[],
+        ..Case::default()
     }
     .check();
 }
@@ -339,15 +304,13 @@ fn external_destinations_refuse_when_no_endpoint_is_usable() {
                 &[ep("10.244.2.1", "w2", NOT_READY)],
             ),
         ]),
-        node: w1(),
         frontends: &[
             "default/lb ClusterIP 10.96.0.20:80/TCP -> refuse",
             "default/lb NodePort 192.168.0.1:30080/TCP -> refuse",
             "default/lb ExternalIP 203.0.113.10:80/TCP -> refuse",
             "default/lb LoadBalancer 198.51.100.7:80/TCP -> refuse",
         ],
-        skipped: &[],
-        warnings: &[],
+        ..Case::default()
     }
     .check();
 }
@@ -363,15 +326,13 @@ fn lb_ingress_with_ip_mode_proxy_or_hostname_only_is_not_captured() {
             ),
             lb_slice(),
         ]),
-        node: w1(),
         frontends: &[
             "default/lb ClusterIP 10.96.0.20:80/TCP -> 10.244.1.1:8080 10.244.2.1:8080",
             "default/lb NodePort 192.168.0.1:30080/TCP -> 10.244.1.1:8080 10.244.2.1:8080",
             "default/lb ExternalIP 203.0.113.10:80/TCP -> 10.244.1.1:8080 10.244.2.1:8080",
             "default/lb LoadBalancer 198.51.100.8:80/TCP -> 10.244.1.1:8080 10.244.2.1:8080",
         ],
-        skipped: &[],
-        warnings: &[],
+        ..Case::default()
     }
     .check();
 }
@@ -412,7 +373,6 @@ fn node_ports_listen_on_internal_and_external_addresses_only() {
     ));
     Case {
         docs: all,
-        node: w1(),
         frontends: &[
             "default/cip ClusterIP 10.96.0.31:80/TCP -> refuse",
             "default/lb-no-np ClusterIP 10.96.0.32:80/TCP -> refuse",
@@ -420,8 +380,7 @@ fn node_ports_listen_on_internal_and_external_addresses_only() {
             "default/np NodePort 192.168.0.1:30001/TCP -> 10.244.1.1:80",
             "default/np NodePort 203.0.113.1:30001/TCP -> 10.244.1.1:80",
         ],
-        skipped: &[],
-        warnings: &[],
+        ..Case::default()
     }
     .check();
 }
@@ -437,8 +396,8 @@ fn missing_node_object_means_no_node_ports_and_a_warning() {
         ],
         node: NodeContext::new("ghost"),
         frontends: &["default/np ClusterIP 10.96.0.30:80/TCP -> refuse"],
-        skipped: &[],
         warnings: &["Node ghost is not in the input"],
+        ..Case::default()
     }
     .check();
 }
@@ -465,10 +424,8 @@ fn headless_and_external_name_services_are_not_load_balanced() {
                 &[ep("10.244.1.1", "w1", READY)],
             ),
         ]),
-        node: w1(),
         frontends: &[],
-        skipped: &[],
-        warnings: &[],
+        ..Case::default()
     }
     .check();
 }
@@ -481,10 +438,9 @@ fn service_without_cluster_ip_is_skipped() {
             "quote-local",
             "internalTrafficPolicy: Local, ports: [{name: http, port: 80}]",
         )]),
-        node: w1(),
         frontends: &[],
         skipped: &["Service default/quote-local: no cluster IP"],
-        warnings: &[],
+        ..Case::default()
     }
     .check();
 }
@@ -504,10 +460,87 @@ fn sctp_ports_are_not_captured() {
                 &[ep("10.244.1.1", "w1", READY)],
             ),
         ]),
-        node: w1(),
         frontends: &["default/mixed ClusterIP 10.96.0.40:80/TCP -> 10.244.1.1:8080"],
         skipped: &["Service default/mixed: port \"sig\": SCTP is not captured"],
-        warnings: &[],
+        ..Case::default()
+    }
+    .check();
+}
+
+// ---- Services of other proxies (service.kubernetes.io/service-proxy-name) --------------------
+
+/// `default/NAME` like [`web`], labelled for the proxy `proxy`, created at `created`.
+fn proxied(name: &str, cluster_ip: &str, proxy: &str, created: &str) -> String {
+    svc_doc(
+        &format!(
+            "name: {name}, namespace: default, creationTimestamp: \"{created}\", \
+             labels: {{service.kubernetes.io/service-proxy-name: \"{proxy}\"}}"
+        ),
+        &format!(
+            "clusterIP: \"{cluster_ip}\", ports: [{{name: http, port: 80, protocol: TCP, targetPort: 8080}}]"
+        ),
+        "",
+    )
+}
+
+/// web (no label), web-other (label `other`), web-lbctl (label `lbctl`), web-empty (label
+/// present, empty), each with one endpoint on w1.
+fn proxies() -> Vec<String> {
+    let mut parts = vec![
+        web("web", "10.96.0.10", ""),
+        proxied("web-other", "10.96.0.11", "other", "2024-01-01T00:00:00Z"),
+        proxied("web-lbctl", "10.96.0.12", "lbctl", "2024-01-01T00:00:00Z"),
+        proxied("web-empty", "10.96.0.13", "", "2024-01-01T00:00:00Z"),
+    ];
+    for (i, name) in ["web", "web-other", "web-lbctl", "web-empty"]
+        .iter()
+        .enumerate()
+    {
+        let address = format!("10.244.1.{}", i + 1);
+        parts.push(slice(
+            &format!("{name}-a"),
+            name,
+            HTTP_8080,
+            &[ep(&address, "w1", READY)],
+        ));
+    }
+    docs(parts)
+}
+
+#[test]
+fn services_labelled_for_a_proxy_are_not_captured() {
+    // As kube-proxy: the label, whatever its value (even empty), means another proxy.
+    Case {
+        docs: proxies(),
+        frontends: &["default/web ClusterIP 10.96.0.10:80/TCP -> 10.244.1.1:8080"],
+        ..Case::default()
+    }
+    .check();
+}
+
+#[test]
+fn service_proxy_name_captures_only_services_with_that_label() {
+    Case {
+        docs: proxies(),
+        node: NodeContext::new("w1").with_service_proxy_name("lbctl"),
+        frontends: &["default/web-lbctl ClusterIP 10.96.0.12:80/TCP -> 10.244.1.3:8080"],
+        ..Case::default()
+    }
+    .check();
+}
+
+#[test]
+fn a_service_of_another_proxy_claims_no_frontend() {
+    // The older Service has the same cluster IP but belongs to another proxy: it neither wins
+    // the frontend nor shows as a conflict.
+    Case {
+        docs: docs([
+            proxied("old", "10.96.0.10", "other", "2020-01-01T00:00:00Z"),
+            web("web", "10.96.0.10", ""),
+            slice("web-a", "web", HTTP_8080, &[ep("10.244.1.1", "w1", READY)]),
+        ]),
+        frontends: &["default/web ClusterIP 10.96.0.10:80/TCP -> 10.244.1.1:8080"],
+        ..Case::default()
     }
     .check();
 }
@@ -548,18 +581,15 @@ fn node_hints_keep_the_endpoints_for_this_node() {
     ];
     Case {
         docs: hinted("trafficDistribution: PreferSameNode", &endpoints),
-        node: w1(),
         frontends: &["default/web ClusterIP 10.96.0.10:80/TCP -> 10.244.1.1:8080 10.244.1.2:8080"],
-        skipped: &[],
-        warnings: &[],
+        ..Case::default()
     }
     .check();
     Case {
         docs: hinted("trafficDistribution: PreferSameNode", &endpoints),
         node: w2(),
         frontends: &["default/web ClusterIP 10.96.0.10:80/TCP -> 10.244.2.1:8080"],
-        skipped: &[],
-        warnings: &[],
+        ..Case::default()
     }
     .check();
 }
@@ -587,8 +617,7 @@ fn node_hints_not_for_this_node_fall_through_to_zone_hints() {
         docs: all,
         node: NodeContext::new("w3"),
         frontends: &["default/web ClusterIP 10.96.0.10:80/TCP -> 10.244.1.1:8080"],
-        skipped: &[],
-        warnings: &[],
+        ..Case::default()
     }
     .check();
 }
@@ -606,18 +635,15 @@ fn zone_hints_keep_the_endpoints_for_this_zone() {
     ];
     Case {
         docs: hinted("trafficDistribution: PreferSameZone", &endpoints),
-        node: w1(),
         frontends: &["default/web ClusterIP 10.96.0.10:80/TCP -> 10.244.1.1:8080 10.244.2.2:8080"],
-        skipped: &[],
-        warnings: &[],
+        ..Case::default()
     }
     .check();
     Case {
         docs: hinted("trafficDistribution: PreferSameZone", &endpoints),
         node: w2(),
         frontends: &["default/web ClusterIP 10.96.0.10:80/TCP -> 10.244.2.1:8080 10.244.2.2:8080"],
-        skipped: &[],
-        warnings: &[],
+        ..Case::default()
     }
     .check();
 }
@@ -634,8 +660,7 @@ fn zone_from_the_node_context_overrides_the_node_label() {
         ),
         node: w1().with_zone("zone-b"),
         frontends: &["default/web ClusterIP 10.96.0.10:80/TCP -> 10.244.2.1:8080"],
-        skipped: &[],
-        warnings: &[],
+        ..Case::default()
     }
     .check();
 }
@@ -651,10 +676,8 @@ fn hints_are_followed_whatever_the_service_says() {
                 ep("10.244.2.1", "w2", &with(READY, &zone_hints(&["zone-b"]))),
             ],
         ),
-        node: w1(),
         frontends: &["default/web ClusterIP 10.96.0.10:80/TCP -> 10.244.1.1:8080"],
-        skipped: &[],
-        warnings: &[],
+        ..Case::default()
     }
     .check();
 }
@@ -669,10 +692,8 @@ fn partial_hints_mean_no_filtering() {
                 ep("10.244.2.1", "w2", READY),
             ],
         ),
-        node: w1(),
         frontends: &["default/web ClusterIP 10.96.0.10:80/TCP -> 10.244.1.1:8080 10.244.2.1:8080"],
-        skipped: &[],
-        warnings: &[],
+        ..Case::default()
     }
     .check();
 }
@@ -687,10 +708,8 @@ fn hints_for_other_zones_only_mean_no_filtering_never_refusal() {
                 ep("10.244.2.2", "w2", &with(READY, &zone_hints(&["zone-c"]))),
             ],
         ),
-        node: w1(),
         frontends: &["default/web ClusterIP 10.96.0.10:80/TCP -> 10.244.2.1:8080 10.244.2.2:8080"],
-        skipped: &[],
-        warnings: &[],
+        ..Case::default()
     }
     .check();
 }
@@ -710,10 +729,8 @@ fn node_without_zone_ignores_zone_hints() {
     ));
     Case {
         docs: all,
-        node: w1(),
         frontends: &["default/web ClusterIP 10.96.0.10:80/TCP -> 10.244.1.1:8080 10.244.2.1:8080"],
-        skipped: &[],
-        warnings: &[],
+        ..Case::default()
     }
     .check();
 }
@@ -730,10 +747,8 @@ fn only_ready_endpoints_decide_the_topology() {
                 ep("10.244.2.9", "w2", NOT_READY),
             ],
         ),
-        node: w1(),
         frontends: &["default/web ClusterIP 10.96.0.10:80/TCP -> 10.244.1.1:8080"],
-        skipped: &[],
-        warnings: &[],
+        ..Case::default()
     }
     .check();
 }
@@ -756,10 +771,8 @@ fn terminating_fallback_ignores_hints() {
                 ),
             ],
         ),
-        node: w1(),
         frontends: &["default/web ClusterIP 10.96.0.10:80/TCP -> 10.244.2.1:8080 10.244.2.2:8080"],
-        skipped: &[],
-        warnings: &[],
+        ..Case::default()
     }
     .check();
 }
@@ -779,13 +792,11 @@ fn the_local_set_ignores_hints() {
             slice("web-a", "web", HTTP_8080, &endpoints),
             slice("web-local-a", "web-local", HTTP_8080, &endpoints),
         ]),
-        node: w1(),
         frontends: &[
             "default/web ClusterIP 10.96.0.10:80/TCP -> 10.244.2.1:8080",
             "default/web-local ClusterIP 10.96.0.11:80/TCP -> 10.244.1.1:8080",
         ],
-        skipped: &[],
-        warnings: &[],
+        ..Case::default()
     }
     .check();
 }
@@ -825,12 +836,11 @@ fn asking_for_a_distribution_without_hints_warns() {
         );
         Case {
             docs: docs([service, slice("web-a", "web", HTTP_8080, &plain)]),
-            node: w1(),
             frontends: &[
                 "default/web ClusterIP 10.96.0.10:80/TCP -> 10.244.1.1:8080 10.244.2.1:8080",
             ],
-            skipped: &[],
             warnings: &[asked],
+            ..Case::default()
         }
         .check();
     }
@@ -846,18 +856,14 @@ fn no_warning_when_the_hints_are_there_or_nothing_is_asked() {
                 ep("10.244.2.1", "w2", &with(READY, &zone_hints(&["zone-b"]))),
             ],
         ),
-        node: w1(),
         frontends: &["default/web ClusterIP 10.96.0.10:80/TCP -> 10.244.1.1:8080"],
-        skipped: &[],
-        warnings: &[],
+        ..Case::default()
     }
     .check();
     Case {
         docs: hinted("", &[ep("10.244.1.1", "w1", READY)]),
-        node: w1(),
         frontends: &["default/web ClusterIP 10.96.0.10:80/TCP -> 10.244.1.1:8080"],
-        skipped: &[],
-        warnings: &[],
+        ..Case::default()
     }
     .check();
 }
@@ -889,10 +895,8 @@ fn named_target_ports_resolve_per_slice() {
                 &[ep("10.244.2.2", "w2", READY)],
             ),
         ]),
-        node: w1(),
         frontends: &["default/web ClusterIP 10.96.0.10:80/TCP -> 10.244.1.1:8080 10.244.2.1:9090"],
-        skipped: &[],
-        warnings: &[],
+        ..Case::default()
     }
     .check();
 }
@@ -915,12 +919,10 @@ fn slices_are_merged_and_duplicates_counted_once() {
                 &[ep("10.244.1.1", "w1", READY), ep("10.244.2.1", "w2", READY), ep("10.244.2.2", "w2", READY)],
             ),
         ]),
-        node: w1(),
         frontends: &[
             "default/web ClusterIP 10.96.0.10:80/TCP -> 10.244.1.1:8080 10.244.2.1:8080 10.244.2.2:8080",
         ],
-        skipped: &[],
-        warnings: &[],
+        ..Case::default()
     }
     .check();
 }
@@ -946,12 +948,10 @@ fn unnamed_ports_match_unnamed_ports() {
                 &[ep("10.244.1.2", "w1", READY)],
             ),
         ]),
-        node: w1(),
         frontends: &[
             "default/plain ClusterIP 10.96.0.50:80/TCP -> 10.244.1.1:8080 10.244.1.2:8081",
         ],
-        skipped: &[],
-        warnings: &[],
+        ..Case::default()
     }
     .check();
 }
@@ -971,13 +971,11 @@ fn tcp_and_udp_on_the_same_port_are_different_frontends() {
                 &[ep("10.244.1.1", "w1", READY)],
             ),
         ]),
-        node: w1(),
         frontends: &[
             "default/dns ClusterIP 10.96.0.53:53/TCP -> 10.244.1.1:2053",
             "default/dns ClusterIP 10.96.0.53:53/UDP -> 10.244.1.1:1053",
         ],
-        skipped: &[],
-        warnings: &[],
+        ..Case::default()
     }
     .check();
 }
@@ -989,10 +987,9 @@ fn slice_port_of_another_protocol_does_not_match() {
             svc("dns", "clusterIP: 10.96.0.53, ports: [{name: dns, port: 53, protocol: UDP}]"),
             slice("dns-a", "dns", "{name: dns, port: 53, protocol: TCP}", &[ep("10.244.1.1", "w1", READY)]),
         ]),
-        node: w1(),
         frontends: &["default/dns ClusterIP 10.96.0.53:53/UDP -> refuse"],
         skipped: &["Service default/dns: port \"dns\": no EndpointSlice of this Service has a UDP port named \"dns\""],
-        warnings: &[],
+        ..Case::default()
     }
     .check();
 }
@@ -1022,7 +1019,6 @@ fn dual_stack_frontends_get_backends_of_their_own_family() {
     ]);
     Case {
         docs: all,
-        node: w1(),
         frontends: &[
             "default/dual ClusterIP 10.96.0.60:80/TCP -> 10.244.1.1:8080",
             "default/dual ClusterIP [fd00:96::60]:80/TCP -> [fd00:244::1]:8080",
@@ -1032,7 +1028,7 @@ fn dual_stack_frontends_get_backends_of_their_own_family() {
             "default/v4only NodePort 192.168.0.1:30061/TCP -> 10.244.1.2:8080",
         ],
         skipped: &["Service default/v4only: ExternalIP 2001:db8::61: IPv6 address, but the Service has no IPv6 cluster IP"],
-        warnings: &[],
+        ..Case::default()
     }
     .check();
 }
@@ -1053,10 +1049,8 @@ fn ipv6_single_stack() {
                 &[ep("fd00:244::5", "w1", READY)],
             ),
         ]),
-        node: w1(),
         frontends: &["default/v6 ClusterIP [fd00:96::5]:80/TCP -> [fd00:244::5]:8080"],
-        skipped: &[],
-        warnings: &[],
+        ..Case::default()
     }
     .check();
 }
@@ -1079,14 +1073,12 @@ fn session_affinity_timeout_default_and_explicit() {
                 "sessionAffinity: None, sessionAffinityConfig: {clientIP: {timeoutSeconds: 3600}}",
             ),
         ]),
-        node: w1(),
         frontends: &[
             "default/not-sticky ClusterIP 10.96.0.72:80/TCP -> refuse",
             "default/sticky ClusterIP 10.96.0.70:80/TCP -> refuse affinity=10800",
             "default/sticky-1h ClusterIP 10.96.0.71:80/TCP -> refuse affinity=3600",
         ],
-        skipped: &[],
-        warnings: &[],
+        ..Case::default()
     }
     .check();
 }
@@ -1115,13 +1107,12 @@ fn unparsable_cluster_ip_is_skipped() {
                 "clusterIPs: [10.96.0.80, \"not-an-ip\"], ports: [{name: http, port: 80}]",
             ),
         ]),
-        node: w1(),
         frontends: &["default/half ClusterIP 10.96.0.80:80/TCP -> refuse", OK],
         skipped: &[
             "Service default/bad: clusterIP \"10.96.0.300\": invalid IP address",
             "Service default/half: clusterIP \"not-an-ip\": invalid IP address",
         ],
-        warnings: &[],
+        ..Case::default()
     }
     .check();
 }
@@ -1133,7 +1124,6 @@ fn service_ports_out_of_range_are_skipped() {
             "ports",
             "type: NodePort, clusterIP: 10.96.0.81, ports: [{name: zero, port: 0}, {name: big, port: 70000}, {name: neg, port: -1}, {name: good, port: 81, nodePort: 99999}]",
         )]),
-        node: w1(),
         frontends: &[OK, "default/ports ClusterIP 10.96.0.81:81/TCP -> refuse"],
         skipped: &[
             "Service default/ports: port \"big\": port 70000 is out of range 1-65535",
@@ -1141,7 +1131,7 @@ fn service_ports_out_of_range_are_skipped() {
             "Service default/ports: port \"neg\": port -1 is out of range",
             "Service default/ports: port \"zero\": port 0 is out of range",
         ],
-        warnings: &[],
+        ..Case::default()
     }
     .check();
 }
@@ -1167,7 +1157,6 @@ fn bad_endpoint_slices_are_skipped() {
                 ],
             ),
         ]),
-        node: w1(),
         frontends: &[OK, "default/web ClusterIP 10.96.0.10:80/TCP -> 10.244.1.1:8080"],
         skipped: &[
             "EndpointSlice default/orphan-x1: no kubernetes.io/service-name label",
@@ -1178,7 +1167,7 @@ fn bad_endpoint_slices_are_skipped() {
             "EndpointSlice default/web-a: port \"bad\": port 0 is out of range",
             "EndpointSlice default/web-fqdn: addressType FQDN is not load-balanced",
         ],
-        warnings: &[],
+        ..Case::default()
     }
     .check();
 }
@@ -1193,7 +1182,6 @@ fn service_port_without_a_matching_slice_port_refuses_and_is_reported() {
             ),
             slice("web-a", "web", HTTP_8080, &[ep("10.244.1.1", "w1", READY)]),
         ]),
-        node: w1(),
         frontends: &[
             OK,
             "default/web ClusterIP 10.96.0.10:80/TCP -> 10.244.1.1:8080",
@@ -1202,7 +1190,7 @@ fn service_port_without_a_matching_slice_port_refuses_and_is_reported() {
         skipped: &[
             "Service default/web: port \"admin\": no EndpointSlice of this Service has a TCP port named \"admin\"; its frontends have no backends and refuse connections",
         ],
-        warnings: &[],
+        ..Case::default()
     }
     .check();
 }
@@ -1217,7 +1205,6 @@ fn bad_external_addresses_and_affinity_are_reported() {
              ports: [{name: http, port: 80}]",
             "loadBalancer: {ingress: [{ip: 198.51.100.300}, {ip: 198.51.100.7, ipMode: Magic}]}",
         )]),
-        node: w1(),
         frontends: &[
             "default/lb ClusterIP 10.96.0.20:80/TCP -> refuse affinity=10800",
             OK,
@@ -1228,7 +1215,7 @@ fn bad_external_addresses_and_affinity_are_reported() {
             "Service default/lb: LoadBalancer ingress \"198.51.100.7\": unknown ipMode \"Magic\"",
             "Service default/lb: sessionAffinityConfig.clientIP.timeoutSeconds 0 is out of range",
         ],
-        warnings: &[],
+        ..Case::default()
     }
     .check();
 }
@@ -1243,13 +1230,12 @@ fn bad_node_address_is_reported() {
                 "type: NodePort, clusterIP: 10.96.0.30, ports: [{name: http, port: 80, nodePort: 30001}]",
             ),
         ],
-        node: w1(),
         frontends: &[
             "default/np ClusterIP 10.96.0.30:80/TCP -> refuse",
             "default/np NodePort 203.0.113.1:30001/TCP -> refuse",
         ],
         skipped: &["Node w1: address \"192.168.0.256\" (InternalIP): invalid IP address"],
-        warnings: &[],
+        ..Case::default()
     }
     .check();
 }
@@ -1262,10 +1248,8 @@ fn slices_match_services_in_the_same_namespace_only() {
             slice("web-a", "web", HTTP_8080, &[ep("10.244.1.1", "w1", READY)])
                 .replace("namespace: default", "namespace: other"),
         ]),
-        node: w1(),
         frontends: &["default/web ClusterIP 10.96.0.10:80/TCP -> refuse"],
-        skipped: &[],
-        warnings: &[],
+        ..Case::default()
     }
     .check();
 }
@@ -1292,7 +1276,6 @@ fn older_service_wins_a_conflicting_frontend() {
     for order in [vec![older.clone(), newer.clone()], vec![newer, older]] {
         Case {
             docs: docs(order),
-            node: w1(),
             frontends: &[
                 "aaa/new ClusterIP 10.96.0.92:80/TCP -> refuse",
                 "zzz/old ClusterIP 10.96.0.91:80/TCP -> refuse",
@@ -1301,7 +1284,7 @@ fn older_service_wins_a_conflicting_frontend() {
             skipped: &[
                 "Service aaa/new: port \"http\": ExternalIP 203.0.113.10:80/TCP is already claimed by the ExternalIP frontend of Service zzz/old",
             ],
-            warnings: &[],
+            ..Case::default()
         }
         .check();
     }
@@ -1316,7 +1299,6 @@ fn without_timestamps_namespace_then_name_wins() {
             // A timestamp beats none.
             claimant("c", "c", Some("2030-01-01T00:00:00Z"), "10.96.0.95"),
         ]),
-        node: w1(),
         frontends: &[
             "a/z ClusterIP 10.96.0.94:80/TCP -> refuse",
             "b/a ClusterIP 10.96.0.93:80/TCP -> refuse",
@@ -1324,7 +1306,7 @@ fn without_timestamps_namespace_then_name_wins() {
             "c/c ExternalIP 203.0.113.10:80/TCP -> refuse",
         ],
         skipped: &["Service a/z: port \"http\"", "Service b/a: port \"http\""],
-        warnings: &[],
+        ..Case::default()
     }
     .check();
 }
@@ -1336,7 +1318,6 @@ fn same_service_duplicate_frontend_is_planned_once() {
             "self",
             "clusterIP: 10.96.0.96, externalIPs: [10.96.0.96, 203.0.113.96, 203.0.113.96], ports: [{name: http, port: 80}]",
         )]),
-        node: w1(),
         frontends: &[
             "default/self ClusterIP 10.96.0.96:80/TCP -> refuse",
             "default/self ExternalIP 203.0.113.96:80/TCP -> refuse",
@@ -1345,7 +1326,7 @@ fn same_service_duplicate_frontend_is_planned_once() {
             "Service default/self: port \"http\": ExternalIP 10.96.0.96:80/TCP duplicates this Service's own ClusterIP frontend",
             "Service default/self: port \"http\": ExternalIP 203.0.113.96:80/TCP duplicates this Service's own ExternalIP frontend",
         ],
-        warnings: &[],
+        ..Case::default()
     }
     .check();
 }
@@ -1360,20 +1341,17 @@ fn duplicate_service_objects_are_reduced_to_one() {
     ] {
         Case {
             docs: docs(order),
-            node: w1(),
             frontends: &["default/web ClusterIP 10.96.0.10:80/TCP -> refuse"],
             skipped: &["Service default/web: several different objects with this namespace/name"],
-            warnings: &[],
+            ..Case::default()
         }
         .check();
     }
     // The same object twice (a file loaded twice) is not worth a report.
     Case {
         docs: docs([a.clone(), a]),
-        node: w1(),
         frontends: &["default/web ClusterIP 10.96.0.10:80/TCP -> refuse"],
-        skipped: &[],
-        warnings: &[],
+        ..Case::default()
     }
     .check();
 }
@@ -1393,7 +1371,6 @@ fn frontends_are_sorted_by_service_kind_address_port_protocol() {
             web("a", "10.96.0.200", ""),
             svc("a", "clusterIP: 10.96.0.200, ports: [{name: http, port: 80}]").replace("default", "kube-system"),
         ]),
-        node: w1(),
         frontends: &[
             "default/a ClusterIP 10.96.0.200:80/TCP -> refuse",
             "default/b ClusterIP 10.96.0.2:80/TCP -> refuse",
@@ -1415,7 +1392,7 @@ fn frontends_are_sorted_by_service_kind_address_port_protocol() {
         skipped: &[
             "Service kube-system/a: port \"http\": ClusterIP 10.96.0.200:80/TCP is already claimed by the ClusterIP frontend of Service default/a",
         ],
-        warnings: &[],
+        ..Case::default()
     }
     .check();
 }
@@ -1423,23 +1400,18 @@ fn frontends_are_sorted_by_service_kind_address_port_protocol() {
 #[test]
 fn backends_are_sorted_and_plan_names_the_node() {
     let plan = Case {
-        docs: docs([
-            web("web", "10.96.0.10", ""),
-            slice(
-                "web-a",
-                "web",
-                HTTP_8080,
-                &[
-                    ep("10.244.2.10", "w2", READY),
-                    ep("10.244.1.9", "w1", READY),
-                    ep("10.244.2.9", "w2", READY),
-                ],
-            ),
-        ]),
-        node: w1(),
+        docs: docs(web_sliced(
+            "web",
+            "10.96.0.10",
+            "",
+            &[
+                ep("10.244.2.10", "w2", READY),
+                ep("10.244.1.9", "w1", READY),
+                ep("10.244.2.9", "w2", READY),
+            ],
+        )),
         frontends: &["default/web ClusterIP 10.96.0.10:80/TCP -> 10.244.1.9:8080 10.244.2.9:8080 10.244.2.10:8080"],
-        skipped: &[],
-        warnings: &[],
+        ..Case::default()
     }
     .check();
     assert_eq!(plan.node, "w1");

@@ -277,3 +277,41 @@ fn missing_file_and_missing_node_fail() {
     let output = lbctl(&["plan", &fixture()]);
     assert!(!output.status.success(), "--node is required");
 }
+
+#[test]
+fn service_proxy_name_selects_the_services_of_this_proxy() {
+    let service = |name: &str, ip: &str, label: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\n{label}\
+             spec:\n  clusterIP: {ip}\n  ports:\n  - name: http\n    port: 80\n"
+        )
+    };
+    let label =
+        |proxy: &str| format!("  labels:\n    service.kubernetes.io/service-proxy-name: {proxy}\n");
+    let manifest = scratch(
+        "proxy-names.yaml",
+        &[
+            service("plain", "10.96.0.10", ""),
+            service("mine", "10.96.0.11", &label("lbctl")),
+            service("theirs", "10.96.0.12", &label("other")),
+        ]
+        .join("---\n"),
+    );
+    let path = manifest.display().to_string();
+    let services = |extra: &[&str]| -> Vec<String> {
+        let mut args = vec!["plan", "--node", "w1", "-o", "json"];
+        args.extend_from_slice(extra);
+        args.push(&path);
+        backends_by_service(&json_plan(&args))
+            .into_iter()
+            .map(|(service, _)| service)
+            .collect()
+    };
+    assert_eq!(services(&[]), ["default/plain"]);
+    assert_eq!(
+        services(&["--service-proxy-name", "lbctl"]),
+        ["default/mine"]
+    );
+    let output = lbctl(&["plan", "--node", "w1", "--service-proxy-name", "", &path]);
+    assert!(!output.status.success(), "an empty proxy name is refused");
+}

@@ -19,7 +19,7 @@ use k8s_openapi::api::{
 };
 use lbctl::{datapath::FrontendAddr, inspect, plan::Protocol};
 use serde::{Serialize, de::DeserializeOwned};
-use serde_yaml::Value;
+use serde_json::Value;
 use testkit::{cgroup::CgroupGuard, pins::PinDirGuard, topology::sibling_binary};
 
 /// The capabilities the agent needs, no more.
@@ -38,13 +38,9 @@ fn install_dir() -> PathBuf {
 fn documents(path: &Path) -> Vec<Value> {
     let text =
         fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|doc| {
-            serde::Deserialize::deserialize(doc)
-                .unwrap_or_else(|e| panic!("{}: invalid YAML: {e}", path.display()))
-        })
-        .filter(|v: &Value| !v.is_null())
-        .collect()
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&text)
+        .unwrap_or_else(|e| panic!("{}: invalid YAML: {e}", path.display()));
+    docs.into_iter().filter(|v| !v.is_null()).collect()
 }
 
 fn kind(doc: &Value) -> &str {
@@ -54,9 +50,9 @@ fn kind(doc: &Value) -> &str {
 /// Deserializes `doc` as `T` and checks that serializing it again gives back the same
 /// document: no unknown or misspelt field was dropped on the way.
 fn strict<T: DeserializeOwned + Serialize>(doc: &Value, origin: &str) -> T {
-    let typed: T = serde_yaml::from_value(doc.clone())
+    let typed: T = serde_json::from_value(doc.clone())
         .unwrap_or_else(|e| panic!("{origin}: not a valid {}: {e}", kind(doc)));
-    let again = serde_yaml::to_value(&typed).expect("serializable");
+    let again = serde_json::to_value(&typed).expect("serializable");
     assert_eq!(
         &again,
         doc,
@@ -112,7 +108,7 @@ fn kustomization_lists_every_install_manifest() {
     let kustomization = &documents(&install_dir().join("kustomization.yaml"))[0];
     assert_eq!(kustomization["namespace"].as_str(), Some(NAMESPACE));
     let listed: BTreeSet<String> = kustomization["resources"]
-        .as_sequence()
+        .as_array()
         .expect("resources")
         .iter()
         .map(|r| r.as_str().expect("a file name").to_owned())
@@ -123,7 +119,7 @@ fn kustomization_lists_every_install_manifest() {
         .filter(|n| n.ends_with(".yaml") && n != "kustomization.yaml")
         .collect();
     assert_eq!(listed, on_disk);
-    let images = kustomization["images"].as_sequence().expect("images");
+    let images = kustomization["images"].as_array().expect("images");
     assert_eq!(
         images[0]["name"].as_str(),
         agent_container(&daemonset()).image.as_deref(),
@@ -317,7 +313,7 @@ fn probes_and_metrics_port() {
     let path = |probe: Option<k8s_openapi::api::core::v1::Probe>| {
         let get = probe.and_then(|p| p.http_get).expect("httpGet probe");
         assert_eq!(
-            serde_yaml::to_value(&get.port).unwrap(),
+            serde_json::to_value(&get.port).unwrap(),
             Value::from("metrics")
         );
         get.path.expect("path")

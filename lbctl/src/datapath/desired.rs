@@ -2,31 +2,19 @@
 //! backends. Built from a [`Plan`]; knows nothing of Kubernetes.
 use std::{
     collections::BTreeMap,
-    fmt,
     net::{IpAddr, SocketAddr},
 };
 
 use lb_common::{Backend, IPPROTO_TCP, IPPROTO_UDP, SCOPE_ANY, ServiceKey, service_flags};
 
-use crate::plan::{FrontendKind, Plan, Protocol};
+use crate::plan::{FrontendKey, FrontendKind, Plan, Protocol};
 
-/// A frontend's identity in the maps.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct FrontendAddr {
-    pub address: IpAddr,
-    pub port: u16,
-    pub protocol: Protocol,
-}
+/// A frontend's identity in the maps: the engine's [`FrontendKey`]. The old name stays for the
+/// writer and the tools until they say `FrontendKey` themselves.
+pub type FrontendAddr = FrontendKey;
 
-impl FrontendAddr {
-    pub fn new(addr: SocketAddr, protocol: Protocol) -> Self {
-        Self {
-            address: addr.ip(),
-            port: addr.port(),
-            protocol,
-        }
-    }
-
+/// The BPF map encoding of a frontend key.
+impl FrontendKey {
     /// The master key (slot 0) of this frontend.
     pub fn key(&self) -> ServiceKey {
         ServiceKey {
@@ -49,16 +37,6 @@ impl FrontendAddr {
             port: u16::from_be(key.port),
             protocol,
         })
-    }
-}
-
-impl fmt::Display for FrontendAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let proto = match self.protocol {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        };
-        write!(f, "{}/{proto}", SocketAddr::new(self.address, self.port))
     }
 }
 
@@ -92,7 +70,7 @@ impl ServiceSpec {
 /// Every frontend this node must program.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Desired {
-    pub services: BTreeMap<FrontendAddr, ServiceSpec>,
+    pub services: BTreeMap<FrontendKey, ServiceSpec>,
 }
 
 impl Desired {
@@ -101,12 +79,7 @@ impl Desired {
     pub fn from_plan(plan: &Plan) -> Self {
         let mut services = BTreeMap::new();
         for fe in &plan.frontends {
-            let addr = FrontendAddr {
-                address: fe.address,
-                port: fe.port,
-                protocol: fe.protocol,
-            };
-            services.entry(addr).or_insert_with(|| ServiceSpec {
+            services.entry(fe.key()).or_insert_with(|| ServiceSpec {
                 backends: fe.backends.clone(),
                 affinity_timeout: fe.affinity_timeout_seconds,
                 kind: fe.kind,
@@ -123,7 +96,7 @@ impl Desired {
         backends: Vec<SocketAddr>,
     ) -> &mut Self {
         self.services.insert(
-            FrontendAddr::new(frontend, protocol),
+            FrontendKey::new(frontend, protocol),
             ServiceSpec {
                 backends,
                 affinity_timeout: None,
@@ -176,10 +149,10 @@ mod tests {
     #[test]
     fn keys_round_trip_both_families() {
         for s in ["10.96.0.10:80", "[fd00::10]:53"] {
-            let fe = FrontendAddr::new(s.parse().unwrap(), Protocol::Udp);
-            assert_eq!(FrontendAddr::from_key(&fe.key()), Some(fe));
+            let fe = FrontendKey::new(s.parse().unwrap(), Protocol::Udp);
+            assert_eq!(FrontendKey::from_key(&fe.key()), Some(fe));
         }
-        let v4 = FrontendAddr::new("10.96.0.10:80".parse().unwrap(), Protocol::Tcp).key();
+        let v4 = FrontendKey::new("10.96.0.10:80".parse().unwrap(), Protocol::Tcp).key();
         assert_eq!(&v4.address[10..], &[0xff, 0xff, 10, 96, 0, 10]);
         assert_eq!(v4.port, 80u16.to_be());
         let b: SocketAddr = "[fd00::5]:8080".parse().unwrap();

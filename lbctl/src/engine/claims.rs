@@ -1,27 +1,9 @@
 //! One frontend (address, port, protocol) leads to one service. Services offer their frontends
 //! in claim order (see `services_in_claim_order`); the first claim wins, later ones are skipped.
-use std::{collections::BTreeMap, net::IpAddr, net::SocketAddr};
+use std::{collections::BTreeMap, net::SocketAddr};
 
 use super::report::{Report, service_object};
-use crate::plan::{Frontend, Protocol};
-
-/// What the datapath keys a frontend by.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct FrontendKey {
-    address: IpAddr,
-    port: u16,
-    protocol: Protocol,
-}
-
-impl FrontendKey {
-    fn of(frontend: &Frontend) -> Self {
-        FrontendKey {
-            address: frontend.address,
-            port: frontend.port,
-            protocol: frontend.protocol,
-        }
-    }
-}
+use crate::plan::{Frontend, FrontendKey};
 
 #[derive(Debug, Default)]
 pub(crate) struct Claims {
@@ -42,7 +24,7 @@ impl Claims {
             ))
         });
         for frontend in frontends {
-            let key = FrontendKey::of(&frontend);
+            let key = frontend.key();
             match self.claimed.get(&key) {
                 None => {
                     self.claimed.insert(key, frontend);

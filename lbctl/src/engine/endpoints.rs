@@ -168,3 +168,289 @@ fn first_non_empty(
         chosen
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    //! `BackendSets::categorize` stated directly: endpoint views in, the two sets out (in the
+    //! style of kube-proxy's `TestCategorizeEndpoints`).
+    use super::*;
+
+    pub(crate) const READY: Conditions = Conditions {
+        ready: true,
+        serving: true,
+        terminating: false,
+    };
+    pub(crate) const NOT_READY: Conditions = Conditions {
+        ready: false,
+        serving: false,
+        terminating: false,
+    };
+    /// Serving and terminating: the graceful-termination fallback.
+    pub(crate) const TERMINATING: Conditions = Conditions {
+        ready: false,
+        serving: true,
+        terminating: true,
+    };
+    pub(crate) const TERMINATING_NOT_SERVING: Conditions = Conditions {
+        ready: false,
+        serving: false,
+        terminating: true,
+    };
+
+    /// An endpoint on `node` ("" for none), without hints.
+    pub(crate) fn ep(address: &str, node: &str, conditions: Conditions) -> EndpointView {
+        EndpointView {
+            address: address.parse().expect("test address"),
+            conditions,
+            node_name: (!node.is_empty()).then(|| node.to_owned()),
+            hints: Hints::default(),
+        }
+    }
+
+    impl EndpointView {
+        pub(crate) fn for_zones(mut self, zones: &[&str]) -> Self {
+            self.hints.for_zones = zones.iter().map(|z| z.to_string()).collect();
+            self
+        }
+
+        pub(crate) fn for_nodes(mut self, nodes: &[&str]) -> Self {
+            self.hints.for_nodes = nodes.iter().map(|n| n.to_string()).collect();
+            self
+        }
+    }
+
+    /// This node, `w1`, in `zone`.
+    pub(crate) fn w1(zone: Option<&str>) -> ThisNode {
+        ThisNode {
+            name: "w1".to_owned(),
+            zone: zone.map(str::to_owned),
+            addresses: Vec::new(),
+        }
+    }
+
+    struct Row {
+        name: &'static str,
+        node: ThisNode,
+        endpoints: Vec<EndpointView>,
+        /// Addresses (port 80) of the Cluster set.
+        cluster: &'static [&'static str],
+        /// Addresses (port 80) of the Local set.
+        local: &'static [&'static str],
+    }
+
+    fn row(name: &'static str, endpoints: Vec<EndpointView>) -> Row {
+        Row {
+            name,
+            node: w1(Some("zone-a")),
+            endpoints,
+            cluster: &[],
+            local: &[],
+        }
+    }
+
+    fn addresses(backends: &[SocketAddr]) -> Vec<String> {
+        backends.iter().map(|b| b.ip().to_string()).collect()
+    }
+
+    #[test]
+    fn categorize() {
+        let rows = [
+            Row {
+                cluster: &["10.0.0.1", "10.0.0.2"],
+                local: &["10.0.0.1"],
+                ..row(
+                    "ready endpoints: Cluster all, Local this node's",
+                    vec![ep("10.0.0.1", "w1", READY), ep("10.0.0.2", "w2", READY)],
+                )
+            },
+            Row {
+                cluster: &["10.0.0.2"],
+                local: &[],
+                ..row(
+                    "not ready is never used",
+                    vec![ep("10.0.0.1", "w1", NOT_READY), ep("10.0.0.2", "w2", READY)],
+                )
+            },
+            Row {
+                cluster: &["10.0.0.2", "10.0.0.3"],
+                local: &["10.0.0.3"],
+                ..row(
+                    "no ready endpoint: both sets fall back to serving+terminating",
+                    vec![
+                        ep("10.0.0.1", "w1", NOT_READY),
+                        ep("10.0.0.2", "w2", TERMINATING),
+                        ep("10.0.0.3", "w1", TERMINATING),
+                        ep("10.0.0.4", "w1", TERMINATING_NOT_SERVING),
+                    ],
+                )
+            },
+            Row {
+                cluster: &["10.0.0.2"],
+                local: &["10.0.0.1"],
+                ..row(
+                    "Local falls back on its own, Cluster keeps the remote ready one",
+                    vec![
+                        ep("10.0.0.1", "w1", TERMINATING),
+                        ep("10.0.0.2", "w2", READY),
+                    ],
+                )
+            },
+            Row {
+                cluster: &["10.0.0.2", "10.0.0.3"],
+                local: &["10.0.0.2"],
+                ..row(
+                    "both prefer ready endpoints over terminating ones",
+                    vec![
+                        ep("10.0.0.1", "w1", TERMINATING),
+                        ep("10.0.0.2", "w1", READY),
+                        ep("10.0.0.3", "w2", READY),
+                    ],
+                )
+            },
+            Row {
+                cluster: &["10.0.0.2", "10.0.0.3"],
+                local: &[],
+                ..row(
+                    "only remote endpoints: Local is empty, never remote",
+                    vec![ep("10.0.0.2", "w2", READY), ep("10.0.0.3", "", READY)],
+                )
+            },
+            Row {
+                cluster: &[],
+                local: &[],
+                ..row("no endpoints", vec![])
+            },
+            Row {
+                cluster: &["10.0.0.1", "10.0.0.3"],
+                local: &["10.0.0.1", "10.0.0.2"],
+                ..row(
+                    "zone hints filter the Cluster set only",
+                    vec![
+                        ep("10.0.0.1", "w1", READY).for_zones(&["zone-a"]),
+                        ep("10.0.0.2", "w1", READY).for_zones(&["zone-b"]),
+                        ep("10.0.0.3", "w2", READY).for_zones(&["zone-a"]),
+                        ep("10.0.0.4", "w3", READY).for_zones(&["zone-b"]),
+                    ],
+                )
+            },
+            Row {
+                cluster: &["10.0.0.1", "10.0.0.2"],
+                local: &["10.0.0.1"],
+                ..row(
+                    "a ready endpoint without hints: no filtering",
+                    vec![
+                        ep("10.0.0.1", "w1", READY).for_zones(&["zone-b"]),
+                        ep("10.0.0.2", "w2", READY),
+                    ],
+                )
+            },
+            Row {
+                cluster: &["10.0.0.2"],
+                local: &[],
+                ..row(
+                    "hints of endpoints that are not ready do not count (zone-b's is dropped)",
+                    vec![
+                        ep("10.0.0.1", "w2", NOT_READY),
+                        ep("10.0.0.2", "w2", READY).for_zones(&["zone-a"]),
+                        ep("10.0.0.3", "w3", READY).for_zones(&["zone-b"]),
+                    ],
+                )
+            },
+            Row {
+                cluster: &["10.0.0.1"],
+                local: &[],
+                ..row(
+                    "duplicate backends count once, the most usable copy wins",
+                    vec![
+                        ep("10.0.0.1", "w2", NOT_READY),
+                        ep("10.0.0.1", "w2", READY),
+                        ep("10.0.0.1", "w2", TERMINATING),
+                    ],
+                )
+            },
+            Row {
+                cluster: &["10.0.0.1"],
+                local: &["10.0.0.1"],
+                ..row(
+                    "of two ready copies, the one on this node wins",
+                    vec![ep("10.0.0.1", "w2", READY), ep("10.0.0.1", "w1", READY)],
+                )
+            },
+        ];
+        for row in rows {
+            let candidates = row
+                .endpoints
+                .iter()
+                .map(|endpoint| Candidate {
+                    backend: SocketAddr::new(endpoint.address, 80),
+                    endpoint,
+                })
+                .collect();
+            let sets = BackendSets::categorize(candidates, &row.node);
+            assert_eq!(
+                addresses(&sets.cluster),
+                row.cluster,
+                "{}: cluster",
+                row.name
+            );
+            assert_eq!(addresses(&sets.local), row.local, "{}: local", row.name);
+            assert!(
+                sets.cluster.iter().all(|b| b.port() == 80),
+                "{}: backend port",
+                row.name
+            );
+        }
+    }
+
+    #[test]
+    fn conditions_from_the_api() {
+        use k8s_openapi::api::discovery::v1::EndpointConditions as Api;
+        let api = |ready, serving, terminating| Api {
+            ready,
+            serving,
+            terminating,
+        };
+        let rows: [(&str, Option<Api>, Conditions, bool); 6] = [
+            ("all unset: ready and serving", None, READY, false),
+            (
+                "empty conditions: the same",
+                Some(api(None, None, None)),
+                READY,
+                false,
+            ),
+            (
+                "ready false",
+                Some(api(Some(false), Some(false), None)),
+                NOT_READY,
+                false,
+            ),
+            (
+                "terminating, serving unset: serving",
+                Some(api(Some(false), None, Some(true))),
+                TERMINATING,
+                true,
+            ),
+            (
+                "terminating and not serving",
+                Some(api(Some(false), Some(false), Some(true))),
+                TERMINATING_NOT_SERVING,
+                false,
+            ),
+            (
+                "ready and terminating",
+                Some(api(Some(true), Some(true), Some(true))),
+                Conditions {
+                    ready: true,
+                    serving: true,
+                    terminating: true,
+                },
+                true,
+            ),
+        ];
+        for (name, api, expected, fallback) in rows {
+            let got = Conditions::from_api(api.as_ref());
+            assert_eq!(got, expected, "{name}");
+            assert_eq!(got.serving_terminating(), fallback, "{name}: fallback");
+        }
+    }
+}

@@ -24,13 +24,22 @@ use crate::{
 pub use node::ZONE_LABEL;
 pub use slices::SERVICE_NAME_LABEL;
 
-/// Which node the plan is for.
+/// The label by which a Service names the proxy that serves it (kube-proxy's
+/// `LabelServiceProxyName`): Services that carry it belong to another proxy, unless its value
+/// is this proxy's [`NodeContext::service_proxy_name`].
+pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+
+/// Which node the plan is for, and which Services this proxy serves there.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeContext {
     /// `metadata.name` of this node's Node object (and `nodeName` of its endpoints).
     pub name: String,
     /// Overrides the Node's `topology.kubernetes.io/zone` label.
     pub zone: Option<String>,
+    /// `None`: serve only the Services without the [`SERVICE_PROXY_NAME_LABEL`] label (as
+    /// kube-proxy does). `Some(name)`: serve only the Services whose label is `name` (Cilium's
+    /// `k8s.serviceProxyName`).
+    pub service_proxy_name: Option<String>,
 }
 
 impl NodeContext {
@@ -38,12 +47,29 @@ impl NodeContext {
         NodeContext {
             name: name.into(),
             zone: None,
+            service_proxy_name: None,
         }
     }
 
     pub fn with_zone(mut self, zone: impl Into<String>) -> Self {
         self.zone = Some(zone.into());
         self
+    }
+
+    pub fn with_service_proxy_name(mut self, name: impl Into<String>) -> Self {
+        self.service_proxy_name = Some(name.into());
+        self
+    }
+
+    /// Whether this proxy serves `svc`, by its [`SERVICE_PROXY_NAME_LABEL`] label. A Service
+    /// this proxy does not serve is left out silently, as kube-proxy never even sees it.
+    pub fn serves(&self, svc: &Service) -> bool {
+        let label = svc
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|labels| labels.get(SERVICE_PROXY_NAME_LABEL));
+        label == self.service_proxy_name.as_ref()
     }
 }
 
@@ -53,7 +79,8 @@ pub fn plan(inventory: &Inventory, node: &NodeContext) -> Plan {
     let this_node = node::ThisNode::resolve(&inventory.nodes, node, &mut report);
     let slices = slices::SliceIndex::build(&inventory.endpoint_slices, &mut report);
     let mut claims = claims::Claims::default();
-    for svc in services_in_claim_order(&inventory.services, &mut report) {
+    let served = inventory.services.iter().filter(|svc| node.serves(svc));
+    for svc in services_in_claim_order(served, &mut report) {
         let frontends = service::plan_service(svc, &slices, &this_node, &mut report);
         claims.offer(frontends, &mut report);
     }
@@ -71,7 +98,7 @@ pub fn plan(inventory: &Inventory, node: &NodeContext) -> Plan {
 /// existing Service cannot be hijacked by a newer one (CVE-2020-8554 style). Duplicate objects
 /// (same namespace/name) are reduced to one.
 fn services_in_claim_order<'a>(
-    services: &'a [Service],
+    services: impl Iterator<Item = &'a Service>,
     report: &mut report::Report,
 ) -> Vec<&'a Service> {
     let mut by_ref: BTreeMap<ServiceRef, Vec<&Service>> = BTreeMap::new();
@@ -104,4 +131,54 @@ fn services_in_claim_order<'a>(
             .then_with(|| a_ref.cmp(b_ref))
     });
     unique.into_iter().map(|(_, svc)| svc).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    use super::*;
+
+    #[test]
+    fn which_services_a_proxy_serves() {
+        let labelled = |value: Option<&str>| Service {
+            metadata: ObjectMeta {
+                labels: value
+                    .map(|v| BTreeMap::from([(SERVICE_PROXY_NAME_LABEL.to_owned(), v.to_owned())])),
+                ..ObjectMeta::default()
+            },
+            ..Service::default()
+        };
+        let unlabelled_but_other = Service {
+            metadata: ObjectMeta {
+                labels: Some(BTreeMap::from([("app".to_owned(), "web".to_owned())])),
+                ..ObjectMeta::default()
+            },
+            ..Service::default()
+        };
+        let default = NodeContext::new("w1");
+        let named = NodeContext::new("w1").with_service_proxy_name("lbctl");
+        let rows = [
+            ("no labels", labelled(None), true, false),
+            ("other labels only", unlabelled_but_other, true, false),
+            ("label: lbctl", labelled(Some("lbctl")), false, true),
+            (
+                "label: another proxy",
+                labelled(Some("other")),
+                false,
+                false,
+            ),
+            ("label present, empty", labelled(Some("")), false, false),
+        ];
+        for (name, svc, by_default, by_name) in rows {
+            assert_eq!(default.serves(&svc), by_default, "{name}: default");
+            assert_eq!(
+                named.serves(&svc),
+                by_name,
+                "{name}: --service-proxy-name lbctl"
+            );
+        }
+    }
 }

@@ -168,3 +168,77 @@ pub(crate) fn special_address(ip: IpAddr) -> Option<&'static str> {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_must_be_1_to_65535() {
+        let rows = [
+            (1, Some(1)),
+            (80, Some(80)),
+            (65535, Some(65535)),
+            (0, None),
+            (-1, None),
+            (65536, None),
+            (i32::MAX, None),
+            (i32::MIN, None),
+        ];
+        for (number, expected) in rows {
+            assert_eq!(parse_port(number).ok(), expected, "{number}");
+        }
+        assert_eq!(parse_port(0).unwrap_err(), "port 0 is out of range 1-65535");
+    }
+
+    #[test]
+    fn protocols() {
+        let rows = [
+            (None, Ok(Protocol::Tcp)),
+            (Some("TCP"), Ok(Protocol::Tcp)),
+            (Some("UDP"), Ok(Protocol::Udp)),
+            (Some("SCTP"), Err(ProtocolProblem::NotCaptured)),
+            (Some("tcp"), Err(ProtocolProblem::Unknown("tcp".to_owned()))),
+            (Some(""), Err(ProtocolProblem::Unknown(String::new()))),
+        ];
+        for (protocol, expected) in rows {
+            assert_eq!(parse_protocol(protocol), expected, "{protocol:?}");
+        }
+    }
+
+    #[test]
+    fn port_labels() {
+        let rows = [
+            ("http", Some(80), Some("UDP"), "port \"http\""),
+            ("", Some(80), None, "port 80/TCP"),
+            ("", Some(53), Some("UDP"), "port 53/UDP"),
+            ("", None, None, "unnamed port"),
+        ];
+        for (name, number, protocol, expected) in rows {
+            assert_eq!(PortLabel::new(name, number, protocol).to_string(), expected);
+        }
+    }
+
+    #[test]
+    fn special_addresses() {
+        let rows = [
+            ("10.96.0.10", None),
+            ("fd00::10", None),
+            ("203.0.113.7", None),
+            ("0.0.0.0", Some("unspecified")),
+            ("::", Some("unspecified")),
+            ("127.0.0.1", Some("loopback")),
+            ("::1", Some("loopback")),
+            ("::ffff:127.0.0.1", Some("loopback")),
+            ("224.0.0.1", Some("multicast")),
+            ("ff02::1", Some("multicast")),
+            ("169.254.169.254", Some("link-local")),
+            ("fe80::1", Some("link-local")),
+            ("::ffff:169.254.169.254", Some("link-local")),
+        ];
+        for (address, expected) in rows {
+            let ip: IpAddr = address.parse().expect("test address");
+            assert_eq!(special_address(ip), expected, "{address}");
+        }
+    }
+}

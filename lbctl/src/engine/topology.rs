@@ -125,3 +125,181 @@ impl RequestedHints {
             })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The topology rules stated directly: ready endpoint views and this node in, the filter
+    //! out (in the style of kube-proxy's `topology_test.go`).
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::{api::core::v1::ServiceSpec, apimachinery::pkg::apis::meta::v1::ObjectMeta};
+
+    use super::*;
+    use crate::engine::endpoints::tests::{READY, ep, w1};
+
+    #[test]
+    fn from_hints() {
+        use TopologyFilter::{KeepAll, SameNode, SameZone};
+        let same_zone = || SameZone("zone-a".to_owned());
+        let same_node = || SameNode("w1".to_owned());
+        let rows: Vec<(&str, Option<&str>, Vec<EndpointView>, TopologyFilter)> = vec![
+            ("no endpoints", Some("zone-a"), vec![], KeepAll),
+            (
+                "every endpoint hinted, some for this zone",
+                Some("zone-a"),
+                vec![
+                    ep("10.0.0.1", "w2", READY).for_zones(&["zone-a"]),
+                    ep("10.0.0.2", "w3", READY).for_zones(&["zone-b"]),
+                ],
+                same_zone(),
+            ),
+            (
+                "an endpoint with several zones counts for each",
+                Some("zone-a"),
+                vec![
+                    ep("10.0.0.1", "w2", READY).for_zones(&["zone-b", "zone-a"]),
+                    ep("10.0.0.2", "w3", READY).for_zones(&["zone-b"]),
+                ],
+                same_zone(),
+            ),
+            (
+                "every endpoint hinted, none for this zone",
+                Some("zone-a"),
+                vec![ep("10.0.0.1", "w2", READY).for_zones(&["zone-b"])],
+                KeepAll,
+            ),
+            (
+                "one endpoint without hints",
+                Some("zone-a"),
+                vec![
+                    ep("10.0.0.1", "w2", READY).for_zones(&["zone-a"]),
+                    ep("10.0.0.2", "w3", READY),
+                ],
+                KeepAll,
+            ),
+            (
+                "this node has no zone",
+                None,
+                vec![ep("10.0.0.1", "w2", READY).for_zones(&["zone-a"])],
+                KeepAll,
+            ),
+            (
+                "every endpoint has node hints, one for this node",
+                Some("zone-a"),
+                vec![
+                    ep("10.0.0.1", "w1", READY)
+                        .for_nodes(&["w1"])
+                        .for_zones(&["zone-a"]),
+                    ep("10.0.0.2", "w2", READY)
+                        .for_nodes(&["w2"])
+                        .for_zones(&["zone-a"]),
+                ],
+                same_node(),
+            ),
+            (
+                "node hints without zone hints, and no zone: same node still",
+                None,
+                vec![ep("10.0.0.1", "w1", READY).for_nodes(&["w1"])],
+                same_node(),
+            ),
+            (
+                "node hints for other nodes only: fall back to zone hints",
+                Some("zone-a"),
+                vec![
+                    ep("10.0.0.1", "w2", READY)
+                        .for_nodes(&["w2"])
+                        .for_zones(&["zone-a"]),
+                    ep("10.0.0.2", "w3", READY)
+                        .for_nodes(&["w3"])
+                        .for_zones(&["zone-b"]),
+                ],
+                same_zone(),
+            ),
+            (
+                "node hints missing on one endpoint: fall back to zone hints",
+                Some("zone-a"),
+                vec![
+                    ep("10.0.0.1", "w1", READY)
+                        .for_nodes(&["w1"])
+                        .for_zones(&["zone-a"]),
+                    ep("10.0.0.2", "w2", READY).for_zones(&["zone-b"]),
+                ],
+                same_zone(),
+            ),
+        ];
+        for (name, zone, ready, expected) in rows {
+            let node = w1(zone);
+            let filter = TopologyFilter::from_hints(ready.iter(), &node);
+            assert_eq!(filter, expected, "{name}");
+            // The chosen filter keeps at least one ready endpoint.
+            if !ready.is_empty() {
+                assert!(
+                    ready.iter().any(|ep| filter.keeps(ep)),
+                    "{name}: keeps none"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn keeps() {
+        let hinted = ep("10.0.0.1", "w2", READY)
+            .for_nodes(&["w2"])
+            .for_zones(&["zone-b"]);
+        let bare = ep("10.0.0.2", "w2", READY);
+        let rows = [
+            (TopologyFilter::KeepAll, true, true),
+            (TopologyFilter::SameNode("w2".to_owned()), true, false),
+            (TopologyFilter::SameNode("w1".to_owned()), false, false),
+            (TopologyFilter::SameZone("zone-b".to_owned()), true, false),
+            (TopologyFilter::SameZone("zone-a".to_owned()), false, false),
+        ];
+        for (filter, keeps_hinted, keeps_bare) in rows {
+            assert_eq!(filter.keeps(&hinted), keeps_hinted, "{filter:?} hinted");
+            assert_eq!(filter.keeps(&bare), keeps_bare, "{filter:?} without hints");
+        }
+    }
+
+    #[test]
+    fn requested_hints() {
+        let service = |distribution: Option<&str>, annotation: Option<(&str, &str)>| Service {
+            metadata: ObjectMeta {
+                annotations: annotation
+                    .map(|(k, v)| BTreeMap::from([(k.to_owned(), v.to_owned())])),
+                ..ObjectMeta::default()
+            },
+            spec: Some(ServiceSpec {
+                traffic_distribution: distribution.map(str::to_owned),
+                ..ServiceSpec::default()
+            }),
+            ..Service::default()
+        };
+        let mode = |value| Some((TOPOLOGY_MODE_ANNOTATION, value));
+        let rows = [
+            (None, None, None),
+            (Some("PreferSameNode"), None, Some(HintKind::Node)),
+            (Some("PreferSameZone"), None, Some(HintKind::Zone)),
+            (Some("PreferClose"), None, Some(HintKind::Zone)),
+            (Some("Odd"), None, None),
+            (None, mode("Auto"), Some(HintKind::Zone)),
+            (None, mode("auto"), Some(HintKind::Zone)),
+            (None, mode("aUto"), None),
+            (None, mode("Disabled"), None),
+            (
+                None,
+                Some((TOPOLOGY_AWARE_HINTS_ANNOTATION, "Auto")),
+                Some(HintKind::Zone),
+            ),
+            // The field wins over the annotation.
+            (Some("PreferSameNode"), mode("Auto"), Some(HintKind::Node)),
+        ];
+        for (distribution, annotation, expected) in rows {
+            let got = RequestedHints::of(&service(distribution, annotation));
+            assert_eq!(
+                got.map(|r| r.kind),
+                expected,
+                "{distribution:?} {annotation:?}"
+            );
+        }
+    }
+}

@@ -7,27 +7,26 @@
 //! kinds (Pod, Deployment, a Knative `Service`...) and documents that are not objects are
 //! ignored. Loading is stateless: call [`load_paths`] again whenever a file changes.
 //!
-//! Each file is read twice: once as a generic YAML/JSON value (syntax errors, and which kind each
-//! object is), then once more straight into the typed objects, so that an object that does not
-//! deserialize is reported with the line and column of the offending field.
+//! Each file is read twice: once for its syntax and which kind and name each object has
+//! (everything else skipped), then once more straight into the typed objects, so that an object
+//! that does not deserialize is reported with the line and column of the offending field. YAML
+//! is read by serde-saphyr within limits scaled to the text (see [`MAX_YAML_DEPTH`]): alias
+//! bombs and absurd nesting are refused while parsing.
 use std::{
     fmt,
     io::Read,
     path::{Path, PathBuf},
 };
 
+use crate::model::Inventory;
 use k8s_openapi::api::{
     core::v1::{Node, Service},
     discovery::v1::EndpointSlice,
 };
 use serde::{
     Deserialize, Deserializer,
-    de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor},
+    de::{DeserializeSeed, EnumAccess, IgnoredAny, MapAccess, SeqAccess, VariantAccess, Visitor},
 };
-use serde_yaml::{Mapping, Value};
-
-use super::yaml_budget;
-use crate::model::Inventory;
 
 /// File name extensions read from a directory.
 pub const MANIFEST_EXTENSIONS: [&str; 3] = ["yaml", "yml", "json"];
@@ -204,48 +203,166 @@ pub fn load_str(text: &str, origin: &str) -> Result<Inventory, ManifestError> {
 }
 
 fn load_yaml(text: &str, origin: &str) -> Result<Inventory, ManifestError> {
-    // Refuse documents that expand to absurd sizes, or nest absurdly deep, before parsing them.
-    if let Some(line) = yaml_budget::too_deep(text) {
-        return Err(syntax_error(
+    let syntax = |e: serde_saphyr::Error| {
+        syntax_error(origin, Format::Yaml, yaml_position(&e), &yaml_message(&e))
+    };
+    // Empty and null documents are skipped by both reads alike, so shapes and documents pair up.
+    let shapes: Vec<DocShape> =
+        serde_saphyr::from_multiple_with_options(text, yaml_options(text)).map_err(syntax)?;
+    let (result, pass) = TypedPass::run(shapes, || {
+        serde_saphyr::from_multiple_with_options::<TypedDoc>(text, yaml_options(text))
+    });
+    match result {
+        Ok(_) => Ok(pass.collected.inventory),
+        Err(e) => Err(pass.collected.object_error(
+            pass.current.as_ref().unwrap_or(&DocShape::Ignored),
             origin,
-            Format::Yaml,
-            (Some(line), None),
-            &format!(
-                "flow collections nested deeper than {}; refused",
-                yaml_budget::MAX_FLOW_DEPTH
-            ),
-        ));
+            yaml_position(&e),
+            &yaml_message(&e),
+        )),
     }
-    for document in serde_yaml::Deserializer::from_str(text) {
-        let mut budget = yaml_budget::budget_for(text.len());
-        yaml_budget::NodeBudget(&mut budget)
-            .deserialize(document)
-            .map_err(|e| syntax_error(origin, Format::Yaml, yaml_position(&e), &e))?;
+}
+
+/// Nodes a YAML stream of `text_len` bytes may hold, aliases expanded: far above any real
+/// manifest (the quote example has ~500 nodes per 10 KiB), far below what exhausts memory.
+fn node_budget(text_len: usize) -> usize {
+    1_000_000usize.max(text_len.saturating_mul(8))
+}
+
+/// Events aliases may replay in a stream of `text_len` bytes: generous for the anchors a
+/// hand-written manifest shares (kubectl never writes any), and refused within a second for
+/// alias bombs (billion laughs, n aliases to an n-element anchor).
+fn alias_budget(text_len: usize) -> usize {
+    100_000usize.max(text_len.saturating_mul(2))
+}
+
+/// Collections nested deeper than this are refused: Kubernetes objects nest about 10 deep, and
+/// each level costs the deserializer stack (a debug build overflows a 2 MiB thread stack at
+/// about 100 nested flow mappings). serde-saphyr's default.
+pub const MAX_YAML_DEPTH: usize = 64;
+
+/// The parser's limits, scaled to the text: a stream without aliases always fits them, and
+/// one whose aliases expand it far beyond its size, or that nests absurdly deep, is refused
+/// while it is parsed, in time linear in the text.
+fn yaml_options(text: &str) -> serde_saphyr::Options {
+    let nodes = node_budget(text.len());
+    let aliases = alias_budget(text.len());
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_nodes = nodes;
+    budget.max_events = nodes.saturating_mul(2);
+    budget.max_total_scalar_bytes = budget.max_total_scalar_bytes.max(text.len());
+    // Each document takes some of the text: its size bounds them.
+    budget.max_documents = usize::MAX;
+    // Aliases are bounded by what they expand to, not by how many there are.
+    budget.enforce_alias_anchor_ratio = false;
+    budget.max_recorded_anchor_events = aliases;
+    // Flow collections are counted by the scanner as well, which looks ahead (a flow collection
+    // may be a key): its limit refuses them before they are parsed.
+    budget.max_depth = MAX_YAML_DEPTH;
+    budget.flow_nesting_limit = MAX_YAML_DEPTH;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    options.alias_limits.max_total_replayed_events = aliases;
+    // Errors are reported as `file:line:column: message`, without a source excerpt.
+    options.with_snippet = false;
+    options
+}
+
+/// serde-saphyr's message, or ours for the limits above (stable wording, naming the limit).
+fn yaml_message(error: &serde_saphyr::Error) -> String {
+    use serde_saphyr::{
+        Error, ExternalMessageSource, budget::BudgetBreach, granit_parser::ErrorKind,
+    };
+    let mut cause = error;
+    while let Error::AliasError { error, .. } | Error::WithSnippet { error, .. } = cause {
+        cause = error;
     }
-    let mut shapes = Vec::new();
-    for document in serde_yaml::Deserializer::from_str(text) {
-        let value = Value::deserialize(document)
-            .map_err(|e| syntax_error(origin, Format::Yaml, yaml_position(&e), &e))?;
-        shapes.push(DocShape::of(&value));
-    }
-    let mut collected = Collected::default();
-    for (document, shape) in serde_yaml::Deserializer::from_str(text).zip(&shapes) {
-        DocSeed {
-            shape,
-            out: &mut collected,
+    match cause {
+        Error::AliasReplayLimitExceeded { .. }
+        | Error::AliasExpansionLimitExceeded { .. }
+        | Error::AliasReplayStackDepthExceeded { .. }
+        | Error::Budget {
+            breach:
+                BudgetBreach::Nodes { .. }
+                | BudgetBreach::Events { .. }
+                | BudgetBreach::Aliases { .. }
+                | BudgetBreach::RecordedAnchorEvents { .. }
+                | BudgetBreach::RecordedAnchorBytes { .. },
+            ..
+        } => "the document expands to too many nodes (alias repetition limit); refused".to_owned(),
+        Error::Budget {
+            breach: BudgetBreach::Depth { .. },
+            ..
+        } => format!("collections nested deeper than {MAX_YAML_DEPTH}; refused"),
+        Error::ExternalMessage { source, .. }
+            if matches!(&**source, ExternalMessageSource::Parser(scan)
+                if matches!(scan.kind(), ErrorKind::RecursionLimitExceeded)) =>
+        {
+            format!("collections nested deeper than {MAX_YAML_DEPTH}; refused")
         }
-        .deserialize(document)
-        .map_err(|e| collected.object_error(shape, origin, yaml_position(&e), &e))?;
+        _ => error.to_string(),
     }
-    Ok(collected.inventory)
+}
+
+/// The typed read of a YAML stream. serde-saphyr reads a stream of documents into a
+/// `Deserialize` type, not through a `DeserializeSeed`: each document's shape (from the first
+/// read) and the objects read so far reach [`TypedDoc`] through this thread-local slot, set
+/// only while [`TypedPass::run`] runs.
+#[derive(Default)]
+struct TypedPass {
+    shapes: std::vec::IntoIter<DocShape>,
+    /// The shape of the document being read (for errors).
+    current: Option<DocShape>,
+    collected: Collected,
+}
+
+thread_local! {
+    static TYPED_PASS: std::cell::RefCell<Option<TypedPass>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+impl TypedPass {
+    fn run<T>(shapes: Vec<DocShape>, read: impl FnOnce() -> T) -> (T, TypedPass) {
+        let pass = TypedPass {
+            shapes: shapes.into_iter(),
+            ..TypedPass::default()
+        };
+        TYPED_PASS.set(Some(pass));
+        let result = read();
+        (result, TYPED_PASS.take().unwrap_or_default())
+    }
+}
+
+/// One YAML document of the typed read (see [`TypedPass`]).
+struct TypedDoc;
+
+impl<'de> Deserialize<'de> for TypedDoc {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        TYPED_PASS.with_borrow_mut(|pass| {
+            let pass = pass
+                .as_mut()
+                .ok_or_else(|| D::Error::custom("internal error: no typed read under way"))?;
+            let shape = pass.shapes.next().ok_or_else(|| {
+                D::Error::custom("internal error: more documents than in the first read")
+            })?;
+            let shape = pass.current.insert(shape);
+            DocSeed {
+                shape,
+                out: &mut pass.collected,
+            }
+            .deserialize(deserializer)
+            .map(|()| TypedDoc)
+        })
+    }
 }
 
 fn load_json(text: &str, origin: &str) -> Result<Inventory, ManifestError> {
+    // serde_json refuses nesting deeper than 128 into a Value (skipped fields are not checked).
     let value: serde_json::Value = serde_json::from_str(text)
         .map_err(|e| syntax_error(origin, Format::Json, json_position(&e), &e))?;
-    let value = serde_yaml::to_value(value)
+    let shape = DocShape::deserialize(&value)
         .map_err(|e| syntax_error(origin, Format::Json, (None, None), &e))?;
-    let shape = DocShape::of(&value);
     let mut collected = Collected::default();
     let mut deserializer = serde_json::Deserializer::from_str(text);
     DocSeed {
@@ -259,10 +376,13 @@ fn load_json(text: &str, origin: &str) -> Result<Inventory, ManifestError> {
 
 type Position = (Option<usize>, Option<usize>);
 
-fn yaml_position(error: &serde_yaml::Error) -> Position {
-    error
-        .location()
-        .map_or((None, None), |at| (Some(at.line()), Some(at.column())))
+fn yaml_position(error: &serde_saphyr::Error) -> Position {
+    let at = error.location();
+    let number = |n: u64| usize::try_from(n).ok().filter(|n| *n > 0);
+    (
+        at.and_then(|at| number(at.line())),
+        at.and_then(|at| number(at.column())),
+    )
 }
 
 fn json_position(error: &serde_json::Error) -> Position {
@@ -336,28 +456,16 @@ struct Header {
 }
 
 impl Header {
-    fn of(kind: KnownKind, object: Option<&Mapping>) -> Self {
-        Header {
-            kind,
-            name: display_name(object),
-        }
+    fn of(kind: KnownKind, object: Option<&ObjectFields>) -> Self {
+        let field =
+            |get: fn(&ObjectFields) -> &Option<String>| object.and_then(|o| get(o).as_deref());
+        let name = match (field(|o| &o.namespace), field(|o| &o.name)) {
+            (Some(ns), Some(name)) => format!("{ns}/{name}"),
+            (None, Some(name)) => name.to_owned(),
+            (_, None) => "<unnamed>".to_owned(),
+        };
+        Header { kind, name }
     }
-}
-
-fn display_name(object: Option<&Mapping>) -> String {
-    let metadata = object
-        .and_then(|o| o.get("metadata"))
-        .and_then(Value::as_mapping);
-    let field = |key: &str| metadata.and_then(|m| m.get(key)).and_then(Value::as_str);
-    match (field("namespace"), field("name")) {
-        (Some(ns), Some(name)) => format!("{ns}/{name}"),
-        (None, Some(name)) => name.to_owned(),
-        (_, None) => "<unnamed>".to_owned(),
-    }
-}
-
-fn str_field<'a>(object: &'a Mapping, key: &str) -> Option<&'a str> {
-    object.get(key).and_then(Value::as_str)
 }
 
 /// What one document holds, from the first read.
@@ -382,12 +490,9 @@ struct ListHeader {
 }
 
 impl DocShape {
-    fn of(document: &Value) -> Self {
-        let Some(object) = document.as_mapping() else {
-            return DocShape::Ignored;
-        };
-        let api_version = str_field(object, "apiVersion");
-        let kind = str_field(object, "kind");
+    fn of(object: &ObjectFields) -> Self {
+        let api_version = object.api_version.as_deref();
+        let kind = object.kind.as_deref();
         if let Some(known) = KnownKind::of(api_version, kind) {
             return DocShape::Object(Header::of(known, Some(object)));
         }
@@ -395,30 +500,205 @@ impl DocShape {
             return DocShape::Ignored;
         };
         let items = object
-            .get("items")
-            .and_then(Value::as_sequence)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        let items = items
+            .items
             .iter()
+            .flatten()
             .map(|item| {
-                let item_object = item.as_mapping();
                 let kind = match item_kind {
                     Some(kind) => Some(kind),
-                    None => item_object.and_then(|o| {
-                        KnownKind::of(str_field(o, "apiVersion"), str_field(o, "kind"))
-                    }),
+                    None => item
+                        .as_ref()
+                        .and_then(|o| KnownKind::of(o.api_version.as_deref(), o.kind.as_deref())),
                 };
-                kind.map(|kind| Header::of(kind, item_object))
+                kind.map(|kind| Header::of(kind, item.as_ref()))
             })
             .collect();
         DocShape::List {
             list: ListHeader {
                 kind: kind.unwrap_or_default().to_owned(),
-                name: display_name(Some(object)),
+                name: Header::of(item_kind.unwrap_or(KnownKind::Service), Some(object)).name,
             },
             items,
         }
+    }
+}
+
+/// The first read of a document: any YAML or JSON value; only an object's kind, name and list
+/// items are kept.
+impl<'de> Deserialize<'de> for DocShape {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(
+            match Scan(Want::Object { items: true }).deserialize(deserializer)? {
+                Scanned::Object(object) => DocShape::of(&object),
+                _ => DocShape::Ignored,
+            },
+        )
+    }
+}
+
+/// The fields of an object the first read keeps. Fields of other types than expected (a `kind`
+/// that is a list, `metadata` that is a string) count as absent.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct ObjectFields {
+    api_version: Option<String>,
+    kind: Option<String>,
+    /// `metadata.name`.
+    name: Option<String>,
+    /// `metadata.namespace`.
+    namespace: Option<String>,
+    /// `Some` when `items` is a sequence: per item, its fields when it is a mapping.
+    items: Option<Vec<Option<ObjectFields>>>,
+}
+
+/// What the first read looks for in a value.
+#[derive(Clone, Copy, Debug)]
+enum Want {
+    /// A string.
+    Str,
+    /// An object's [`ObjectFields`]; its `items` too when `items` is set.
+    Object { items: bool },
+    /// `metadata`: its `name` and `namespace`.
+    Metadata,
+    /// A list's `items`: a sequence of objects.
+    Items,
+}
+
+/// A value as the first read saw it.
+enum Scanned {
+    Str(String),
+    Object(ObjectFields),
+    Items(Vec<Option<ObjectFields>>),
+    /// Anything else, skipped.
+    Other,
+}
+
+/// Reads any value, keeping what [`Want`] asks for and skipping the rest.
+#[derive(Clone, Copy)]
+struct Scan(Want);
+
+impl<'de> DeserializeSeed<'de> for Scan {
+    type Value = Scanned;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Scanned, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Scan {
+    type Value = Scanned;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any value")
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Scanned, E> {
+        Ok(match self.0 {
+            Want::Str => Scanned::Str(v.to_owned()),
+            _ => Scanned::Other,
+        })
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Scanned, E> {
+        Ok(Scanned::Other)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Scanned, E> {
+        Ok(Scanned::Other)
+    }
+    fn visit_i128<E>(self, _: i128) -> Result<Scanned, E> {
+        Ok(Scanned::Other)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Scanned, E> {
+        Ok(Scanned::Other)
+    }
+    fn visit_u128<E>(self, _: u128) -> Result<Scanned, E> {
+        Ok(Scanned::Other)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Scanned, E> {
+        Ok(Scanned::Other)
+    }
+    fn visit_bytes<E>(self, _: &[u8]) -> Result<Scanned, E> {
+        Ok(Scanned::Other)
+    }
+    fn visit_unit<E>(self) -> Result<Scanned, E> {
+        Ok(Scanned::Other)
+    }
+    fn visit_none<E>(self) -> Result<Scanned, E> {
+        Ok(Scanned::Other)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Scanned, D::Error> {
+        d.deserialize_any(self)
+    }
+    fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<Scanned, D::Error> {
+        d.deserialize_any(self)
+    }
+
+    fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<Scanned, A::Error> {
+        // A tagged value (`!custom x`): not one we read.
+        let (IgnoredAny, variant) = data.variant()?;
+        variant.newtype_variant::<IgnoredAny>()?;
+        Ok(Scanned::Other)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Scanned, A::Error> {
+        let Want::Items = self.0 else {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            return Ok(Scanned::Other);
+        };
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(Scan(Want::Object { items: false }))? {
+            items.push(match item {
+                Scanned::Object(object) => Some(object),
+                _ => None,
+            });
+        }
+        Ok(Scanned::Items(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Scanned, A::Error> {
+        let with_items = match self.0 {
+            Want::Object { items } => items,
+            Want::Metadata => false,
+            Want::Str | Want::Items => {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                return Ok(Scanned::Other);
+            }
+        };
+        let metadata = matches!(self.0, Want::Metadata);
+        let mut fields = ObjectFields::default();
+        while let Some(key) = map.next_key_seed(Scan(Want::Str))? {
+            let key = match key {
+                Scanned::Str(key) => key,
+                _ => String::new(),
+            };
+            let string = |value| match value {
+                Scanned::Str(value) => Some(value),
+                _ => None,
+            };
+            match (metadata, key.as_str()) {
+                (false, "apiVersion") => {
+                    fields.api_version = string(map.next_value_seed(Scan(Want::Str))?)
+                }
+                (false, "kind") => fields.kind = string(map.next_value_seed(Scan(Want::Str))?),
+                (false, "metadata") => {
+                    if let Scanned::Object(meta) = map.next_value_seed(Scan(Want::Metadata))? {
+                        fields.name = meta.name;
+                        fields.namespace = meta.namespace;
+                    }
+                }
+                (false, "items") if with_items => {
+                    if let Scanned::Items(items) = map.next_value_seed(Scan(Want::Items))? {
+                        fields.items = Some(items);
+                    }
+                }
+                (true, "name") => fields.name = string(map.next_value_seed(Scan(Want::Str))?),
+                (true, "namespace") => {
+                    fields.namespace = string(map.next_value_seed(Scan(Want::Str))?)
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Scanned::Object(fields))
     }
 }
 
@@ -427,6 +707,8 @@ impl DocShape {
 struct Collected {
     inventory: Inventory,
     current_item: Option<usize>,
+    /// Where in the object the typed read failed (`spec.ports[0].port`).
+    failed_at: Option<String>,
 }
 
 impl Collected {
@@ -435,18 +717,21 @@ impl Collected {
         kind: KnownKind,
         deserializer: D,
     ) -> Result<(), D::Error> {
-        match kind {
-            KnownKind::Service => self
-                .inventory
-                .services
-                .push(Service::deserialize(deserializer)?),
-            KnownKind::EndpointSlice => self
-                .inventory
-                .endpoint_slices
-                .push(EndpointSlice::deserialize(deserializer)?),
-            KnownKind::Node => self.inventory.nodes.push(Node::deserialize(deserializer)?),
+        let mut track = serde_path_to_error::Track::new();
+        let deserializer = serde_path_to_error::Deserializer::new(deserializer, &mut track);
+        let pushed = match kind {
+            KnownKind::Service => Service::deserialize(deserializer)
+                .map(|object| self.inventory.services.push(object)),
+            KnownKind::EndpointSlice => EndpointSlice::deserialize(deserializer)
+                .map(|object| self.inventory.endpoint_slices.push(object)),
+            KnownKind::Node => {
+                Node::deserialize(deserializer).map(|object| self.inventory.nodes.push(object))
+            }
+        };
+        if pushed.is_err() {
+            self.failed_at = Some(track.path().to_string());
         }
-        Ok(())
+        pushed
     }
 
     fn object_error(
@@ -478,7 +763,10 @@ impl Collected {
             }),
             kind,
             name,
-            message: error.to_string(),
+            message: match self.failed_at.as_deref() {
+                Some(path) if path != "." => format!("{path}: {error}"),
+                _ => error.to_string(),
+            },
         }
     }
 }
@@ -591,5 +879,69 @@ impl<'de> DeserializeSeed<'de> for ItemSeed<'_> {
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
         self.out.push(self.kind, deserializer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node_with(extra: &str) -> String {
+        format!("apiVersion: v1\nkind: Node\nmetadata: {{name: n1}}\n{extra}")
+    }
+
+    fn nested(depth: usize) -> String {
+        // `x` is at depth 1; each `[` one deeper.
+        node_with(&format!(
+            "x: {}1{}\n",
+            "[".repeat(depth - 1),
+            "]".repeat(depth - 1)
+        ))
+    }
+
+    #[test]
+    fn nesting_up_to_the_limit_loads_beyond_is_refused() {
+        let inventory = load_str(&nested(MAX_YAML_DEPTH), "ok.yaml").expect("at the limit");
+        assert_eq!(inventory.nodes.len(), 1);
+        let err = load_str(&nested(MAX_YAML_DEPTH + 1), "deep.yaml")
+            .expect_err("beyond the limit")
+            .to_string();
+        assert!(err.starts_with("deep.yaml:4:"), "{err}");
+        assert!(err.contains("nested deeper than 64"), "{err}");
+    }
+
+    #[test]
+    fn ordinary_anchors_and_aliases_load() {
+        let text = node_with("x: &x {a: 1, b: [1, 2]}\ny: *x\nz: [*x, *x]\n");
+        assert_eq!(load_str(&text, "a.yaml").expect("loads").nodes.len(), 1);
+    }
+
+    #[test]
+    fn the_alias_budget_grows_with_the_text() {
+        // n aliases to an n-element anchor replay n^2 events: refused at n = 400 in a small
+        // file, loaded when the same aliases sit in a file large enough to pay for them.
+        let quadratic = |n: usize| {
+            node_with(&format!(
+                "a: &a [{}]\nb: [{}]\n",
+                "1,".repeat(n),
+                "*a,".repeat(n)
+            ))
+        };
+        let err = load_str(&quadratic(400), "quad.yaml")
+            .expect_err("160,000 replayed events from 2.5 KB")
+            .to_string();
+        assert!(err.contains("too many nodes"), "{err}");
+        let padded = format!("{}# {}\n", quadratic(400), "x".repeat(200_000));
+        load_str(&padded, "big.yaml").expect("a 200 KB file may replay 400,000 events");
+    }
+
+    #[test]
+    fn object_errors_name_the_field() {
+        let text = node_with("spec: {podCIDRs: 5}\n");
+        let err = load_str(&text, "n.yaml")
+            .expect_err("not a list")
+            .to_string();
+        assert!(err.starts_with("n.yaml:4:"), "{err}");
+        assert!(err.contains("Node n1: spec.podCIDRs: "), "{err}");
     }
 }

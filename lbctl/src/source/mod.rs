@@ -4,6 +4,5 @@
 pub mod files;
 pub mod kube;
 pub mod manifests;
-mod yaml_budget;
 
 pub use kube::SourceState;

@@ -170,7 +170,9 @@ pub fn skipped(plan: &Plan) -> Vec<String> {
         .collect()
 }
 
-/// One table row: objects in, node, and what must come out.
+/// One table row: objects in, node, and what must come out. Rows state only what they are
+/// about and take the rest from [`Case::default`]: the plan for w1, nothing skipped, no
+/// warnings, no frontends.
 pub struct Case<'a> {
     pub docs: Vec<String>,
     pub node: NodeContext,
@@ -180,6 +182,18 @@ pub struct Case<'a> {
     pub skipped: &'a [&'a str],
     /// One substring per warning, in order; no other warning.
     pub warnings: &'a [&'a str],
+}
+
+impl Default for Case<'_> {
+    fn default() -> Self {
+        Case {
+            docs: Vec::new(),
+            node: NodeContext::new("w1"),
+            frontends: &[],
+            skipped: &[],
+            warnings: &[],
+        }
+    }
 }
 
 impl Case<'_> {
