@@ -5,11 +5,7 @@
 #[path = "../../lbctl/tests/support/fake_apiserver.rs"]
 mod fake_apiserver;
 
-use std::{
-    io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
-    time::Duration,
-};
+use std::{net::SocketAddr, time::Duration};
 
 use fake_apiserver::FakeApiServer;
 use lbctl::{datapath::FrontendAddr, inspect, plan::Protocol};
@@ -18,6 +14,7 @@ use testkit::{
     agent::{AgentProcess, wait_until},
     backends::Backends,
     cgroup::CgroupGuard,
+    lifecycle::{agent_args, free_port, http_request},
     pins::PinDirGuard,
     probe::{Outcome, Probe},
 };
@@ -47,31 +44,9 @@ fn slice(endpoint: SocketAddr) -> Value {
                           "conditions": {"ready": true}}]})
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Status code of `GET path` on the agent's metrics server (0 when unreachable).
 fn http_status(addr: SocketAddr, path: &str) -> u16 {
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
-        return 0;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let _ = write!(
-        s,
-        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
-    );
-    let mut reply = String::new();
-    let _ = s.read_to_string(&mut reply);
-    reply
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
+    http_request(addr, path).map_or(0, |(status, _)| status)
 }
 
 fn reaches(cgroup: &CgroupGuard, name: &str) -> bool {
@@ -102,30 +77,13 @@ async fn watch_events_program_the_node_and_api_errors_never_flush_it() {
         ),
     )
     .unwrap();
-    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let args: Vec<String> = [
-        "--node",
-        "node-a",
-        "--kubeconfig",
-        &kubeconfig.display().to_string(),
-        "--pin-dir",
-        &pins.path().display().to_string(),
-        "--cgroup",
-        &cgroup.path().display().to_string(),
-        "--metrics-addr",
-        &metrics.to_string(),
-        "--coalesce-ms",
-        "10",
-        "--max-service-entries",
-        "4096",
-        "--max-backends",
-        "1024",
-        "--max-frontends",
-        "1024",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
+    let args = agent_args(
+        &["--kubeconfig", &kubeconfig.display().to_string()],
+        pins.path(),
+        cgroup.path(),
+        &["--metrics-addr", &metrics.to_string()],
+    );
     let agent = AgentProcess::start(&args).unwrap();
 
     let target = FrontendAddr::new(format!("{VIP}:80").parse().unwrap(), Protocol::Tcp);

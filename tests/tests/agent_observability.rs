@@ -4,22 +4,17 @@
 //! `/healthz` failing while the reconcile loop is stuck.
 use std::{
     fs,
-    io::{Read, Write},
-    net::{SocketAddr, TcpStream},
-    path::{Path, PathBuf},
+    net::SocketAddr,
     time::{Duration, SystemTime},
 };
 
 use testkit::{
-    TempDir,
     agent::{AgentProcess, wait_until},
     backends::Backends,
-    cgroup::CgroupGuard,
-    pins::PinDirGuard,
+    lifecycle::{Endpoint, NODE, Node, free_port, http_request, node_yaml, service_yaml},
     probe::{Outcome, Probe},
 };
 
-const NODE: &str = "node-a";
 const ECONNREFUSED: i32 = 111;
 const WEB_VIP: &str = "10.96.1.10";
 const LOCAL_VIP: &str = "10.96.1.11";
@@ -27,57 +22,23 @@ const LOCAL_VIP: &str = "10.96.1.11";
 /// One endpoint: address and node.
 type Ep<'a> = (SocketAddr, &'a str);
 
-/// A Service with one port `http` and one EndpointSlice (optionally stamped with a trigger time).
+/// A Service `shop/NAME` with one port `http` and one EndpointSlice of ready endpoints
+/// (optionally stamped with a trigger time).
 fn service(name: &str, vip: &str, itp: &str, eps: &[Ep], trigger: Option<&str>) -> String {
-    let port = eps.first().map_or(8080, |(a, _)| a.port());
-    let endpoints: String = if eps.is_empty() {
-        "  []\n".to_owned()
-    } else {
-        eps.iter()
-            .map(|(addr, node)| {
-                format!(
-                    "  - addresses: [\"{}\"]\n    nodeName: {node}\n    conditions: {{ready: true}}\n",
-                    addr.ip()
-                )
-            })
-            .collect()
-    };
-    let annotations = trigger.map_or(String::new(), |t| {
-        format!("  annotations: {{endpoints.kubernetes.io/last-change-trigger-time: \"{t}\"}}\n")
-    });
-    format!(
-        r#"---
-apiVersion: v1
-kind: Service
-metadata: {{name: {name}, namespace: shop}}
-spec:
-  clusterIP: {vip}
-  internalTrafficPolicy: {itp}
-  ports: [{{name: http, port: 80, protocol: TCP, targetPort: {port}}}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: {name}-abc12
-  namespace: shop
-  labels: {{kubernetes.io/service-name: {name}}}
-{annotations}addressType: IPv4
-ports: [{{name: http, port: {port}, protocol: TCP}}]
-endpoints:
-{endpoints}"#
-    )
+    let endpoints: Vec<Endpoint> = eps
+        .iter()
+        .map(|(addr, node)| Endpoint::ready(*addr, node))
+        .collect();
+    let annotations: Vec<(&str, &str)> = trigger
+        .map(|t| ("endpoints.kubernetes.io/last-change-trigger-time", t))
+        .into_iter()
+        .collect();
+    service_yaml("shop", name, vip, itp, &endpoints, &annotations)
 }
 
-const NODES: &str = r#"apiVersion: v1
-kind: Node
-metadata: {name: node-a}
-status: {addresses: [{type: InternalIP, address: 192.0.2.1}]}
----
-apiVersion: v1
-kind: Node
-metadata: {name: node-b}
-status: {addresses: [{type: InternalIP, address: 192.0.2.2}]}
-"#;
+fn nodes() -> String {
+    node_yaml(NODE, "192.0.2.1") + &node_yaml("node-b", "192.0.2.2")
+}
 
 /// A Service the engine skips (its cluster IP is not an address).
 const BROKEN: &str = r#"---
@@ -89,39 +50,22 @@ spec:
   ports: [{name: http, port: 80, protocol: TCP}]
 "#;
 
-fn write_atomically(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    fs::write(&tmp, text).unwrap();
-    fs::rename(&tmp, path).unwrap();
-}
-
-/// A free port on 127.0.0.1 for the agent's metrics server.
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-}
-
-struct Node {
-    dir: TempDir,
-    pins: PinDirGuard,
-    cgroup: CgroupGuard,
+/// A scratch node whose agents resync every second and serve metrics on a free port.
+struct Observed {
+    node: Node,
     metrics: SocketAddr,
 }
 
-impl Node {
+impl Observed {
     fn new(tag: &str) -> Self {
-        testkit::require_root();
         Self {
-            cgroup: CgroupGuard::new(tag).unwrap(),
-            pins: PinDirGuard::new(tag),
-            dir: TempDir::new(tag).unwrap(),
-            metrics: free_port(),
+            node: Node::new(tag).unwrap(),
+            metrics: SocketAddr::from(([127, 0, 0, 1], free_port().expect("free port"))),
         }
     }
 
-    fn manifest(&self) -> PathBuf {
-        self.dir.path().join("cluster.yaml")
+    fn write(&self, yaml: &str) {
+        self.node.write_manifest(yaml).unwrap();
     }
 
     fn agent(&self, extra: &[&str]) -> AgentProcess {
@@ -129,47 +73,15 @@ impl Node {
     }
 
     fn agent_with_env(&self, extra: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> AgentProcess {
-        let mut args: Vec<String> = vec![
-            "--node".into(),
-            NODE.into(),
-            "--manifests".into(),
-            self.manifest().display().to_string(),
-            "--pin-dir".into(),
-            self.pins.path().display().to_string(),
-            "--cgroup".into(),
-            self.cgroup.path().display().to_string(),
-            "--coalesce-ms".into(),
-            "10".into(),
-            "--resync-seconds".into(),
-            "1".into(),
-            "--metrics-addr".into(),
-            self.metrics.to_string(),
-            "--max-service-entries".into(),
-            "4096".into(),
-            "--max-backends".into(),
-            "1024".into(),
-            "--max-frontends".into(),
-            "1024".into(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        AgentProcess::start_with_env(&args, env).unwrap()
+        let metrics = self.metrics.to_string();
+        let mut args = vec!["--resync-seconds", "1", "--metrics-addr", &metrics];
+        args.extend_from_slice(extra);
+        self.node.agent_with_env(&args, env).unwrap()
     }
 
-    /// `GET path` (HTTP/1.0: no chunked body): status and body, or `None` when not listening.
+    /// `GET path`: status and body, or `None` when not listening.
     fn get(&self, path: &str) -> Option<(u16, String)> {
-        let mut stream = TcpStream::connect_timeout(&self.metrics, Duration::from_secs(2)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(
-            stream,
-            "GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n",
-            self.metrics
-        )
-        .ok()?;
-        let mut raw = String::new();
-        stream.read_to_string(&mut raw).ok()?;
-        let (head, body) = raw.split_once("\r\n\r\n")?;
-        let status = head.split_whitespace().nth(1)?.parse().ok()?;
-        Some((status, body.to_owned()))
+        http_request(self.metrics, path).ok()
     }
 
     fn scrape(&self) -> String {
@@ -182,6 +94,17 @@ impl Node {
     /// The value of one sample in a fresh scrape.
     fn sample(&self, series: &str) -> Option<f64> {
         sample(&self.scrape(), series)
+    }
+
+    /// Waits until a scrape has the sample `series` (the agent has named the frontends).
+    fn wait_for_series(&self, series: &str, agent: &AgentProcess) {
+        assert!(
+            wait_until(Duration::from_secs(15), || self
+                .get("/metrics")
+                .is_some_and(|(_, body)| sample(&body, series).is_some())),
+            "{}",
+            agent.log()
+        );
     }
 
     /// Waits until the agent has completed `n` more syncs than now.
@@ -216,9 +139,9 @@ fn lines_with(log: &str, needle: &str) -> usize {
     log.lines().filter(|l| l.contains(needle)).count()
 }
 
-fn connect(node: &Node, vip: &str, n: usize) -> Vec<Outcome> {
+fn connect(obs: &Observed, vip: &str, n: usize) -> Vec<Outcome> {
     Probe::run(
-        Some(&node.cgroup),
+        Some(&obs.node.cgroup),
         &["tcp", &format!("{vip}:80"), &n.to_string()],
     )
     .unwrap()
@@ -226,14 +149,13 @@ fn connect(node: &Node, vip: &str, n: usize) -> Vec<Outcome> {
 
 #[test]
 fn per_service_counters_and_the_refusing_gauge_follow_real_connects_and_log_once() {
-    let node = Node::new("obs-counters");
+    let node = Observed::new("obs-counters");
     let b = Backends::tcp_same_port(&["b0"]).unwrap();
     let b0 = b.addr("b0");
     // web: Cluster, its endpoint on this node. local: Local, its only endpoint on node-b.
-    write_atomically(
-        &node.manifest(),
+    node.write(
         &[
-            NODES,
+            nodes().as_str(),
             &service("web", WEB_VIP, "Cluster", &[(b0, NODE)], None),
             &service("local", LOCAL_VIP, "Local", &[(b0, "node-b")], None),
             BROKEN,
@@ -242,17 +164,7 @@ fn per_service_counters_and_the_refusing_gauge_follow_real_connects_and_log_once
     );
     let agent = node.agent(&[]);
     // The series exist once the agent has named the programmed frontends.
-    assert!(
-        wait_until(Duration::from_secs(15), || node
-            .get("/metrics")
-            .is_some_and(|(_, body)| sample(
-                &body,
-                &service_series("local", "refused")
-            )
-            .is_some())),
-        "{}",
-        agent.log()
-    );
+    node.wait_for_series(&service_series("local", "refused"), &agent);
 
     assert_eq!(
         connect(&node, WEB_VIP, 5),
@@ -327,10 +239,9 @@ fn per_service_counters_and_the_refusing_gauge_follow_real_connects_and_log_once
 
     // The local endpoint moves to this node and the broken Service is fixed away: one line
     // each, the gauge drops, and the counters go on from where they were.
-    write_atomically(
-        &node.manifest(),
+    node.write(
         &[
-            NODES,
+            nodes().as_str(),
             &service("web", WEB_VIP, "Cluster", &[(b0, NODE)], None),
             &service("local", LOCAL_VIP, "Local", &[(b0, NODE)], None),
         ]
@@ -381,7 +292,7 @@ fn rfc3339(at: SystemTime) -> String {
 
 #[test]
 fn network_programming_duration_is_measured_from_the_slice_trigger_time() {
-    let node = Node::new("obs-programming");
+    let node = Observed::new("obs-programming");
     let b = Backends::tcp_same_port(&["b0", "b1"]).unwrap();
     let (b0, b1) = (b.addr("b0"), b.addr("b1"));
     const COUNT: &str = "lbctl_network_programming_duration_seconds_count";
@@ -389,10 +300,9 @@ fn network_programming_duration_is_measured_from_the_slice_trigger_time() {
     // A trigger time from before the agent started measures its absence, not programming.
     let before_start = "2020-01-01T00:00:00Z";
     let write = |eps: &[Ep], trigger: &str| {
-        write_atomically(
-            &node.manifest(),
+        node.write(
             &[
-                NODES,
+                nodes().as_str(),
                 &service("web", WEB_VIP, "Cluster", eps, Some(trigger)),
             ]
             .concat(),
@@ -400,17 +310,7 @@ fn network_programming_duration_is_measured_from_the_slice_trigger_time() {
     };
     write(&[(b0, NODE)], before_start);
     let agent = node.agent(&[]);
-    assert!(
-        wait_until(Duration::from_secs(15), || node
-            .get("/metrics")
-            .is_some_and(|(_, body)| sample(
-                &body,
-                &service_series("web", "rewritten")
-            )
-            .is_some())),
-        "{}",
-        agent.log()
-    );
+    node.wait_for_series(&service_series("web", "rewritten"), &agent);
     assert_eq!(node.sample(COUNT), Some(0.0));
 
     // The controller stamps an update with the time of the pod change that caused it.
@@ -448,17 +348,16 @@ fn network_programming_duration_is_measured_from_the_slice_trigger_time() {
 
 #[test]
 fn healthz_fails_while_the_reconcile_loop_is_stuck() {
-    let node = Node::new("obs-healthz");
+    let node = Observed::new("obs-healthz");
     let b = Backends::tcp_same_port(&["b0"]).unwrap();
-    write_atomically(
-        &node.manifest(),
+    node.write(
         &[
-            NODES,
+            nodes().as_str(),
             &service("web", WEB_VIP, "Cluster", &[(b.addr("b0"), NODE)], None),
         ]
         .concat(),
     );
-    let stall = node.dir.path().join("stall");
+    let stall = node.node.dir.path().join("stall");
     let mut agent = node.agent_with_env(
         &["--stall-seconds", "2"],
         &[(lbctl::agent::STALL_FILE_ENV, stall.as_os_str())],
@@ -498,9 +397,12 @@ fn healthz_fails_while_the_reconcile_loop_is_stuck() {
     // While stuck, edits are not programmed. (The edit empties the Service: connects to it are
     // then refused by the datapath, and never leave the machine.)
     let syncs = node.sample(SYNCS);
-    write_atomically(
-        &node.manifest(),
-        &[NODES, &service("web", WEB_VIP, "Cluster", &[], None)].concat(),
+    node.write(
+        &[
+            nodes().as_str(),
+            &service("web", WEB_VIP, "Cluster", &[], None),
+        ]
+        .concat(),
     );
     thread_sleep_a_resync();
     assert_eq!(node.sample(SYNCS), syncs);

@@ -11,12 +11,12 @@ use testkit::{
     agent::{AgentProcess, wait_until},
     backends::Backends,
     cgroup::CgroupGuard,
+    lifecycle::{NODE, agent_args},
     monitor::{MonitorProcess, switches},
     pins::PinDirGuard,
     probe::{Outcome, Probe},
 };
 
-const NODE: &str = "node-a";
 const ECONNREFUSED: i32 = 111;
 /// How long a test waits for an event that must come.
 const EVENT_WAIT: Duration = Duration::from_secs(5);
@@ -107,27 +107,13 @@ impl Setup {
     }
 
     fn start_agent(&self, extra: &[&str]) -> AgentProcess {
-        let mut args: Vec<String> = [
-            "--node",
-            NODE,
-            "--manifests",
-            &self.manifest.display().to_string(),
-            "--pin-dir",
-            &self.pins.path().display().to_string(),
-            "--cgroup",
-            &self.cgroup.path().display().to_string(),
-            "--coalesce-ms",
-            "10",
-            "--max-service-entries",
-            "4096",
-            "--max-backends",
-            "1024",
-            "--max-frontends",
-            "1024",
-        ]
-        .map(str::to_owned)
-        .to_vec();
-        args.extend(extra.iter().map(|s| s.to_string()));
+        let manifest = self.manifest.display().to_string();
+        let args = agent_args(
+            &["--manifests", &manifest],
+            self.pins.path(),
+            self.cgroup.path(),
+            extra,
+        );
         let agent = AgentProcess::start(&args).unwrap();
         let dns = FrontendAddr::new(format!("{}:53", self.dns).parse().unwrap(), Protocol::Udp);
         let programmed = wait_until(Duration::from_secs(10), || {

@@ -27,8 +27,7 @@
 use std::{
     collections::BTreeMap,
     fs,
-    io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpListener},
     path::{Path, PathBuf},
     process::Command,
     sync::{
@@ -47,6 +46,7 @@ use testkit::{
     agent::wait_until,
     backends::Backends,
     cgroup::CgroupGuard,
+    lifecycle::{Endpoint, http_request, node_yaml, service_yaml},
     podman::{
         BpffsDir, Podman, Substitutions, image_from_dockerfile, memory_usage, pod_from_daemonset,
         quantity_bytes, read_documents, read_object, write_play_file,
@@ -83,65 +83,35 @@ fn release_lbctl() -> Result<PathBuf> {
 /// Two Local services: one with an endpoint on this node (and one elsewhere), one with
 /// endpoints only elsewhere.
 fn objects_yaml(backends: &Backends) -> String {
-    let port = backends.addr("local-0").port();
-    let ep = |name: &str, node: &str| {
-        format!(
-            "  - addresses: [\"{}\"]\n    nodeName: {node}\n    conditions: {{ready: true, serving: true, terminating: false}}\n",
-            backends.addr(name).ip()
-        )
-    };
-    let service = |name: &str, vip: &str, endpoints: String| {
-        format!(
-            r#"---
-apiVersion: v1
-kind: Service
-metadata: {{name: {name}, namespace: default}}
-spec:
-  clusterIP: {vip}
-  clusterIPs: [{vip}]
-  internalTrafficPolicy: Local
-  ports: [{{name: http, port: 80, protocol: TCP, targetPort: {port}}}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: {name}-abc12
-  namespace: default
-  labels: {{kubernetes.io/service-name: {name}}}
-addressType: IPv4
-ports: [{{name: http, port: {port}, protocol: TCP}}]
-endpoints:
-{endpoints}"#
-        )
-    };
-    let mut yaml = String::new();
-    for node in [NODE, "node-b"] {
-        yaml.push_str(&format!(
-            "---\napiVersion: v1\nkind: Node\nmetadata: {{name: {node}, labels: {{topology.kubernetes.io/zone: z1}}}}\n"
-        ));
-    }
-    yaml.push_str(&service(
-        "with-local",
-        VIP_LOCAL,
-        ep("local-0", NODE) + &ep("remote-0", "node-b"),
-    ));
-    yaml.push_str(&service(
-        "without-local",
-        VIP_NONE,
-        ep("remote-1", "node-b"),
-    ));
-    yaml
+    let ep = |name: &str, node| Endpoint::ready(backends.addr(name), node);
+    [
+        node_yaml(NODE, "192.0.2.1"),
+        node_yaml("node-b", "192.0.2.2"),
+        service_yaml(
+            "default",
+            "with-local",
+            VIP_LOCAL,
+            "Local",
+            &[ep("local-0", NODE), ep("remote-0", "node-b")],
+            &[],
+        ),
+        service_yaml(
+            "default",
+            "without-local",
+            VIP_NONE,
+            "Local",
+            &[ep("remote-1", "node-b")],
+            &[],
+        ),
+    ]
+    .concat()
 }
 
 /// The HTTP status of `GET path` on the agent's metrics port (host network).
 fn http_status(port: u16, path: &str) -> Option<u16> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut reply = String::new();
-    s.read_to_string(&mut reply).ok()?;
-    reply.split_whitespace().nth(1)?.parse().ok()
+    http_request(SocketAddr::from(([127, 0, 0, 1], port)), path)
+        .ok()
+        .map(|(status, _)| status)
 }
 
 /// The port of `--metrics-addr HOST:PORT` in the container's args.
