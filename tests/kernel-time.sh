@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# Kernel time per connection: the BPF run time (kernel.bpf_stats_enabled, run_time_ns/run_cnt of
+# every lbctl program) that N TCP connections through one service cost (connect + accept +
+# close: the client and the server both run in the test cgroup), and N connections to an address
+# that is no service. A report, not a test: the kernel's own accounting, free of this VM's
+# scheduling noise.
+#
+#   tests/kernel-time.sh [N] [TARGET_DIR]     (root; TARGET_DIR holds lbctl and lb-probe,
+#                                              default target/debug)
+#
+# Everything it creates (cgroup, pin directory, agent, server, temp dir) is removed on exit, and
+# kernel.bpf_stats_enabled is restored.
+set -euo pipefail
+
+N=${1:-20000}
+BIN=${2:-target/debug}
+LBCTL=$BIN/lbctl
+PROBE=$BIN/lb-probe
+[ "$(id -u)" = 0 ] || { echo "kernel-time: needs root (BPF, cgroups)" >&2; exit 1; }
+[ -x "$LBCTL" ] && [ -x "$PROBE" ] || { echo "kernel-time: build first: $LBCTL, $PROBE" >&2; exit 1; }
+command -v bpftool >/dev/null || { echo "kernel-time: bpftool missing (cargo xtask setup)" >&2; exit 1; }
+
+CG_ROOT=$(awk '$9 == "cgroup2" { print $5; exit }' /proc/self/mountinfo)
+[ -n "$CG_ROOT" ] || { echo "kernel-time: no cgroup2 mount in /proc/self/mountinfo" >&2; exit 1; }
+# The agent mounts bpffs there when it is not mounted yet.
+BPFFS=$(awk '$9 == "bpf" { print $5; exit }' /proc/self/mountinfo)
+BPFFS=${BPFFS:-/sys/fs/bpf}
+
+TAG=lbctl-kt-$$-$RANDOM
+CG=$CG_ROOT/$TAG
+PINS=$BPFFS/$TAG
+TMP=$(mktemp -d)
+OLD_STATS=$(sysctl -n kernel.bpf_stats_enabled)
+AGENT=
+SERVER=
+
+cleanup() {
+    set +e
+    [ -n "$AGENT" ] && kill "$AGENT" 2>/dev/null && wait "$AGENT" 2>/dev/null
+    [ -n "$SERVER" ] && kill "$SERVER" 2>/dev/null && wait "$SERVER" 2>/dev/null
+    "$LBCTL" uninstall --pin-dir "$PINS" >/dev/null 2>&1
+    [ -d "$CG" ] && rmdir "$CG"
+    rm -rf "$TMP"
+    sysctl -qw kernel.bpf_stats_enabled="$OLD_STATS"
+}
+trap cleanup EXIT
+mkdir "$CG"
+
+# The backend: a TCP server in the test cgroup (so its accepted sockets are the cgroup's too)
+# that answers every connection with a name and closes it.
+PORT=$((20000 + RANDOM % 20000))
+cat >"$TMP/server.py" <<EOF
+import socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", $PORT))
+s.listen(1024)
+print("ready", flush=True)
+while True:
+    c, _ = s.accept()
+    c.sendall(b"b0\n")
+    c.close()
+EOF
+sh -c 'echo $$ > "$1/cgroup.procs"; exec python3 "$2"' sh "$CG" "$TMP/server.py" >"$TMP/server.out" &
+SERVER=$!
+
+VIP=10.96.$((RANDOM % 200 + 1)).$((RANDOM % 200 + 1))
+cat >"$TMP/cluster.yaml" <<EOF
+apiVersion: v1
+kind: Node
+metadata: {name: node-a}
+status: {addresses: [{type: InternalIP, address: 192.0.2.1}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: svc, namespace: default}
+spec:
+  clusterIP: $VIP
+  clusterIPs: [$VIP]
+  ports: [{name: http, port: 80, protocol: TCP, targetPort: $PORT}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: svc-abc12
+  namespace: default
+  labels: {kubernetes.io/service-name: svc}
+addressType: IPv4
+ports: [{name: http, port: $PORT, protocol: TCP}]
+endpoints:
+  - addresses: ["127.0.0.1"]
+    nodeName: node-a
+    conditions: {ready: true, serving: true, terminating: false}
+EOF
+"$LBCTL" agent --node node-a --manifests "$TMP/cluster.yaml" --pin-dir "$PINS" --cgroup "$CG" \
+    --metrics-addr 127.0.0.1:0 >"$TMP/agent.log" 2>&1 &
+AGENT=$!
+
+for _ in $(seq 100); do
+    grep -q ready "$TMP/server.out" 2>/dev/null && "$LBCTL" lookup --pin-dir "$PINS" "$VIP:80/tcp" \
+        2>/dev/null | grep -q "127.0.0.1:$PORT" && break
+    sleep 0.1
+done
+"$LBCTL" lookup --pin-dir "$PINS" "$VIP:80/tcp" | grep -q "127.0.0.1:$PORT" ||
+    { echo "kernel-time: the service was not programmed" >&2; cat "$TMP/agent.log" >&2; exit 1; }
+
+# "name id" of every pinned link's program.
+programs() {
+    for link in "$PINS"/links/*; do
+        id=$(bpftool -j link show pinned "$link" | jq -r .prog_id)
+        echo "$(basename "$link") $id"
+    done
+}
+# "name run_time_ns run_cnt" of every lbctl program.
+snapshot() {
+    programs | while read -r name id; do
+        bpftool -j prog show id "$id" | jq -r --arg n "$name" '"\($n) \(.run_time_ns // 0) \(.run_cnt // 0)"'
+    done
+}
+# Runs N connects to $1 from the cgroup and prints each program's ns/run and the total per
+# connection.
+measure() {
+    local label=$1 target=$2
+    snapshot >"$TMP/before"
+    echo go | sh -c 'echo $$ > "$1/cgroup.procs"; shift; exec "$@"' sh "$CG" "$PROBE" tcp "$target" "$N" >"$TMP/probe.out"
+    snapshot >"$TMP/after"
+    local ok
+    ok=$(grep -c ' ok \|^ok ' "$TMP/probe.out" || true)
+    echo "== $label: $N connects to $target ($ok answered)"
+    join "$TMP/before" "$TMP/after" | awk -v n="$N" '
+        { dt = $4 - $2; dc = $5 - $3; total += dt
+          if (dc > 0) printf "  %-16s %8d runs %8.1f ns/run\n", $1, dc, dt / dc }
+        END { printf "  BPF time per connection: %.1f ns\n", total / n }'
+}
+
+sysctl -qw kernel.bpf_stats_enabled=1
+# Warm-up (first runs fault in map pages and code).
+echo go | sh -c 'echo $$ > "$1/cgroup.procs"; shift; exec "$@"' sh "$CG" "$PROBE" tcp "$VIP:80" 500 >/dev/null
+measure "service" "$VIP:80"
+measure "no service" "127.0.0.1:$PORT"
