@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::{
     datapath::{
-        DatapathError, FrontendAddr, Maps, ProgrammedFrontend, Writer, loader,
+        DatapathError, FrontendAddr, Maps, ProgrammedFrontend, loader, read_frontends,
         state::{self, State},
     },
     plan::Protocol,
@@ -78,11 +78,10 @@ fn view(maps: &Maps, f: &ProgrammedFrontend) -> FrontendView {
 
 /// Every programmed frontend.
 pub fn services(pin_dir: &Path) -> Result<Vec<FrontendView>, InspectError> {
-    let writer = Writer::adopt(Maps::open_read_only(pin_dir)?)?;
-    Ok(writer
-        .frontends()
+    let maps = Maps::open_read_only(pin_dir)?;
+    Ok(read_frontends(&maps)?
         .iter()
-        .map(|f| view(writer.maps(), f))
+        .map(|f| view(&maps, f))
         .collect())
 }
 
@@ -127,9 +126,8 @@ pub enum Lookup {
 }
 
 pub fn lookup(pin_dir: &Path, target: FrontendAddr) -> Result<Lookup, InspectError> {
-    let writer = Writer::adopt(Maps::open_read_only(pin_dir)?)?;
-    let found = writer
-        .frontends()
+    let maps = Maps::open_read_only(pin_dir)?;
+    let found = read_frontends(&maps)?
         .into_iter()
         .find(|f| f.frontend == target);
     Ok(match found {
@@ -137,10 +135,10 @@ pub fn lookup(pin_dir: &Path, target: FrontendAddr) -> Result<Lookup, InspectErr
             destination: target.to_string(),
         },
         Some(f) if f.backends.is_empty() => Lookup::Refused {
-            frontend: view(writer.maps(), &f),
+            frontend: view(&maps, &f),
         },
         Some(f) => Lookup::Rewritten {
-            frontend: view(writer.maps(), &f),
+            frontend: view(&maps, &f),
         },
     })
 }
