@@ -37,7 +37,8 @@ pub(crate) struct FoundFrontend {
 pub(crate) struct Decoded {
     pub frontends: Vec<FoundFrontend>,
     /// Slots above their master's count, slots without a master, masters of no known protocol.
-    pub stray_keys: Vec<ServiceKey>,
+    /// Each with the backend id it holds (0 for a master).
+    pub stray_keys: Vec<(ServiceKey, u32)>,
     pub backends: BTreeMap<u32, Backend>,
     /// (frontend id, backend id) pairs of `lb_members`.
     pub members: BTreeSet<(u32, u32)>,
@@ -72,21 +73,19 @@ pub(crate) fn decode(dump: MapDump) -> Decoded {
     for (key, master) in masters {
         let mut found = slots.remove(&key).unwrap_or_default();
         let mut ids = Vec::with_capacity(usize::from(master.count));
+        let mut held = Vec::new();
         for slot in 1..=u32::from(master.count) {
             if let Some(id) = found.remove(&slot) {
                 ids.push(id);
+                held.push((slot_key(&key, slot), id));
             }
         }
         decoded
             .stray_keys
-            .extend(found.keys().map(|&slot| slot_key(&key, slot)));
+            .extend(found.iter().map(|(&slot, &id)| (slot_key(&key, slot), id)));
         let Some(frontend) = FrontendAddr::from_key(&key) else {
-            decoded.stray_keys.push(key);
-            decoded.stray_keys.extend(
-                ids.iter()
-                    .enumerate()
-                    .map(|(i, _)| slot_key(&key, i as u32 + 1)),
-            );
+            decoded.stray_keys.push((key, 0));
+            decoded.stray_keys.extend(held);
             continue;
         };
         decoded.frontends.push(FoundFrontend {
@@ -98,7 +97,7 @@ pub(crate) fn decode(dump: MapDump) -> Decoded {
     for (key, rest) in slots {
         decoded
             .stray_keys
-            .extend(rest.keys().map(|&slot| slot_key(&key, slot)));
+            .extend(rest.iter().map(|(&slot, &id)| (slot_key(&key, slot), id)));
     }
     decoded
 }

@@ -61,12 +61,7 @@ impl LbMaps for MemMaps {
 
     fn update_backends(&mut self, ids: &[u32], values: &[Backend]) -> Result<(), BatchError> {
         self.calls += 1;
-        insert_all(
-            &mut self.tables.backends,
-            self.limits.backends,
-            ids,
-            values,
-        )
+        insert_all(&mut self.tables.backends, self.limits.backends, ids, values)
     }
 
     fn delete_backends(&mut self, ids: &[u32]) -> Result<(), BatchError> {

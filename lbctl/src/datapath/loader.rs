@@ -30,9 +30,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb
 pub fn object_identity() -> Option<&'static str> {
     static IDENTITY: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     IDENTITY
-        .get_or_init(|| {
-            (!OBJECT.is_empty()).then(|| state::sha256_hex(OBJECT))
-        })
+        .get_or_init(|| (!OBJECT.is_empty()).then(|| state::sha256_hex(OBJECT)))
         .as_deref()
 }
 

@@ -15,10 +15,10 @@ pub mod writer;
 
 use std::path::{Path, PathBuf};
 
+pub use decode::{ProgrammedFrontend, read_frontends};
 pub use desired::{Desired, FrontendAddr, ServiceSpec};
 pub use loader::{Capacity, DatapathConfig, Installed, Object, SocketLbScope, object_identity};
 pub use maps::{Counters, Maps};
-pub use decode::{ProgrammedFrontend, read_frontends};
 pub use store::LbMaps;
 pub use writer::{ApplyReport, FrontendError, Writer};
 

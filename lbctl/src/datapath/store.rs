@@ -95,7 +95,8 @@ fn delete<K: Copy>(fd: std::os::fd::BorrowedFd<'_>, keys: &[K]) -> Result<(), Ba
 
 impl LbMaps for Maps {
     fn limits(&self) -> Limits {
-        let entries = |info: Result<aya::maps::MapInfo, _>| info.map_or(u32::MAX, |i| i.max_entries());
+        let entries =
+            |info: Result<aya::maps::MapInfo, _>| info.map_or(u32::MAX, |i| i.max_entries());
         Limits {
             service_entries: entries(self.services.map().info()),
             backends: entries(self.backends.map().info()),

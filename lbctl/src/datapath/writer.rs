@@ -6,8 +6,8 @@
 //! never sees a half-written service. Each step is one batch (one `BPF_MAP_UPDATE_BATCH` or
 //! `BPF_MAP_DELETE_BATCH` call on the kernel maps) covering every frontend the apply changes:
 //! 1. new backends,
-//! 2. slots 1..N of every changed frontend, then the memberships of the backends that join a
-//!    set,
+//! 2. the memberships of the backends that join a set, then slots 1..N of every changed
+//!    frontend,
 //! 3. the masters with their new counts (one element each),
 //! 4. masters of deleted frontends,
 //! 5. slots above a master's new count, slots of deleted frontends, stray slots,
@@ -18,7 +18,8 @@
 //! ordinary single-element update that a reader sees whole or not at all; a reader may see any
 //! prefix of a batch. Every step only relies on the steps before it having completed, never on
 //! the order inside a step: a slot written in step 2 refers to a backend of step 1; a master of
-//! step 3 publishes a count whose slots (step 2) all exist, and while it is not yet written the
+//! step 3 publishes a count whose slots (step 2) all exist, every backend a slot holds is a
+//! member before the slot is written, and while it is not yet written the
 //! old master's count covers slots that hold either their old or their new backend, both
 //! existing; deletions (steps 4-7) only remove what no published master reaches any more.
 //!
@@ -94,7 +95,8 @@ pub struct Writer<M: LbMaps = Maps> {
     frontend_alloc: Ids,
     /// Slots or masters found in the maps that belong to no consistent frontend (left by a
     /// crashed writer, or a failed deletion); removed by the next apply.
-    stray_keys: Vec<ServiceKey>,
+    /// Each with the backend id it holds (0 for a master), kept until the key is gone.
+    stray_keys: Vec<(ServiceKey, u32)>,
     /// (frontend id, backend id) pairs `lb_members` holds.
     members: BTreeSet<(u32, u32)>,
     /// Backend id -> number of slots (over all frontends) that refer to it.
@@ -108,6 +110,9 @@ pub struct Writer<M: LbMaps = Maps> {
     unsettled: BTreeSet<u32>,
     /// Memberships may exist for frontend ids no frontend has: scan them on the next apply.
     check_stray_members: bool,
+    /// Memberships whose deletion failed: retried by every apply; their backends stay until
+    /// they are gone.
+    undeleted_members: BTreeSet<(u32, u32)>,
 }
 
 /// One changed frontend on its way through the steps.
@@ -187,6 +192,7 @@ impl<M: LbMaps> Writer<M> {
             maybe_orphans: BTreeSet::new(),
             unsettled: BTreeSet::new(),
             check_stray_members: true,
+            undeleted_members: BTreeSet::new(),
             limits,
             maps,
         };
@@ -289,9 +295,7 @@ impl<M: LbMaps> Writer<M> {
                 self.backend_ids.remove(&value);
                 self.backend_values.remove(&id);
                 self.backend_alloc.release(id);
-                let reason = failed
-                    .get(&i)
-                    .map_or("not attempted", |(_, r)| r.as_str());
+                let reason = failed.get(&i).map_or("not attempted", |(_, r)| r.as_str());
                 failed_backends.insert(id, reason.to_owned());
             }
         }
@@ -320,9 +324,7 @@ impl<M: LbMaps> Writer<M> {
             if change.failed.is_some() {
                 continue;
             }
-            if let Err(reason) =
-                self.prepare(change, &mut service_entries, &mut member_entries)
-            {
+            if let Err(reason) = self.prepare(change, &mut service_entries, &mut member_entries) {
                 change.failed = Some(reason);
             }
         }
@@ -337,10 +339,43 @@ impl<M: LbMaps> Writer<M> {
             }
         }
 
-        // 2a. Slots.
+        // 2a. Memberships of the backends that join a set: before any slot holds them.
+        let mut joins: Vec<(usize, (u32, u32))> = Vec::new();
+        for &c in &live {
+            let change = &changes[c];
+            if change.failed.is_none() {
+                joins.extend(
+                    change
+                        .wanted
+                        .difference(&change.held)
+                        .map(|&id| (c, (change.frontend_id, id))),
+                );
+            }
+        }
+        let owners: Vec<usize> = joins.iter().map(|&(c, _)| c).collect();
+        let maps = &mut self.maps;
+        let (applied, failed) = batched(&owners, &mut report.map_calls, |items| {
+            let keys: Vec<MemberKey> = items.iter().map(|&i| member_key(joins[i].1)).collect();
+            maps.update_members(&keys)
+        });
+        for (i, &(_, pair)) in joins.iter().enumerate() {
+            if applied[i] {
+                report.map_operations += 1;
+                self.members.insert(pair);
+            }
+        }
+        for (&c, (_, reason)) in &failed {
+            self.unsettled.insert(changes[c].frontend_id);
+            changes[c].failed = Some(format!("writing a backend membership: {reason}"));
+        }
+
+        // 2b. Slots, of the frontends whose memberships are written.
         let mut slots: Vec<(usize, usize)> = Vec::new();
         for &c in &live {
             let change = &changes[c];
+            if change.failed.is_some() {
+                continue;
+            }
             let old = change.old.as_ref().map_or(&[][..], |p| &p.slots[..]);
             for (i, &id) in change.ids.iter().enumerate() {
                 if old.get(i) != Some(&id) {
@@ -386,36 +421,6 @@ impl<M: LbMaps> Writer<M> {
             changes[c].failed = Some(format!("writing slot {}: {reason}", slots[*i].1 + 1));
         }
 
-        // 2b. Memberships of the backends that join a set, before the master publishes it.
-        let mut joins: Vec<(usize, (u32, u32))> = Vec::new();
-        for &c in &live {
-            let change = &changes[c];
-            if change.failed.is_none() {
-                joins.extend(
-                    change
-                        .wanted
-                        .difference(&change.held)
-                        .map(|&id| (c, (change.frontend_id, id))),
-                );
-            }
-        }
-        let owners: Vec<usize> = joins.iter().map(|&(c, _)| c).collect();
-        let maps = &mut self.maps;
-        let (applied, failed) = batched(&owners, &mut report.map_calls, |items| {
-            let keys: Vec<MemberKey> = items.iter().map(|&i| member_key(joins[i].1)).collect();
-            maps.update_members(&keys)
-        });
-        for (i, &(_, pair)) in joins.iter().enumerate() {
-            if applied[i] {
-                report.map_operations += 1;
-                self.members.insert(pair);
-            }
-        }
-        for (&c, (_, reason)) in &failed {
-            self.unsettled.insert(changes[c].frontend_id);
-            changes[c].failed = Some(format!("writing a backend membership: {reason}"));
-        }
-
         // 3. Masters: from here on readers use the new counts.
         let publish: Vec<usize> = live
             .iter()
@@ -428,17 +433,16 @@ impl<M: LbMaps> Writer<M> {
                 .iter()
                 .map(|&i| changes[publish[i]].frontend.key())
                 .collect();
-            let values: Vec<ServiceValue> = items
-                .iter()
-                .map(|&i| changes[publish[i]].master)
-                .collect();
+            let values: Vec<ServiceValue> =
+                items.iter().map(|&i| changes[publish[i]].master).collect();
             maps.update_services(&keys, &values)
         });
         for (&c, (_, reason)) in &failed {
             changes[c].failed = Some(format!("writing the service entry: {reason}"));
         }
 
-        let mut slot_deletes: Vec<ServiceKey> = std::mem::take(&mut self.stray_keys);
+        // Keys to delete, with the backend each holds.
+        let mut slot_deletes: Vec<(ServiceKey, u32)> = std::mem::take(&mut self.stray_keys);
         let mut member_deletes: BTreeSet<(u32, u32)> = BTreeSet::new();
         for (i, &c) in publish.iter().enumerate() {
             if !applied[i] {
@@ -450,7 +454,8 @@ impl<M: LbMaps> Writer<M> {
             let base = change.frontend.key();
             // Slots above the new count: no reader can reach them any more.
             slot_deletes.extend(
-                (change.ids.len()..change.written.len()).map(|s| slot_key(&base, s as u32 + 1)),
+                (change.ids.len()..change.written.len())
+                    .map(|s| (slot_key(&base, s as u32 + 1), change.written[s])),
             );
             // Memberships of the backends that left the set.
             member_deletes.extend(
@@ -486,18 +491,28 @@ impl<M: LbMaps> Writer<M> {
             errors.insert(change.frontend, reason);
             let written = std::mem::take(&mut change.written);
             match change.old.take() {
-                Some(old) => self.set_programmed(
-                    change.frontend,
-                    Programmed {
-                        master: old.master,
-                        slots: written,
-                        spec: None,
-                    },
-                ),
+                Some(old) => {
+                    // Backends no slot holds any more left the set even so.
+                    let kept: BTreeSet<u32> = written.iter().copied().collect();
+                    member_deletes.extend(
+                        self.members_of(change.frontend_id)
+                            .filter(|id| !kept.contains(id))
+                            .map(|id| (change.frontend_id, id)),
+                    );
+                    self.set_programmed(
+                        change.frontend,
+                        Programmed {
+                            master: old.master,
+                            slots: written,
+                            spec: None,
+                        },
+                    );
+                }
                 None => {
                     let base = change.frontend.key();
-                    slot_deletes
-                        .extend((1..=written.len()).map(|s| slot_key(&base, s as u32)));
+                    slot_deletes.extend(
+                        (0..written.len()).map(|s| (slot_key(&base, s as u32 + 1), written[s])),
+                    );
                     member_deletes.extend(
                         self.members_of(change.frontend_id)
                             .map(|id| (change.frontend_id, id)),
@@ -534,28 +549,43 @@ impl<M: LbMaps> Writer<M> {
                 continue;
             };
             let base = frontend.key();
-            slot_deletes
-                .extend((1..=programmed.slots.len()).map(|s| slot_key(&base, s as u32)));
+            slot_deletes.extend(
+                (0..programmed.slots.len())
+                    .map(|s| (slot_key(&base, s as u32 + 1), programmed.slots[s])),
+            );
             let frontend_id = programmed.master.frontend_id;
             member_deletes.extend(self.members_of(frontend_id).map(|id| (frontend_id, id)));
             self.frontend_alloc.release(frontend_id);
             self.unsettled.remove(&frontend_id);
         }
 
-        // 5. Slots no master reaches.
+        // 5. Slots no master reaches. A stray slot this apply wrote again (a frontend that
+        // grows into it) stays.
+        slot_deletes.retain(|(key, _)| {
+            FrontendAddr::from_key(key)
+                .and_then(|f| self.services.get(&f))
+                .is_none_or(|p| key.slot as usize > p.slots.len())
+        });
+        slot_deletes.sort_unstable();
+        slot_deletes.dedup();
         let owners: Vec<usize> = (0..slot_deletes.len()).collect();
         let maps = &mut self.maps;
         let (applied, _) = batched(&owners, &mut report.map_calls, |items| {
-            let keys: Vec<ServiceKey> = items.iter().map(|&i| slot_deletes[i]).collect();
+            let keys: Vec<ServiceKey> = items.iter().map(|&i| slot_deletes[i].0).collect();
             maps.delete_services(&keys)
         });
-        for (i, key) in slot_deletes.iter().enumerate() {
+        for (i, &(key, backend_id)) in slot_deletes.iter().enumerate() {
             if applied[i] {
                 report.map_operations += 1;
+                // The backend may be unused now.
+                if backend_id != 0 {
+                    self.maybe_orphans.insert(backend_id);
+                }
             } else {
-                // Harmless where it is; retried by the next apply.
+                // Harmless where it is (no master reaches it); retried by the next apply. Its
+                // backend stays while it is there.
                 tracing::warn!(slot = key.slot, "could not delete a service slot");
-                self.stray_keys.push(*key);
+                self.stray_keys.push((key, backend_id));
             }
         }
 
@@ -573,6 +603,7 @@ impl<M: LbMaps> Writer<M> {
                     .copied(),
             );
         }
+        member_deletes.extend(std::mem::take(&mut self.undeleted_members));
         let member_deletes: Vec<(u32, u32)> = member_deletes.into_iter().collect();
         let owners: Vec<usize> = (0..member_deletes.len()).collect();
         let maps = &mut self.maps;
@@ -594,6 +625,7 @@ impl<M: LbMaps> Writer<M> {
                     backend_id = bid,
                     "could not delete a backend membership"
                 );
+                self.undeleted_members.insert((fid, bid));
                 if live_ids.contains(&fid) {
                     self.unsettled.insert(fid);
                 } else {
@@ -603,10 +635,20 @@ impl<M: LbMaps> Writer<M> {
         }
 
         // 7. Backends no slot refers to any more.
-        let orphans: Vec<u32> = std::mem::take(&mut self.maybe_orphans)
-            .into_iter()
-            .filter(|id| !self.refs.contains_key(id) && self.backend_values.contains_key(id))
+        let stray_refs: BTreeSet<u32> = self
+            .stray_keys
+            .iter()
+            .map(|&(_, id)| id)
+            .chain(self.undeleted_members.iter().map(|&(_, id)| id))
             .collect();
+        let mut orphans: Vec<u32> = Vec::new();
+        for id in std::mem::take(&mut self.maybe_orphans) {
+            if stray_refs.contains(&id) {
+                self.maybe_orphans.insert(id);
+            } else if !self.refs.contains_key(&id) && self.backend_values.contains_key(&id) {
+                orphans.push(id);
+            }
+        }
         let owners: Vec<usize> = (0..orphans.len()).collect();
         let maps = &mut self.maps;
         let (applied, _) = batched(&owners, &mut report.map_calls, |items| {
@@ -733,7 +775,10 @@ impl<M: LbMaps> Writer<M> {
         *member_entries += joining;
         change.master = master_of(frontend_id);
         change.frontend_id = frontend_id;
-        change.written = change.old.as_ref().map_or_else(Vec::new, |p| p.slots.clone());
+        change.written = change
+            .old
+            .as_ref()
+            .map_or_else(Vec::new, |p| p.slots.clone());
         change.held = held;
         change.wanted = wanted;
         Ok(())
@@ -789,3 +834,6 @@ impl<M: LbMaps> Writer<M> {
         self.services.get(frontend).map(|p| p.master.frontend_id)
     }
 }
+
+#[cfg(test)]
+mod tests;
