@@ -72,12 +72,26 @@ fn failure(offset: usize, f: sys::BatchFailure) -> BatchError {
     }
 }
 
+/// Writes `keys[i] -> values[i]`. ENOMEM is retried from the failing element: a map without
+/// preallocation (pinned by an older lbctl) allocates each element from per-CPU caches that
+/// the kernel refills only between system calls, so a long batch can run them dry.
 fn update<K: Copy, V: Copy>(
     fd: std::os::fd::BorrowedFd<'_>,
     keys: &[K],
     values: &[V],
 ) -> Result<(), BatchError> {
-    sys::map_update_batch(fd, keys, values).map_err(|f| failure(0, f))
+    let mut start = 0;
+    let mut stalls = 0;
+    loop {
+        match sys::map_update_batch(fd, &keys[start..], &values[start..]) {
+            Ok(()) => return Ok(()),
+            Err(f) if f.error.raw_os_error() == Some(libc::ENOMEM) && stalls < 3 => {
+                stalls = if f.done == 0 { stalls + 1 } else { 0 };
+                start += f.done;
+            }
+            Err(f) => return Err(failure(start, f)),
+        }
+    }
 }
 
 /// Deletes `keys`, skipping the ones that are not there (the kernel stops a batch at them).
