@@ -3,8 +3,9 @@
 //! The writer keeps a mirror of what the maps hold (rebuilt from the maps when an agent adopts
 //! them, [`super::decode`]), diffs the desired state against it and writes only the difference
 //! through the [`LbMaps`] seam, in the order of `semantics.md`, so a concurrent `connect()`
-//! never sees a half-written service. Each step is one batch (one `BPF_MAP_UPDATE_BATCH` or
-//! `BPF_MAP_DELETE_BATCH` call on the kernel maps) covering every frontend the apply changes:
+//! never sees a half-written service. Each step is one batch (`BPF_MAP_UPDATE_BATCH` or
+//! `BPF_MAP_DELETE_BATCH` on the kernel maps, one call per [`MAX_BATCH`] elements) covering
+//! every frontend the apply changes:
 //! 1. new backends,
 //! 2. the memberships of the backends that join a set, then slots 1..N of every changed
 //!    frontend,
@@ -131,9 +132,15 @@ struct Change<'a> {
     failed: Option<String>,
 }
 
-/// Runs `items` through `call` in batches. When element `i` fails, the later elements of the
-/// same owner are dropped and the rest goes on in a new batch. Returns which items were
-/// applied and, per failed owner, its failing item and the reason.
+/// Elements per map call: a step larger than this is split into several calls, all complete
+/// before the next step starts (which is all the ordering needs), so the key and value arrays
+/// the writer builds stay small.
+pub const MAX_BATCH: usize = 16_384;
+
+/// Runs items `0..owners.len()` through `call` in batches of at most [`MAX_BATCH`], in order.
+/// When item `i` fails, the later items of the same owner are dropped and the rest goes on in
+/// the next batch. Returns which items were applied and, per failed owner, its failing item
+/// and the reason.
 fn batched(
     owners: &[usize],
     calls: &mut usize,
@@ -141,27 +148,29 @@ fn batched(
 ) -> (Vec<bool>, BTreeMap<usize, (usize, String)>) {
     let mut applied = vec![false; owners.len()];
     let mut failed: BTreeMap<usize, (usize, String)> = BTreeMap::new();
-    let mut pending: Vec<usize> = (0..owners.len()).collect();
-    while !pending.is_empty() {
+    let mut next = 0;
+    let mut window = Vec::with_capacity(owners.len().min(MAX_BATCH));
+    loop {
+        window.clear();
+        while next < owners.len() && window.len() < MAX_BATCH {
+            if !failed.contains_key(&owners[next]) {
+                window.push(next);
+            }
+            next += 1;
+        }
+        if window.is_empty() {
+            break;
+        }
         *calls += 1;
-        match call(&pending) {
-            Ok(()) => {
-                pending.iter().for_each(|&i| applied[i] = true);
-                break;
-            }
-            Err(e) if e.done >= pending.len() => {
-                pending.iter().for_each(|&i| applied[i] = true);
-                break;
-            }
+        match call(&window) {
+            Ok(()) => window.iter().for_each(|&i| applied[i] = true),
+            Err(e) if e.done >= window.len() => window.iter().for_each(|&i| applied[i] = true),
             Err(e) => {
-                pending[..e.done].iter().for_each(|&i| applied[i] = true);
-                let bad = pending[e.done];
+                window[..e.done].iter().for_each(|&i| applied[i] = true);
+                let bad = window[e.done];
                 failed.entry(owners[bad]).or_insert((bad, e.reason));
-                pending = pending[e.done + 1..]
-                    .iter()
-                    .copied()
-                    .filter(|&i| !failed.contains_key(&owners[i]))
-                    .collect();
+                // The items after the failing one were not attempted.
+                next = bad + 1;
             }
         }
     }

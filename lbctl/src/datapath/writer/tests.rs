@@ -95,6 +95,20 @@ fn check_consistent(t: &MapDump, strict: bool, context: &str) {
             value.backend_id
         );
     }
+    // Frontend id -> backend ids of all its slots (any slot number).
+    let mut held: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
+    let by_base: BTreeMap<ServiceKey, u32> = t
+        .services
+        .iter()
+        .filter(|(k, _)| k.slot == 0)
+        .map(|(k, v)| (*k, v.frontend_id))
+        .collect();
+    for (key, value) in t.services.iter().filter(|(k, _)| k.slot != 0) {
+        if let Some(&fid) = by_base.get(&ServiceKey { slot: 0, ..*key }) {
+            held.entry(fid).or_default().insert(value.backend_id);
+        }
+    }
+    let fids: BTreeSet<u32> = by_base.values().copied().collect();
     for member in &t.members {
         assert!(
             t.backends.contains_key(&member.backend_id),
@@ -103,23 +117,14 @@ fn check_consistent(t: &MapDump, strict: bool, context: &str) {
         if !strict {
             continue;
         }
-        let (key, _) = t
-            .services
-            .iter()
-            .find(|(k, v)| k.slot == 0 && v.frontend_id == member.frontend_id)
-            .unwrap_or_else(|| panic!("{context}: membership {member:?} of no frontend"));
         assert!(
-            !strict
-                || t.services.iter().any(|(k, v)| k.slot != 0
-                    && k.address == key.address
-                    && k.port == key.port
-                    && k.proto == key.proto
-                    && v.backend_id == member.backend_id),
-            "{context}: membership {member:?} of a backend its frontend never held"
+            fids.contains(&member.frontend_id),
+            "{context}: membership {member:?} of no frontend"
         );
         assert!(
-            t.backends.contains_key(&member.backend_id),
-            "{context}: {member:?}"
+            held.get(&member.frontend_id)
+                .is_some_and(|ids| ids.contains(&member.backend_id)),
+            "{context}: membership {member:?} of a backend its frontend never held"
         );
     }
 }
@@ -450,4 +455,60 @@ fn a_full_programming_is_one_batch_per_step() {
         (report.frontends_written, report.backends_written),
         (100, 300)
     );
+}
+
+#[test]
+fn a_large_step_is_split_into_calls_and_a_fault_in_a_later_call_is_contained() {
+    use super::MAX_BATCH;
+    let limits = Limits {
+        service_entries: 1 << 16,
+        backends: 1 << 16,
+        members: 1 << 16,
+        frontends: 4096,
+    };
+    // 2,000 frontends x 10 backends: 20,000 elements per step, more than one call's worth.
+    let want = Desired {
+        services: (0..2000u32)
+            .map(|i| {
+                (
+                    FrontendAddr::new(
+                        SocketAddr::from(([10, 96, (i >> 8) as u8, i as u8], 80)),
+                        Protocol::Tcp,
+                    ),
+                    ServiceSpec {
+                        backends: (0..10u32)
+                            .map(|j| {
+                                SocketAddr::from((
+                                    [10, 1, (i >> 8) as u8, i as u8],
+                                    8000 + j as u16,
+                                ))
+                            })
+                            .collect(),
+                        affinity_timeout: None,
+                        kind: FrontendKind::ClusterIP,
+                    },
+                )
+            })
+            .collect(),
+    };
+    let per_step = 20_000usize.div_ceil(MAX_BATCH);
+    let mut w = Writer::adopt(MemMaps::new(limits)).unwrap();
+    let report = w.apply(&want).unwrap();
+    no_errors(&report, "large");
+    check_exact(w.maps(), &want, "large");
+    // Backends, memberships, slots: split; masters (2,000) fit one call.
+    assert_eq!(report.map_calls, 3 * per_step + 1, "{report:?}");
+    // A slot write failing in the second call: only its frontend fails.
+    let mut w = Writer::adopt(FaultyMaps::new(
+        MemMaps::new(limits),
+        [(Op::UpdateService, MAX_BATCH + 5)],
+    ))
+    .unwrap();
+    let report = w.apply(&want).unwrap();
+    assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
+    check_consistent(&w.maps().inner.tables, true, "large, fault");
+    assert_eq!(report.frontends_written, 1999);
+    w.maps_mut().faults.clear();
+    no_errors(&w.apply(&want).unwrap(), "large, repaired");
+    check_exact(w.maps(), &want, "large, repaired");
 }
