@@ -322,12 +322,15 @@ impl<M: LbMaps> Writer<M> {
         }
 
         // What each change writes, within the tables' room.
-        let mut service_entries: usize = self
-            .services
-            .values()
-            .map(|p| 1 + p.slots.len())
-            .sum::<usize>()
-            + self.stray_keys.len();
+        let mut service_entries: usize = if changes.is_empty() {
+            0
+        } else {
+            self.services
+                .values()
+                .map(|p| 1 + p.slots.len())
+                .sum::<usize>()
+                + self.stray_keys.len()
+        };
         let mut member_entries = self.members.len();
         for change in &mut changes {
             if change.failed.is_some() {
@@ -599,12 +602,12 @@ impl<M: LbMaps> Writer<M> {
         }
 
         // 6. Memberships of backends that left a set, and of frontend ids no frontend has.
-        let live_ids: BTreeSet<u32> = self
-            .services
-            .values()
-            .map(|p| p.master.frontend_id)
-            .collect();
         if std::mem::take(&mut self.check_stray_members) {
+            let live_ids: BTreeSet<u32> = self
+                .services
+                .values()
+                .map(|p| p.master.frontend_id)
+                .collect();
             member_deletes.extend(
                 self.members
                     .iter()
@@ -635,11 +638,8 @@ impl<M: LbMaps> Writer<M> {
                     "could not delete a backend membership"
                 );
                 self.undeleted_members.insert((fid, bid));
-                if live_ids.contains(&fid) {
-                    self.unsettled.insert(fid);
-                } else {
-                    self.check_stray_members = true;
-                }
+                // Its frontend (if it still has one) is checked in full next time.
+                self.unsettled.insert(fid);
             }
         }
 
