@@ -321,6 +321,10 @@ impl<M: LbMaps> Writer<M> {
             }
         }
 
+        // Shadowed locals live to the end of the function: free each step's arrays (hundreds of
+        // thousands of elements in a full programming) as soon as it is done.
+        drop((new_backends, owners, applied, failed));
+
         // What each change writes, within the tables' room.
         let mut service_entries: usize = if changes.is_empty() {
             0
@@ -381,6 +385,8 @@ impl<M: LbMaps> Writer<M> {
             changes[c].failed = Some(format!("writing a backend membership: {reason}"));
         }
 
+        drop((joins, owners, applied, failed));
+
         // 2b. Slots, of the frontends whose memberships are written.
         let mut slots: Vec<(usize, usize)> = Vec::new();
         for &c in &live {
@@ -432,6 +438,8 @@ impl<M: LbMaps> Writer<M> {
         for (&c, (i, reason)) in &failed {
             changes[c].failed = Some(format!("writing slot {}: {reason}", slots[*i].1 + 1));
         }
+
+        drop((slots, owners, applied, failed));
 
         // 3. Masters: from here on readers use the new counts.
         let publish: Vec<usize> = live
