@@ -19,9 +19,10 @@
 //! slots.
 #![no_std]
 
-/// Bumped whenever a map key or value changes layout; stored in the pinned `lb_meta` map so an
-/// agent refuses to adopt maps written by an incompatible version.
-pub const LAYOUT_VERSION: u32 = 2;
+/// Bumped whenever a map key, value or creation flag changes; stored in the pinned `lb_meta` map.
+/// An agent migrates maps of an older version to new ones and refuses maps of a newer one.
+/// 3: `lb_services`, `lb_backends` and `lb_members` are preallocated (batched writes need it).
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Map names (also the file names under the pin directory).
 pub const SERVICES_MAP: &str = "lb_services";

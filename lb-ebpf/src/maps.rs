@@ -9,7 +9,14 @@ use lb_common::{
     RevNat, ServiceKey, ServiceValue, meta,
 };
 
-/// `BPF_F_NO_PREALLOC`: service and backend tables take memory for what is in them only.
+/// Map flags of the service, backend and membership tables: none, so the kernel preallocates
+/// every element at creation (`max_entries` x (48 + key + value, each rounded up to 8 bytes)).
+/// An update then takes a free element instead of allocating one, which makes writing them
+/// (in `BPF_MAP_UPDATE_BATCH` batches) about 3x faster; the price is kernel memory fixed by
+/// the capacities, not by what the tables hold (docs/datapath.md, Maps).
+const PREALLOC: usize = 0;
+
+/// `BPF_F_NO_PREALLOC`: memory for what the map holds only (the names, written one by one).
 const NO_PREALLOC: usize = 1;
 
 /// Frontends: master entries (slot 0) and backend slots.
@@ -18,17 +25,13 @@ pub static SERVICES: HashMap<
     ServiceKey,
     ServiceValue,
     { lb_common::DEFAULT_MAX_SERVICE_ENTRIES as usize },
-    NO_PREALLOC,
+    PREALLOC,
 > = HashMap::new();
 
 /// Backend id -> address and port.
 #[btf_map(name = "lb_backends")]
-pub static BACKENDS: HashMap<
-    u32,
-    Backend,
-    { lb_common::DEFAULT_MAX_BACKENDS as usize },
-    NO_PREALLOC,
-> = HashMap::new();
+pub static BACKENDS: HashMap<u32, Backend, { lb_common::DEFAULT_MAX_BACKENDS as usize }, PREALLOC> =
+    HashMap::new();
 
 /// (frontend id, backend id) -> 1: the backends in each frontend's current set.
 #[btf_map(name = "lb_members")]
@@ -36,7 +39,7 @@ pub static MEMBERS: HashMap<
     MemberKey,
     u32,
     { lb_common::DEFAULT_MAX_SERVICE_ENTRIES as usize },
-    NO_PREALLOC,
+    PREALLOC,
 > = HashMap::new();
 
 /// Socket cookie -> the translation the socket made last (reverse translation, UDP stickiness).

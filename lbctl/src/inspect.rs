@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::{
     datapath::{
-        DatapathError, FrontendAddr, Maps, ProgrammedFrontend, Writer, loader,
+        DatapathError, FrontendAddr, Maps, ProgrammedFrontend, loader, read_frontends,
         state::{self, State},
     },
     monitor::names::{self, ServiceName},
@@ -89,12 +89,11 @@ type Names = BTreeMap<u32, ServiceName>;
 
 /// Every programmed frontend.
 pub fn services(pin_dir: &Path) -> Result<Vec<FrontendView>, InspectError> {
-    let writer = Writer::adopt(Maps::open_read_only(pin_dir)?)?;
+    let maps = Maps::open_read_only(pin_dir)?;
     let names = names::read(pin_dir)?;
-    Ok(writer
-        .frontends()
+    Ok(read_frontends(&maps)?
         .iter()
-        .map(|f| view(writer.maps(), &names, f))
+        .map(|f| view(&maps, &names, f))
         .collect())
 }
 
@@ -146,10 +145,9 @@ pub enum Lookup {
 }
 
 pub fn lookup(pin_dir: &Path, target: FrontendAddr) -> Result<Lookup, InspectError> {
-    let writer = Writer::adopt(Maps::open_read_only(pin_dir)?)?;
+    let maps = Maps::open_read_only(pin_dir)?;
     let names = names::read(pin_dir)?;
-    let found = writer
-        .frontends()
+    let found = read_frontends(&maps)?
         .into_iter()
         .find(|f| f.frontend == target);
     Ok(match found {
@@ -157,10 +155,10 @@ pub fn lookup(pin_dir: &Path, target: FrontendAddr) -> Result<Lookup, InspectErr
             destination: target.to_string(),
         },
         Some(f) if f.backends.is_empty() => Lookup::Refused {
-            frontend: view(writer.maps(), &names, &f),
+            frontend: view(&maps, &names, &f),
         },
         Some(f) => Lookup::Rewritten {
-            frontend: view(writer.maps(), &names, &f),
+            frontend: view(&maps, &names, &f),
         },
     })
 }

@@ -212,10 +212,11 @@ struct AgentArgs {
     /// Re-apply at least this often, in seconds.
     #[arg(long, default_value_t = 30)]
     resync_seconds: u64,
-    /// Capacity of the service map (frontends + one entry per backend slot).
+    /// Capacity of the service map (frontends + one entry per backend slot); the membership
+    /// map gets the same. Both preallocated: 88 + 64 bytes of kernel memory per entry.
     #[arg(long, default_value_t = lb_common::DEFAULT_MAX_SERVICE_ENTRIES)]
     max_service_entries: u32,
-    /// Capacity of the backend map.
+    /// Capacity of the backend map; preallocated, 80 bytes of kernel memory per entry.
     #[arg(long, default_value_t = lb_common::DEFAULT_MAX_BACKENDS)]
     max_backends: u32,
     /// Maximum number of frontends (size of the per-frontend counters).

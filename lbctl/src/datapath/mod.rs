@@ -1,20 +1,26 @@
 //! The datapath: kernel programs attached to a cgroup, and the maps that tell them where each
 //! service frontend leads. This module knows BPF and nothing of Kubernetes; its input is a
 //! [`Desired`] state built from a [`crate::plan::Plan`].
+pub mod decode;
 pub mod desired;
+pub mod fake;
+mod ids;
 pub mod loader;
 pub mod maps;
 pub mod state;
+pub mod store;
 pub(crate) mod sys;
 pub mod system;
 pub mod writer;
 
 use std::path::{Path, PathBuf};
 
+pub use decode::{ProgrammedFrontend, read_frontends};
 pub use desired::{Desired, FrontendAddr, ServiceSpec};
 pub use loader::{Capacity, DatapathConfig, Installed, Object, SocketLbScope, object_identity};
 pub use maps::{Counters, Maps};
-pub use writer::{ApplyReport, FrontendError, ProgrammedFrontend, Writer};
+pub use store::LbMaps;
+pub use writer::{ApplyReport, FrontendError, Writer};
 
 /// Default pin directory.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lbctl";

@@ -1,5 +1,6 @@
 //! Every system call the datapath makes outside aya: the BPF commands aya 0.14 does not offer
-//! (opening a pin read-only, `BPF_LINK_UPDATE`, creating and pinning the small state map),
+//! (opening a pin read-only, `BPF_LINK_UPDATE`, creating and pinning the small state map, the
+//! batched map updates and deletions `BPF_MAP_UPDATE_BATCH`/`BPF_MAP_DELETE_BATCH`),
 //! filesystem facts (`statfs`, `mount` of bpffs, through `rustix`) and the network namespace
 //! cookie. Nothing else in lbctl calls `libc` or `bpf(2)` directly.
 use std::{
@@ -13,6 +14,8 @@ use std::{
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 const BPF_LINK_UPDATE: libc::c_long = 29;
 /// `BPF_F_RDONLY` (file flag of `BPF_OBJ_GET`).
 const BPF_F_RDONLY: u32 = 1 << 3;
@@ -47,6 +50,28 @@ unsafe fn bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<libc::c_long> {
             libc::SYS_bpf,
             cmd,
             attr as *const T,
+            size_of::<T>() as libc::c_uint,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// Like [`bpf`], for commands that write results back into `attr`.
+///
+/// # Safety
+/// As for [`bpf`].
+unsafe fn bpf_mut<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+    // SAFETY: the caller guarantees `attr` matches `cmd`; the kernel reads and writes at most
+    // size_of::<T>() bytes of it, and `attr` is exclusively borrowed for the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut T,
             size_of::<T>() as libc::c_uint,
         )
     };
@@ -123,6 +148,95 @@ pub(crate) fn link_update(link: BorrowedFd<'_>, program: BorrowedFd<'_>) -> io::
     };
     // SAFETY: `attr` is the BPF_LINK_UPDATE member; it holds descriptors only.
     unsafe { bpf(BPF_LINK_UPDATE, &attr) }.map(drop)
+}
+
+/// The `batch` member of `union bpf_attr` (`BPF_MAP_*_BATCH`).
+#[repr(C)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    /// In: number of elements; out: number processed.
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// A batch call that stopped early: the first `done` elements were processed, element `done`
+/// failed with `error`, the rest were not attempted.
+#[derive(Debug)]
+pub(crate) struct BatchFailure {
+    pub done: usize,
+    pub error: io::Error,
+}
+
+fn run_batch(cmd: libc::c_long, mut attr: BatchAttr) -> Result<(), BatchFailure> {
+    let asked = attr.count as usize;
+    // SAFETY: `attr` is the batch member; the caller's key and value arrays it points to
+    // outlive the call and hold `count` elements of the map's key and value sizes.
+    match unsafe { bpf_mut(cmd, &mut attr) } {
+        Ok(_) => Ok(()),
+        Err(error) => Err(BatchFailure {
+            // The kernel reports how many elements it processed before the failing one.
+            done: (attr.count as usize).min(asked),
+            error,
+        }),
+    }
+}
+
+/// `BPF_MAP_UPDATE_BATCH`: writes `keys[i] -> values[i]` in order, one element at a time (each
+/// element is one ordinary update, atomic for a reader), in one system call.
+///
+/// The map's key and value sizes must be `size_of::<K>()` and `size_of::<V>()` (checked when
+/// the maps are opened), and `K` and `V` plain `repr(C)` data without padding.
+pub(crate) fn map_update_batch<K: Copy, V: Copy>(
+    map: BorrowedFd<'_>,
+    keys: &[K],
+    values: &[V],
+) -> Result<(), BatchFailure> {
+    assert_eq!(keys.len(), values.len(), "one value per key");
+    if keys.is_empty() {
+        return Ok(());
+    }
+    run_batch(
+        BPF_MAP_UPDATE_BATCH,
+        BatchAttr {
+            in_batch: 0,
+            out_batch: 0,
+            keys: keys.as_ptr() as u64,
+            values: values.as_ptr() as u64,
+            count: keys.len() as u32,
+            map_fd: map.as_raw_fd() as u32,
+            elem_flags: 0,
+            flags: 0,
+        },
+    )
+}
+
+/// `BPF_MAP_DELETE_BATCH`: deletes `keys` in order in one system call; stops at the first key
+/// that fails (ENOENT for a missing one). Same layout requirements as [`map_update_batch`].
+pub(crate) fn map_delete_batch<K: Copy>(
+    map: BorrowedFd<'_>,
+    keys: &[K],
+) -> Result<(), BatchFailure> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    run_batch(
+        BPF_MAP_DELETE_BATCH,
+        BatchAttr {
+            in_batch: 0,
+            out_batch: 0,
+            keys: keys.as_ptr() as u64,
+            values: 0,
+            count: keys.len() as u32,
+            map_fd: map.as_raw_fd() as u32,
+            elem_flags: 0,
+            flags: 0,
+        },
+    )
 }
 
 /// The `BPF_MAP_CREATE` member of `union bpf_attr`, up to `map_ifindex`.

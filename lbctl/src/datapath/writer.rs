@@ -1,16 +1,33 @@
 //! Desired state -> ordered map writes.
 //!
 //! The writer keeps a mirror of what the maps hold (rebuilt from the maps when an agent adopts
-//! them), diffs the desired state against it and writes only the difference, in the order of
-//! `semantics.md`, so a concurrent `connect()` never sees a half-written service:
+//! them, [`super::decode`]), diffs the desired state against it and writes only the difference
+//! through the [`LbMaps`] seam, in the order of `semantics.md`, so a concurrent `connect()`
+//! never sees a half-written service. Each step is one batch (`BPF_MAP_UPDATE_BATCH` or
+//! `BPF_MAP_DELETE_BATCH` on the kernel maps, one call per [`MAX_BATCH`] elements) covering
+//! every frontend the apply changes:
 //! 1. new backends,
-//! 2. slots 1..N and the memberships of new backends,
-//! 3. the master with the new count (one update),
-//! 4. slots above the new count and the memberships of removed backends,
-//! 5. orphaned backends last.
+//! 2. the memberships of the backends that join a set, then slots 1..N of every changed
+//!    frontend,
+//! 3. the masters with their new counts (one element each),
+//! 4. masters of deleted frontends,
+//! 5. slots above a master's new count, slots of deleted frontends, stray slots,
+//! 6. memberships of backends that left a set or belong to a deleted frontend,
+//! 7. orphaned backends last.
 //!
-//! A deleted frontend loses its master first (connects then pass through), then its slots, then
-//! its memberships.
+//! Why batching keeps the guarantee: a batch applies its elements in order, each one an
+//! ordinary single-element update that a reader sees whole or not at all; a reader may see any
+//! prefix of a batch. Every step only relies on the steps before it having completed, never on
+//! the order inside a step: a slot written in step 2 refers to a backend of step 1; a master of
+//! step 3 publishes a count whose slots (step 2) all exist, every backend a slot holds is a
+//! member before the slot is written, and while it is not yet written the
+//! old master's count covers slots that hold either their old or their new backend, both
+//! existing; deletions (steps 4-7) only remove what no published master reaches any more.
+//!
+//! A frontend whose element fails is left out of the later steps (the rest of the batch goes
+//! on in a new batch): a new frontend is rolled back (its slots and memberships are deleted in
+//! steps 5-6, no master was written), an existing one keeps its old master and the slots it
+//! got, and is rewritten by the next apply. Deletions that fail are retried by the next apply.
 //!
 //! Memberships (`lb_members`, (frontend id, backend id)) tell the programs that a backend a
 //! socket or a client remembers (UDP stickiness, session affinity) may still be used. A missing
@@ -18,15 +35,15 @@
 //! are removed in the same apply that removes the backend from the set.
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use aya::maps::{IterableMap as _, MapError};
-use lb_common::{
-    BACKENDS_MAP, Backend, MEMBERS_MAP, MemberKey, SERVICES_MAP, ServiceKey, ServiceValue,
-};
+use lb_common::{Backend, MemberKey, ServiceKey, ServiceValue};
 
 use super::{
     DatapathError,
-    desired::{Desired, FrontendAddr, ServiceSpec, backend_addr, backend_value},
+    decode::{FoundFrontend, ProgrammedFrontend, decode, frontends_of, slot_key},
+    desired::{Desired, FrontendAddr, ServiceSpec, backend_value},
+    ids::Ids,
     maps::Maps,
+    store::{BatchError, LbMaps, Limits},
 };
 
 /// What the maps hold for one frontend.
@@ -38,17 +55,6 @@ struct Programmed {
     /// The spec this was written from, when fully written by this writer: an unchanged spec
     /// then costs one comparison per apply, without touching the backend table.
     spec: Option<ServiceSpec>,
-}
-
-/// One frontend as the maps hold it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProgrammedFrontend {
-    pub frontend: FrontendAddr,
-    pub frontend_id: u32,
-    pub flags: u16,
-    pub affinity_timeout: u32,
-    /// In slot order.
-    pub backends: Vec<std::net::SocketAddr>,
 }
 
 /// A frontend that could not be (fully) written, and why. Everything else was written.
@@ -65,8 +71,10 @@ pub struct ApplyReport {
     pub frontends_deleted: usize,
     pub backends_written: usize,
     pub backends_deleted: usize,
-    /// Map updates and deletions issued.
+    /// Map elements updated or deleted (each element of a batch counts once).
     pub map_operations: usize,
+    /// Batches issued (each one `bpf()` call on the kernel maps).
+    pub map_calls: usize,
     pub errors: Vec<FrontendError>,
 }
 
@@ -76,55 +84,10 @@ impl ApplyReport {
     }
 }
 
-/// Id allocator: reuses freed ids (smallest first), else takes the next unused one. Ids start
-/// at 1; 0 means "none" in the maps. Both operations are O(log n).
-#[derive(Debug, Default)]
-struct Ids {
-    next: u32,
-    free: BTreeSet<u32>,
-    /// Ids must stay below this (the size of the table they index).
-    limit: u32,
-}
-
-impl Ids {
-    fn new(limit: u32) -> Self {
-        Self {
-            next: 1,
-            free: BTreeSet::new(),
-            limit,
-        }
-    }
-
-    /// Marks an id found in adopted maps as taken.
-    fn take(&mut self, id: u32) {
-        if id >= self.next {
-            self.free.extend(self.next..id);
-            self.next = id + 1;
-        } else {
-            self.free.remove(&id);
-        }
-    }
-
-    fn allocate(&mut self) -> Option<u32> {
-        if let Some(id) = self.free.pop_first() {
-            return Some(id);
-        }
-        (self.next < self.limit).then(|| {
-            self.next += 1;
-            self.next - 1
-        })
-    }
-
-    fn release(&mut self, id: u32) {
-        if id != 0 && id < self.next {
-            self.free.insert(id);
-        }
-    }
-}
-
 /// Writes desired states into the maps. Owns the maps while the agent runs.
-pub struct Writer {
-    maps: Maps,
+pub struct Writer<M: LbMaps = Maps> {
+    maps: M,
+    limits: Limits,
     services: BTreeMap<FrontendAddr, Programmed>,
     /// Backend value -> id.
     backend_ids: HashMap<Backend, u32>,
@@ -132,8 +95,9 @@ pub struct Writer {
     backend_alloc: Ids,
     frontend_alloc: Ids,
     /// Slots or masters found in the maps that belong to no consistent frontend (left by a
-    /// crashed writer); removed by the next apply.
-    stray_keys: Vec<ServiceKey>,
+    /// crashed writer, or a failed deletion); removed by the next apply.
+    /// Each with the backend id it holds (0 for a master), kept until the key is gone.
+    stray_keys: Vec<(ServiceKey, u32)>,
     /// (frontend id, backend id) pairs `lb_members` holds.
     members: BTreeSet<(u32, u32)>,
     /// Backend id -> number of slots (over all frontends) that refer to it.
@@ -147,79 +111,111 @@ pub struct Writer {
     unsettled: BTreeSet<u32>,
     /// Memberships may exist for frontend ids no frontend has: scan them on the next apply.
     check_stray_members: bool,
+    /// Memberships whose deletion failed: retried by every apply; their backends stay until
+    /// they are gone.
+    undeleted_members: BTreeSet<(u32, u32)>,
 }
 
-fn slot_key(base: &ServiceKey, slot: u32) -> ServiceKey {
-    ServiceKey { slot, ..*base }
+/// One changed frontend on its way through the steps.
+struct Change<'a> {
+    frontend: FrontendAddr,
+    spec: &'a ServiceSpec,
+    /// Backend ids in slot order.
+    ids: Vec<u32>,
+    old: Option<Programmed>,
+    frontend_id: u32,
+    master: ServiceValue,
+    /// Slots as the maps hold them now (old slots, overwritten as writes succeed).
+    written: Vec<u32>,
+    held: BTreeSet<u32>,
+    wanted: BTreeSet<u32>,
+    failed: Option<String>,
 }
 
-impl Writer {
+/// Elements per map call: a step larger than this is split into several calls, all complete
+/// before the next step starts (which is all the ordering needs), so the key and value arrays
+/// the writer builds stay small.
+pub const MAX_BATCH: usize = 16_384;
+
+/// Runs items `0..owners.len()` through `call` in batches of at most [`MAX_BATCH`], in order.
+/// When item `i` fails, the later items of the same owner are dropped and the rest goes on in
+/// the next batch. Returns which items were applied and, per failed owner, its failing item
+/// and the reason.
+fn batched(
+    owners: &[usize],
+    calls: &mut usize,
+    mut call: impl FnMut(&[usize]) -> Result<(), BatchError>,
+) -> (Vec<bool>, BTreeMap<usize, (usize, String)>) {
+    let mut applied = vec![false; owners.len()];
+    let mut failed: BTreeMap<usize, (usize, String)> = BTreeMap::new();
+    let mut next = 0;
+    let mut window = Vec::with_capacity(owners.len().min(MAX_BATCH));
+    loop {
+        window.clear();
+        while next < owners.len() && window.len() < MAX_BATCH {
+            if !failed.contains_key(&owners[next]) {
+                window.push(next);
+            }
+            next += 1;
+        }
+        if window.is_empty() {
+            break;
+        }
+        *calls += 1;
+        match call(&window) {
+            Ok(()) => window.iter().for_each(|&i| applied[i] = true),
+            Err(e) if e.done >= window.len() => window.iter().for_each(|&i| applied[i] = true),
+            Err(e) => {
+                window[..e.done].iter().for_each(|&i| applied[i] = true);
+                let bad = window[e.done];
+                failed.entry(owners[bad]).or_insert((bad, e.reason));
+                // The items after the failing one were not attempted.
+                next = bad + 1;
+            }
+        }
+    }
+    (applied, failed)
+}
+
+fn member_key((frontend_id, backend_id): (u32, u32)) -> MemberKey {
+    MemberKey {
+        frontend_id,
+        backend_id,
+    }
+}
+
+impl<M: LbMaps> Writer<M> {
     /// Rebuilds the mirror from what the maps hold, reusing frontend and backend ids.
-    pub fn adopt(maps: Maps) -> Result<Self, DatapathError> {
-        let backend_cap = maps
-            .backends
-            .map()
-            .info()
-            .map(|i| i.max_entries())
-            .unwrap_or(u32::MAX);
-        let frontend_cap = maps.frontend_stats.len();
+    pub fn adopt(maps: M) -> Result<Self, DatapathError> {
+        let limits = maps.limits();
+        let decoded = decode(maps.dump()?);
         let mut writer = Self {
             services: BTreeMap::new(),
             backend_ids: HashMap::new(),
             backend_values: HashMap::new(),
-            backend_alloc: Ids::new(backend_cap.saturating_add(1)),
-            frontend_alloc: Ids::new(frontend_cap),
-            stray_keys: Vec::new(),
-            members: BTreeSet::new(),
+            backend_alloc: Ids::new(limits.backends.saturating_add(1)),
+            frontend_alloc: Ids::new(limits.frontends),
+            stray_keys: decoded.stray_keys,
+            members: decoded.members,
             refs: HashMap::new(),
             maybe_orphans: BTreeSet::new(),
             unsettled: BTreeSet::new(),
             check_stray_members: true,
+            undeleted_members: BTreeSet::new(),
+            limits,
             maps,
         };
-        for key in writer.maps.members.keys() {
-            let key = key.map_err(|e| DatapathError::map(MEMBERS_MAP, e))?;
-            writer.members.insert((key.frontend_id, key.backend_id));
-        }
-        for entry in writer.maps.backends.iter() {
-            let (id, value) = entry.map_err(|e| DatapathError::map(BACKENDS_MAP, e))?;
+        for (id, value) in decoded.backends {
             writer.backend_ids.insert(value, id);
             writer.backend_values.insert(id, value);
             writer.backend_alloc.take(id);
         }
-        let mut masters = BTreeMap::new();
-        let mut slots: HashMap<ServiceKey, BTreeMap<u32, u32>> = HashMap::new();
-        for entry in writer.maps.services.iter() {
-            let (key, value) = entry.map_err(|e| DatapathError::map(SERVICES_MAP, e))?;
-            if key.slot == 0 {
-                masters.insert(key, value);
-            } else {
-                slots
-                    .entry(slot_key(&key, 0))
-                    .or_default()
-                    .insert(key.slot, value.backend_id);
-            }
-        }
-        for (key, master) in masters {
-            let mut found = slots.remove(&key).unwrap_or_default();
-            let mut ids = Vec::with_capacity(usize::from(master.count));
-            for slot in 1..=u32::from(master.count) {
-                if let Some(id) = found.remove(&slot) {
-                    ids.push(id);
-                }
-            }
-            writer
-                .stray_keys
-                .extend(found.keys().map(|&slot| slot_key(&key, slot)));
-            let Some(frontend) = FrontendAddr::from_key(&key) else {
-                writer.stray_keys.push(key);
-                writer.stray_keys.extend(
-                    ids.iter()
-                        .enumerate()
-                        .map(|(i, _)| slot_key(&key, i as u32 + 1)),
-                );
-                continue;
-            };
+        for FoundFrontend {
+            frontend,
+            master,
+            slots,
+        } in decoded.frontends
+        {
             writer.frontend_alloc.take(master.frontend_id);
             writer.unsettled.insert(master.frontend_id);
             // A master whose slots are incomplete is rewritten by the next apply.
@@ -227,15 +223,10 @@ impl Writer {
                 frontend,
                 Programmed {
                     master,
-                    slots: ids,
+                    slots,
                     spec: None,
                 },
             );
-        }
-        for (key, rest) in slots {
-            writer
-                .stray_keys
-                .extend(rest.keys().map(|&slot| slot_key(&key, slot)));
         }
         let unused: Vec<u32> = writer
             .backend_values
@@ -247,8 +238,14 @@ impl Writer {
         Ok(writer)
     }
 
-    pub fn maps(&self) -> &Maps {
+    pub fn maps(&self) -> &M {
         &self.maps
+    }
+
+    /// The maps, for tests that change them behind the writer's back.
+    #[cfg(test)]
+    pub(crate) fn maps_mut(&mut self) -> &mut M {
+        &mut self.maps
     }
 
     /// Number of frontends and backends the maps hold.
@@ -259,75 +256,427 @@ impl Writer {
     /// Makes the maps hold exactly `desired`, writing only what differs.
     pub fn apply(&mut self, desired: &Desired) -> Result<ApplyReport, DatapathError> {
         let mut report = ApplyReport::default();
+        let mut errors: BTreeMap<FrontendAddr, String> = BTreeMap::new();
 
-        // 1. Backends every desired frontend needs.
-        let mut wanted_slots: BTreeMap<FrontendAddr, Vec<u32>> = BTreeMap::new();
+        // Which frontends change, and the backend ids they need.
+        let mut changes: Vec<Change<'_>> = Vec::new();
+        let mut new_backends: Vec<(u32, Backend)> = Vec::new();
         for (frontend, spec) in &desired.services {
             if self.services.get(frontend).is_some_and(|p| {
                 p.spec.as_ref() == Some(spec) && !self.unsettled.contains(&p.master.frontend_id)
             }) {
                 continue;
             }
-            match self.ensure_backends(*frontend, spec, &mut report) {
-                Ok(ids) => {
-                    wanted_slots.insert(*frontend, ids);
-                }
-                Err(reason) => report.errors.push(FrontendError {
+            match self.backend_ids_for(*frontend, spec, &mut new_backends) {
+                Ok(ids) => changes.push(Change {
                     frontend: *frontend,
-                    reason,
+                    spec,
+                    ids,
+                    old: self.services.get(frontend).cloned(),
+                    frontend_id: 0,
+                    master: ServiceValue::default(),
+                    written: Vec::new(),
+                    held: BTreeSet::new(),
+                    wanted: BTreeSet::new(),
+                    failed: None,
                 }),
+                Err(reason) => {
+                    errors.insert(*frontend, reason);
+                }
             }
         }
 
-        // 2-4. Each frontend: slots, master, shrink.
-        for (frontend, ids) in &wanted_slots {
-            let spec = &desired.services[frontend];
-            if let Err(reason) = self.write_frontend(*frontend, spec, ids, &mut report) {
-                report.errors.push(FrontendError {
-                    frontend: *frontend,
-                    reason,
-                });
+        // 1. New backends.
+        let owners: Vec<usize> = (0..new_backends.len()).collect();
+        let maps = &mut self.maps;
+        let (applied, failed) = batched(&owners, &mut report.map_calls, |items| {
+            let ids: Vec<u32> = items.iter().map(|&i| new_backends[i].0).collect();
+            let values: Vec<Backend> = items.iter().map(|&i| new_backends[i].1).collect();
+            maps.update_backends(&ids, &values)
+        });
+        let mut failed_backends: HashMap<u32, String> = HashMap::new();
+        for (i, &(id, value)) in new_backends.iter().enumerate() {
+            if applied[i] {
+                report.map_operations += 1;
+                report.backends_written += 1;
+                self.maybe_orphans.insert(id);
+            } else {
+                self.backend_ids.remove(&value);
+                self.backend_values.remove(&id);
+                self.backend_alloc.release(id);
+                let reason = failed.get(&i).map_or("not attempted", |(_, r)| r.as_str());
+                failed_backends.insert(id, reason.to_owned());
+            }
+        }
+        if !failed_backends.is_empty() {
+            for change in &mut changes {
+                if let Some((addr, reason)) = change
+                    .ids
+                    .iter()
+                    .zip(&change.spec.backends)
+                    .find_map(|(id, addr)| failed_backends.get(id).map(|r| (addr, r)))
+                {
+                    change.failed = Some(format!("writing backend {addr}: {reason}"));
+                }
             }
         }
 
-        // Frontends no longer wanted: master first, then slots.
+        // Shadowed locals live to the end of the function: free each step's arrays (hundreds of
+        // thousands of elements in a full programming) as soon as it is done.
+        drop((new_backends, owners, applied, failed));
+
+        // What each change writes, within the tables' room.
+        let mut service_entries: usize = if changes.is_empty() {
+            0
+        } else {
+            self.services
+                .values()
+                .map(|p| 1 + p.slots.len())
+                .sum::<usize>()
+                + self.stray_keys.len()
+        };
+        let mut member_entries = self.members.len();
+        for change in &mut changes {
+            if change.failed.is_some() {
+                continue;
+            }
+            if let Err(reason) = self.prepare(change, &mut service_entries, &mut member_entries) {
+                change.failed = Some(reason);
+            }
+        }
+        let mut live: Vec<usize> = Vec::new();
+        for (i, change) in changes.iter().enumerate() {
+            match &change.failed {
+                Some(reason) => {
+                    errors.insert(change.frontend, reason.clone());
+                }
+                None if change.frontend_id != 0 => live.push(i),
+                None => {}
+            }
+        }
+
+        // 2a. Memberships of the backends that join a set: before any slot holds them.
+        let mut joins: Vec<(usize, (u32, u32))> = Vec::new();
+        for &c in &live {
+            let change = &changes[c];
+            if change.failed.is_none() {
+                joins.extend(
+                    change
+                        .wanted
+                        .difference(&change.held)
+                        .map(|&id| (c, (change.frontend_id, id))),
+                );
+            }
+        }
+        let owners: Vec<usize> = joins.iter().map(|&(c, _)| c).collect();
+        let maps = &mut self.maps;
+        let (applied, failed) = batched(&owners, &mut report.map_calls, |items| {
+            let keys: Vec<MemberKey> = items.iter().map(|&i| member_key(joins[i].1)).collect();
+            maps.update_members(&keys)
+        });
+        for (i, &(_, pair)) in joins.iter().enumerate() {
+            if applied[i] {
+                report.map_operations += 1;
+                self.members.insert(pair);
+            }
+        }
+        for (&c, (_, reason)) in &failed {
+            self.unsettled.insert(changes[c].frontend_id);
+            changes[c].failed = Some(format!("writing a backend membership: {reason}"));
+        }
+
+        drop((joins, owners, applied, failed));
+
+        // 2b. Slots, of the frontends whose memberships are written.
+        let mut slots: Vec<(usize, usize)> = Vec::new();
+        for &c in &live {
+            let change = &changes[c];
+            if change.failed.is_some() {
+                continue;
+            }
+            let old = change.old.as_ref().map_or(&[][..], |p| &p.slots[..]);
+            for (i, &id) in change.ids.iter().enumerate() {
+                if old.get(i) != Some(&id) {
+                    slots.push((c, i));
+                }
+            }
+        }
+        let owners: Vec<usize> = slots.iter().map(|&(c, _)| c).collect();
+        let maps = &mut self.maps;
+        let (applied, failed) = batched(&owners, &mut report.map_calls, |items| {
+            let keys: Vec<ServiceKey> = items
+                .iter()
+                .map(|&i| {
+                    let (c, s) = slots[i];
+                    slot_key(&changes[c].frontend.key(), s as u32 + 1)
+                })
+                .collect();
+            let values: Vec<ServiceValue> = items
+                .iter()
+                .map(|&i| {
+                    let (c, s) = slots[i];
+                    ServiceValue {
+                        backend_id: changes[c].ids[s],
+                        ..ServiceValue::default()
+                    }
+                })
+                .collect();
+            maps.update_services(&keys, &values)
+        });
+        for (i, &(c, s)) in slots.iter().enumerate() {
+            if applied[i] {
+                report.map_operations += 1;
+                let change = &mut changes[c];
+                let id = change.ids[s];
+                if s < change.written.len() {
+                    change.written[s] = id;
+                } else {
+                    change.written.push(id);
+                }
+            }
+        }
+        for (&c, (i, reason)) in &failed {
+            changes[c].failed = Some(format!("writing slot {}: {reason}", slots[*i].1 + 1));
+        }
+
+        drop((slots, owners, applied, failed));
+
+        // 3. Masters: from here on readers use the new counts.
+        let publish: Vec<usize> = live
+            .iter()
+            .copied()
+            .filter(|&c| changes[c].failed.is_none())
+            .collect();
+        let maps = &mut self.maps;
+        let (applied, failed) = batched(&publish, &mut report.map_calls, |items| {
+            let keys: Vec<ServiceKey> = items
+                .iter()
+                .map(|&i| changes[publish[i]].frontend.key())
+                .collect();
+            let values: Vec<ServiceValue> =
+                items.iter().map(|&i| changes[publish[i]].master).collect();
+            maps.update_services(&keys, &values)
+        });
+        for (&c, (_, reason)) in &failed {
+            changes[c].failed = Some(format!("writing the service entry: {reason}"));
+        }
+
+        // Keys to delete, with the backend each holds.
+        let mut slot_deletes: Vec<(ServiceKey, u32)> = std::mem::take(&mut self.stray_keys);
+        let mut member_deletes: BTreeSet<(u32, u32)> = BTreeSet::new();
+        for (i, &c) in publish.iter().enumerate() {
+            if !applied[i] {
+                continue;
+            }
+            report.map_operations += 1;
+            report.frontends_written += 1;
+            let change = &mut changes[c];
+            let base = change.frontend.key();
+            // Slots above the new count: no reader can reach them any more.
+            slot_deletes.extend(
+                (change.ids.len()..change.written.len())
+                    .map(|s| (slot_key(&base, s as u32 + 1), change.written[s])),
+            );
+            // Memberships of the backends that left the set.
+            member_deletes.extend(
+                change
+                    .held
+                    .difference(&change.wanted)
+                    .map(|&id| (change.frontend_id, id)),
+            );
+            let (frontend, master, ids, spec, frontend_id) = (
+                change.frontend,
+                change.master,
+                std::mem::take(&mut change.ids),
+                change.spec.clone(),
+                change.frontend_id,
+            );
+            self.set_programmed(
+                frontend,
+                Programmed {
+                    master,
+                    slots: ids,
+                    spec: Some(spec),
+                },
+            );
+            self.unsettled.remove(&frontend_id);
+        }
+        // Frontends that failed part-way: an existing one keeps its old master and the slots
+        // it got; a new one is rolled back.
+        for &c in &live {
+            let change = &mut changes[c];
+            let Some(reason) = change.failed.take() else {
+                continue;
+            };
+            errors.insert(change.frontend, reason);
+            let written = std::mem::take(&mut change.written);
+            match change.old.take() {
+                Some(old) => {
+                    // Backends no slot holds any more left the set even so.
+                    let kept: BTreeSet<u32> = written.iter().copied().collect();
+                    member_deletes.extend(
+                        self.members_of(change.frontend_id)
+                            .filter(|id| !kept.contains(id))
+                            .map(|id| (change.frontend_id, id)),
+                    );
+                    self.set_programmed(
+                        change.frontend,
+                        Programmed {
+                            master: old.master,
+                            slots: written,
+                            spec: None,
+                        },
+                    );
+                }
+                None => {
+                    let base = change.frontend.key();
+                    slot_deletes.extend(
+                        (0..written.len()).map(|s| (slot_key(&base, s as u32 + 1), written[s])),
+                    );
+                    member_deletes.extend(
+                        self.members_of(change.frontend_id)
+                            .map(|id| (change.frontend_id, id)),
+                    );
+                    self.frontend_alloc.release(change.frontend_id);
+                    tracing::debug!(frontend = %change.frontend, "rolled back a partially written frontend");
+                }
+            }
+        }
+
+        // 4. Masters of frontends no longer wanted: their connects pass through from here on.
         let gone: Vec<FrontendAddr> = self
             .services
             .keys()
             .filter(|f| !desired.services.contains_key(f))
             .copied()
             .collect();
-        for frontend in gone {
-            if let Err(reason) = self.delete_frontend(frontend, &mut report) {
-                report.errors.push(FrontendError { frontend, reason });
-            }
+        let owners: Vec<usize> = (0..gone.len()).collect();
+        let maps = &mut self.maps;
+        let (applied, failed) = batched(&owners, &mut report.map_calls, |items| {
+            let keys: Vec<ServiceKey> = items.iter().map(|&i| gone[i].key()).collect();
+            maps.delete_services(&keys)
+        });
+        for (&g, (_, reason)) in &failed {
+            errors.insert(gone[g], format!("deleting the service entry: {reason}"));
         }
-        for key in std::mem::take(&mut self.stray_keys) {
-            match self.maps.services.remove(&key) {
-                Ok(()) | Err(MapError::KeyNotFound) => report.map_operations += 1,
-                Err(e) => return Err(DatapathError::map(SERVICES_MAP, e)),
-            }
-        }
-        // Memberships of frontend ids no frontend has (a crashed writer, a failed delete).
-        if std::mem::take(&mut self.check_stray_members) {
-            self.remove_stray_members(&mut report)?;
-        }
-
-        // 5. Backends no slot refers to any more.
-        let candidates: Vec<u32> = std::mem::take(&mut self.maybe_orphans)
-            .into_iter()
-            .collect();
-        for (i, &id) in candidates.iter().enumerate() {
-            if self.refs.contains_key(&id) || !self.backend_values.contains_key(&id) {
+        for (g, frontend) in gone.iter().enumerate() {
+            if !applied[g] {
                 continue;
             }
-            match self.maps.backends.remove(&id) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(e) => {
-                    // Tried again by the next apply.
-                    self.maybe_orphans.extend(&candidates[i..]);
-                    return Err(DatapathError::map(BACKENDS_MAP, e));
+            report.map_operations += 1;
+            report.frontends_deleted += 1;
+            let Some(programmed) = self.remove_programmed(frontend) else {
+                continue;
+            };
+            let base = frontend.key();
+            slot_deletes.extend(
+                (0..programmed.slots.len())
+                    .map(|s| (slot_key(&base, s as u32 + 1), programmed.slots[s])),
+            );
+            let frontend_id = programmed.master.frontend_id;
+            member_deletes.extend(self.members_of(frontend_id).map(|id| (frontend_id, id)));
+            self.frontend_alloc.release(frontend_id);
+            self.unsettled.remove(&frontend_id);
+        }
+
+        // 5. Slots no master reaches. A stray slot this apply wrote again (a frontend that
+        // grows into it) stays.
+        slot_deletes.retain(|(key, _)| {
+            FrontendAddr::from_key(key)
+                .and_then(|f| self.services.get(&f))
+                .is_none_or(|p| key.slot as usize > p.slots.len())
+        });
+        slot_deletes.sort_unstable();
+        slot_deletes.dedup();
+        let owners: Vec<usize> = (0..slot_deletes.len()).collect();
+        let maps = &mut self.maps;
+        let (applied, _) = batched(&owners, &mut report.map_calls, |items| {
+            let keys: Vec<ServiceKey> = items.iter().map(|&i| slot_deletes[i].0).collect();
+            maps.delete_services(&keys)
+        });
+        for (i, &(key, backend_id)) in slot_deletes.iter().enumerate() {
+            if applied[i] {
+                report.map_operations += 1;
+                // The backend may be unused now.
+                if backend_id != 0 {
+                    self.maybe_orphans.insert(backend_id);
                 }
+            } else {
+                // Harmless where it is (no master reaches it); retried by the next apply. Its
+                // backend stays while it is there.
+                tracing::warn!(slot = key.slot, "could not delete a service slot");
+                self.stray_keys.push((key, backend_id));
+            }
+        }
+
+        // 6. Memberships of backends that left a set, and of frontend ids no frontend has.
+        if std::mem::take(&mut self.check_stray_members) {
+            let live_ids: BTreeSet<u32> = self
+                .services
+                .values()
+                .map(|p| p.master.frontend_id)
+                .collect();
+            member_deletes.extend(
+                self.members
+                    .iter()
+                    .filter(|(fid, _)| !live_ids.contains(fid))
+                    .copied(),
+            );
+        }
+        member_deletes.extend(std::mem::take(&mut self.undeleted_members));
+        let member_deletes: Vec<(u32, u32)> = member_deletes.into_iter().collect();
+        let owners: Vec<usize> = (0..member_deletes.len()).collect();
+        let maps = &mut self.maps;
+        let (applied, _) = batched(&owners, &mut report.map_calls, |items| {
+            let keys: Vec<MemberKey> = items
+                .iter()
+                .map(|&i| member_key(member_deletes[i]))
+                .collect();
+            maps.delete_members(&keys)
+        });
+        for (i, &(fid, bid)) in member_deletes.iter().enumerate() {
+            if applied[i] {
+                report.map_operations += 1;
+                self.members.remove(&(fid, bid));
+            } else {
+                // Kept in the mirror; the next apply retries.
+                tracing::warn!(
+                    frontend_id = fid,
+                    backend_id = bid,
+                    "could not delete a backend membership"
+                );
+                self.undeleted_members.insert((fid, bid));
+                // Its frontend (if it still has one) is checked in full next time.
+                self.unsettled.insert(fid);
+            }
+        }
+
+        // 7. Backends no slot refers to any more.
+        let stray_refs: BTreeSet<u32> = self
+            .stray_keys
+            .iter()
+            .map(|&(_, id)| id)
+            .chain(self.undeleted_members.iter().map(|&(_, id)| id))
+            .collect();
+        let mut orphans: Vec<u32> = Vec::new();
+        for id in std::mem::take(&mut self.maybe_orphans) {
+            if stray_refs.contains(&id) {
+                self.maybe_orphans.insert(id);
+            } else if !self.refs.contains_key(&id) && self.backend_values.contains_key(&id) {
+                orphans.push(id);
+            }
+        }
+        let owners: Vec<usize> = (0..orphans.len()).collect();
+        let maps = &mut self.maps;
+        let (applied, _) = batched(&owners, &mut report.map_calls, |items| {
+            let ids: Vec<u32> = items.iter().map(|&i| orphans[i]).collect();
+            maps.delete_backends(&ids)
+        });
+        for (i, &id) in orphans.iter().enumerate() {
+            if !applied[i] {
+                tracing::warn!(backend_id = id, "could not delete a backend");
+                self.maybe_orphans.insert(id);
+                continue;
             }
             report.map_operations += 1;
             report.backends_deleted += 1;
@@ -336,37 +685,21 @@ impl Writer {
             }
             self.backend_alloc.release(id);
         }
+
+        report.errors = errors
+            .into_iter()
+            .map(|(frontend, reason)| FrontendError { frontend, reason })
+            .collect();
         Ok(report)
     }
 
-    fn remove_stray_members(&mut self, report: &mut ApplyReport) -> Result<(), DatapathError> {
-        let live: BTreeSet<u32> = self
-            .services
-            .values()
-            .map(|p| p.master.frontend_id)
-            .collect();
-        let stray: Vec<(u32, u32)> = self
-            .members
-            .iter()
-            .filter(|(fid, _)| !live.contains(fid))
-            .copied()
-            .collect();
-        for pair in stray {
-            if let Err(e) = self.remove_member(pair, &mut report.map_operations) {
-                self.check_stray_members = true;
-                return Err(DatapathError::map(MEMBERS_MAP, e));
-            }
-        }
-        Ok(())
-    }
-
-    /// Makes sure every backend of `spec` is in the backend table; returns their ids in slot
-    /// order.
-    fn ensure_backends(
+    /// The backend ids of `spec` in slot order; backends not in the table yet get an id and
+    /// are queued in `new` (written by step 1).
+    fn backend_ids_for(
         &mut self,
         frontend: FrontendAddr,
         spec: &ServiceSpec,
-        report: &mut ApplyReport,
+        new: &mut Vec<(u32, Backend)>,
     ) -> Result<Vec<u32>, String> {
         if spec.backends.len() > usize::from(u16::MAX) {
             return Err(format!(
@@ -391,234 +724,80 @@ impl Writer {
                 .backend_alloc
                 .allocate()
                 .ok_or_else(|| "the backend table is full".to_owned())?;
-            if let Err(e) = self.maps.backends.insert(id, value, 0) {
-                self.backend_alloc.release(id);
-                return Err(format!("writing backend {addr}: {e}"));
-            }
-            report.map_operations += 1;
-            report.backends_written += 1;
             self.backend_ids.insert(value, id);
             self.backend_values.insert(id, value);
-            self.maybe_orphans.insert(id);
+            new.push((id, value));
             ids.push(id);
         }
         Ok(ids)
     }
 
-    fn write_frontend(
+    /// Fills in what `change` writes; an unchanged frontend gets frontend id 0 (nothing to
+    /// write). Refuses a change the tables have no room for, before anything is written.
+    fn prepare(
         &mut self,
-        frontend: FrontendAddr,
-        spec: &ServiceSpec,
-        ids: &[u32],
-        report: &mut ApplyReport,
+        change: &mut Change<'_>,
+        service_entries: &mut usize,
+        member_entries: &mut usize,
     ) -> Result<(), String> {
-        if let Some(p) = self.services.get(&frontend)
-            && p.slots == ids
-            && p.master.count as usize == ids.len()
-            && p.master.flags == spec.flags()
-            && p.master.affinity_timeout == spec.affinity_timeout.unwrap_or(0)
-            && !self.unsettled.contains(&p.master.frontend_id)
-        {
-            return Ok(());
-        }
-        let base = frontend.key();
-        let old = self.services.get(&frontend).cloned();
-        let frontend_id = match &old {
-            Some(p) => p.master.frontend_id,
-            None => self
-                .frontend_alloc
-                .allocate()
-                .ok_or_else(|| "no free frontend id (raise --max-frontends)".to_owned())?,
-        };
-        let master = ServiceValue {
+        let spec = change.spec;
+        let ids = &change.ids;
+        let master_of = |frontend_id| ServiceValue {
             backend_id: 0,
             count: ids.len() as u16,
             flags: spec.flags(),
             frontend_id,
             affinity_timeout: spec.affinity_timeout.unwrap_or(0),
         };
-        let old_slots = old.as_ref().map(|p| p.slots.clone()).unwrap_or_default();
         let wanted: BTreeSet<u32> = ids.iter().copied().collect();
-        let held: BTreeSet<u32> = self.members_of(frontend_id).collect();
-        if old
-            .as_ref()
-            .is_some_and(|p| p.master == master && p.slots == ids)
-            && held == wanted
-        {
-            return Ok(());
-        }
-
-        // Slots first: every slot a reader may pick after seeing either master stays valid.
-        let mut written = old_slots.clone();
-        for (i, &id) in ids.iter().enumerate() {
-            if old_slots.get(i) == Some(&id) {
-                continue;
-            }
-            let value = ServiceValue {
-                backend_id: id,
-                ..ServiceValue::default()
-            };
-            if let Err(e) = self
-                .maps
-                .services
-                .insert(slot_key(&base, i as u32 + 1), value, 0)
-            {
-                self.record(frontend, old.as_ref(), written);
-                if old.is_none() {
-                    self.rollback_new(frontend, &base, frontend_id, report);
+        if let Some(p) = &change.old {
+            let held: BTreeSet<u32> = self.members_of(p.master.frontend_id).collect();
+            if p.slots == *ids && p.master == master_of(p.master.frontend_id) && held == wanted {
+                // Already as wanted: remember the spec so the next apply skips it.
+                let frontend_id = p.master.frontend_id;
+                if let Some(p) = self.services.get_mut(&change.frontend) {
+                    p.spec = Some(spec.clone());
                 }
-                return Err(format!("writing slot {}: {e}", i + 1));
-            }
-            report.map_operations += 1;
-            if i < written.len() {
-                written[i] = id;
-            } else {
-                written.push(id);
+                self.unsettled.remove(&frontend_id);
+                return Ok(());
             }
         }
-
-        // Memberships of the backends that join the set, before the master publishes it.
-        for &id in wanted.difference(&held) {
-            if let Err(e) = self.add_member((frontend_id, id), &mut report.map_operations) {
-                self.unsettled.insert(frontend_id);
-                self.record(frontend, old.as_ref(), written);
-                if old.is_none() {
-                    self.rollback_new(frontend, &base, frontend_id, report);
-                }
-                return Err(format!("writing a backend membership: {e}"));
-            }
+        let old_slots = change.old.as_ref().map_or(0, |p| p.slots.len());
+        let new_entries = usize::from(change.old.is_none()) + ids.len().saturating_sub(old_slots);
+        if *service_entries + new_entries > self.limits.service_entries as usize {
+            return Err(format!(
+                "the service table is full ({} entries)",
+                self.limits.service_entries
+            ));
         }
-
-        // The master, in one update: from here on readers use the new count.
-        if let Err(e) = self.maps.services.insert(base, master, 0) {
-            self.record(frontend, old.as_ref(), written);
-            if old.is_none() {
-                self.rollback_new(frontend, &base, frontend_id, report);
-            }
-            return Err(format!("writing the service entry: {e}"));
-        }
-        report.map_operations += 1;
-        report.frontends_written += 1;
-
-        // Slots above the new count; no reader can reach them any more.
-        for slot in ids.len()..written.len() {
-            match self.maps.services.remove(&slot_key(&base, slot as u32 + 1)) {
-                Ok(()) | Err(MapError::KeyNotFound) => report.map_operations += 1,
-                Err(e) => {
-                    // The slot stays behind, harmless; retried on the next apply.
-                    self.stray_keys.push(slot_key(&base, slot as u32 + 1));
-                    tracing::warn!(%frontend, slot = slot + 1, error = %e, "could not delete a slot");
-                }
-            }
-        }
-        // Memberships of the backends that left the set: a socket or client that remembers
-        // one selects anew from now on.
-        let mut failed_member = false;
-        for &id in held.difference(&wanted) {
-            if let Err(e) = self.remove_member((frontend_id, id), &mut report.map_operations) {
-                // Kept in the mirror: the next apply retries.
-                failed_member = true;
-                tracing::warn!(
-                    %frontend, backend_id = id, error = %e,
-                    "could not delete a backend membership"
-                );
-            }
-        }
-        self.set_programmed(
-            frontend,
-            Programmed {
-                master,
-                slots: ids.to_vec(),
-                spec: Some(spec.clone()),
-            },
-        );
-        if failed_member {
-            self.unsettled.insert(frontend_id);
-        } else {
-            self.unsettled.remove(&frontend_id);
-        }
-        Ok(())
-    }
-
-    /// Keeps the mirror true to the maps after a partial write of a frontend.
-    fn record(&mut self, frontend: FrontendAddr, old: Option<&Programmed>, slots: Vec<u32>) {
-        if let Some(old) = old {
-            self.set_programmed(
-                frontend,
-                Programmed {
-                    master: old.master,
-                    slots,
-                    spec: None,
-                },
-            );
-        }
-    }
-
-    /// A new frontend failed before its master was written: remove the slots it got.
-    fn rollback_new(
-        &mut self,
-        frontend: FrontendAddr,
-        base: &ServiceKey,
-        frontend_id: u32,
-        report: &mut ApplyReport,
-    ) {
-        self.frontend_alloc.release(frontend_id);
-        let members: Vec<u32> = self.members_of(frontend_id).collect();
-        for id in members {
-            if self
-                .remove_member((frontend_id, id), &mut report.map_operations)
-                .is_err()
-            {
-                tracing::warn!(%frontend, backend_id = id, "could not delete a backend membership");
-            }
-        }
-        let mut slot = 1;
-        while self.maps.services.get(&slot_key(base, slot), 0).is_ok() {
-            if self.maps.services.remove(&slot_key(base, slot)).is_err() {
-                self.stray_keys.push(slot_key(base, slot));
-            }
-            report.map_operations += 1;
-            slot += 1;
-        }
-        tracing::debug!(%frontend, "rolled back a partially written frontend");
-    }
-
-    fn delete_frontend(
-        &mut self,
-        frontend: FrontendAddr,
-        report: &mut ApplyReport,
-    ) -> Result<(), String> {
-        let base = frontend.key();
-        match self.maps.services.remove(&base) {
-            Ok(()) | Err(MapError::KeyNotFound) => report.map_operations += 1,
-            Err(e) => return Err(format!("deleting the service entry: {e}")),
-        }
-        let Some(programmed) = self.remove_programmed(&frontend) else {
-            return Ok(());
+        let frontend_id = match &change.old {
+            Some(p) => p.master.frontend_id,
+            None => self
+                .frontend_alloc
+                .allocate()
+                .ok_or_else(|| "no free frontend id (raise --max-frontends)".to_owned())?,
         };
-        for slot in 1..=programmed.slots.len() {
-            if let Err(e) = self.maps.services.remove(&slot_key(&base, slot as u32))
-                && !matches!(e, MapError::KeyNotFound)
-            {
-                self.stray_keys.push(slot_key(&base, slot as u32));
+        let held: BTreeSet<u32> = self.members_of(frontend_id).collect();
+        let joining = wanted.difference(&held).count();
+        if *member_entries + joining > self.limits.members as usize {
+            if change.old.is_none() {
+                self.frontend_alloc.release(frontend_id);
             }
-            report.map_operations += 1;
+            return Err(format!(
+                "the membership table is full ({} entries)",
+                self.limits.members
+            ));
         }
-        let frontend_id = programmed.master.frontend_id;
-        let members: Vec<u32> = self.members_of(frontend_id).collect();
-        for id in members {
-            if let Err(e) = self.remove_member((frontend_id, id), &mut report.map_operations) {
-                // Kept in the mirror; the next apply removes it as a stray membership.
-                self.check_stray_members = true;
-                tracing::warn!(
-                    %frontend, backend_id = id, error = %e,
-                    "could not delete a backend membership"
-                );
-            }
-        }
-        self.frontend_alloc.release(frontend_id);
-        self.unsettled.remove(&frontend_id);
-        report.frontends_deleted += 1;
+        *service_entries += new_entries;
+        *member_entries += joining;
+        change.master = master_of(frontend_id);
+        change.frontend_id = frontend_id;
+        change.written = change
+            .old
+            .as_ref()
+            .map_or_else(Vec::new, |p| p.slots.clone());
+        change.held = held;
+        change.wanted = wanted;
         Ok(())
     }
 
@@ -657,55 +836,14 @@ impl Writer {
             .map(|&(_, backend_id)| backend_id)
     }
 
-    fn add_member(
-        &mut self,
-        (frontend_id, backend_id): (u32, u32),
-        ops: &mut usize,
-    ) -> Result<(), MapError> {
-        let key = MemberKey {
-            frontend_id,
-            backend_id,
-        };
-        self.maps.members.insert(key, 1, 0)?;
-        *ops += 1;
-        self.members.insert((frontend_id, backend_id));
-        Ok(())
-    }
-
-    fn remove_member(
-        &mut self,
-        (frontend_id, backend_id): (u32, u32),
-        ops: &mut usize,
-    ) -> Result<(), MapError> {
-        let key = MemberKey {
-            frontend_id,
-            backend_id,
-        };
-        match self.maps.members.remove(&key) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(e) => return Err(e),
-        }
-        *ops += 1;
-        self.members.remove(&(frontend_id, backend_id));
-        Ok(())
-    }
-
     /// Frontends as the maps hold them, with backends decoded, in key order.
     pub fn frontends(&self) -> Vec<ProgrammedFrontend> {
-        self.services
-            .iter()
-            .map(|(frontend, p)| ProgrammedFrontend {
-                frontend: *frontend,
-                frontend_id: p.master.frontend_id,
-                flags: p.master.flags,
-                affinity_timeout: p.master.affinity_timeout,
-                backends: p
-                    .slots
-                    .iter()
-                    .filter_map(|id| self.backend_values.get(id).map(backend_addr))
-                    .collect(),
-            })
-            .collect()
+        frontends_of(
+            self.services
+                .iter()
+                .map(|(f, p)| (*f, p.master, p.slots.clone())),
+            |id| self.backend_values.get(&id).copied(),
+        )
     }
 
     /// The frontend id of a programmed frontend.
@@ -715,28 +853,4 @@ impl Writer {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::Ids;
-
-    #[test]
-    fn ids_reuse_the_smallest_free_one() {
-        let mut ids = Ids::new(4);
-        assert_eq!(ids.allocate(), Some(1));
-        assert_eq!(ids.allocate(), Some(2));
-        ids.release(1);
-        assert_eq!(ids.allocate(), Some(1));
-        assert_eq!(ids.allocate(), Some(3));
-        assert_eq!(ids.allocate(), None);
-    }
-
-    #[test]
-    fn adopted_ids_leave_their_gaps_free() {
-        let mut ids = Ids::new(100);
-        ids.take(3);
-        ids.take(5);
-        assert_eq!(ids.allocate(), Some(1));
-        assert_eq!(ids.allocate(), Some(2));
-        assert_eq!(ids.allocate(), Some(4));
-        assert_eq!(ids.allocate(), Some(6));
-    }
-}
+mod tests;

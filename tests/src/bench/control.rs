@@ -58,6 +58,9 @@ pub struct LbctlScale {
     /// `Datapath::apply` of the whole desired state into empty maps.
     pub full_apply_ms: f64,
     pub full_map_operations: usize,
+    /// Map calls (batches: one `bpf()` each) of the full programming.
+    #[serde(default)]
+    pub full_map_calls: usize,
     pub map_updates_per_sec: f64,
     /// `Datapath::apply` of an unchanged desired state (median of 5): the diff's floor.
     pub noop_apply_ms: f64,
@@ -235,6 +238,7 @@ pub fn child_main(
         install_ms,
         full_apply_ms,
         full_map_operations: report.map_operations,
+        full_map_calls: report.map_calls,
         map_updates_per_sec: report.map_operations as f64 / (full_apply_ms / 1e3),
         noop_apply_ms: median(&noop),
         change: MsSummary::from_ms(&change_ms),
@@ -331,7 +335,7 @@ pub fn run(opts: &ControlOptions, tool_arms: &[Arm]) -> Result<(ControlResults, 
         table.row(vec![
             format!("{} x {}", s.services, s.endpoints),
             fmt_ms(s.full_apply_ms),
-            s.full_map_operations.to_string(),
+            format!("{} in {} calls", s.full_map_operations, s.full_map_calls),
             fmt_rate(s.map_updates_per_sec),
             fmt_ms(s.noop_apply_ms),
             fmt_ms(s.change.p50_ms),

@@ -1,0 +1,235 @@
+//! Test doubles for the writer's [`LbMaps`] seam: [`MemMaps`] keeps the tables in memory with
+//! the kernel's batch semantics and capacities, [`FaultyMaps`] wraps any implementation and
+//! fails chosen elements.
+use std::collections::BTreeSet;
+
+use lb_common::{Backend, MemberKey, ServiceKey, ServiceValue};
+
+use super::{
+    DatapathError,
+    store::{BatchError, LbMaps, Limits, MapDump},
+};
+
+/// The three tables in memory. Inserting a new key into a full table fails like the kernel's
+/// hash maps (E2BIG); every batch call is counted.
+#[derive(Clone, Debug)]
+pub struct MemMaps {
+    pub tables: MapDump,
+    pub limits: Limits,
+    /// Batch calls made so far.
+    pub calls: usize,
+}
+
+impl MemMaps {
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            tables: MapDump::default(),
+            limits,
+            calls: 0,
+        }
+    }
+}
+
+const FULL: &str = "Argument list too long (os error 7)";
+
+fn insert_all<K: Ord + Copy, V: Copy>(
+    table: &mut std::collections::BTreeMap<K, V>,
+    limit: u32,
+    keys: &[K],
+    values: &[V],
+) -> Result<(), BatchError> {
+    for (i, (k, v)) in keys.iter().zip(values).enumerate() {
+        if !table.contains_key(k) && table.len() >= limit as usize {
+            return Err(BatchError {
+                done: i,
+                reason: FULL.to_owned(),
+            });
+        }
+        table.insert(*k, *v);
+    }
+    Ok(())
+}
+
+impl LbMaps for MemMaps {
+    fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    fn dump(&self) -> Result<MapDump, DatapathError> {
+        Ok(self.tables.clone())
+    }
+
+    fn update_backends(&mut self, ids: &[u32], values: &[Backend]) -> Result<(), BatchError> {
+        self.calls += 1;
+        insert_all(&mut self.tables.backends, self.limits.backends, ids, values)
+    }
+
+    fn delete_backends(&mut self, ids: &[u32]) -> Result<(), BatchError> {
+        self.calls += 1;
+        for id in ids {
+            self.tables.backends.remove(id);
+        }
+        Ok(())
+    }
+
+    fn update_services(
+        &mut self,
+        keys: &[ServiceKey],
+        values: &[ServiceValue],
+    ) -> Result<(), BatchError> {
+        self.calls += 1;
+        insert_all(
+            &mut self.tables.services,
+            self.limits.service_entries,
+            keys,
+            values,
+        )
+    }
+
+    fn delete_services(&mut self, keys: &[ServiceKey]) -> Result<(), BatchError> {
+        self.calls += 1;
+        for key in keys {
+            self.tables.services.remove(key);
+        }
+        Ok(())
+    }
+
+    fn update_members(&mut self, keys: &[MemberKey]) -> Result<(), BatchError> {
+        self.calls += 1;
+        for (i, key) in keys.iter().enumerate() {
+            if !self.tables.members.contains(key)
+                && self.tables.members.len() >= self.limits.members as usize
+            {
+                return Err(BatchError {
+                    done: i,
+                    reason: FULL.to_owned(),
+                });
+            }
+            self.tables.members.insert(*key);
+        }
+        Ok(())
+    }
+
+    fn delete_members(&mut self, keys: &[MemberKey]) -> Result<(), BatchError> {
+        self.calls += 1;
+        for key in keys {
+            self.tables.members.remove(key);
+        }
+        Ok(())
+    }
+}
+
+/// Which operation a fault hits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Op {
+    UpdateBackend,
+    DeleteBackend,
+    UpdateService,
+    DeleteService,
+    UpdateMember,
+    DeleteMember,
+}
+
+/// Wraps maps and fails the `n`-th element (counted from 0 over every call) of chosen
+/// operations, as a full or failing kernel map would: the elements before it in the batch are
+/// applied, the ones after it are not.
+#[derive(Clone, Debug)]
+pub struct FaultyMaps<M> {
+    pub inner: M,
+    /// (operation, element number) pairs that fail.
+    pub faults: BTreeSet<(Op, usize)>,
+    /// Elements of each operation seen so far, in [`Op`] order.
+    seen: [usize; 6],
+}
+
+impl<M> FaultyMaps<M> {
+    pub fn new(inner: M, faults: impl IntoIterator<Item = (Op, usize)>) -> Self {
+        Self {
+            inner,
+            faults: faults.into_iter().collect(),
+            seen: [0; 6],
+        }
+    }
+
+    /// How many elements of `op` were offered so far (applied or failed).
+    pub fn seen(&self, op: Op) -> usize {
+        self.seen[op as usize]
+    }
+
+    /// The index of the first element of this batch that must fail, if any; counts the
+    /// elements up to and including it as seen.
+    fn check(&mut self, op: Op, len: usize) -> Option<usize> {
+        let start = self.seen[op as usize];
+        let hit = (0..len).find(|i| self.faults.contains(&(op, start + i)));
+        self.seen[op as usize] += hit.map_or(len, |i| i + 1);
+        hit
+    }
+
+    fn run(
+        &mut self,
+        op: Op,
+        len: usize,
+        apply: impl FnOnce(&mut M, usize) -> Result<(), BatchError>,
+    ) -> Result<(), BatchError> {
+        match self.check(op, len) {
+            None => apply(&mut self.inner, len),
+            Some(i) => {
+                apply(&mut self.inner, i)?;
+                Err(BatchError {
+                    done: i,
+                    reason: format!("injected fault ({op:?} #{})", self.seen[op as usize] - 1),
+                })
+            }
+        }
+    }
+}
+
+impl<M: LbMaps> LbMaps for FaultyMaps<M> {
+    fn limits(&self) -> Limits {
+        self.inner.limits()
+    }
+
+    fn dump(&self) -> Result<MapDump, DatapathError> {
+        self.inner.dump()
+    }
+
+    fn update_backends(&mut self, ids: &[u32], values: &[Backend]) -> Result<(), BatchError> {
+        self.run(Op::UpdateBackend, ids.len(), |m, n| {
+            m.update_backends(&ids[..n], &values[..n])
+        })
+    }
+
+    fn delete_backends(&mut self, ids: &[u32]) -> Result<(), BatchError> {
+        self.run(Op::DeleteBackend, ids.len(), |m, n| {
+            m.delete_backends(&ids[..n])
+        })
+    }
+
+    fn update_services(
+        &mut self,
+        keys: &[ServiceKey],
+        values: &[ServiceValue],
+    ) -> Result<(), BatchError> {
+        self.run(Op::UpdateService, keys.len(), |m, n| {
+            m.update_services(&keys[..n], &values[..n])
+        })
+    }
+
+    fn delete_services(&mut self, keys: &[ServiceKey]) -> Result<(), BatchError> {
+        self.run(Op::DeleteService, keys.len(), |m, n| {
+            m.delete_services(&keys[..n])
+        })
+    }
+
+    fn update_members(&mut self, keys: &[MemberKey]) -> Result<(), BatchError> {
+        self.run(Op::UpdateMember, keys.len(), |m, n| {
+            m.update_members(&keys[..n])
+        })
+    }
+
+    fn delete_members(&mut self, keys: &[MemberKey]) -> Result<(), BatchError> {
+        self.run(Op::DeleteMember, keys.len(), |m, n| {
+            m.delete_members(&keys[..n])
+        })
+    }
+}

@@ -1,0 +1,514 @@
+//! The writer against in-memory maps: tables of desired states and the map dump they must
+//! produce, with faults injected at every element of every operation.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+};
+
+use lb_common::{MemberKey, ServiceKey};
+
+use super::{ApplyReport, Writer};
+use crate::{
+    datapath::{
+        decode::read_frontends,
+        desired::{Desired, FrontendAddr, ServiceSpec, backend_value},
+        fake::{FaultyMaps, MemMaps, Op},
+        store::{LbMaps, Limits, MapDump},
+    },
+    plan::{FrontendKind, Protocol},
+};
+
+const LIMITS: Limits = Limits {
+    service_entries: 4096,
+    backends: 4096,
+    members: 4096,
+    frontends: 1024,
+};
+
+fn fe(s: &str) -> FrontendAddr {
+    let (addr, proto) = s.split_once('/').unwrap();
+    let protocol = if proto == "udp" {
+        Protocol::Udp
+    } else {
+        Protocol::Tcp
+    };
+    FrontendAddr::new(addr.parse().unwrap(), protocol)
+}
+
+/// (frontend "addr:port/proto", backends, affinity timeout)
+type Case<'a> = &'a [(&'a str, &'a [&'a str], Option<u32>)];
+
+fn desired(services: Case<'_>) -> Desired {
+    Desired {
+        services: services
+            .iter()
+            .map(|(f, backends, affinity)| {
+                (
+                    fe(f),
+                    ServiceSpec {
+                        backends: backends.iter().map(|b| b.parse().unwrap()).collect(),
+                        affinity_timeout: *affinity,
+                        kind: FrontendKind::ClusterIP,
+                    },
+                )
+            })
+            .collect(),
+    }
+}
+
+/// Every master's slots 1..=count exist; every slot's backend exists; every backend of a
+/// published slot is a member of its frontend; every membership belongs to a master and to an
+/// existing backend, and (`strict`: unless a membership deletion failed) to a backend one of
+/// its frontend's slots holds; frontend ids are distinct.
+fn check_consistent(t: &MapDump, strict: bool, context: &str) {
+    let mut ids = BTreeSet::new();
+    for (key, master) in t.services.iter().filter(|(k, _)| k.slot == 0) {
+        assert!(
+            ids.insert(master.frontend_id),
+            "{context}: frontend id {} twice",
+            master.frontend_id
+        );
+        for slot in 1..=u32::from(master.count) {
+            let slot_key = ServiceKey { slot, ..*key };
+            let value = t.services.get(&slot_key).unwrap_or_else(|| {
+                panic!(
+                    "{context}: master of count {} lacks slot {slot}",
+                    master.count
+                )
+            });
+            assert!(
+                t.members.contains(&MemberKey {
+                    frontend_id: master.frontend_id,
+                    backend_id: value.backend_id
+                }),
+                "{context}: backend {} of slot {slot} is no member of frontend {}",
+                value.backend_id,
+                master.frontend_id
+            );
+        }
+    }
+    for (key, value) in t.services.iter().filter(|(k, _)| k.slot != 0) {
+        assert!(
+            t.backends.contains_key(&value.backend_id),
+            "{context}: slot {} refers to missing backend {}",
+            key.slot,
+            value.backend_id
+        );
+    }
+    // Frontend id -> backend ids of all its slots (any slot number).
+    let mut held: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
+    let by_base: BTreeMap<ServiceKey, u32> = t
+        .services
+        .iter()
+        .filter(|(k, _)| k.slot == 0)
+        .map(|(k, v)| (*k, v.frontend_id))
+        .collect();
+    for (key, value) in t.services.iter().filter(|(k, _)| k.slot != 0) {
+        if let Some(&fid) = by_base.get(&ServiceKey { slot: 0, ..*key }) {
+            held.entry(fid).or_default().insert(value.backend_id);
+        }
+    }
+    let fids: BTreeSet<u32> = by_base.values().copied().collect();
+    for member in &t.members {
+        assert!(
+            t.backends.contains_key(&member.backend_id),
+            "{context}: {member:?}"
+        );
+        if !strict {
+            continue;
+        }
+        assert!(
+            fids.contains(&member.frontend_id),
+            "{context}: membership {member:?} of no frontend"
+        );
+        assert!(
+            held.get(&member.frontend_id)
+                .is_some_and(|ids| ids.contains(&member.backend_id)),
+            "{context}: membership {member:?} of a backend its frontend never held"
+        );
+    }
+}
+
+/// The tables hold exactly `want`: its frontends with their backends in slot order and their
+/// flags, the memberships of those backends, and no other entry (no stray slot, membership
+/// or backend).
+fn check_exact(maps: &impl LbMaps, want: &Desired, context: &str) {
+    let t = maps.dump().unwrap();
+    check_consistent(&t, true, context);
+    let found: BTreeMap<FrontendAddr, (Vec<SocketAddr>, u16, u32)> = read_frontends(maps)
+        .unwrap()
+        .into_iter()
+        .map(|f| (f.frontend, (f.backends, f.flags, f.affinity_timeout)))
+        .collect();
+    let expected: BTreeMap<FrontendAddr, (Vec<SocketAddr>, u16, u32)> = want
+        .services
+        .iter()
+        .map(|(f, s)| {
+            (
+                *f,
+                (
+                    s.backends.clone(),
+                    s.flags(),
+                    s.affinity_timeout.unwrap_or(0),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(found, expected, "{context}");
+    let slots: usize = want.services.values().map(|s| s.backends.len()).sum();
+    assert_eq!(
+        t.services.len(),
+        want.services.len() + slots,
+        "{context}: stray service entries"
+    );
+    let members: usize = want
+        .services
+        .values()
+        .map(|s| s.backends.iter().collect::<BTreeSet<_>>().len())
+        .sum();
+    assert_eq!(t.members.len(), members, "{context}: stray memberships");
+    let backends: BTreeSet<_> = want
+        .services
+        .iter()
+        .flat_map(|(f, s)| s.backends.iter().map(|b| backend_value(*b, f.protocol)))
+        .collect();
+    let held: BTreeSet<_> = t.backends.values().copied().collect();
+    assert_eq!(held, backends, "{context}: backend table");
+    assert_eq!(
+        t.backends.len(),
+        backends.len(),
+        "{context}: duplicate backends"
+    );
+}
+
+fn no_errors(report: &ApplyReport, context: &str) {
+    assert!(report.errors.is_empty(), "{context}: {:?}", report.errors);
+}
+
+const A: &str = "10.96.0.1:80/tcp";
+const B: &str = "10.96.0.2:80/tcp";
+const C: &str = "10.96.0.3:53/udp";
+const V6: &str = "[fd00::1]:80/tcp";
+
+/// (name, before, after)
+const CASES: &[(&str, Case<'static>, Case<'static>)] = &[
+    (
+        "from empty",
+        &[],
+        &[
+            (
+                A,
+                &["10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.3:8080"],
+                None,
+            ),
+            (B, &[], None),
+            (C, &["10.0.0.1:8080"], Some(30)),
+        ],
+    ),
+    (
+        "grow",
+        &[(A, &["10.0.0.1:8080"], None)],
+        &[(
+            A,
+            &["10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.3:8080"],
+            None,
+        )],
+    ),
+    (
+        "shrink",
+        &[(
+            A,
+            &["10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.3:8080"],
+            None,
+        )],
+        &[(A, &["10.0.0.3:8080"], None)],
+    ),
+    (
+        "replace",
+        &[(A, &["10.0.0.1:8080", "10.0.0.2:8080"], None)],
+        &[(A, &["10.0.0.3:8080", "10.0.0.4:8080"], None)],
+    ),
+    (
+        "delete",
+        &[(A, &["10.0.0.1:8080"], None), (B, &["10.0.0.2:8080"], None)],
+        &[(B, &["10.0.0.2:8080"], None)],
+    ),
+    (
+        "delete all",
+        &[(A, &["10.0.0.1:8080"], None), (C, &["10.0.0.2:53"], None)],
+        &[],
+    ),
+    (
+        "shared backends move",
+        &[
+            (A, &["10.0.0.1:8080", "10.0.0.2:8080"], None),
+            (B, &["10.0.0.2:8080"], None),
+        ],
+        &[
+            (A, &["10.0.0.2:8080"], None),
+            (B, &["10.0.0.2:8080", "10.0.0.3:8080"], None),
+        ],
+    ),
+    (
+        "affinity on",
+        &[(A, &["10.0.0.1:8080"], None)],
+        &[(A, &["10.0.0.1:8080"], Some(10800))],
+    ),
+    (
+        "mixed",
+        &[
+            (A, &["10.0.0.1:8080", "10.0.0.2:8080"], None),
+            (B, &["10.0.0.5:8080"], None),
+            (V6, &["[fd00::10]:8080"], None),
+        ],
+        &[
+            (A, &["10.0.0.2:8080", "10.0.0.6:8080"], None),
+            (C, &["10.0.0.7:53", "10.0.0.8:53"], None),
+            (V6, &["[fd00::10]:8080", "[fd00::11]:8080"], None),
+        ],
+    ),
+];
+
+#[test]
+fn tables_reach_the_desired_dump() {
+    for (name, before, after) in CASES {
+        let (before, after) = (desired(before), desired(after));
+        let mut w = Writer::adopt(MemMaps::new(LIMITS)).unwrap();
+        no_errors(&w.apply(&before).unwrap(), name);
+        check_exact(w.maps(), &before, &format!("{name}, before"));
+        let report = w.apply(&after).unwrap();
+        no_errors(&report, name);
+        check_exact(w.maps(), &after, &format!("{name}, after"));
+        assert_eq!(
+            report.map_calls,
+            w.maps().calls - {
+                // Calls of the first apply.
+                let mut fresh = Writer::adopt(MemMaps::new(LIMITS)).unwrap();
+                fresh.apply(&before).unwrap();
+                fresh.maps().calls
+            }
+        );
+        let again = w.apply(&after).unwrap();
+        assert!(again.is_noop() && again.map_calls == 0, "{name}: {again:?}");
+        // A new writer adopting the maps changes nothing either.
+        let mut adopted = Writer::adopt(w.maps().clone()).unwrap();
+        let report = adopted.apply(&after).unwrap();
+        assert_eq!(report.map_operations, 0, "{name}: adopted: {report:?}");
+        check_exact(adopted.maps(), &after, &format!("{name}, adopted"));
+    }
+}
+
+const OPS: [Op; 6] = [
+    Op::UpdateBackend,
+    Op::UpdateService,
+    Op::UpdateMember,
+    Op::DeleteService,
+    Op::DeleteMember,
+    Op::DeleteBackend,
+];
+
+#[test]
+fn a_fault_at_any_element_leaves_a_consistent_state_and_the_next_apply_repairs_it() {
+    let mut tried = 0;
+    for (name, before, after) in CASES {
+        let (before, after) = (desired(before), desired(after));
+        // How many elements of each operation the change takes.
+        let mut clean = Writer::adopt(FaultyMaps::new(MemMaps::new(LIMITS), [])).unwrap();
+        clean.apply(&before).unwrap();
+        let start = OPS.map(|op| clean.maps().seen(op));
+        clean.apply(&after).unwrap();
+        for (k, op) in OPS.into_iter().enumerate() {
+            for n in 0..clean.maps().seen(op) - start[k] {
+                tried += 1;
+                let context = format!("{name}: {op:?} element {n} fails");
+                let maps = FaultyMaps::new(MemMaps::new(LIMITS), [(op, start[k] + n)]);
+                let mut w = Writer::adopt(maps).unwrap();
+                no_errors(&w.apply(&before).unwrap(), &context);
+                let report = w.apply(&after).unwrap();
+                check_consistent(&w.maps().inner.tables, op != Op::DeleteMember, &context);
+                if matches!(op, Op::UpdateBackend | Op::UpdateService | Op::UpdateMember) {
+                    assert!(
+                        report
+                            .errors
+                            .iter()
+                            .any(|e| e.reason.contains("injected fault")),
+                        "{context}: {report:?}"
+                    );
+                }
+                // The frontends without error are as wanted.
+                let failed: BTreeSet<FrontendAddr> =
+                    report.errors.iter().map(|e| e.frontend).collect();
+                let programmed = read_frontends(w.maps()).unwrap();
+                for (f, spec) in after.services.iter().filter(|(f, _)| !failed.contains(f)) {
+                    let p = programmed.iter().find(|p| p.frontend == *f);
+                    assert_eq!(
+                        p.map(|p| &p.backends),
+                        Some(&spec.backends),
+                        "{context}: {f}"
+                    );
+                }
+                // A restarted agent adopting these maps repairs them.
+                let mut adopted = Writer::adopt(w.maps().inner.clone()).unwrap();
+                no_errors(&adopted.apply(&after).unwrap(), &context);
+                check_exact(adopted.maps(), &after, &format!("{context}, adopted"));
+                // So does the same writer once the fault is gone.
+                w.maps_mut().faults.clear();
+                no_errors(&w.apply(&after).unwrap(), &context);
+                check_exact(w.maps(), &after, &format!("{context}, repaired"));
+            }
+        }
+    }
+    assert!(tried > 50, "only {tried} faults injected");
+}
+
+#[test]
+fn a_full_service_table_refuses_whole_frontends_and_keeps_the_rest() {
+    let limits = Limits {
+        service_entries: 8,
+        ..LIMITS
+    };
+    let mut w = Writer::adopt(MemMaps::new(limits)).unwrap();
+    let all = desired(&[
+        (A, &["10.0.0.1:80", "10.0.0.2:80"], None),
+        (B, &["10.0.0.3:80", "10.0.0.4:80"], None),
+        (C, &["10.0.0.5:53", "10.0.0.6:53"], None),
+    ]);
+    let report = w.apply(&all).unwrap();
+    assert_eq!(report.errors.len(), 1, "{report:?}");
+    assert_eq!(report.errors[0].frontend, fe(C));
+    assert!(report.errors[0].reason.contains("full"), "{report:?}");
+    let mut written = all.clone();
+    written.services.remove(&fe(C));
+    check_exact(w.maps(), &written, "full");
+    // Room made by deleting one: the next apply writes the refused one.
+    let mut fewer = all.clone();
+    fewer.services.remove(&fe(A));
+    // The deletion frees its entries only after the writes: C waits for the next apply.
+    let report = w.apply(&fewer).unwrap();
+    assert_eq!(report.errors.len(), 1, "{report:?}");
+    assert_eq!(report.frontends_deleted, 1, "{report:?}");
+    no_errors(&w.apply(&fewer).unwrap(), "after a deletion");
+    check_exact(w.maps(), &fewer, "after a deletion");
+}
+
+#[test]
+fn adopting_a_crashed_writers_leftovers_removes_them() {
+    let want = desired(&[(A, &["10.0.0.1:80", "10.0.0.2:80"], None)]);
+    let mut w = Writer::adopt(MemMaps::new(LIMITS)).unwrap();
+    w.apply(&want).unwrap();
+    let mut maps = w.maps().clone();
+    let master = fe(A).key();
+    let orphan = backend_value("10.0.0.9:80".parse().unwrap(), Protocol::Tcp);
+    maps.update_backends(&[77], &[orphan]).unwrap();
+    // A slot above the count, slots of a master never written, a membership of no frontend.
+    let stray_slot = ServiceKey { slot: 3, ..master };
+    let headless = ServiceKey {
+        slot: 1,
+        ..fe(B).key()
+    };
+    let value = maps.tables.services[&ServiceKey { slot: 1, ..master }];
+    maps.update_services(&[stray_slot, headless], &[value, value])
+        .unwrap();
+    maps.update_members(&[MemberKey {
+        frontend_id: 99,
+        backend_id: 77,
+    }])
+    .unwrap();
+    let mut adopted = Writer::adopt(maps).unwrap();
+    no_errors(&adopted.apply(&want).unwrap(), "adopted");
+    check_exact(adopted.maps(), &want, "adopted");
+}
+
+#[test]
+fn a_full_programming_is_one_batch_per_step() {
+    let services: Vec<(String, Vec<String>)> = (0..100)
+        .map(|i| {
+            (
+                format!("10.96.1.{i}:80/tcp"),
+                (0..3).map(|j| format!("10.1.{i}.{j}:8080")).collect(),
+            )
+        })
+        .collect();
+    let want = Desired {
+        services: services
+            .iter()
+            .map(|(f, b)| {
+                (
+                    fe(f),
+                    ServiceSpec {
+                        backends: b.iter().map(|b| b.parse().unwrap()).collect(),
+                        affinity_timeout: None,
+                        kind: FrontendKind::ClusterIP,
+                    },
+                )
+            })
+            .collect(),
+    };
+    let mut w = Writer::adopt(MemMaps::new(LIMITS)).unwrap();
+    let report = w.apply(&want).unwrap();
+    no_errors(&report, "full");
+    check_exact(w.maps(), &want, "full");
+    // Backends, slots, memberships, masters.
+    assert_eq!((report.map_calls, w.maps().calls), (4, 4), "{report:?}");
+    assert_eq!(report.map_operations, 300 + 300 + 300 + 100);
+    assert_eq!(
+        (report.frontends_written, report.backends_written),
+        (100, 300)
+    );
+}
+
+#[test]
+fn a_large_step_is_split_into_calls_and_a_fault_in_a_later_call_is_contained() {
+    use super::MAX_BATCH;
+    let limits = Limits {
+        service_entries: 1 << 16,
+        backends: 1 << 16,
+        members: 1 << 16,
+        frontends: 4096,
+    };
+    // 2,000 frontends x 10 backends: 20,000 elements per step, more than one call's worth.
+    let want = Desired {
+        services: (0..2000u32)
+            .map(|i| {
+                (
+                    FrontendAddr::new(
+                        SocketAddr::from(([10, 96, (i >> 8) as u8, i as u8], 80)),
+                        Protocol::Tcp,
+                    ),
+                    ServiceSpec {
+                        backends: (0..10u32)
+                            .map(|j| {
+                                SocketAddr::from((
+                                    [10, 1, (i >> 8) as u8, i as u8],
+                                    8000 + j as u16,
+                                ))
+                            })
+                            .collect(),
+                        affinity_timeout: None,
+                        kind: FrontendKind::ClusterIP,
+                    },
+                )
+            })
+            .collect(),
+    };
+    let per_step = 20_000usize.div_ceil(MAX_BATCH);
+    let mut w = Writer::adopt(MemMaps::new(limits)).unwrap();
+    let report = w.apply(&want).unwrap();
+    no_errors(&report, "large");
+    check_exact(w.maps(), &want, "large");
+    // Backends, memberships, slots: split; masters (2,000) fit one call.
+    assert_eq!(report.map_calls, 3 * per_step + 1, "{report:?}");
+    // A slot write failing in the second call: only its frontend fails.
+    let mut w = Writer::adopt(FaultyMaps::new(
+        MemMaps::new(limits),
+        [(Op::UpdateService, MAX_BATCH + 5)],
+    ))
+    .unwrap();
+    let report = w.apply(&want).unwrap();
+    assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
+    check_consistent(&w.maps().inner.tables, true, "large, fault");
+    assert_eq!(report.frontends_written, 1999);
+    w.maps_mut().faults.clear();
+    no_errors(&w.apply(&want).unwrap(), "large, repaired");
+    check_exact(w.maps(), &want, "large, repaired");
+}
