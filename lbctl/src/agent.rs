@@ -23,7 +23,7 @@ use anyhow::{Context, Result};
 use tokio::sync::watch;
 
 use crate::{
-    datapath::{Datapath, DatapathConfig, Desired, FrontendAddr, Maps, Object},
+    datapath::{Datapath, DatapathConfig, Desired, FrontendKey, Maps, Object},
     engine::{self, NodeContext},
     metrics::{
         self, ConnectCounts, ErrorKind, FrontendCounts, Metrics, NamedFrontend, ServicePort,
@@ -284,14 +284,6 @@ async fn stall_while_exists(path: &Path) {
     }
 }
 
-fn frontend_addr(frontend: &Frontend) -> FrontendAddr {
-    FrontendAddr {
-        address: frontend.address,
-        port: frontend.port,
-        protocol: frontend.protocol,
-    }
-}
-
 /// Installs the embedded kernel object, or the one `--object` names; verifies the attach point.
 fn install(config: &AgentConfig) -> Result<Datapath> {
     let object = match &config.object {
@@ -375,7 +367,7 @@ fn reconcile(
                 } else {
                     Err(format!("{} frontends not programmed", report.errors.len()))
                 });
-            let failed: BTreeSet<FrontendAddr> = report.errors.iter().map(|e| e.frontend).collect();
+            let failed: BTreeSet<FrontendKey> = report.errors.iter().map(|e| e.frontend).collect();
             observe_programmed(config, datapath, metrics, state, &plan, &inventory, &failed);
             if !report.is_noop() {
                 tracing::info!(
@@ -406,13 +398,13 @@ fn observe_programmed(
     state: &mut SyncState,
     plan: &crate::plan::Plan,
     inventory: &Inventory,
-    failed: &BTreeSet<FrontendAddr>,
+    failed: &BTreeSet<FrontendKey>,
 ) {
     let writer = datapath.writer();
     // The plan's frontend for each address (the first, as `Desired::from_plan` takes it).
-    let mut by_addr: BTreeMap<FrontendAddr, &Frontend> = BTreeMap::new();
+    let mut by_addr: BTreeMap<FrontendKey, &Frontend> = BTreeMap::new();
     for frontend in &plan.frontends {
-        by_addr.entry(frontend_addr(frontend)).or_insert(frontend);
+        by_addr.entry(frontend.key()).or_insert(frontend);
     }
     let named = by_addr
         .iter()

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::{
     datapath::{
-        DatapathError, FrontendAddr, Maps, ProgrammedFrontend, loader, read_frontends,
+        DatapathError, FrontendKey, Maps, ProgrammedFrontend, loader, read_frontends,
         state::{self, State},
     },
     monitor::names::{self, ServiceName},
@@ -28,7 +28,7 @@ pub enum InspectError {
 }
 
 /// `10.96.0.10:80/tcp`, `[fd00::10]:53/udp`; the protocol defaults to TCP.
-pub fn parse_target(s: &str) -> Result<FrontendAddr, InspectError> {
+pub fn parse_target(s: &str) -> Result<FrontendKey, InspectError> {
     let (addr, proto) = match s.rsplit_once('/') {
         Some((a, p)) => (a, p),
         None => (s, "tcp"),
@@ -39,7 +39,7 @@ pub fn parse_target(s: &str) -> Result<FrontendAddr, InspectError> {
         _ => return Err(InspectError::BadTarget(s.to_owned())),
     };
     let addr = SocketAddr::from_str(addr).map_err(|_| InspectError::BadTarget(s.to_owned()))?;
-    Ok(FrontendAddr::new(addr, protocol))
+    Ok(FrontendKey::new(addr, protocol))
 }
 
 fn kind_of(flags: u16) -> &'static str {
@@ -144,7 +144,7 @@ pub enum Lookup {
     Rewritten { frontend: FrontendView },
 }
 
-pub fn lookup(pin_dir: &Path, target: FrontendAddr) -> Result<Lookup, InspectError> {
+pub fn lookup(pin_dir: &Path, target: FrontendKey) -> Result<Lookup, InspectError> {
     let maps = Maps::open_read_only(pin_dir)?;
     let names = names::read(pin_dir)?;
     let found = read_frontends(&maps)?

@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use lbctl::{datapath::FrontendAddr, inspect, plan::Protocol};
+use lbctl::{datapath::FrontendKey, inspect, plan::Protocol};
 
 use crate::{
     TempDir,
@@ -209,7 +209,7 @@ impl Node {
 
     /// The backends programmed for `vip:80/tcp` (None: not a frontend, or unreadable).
     pub fn programmed(&self, vip: &str) -> Option<Vec<String>> {
-        let target = FrontendAddr::new(format!("{vip}:80").parse().ok()?, Protocol::Tcp);
+        let target = FrontendKey::new(format!("{vip}:80").parse().ok()?, Protocol::Tcp);
         match inspect::lookup(self.pins.path(), target).ok()? {
             inspect::Lookup::PassedThrough { .. } => None,
             inspect::Lookup::Refused { .. } => Some(vec![]),

@@ -8,7 +8,7 @@ mod fake_apiserver;
 use std::{net::SocketAddr, time::Duration};
 
 use fake_apiserver::FakeApiServer;
-use lbctl::{datapath::FrontendAddr, inspect, plan::Protocol};
+use lbctl::{datapath::FrontendKey, inspect, plan::Protocol};
 use serde_json::{Value, json};
 use testkit::{
     agent::{AgentProcess, wait_until},
@@ -86,7 +86,7 @@ async fn watch_events_program_the_node_and_api_errors_never_flush_it() {
     );
     let agent = AgentProcess::start(&args).unwrap();
 
-    let target = FrontendAddr::new(format!("{VIP}:80").parse().unwrap(), Protocol::Tcp);
+    let target = FrontendKey::new(format!("{VIP}:80").parse().unwrap(), Protocol::Tcp);
     let programmed = || match inspect::lookup(pins.path(), target) {
         Ok(inspect::Lookup::Rewritten { frontend }) => frontend.backends,
         _ => vec![],

@@ -241,7 +241,7 @@ fn apply_writes_only_the_difference_and_deletes_what_is_gone() {
     assert_eq!((first.frontends_written, first.backends_written), (2, 2));
     assert!(s.datapath.apply(&desired).unwrap().is_noop());
 
-    desired.services.remove(&lbctl::datapath::FrontendAddr::new(
+    desired.services.remove(&lbctl::datapath::FrontendKey::new(
         sa("10.96.0.20:80"),
         Protocol::Tcp,
     ));
@@ -268,7 +268,7 @@ fn a_restarted_agent_adopts_the_pinned_datapath() {
     desired.insert(sa("10.96.0.30:80"), Protocol::Tcp, b.addrs());
     desired.insert(sa("10.96.0.31:80"), Protocol::Tcp, vec![]);
     s.datapath.apply(&desired).unwrap();
-    let fe = lbctl::datapath::FrontendAddr::new(sa("10.96.0.30:80"), Protocol::Tcp);
+    let fe = lbctl::datapath::FrontendKey::new(sa("10.96.0.30:80"), Protocol::Tcp);
     let id = s.datapath.writer().frontend_id(&fe);
 
     // A new process would do exactly this: install finds the pinned links and adopts.

@@ -2,7 +2,7 @@
 //! pins. Real kernel, real agent processes.
 use std::{fs, net::SocketAddr, os::unix::fs::PermissionsExt, path::Path, time::Duration};
 
-use lbctl::{datapath::FrontendAddr, inspect, plan::Protocol};
+use lbctl::{datapath::FrontendKey, inspect, plan::Protocol};
 use testkit::{
     TempDir,
     agent::{AgentProcess, wait_until},
@@ -148,7 +148,7 @@ fn sigkill_during_a_large_apply_then_restart_converges_without_failed_connects()
         let converged = wait_until(Duration::from_secs(30), || {
             fill(&pins) == want
                 && {
-                    let t = FrontendAddr::new("10.98.0.1:80".parse().unwrap(), Protocol::Tcp);
+                    let t = FrontendKey::new("10.98.0.1:80".parse().unwrap(), Protocol::Tcp);
                     matches!(inspect::lookup(pins.path(), t), Ok(inspect::Lookup::Rewritten { frontend })
                     if frontend.backends == ep(0, generation).iter().map(ToString::to_string).collect::<Vec<_>>())
                 }

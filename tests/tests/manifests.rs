@@ -17,7 +17,7 @@ use k8s_openapi::api::{
     core::v1::{ConfigMap, Container, Service, ServiceAccount},
     rbac::v1::{ClusterRole, ClusterRoleBinding},
 };
-use lbctl::{datapath::FrontendAddr, inspect, plan::Protocol};
+use lbctl::{datapath::FrontendKey, inspect, plan::Protocol};
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 use testkit::{cgroup::CgroupGuard, pins::PinDirGuard, topology::sibling_binary};
@@ -601,7 +601,7 @@ fn programs(caps: &[&str]) -> bool {
     let cgroup = CgroupGuard::new("caps").expect("cgroup");
     let pins = PinDirGuard::new("caps");
     let mut agent = agent_with_caps(caps, pins.path(), cgroup.path());
-    let target = FrontendAddr::new("10.96.77.212:80".parse().unwrap(), Protocol::Tcp);
+    let target = FrontendKey::new("10.96.77.212:80".parse().unwrap(), Protocol::Tcp);
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut ok = false;
     while Instant::now() < deadline {

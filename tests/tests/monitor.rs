@@ -4,7 +4,7 @@
 use std::{fs, net::SocketAddr, os::unix::fs::MetadataExt, path::PathBuf, time::Duration};
 
 use lb_common::meta;
-use lbctl::{datapath::FrontendAddr, inspect, plan::Protocol};
+use lbctl::{datapath::FrontendKey, inspect, plan::Protocol};
 use serde_json::Value;
 use testkit::{
     TempDir,
@@ -115,7 +115,7 @@ impl Setup {
             extra,
         );
         let agent = AgentProcess::start(&args).unwrap();
-        let dns = FrontendAddr::new(format!("{}:53", self.dns).parse().unwrap(), Protocol::Udp);
+        let dns = FrontendKey::new(format!("{}:53", self.dns).parse().unwrap(), Protocol::Udp);
         let programmed = wait_until(Duration::from_secs(10), || {
             matches!(
                 inspect::lookup(self.pins.path(), dns),
@@ -598,7 +598,7 @@ fn an_ipv6_connect_is_reported_from_connect6_with_ipv6_addresses() {
     yaml.push_str(&extra);
     fs::write(&s.manifest, yaml).unwrap();
     let _agent = s.start_agent(&[]);
-    let target = FrontendAddr::new(format!("[{vip}]:80").parse().unwrap(), Protocol::Tcp);
+    let target = FrontendKey::new(format!("[{vip}]:80").parse().unwrap(), Protocol::Tcp);
     assert!(
         wait_until(Duration::from_secs(10), || matches!(
             inspect::lookup(s.pins.path(), target),

@@ -9,7 +9,7 @@ use std::{
 };
 
 use lbctl::{
-    datapath::{Datapath, Desired, FrontendAddr, ServiceSpec, loader::SocketLbScope},
+    datapath::{Datapath, Desired, FrontendKey, ServiceSpec, loader::SocketLbScope},
     plan::{FrontendKind, Protocol},
 };
 use testkit::{
@@ -108,7 +108,7 @@ fn with_affinity(
 ) -> Desired {
     let mut desired = Desired::default();
     desired.services.insert(
-        FrontendAddr::new(frontend, protocol),
+        FrontendKey::new(frontend, protocol),
         ServiceSpec {
             backends,
             affinity_timeout: Some(seconds),
@@ -464,7 +464,7 @@ fn memberships_follow_the_backend_sets() {
             .map(|k| k.map(|k| (k.frontend_id, k.backend_id)).unwrap())
             .collect()
     };
-    let fe = FrontendAddr::new(vip, Protocol::Udp);
+    let fe = FrontendKey::new(vip, Protocol::Udp);
 
     s.datapath
         .apply(Desired::default().insert(vip, Protocol::Udp, b.addrs()))

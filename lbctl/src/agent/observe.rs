@@ -16,7 +16,7 @@ use k8s_openapi::{
 };
 
 use crate::{
-    datapath::FrontendAddr,
+    datapath::FrontendKey,
     engine::SERVICE_NAME_LABEL,
     metrics::TrafficPolicy,
     model::Inventory,
@@ -45,7 +45,7 @@ struct Refusing {
 /// Which frontends refuse, across syncs: logs each start and end of a refusal once.
 #[derive(Debug, Default)]
 pub struct Refusals {
-    refusing: BTreeMap<FrontendAddr, Refusing>,
+    refusing: BTreeMap<FrontendKey, Refusing>,
 }
 
 impl Refusals {
@@ -57,11 +57,11 @@ impl Refusals {
         inventory: &Inventory,
         node: &str,
     ) -> BTreeMap<TrafficPolicy, usize> {
-        let mut now: BTreeMap<FrontendAddr, Refusing> = BTreeMap::new();
-        let mut serving: BTreeMap<FrontendAddr, (&Frontend, usize)> = BTreeMap::new();
+        let mut now: BTreeMap<FrontendKey, Refusing> = BTreeMap::new();
+        let mut serving: BTreeMap<FrontendKey, (&Frontend, usize)> = BTreeMap::new();
         let mut index: Option<Index> = None;
         for frontend in programmed {
-            let addr = frontend_addr(frontend);
+            let addr = frontend.key();
             if frontend.backends.is_empty() {
                 let index = index.get_or_insert_with(|| Index::new(inventory));
                 now.insert(
@@ -112,14 +112,6 @@ impl Refusals {
             *counts.entry(r.refusal.policy).or_insert(0) += 1;
         }
         counts
-    }
-}
-
-fn frontend_addr(frontend: &Frontend) -> FrontendAddr {
-    FrontendAddr {
-        address: frontend.address,
-        port: frontend.port,
-        protocol: frontend.protocol,
     }
 }
 

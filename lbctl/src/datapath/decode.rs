@@ -6,15 +6,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use lb_common::{Backend, ServiceKey, ServiceValue};
 
 use super::{
-    DatapathError,
-    desired::{FrontendAddr, backend_addr},
+    DatapathError, FrontendKey,
+    desired::backend_addr,
     store::{LbMaps, MapDump},
 };
 
 /// One frontend as the maps hold it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProgrammedFrontend {
-    pub frontend: FrontendAddr,
+    pub frontend: FrontendKey,
     pub frontend_id: u32,
     pub flags: u16,
     pub affinity_timeout: u32,
@@ -25,7 +25,7 @@ pub struct ProgrammedFrontend {
 /// A master and the backend ids of the slots found for it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct FoundFrontend {
-    pub frontend: FrontendAddr,
+    pub frontend: FrontendKey,
     pub master: ServiceValue,
     /// Backend ids of the slots 1..=count that exist, in slot order (fewer than `count` when
     /// a writer stopped half-way).
@@ -83,7 +83,7 @@ pub(crate) fn decode(dump: MapDump) -> Decoded {
         decoded
             .stray_keys
             .extend(found.iter().map(|(&slot, &id)| (slot_key(&key, slot), id)));
-        let Some(frontend) = FrontendAddr::from_key(&key) else {
+        let Some(frontend) = FrontendKey::from_key(&key) else {
             decoded.stray_keys.push((key, 0));
             decoded.stray_keys.extend(held);
             continue;
@@ -104,7 +104,7 @@ pub(crate) fn decode(dump: MapDump) -> Decoded {
 
 /// Frontends as `decoded` holds them, with backends decoded, in key order.
 pub(crate) fn frontends_of(
-    frontends: impl IntoIterator<Item = (FrontendAddr, ServiceValue, Vec<u32>)>,
+    frontends: impl IntoIterator<Item = (FrontendKey, ServiceValue, Vec<u32>)>,
     backends: impl Fn(u32) -> Option<Backend>,
 ) -> Vec<ProgrammedFrontend> {
     let mut out: Vec<ProgrammedFrontend> = frontends

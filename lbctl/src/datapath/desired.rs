@@ -9,10 +9,6 @@ use lb_common::{Backend, IPPROTO_TCP, IPPROTO_UDP, SCOPE_ANY, ServiceKey, servic
 
 use crate::plan::{FrontendKey, FrontendKind, Plan, Protocol};
 
-/// A frontend's identity in the maps: the engine's [`FrontendKey`]. The old name stays for the
-/// writer and the tools until they say `FrontendKey` themselves.
-pub type FrontendAddr = FrontendKey;
-
 /// The BPF map encoding of a frontend key.
 impl FrontendKey {
     /// The master key (slot 0) of this frontend.

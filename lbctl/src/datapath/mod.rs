@@ -15,8 +15,10 @@ pub mod writer;
 
 use std::path::{Path, PathBuf};
 
+/// A frontend's identity, the engine's and the maps' alike (`plan::FrontendKey`).
+pub use crate::plan::FrontendKey;
 pub use decode::{ProgrammedFrontend, read_frontends};
-pub use desired::{Desired, FrontendAddr, ServiceSpec};
+pub use desired::{Desired, ServiceSpec};
 pub use loader::{Capacity, DatapathConfig, Installed, Object, SocketLbScope, object_identity};
 pub use maps::{Counters, Maps};
 pub use store::LbMaps;

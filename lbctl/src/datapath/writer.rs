@@ -38,9 +38,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use lb_common::{Backend, MemberKey, ServiceKey, ServiceValue};
 
 use super::{
-    DatapathError,
+    DatapathError, FrontendKey,
     decode::{FoundFrontend, ProgrammedFrontend, decode, frontends_of, slot_key},
-    desired::{Desired, FrontendAddr, ServiceSpec, backend_value},
+    desired::{Desired, ServiceSpec, backend_value},
     ids::Ids,
     maps::Maps,
     store::{BatchError, LbMaps, Limits},
@@ -60,7 +60,7 @@ struct Programmed {
 /// A frontend that could not be (fully) written, and why. Everything else was written.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FrontendError {
-    pub frontend: FrontendAddr,
+    pub frontend: FrontendKey,
     pub reason: String,
 }
 
@@ -88,7 +88,7 @@ impl ApplyReport {
 pub struct Writer<M: LbMaps = Maps> {
     maps: M,
     limits: Limits,
-    services: BTreeMap<FrontendAddr, Programmed>,
+    services: BTreeMap<FrontendKey, Programmed>,
     /// Backend value -> id.
     backend_ids: HashMap<Backend, u32>,
     backend_values: HashMap<u32, Backend>,
@@ -118,7 +118,7 @@ pub struct Writer<M: LbMaps = Maps> {
 
 /// One changed frontend on its way through the steps.
 struct Change<'a> {
-    frontend: FrontendAddr,
+    frontend: FrontendKey,
     spec: &'a ServiceSpec,
     /// Backend ids in slot order.
     ids: Vec<u32>,
@@ -256,7 +256,7 @@ impl<M: LbMaps> Writer<M> {
     /// Makes the maps hold exactly `desired`, writing only what differs.
     pub fn apply(&mut self, desired: &Desired) -> Result<ApplyReport, DatapathError> {
         let mut report = ApplyReport::default();
-        let mut errors: BTreeMap<FrontendAddr, String> = BTreeMap::new();
+        let mut errors: BTreeMap<FrontendKey, String> = BTreeMap::new();
 
         // Which frontends change, and the backend ids they need.
         let mut changes: Vec<Change<'_>> = Vec::new();
@@ -544,7 +544,7 @@ impl<M: LbMaps> Writer<M> {
         }
 
         // 4. Masters of frontends no longer wanted: their connects pass through from here on.
-        let gone: Vec<FrontendAddr> = self
+        let gone: Vec<FrontendKey> = self
             .services
             .keys()
             .filter(|f| !desired.services.contains_key(f))
@@ -582,7 +582,7 @@ impl<M: LbMaps> Writer<M> {
         // 5. Slots no master reaches. A stray slot this apply wrote again (a frontend that
         // grows into it) stays.
         slot_deletes.retain(|(key, _)| {
-            FrontendAddr::from_key(key)
+            FrontendKey::from_key(key)
                 .and_then(|f| self.services.get(&f))
                 .is_none_or(|p| key.slot as usize > p.slots.len())
         });
@@ -697,7 +697,7 @@ impl<M: LbMaps> Writer<M> {
     /// are queued in `new` (written by step 1).
     fn backend_ids_for(
         &mut self,
-        frontend: FrontendAddr,
+        frontend: FrontendKey,
         spec: &ServiceSpec,
         new: &mut Vec<(u32, Backend)>,
     ) -> Result<Vec<u32>, String> {
@@ -802,7 +802,7 @@ impl<M: LbMaps> Writer<M> {
     }
 
     /// Records what the maps hold for a frontend, keeping backend reference counts.
-    fn set_programmed(&mut self, frontend: FrontendAddr, programmed: Programmed) {
+    fn set_programmed(&mut self, frontend: FrontendKey, programmed: Programmed) {
         for &id in &programmed.slots {
             *self.refs.entry(id).or_default() += 1;
         }
@@ -811,7 +811,7 @@ impl<M: LbMaps> Writer<M> {
         }
     }
 
-    fn remove_programmed(&mut self, frontend: &FrontendAddr) -> Option<Programmed> {
+    fn remove_programmed(&mut self, frontend: &FrontendKey) -> Option<Programmed> {
         let old = self.services.remove(frontend)?;
         self.release_refs(&old.slots);
         Some(old)
@@ -847,7 +847,7 @@ impl<M: LbMaps> Writer<M> {
     }
 
     /// The frontend id of a programmed frontend.
-    pub fn frontend_id(&self, frontend: &FrontendAddr) -> Option<u32> {
+    pub fn frontend_id(&self, frontend: &FrontendKey) -> Option<u32> {
         self.services.get(frontend).map(|p| p.master.frontend_id)
     }
 }

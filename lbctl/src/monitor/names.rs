@@ -7,7 +7,7 @@ use aya::maps::{HashMap, Map, MapData, MapInfo};
 use lb_common::{FrontendName, NAME_LEN, NAMES_MAP, PORT_NAME_LEN};
 
 use crate::{
-    datapath::{DatapathError, FrontendAddr, Writer},
+    datapath::{DatapathError, FrontendKey, Writer},
     plan::Plan,
 };
 
@@ -121,7 +121,7 @@ impl NamesWriter {
     ) -> Result<usize, DatapathError> {
         let mut desired = BTreeMap::new();
         for fe in &plan.frontends {
-            let addr = FrontendAddr {
+            let addr = FrontendKey {
                 address: fe.address,
                 port: fe.port,
                 protocol: fe.protocol,

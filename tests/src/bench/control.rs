@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use lbctl::{
-    datapath::{Datapath, FrontendAddr},
+    datapath::{Datapath, FrontendKey},
     plan::Protocol,
 };
 use serde::{Deserialize, Serialize};
@@ -199,7 +199,7 @@ pub fn child_main(
     let mut change_ops = 0usize;
     for k in 0..changes {
         let index = (next() % services as u64) as usize;
-        let frontend = FrontendAddr::new(
+        let frontend = FrontendKey::new(
             SocketAddr::from((ServiceSet::cluster_ip(index), SERVICE_PORT)),
             Protocol::Tcp,
         );

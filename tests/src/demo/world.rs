@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use lbctl::{
-    datapath::{FrontendAddr, Maps, Writer},
+    datapath::{FrontendKey, Maps, Writer},
     engine::{self, NodeContext},
     source::manifests,
 };
@@ -395,13 +395,13 @@ impl Drop for World {
 }
 
 /// Frontend -> backends, as comparable sets.
-type Programmed = BTreeMap<FrontendAddr, BTreeSet<SocketAddr>>;
+type Programmed = BTreeMap<FrontendKey, BTreeSet<SocketAddr>>;
 
 fn planned(plan: &lbctl::plan::Plan) -> Programmed {
     plan.frontends
         .iter()
         .map(|f| {
-            let addr = FrontendAddr::new(SocketAddr::new(f.address, f.port), f.protocol);
+            let addr = FrontendKey::new(SocketAddr::new(f.address, f.port), f.protocol);
             (addr, f.backends.iter().copied().collect())
         })
         .collect()

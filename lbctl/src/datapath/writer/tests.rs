@@ -11,11 +11,11 @@ use super::{ApplyReport, Writer};
 use crate::{
     datapath::{
         decode::read_frontends,
-        desired::{Desired, FrontendAddr, ServiceSpec, backend_value},
+        desired::{Desired, ServiceSpec, backend_value},
         fake::{FaultyMaps, MemMaps, Op},
         store::{LbMaps, Limits, MapDump},
     },
-    plan::{FrontendKind, Protocol},
+    plan::{FrontendKey, FrontendKind, Protocol},
 };
 
 const LIMITS: Limits = Limits {
@@ -25,14 +25,14 @@ const LIMITS: Limits = Limits {
     frontends: 1024,
 };
 
-fn fe(s: &str) -> FrontendAddr {
+fn fe(s: &str) -> FrontendKey {
     let (addr, proto) = s.split_once('/').unwrap();
     let protocol = if proto == "udp" {
         Protocol::Udp
     } else {
         Protocol::Tcp
     };
-    FrontendAddr::new(addr.parse().unwrap(), protocol)
+    FrontendKey::new(addr.parse().unwrap(), protocol)
 }
 
 /// (frontend "addr:port/proto", backends, affinity timeout)
@@ -135,12 +135,12 @@ fn check_consistent(t: &MapDump, strict: bool, context: &str) {
 fn check_exact(maps: &impl LbMaps, want: &Desired, context: &str) {
     let t = maps.dump().unwrap();
     check_consistent(&t, true, context);
-    let found: BTreeMap<FrontendAddr, (Vec<SocketAddr>, u16, u32)> = read_frontends(maps)
+    let found: BTreeMap<FrontendKey, (Vec<SocketAddr>, u16, u32)> = read_frontends(maps)
         .unwrap()
         .into_iter()
         .map(|f| (f.frontend, (f.backends, f.flags, f.affinity_timeout)))
         .collect();
-    let expected: BTreeMap<FrontendAddr, (Vec<SocketAddr>, u16, u32)> = want
+    let expected: BTreeMap<FrontendKey, (Vec<SocketAddr>, u16, u32)> = want
         .services
         .iter()
         .map(|(f, s)| {
@@ -336,7 +336,7 @@ fn a_fault_at_any_element_leaves_a_consistent_state_and_the_next_apply_repairs_i
                     );
                 }
                 // The frontends without error are as wanted.
-                let failed: BTreeSet<FrontendAddr> =
+                let failed: BTreeSet<FrontendKey> =
                     report.errors.iter().map(|e| e.frontend).collect();
                 let programmed = read_frontends(w.maps()).unwrap();
                 for (f, spec) in after.services.iter().filter(|(f, _)| !failed.contains(f)) {
@@ -471,7 +471,7 @@ fn a_large_step_is_split_into_calls_and_a_fault_in_a_later_call_is_contained() {
         services: (0..2000u32)
             .map(|i| {
                 (
-                    FrontendAddr::new(
+                    FrontendKey::new(
                         SocketAddr::from(([10, 96, (i >> 8) as u8, i as u8], 80)),
                         Protocol::Tcp,
                     ),
