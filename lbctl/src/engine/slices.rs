@@ -47,7 +47,10 @@ pub(crate) struct SliceIndex {
 }
 
 impl SliceIndex {
-    pub(crate) fn build(slices: &[EndpointSlice], report: &mut Report) -> Self {
+    pub(crate) fn build<'a>(
+        slices: impl IntoIterator<Item = &'a EndpointSlice>,
+        report: &mut Report,
+    ) -> Self {
         let mut by_service: BTreeMap<ServiceRef, Vec<SliceView>> = BTreeMap::new();
         for slice in slices {
             if let Some((svc, view)) = validate(slice, report) {
