@@ -192,6 +192,19 @@ impl Datapath {
         Ok(report)
     }
 
+    /// Applies `desired` for the frontends in `changed` only ([`Writer::apply_changed`]). While
+    /// a migration waits for its staged maps to be filled, this is a full [`Datapath::apply`].
+    pub fn apply_changed(
+        &mut self,
+        desired: &Desired,
+        changed: &std::collections::BTreeSet<FrontendKey>,
+    ) -> Result<ApplyReport, DatapathError> {
+        if self.pending.is_some() {
+            return self.apply(desired);
+        }
+        self.writer.apply_changed(desired, changed)
+    }
+
     /// The kernel object this datapath was installed with (`None` when opened).
     pub fn object(&self) -> Option<&Object> {
         self.object.as_ref()

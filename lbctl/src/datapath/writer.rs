@@ -255,13 +255,41 @@ impl<M: LbMaps> Writer<M> {
 
     /// Makes the maps hold exactly `desired`, writing only what differs.
     pub fn apply(&mut self, desired: &Desired) -> Result<ApplyReport, DatapathError> {
+        self.apply_scoped(desired, None)
+    }
+
+    /// Makes the maps hold what `desired` says for the frontends in `changed` (programming,
+    /// rewriting or deleting each), in the same order and with the same rollback as
+    /// [`Writer::apply`], and touches no other frontend: the cost follows `changed`, not the
+    /// size of `desired`. Frontends outside `changed` must be as the maps hold them (the
+    /// caller's full [`Writer::apply`] on its resync timer repairs anything else).
+    pub fn apply_changed(
+        &mut self,
+        desired: &Desired,
+        changed: &BTreeSet<FrontendKey>,
+    ) -> Result<ApplyReport, DatapathError> {
+        self.apply_scoped(desired, Some(changed))
+    }
+
+    fn apply_scoped(
+        &mut self,
+        desired: &Desired,
+        scope: Option<&BTreeSet<FrontendKey>>,
+    ) -> Result<ApplyReport, DatapathError> {
         let mut report = ApplyReport::default();
         let mut errors: BTreeMap<FrontendKey, String> = BTreeMap::new();
 
         // Which frontends change, and the backend ids they need.
         let mut changes: Vec<Change<'_>> = Vec::new();
         let mut new_backends: Vec<(u32, Backend)> = Vec::new();
-        for (frontend, spec) in &desired.services {
+        let candidates: Box<dyn Iterator<Item = (&FrontendKey, &ServiceSpec)>> = match scope {
+            None => Box::new(desired.services.iter()),
+            Some(keys) => Box::new(
+                keys.iter()
+                    .filter_map(|k| desired.services.get_key_value(k)),
+            ),
+        };
+        for (frontend, spec) in candidates {
             if self.services.get(frontend).is_some_and(|p| {
                 p.spec.as_ref() == Some(spec) && !self.unsettled.contains(&p.master.frontend_id)
             }) {
@@ -544,12 +572,19 @@ impl<M: LbMaps> Writer<M> {
         }
 
         // 4. Masters of frontends no longer wanted: their connects pass through from here on.
-        let gone: Vec<FrontendKey> = self
-            .services
-            .keys()
-            .filter(|f| !desired.services.contains_key(f))
-            .copied()
-            .collect();
+        let gone: Vec<FrontendKey> = match scope {
+            None => self
+                .services
+                .keys()
+                .filter(|f| !desired.services.contains_key(f))
+                .copied()
+                .collect(),
+            Some(keys) => keys
+                .iter()
+                .filter(|f| self.services.contains_key(f) && !desired.services.contains_key(f))
+                .copied()
+                .collect(),
+        };
         let owners: Vec<usize> = (0..gone.len()).collect();
         let maps = &mut self.maps;
         let (applied, failed) = batched(&owners, &mut report.map_calls, |items| {
