@@ -332,6 +332,85 @@ impl ServiceConnects {
     }
 }
 
+impl ServiceConnects {
+    /// Changes the owners of some ids only (what [`ServiceConnects::set`] does for all):
+    /// `remove` lose theirs, `upsert` get (or keep) theirs. Costs the ids named, plus one pass
+    /// over the owners when a Service port may have lost its last frontend.
+    fn patch(
+        &mut self,
+        remove: &[u32],
+        upsert: Vec<NamedFrontend>,
+        read: Option<&FrontendCountsFn>,
+    ) -> bool {
+        let mut leaving: Vec<(u32, Owned)> = Vec::new();
+        let mut fresh: Vec<u32> = Vec::new();
+        for id in remove {
+            leaving.extend(self.frontends.remove(id).map(|owned| (*id, owned)));
+        }
+        for f in upsert {
+            if self
+                .frontends
+                .get(&f.id)
+                .is_some_and(|o| o.frontend == f.frontend && o.service == f.service)
+            {
+                continue;
+            }
+            self.totals.entry(f.service.clone()).or_default();
+            let owned = Owned {
+                frontend: f.frontend,
+                service: f.service,
+                last: None,
+            };
+            leaving.extend(self.frontends.insert(f.id, owned).map(|old| (f.id, old)));
+            fresh.push(f.id);
+        }
+        let ids: Vec<u32> = leaving
+            .iter()
+            .map(|(id, _)| *id)
+            .chain(fresh.iter().copied())
+            .collect::<BTreeSet<u32>>()
+            .into_iter()
+            .collect();
+        let mut read_ok = true;
+        if !ids.is_empty() {
+            match read
+                .and_then(|read| read(&ids))
+                .filter(|counts| counts.len() == ids.len())
+            {
+                Some(counts) => {
+                    let now: BTreeMap<u32, FrontendCounts> =
+                        ids.iter().copied().zip(counts).collect();
+                    for (id, owned) in &leaving {
+                        if let (Some(last), Some(now)) = (owned.last, now.get(id)) {
+                            let total = self.totals.entry(owned.service.clone()).or_default();
+                            total.rewritten += increase(last.rewritten, now.rewritten);
+                            total.refused += increase(last.refused, now.refused);
+                        }
+                    }
+                    for id in &fresh {
+                        if let Some(owned) = self.frontends.get_mut(id) {
+                            owned.last = now.get(id).copied();
+                        }
+                    }
+                }
+                None => read_ok = false,
+            }
+        }
+        if !leaving.is_empty() {
+            let gone: BTreeSet<&ServicePort> = leaving.iter().map(|(_, o)| &o.service).collect();
+            let held: BTreeSet<&ServicePort> = self
+                .frontends
+                .values()
+                .map(|o| &o.service)
+                .filter(|port| gone.contains(port))
+                .collect();
+            self.totals
+                .retain(|port, _| !gone.contains(port) || held.contains(port));
+        }
+        read_ok
+    }
+}
+
 /// Whether the reconcile loop still turns: it beats once per turn; `/healthz` fails when the
 /// last beat is older than the threshold.
 #[derive(Debug)]
@@ -663,6 +742,16 @@ impl Metrics {
     pub fn set_service_frontends(&self, frontends: Vec<NamedFrontend>) {
         let read = read_lock(&self.providers.frontends);
         let ok = lock(&self.service_connects).set(frontends, read.as_deref());
+        if !ok {
+            self.inc_error(ErrorKind::ReadCounters);
+        }
+    }
+
+    /// Changes the Service ports of some frontend ids only (see `set_service_frontends`):
+    /// `remove` have no frontend any more, `upsert` are (re)named.
+    pub fn patch_service_frontends(&self, remove: &[u32], upsert: Vec<NamedFrontend>) {
+        let read = read_lock(&self.providers.frontends);
+        let ok = lock(&self.service_connects).patch(remove, upsert, read.as_deref());
         if !ok {
             self.inc_error(ErrorKind::ReadCounters);
         }
