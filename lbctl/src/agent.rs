@@ -376,6 +376,7 @@ fn reconcile(
         full = true;
     }
     let (dirty, inventory) = source.take_changes();
+    let complete = dirty == Dirty::All;
     let dirty = if full { Dirty::All } else { dirty };
     let SyncState {
         reported,
@@ -401,10 +402,11 @@ fn reconcile(
             monitoring,
         );
     }
-    let inventory = match (full, dirty) {
-        (false, Dirty::All) => inventory,
-        // A full sync is due but the source gave only the changed objects: take them all.
-        _ => source.snapshot(),
+    // A full sync is due but the source gave only the changed objects: take them all.
+    let inventory = if complete {
+        inventory
+    } else {
+        source.snapshot()
     };
     reconcile_full(
         config, datapath, metrics, state, inventory, started, since, monitoring,
