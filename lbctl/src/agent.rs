@@ -461,7 +461,7 @@ fn reconcile_full(
                 tracing::warn!(error = %e, "writing the Service names of the frontends");
             }
             let failed: BTreeSet<FrontendKey> = report.errors.iter().map(|e| e.frontend).collect();
-            after_apply(
+            let programmed = after_apply(
                 datapath,
                 metrics,
                 &mut state.triggers,
@@ -470,7 +470,7 @@ fn reconcile_full(
                 since,
             );
             observe_programmed(config, datapath, metrics, state, &plan, &inventory, &failed);
-            log_update(datapath, &report, started, "full");
+            log_update(datapath, &report, started, "full", programmed);
             state.retry = failed;
             state.planner = Some(planner);
             true
@@ -575,7 +575,8 @@ fn reconcile_changed(
         tracing::warn!(error = %e, "writing the Service names of the frontends");
     }
     metrics.patch_service_frontends(&remove_ids, named);
-    after_apply(datapath, metrics, state.triggers, &report, started, since);
+    let programmed_triggers =
+        after_apply(datapath, metrics, state.triggers, &report, started, since);
     // Explaining a refusal needs the objects of its Service, which may be one that did not
     // change (it just won a frontend another Service gave up).
     let others: BTreeSet<ServiceRef> = programmed
@@ -600,7 +601,7 @@ fn reconcile_changed(
             .refusals
             .update_changed(programmed.into_iter(), explain_from, &config.node.name);
     metrics.set_refusing(&refusing);
-    log_update(datapath, &report, started, "changed");
+    log_update(datapath, &report, started, "changed", programmed_triggers);
     *state.retry = failed;
     true
 }
@@ -617,6 +618,14 @@ fn serve_current_ring(config: &AgentConfig, monitoring: &mut Monitoring) {
     }
 }
 
+/// The EndpointSlice trigger times a sync programmed: how many, and the longest latency
+/// (trigger time to maps written).
+#[derive(Clone, Copy, Debug, Default)]
+struct Programmed {
+    triggers: usize,
+    max_latency: Duration,
+}
+
 /// Metrics and readiness of a successful apply.
 fn after_apply(
     datapath: &Datapath,
@@ -625,7 +634,7 @@ fn after_apply(
     report: &crate::datapath::ApplyReport,
     started: Instant,
     since: Instant,
-) {
+) -> Programmed {
     let applied_at = SystemTime::now();
     for e in &report.errors {
         tracing::error!(frontend = %e.frontend, reason = %e.reason, "not programmed");
@@ -635,8 +644,12 @@ fn after_apply(
     metrics.set_programmed(frontends, backends);
     metrics.observe_sync(started.elapsed());
     metrics.observe_event_latency(since.elapsed());
+    let mut programmed = Programmed::default();
     for trigger in triggers.take() {
         metrics.observe_programming(trigger, applied_at);
+        programmed.triggers += 1;
+        let latency = applied_at.duration_since(trigger).unwrap_or_default();
+        programmed.max_latency = programmed.max_latency.max(latency);
     }
     if report.errors.is_empty() {
         metrics.set_last_sync(applied_at);
@@ -648,13 +661,19 @@ fn after_apply(
         } else {
             Err(format!("{} frontends not programmed", report.errors.len()))
         });
+    programmed
 }
 
+/// The `datapath updated` line of a sync that wrote something: `sync` is `full` or
+/// `changed`, `took_us` the sync's own time (snapshot or changed objects, plan, maps,
+/// observation), `triggers` and `trigger_latency_max_us` the EndpointSlice trigger times it
+/// programmed (see `lbctl_network_programming_duration_seconds`).
 fn log_update(
     datapath: &Datapath,
     report: &crate::datapath::ApplyReport,
     started: Instant,
     sync: &'static str,
+    programmed: Programmed,
 ) {
     if !report.is_noop() {
         let (frontends, backends) = datapath.writer().programmed();
@@ -666,6 +685,8 @@ fn log_update(
             map_ops = report.map_operations,
             took_us = started.elapsed().as_micros() as u64,
             sync,
+            triggers = programmed.triggers,
+            trigger_latency_max_us = programmed.max_latency.as_micros() as u64,
             "datapath updated"
         );
     }
