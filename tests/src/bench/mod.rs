@@ -3,9 +3,11 @@
 //!
 //! Modules: [`services`] (the synthetic cluster), [`rules`] (kube-proxy-shaped rule text),
 //! [`netns`] (namespaces and the veth topology), [`client`] (the measuring child process),
-//! [`arms`] + [`datapath`] (part 1, with [`monitor`]: what `lbctl monitor` costs), [`control`] (part 2), [`report`] + [`svg`] (output),
+//! [`arms`] + [`datapath`] (part 1, with [`monitor`]: what `lbctl monitor` costs), [`control`] (part 2),
+//! [`churn`] (part 3: endpoint churn through the Kubernetes source), [`report`] + [`svg`] (output),
 //! [`cleanup`] + [`scratch`] (nothing outlives the run, also on Ctrl-C).
 pub mod arms;
+pub mod churn;
 pub mod cleanup;
 pub mod client;
 pub mod control;
@@ -26,6 +28,7 @@ use anyhow::{Context, Result, bail};
 
 use self::{
     arms::{ALL_ARMS, Arm},
+    churn::ChurnOptions,
     control::ControlOptions,
     datapath::DatapathOptions,
     machine::Machine,
@@ -43,6 +46,7 @@ pub struct Options {
     pub connects: Option<usize>,
     pub skip_datapath: bool,
     pub skip_control_plane: bool,
+    pub skip_churn: bool,
     pub out: PathBuf,
     /// The command line, for the report.
     pub command: String,
@@ -82,6 +86,28 @@ impl Options {
                 endpoints: 10,
                 changes: 150,
                 tool_services: 10_000,
+            }
+        }
+    }
+}
+
+impl Options {
+    fn churn(&self) -> ChurnOptions {
+        if self.quick {
+            ChurnOptions {
+                services: 3000,
+                endpoints: 10,
+                single_changes: 30,
+                rates: vec![50, 200, 1000],
+                window_s: 3.0,
+            }
+        } else {
+            ChurnOptions {
+                services: 30_000,
+                endpoints: 10,
+                single_changes: 200,
+                rates: vec![50, 100, 200, 500, 1000, 2000, 5000],
+                window_s: 10.0,
             }
         }
     }
@@ -148,7 +174,16 @@ pub fn run(opts: &Options) -> Result<()> {
         Some(results)
     };
 
-    let targets = report::targets(datapath.as_ref(), control.as_ref());
+    let churn = if opts.skip_churn {
+        None
+    } else {
+        let (results, t) = churn::run(&opts.churn())?;
+        tables.extend(t);
+        Some(results)
+    };
+
+    let mut targets = report::targets(datapath.as_ref(), control.as_ref());
+    targets.extend(churn.as_ref().map(churn::targets).unwrap_or_default());
     let table = report::targets_table(&targets);
     println!("{table}");
     tables.push(table);
@@ -182,6 +217,7 @@ pub fn run(opts: &Options) -> Result<()> {
         duration_s: started.elapsed().as_secs_f64(),
         datapath,
         control_plane: control,
+        churn,
         targets,
         skipped_arms: skipped,
     };

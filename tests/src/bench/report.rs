@@ -106,6 +106,7 @@ pub struct Results {
     pub duration_s: f64,
     pub datapath: Option<DatapathResults>,
     pub control_plane: Option<ControlResults>,
+    pub churn: Option<super::churn::ChurnResults>,
     pub targets: Vec<Target>,
     pub skipped_arms: Vec<(Arm, String)>,
 }

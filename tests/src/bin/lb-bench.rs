@@ -9,7 +9,7 @@ use testkit::bench::{self, Options, arms::Arm};
 
 #[derive(Parser)]
 #[command(
-    about = "lbctl vs kube-proxy-shaped iptables/nftables: connect latency, control plane at scale",
+    about = "lbctl vs kube-proxy-shaped iptables/nftables: connect latency, control plane at scale, endpoint churn",
     args_conflicts_with_subcommands = true
 )]
 struct Cli {
@@ -39,6 +39,10 @@ struct Cli {
     /// Skip part 2 (control plane).
     #[arg(long)]
     skip_control_plane: bool,
+    /// Skip part 3 (endpoint churn through the Kubernetes source: a real agent and the test
+    /// API server; 3,000 services with --quick, else 30,000).
+    #[arg(long)]
+    skip_churn: bool,
     /// Where results.json, summary.md and connect-latency.svg go.
     #[arg(long, default_value = "bench-results")]
     out: PathBuf,
@@ -94,6 +98,7 @@ fn main() -> Result<()> {
             connects: cli.connects,
             skip_datapath: cli.skip_datapath,
             skip_control_plane: cli.skip_control_plane,
+            skip_churn: cli.skip_churn,
             out: cli.out,
             command: std::env::args()
                 .skip(1)
