@@ -89,6 +89,9 @@ pub struct Writer<M: LbMaps = Maps> {
     maps: M,
     limits: Limits,
     services: BTreeMap<FrontendKey, Programmed>,
+    /// Service map entries `services` accounts for (a master and its slots each), kept with
+    /// it so that an apply of a few frontends does not count all of them.
+    held_entries: usize,
     /// Backend value -> id.
     backend_ids: HashMap<Backend, u32>,
     backend_values: HashMap<u32, Backend>,
@@ -191,6 +194,7 @@ impl<M: LbMaps> Writer<M> {
         let decoded = decode(maps.dump()?);
         let mut writer = Self {
             services: BTreeMap::new(),
+            held_entries: 0,
             backend_ids: HashMap::new(),
             backend_values: HashMap::new(),
             backend_alloc: Ids::new(limits.backends.saturating_add(1)),
@@ -354,15 +358,7 @@ impl<M: LbMaps> Writer<M> {
         drop((new_backends, owners, applied, failed));
 
         // What each change writes, within the tables' room.
-        let mut service_entries: usize = if changes.is_empty() {
-            0
-        } else {
-            self.services
-                .values()
-                .map(|p| 1 + p.slots.len())
-                .sum::<usize>()
-                + self.stray_keys.len()
-        };
+        let mut service_entries: usize = self.held_entries + self.stray_keys.len();
         let mut member_entries = self.members.len();
         for change in &mut changes {
             if change.failed.is_some() {
@@ -841,13 +837,16 @@ impl<M: LbMaps> Writer<M> {
         for &id in &programmed.slots {
             *self.refs.entry(id).or_default() += 1;
         }
+        self.held_entries += 1 + programmed.slots.len();
         if let Some(old) = self.services.insert(frontend, programmed) {
+            self.held_entries -= 1 + old.slots.len();
             self.release_refs(&old.slots);
         }
     }
 
     fn remove_programmed(&mut self, frontend: &FrontendKey) -> Option<Programmed> {
         let old = self.services.remove(frontend)?;
+        self.held_entries -= 1 + old.slots.len();
         self.release_refs(&old.slots);
         Some(old)
     }

@@ -631,6 +631,8 @@ mod incremental {
                 let report = w.apply_changed(next, &changed).unwrap();
                 retry = report.errors.iter().map(|e| e.frontend).collect();
                 check_consistent(&w.maps().inner.tables, false, "incremental");
+                let held: usize = w.services.values().map(|p| 1 + p.slots.len()).sum();
+                prop_assert_eq!(w.held_entries, held, "the writer's entry count");
                 last = next.clone();
             }
             w.maps_mut().faults.clear();
