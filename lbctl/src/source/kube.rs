@@ -382,7 +382,7 @@ impl KubeSourceHandle {
     /// else [`KubeSourceHandle::objects_of`] those Services. A change that lands while this
     /// runs is marked again and returned by the next call.
     pub fn take_changes(&self) -> (Dirty, Inventory) {
-        let dirty = std::mem::replace(&mut self.shared.lock().dirty, Dirty::default());
+        let dirty = std::mem::take(&mut self.shared.lock().dirty);
         let inventory = match &dirty {
             Dirty::All => self.snapshot(),
             Dirty::Services(refs) => self.objects_of(refs),
