@@ -100,6 +100,7 @@ impl Options {
                 single_changes: 30,
                 rates: vec![50, 200, 1000],
                 window_s: 3.0,
+                keep_log: Some(self.out.join("churn-agent.log")),
             }
         } else {
             ChurnOptions {
@@ -108,6 +109,7 @@ impl Options {
                 single_changes: 200,
                 rates: vec![50, 100, 200, 500, 1000, 2000, 5000],
                 window_s: 10.0,
+                keep_log: Some(self.out.join("churn-agent.log")),
             }
         }
     }
