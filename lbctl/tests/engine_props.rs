@@ -581,14 +581,12 @@ fn the_generator_produces_interesting_plans() {
     assert!(skipped >= at_least, "skipped input: {skipped}/{total}");
 }
 
-/// The objects of each Service (its Service objects and labelled slices), and the rest.
-fn by_service(
-    inventory: &Inventory,
-) -> (
-    BTreeMap<lbctl::plan::ServiceRef, (Vec<Service>, Vec<EndpointSlice>)>,
-    Vec<EndpointSlice>,
-) {
-    let mut groups: BTreeMap<_, (Vec<Service>, Vec<EndpointSlice>)> = BTreeMap::new();
+/// Each Service's objects: its Service objects and its labelled slices.
+type Groups = BTreeMap<lbctl::plan::ServiceRef, (Vec<Service>, Vec<EndpointSlice>)>;
+
+/// The objects of each Service, and the slices of no Service.
+fn by_service(inventory: &Inventory) -> (Groups, Vec<EndpointSlice>) {
+    let mut groups = Groups::new();
     for svc in &inventory.services {
         groups
             .entry(lbctl::engine::service_ref_of(svc))
