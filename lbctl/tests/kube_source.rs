@@ -711,15 +711,12 @@ async fn take_until(
 ) {
     let deadline = tokio::time::Instant::now() + WAIT;
     let mut seen = std::collections::BTreeSet::new();
-    let mut objects = Inventory::default();
     loop {
-        match source.take_changes() {
-            (Dirty::All, _) => panic!("a Service-level change was reported as everything"),
-            (Dirty::Services(refs), inventory) => {
-                seen.extend(refs);
-                objects = inventory;
-            }
-        }
+        let (dirty, objects) = source.take_changes();
+        let Dirty::Services(refs) = dirty else {
+            panic!("a Service-level change was reported as everything");
+        };
+        seen.extend(refs);
         if want.is_subset(&seen) {
             return (seen, objects);
         }
