@@ -443,21 +443,30 @@ fn reconcile_full(
     since: Instant,
     monitoring: &mut Monitoring,
 ) -> bool {
-    let planner = Planner::new(&inventory, &config.node);
-    let plan = planner.plan();
-    state.reported.update(&plan);
-    metrics.set_skipped(plan.skipped.len());
-    state.triggers.note(&inventory.endpoint_slices);
-    state.desired = Desired::from_plan(&plan);
+    // The old state goes first: the peak memory of a full sync holds one plan, not two.
     state.planner = None;
+    state.desired = Desired::default();
     state.retry.clear();
+    let planner = Planner::new(&inventory, &config.node);
+    let (skipped, warnings) = planner.report();
+    metrics.set_skipped(skipped.len());
+    state.reported.update(&Plan {
+        node: config.node.name.clone(),
+        frontends: Vec::new(),
+        skipped,
+        warnings,
+    });
+    state.triggers.note(&inventory.endpoint_slices);
+    // From the planner's frontends directly: a materialized Plan would copy all of them.
+    state.desired = Desired::from_frontends(planner.frontends());
     match datapath.apply(&state.desired) {
         Ok(report) => {
             serve_current_ring(config, monitoring);
-            if let Err(e) = monitoring
-                .names
-                .sync(datapath.pin_dir(), &plan, datapath.writer())
-            {
+            if let Err(e) = monitoring.names.sync_frontends(
+                datapath.pin_dir(),
+                planner.frontends(),
+                datapath.writer(),
+            ) {
                 tracing::warn!(error = %e, "writing the Service names of the frontends");
             }
             let failed: BTreeSet<FrontendKey> = report.errors.iter().map(|e| e.frontend).collect();
@@ -469,7 +478,15 @@ fn reconcile_full(
                 started,
                 since,
             );
-            observe_programmed(config, datapath, metrics, state, &plan, &inventory, &failed);
+            observe_programmed(
+                config,
+                datapath,
+                metrics,
+                state,
+                planner.frontends(),
+                &inventory,
+                &failed,
+            );
             log_update(datapath, &report, started, "full", programmed);
             state.retry = failed;
             state.planner = Some(planner);
@@ -706,19 +723,19 @@ fn named_frontend(id: u32, key: &FrontendKey, frontend: &Frontend) -> NamedFront
 
 /// After an apply: names the programmed frontends for the per-Service counters, and reports
 /// frontends that start or stop refusing.
-fn observe_programmed(
+fn observe_programmed<'a>(
     config: &AgentConfig,
     datapath: &Datapath,
     metrics: &Metrics,
     state: &mut SyncState,
-    plan: &crate::plan::Plan,
+    frontends: impl Iterator<Item = &'a Frontend>,
     inventory: &Inventory,
     failed: &BTreeSet<FrontendKey>,
 ) {
     let writer = datapath.writer();
     // The plan's frontend for each address (the first, as `Desired::from_plan` takes it).
     let mut by_addr: BTreeMap<FrontendKey, &Frontend> = BTreeMap::new();
-    for frontend in &plan.frontends {
+    for frontend in frontends {
         by_addr.entry(frontend.key()).or_insert(frontend);
     }
     let named = by_addr

@@ -8,7 +8,7 @@ use lb_common::{FrontendName, NAME_LEN, NAMES_MAP, PORT_NAME_LEN};
 
 use crate::{
     datapath::{DatapathError, FrontendKey, Writer},
-    plan::Plan,
+    plan::{Frontend, Plan},
 };
 
 /// A Service port, as named in the cluster.
@@ -166,8 +166,18 @@ impl NamesWriter {
         plan: &Plan,
         writer: &Writer,
     ) -> Result<usize, DatapathError> {
+        self.sync_frontends(pin_dir, &plan.frontends, writer)
+    }
+
+    /// [`NamesWriter::sync`] over any frontends (the first of each address wins).
+    pub fn sync_frontends<'a>(
+        &mut self,
+        pin_dir: &Path,
+        frontends: impl IntoIterator<Item = &'a Frontend>,
+        writer: &Writer,
+    ) -> Result<usize, DatapathError> {
         let mut desired = BTreeMap::new();
-        for fe in &plan.frontends {
+        for fe in frontends {
             let addr = FrontendKey {
                 address: fe.address,
                 port: fe.port,
