@@ -32,7 +32,9 @@ use anyhow::{Context, Result};
 use tokio::sync::watch;
 
 use crate::{
-    datapath::{Datapath, DatapathConfig, Desired, FrontendKey, Maps, Object, ServiceSpec},
+    datapath::{
+        ApplyReport, Datapath, DatapathConfig, Desired, FrontendKey, Maps, Object, ServiceSpec,
+    },
     engine::{NodeContext, Planner},
     metrics::{
         self, ConnectCounts, ErrorKind, FrontendCounts, Metrics, NamedFrontend, ServicePort,
@@ -272,8 +274,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
             continue;
         }
         waiting_logged = None;
-        let full = std::mem::take(&mut full_due);
-        if !reconcile(
+        let _applied = reconcile(
             &config,
             &source,
             &mut datapath,
@@ -281,11 +282,8 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
             &mut state,
             since,
             &mut monitoring,
-            full,
-        ) {
-            // Start over from a whole snapshot: the incremental state may be behind.
-            full_due = true;
-        }
+            std::mem::take(&mut full_due),
+        );
     }
     drop(monitoring);
     tracing::info!("shutting down; the datapath stays programmed");
@@ -339,9 +337,9 @@ fn install(config: &AgentConfig) -> Result<Datapath> {
     Ok(Datapath::install_object(&config.datapath, object)?)
 }
 
-/// One sync: a full one when `full` (or when the source says everything changed), else only
-/// the Services the source names. Returns false when it failed in a way that the next sync
-/// must be a full one.
+/// One sync: a full one when `full` (or when the source says everything changed, or there is
+/// no incremental state yet), else only the Services the source names. Returns the apply's
+/// report when it applied. A failed sync drops the incremental state, so the next one is full.
 #[allow(clippy::too_many_arguments)]
 fn reconcile(
     config: &AgentConfig,
@@ -352,7 +350,7 @@ fn reconcile(
     since: Instant,
     monitoring: &mut Monitoring,
     full: bool,
-) -> bool {
+) -> Option<ApplyReport> {
     let started = Instant::now();
     let missing = datapath.missing_pins();
     let mut full = full;
@@ -366,7 +364,7 @@ fn reconcile(
             tracing::error!(error = %e, "recreating the datapath failed; will retry");
             metrics.inc_error(ErrorKind::Repair);
             metrics.readiness().set_datapath_attached(false);
-            return false;
+            return None;
         }
         metrics.readiness().set_datapath_attached(true);
         // The maps may be new: serve the new events ring (monitors of the old one are
@@ -382,13 +380,13 @@ fn reconcile(
         reported,
         refusals,
         triggers,
-        planner,
+        planner: planner_slot,
         desired,
         retry,
     } = state;
-    if let (Some(planner), Dirty::Services(services)) = (planner.as_mut(), &dirty) {
+    if let (Some(planner), Dirty::Services(services)) = (planner_slot.as_mut(), &dirty) {
         if services.is_empty() && retry.is_empty() {
-            return true;
+            return None;
         }
         let parts = Parts {
             reported,
@@ -397,10 +395,15 @@ fn reconcile(
             desired,
             retry,
         };
-        return reconcile_changed(
+        let applied = reconcile_changed(
             config, source, datapath, metrics, parts, planner, services, inventory, started, since,
             monitoring,
         );
+        if applied.is_none() {
+            // Start over from a whole snapshot: the incremental state may be behind the maps.
+            *planner_slot = None;
+        }
+        return applied;
     }
     // A full sync is due but the source gave only the changed objects: take them all.
     let inventory = if complete {
@@ -442,7 +445,7 @@ fn reconcile_full(
     started: Instant,
     since: Instant,
     monitoring: &mut Monitoring,
-) -> bool {
+) -> Option<ApplyReport> {
     // The old state goes first: the peak memory of a full sync holds one plan, not two.
     state.planner = None;
     state.desired = Desired::default();
@@ -490,13 +493,13 @@ fn reconcile_full(
             log_update(datapath, &report, started, "full", programmed);
             state.retry = failed;
             state.planner = Some(planner);
-            true
+            Some(report)
         }
         Err(e) => {
             tracing::error!(error = %e, "applying the plan failed; will retry");
             metrics.inc_error(ErrorKind::Apply);
             metrics.readiness().set_last_apply(Err(e.to_string()));
-            false
+            None
         }
     }
 }
@@ -516,7 +519,7 @@ fn reconcile_changed(
     started: Instant,
     since: Instant,
     monitoring: &mut Monitoring,
-) -> bool {
+) -> Option<ApplyReport> {
     let mut changed = planner.update(&inventory, services);
     let (skipped, warnings) = planner.report();
     metrics.set_skipped(skipped.len());
@@ -550,7 +553,7 @@ fn reconcile_changed(
             tracing::error!(error = %e, "applying the changes failed; will retry in full");
             metrics.inc_error(ErrorKind::Apply);
             metrics.readiness().set_last_apply(Err(e.to_string()));
-            return false;
+            return None;
         }
     };
     serve_current_ring(config, monitoring);
@@ -620,7 +623,7 @@ fn reconcile_changed(
     metrics.set_refusing(&refusing);
     log_update(datapath, &report, started, "changed", programmed_triggers);
     *state.retry = failed;
-    true
+    Some(report)
 }
 
 /// A migration that completed in this apply pinned new maps: serve the new ring.
@@ -648,7 +651,7 @@ fn after_apply(
     datapath: &Datapath,
     metrics: &Metrics,
     triggers: &mut observe::TriggerTimes,
-    report: &crate::datapath::ApplyReport,
+    report: &ApplyReport,
     started: Instant,
     since: Instant,
 ) -> Programmed {
@@ -687,7 +690,7 @@ fn after_apply(
 /// programmed (see `lbctl_network_programming_duration_seconds`).
 fn log_update(
     datapath: &Datapath,
-    report: &crate::datapath::ApplyReport,
+    report: &ApplyReport,
     started: Instant,
     sync: &'static str,
     programmed: Programmed,
