@@ -373,6 +373,9 @@ fn reconcile(
         monitoring.server = start_monitor(config);
         full = true;
     }
+    // A migration fills new maps from one full apply, and its completion may bring new maps
+    // whose names and counters need a full observation.
+    full |= datapath.migrating();
     let (dirty, inventory) = source.take_changes();
     let complete = dirty == Dirty::All;
     let dirty = if full { Dirty::All } else { dirty };

@@ -192,6 +192,11 @@ impl Datapath {
         Ok(report)
     }
 
+    /// A migration waits for its staged maps to be filled (by the next full apply).
+    pub fn migrating(&self) -> bool {
+        self.pending.is_some()
+    }
+
     /// Applies `desired` for the frontends in `changed` only ([`Writer::apply_changed`]). While
     /// a migration waits for its staged maps to be filled, this is a full [`Datapath::apply`].
     pub fn apply_changed(
