@@ -9,6 +9,7 @@
 //! The loop beats [`metrics::Liveness`] once per turn (`/healthz` fails when it stops), and
 //! [`observe`] turns each sync into logs that say what changed, once.
 pub mod observe;
+pub mod terminate;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -67,6 +68,8 @@ pub struct AgentConfig {
     pub stall_file: Option<PathBuf>,
     /// Kernel object to load instead of the embedded one (`--object`, for upgrade tests).
     pub object: Option<PathBuf>,
+    /// Which connected sockets of removed backends are terminated, and in which namespaces.
+    pub termination: crate::datapath::TerminationConfig,
 }
 
 /// The environment variable `lbctl agent` takes [`AgentConfig::stall_file`] from (tests only).
@@ -176,6 +179,8 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         server: start_monitor(&config),
         names: NamesWriter::default(),
     };
+    let mut termination = terminate::Termination::new(config.termination.clone());
+    termination.refresh(&config.datapath, &datapath, &metrics);
 
     let (source, mut changes) = start_source(&config.source, &config.node.name).await?;
     wire_counters(&metrics, &config.datapath, &source);
@@ -231,7 +236,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
             continue;
         }
         waiting_logged = None;
-        reconcile(
+        let applied = reconcile(
             &config,
             &source,
             &mut datapath,
@@ -240,6 +245,10 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
             since,
             &mut monitoring,
         );
+        termination.refresh(&config.datapath, &datapath, &metrics);
+        if let Some(report) = &applied {
+            termination.after_apply(report, &metrics);
+        }
     }
     drop(monitoring);
     tracing::info!("shutting down; the datapath stays programmed");
@@ -293,6 +302,7 @@ fn install(config: &AgentConfig) -> Result<Datapath> {
     Ok(Datapath::install_object(&config.datapath, object)?)
 }
 
+/// One sync; the apply's report when it applied.
 fn reconcile(
     config: &AgentConfig,
     source: &Source,
@@ -301,7 +311,7 @@ fn reconcile(
     state: &mut SyncState,
     since: Instant,
     monitoring: &mut Monitoring,
-) {
+) -> Option<crate::datapath::ApplyReport> {
     let started = Instant::now();
     let missing = datapath.missing_pins();
     if !missing.is_empty() {
@@ -314,7 +324,7 @@ fn reconcile(
             tracing::error!(error = %e, "recreating the datapath failed; will retry");
             metrics.inc_error(ErrorKind::Repair);
             metrics.readiness().set_datapath_attached(false);
-            return;
+            return None;
         }
         metrics.readiness().set_datapath_attached(true);
         // The maps may be new: serve the new events ring (monitors of the old one are
@@ -380,11 +390,13 @@ fn reconcile(
                     "datapath updated"
                 );
             }
+            Some(report)
         }
         Err(e) => {
             tracing::error!(error = %e, "applying the plan failed; will retry");
             metrics.inc_error(ErrorKind::Apply);
             metrics.readiness().set_last_apply(Err(e.to_string()));
+            None
         }
     }
 }
