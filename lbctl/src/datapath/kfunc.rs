@@ -146,7 +146,10 @@ mod tests {
         let object = crate::datapath::Object::embedded().expect("built with the kernel object");
         let elf = object.bytes();
         let sites = call_sites(elf, SOCK_DESTROY).unwrap();
-        assert!(sites.len() >= 2, "expected calls from iter/udp and iter/tcp: {sites:?}");
+        assert!(
+            sites.len() >= 2,
+            "expected calls from iter/udp and iter/tcp: {sites:?}"
+        );
         let (patched, resolution) = patch(elf, SOCK_DESTROY, Ok(4242)).unwrap();
         assert_eq!(
             resolution,
@@ -158,7 +161,10 @@ mod tests {
         for &at in &sites {
             assert_eq!(patched[at], CALL);
             assert_eq!(patched[at + 1] >> 4, BPF_PSEUDO_KFUNC_CALL);
-            assert_eq!(i32::from_le_bytes(patched[at + 4..at + 8].try_into().unwrap()), 4242);
+            assert_eq!(
+                i32::from_le_bytes(patched[at + 4..at + 8].try_into().unwrap()),
+                4242
+            );
         }
         let (patched, resolution) = patch(elf, SOCK_DESTROY, Err("old kernel".into())).unwrap();
         assert!(!resolution.available());
@@ -170,7 +176,11 @@ mod tests {
             );
         }
         // Nothing else changed.
-        let changed = elf.iter().zip(patched.iter()).filter(|(a, b)| a != b).count();
+        let changed = elf
+            .iter()
+            .zip(patched.iter())
+            .filter(|(a, b)| a != b)
+            .count();
         assert!(changed <= sites.len() * 8);
     }
 

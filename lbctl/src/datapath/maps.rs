@@ -5,8 +5,8 @@ use aya::maps::{Array, HashMap, Map, MapData, MapInfo, PerCpuArray};
 use lb_common::{
     AFFINITY_MAP, AffinityKey, AffinityValue, BACKENDS_MAP, Backend, EVENTS_MAP,
     FRONTEND_STATS_MAP, FrontendName, FrontendStats, LAYOUT_VERSION, MEMBERS_MAP, META_MAP,
-    MemberKey, NAMES_MAP, PEER_PORTS, PEER_PORTS_MAP, REVNAT_MAP, RevNat, SERVICES_MAP,
-    SOCK_MAP, STATS_MAP, ServiceKey, ServiceValue, meta, stat,
+    MemberKey, NAMES_MAP, PEER_PORTS, PEER_PORTS_MAP, REVNAT_MAP, RevNat, SERVICES_MAP, SOCK_MAP,
+    STATS_MAP, ServiceKey, ServiceValue, meta, stat,
 };
 
 use super::{DatapathError, loader::Capacity};

@@ -204,8 +204,11 @@ pub(crate) fn iter_create(link: BorrowedFd<'_>) -> io::Result<std::fs::File> {
 /// Moves the calling thread into the network namespace `netns` refers to (`setns(2)`,
 /// `CLONE_NEWNET`; needs CAP_SYS_ADMIN). Other threads stay where they are.
 pub(crate) fn enter_netns(netns: BorrowedFd<'_>) -> io::Result<()> {
-    rustix::thread::move_into_link_name_space(netns, Some(rustix::thread::LinkNameSpaceType::Network))
-        .map_err(io::Error::from)
+    rustix::thread::move_into_link_name_space(
+        netns,
+        Some(rustix::thread::LinkNameSpaceType::Network),
+    )
+    .map_err(io::Error::from)
 }
 
 /// The `batch` member of `union bpf_attr` (`BPF_MAP_*_BATCH`).

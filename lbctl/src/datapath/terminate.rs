@@ -185,8 +185,10 @@ impl Terminator {
                 let mut part = Sweep::default();
                 for (path, fd) in &namespaces {
                     if let Err(e) = sys::enter_netns(fd.as_fd()) {
-                        part.errors
-                            .push(format!("entering network namespace {}: {e}", path.display()));
+                        part.errors.push(format!(
+                            "entering network namespace {}: {e}",
+                            path.display()
+                        ));
                         continue;
                     }
                     self.sweep_here(&mut part, &path.display().to_string());
