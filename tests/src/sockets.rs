@@ -19,6 +19,10 @@
 //!                             `connected PEER`; then each stdin line `N` makes N exchanges
 //!                             (send, receive): `ok NAME PEER`, or `err send|recv ERRNO`
 //!                             (0: the peer closed), and a line `recv` receives once
+//! resolve ADDR NAME           a resolver with one long-lived connected UDP socket to ADDR
+//!                             (a DNS server): each stdin line `N` makes N queries for NAME's A
+//!                             record, `ok IP` or `err ERRNO`; after an error it reconnects
+//!                             (a new socket, connected again), as resolvers do
 //! ```
 use std::{
     io::{self, BufRead, Read, Write},
@@ -28,7 +32,15 @@ use std::{
 };
 
 /// The modes [`run`] serves.
-pub const MODES: &[&str] = &["dgram", "dgram-many", "peer", "serve", "serve-hold", "hold"];
+pub const MODES: &[&str] = &[
+    "dgram",
+    "dgram-many",
+    "peer",
+    "serve",
+    "serve-hold",
+    "hold",
+    "resolve",
+];
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -263,6 +275,36 @@ fn hold(proto: &str, addr: SocketAddr, out: &mut impl Write) -> Result<(), Strin
     Ok(())
 }
 
+fn resolver_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = UdpSocket::bind(unspecified(addr))?;
+    socket.set_read_timeout(Some(TIMEOUT))?;
+    socket.connect(addr)?;
+    Ok(socket)
+}
+
+fn resolve(addr: SocketAddr, name: &str, out: &mut impl Write) -> Result<(), String> {
+    let mut socket = resolver_socket(addr).map_err(|e| format!("connecting to {addr}: {e}"))?;
+    for request in io::stdin().lock().lines() {
+        let request = request.map_err(|e| e.to_string())?;
+        let n: usize = request
+            .trim()
+            .parse()
+            .map_err(|e| format!("{request:?}: {e}"))?;
+        for _ in 0..n {
+            match crate::dns::ask_a(&socket, None, name) {
+                Ok(Some(ip)) => line(out, format_args!("ok {ip}"))?,
+                Ok(None) => line(out, format_args!("err nodata"))?,
+                Err(e) => {
+                    line(out, format_args!("err {}", errno(&e)))?;
+                    socket = resolver_socket(addr)
+                        .map_err(|e| format!("reconnecting to {addr}: {e}"))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Runs one of [`MODES`] with its arguments.
 pub fn run(mode: &str, args: &[String], out: &mut impl Write) -> Result<(), String> {
     match (mode, args) {
@@ -287,6 +329,7 @@ pub fn run(mode: &str, args: &[String], out: &mut impl Write) -> Result<(), Stri
             serve(proto, pairs, out)
         }
         ("serve-hold", pairs) => serve_hold(pairs, out),
+        ("resolve", [addr, name]) => resolve(parse(addr)?, name, out),
         ("hold", [proto, addr]) if proto == "tcp" || proto == "udp" => {
             hold(proto, parse(addr)?, out)
         }

@@ -4,12 +4,13 @@
 //! directly to the removed address. Through a real `lbctl agent --manifests`; the removed
 //! backend's servers keep answering throughout, so only termination can make a socket fail.
 use std::{
-    net::SocketAddr,
+    net::{Ipv4Addr, SocketAddr},
     time::{Duration, Instant},
 };
 
 use testkit::{
     agent::{AgentProcess, wait_until},
+    dns::{Dnsmasq, free_port_on},
     lifecycle::{NODE, Node, free_port, http_get, node_yaml},
     netns::NetnsGuard,
     probe::Probe,
@@ -414,4 +415,64 @@ fn sockets_in_a_pod_network_namespace_are_terminated_when_the_agent_covers_it() 
     );
     let fresh = Client::connect(&prefix, &node, "udp", &service);
     assert_eq!(fresh.backend, "b");
+}
+
+/// A real DNS server per backend (dnsmasq, answering `svc.test` with an address of its own) and
+/// a resolver that keeps one connected UDP socket and reopens it after an error, as Go's
+/// resolver or nginx do: once backend `a` is removed its socket fails, and every later answer
+/// comes from `b`, while `a` itself still answers.
+#[test]
+fn a_resolver_with_a_long_lived_socket_moves_to_a_live_dns_server() {
+    let node = Node::new("term-dns").unwrap();
+    let (a_ip, b_ip): (Ipv4Addr, Ipv4Addr) = (A.parse().unwrap(), B.parse().unwrap());
+    let port = free_port_on(&[a_ip, b_ip]).unwrap();
+    let (from_a, from_b) = ("ok 192.0.2.10", "ok 192.0.2.11");
+    let _a = Dnsmasq::start_on(a_ip, port, &[("svc.test", "192.0.2.10".parse().unwrap())]).unwrap();
+    let _b = Dnsmasq::start_on(b_ip, port, &[("svc.test", "192.0.2.11".parse().unwrap())]).unwrap();
+    let vip = "10.96.13.4";
+    node.write_manifest(&cluster(vip, port, &[A, B])).unwrap();
+    let agent = agent(&node, &[]);
+    assert!(
+        wait_until(Duration::from_secs(10), || node
+            .programmed(vip)
+            .is_some_and(|b| b.len() == 2)),
+        "{}",
+        agent.log()
+    );
+    let service = format!("{vip}:53");
+    // A resolver whose socket went to `a`.
+    let mut resolver = (0..64)
+        .find_map(|_| {
+            let mut r =
+                Probe::spawn(Some(&node.cgroup), &["resolve", &service, "svc.test"]).unwrap();
+            r.send("1").unwrap();
+            (r.read_lines(1).unwrap() == [from_a]).then_some(r)
+        })
+        .expect("no resolver socket went to backend a in 64 tries");
+    resolver.send("3").unwrap();
+    assert_eq!(
+        resolver.read_lines(3).unwrap(),
+        [from_a; 3],
+        "a connected socket sticks"
+    );
+
+    let removed = remove_a(&node, vip, port, &agent);
+    loop {
+        resolver.send("1").unwrap();
+        let reply = resolver.read_lines(1).unwrap().remove(0);
+        if reply.starts_with("err ") {
+            break;
+        }
+        assert!(
+            removed.elapsed() < Duration::from_secs(1),
+            "the resolver still asks the removed server a second later: {reply}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    resolver.send("5").unwrap();
+    assert_eq!(
+        resolver.read_lines(5).unwrap(),
+        [from_b; 5],
+        "after reopening its socket the resolver asks the live server"
+    );
 }

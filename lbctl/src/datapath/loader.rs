@@ -352,6 +352,37 @@ pub(crate) fn load(
     Ok((ebpf, resolution))
 }
 
+/// Where [`load_on_pinned`] pins the maps for a moment (bpffs refuses names with a dot).
+fn borrowed_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join("borrowed")
+}
+
+/// Loads `object` on the maps pinned under `config.pin_dir`, which must all exist: unlike
+/// [`load`], a missing map is an error, never created (a new empty map pinned in place of one
+/// removed behind the agent's back would hide the removal from the repair). The maps are pinned
+/// again, for the length of the load, in a private directory that aya loads from.
+pub(crate) fn load_on_pinned(
+    config: &DatapathConfig,
+    object: &Object,
+) -> Result<(aya::Ebpf, kfunc::Resolution), DatapathError> {
+    let borrowed = borrowed_dir(&config.pin_dir);
+    remove_pins(&borrowed)?;
+    system::create_private_dir(&borrowed)?;
+    let result = maps::MAPS
+        .iter()
+        .try_for_each(|m| {
+            let from = maps::pin_path(&config.pin_dir, m.name);
+            let fd = sys::obj_get(&from, false)
+                .map_err(|e| DatapathError::io(format!("opening {}", from.display()), e))?;
+            let to = maps::pin_path(&borrowed, m.name);
+            sys::obj_pin(fd.as_fd(), &to)
+                .map_err(|e| DatapathError::io(format!("pinning {}", to.display()), e))
+        })
+        .and_then(|()| load(config, object, &borrowed));
+    remove_pins(&borrowed)?;
+    result
+}
+
 /// Loads `object` on new maps pinned in the staging directory; the attached programs keep
 /// serving the old maps until [`complete`].
 fn stage(config: &DatapathConfig, object: &Object, reason: &str) -> Result<Loaded, DatapathError> {
@@ -599,6 +630,7 @@ pub fn uninstall(pin_dir: &Path) -> Result<(), DatapathError> {
     remove_maps(pin_dir)?;
     remove_file(&pin_dir.join(STATE_MAP))?;
     remove_pins(&staging_dir(pin_dir))?;
+    remove_pins(&borrowed_dir(pin_dir))?;
     remove_dir(&pin_dir.join("links"))?;
     remove_dir(pin_dir)
 }

@@ -119,7 +119,7 @@ pub enum Unavailable {
 
 impl Terminator {
     /// Loads `object`'s iterator programs on the maps pinned under `config.pin_dir` (which must
-    /// be this object's layout: not during a migration).
+    /// all exist and have this object's layout: not during a migration).
     pub fn load(
         datapath: &DatapathConfig,
         object: &Object,
@@ -128,7 +128,7 @@ impl Terminator {
         if config.sockets == TerminateSockets::None {
             return Err(Unavailable::Disabled);
         }
-        let (mut ebpf, resolution) = loader::load(datapath, object, &datapath.pin_dir)?;
+        let (mut ebpf, resolution) = loader::load_on_pinned(datapath, object)?;
         if let kfunc::Resolution::Missing { reason, .. } = resolution {
             return Err(Unavailable::NoKfunc(reason));
         }
