@@ -476,3 +476,57 @@ fn a_resolver_with_a_long_lived_socket_moves_to_a_live_dns_server() {
         "after reopening its socket the resolver asks the live server"
     );
 }
+
+/// On a kernel without `bpf_sock_destroy` (simulated with the agent's test hook): one clear log
+/// line, `lbctl_socket_termination_available 0`, and everything else works: the object loads
+/// with the kfunc calls patched out, services are balanced, and a socket of a removed backend
+/// simply keeps its backend.
+#[test]
+fn without_kernel_support_one_log_line_a_metric_and_everything_else_works() {
+    let node = Node::new("term-nokfunc").unwrap();
+    let port = free_port().unwrap();
+    let vip = "10.96.13.5";
+    let _servers = Servers::start(&[], port);
+    node.write_manifest(&cluster(vip, port, &[A, B])).unwrap();
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port().unwrap())
+        .parse()
+        .unwrap();
+    let agent = node
+        .agent_with_env(
+            &["--metrics-addr", &metrics.to_string()],
+            &[(
+                lbctl::datapath::kfunc::HIDE_KFUNCS_ENV,
+                std::ffi::OsStr::new("1"),
+            )],
+        )
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || node
+            .programmed(vip)
+            .is_some_and(|b| b.len() == 2)),
+        "{}",
+        agent.log()
+    );
+    let mut clients = spread(&[], &node, "udp", &format!("{vip}:53"), 1);
+    let removed = remove_a(&node, vip, port, &agent);
+    while removed.elapsed() < Duration::from_millis(1500) {
+        for c in clients.iter_mut() {
+            let name = c.backend.clone();
+            assert_answers(c, &name, "without kernel support no socket is terminated");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = agent.log();
+    assert_eq!(
+        log.matches("socket termination is unavailable").count(),
+        1,
+        "one log line says why:\n{log}"
+    );
+    assert!(log.contains("bpf_sock_destroy"), "{log}");
+    assert_eq!(
+        metric(metrics, "lbctl_socket_termination_available"),
+        Some(0)
+    );
+    let fresh = Client::connect(&[], &node, "udp", &format!("{vip}:53"));
+    assert_eq!(fresh.backend, "b", "balancing works as ever");
+}

@@ -94,8 +94,17 @@ pub fn patch<'a>(
     Ok((Cow::Owned(bytes), resolution))
 }
 
+/// Test hook: while this environment variable is set, every kfunc counts as missing, as on a
+/// kernel older than 6.5, so tests can check that the datapath works without them.
+pub const HIDE_KFUNCS_ENV: &str = "LBCTL_TEST_HIDE_KFUNCS";
+
 /// The id of kernel function `name` in the running kernel's BTF.
 pub fn kernel_btf_id(name: &str) -> Result<u32, String> {
+    if std::env::var_os(HIDE_KFUNCS_ENV).is_some() {
+        return Err(format!(
+            "{name} is hidden by {HIDE_KFUNCS_ENV} (a test hook)"
+        ));
+    }
     let btf = aya::Btf::from_sys_fs().map_err(|e| format!("reading the kernel's BTF: {e}"))?;
     btf.id_by_type_name_kind(name, aya_obj::btf::BtfKind::Func)
         .map_err(|e| format!("the kernel has no function {name} in its BTF: {e}"))
