@@ -55,7 +55,7 @@ struct Output {
 enum Command {
     /// Run the node agent: watch Services, EndpointSlices and this Node (or manifest files) and
     /// program this node's datapath.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Show what a node would program, from manifests (e.g. `kubectl get svc,endpointslices,nodes
     /// -A -o yaml`). Reads files only; touches nothing.
     Plan {
@@ -465,7 +465,7 @@ fn completion(shell: clap_complete::Shell) -> Result<()> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Agent(args) => run_agent(args),
+        Command::Agent(args) => run_agent(*args),
         Command::Plan {
             node,
             zone,
