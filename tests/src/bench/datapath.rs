@@ -257,7 +257,13 @@ fn kernel_table(count: usize, k: &KernelFigure) -> Table {
             _ => ["0".into(), "-".into(), "0".into()],
         }
     };
+    let mut idle = Vec::new();
     for name in names {
+        let ran = |kt: &KernelTime| kt.programs.get(name).is_some_and(|p| p.runs > 0);
+        if !ran(&k.service) && !ran(&k.non_service) {
+            idle.push(name.as_str());
+            continue;
+        }
         let mut row = vec![name.clone()];
         row.extend(cells(&k.service, name));
         row.extend(cells(&k.non_service, name));
@@ -267,7 +273,7 @@ fn kernel_table(count: usize, k: &KernelFigure) -> Table {
         let mut v = kt.per_repetition_ns.clone();
         v.sort_by(f64::total_cmp);
         format!(
-            "**{:.1}** (rounds {:.0}..{:.0})",
+            "**{:.1}** (IQR over rounds {:.0}..{:.0})",
             kt.ns_per_connection(),
             super::stats::quantile(&v, 0.25),
             super::stats::quantile(&v, 0.75)
@@ -282,6 +288,12 @@ fn kernel_table(count: usize, k: &KernelFigure) -> Table {
         String::new(),
         spread(&k.non_service),
     ]);
+    if !idle.is_empty() {
+        t.note(format!(
+            "Attached but not run by TCP connects: {}.",
+            idle.join(", ")
+        ));
+    }
     t
 }
 
@@ -355,7 +367,8 @@ pub fn run(opts: &DatapathOptions, arms: &[Arm]) -> Result<(DatapathResults, Vec
     for &count in &opts.counts {
         let set = ServiceSet::new(count, opts.endpoints);
         eprintln!(
-            "\n## {count} services x {} endpoints: programming",
+            "\n## {count} service{} x {} endpoints: programming",
+            if count == 1 { "" } else { "s" },
             opts.endpoints
         );
         let mut live = Vec::new();
@@ -435,8 +448,13 @@ pub fn run(opts: &DatapathOptions, arms: &[Arm]) -> Result<(DatapathResults, Vec
             ],
         );
         for (arm, connect, vs_direct, reached) in figures(&live, &slots, &results, Dest::Service) {
+            let to = if arm == Arm::Direct {
+                "a backend (the baseline of both)"
+            } else {
+                "the service"
+            };
             table.row(latency_row(
-                vec![arm.to_string(), Dest::Service.label().into()],
+                vec![arm.to_string(), to.into()],
                 &connect,
                 true,
                 vs_direct.as_ref(),
@@ -454,12 +472,14 @@ pub fn run(opts: &DatapathOptions, arms: &[Arm]) -> Result<(DatapathResults, Vec
             });
         }
         for (arm, latency, vs_direct, _) in figures(&live, &slots, &results, Dest::NonService) {
-            table.row(latency_row(
-                vec![arm.to_string(), "no service (a backend)".into()],
-                &latency,
-                true,
-                vs_direct.as_ref(),
-            ));
+            if arm != Arm::Direct {
+                table.row(latency_row(
+                    vec![arm.to_string(), "no service (a backend)".into()],
+                    &latency,
+                    true,
+                    vs_direct.as_ref(),
+                ));
+            }
             non_service.push(ArmFigure {
                 arm,
                 services: count,
@@ -532,8 +552,11 @@ pub fn run(opts: &DatapathOptions, arms: &[Arm]) -> Result<(DatapathResults, Vec
             let results = measure_rounds(&mut live, &slots, opts.rounds, &mut rng, None)?;
             let mut table = Table::new(
                 &format!(
-                    "Request/response round trip ({} bytes) on an established service connection, {count} services ({} rounds of {} round trips)",
-                    opts.rr_size, opts.rounds, opts.rr_count
+                    "Request/response round trip ({} bytes) on an established service connection, {count} service{} ({} rounds of {} round trips)",
+                    opts.rr_size,
+                    if count == 1 { "" } else { "s" },
+                    opts.rounds,
+                    opts.rr_count
                 ),
                 &["arm", "p50", "p99", "p50 IQR over rounds", RATIO_HEADER],
             );
