@@ -297,40 +297,47 @@ fn kernel_table(count: usize, k: &KernelFigure) -> Table {
     t
 }
 
-/// Per-slot figures of one count, with the ratios to direct's service slot of the same rounds.
-fn figures(
-    live: &[Live],
-    slots: &[Slot],
-    results: &[SlotResult],
-    dest: Dest,
-) -> Vec<(Arm, Aggregate, Option<Ratio>, BTreeMap<String, usize>)> {
+/// One slot's figures at one count.
+struct SlotFigure {
+    arm: Arm,
+    latency: Aggregate,
+    /// p50 / direct's p50 in the same rounds (`None` for direct).
+    vs_direct: Option<Ratio>,
+    reached: BTreeMap<String, usize>,
+}
+
+/// The figures of the slots going to `dest` (direct's service slot, which goes to the
+/// backends, stands for both), each paired with direct's service slot round by round.
+fn figures(live: &[Live], slots: &[Slot], results: &[SlotResult], dest: Dest) -> Vec<SlotFigure> {
+    let arm = |s: &Slot| live[s.live].programmed.arm;
     let direct = slots
         .iter()
         .zip(results)
-        .find(|(s, _)| live[s.live].programmed.arm == Arm::Direct && s.dest == Dest::Service)
+        .find(|(s, _)| arm(s) == Arm::Direct && s.dest == Dest::Service)
         .map(|(_, r)| p50s(&r.summaries));
-    let mut out = Vec::new();
-    for (s, r) in slots.iter().zip(results) {
-        let arm = live[s.live].programmed.arm;
-        let same = s.dest == dest || (arm == Arm::Direct && dest == Dest::NonService);
-        if !same || (arm == Arm::Direct && s.dest != Dest::Service) {
-            continue;
-        }
-        let ratio = if arm == Arm::Direct {
-            None
-        } else {
-            direct
-                .as_deref()
-                .and_then(|d| Ratio::paired(&p50s(&r.summaries), d))
-        };
-        out.push((
-            arm,
-            Aggregate::new(r.summaries.clone()),
-            ratio,
-            r.reached.clone(),
-        ));
-    }
-    out
+    slots
+        .iter()
+        .zip(results)
+        .filter(|(s, _)| {
+            if arm(s) == Arm::Direct {
+                s.dest == Dest::Service
+            } else {
+                s.dest == dest
+            }
+        })
+        .map(|(s, r)| SlotFigure {
+            arm: arm(s),
+            latency: Aggregate::new(r.summaries.clone()),
+            vs_direct: if arm(s) == Arm::Direct {
+                None
+            } else {
+                direct
+                    .as_deref()
+                    .and_then(|d| Ratio::paired(&p50s(&r.summaries), d))
+            },
+            reached: r.reached.clone(),
+        })
+        .collect()
 }
 
 pub fn run(opts: &DatapathOptions, arms: &[Arm]) -> Result<(DatapathResults, Vec<Table>)> {
@@ -447,7 +454,13 @@ pub fn run(opts: &DatapathOptions, arms: &[Arm]) -> Result<(DatapathResults, Vec
                 RATIO_HEADER,
             ],
         );
-        for (arm, connect, vs_direct, reached) in figures(&live, &slots, &results, Dest::Service) {
+        for SlotFigure {
+            arm,
+            latency: connect,
+            vs_direct,
+            reached,
+        } in figures(&live, &slots, &results, Dest::Service)
+        {
             let to = if arm == Arm::Direct {
                 "a backend (the baseline of both)"
             } else {
@@ -471,7 +484,13 @@ pub fn run(opts: &DatapathOptions, arms: &[Arm]) -> Result<(DatapathResults, Vec
                 reached,
             });
         }
-        for (arm, latency, vs_direct, _) in figures(&live, &slots, &results, Dest::NonService) {
+        for SlotFigure {
+            arm,
+            latency,
+            vs_direct,
+            ..
+        } in figures(&live, &slots, &results, Dest::NonService)
+        {
             if arm != Arm::Direct {
                 table.row(latency_row(
                     vec![arm.to_string(), "no service (a backend)".into()],
@@ -560,7 +579,13 @@ pub fn run(opts: &DatapathOptions, arms: &[Arm]) -> Result<(DatapathResults, Vec
                 ),
                 &["arm", "p50", "p99", "p50 IQR over rounds", RATIO_HEADER],
             );
-            for (arm, latency, vs_direct, _) in figures(&live, &slots, &results, Dest::Service) {
+            for SlotFigure {
+                arm,
+                latency,
+                vs_direct,
+                ..
+            } in figures(&live, &slots, &results, Dest::Service)
+            {
                 table.row(latency_row(
                     vec![arm.to_string()],
                     &latency,
