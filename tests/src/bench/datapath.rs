@@ -524,6 +524,16 @@ pub fn run(opts: &DatapathOptions, arms: &[Arm]) -> Result<(DatapathResults, Vec
                 service: take(Dest::Service),
                 non_service: take(Dest::NonService),
             };
+            // A service connect that ran none of lbctl's programs did not go through lbctl (or
+            // statistics are off): the figures would be meaningless.
+            let runs: u64 = figure.service.programs.values().map(|p| p.runs).sum();
+            if figure.service.connections > 0 && runs < figure.service.connections {
+                anyhow::bail!(
+                    "the lbctl arm's {} service connects ran lbctl's programs only {runs} times: \
+                     the connects did not go through lbctl, or BPF statistics are off",
+                    figure.service.connections
+                );
+            }
             let table = kernel_table(count, &figure);
             println!("{table}");
             tables.push(table);
