@@ -146,7 +146,7 @@ struct SlotResult {
     kernel: KernelTime,
 }
 
-/// Runs every slot once per round, in an order shuffled per round. Around every slot whose
+/// Runs every slot once per round, in the order [`round_order`] draws. Around every slot whose
 /// client is the lbctl arm's, snapshots the run time of `programs`.
 fn measure_rounds(
     live: &mut [Live],

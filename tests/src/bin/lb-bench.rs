@@ -9,13 +9,14 @@ use testkit::bench::{self, Options, arms::Arm};
 
 #[derive(Parser)]
 #[command(
-    about = "lbctl vs kube-proxy-shaped iptables/nftables: connect latency, control plane at scale",
+    about = "lbctl vs kube-proxy-shaped iptables/nftables: connect latency (ratios paired per round), \
+             lbctl's BPF time per connection, control plane at scale",
     args_conflicts_with_subcommands = true
 )]
 struct Cli {
     #[command(subcommand)]
     internal: Option<Internal>,
-    /// A smoke run: fewer repetitions, smaller service counts.
+    /// A smoke run: fewer and shorter rounds, smaller service counts.
     #[arg(long)]
     quick: bool,
     /// Interleaved rounds per service count: in each, every arm's connects run once, in an
