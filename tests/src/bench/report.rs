@@ -396,14 +396,22 @@ pub fn targets(d: Option<&DatapathResults>, c: Option<&ControlResults>) -> Vec<T
             }),
         );
     }
+    // Measured at a smaller scale (a quick run): the figure is shown, the target not judged.
     let big = scale(30_000).or_else(|| c.and_then(|c| c.lbctl.last()));
+    let judged = |s: &super::control::LbctlScale, ok: bool| {
+        if s.services >= 30_000 {
+            Status::from_bool(ok)
+        } else {
+            Status::NotMeasured
+        }
+    };
     target(
         &mut out,
         "one endpoint change p99 <= 5 ms at 30,000 services",
         big.map(|s| {
             (
                 format!("{} (at {} services)", fmt_ms(s.change.p99_ms), s.services),
-                Status::from_bool(s.change.p99_ms <= 5.0 && s.services >= 30_000),
+                judged(s, s.change.p99_ms <= 5.0),
             )
         }),
     );
@@ -419,7 +427,7 @@ pub fn targets(d: Option<&DatapathResults>, c: Option<&ControlResults>) -> Vec<T
                     s.endpoints,
                     s.bpf_map_bytes as f64 / 1048576.0
                 ),
-                Status::from_bool(mib <= 64.0 && s.services >= 30_000),
+                judged(s, mib <= 64.0),
             )
         }),
     );
