@@ -468,7 +468,7 @@ pub fn write(dir: &Path, results: &Results, tables: &[Table]) -> Result<()> {
     ));
     if let Some(d) = &results.datapath {
         md.push_str(&format!(
-            "\nDatapath: {} rounds per service count, {} connects (+{} warm-up) per arm and round, order shuffled per round (seed {}), clients {}; ratios are per-round p50 ratios paired within a round: median [bootstrap 95% interval]; a target is met or missed only when the whole interval is on one side of it\n",
+            "\nDatapath: {} rounds per service count, {} connects (+{} warm-up) per arm and round, order shuffled per round with direct and lbctl kept adjacent (seed {}), clients {}; ratios are per-round p50 ratios paired within a round: median [bootstrap 95% interval]; a target is met or missed only when the whole interval is on one side of it. BPF times: the run time of every program attached in the lbctl arm, read before and after each of its rounds (statistics on through BPF_ENABLE_STATS for the run)\n",
             d.options.rounds,
             d.options.connects,
             d.options.warmup,
