@@ -530,3 +530,96 @@ fn without_kernel_support_one_log_line_a_metric_and_everything_else_works() {
     let fresh = Client::connect(&[], &node, "udp", &format!("{vip}:53"));
     assert_eq!(fresh.backend, "b", "balancing works as ever");
 }
+
+/// An IPv6 Service whose backends are `[::1]` on the given ports, one EndpointSlice each (named
+/// by the slice's suffix): an IPv6 backend's sockets are judged by their IPv6 peer address.
+fn cluster_v6(vip: &str, slices: &[(&str, u16)]) -> String {
+    let slice = |name: &str, port: u16| {
+        format!(
+            r#"---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: svc6-{name}
+  namespace: default
+  labels: {{kubernetes.io/service-name: svc6}}
+addressType: IPv6
+ports: [{{name: dns, port: {port}, protocol: UDP}}]
+endpoints:
+  - addresses: ["::1"]
+    nodeName: {NODE}
+    conditions: {{ready: true, serving: true, terminating: false}}
+"#
+        )
+    };
+    format!(
+        r#"{node}---
+apiVersion: v1
+kind: Service
+metadata: {{name: svc6, namespace: default}}
+spec:
+  clusterIP: "{vip}"
+  clusterIPs: ["{vip}"]
+  ipFamilies: [IPv6]
+  ports:
+  - {{name: dns, port: 53, protocol: UDP, targetPort: dns}}
+{slices}"#,
+        node = node_yaml(NODE, "192.0.2.1"),
+        slices = slices
+            .iter()
+            .map(|(name, port)| slice(name, *port))
+            .collect::<String>(),
+    )
+}
+
+#[test]
+fn ipv6_sockets_of_a_removed_backend_are_terminated() {
+    let node = Node::new("term-v6").unwrap();
+    let (port_a, port_b) = (free_port().unwrap(), free_port().unwrap());
+    let (a, b) = (format!("[::1]:{port_a}"), format!("[::1]:{port_b}"));
+    let mut servers = Probe::spawn(None, &["serve", "udp", "a", &a, "b", &b]).unwrap();
+    assert_eq!(servers.read_lines(1).unwrap(), ["listening"]);
+    let vip = "fd00::13:6";
+    node.write_manifest(&cluster_v6(vip, &[("a", port_a), ("b", port_b)]))
+        .unwrap();
+    let agent = agent(&node, &[]);
+    let frontend = lbctl::datapath::FrontendKey::new(
+        format!("[{vip}]:53").parse().unwrap(),
+        lbctl::plan::Protocol::Udp,
+    );
+    let backends = |node: &Node| match lbctl::inspect::lookup(node.pins.path(), frontend) {
+        Ok(lbctl::inspect::Lookup::Rewritten { frontend }) => frontend.backends.len(),
+        _ => 0,
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || backends(&node) == 2),
+        "{}",
+        agent.log()
+    );
+    let service = format!("[{vip}]:53");
+    let mut clients = spread(&[], &node, "udp", &service, 1);
+    let mut direct = Client::connect(&[], &node, "udp", &a);
+
+    // Backend a's slice goes away.
+    node.write_manifest(&cluster_v6(vip, &[("b", port_b)]))
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || backends(&node) == 1),
+        "{}",
+        agent.log()
+    );
+    let removed = Instant::now();
+    for c in clients.iter_mut() {
+        if c.backend == "a" {
+            let failure = fails_within_a_second(c, removed, &agent);
+            assert_eq!(failure, format!("err send {EDESTADDRREQ}"));
+        } else {
+            assert_answers(c, "b", "an IPv6 socket of the remaining backend");
+        }
+    }
+    assert_answers(
+        &mut direct,
+        "a",
+        "an IPv6 socket connected directly to the removed backend",
+    );
+}
