@@ -139,8 +139,25 @@ fn spread(prefix: &[&str], node: &Node, proto: &str, target: &str, each: usize) 
     panic!("64 connects through {target} did not spread over both backends");
 }
 
-fn agent(node: &Node, extra: &[&str]) -> AgentProcess {
-    node.agent(extra).unwrap()
+/// Writes the cluster with both backends and starts an agent (`extra` flags, `env`) that has
+/// programmed them.
+fn agent_serving_both(
+    node: &Node,
+    vip: &str,
+    port: u16,
+    extra: &[&str],
+    env: &[(&str, &std::ffi::OsStr)],
+) -> AgentProcess {
+    node.write_manifest(&cluster(vip, port, &[A, B])).unwrap();
+    let agent = node.agent_with_env(extra, env).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || node
+            .programmed(vip)
+            .is_some_and(|b| b.len() == 2)),
+        "{}",
+        agent.log()
+    );
+    agent
 }
 
 /// Removes backend `a` and waits until the maps show it gone: the moment from which the
@@ -194,17 +211,15 @@ fn connected_udp_sockets_of_a_removed_backend_fail_and_nothing_else_does() {
     let port = free_port().unwrap();
     let vip = "10.96.13.1";
     let _servers = Servers::start(&[], port);
-    node.write_manifest(&cluster(vip, port, &[A, B])).unwrap();
     let metrics: SocketAddr = format!("127.0.0.1:{}", free_port().unwrap())
         .parse()
         .unwrap();
-    let agent = agent(&node, &["--metrics-addr", &metrics.to_string()]);
-    assert!(
-        wait_until(Duration::from_secs(10), || node
-            .programmed(vip)
-            .is_some_and(|b| b.len() == 2)),
-        "{}",
-        agent.log()
+    let agent = agent_serving_both(
+        &node,
+        vip,
+        port,
+        &["--metrics-addr", &metrics.to_string()],
+        &[],
     );
     let service = format!("{vip}:53");
     let mapped = format!("[::ffff:{vip}]:53");
@@ -300,17 +315,13 @@ fn tcp_connections_are_terminated_only_under_the_flag() {
     let port = free_port().unwrap();
     let vip = "10.96.13.2";
     let _servers = Servers::start(&[], port);
-    node.write_manifest(&cluster(vip, port, &[A, B])).unwrap();
     let service_tcp = format!("{vip}:80");
     let service_udp = format!("{vip}:53");
 
     // Default (UDP only): the TCP connections to the removed backend drain; the sweep did run,
     // as the UDP socket to it shows.
     {
-        let mut agent = agent(&node, &[]);
-        assert!(wait_until(Duration::from_secs(10), || node
-            .programmed(vip)
-            .is_some_and(|b| b.len() == 2)));
+        let mut agent = agent_serving_both(&node, vip, port, &[], &[]);
         let mut tcp = spread(&[], &node, "tcp", &service_tcp, 1);
         let mut udp = spread(&[], &node, "udp", &service_udp, 1);
         let removed = remove_a(&node, vip, port, &agent);
@@ -330,15 +341,7 @@ fn tcp_connections_are_terminated_only_under_the_flag() {
     }
 
     // --terminate-sockets udp-tcp: established connections to the removed backend abort.
-    node.write_manifest(&cluster(vip, port, &[A, B])).unwrap();
-    let agent = agent(&node, &["--terminate-sockets", "udp-tcp"]);
-    assert!(
-        wait_until(Duration::from_secs(10), || node
-            .programmed(vip)
-            .is_some_and(|b| b.len() == 2)),
-        "{}",
-        agent.log()
-    );
+    let agent = agent_serving_both(&node, vip, port, &["--terminate-sockets", "udp-tcp"], &[]);
     let mut tcp = spread(&[], &node, "tcp", &service_tcp, 2);
     let mut tcp6 = spread(&[], &node, "tcp", &format!("[::ffff:{vip}]:80"), 1);
     let mut direct = Client::connect(&[], &node, "tcp", &format!("{A}:{port}"));
@@ -386,14 +389,12 @@ fn sockets_in_a_pod_network_namespace_are_terminated_when_the_agent_covers_it() 
     let vip = "10.96.13.3";
     // The backends live in the pod's namespace (its loopback), as do the clients.
     let _servers = Servers::start(&prefix, port);
-    node.write_manifest(&cluster(vip, port, &[A, B])).unwrap();
-    let agent = agent(&node, &["--terminate-in-netns-dir", "/run/netns"]);
-    assert!(
-        wait_until(Duration::from_secs(10), || node
-            .programmed(vip)
-            .is_some_and(|b| b.len() == 2)),
-        "{}",
-        agent.log()
+    let agent = agent_serving_both(
+        &node,
+        vip,
+        port,
+        &["--terminate-in-netns-dir", "/run/netns"],
+        &[],
     );
     let service = format!("{vip}:53");
     let mut clients = spread(&prefix, &node, "udp", &service, 2);
@@ -430,15 +431,7 @@ fn a_resolver_with_a_long_lived_socket_moves_to_a_live_dns_server() {
     let _a = Dnsmasq::start_on(a_ip, port, &[("svc.test", "192.0.2.10".parse().unwrap())]).unwrap();
     let _b = Dnsmasq::start_on(b_ip, port, &[("svc.test", "192.0.2.11".parse().unwrap())]).unwrap();
     let vip = "10.96.13.4";
-    node.write_manifest(&cluster(vip, port, &[A, B])).unwrap();
-    let agent = agent(&node, &[]);
-    assert!(
-        wait_until(Duration::from_secs(10), || node
-            .programmed(vip)
-            .is_some_and(|b| b.len() == 2)),
-        "{}",
-        agent.log()
-    );
+    let agent = agent_serving_both(&node, vip, port, &[], &[]);
     let service = format!("{vip}:53");
     // A resolver whose socket went to `a`.
     let mut resolver = (0..64)
@@ -487,25 +480,18 @@ fn without_kernel_support_one_log_line_a_metric_and_everything_else_works() {
     let port = free_port().unwrap();
     let vip = "10.96.13.5";
     let _servers = Servers::start(&[], port);
-    node.write_manifest(&cluster(vip, port, &[A, B])).unwrap();
     let metrics: SocketAddr = format!("127.0.0.1:{}", free_port().unwrap())
         .parse()
         .unwrap();
-    let agent = node
-        .agent_with_env(
-            &["--metrics-addr", &metrics.to_string()],
-            &[(
-                lbctl::datapath::kfunc::HIDE_KFUNCS_ENV,
-                std::ffi::OsStr::new("1"),
-            )],
-        )
-        .unwrap();
-    assert!(
-        wait_until(Duration::from_secs(10), || node
-            .programmed(vip)
-            .is_some_and(|b| b.len() == 2)),
-        "{}",
-        agent.log()
+    let agent = agent_serving_both(
+        &node,
+        vip,
+        port,
+        &["--metrics-addr", &metrics.to_string()],
+        &[(
+            lbctl::datapath::kfunc::HIDE_KFUNCS_ENV,
+            std::ffi::OsStr::new("1"),
+        )],
     );
     let mut clients = spread(&[], &node, "udp", &format!("{vip}:53"), 1);
     let removed = remove_a(&node, vip, port, &agent);
@@ -582,7 +568,7 @@ fn ipv6_sockets_of_a_removed_backend_are_terminated() {
     let vip = "fd00::13:6";
     node.write_manifest(&cluster_v6(vip, &[("a", port_a), ("b", port_b)]))
         .unwrap();
-    let agent = agent(&node, &[]);
+    let agent = node.agent(&[]).unwrap();
     let frontend = lbctl::datapath::FrontendKey::new(
         format!("[{vip}]:53").parse().unwrap(),
         lbctl::plan::Protocol::Udp,
