@@ -18,6 +18,7 @@
 //! The loop beats [`metrics::Liveness`] once per turn (`/healthz` fails when it stops), and
 //! [`observe`] turns each sync into logs that say what changed, once.
 pub mod observe;
+pub mod terminate;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -81,6 +82,8 @@ pub struct AgentConfig {
     pub stall_file: Option<PathBuf>,
     /// Kernel object to load instead of the embedded one (`--object`, for upgrade tests).
     pub object: Option<PathBuf>,
+    /// Which connected sockets of removed backends are terminated, and in which namespaces.
+    pub termination: crate::datapath::TerminationConfig,
 }
 
 /// The environment variable `lbctl agent` takes [`AgentConfig::stall_file`] from (tests only).
@@ -211,6 +214,8 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         server: start_monitor(&config),
         names: NamesWriter::default(),
     };
+    let mut termination = terminate::Termination::new(config.termination.clone());
+    termination.refresh(&config.datapath, &datapath, &metrics);
 
     let (source, mut changes) = start_source(&config.source, &config.node.name).await?;
     wire_counters(&metrics, &config.datapath, &source);
@@ -274,7 +279,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
             continue;
         }
         waiting_logged = None;
-        let _applied = reconcile(
+        let applied = reconcile(
             &config,
             &source,
             &mut datapath,
@@ -284,6 +289,10 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
             &mut monitoring,
             std::mem::take(&mut full_due),
         );
+        termination.refresh(&config.datapath, &datapath, &metrics);
+        if let Some(report) = &applied {
+            termination.after_apply(report, &metrics);
+        }
     }
     drop(monitoring);
     tracing::info!("shutting down; the datapath stays programmed");

@@ -86,16 +86,20 @@ pub enum ErrorKind {
     Repair,
     /// The kernel's per-frontend counters could not be read (for a scrape or after an apply).
     ReadCounters,
+    /// A socket termination sweep failed in a network namespace, or the kernel refused to
+    /// destroy a socket; the next removal sweeps again.
+    Termination,
 }
 
 impl ErrorKind {
     /// Every kind, in the order the docs list them.
-    pub const ALL: [ErrorKind; 5] = [
+    pub const ALL: [ErrorKind; 6] = [
         ErrorKind::Apply,
         ErrorKind::Capacity,
         ErrorKind::PinsRemoved,
         ErrorKind::Repair,
         ErrorKind::ReadCounters,
+        ErrorKind::Termination,
     ];
 
     /// The value of the `kind` label.
@@ -106,6 +110,7 @@ impl ErrorKind {
             ErrorKind::PinsRemoved => "pins_removed",
             ErrorKind::Repair => "repair",
             ErrorKind::ReadCounters => "read_counters",
+            ErrorKind::Termination => "termination",
         }
     }
 }
@@ -501,6 +506,8 @@ pub struct Metrics {
     errors: Family<Labels, Counter>,
     /// 1, labelled with the attach point and the kernel object (datapath/state.rs).
     datapath_info: Family<Labels, Gauge>,
+    terminated: Family<Labels, Counter>,
+    termination_available: Gauge,
     readiness: Arc<Readiness>,
     liveness: Arc<Liveness>,
     providers: Arc<Providers>,
@@ -614,6 +621,23 @@ impl Metrics {
             "1, labelled with the cgroup the programs are attached to (path, cgroup id) and the kernel object's SHA-256",
             datapath_info.clone(),
         );
+        let terminated = Family::<Labels, Counter>::default();
+        for protocol in ["udp", "tcp"] {
+            let _ = terminated.get_or_create(&labels(&[("protocol", protocol)]));
+        }
+        registry.register(
+            "lbctl_sockets_terminated",
+            "Connected sockets terminated because the backend lbctl had sent them to left the \
+             frontend's set, by protocol",
+            terminated.clone(),
+        );
+        let termination_available = Gauge::default();
+        registry.register(
+            "lbctl_socket_termination_available",
+            "1 when this agent terminates sockets of removed backends (enabled, and the kernel \
+             has BPF socket iterators and bpf_sock_destroy); 0 otherwise",
+            termination_available.clone(),
+        );
         registry.register_collector(Box::new(ScrapeTimeCollector {
             readiness: readiness.clone(),
             providers: providers.clone(),
@@ -633,6 +657,8 @@ impl Metrics {
             skipped,
             errors,
             datapath_info,
+            terminated,
+            termination_available,
             readiness,
             liveness,
             providers,
@@ -704,6 +730,20 @@ impl Metrics {
     /// Sets the number of skipped entries of the last plan.
     pub fn set_skipped(&self, skipped: usize) {
         self.skipped.set(i64::try_from(skipped).unwrap_or(i64::MAX));
+    }
+
+    /// Counts sockets terminated by one sweep.
+    pub fn add_terminated(&self, udp: u64, tcp: u64) {
+        for (protocol, n) in [("udp", udp), ("tcp", tcp)] {
+            self.terminated
+                .get_or_create(&labels(&[("protocol", protocol)]))
+                .inc_by(n);
+        }
+    }
+
+    /// Whether socket termination works on this agent.
+    pub fn set_termination_available(&self, available: bool) {
+        self.termination_available.set(i64::from(available));
     }
 
     /// Counts one error.

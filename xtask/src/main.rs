@@ -38,7 +38,7 @@ enum Task {
     /// Benchmarks (needs root; a report, not a test): lbctl vs kube-proxy-shaped iptables and
     /// nftables datapaths, and the control plane at scale. Writes bench-results/.
     Bench {
-        /// Arguments for lb-bench (after `--`), e.g. `-- --quick` or `-- --reps 3`.
+        /// Arguments for lb-bench (after `--`), e.g. `-- --quick` or `-- --rounds 20 --counts 1,10000`.
         #[arg(last = true)]
         args: Vec<String>,
     },

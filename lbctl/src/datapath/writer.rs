@@ -75,6 +75,9 @@ pub struct ApplyReport {
     pub map_operations: usize,
     /// Batches issued (each one `bpf()` call on the kernel maps).
     pub map_calls: usize,
+    /// Backend memberships removed (a backend left a frontend's set, or the frontend went):
+    /// sockets connected to those backends through those frontends are to be terminated.
+    pub memberships_deleted: usize,
     pub errors: Vec<FrontendError>,
 }
 
@@ -668,6 +671,7 @@ impl<M: LbMaps> Writer<M> {
         for (i, &(fid, bid)) in member_deletes.iter().enumerate() {
             if applied[i] {
                 report.map_operations += 1;
+                report.memberships_deleted += 1;
                 self.members.remove(&(fid, bid));
             } else {
                 // Kept in the mirror; the next apply retries.
