@@ -30,6 +30,11 @@ impl Ids {
         }
     }
 
+    /// Whether `id` is in use (taken or allocated, not released).
+    pub(crate) fn is_taken(&self, id: u32) -> bool {
+        id != 0 && id < self.next && !self.free.contains(&id)
+    }
+
     pub(crate) fn allocate(&mut self) -> Option<u32> {
         if let Some(id) = self.free.pop_first() {
             return Some(id);

@@ -120,6 +120,11 @@ pub struct Writer<M: LbMaps = Maps> {
     /// Memberships whose deletion failed: retried by every apply; their backends stay until
     /// they are gone.
     undeleted_members: BTreeSet<(u32, u32)>,
+    /// Frontend ids no frontend has that may still have memberships (a deleted frontend's, or
+    /// stray ones found when adopting): kept out of the allocator until their memberships are
+    /// gone. A new frontend given such an id would inherit them, and their retried deletion
+    /// would then remove its own.
+    reserved_ids: BTreeSet<u32>,
 }
 
 /// One changed frontend on its way through the steps.
@@ -209,6 +214,7 @@ impl<M: LbMaps> Writer<M> {
             unsettled: BTreeSet::new(),
             check_stray_members: true,
             undeleted_members: BTreeSet::new(),
+            reserved_ids: BTreeSet::new(),
             limits,
             maps,
         };
@@ -234,6 +240,16 @@ impl<M: LbMaps> Writer<M> {
                     spec: None,
                 },
             );
+        }
+        let stray_ids: BTreeSet<u32> = writer
+            .members
+            .iter()
+            .map(|&(fid, _)| fid)
+            .filter(|fid| !writer.frontend_alloc.is_taken(*fid))
+            .collect();
+        for fid in stray_ids {
+            writer.frontend_alloc.take(fid);
+            writer.reserved_ids.insert(fid);
         }
         let unused: Vec<u32> = writer
             .backend_values
@@ -609,7 +625,8 @@ impl<M: LbMaps> Writer<M> {
             );
             let frontend_id = programmed.master.frontend_id;
             member_deletes.extend(self.members_of(frontend_id).map(|id| (frontend_id, id)));
-            self.frontend_alloc.release(frontend_id);
+            // Released once its memberships are gone (after step 6).
+            self.reserved_ids.insert(frontend_id);
             self.unsettled.remove(&frontend_id);
         }
 
@@ -657,7 +674,17 @@ impl<M: LbMaps> Writer<M> {
                     .copied(),
             );
         }
-        member_deletes.extend(std::mem::take(&mut self.undeleted_members));
+        // A failed deletion is retried unless the backend is in its frontend's set again
+        // (this apply counted it as held, so it wrote no membership for it).
+        let undeleted = std::mem::take(&mut self.undeleted_members);
+        if !undeleted.is_empty() {
+            let wanted: BTreeSet<(u32, u32)> = self
+                .services
+                .values()
+                .flat_map(|p| p.slots.iter().map(move |&b| (p.master.frontend_id, b)))
+                .collect();
+            member_deletes.extend(undeleted.into_iter().filter(|m| !wanted.contains(m)));
+        }
         let member_deletes: Vec<(u32, u32)> = member_deletes.into_iter().collect();
         let owners: Vec<usize> = (0..member_deletes.len()).collect();
         let maps = &mut self.maps;
@@ -684,6 +711,18 @@ impl<M: LbMaps> Writer<M> {
                 // Its frontend (if it still has one) is checked in full next time.
                 self.unsettled.insert(fid);
             }
+        }
+
+        // Frontend ids whose memberships are all gone may serve new frontends again.
+        let free: Vec<u32> = self
+            .reserved_ids
+            .iter()
+            .copied()
+            .filter(|&fid| self.members_of(fid).next().is_none())
+            .collect();
+        for fid in free {
+            self.reserved_ids.remove(&fid);
+            self.frontend_alloc.release(fid);
         }
 
         // 7. Backends no slot refers to any more.
