@@ -143,6 +143,8 @@ fn main() -> Result<()> {
         Task::Bench { args } => {
             setup::run()?;
             let bench = build_release(&["lb-bench"])?;
+            // The control-plane part runs the release `lbctl agent` next to lb-bench.
+            run(cargo().args(["build", "--release", "-p", "lbctl", "--bin", "lbctl"]))?;
             // From the workspace root, so bench-results/ lands there.
             run(Command::new(bench).args(args).current_dir(workspace_root()))
         }

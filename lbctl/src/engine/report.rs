@@ -79,6 +79,11 @@ pub(crate) fn pick_canonical<T: Serialize>(
     copies: Vec<&T>,
     on_conflict: impl FnOnce(),
 ) -> Option<&T> {
+    // The usual case, one copy: nothing to compare (serializing every object is most of the
+    // cost of planning a large cluster).
+    if let [only] = copies.as_slice() {
+        return Some(*only);
+    }
     let mut keyed: Vec<(String, &T)> = copies
         .into_iter()
         .map(|obj| (serde_json::to_string(obj).unwrap_or_default(), obj))
