@@ -78,10 +78,11 @@ enum Source {
 }
 
 impl Source {
-    fn snapshot(&self) -> Inventory {
+    /// The objects now; the file source shares them (no copy).
+    fn snapshot(&self) -> Arc<Inventory> {
         match self {
             Source::Files(s) => s.snapshot(),
-            Source::Kube(s) => s.snapshot(),
+            Source::Kube(s) => Arc::new(s.snapshot()),
         }
     }
 }

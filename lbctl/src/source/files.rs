@@ -30,17 +30,18 @@ pub enum FileSourceError {
 
 /// Manifest files, watched.
 pub struct FileSource {
-    inventory: Arc<Mutex<Inventory>>,
+    /// Shared with each snapshot: a snapshot costs no copy of the objects.
+    inventory: Arc<Mutex<Arc<Inventory>>>,
     state: watch::Receiver<SourceState>,
     _watcher: notify::RecommendedWatcher,
     task: JoinHandle<()>,
 }
 
-fn load(paths: &[PathBuf], inventory: &Mutex<Inventory>, tx: &watch::Sender<SourceState>) {
+fn load(paths: &[PathBuf], inventory: &Mutex<Arc<Inventory>>, tx: &watch::Sender<SourceState>) {
     let result = manifests::load_paths(paths);
     tx.send_modify(|state| match result {
         Ok(objects) => {
-            *inventory.lock().unwrap_or_else(PoisonError::into_inner) = objects;
+            *inventory.lock().unwrap_or_else(PoisonError::into_inner) = Arc::new(objects);
             state.generation += 1;
             state.synced = true;
             state.connected = true;
@@ -62,7 +63,7 @@ impl FileSource {
     pub fn start(
         paths: Vec<PathBuf>,
     ) -> Result<(Self, watch::Receiver<SourceState>), FileSourceError> {
-        let inventory = Arc::new(Mutex::new(Inventory::default()));
+        let inventory = Arc::new(Mutex::new(Arc::new(Inventory::default())));
         let (tx, rx) = watch::channel(SourceState::default());
         load(&paths, &inventory, &tx);
 
@@ -119,7 +120,7 @@ impl FileSource {
     }
 
     /// The objects of the last successful read.
-    pub fn snapshot(&self) -> Inventory {
+    pub fn snapshot(&self) -> Arc<Inventory> {
         self.inventory
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
