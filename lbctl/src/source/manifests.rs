@@ -947,7 +947,9 @@ mod one_pass {
         fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
             let parts = PartsSeed(Context::TopLevel).deserialize(deserializer)?;
             let mut out = Vec::new();
-            parts.resolve(Context::TopLevel, &mut out).map_err(D::Error::custom)?;
+            parts
+                .resolve(Context::TopLevel, &mut out)
+                .map_err(D::Error::custom)?;
             Ok(Doc(out))
         }
     }
@@ -975,7 +977,9 @@ mod one_pass {
     fn classify(context: Context, api_version: Option<&str>, kind: Option<&str>) -> Class {
         match context {
             Context::TypedItem(kind) => Class::Object(kind),
-            Context::ListItem => KnownKind::of(api_version, kind).map_or(Class::Ignored, Class::Object),
+            Context::ListItem => {
+                KnownKind::of(api_version, kind).map_or(Class::Ignored, Class::Object)
+            }
             Context::TopLevel => match KnownKind::of(api_version, kind) {
                 Some(kind) => Class::Object(kind),
                 None => KnownKind::of_list(api_version, kind).map_or(Class::Ignored, Class::List),
@@ -1150,9 +1154,10 @@ mod one_pass {
                             parts.assumed.push(class);
                         }
                         match (class, key.as_str()) {
-                            (None | Some(Class::Object(KnownKind::EndpointSlice)), "addressType") => {
-                                parts.address_type = map.next_value()?
-                            }
+                            (
+                                None | Some(Class::Object(KnownKind::EndpointSlice)),
+                                "addressType",
+                            ) => parts.address_type = map.next_value()?,
                             (None | Some(Class::Object(KnownKind::EndpointSlice)), "endpoints") => {
                                 parts.endpoints = map.next_value()?
                             }
@@ -1169,7 +1174,10 @@ mod one_pass {
                             parts.assumed.push(class);
                         }
                         match class {
-                            None => parts.items = Some(map.next_value_seed(ItemsSeed(Context::ListItem))?),
+                            None => {
+                                parts.items =
+                                    Some(map.next_value_seed(ItemsSeed(Context::ListItem))?)
+                            }
                             Some(Class::List(kind)) => {
                                 let context = kind.map_or(Context::ListItem, Context::TypedItem);
                                 parts.items = Some(map.next_value_seed(ItemsSeed(context))?);
@@ -1194,7 +1202,10 @@ mod one_pass {
     impl<'de> DeserializeSeed<'de> for ItemsSeed {
         type Value = Vec<Parts>;
 
-        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Vec<Parts>, D::Error> {
+        fn deserialize<D: Deserializer<'de>>(
+            self,
+            deserializer: D,
+        ) -> Result<Vec<Parts>, D::Error> {
             deserializer.deserialize_any(self)
         }
     }
@@ -1314,7 +1325,9 @@ mod tests {
             list("ServiceList", &[&a, &svc("b")], false),
             list("ServiceList", &[&a, &svc("b")], true),
             // Other kinds and lists nested in lists are ignored, as the careful read does.
-            format!("apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: d}}\nspec: {{replicas: 1}}\n---\n{a}"),
+            format!(
+                "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: d}}\nspec: {{replicas: 1}}\n---\n{a}"
+            ),
             list("List", &[&list("List", &[&a], false), slice], true),
             // A Service's stray slice fields are ignored.
             format!("endpoints: []\n{a}"),
@@ -1326,12 +1339,16 @@ mod tests {
             assert_eq!(one.services, careful.services, "{text}");
             assert_eq!(one.endpoint_slices, careful.endpoint_slices, "{text}");
             assert_eq!(one.nodes, careful.nodes, "{text}");
-            assert!(careful.services.len() + careful.endpoint_slices.len() > 0, "{text}");
+            assert!(
+                careful.services.len() + careful.endpoint_slices.len() > 0,
+                "{text}"
+            );
         }
         let no_kind = "apiVersion: v1\nmetadata: {name: x}\nspec: {clusterIP: 10.96.0.2}\n";
         let unsure = [
             // spec before kind.
-            "apiVersion: v1\nspec: {clusterIP: 10.96.0.1}\nkind: Service\nmetadata: {name: a}\n".to_owned(),
+            "apiVersion: v1\nspec: {clusterIP: 10.96.0.1}\nkind: Service\nmetadata: {name: a}\n"
+                .to_owned(),
             // A typed list whose items do not say their kind, read before the list's kind.
             list("ServiceList", &[no_kind], true),
             // A typed list's item of another kind.
