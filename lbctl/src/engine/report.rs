@@ -41,9 +41,14 @@ impl Report {
 }
 
 pub(crate) fn namespace_of(meta: &ObjectMeta) -> String {
+    namespace_str(meta).to_owned()
+}
+
+/// [`namespace_of`], borrowed.
+pub(crate) fn namespace_str(meta: &ObjectMeta) -> &str {
     match meta.namespace.as_deref() {
-        Some(ns) if !ns.is_empty() => ns.to_owned(),
-        _ => DEFAULT_NAMESPACE.to_owned(),
+        Some(ns) if !ns.is_empty() => ns,
+        _ => DEFAULT_NAMESPACE,
     }
 }
 
