@@ -116,7 +116,7 @@ fn validate<'a>(
         .flatten()
         .map(|port| slice_port(port, &mut object, report))
         .collect();
-    let mut endpoints = Vec::new();
+    let mut endpoints = Vec::with_capacity(slice.endpoints.len());
     for endpoint in &slice.endpoints {
         // Addresses are fungible; like kube-proxy, only the first one is used.
         let Some(address) = endpoint.addresses.first() else {
