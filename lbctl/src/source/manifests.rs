@@ -924,29 +924,21 @@ mod one_pass {
     ) -> Result<Inventory, serde_saphyr::Error> {
         let docs: Vec<Doc> = serde_saphyr::from_multiple_with_options(text, options)?;
         let mut inventory = Inventory::default();
-        for object in docs.into_iter().flat_map(|doc| doc.0) {
-            match object {
-                Object::Service(o) => inventory.services.push(o),
-                Object::EndpointSlice(o) => inventory.endpoint_slices.push(o),
-                Object::Node(o) => inventory.nodes.push(o),
-            }
+        for Doc(objects) in docs {
+            inventory.services.extend(objects.services);
+            inventory.endpoint_slices.extend(objects.endpoint_slices);
+            inventory.nodes.extend(objects.nodes);
         }
         Ok(inventory)
     }
 
-    enum Object {
-        Service(Service),
-        EndpointSlice(EndpointSlice),
-        Node(Node),
-    }
-
     /// The objects of one document, in order.
-    struct Doc(Vec<Object>);
+    struct Doc(Inventory);
 
     impl<'de> Deserialize<'de> for Doc {
         fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
             let parts = PartsSeed(Context::TopLevel).deserialize(deserializer)?;
-            let mut out = Vec::new();
+            let mut out = Inventory::default();
             parts
                 .resolve(Context::TopLevel, &mut out)
                 .map_err(D::Error::custom)?;
@@ -1022,7 +1014,7 @@ mod one_pass {
 
         /// The objects this stands for, into `out`; an error when the one-pass read cannot
         /// be sure of them.
-        fn resolve(self, context: Context, out: &mut Vec<Object>) -> Result<(), &'static str> {
+        fn resolve(self, context: Context, out: &mut Inventory) -> Result<(), &'static str> {
             let class = match context {
                 Context::TypedItem(kind) => {
                     // The typed read checks the item's own kind fields against the list's.
@@ -1042,23 +1034,23 @@ mod one_pass {
             }
             match class {
                 Class::Ignored => {}
-                Class::Object(KnownKind::Service) => out.push(Object::Service(Service {
+                Class::Object(KnownKind::Service) => out.services.push(Service {
                     metadata: self.metadata.unwrap_or_default(),
                     spec: self.service_spec,
                     status: self.service_status,
-                })),
-                Class::Object(KnownKind::Node) => out.push(Object::Node(Node {
+                }),
+                Class::Object(KnownKind::Node) => out.nodes.push(Node {
                     metadata: self.metadata.unwrap_or_default(),
                     spec: self.node_spec,
                     status: self.node_status,
-                })),
+                }),
                 Class::Object(KnownKind::EndpointSlice) => {
-                    out.push(Object::EndpointSlice(EndpointSlice {
+                    out.endpoint_slices.push(EndpointSlice {
                         address_type: self.address_type.unwrap_or_default(),
                         endpoints: self.endpoints.unwrap_or_default(),
                         metadata: self.metadata.unwrap_or_default(),
                         ports: self.ports,
-                    }))
+                    })
                 }
                 Class::List(item_kind) => {
                     let item_context = item_kind.map_or(Context::ListItem, Context::TypedItem);
