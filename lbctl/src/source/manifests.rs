@@ -7,7 +7,9 @@
 //! kinds (Pod, Deployment, a Knative `Service`...) and documents that are not objects are
 //! ignored. Loading is stateless: call [`load_paths`] again whenever a file changes.
 //!
-//! Each file is read twice: once for its syntax and which kind and name each object has
+//! A YAML file is first read once straight into the objects (`one_pass`), which succeeds for
+//! well-formed manifests such as `kubectl get -o yaml` prints. Otherwise (and for JSON) each
+//! file is read twice: once for its syntax and which kind and name each object has
 //! (everything else skipped), then once more straight into the typed objects, so that an object
 //! that does not deserialize is reported with the line and column of the offending field. YAML
 //! is read by serde-saphyr within limits scaled to the text (see [`MAX_YAML_DEPTH`]): alias
