@@ -981,16 +981,17 @@ mod one_pass {
         }
     }
 
-    /// One object's fields, read in one pass.
+    /// One object's fields, read in one pass. The objects' parts are boxed: a list's items
+    /// are all held until the list's kind is known, and unboxed they take kilobytes each.
     #[derive(Default)]
     struct Parts {
         api_version: Option<String>,
         kind: Option<String>,
-        metadata: Option<ObjectMeta>,
-        service_spec: Option<ServiceSpec>,
-        service_status: Option<ServiceStatus>,
-        node_spec: Option<NodeSpec>,
-        node_status: Option<NodeStatus>,
+        metadata: Option<Box<ObjectMeta>>,
+        service_spec: Option<Box<ServiceSpec>>,
+        service_status: Option<Box<ServiceStatus>>,
+        node_spec: Option<Box<NodeSpec>>,
+        node_status: Option<Box<NodeStatus>>,
         address_type: Option<String>,
         endpoints: Option<Vec<Endpoint>>,
         ports: Option<Vec<EndpointPort>>,
@@ -1037,20 +1038,20 @@ mod one_pass {
             match class {
                 Class::Ignored => {}
                 Class::Object(KnownKind::Service) => out.services.push(Service {
-                    metadata: self.metadata.unwrap_or_default(),
-                    spec: self.service_spec,
-                    status: self.service_status,
+                    metadata: self.metadata.map(|m| *m).unwrap_or_default(),
+                    spec: self.service_spec.map(|s| *s),
+                    status: self.service_status.map(|s| *s),
                 }),
                 Class::Object(KnownKind::Node) => out.nodes.push(Node {
-                    metadata: self.metadata.unwrap_or_default(),
-                    spec: self.node_spec,
-                    status: self.node_status,
+                    metadata: self.metadata.map(|m| *m).unwrap_or_default(),
+                    spec: self.node_spec.map(|s| *s),
+                    status: self.node_status.map(|s| *s),
                 }),
                 Class::Object(KnownKind::EndpointSlice) => {
                     out.endpoint_slices.push(EndpointSlice {
                         address_type: self.address_type.unwrap_or_default(),
                         endpoints: self.endpoints.unwrap_or_default(),
-                        metadata: self.metadata.unwrap_or_default(),
+                        metadata: self.metadata.map(|m| *m).unwrap_or_default(),
                         ports: self.ports,
                     })
                 }
