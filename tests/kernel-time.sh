@@ -8,8 +8,10 @@
 #   tests/kernel-time.sh [N] [TARGET_DIR]     (root; TARGET_DIR holds lbctl and lb-probe,
 #                                              default target/debug)
 #
-# Everything it creates (cgroup, pin directory, agent, server, temp dir) is removed on exit, and
-# kernel.bpf_stats_enabled is restored.
+# Everything it creates (cgroup, pin directory, agent, server, temp dir) is removed on exit, also
+# on Ctrl-C, SIGTERM and SIGHUP, and kernel.bpf_stats_enabled is restored. The programs are found
+# from the pinned links, whatever lbctl attaches. `cargo xtask bench` reports the same figure
+# beside its latency ratios.
 set -euo pipefail
 
 N=${1:-20000}
@@ -44,6 +46,10 @@ cleanup() {
     sysctl -qw kernel.bpf_stats_enabled="$OLD_STATS"
 }
 trap cleanup EXIT
+# On a signal, exit through the EXIT trap (bash skips it when killed by an untrapped SIGTERM).
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
 mkdir "$CG"
 
 # The backend: a TCP server in the test cgroup (so its accepted sockets are the cgroup's too)

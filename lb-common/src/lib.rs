@@ -22,7 +22,9 @@
 /// Bumped whenever a map key, value or creation flag changes; stored in the pinned `lb_meta` map.
 /// An agent migrates maps of an older version to new ones and refuses maps of a newer one.
 /// 3: `lb_services`, `lb_backends` and `lb_members` are preallocated (batched writes need it).
-pub const LAYOUT_VERSION: u32 = 3;
+/// 4: UDP sockets keep their translation in socket-local storage ([`SOCK_MAP`]); TCP sockets'
+/// backend ports are marked in [`PEER_PORTS_MAP`]; termination counters in [`STATS_MAP`].
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Map names (also the file names under the pin directory).
 pub const SERVICES_MAP: &str = "lb_services";
@@ -31,6 +33,19 @@ pub const STATS_MAP: &str = "lb_stats";
 pub const FRONTEND_STATS_MAP: &str = "lb_fe_stats";
 pub const META_MAP: &str = "lb_meta";
 pub const REVNAT_MAP: &str = "lb_revnat";
+/// Socket-local storage (`BPF_MAP_TYPE_SK_STORAGE`, value [`RevNat`]): the translation a UDP
+/// socket made last. Freed with its socket, so it has no capacity and never evicts; the
+/// socket iterators read it to find connected sockets whose backend left the set.
+pub const SOCK_MAP: &str = "lb_sock";
+/// TCP ports that TCP sockets were sent to (an array of `u32` indexed by the port in host
+/// order, 1 = marked): set by `connect4/6` for each backend port a TCP socket was sent to, never
+/// cleared while the maps live. Only sockets whose
+/// peer port is marked can have a [`REVNAT_MAP`] entry, so `getpeername` and `sock_release`
+/// skip the cookie and the hash lookup for every other socket (an accepted socket's peer is a
+/// client's ephemeral port).
+pub const PEER_PORTS_MAP: &str = "lb_peer_ports";
+/// Elements of [`PEER_PORTS_MAP`]: one per port.
+pub const PEER_PORTS: u32 = 65_536;
 pub const AFFINITY_MAP: &str = "lb_affinity";
 pub const MEMBERS_MAP: &str = "lb_members";
 /// Frontend id -> the Service (namespace, name, port name) it belongs to; written by the agent
@@ -144,11 +159,13 @@ pub struct Backend {
     pub flags: u8,
 }
 
-/// Value of [`REVNAT_MAP`], an LRU hash keyed by socket cookie (`u64`,
-/// `bpf_get_socket_cookie`): the one translation a socket made last. `connect4/6` and
-/// `sendmsg4/6` write it; `recvmsg4/6` and `getpeername4/6` use it to make the backend's address
-/// look like the service's; `sendmsg4/6` reuse its backend so one UDP socket sticks to one
-/// backend; `sock_release` deletes it when the socket closes.
+/// The one translation a socket made last: the value of [`REVNAT_MAP`] for TCP sockets (an LRU
+/// hash keyed by socket cookie, `bpf_get_socket_cookie`; `connect4/6` write it, `getpeername4/6`
+/// read it, `sock_release` deletes it when the socket closes) and of [`SOCK_MAP`] for UDP
+/// sockets (socket-local storage written by `connect4/6` and `sendmsg4/6`; `recvmsg4/6` and
+/// `getpeername4/6` make the backend's address look like the service's with it, `sendmsg4/6`
+/// reuse its backend so one UDP socket sticks to one backend, and the socket iterators use it to
+/// terminate connected sockets whose backend left the set).
 ///
 /// An entry is used only while the frontend's master still carries `frontend_id` (the service was
 /// not deleted or re-created), and by `sendmsg` only while `(frontend_id, backend_id)` is in
@@ -227,7 +244,14 @@ pub mod stat {
     pub const AFFINITY: u32 = 6;
     /// A datagram of an unconnected UDP socket that kept the socket's backend.
     pub const STICKY: u32 = 7;
-    pub const COUNT: u32 = 8;
+    /// Connected UDP sockets terminated because their backend left the frontend's set.
+    pub const TERMINATED_UDP: u32 = 8;
+    /// Connected TCP sockets terminated (only with `--terminate-sockets udp-tcp`).
+    pub const TERMINATED_TCP: u32 = 9;
+    /// A socket the iterator chose to terminate that `bpf_sock_destroy` refused (or a kernel
+    /// without the kfunc).
+    pub const TERMINATE_FAILED: u32 = 10;
+    pub const COUNT: u32 = 11;
 }
 
 /// Value of [`FRONTEND_STATS_MAP`] (per-CPU array indexed by frontend id).
@@ -350,6 +374,25 @@ pub struct MonitorEvent {
     pub backend_id: u32,
 }
 
+/// One socket the iterators (`iter/udp`, `iter/tcp`) terminated, as they write it to the
+/// iterator's output (`read(2)` on the iterator's file descriptor).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Terminated {
+    pub socket_cookie: u64,
+    pub frontend_id: u32,
+    pub backend_id: u32,
+    /// The backend the socket was connected to; IPv4 as `::ffff:a.b.c.d`.
+    pub backend_address: [u8; 16],
+    /// Network order.
+    pub backend_port: u16,
+    /// IPPROTO_TCP or IPPROTO_UDP.
+    pub proto: u8,
+    pub pad: u8,
+    /// 0, or the negative errno `bpf_sock_destroy` returned (the socket was not terminated).
+    pub error: i32,
+}
+
 macro_rules! assert_layout {
     ($t:ty, $size:expr, $($field:ident @ $off:expr),* $(,)?) => {
         const _: () = assert!(core::mem::size_of::<$t>() == $size);
@@ -367,6 +410,8 @@ assert_layout!(AffinityKey, 32, netns_cookie @ 0, client @ 8, frontend_id @ 24, 
 assert_layout!(AffinityValue, 16, backend_id @ 0, pad @ 4, last_used_ns @ 8);
 assert_layout!(FrontendStats, 16, rewritten @ 0, refused @ 8);
 assert_layout!(FrontendName, 144, namespace @ 0, name @ 64, port_name @ 128);
+assert_layout!(Terminated, 40, socket_cookie @ 0, frontend_id @ 8, backend_id @ 12,
+    backend_address @ 16, backend_port @ 32, proto @ 34, pad @ 35, error @ 36);
 assert_layout!(MonitorEvent, 96, ktime_ns @ 0, socket_cookie @ 8, cgroup_id @ 16, pid_tgid @ 24,
     comm @ 32, frontend_address @ 48, backend_address @ 64, frontend_port @ 80, backend_port @ 82,
     proto @ 84, verdict @ 85, reason @ 86, hook @ 87, frontend_id @ 88, backend_id @ 92);
@@ -395,6 +440,8 @@ mod pod {
     unsafe impl aya::Pod for super::FrontendName {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::MonitorEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Terminated {}
 }
 
 #[cfg(test)]

@@ -2,12 +2,13 @@
 //! reverse lookup the `recvmsg4/6` and `getpeername4/6` hooks share.
 use aya_ebpf::{helpers::bpf_get_prandom_u32, programs::SockAddrContext};
 use lb_common::{
-    MemberKey, RevNat, SCOPE_ANY, ServiceKey, ServiceValue, reason, service_flags, stat, verdict,
+    IPPROTO_UDP, MemberKey, RevNat, SCOPE_ANY, ServiceKey, ServiceValue, reason, service_flags,
+    stat, verdict,
 };
 
 use crate::{
     affinity,
-    maps::{self, BACKENDS, MEMBERS, REVNAT, SERVICES},
+    maps::{self, BACKENDS, MEMBERS, REVNAT, SERVICES, SOCKS},
     sock::{self, Addr, from_bytes, to_bytes},
     trace,
 };
@@ -132,11 +133,11 @@ pub fn select(key: &mut ServiceKey, svc: &ServiceValue) -> Option<Chosen> {
 /// The forward path of `connect4/6` (`datagram == false`) and `sendmsg4/6` (`true`); `hook`
 /// names the hook for monitor events and debug logs.
 ///
-/// Lookups: the master; for a datagram the socket's [`REVNAT`] entry and, when it names this
+/// Lookups: the master; for a datagram the socket's storage ([`SOCKS`]) and, when it names this
 /// frontend, the backend's membership (then nothing else: the datagram keeps the socket's
 /// backend); else a slot and its backend (or, with session affinity, the client's entry, its
-/// membership and its backend), and one [`REVNAT`] update. Then `lb_meta[DEBUG]`, whose
-/// switches are all off unless someone watches (see [`trace`]).
+/// membership and its backend), and one write of the socket's state ([`remember`]). Then
+/// `lb_meta[DEBUG]`, whose switches are all off unless someone watches (see [`trace`]).
 #[inline(always)]
 pub fn forward(
     ctx: &SockAddrContext,
@@ -155,8 +156,7 @@ pub fn forward(
         maps::count(stat::FOREIGN_NETNS);
         return Verdict::Pass;
     }
-    let cookie = sock::cookie(ctx);
-    let (decided, reason) = decide(ctx, &mut key, &svc, cookie, address, port, proto, datagram);
+    let (decided, reason) = decide(ctx, &mut key, &svc, address, port, proto, datagram);
     let switches = trace::switches();
     if switches != 0 {
         let (verdict, backend_id, backend) = match &decided {
@@ -178,7 +178,7 @@ pub fn forward(
                 verdict,
                 reason,
                 proto,
-                cookie,
+                cookie: sock::cookie(ctx),
                 frontend_id: svc.frontend_id,
                 frontend: *address,
                 frontend_port: port,
@@ -202,7 +202,6 @@ fn decide(
     ctx: &SockAddrContext,
     key: &mut ServiceKey,
     svc: &ServiceValue,
-    cookie: u64,
     address: &Addr,
     port: u16,
     proto: u8,
@@ -210,8 +209,10 @@ fn decide(
 ) -> (Option<Chosen>, u8) {
     if datagram
         && svc.count > 0
-        && let Some(e) = REVNAT.get_ptr(&cookie)
-        // SAFETY: the pointer comes from a successful lookup; fields are read by value.
+        // SAFETY: a lookup without create of the calling socket's own storage.
+        && let e = unsafe { SOCKS.get_ptr_mut(ctx) }
+        && !e.is_null()
+        // SAFETY: non-null storage of this socket; fields are read by value.
         && let Some(chosen) = sticky(unsafe { &*e }, svc, address, port, proto)
     {
         maps::count(stat::STICKY);
@@ -244,12 +245,30 @@ fn decide(
         frontend_id: chosen.frontend_id,
         backend_id: chosen.backend_id,
     };
-    // A full map evicts its least recently used entry; an error here only costs the reverse
-    // translation of this socket, never the forward one.
-    let _ = REVNAT.insert(&cookie, &entry, 0);
+    remember(ctx, &entry);
     maps::count(stat::REWRITTEN);
     maps::count_frontend(chosen.frontend_id, false);
     (Some(chosen), why)
+}
+
+/// Records the translation the socket just made: a UDP socket in its own storage (freed with
+/// it; the termination iterator reads it), a TCP socket in [`REVNAT`] by cookie, with its
+/// backend port marked so `getpeername` and `sock_release` know to look. An error here only
+/// costs the reverse translation of this socket, never the forward one.
+#[inline(always)]
+fn remember(ctx: &SockAddrContext, entry: &RevNat) {
+    if entry.proto == IPPROTO_UDP {
+        // SAFETY: lookup-or-create of the calling socket's own storage (zeroed when new).
+        let st = unsafe { SOCKS.get_or_insert_ptr_mut(ctx, None) };
+        if !st.is_null() {
+            // SAFETY: non-null storage of this socket, written whole.
+            unsafe { *st = *entry };
+        }
+    } else {
+        maps::mark_peer_port(entry.backend_port);
+        // A full map evicts its least recently used entry.
+        let _ = REVNAT.insert(&sock::cookie(ctx), entry, 0);
+    }
 }
 
 /// The socket's remembered backend, when `e` names this very frontend (same master) and the
@@ -273,12 +292,29 @@ fn sticky(e: &RevNat, svc: &ServiceValue, address: &Addr, port: u16, proto: u8) 
 
 /// The reverse path of `recvmsg4/6` and `getpeername4/6`: when `peer` is the backend this
 /// socket was sent to and its frontend still exists as it was, the service address and port to
-/// show instead. Lookups: the socket's [`REVNAT`] entry, then the master (and, on a
-/// translation, `lb_meta[DEBUG]`).
+/// show instead. Lookups: a UDP socket's storage, or for TCP the peer port's mark and then the
+/// socket's [`REVNAT`] entry; then the master (and, on a translation, `lb_meta[DEBUG]`).
 #[inline(always)]
-pub fn reverse(ctx: &SockAddrContext, peer: &Addr, port: u16, hook: u8) -> Option<Target> {
-    let cookie = sock::cookie(ctx);
-    let e = REVNAT.get_ptr(&cookie)?;
+pub fn reverse(
+    ctx: &SockAddrContext,
+    peer: &Addr,
+    port: u16,
+    hook: u8,
+    udp: bool,
+) -> Option<Target> {
+    let e = if udp {
+        // SAFETY: a lookup without create of the calling socket's own storage.
+        let st = unsafe { SOCKS.get_ptr_mut(ctx) };
+        if st.is_null() {
+            return None;
+        }
+        st.cast_const()
+    } else {
+        if !maps::peer_port_marked(port) {
+            return None;
+        }
+        REVNAT.get_ptr(&sock::cookie(ctx))?
+    };
     // SAFETY: the pointer comes from a successful lookup; the entry is only read.
     let e = unsafe { &*e };
     if e.backend_port != port || !eq_addr(&from_bytes(&e.backend_address), peer) {
@@ -306,7 +342,7 @@ pub fn reverse(ctx: &SockAddrContext, peer: &Addr, port: u16, hook: u8) -> Optio
                             reason::PEER
                         },
                         proto: e.proto,
-                        cookie,
+                        cookie: sock::cookie(ctx),
                         frontend_id: e.frontend_id,
                         frontend: service.address,
                         frontend_port: service.port,
@@ -319,8 +355,11 @@ pub fn reverse(ctx: &SockAddrContext, peer: &Addr, port: u16, hook: u8) -> Optio
             Some(service)
         }
         _ => {
-            // The service was deleted (or re-created): the entry is stale for good.
-            let _ = REVNAT.remove(&cookie);
+            // The service was deleted (or re-created): the entry is stale for good (a UDP
+            // socket's storage goes with the socket, or is overwritten by its next translation).
+            if !udp {
+                let _ = REVNAT.remove(&sock::cookie(ctx));
+            }
             None
         }
     }

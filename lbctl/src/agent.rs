@@ -1,14 +1,24 @@
 //! The node agent: source -> engine -> datapath, continuously.
 //!
-//! Every change the source reports starts a short coalescing window; then the agent takes one
-//! snapshot, computes the plan for this node and applies the difference to the maps. Nothing is
-//! applied (so nothing pruned) before the source has synced; a source that fails keeps its last
-//! objects, so a failing API server or a broken file never flushes the datapath. On SIGTERM or
-//! SIGINT the agent exits and leaves the datapath programmed: connects keep working.
+//! Every change the source reports starts a short coalescing window; then the agent asks the
+//! source which Services changed ([`Dirty`]) and re-plans, writes and observes only those:
+//! [`engine::Planner`] re-decides the frontends the changed Services offered or offer now,
+//! the desired state is patched for those frontends, and [`Datapath::apply_changed`] writes
+//! just them (in the same safe order, with the same rollback). The cost follows the change,
+//! not the number of Services. At start, on the resync timer, after a repair, and when the
+//! source says everything may have changed (a relist, a Node change), the agent takes a whole
+//! snapshot, plans everything and applies the whole desired state: the full path that the
+//! incremental one must always agree with (a resync after changes writes nothing).
+//!
+//! Nothing is applied (so nothing pruned) before the source has synced; a source that fails
+//! keeps its last objects, so a failing API server or a broken file never flushes the
+//! datapath. On SIGTERM or SIGINT the agent exits and leaves the datapath programmed: connects
+//! keep working.
 //!
 //! The loop beats [`metrics::Liveness`] once per turn (`/healthz` fails when it stops), and
 //! [`observe`] turns each sync into logs that say what changed, once.
 pub mod observe;
+pub mod terminate;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -23,16 +33,21 @@ use anyhow::{Context, Result};
 use tokio::sync::watch;
 
 use crate::{
-    datapath::{Datapath, DatapathConfig, Desired, FrontendKey, Maps, Object},
-    engine::{self, NodeContext},
+    datapath::{
+        ApplyReport, Datapath, DatapathConfig, Desired, FrontendKey, Maps, Object, ServiceSpec,
+    },
+    engine::{NodeContext, Planner},
     metrics::{
         self, ConnectCounts, ErrorKind, FrontendCounts, Metrics, NamedFrontend, ServicePort,
         SourceCounts,
     },
     model::Inventory,
-    monitor::{MonitorServer, names::NamesWriter},
-    plan::Frontend,
-    source::{SourceState, files::FileSource, kube::KubeSource},
+    monitor::{
+        MonitorServer,
+        names::{self, NamesWriter},
+    },
+    plan::{Frontend, Plan, ServiceRef},
+    source::{Dirty, SourceState, files::FileSource, kube::KubeSource},
 };
 
 /// Where the agent reads cluster objects from.
@@ -67,6 +82,8 @@ pub struct AgentConfig {
     pub stall_file: Option<PathBuf>,
     /// Kernel object to load instead of the embedded one (`--object`, for upgrade tests).
     pub object: Option<PathBuf>,
+    /// Which connected sockets of removed backends are terminated, and in which namespaces.
+    pub termination: crate::datapath::TerminationConfig,
 }
 
 /// The environment variable `lbctl agent` takes [`AgentConfig::stall_file`] from (tests only).
@@ -83,6 +100,23 @@ impl Source {
         match self {
             Source::Files(s) => s.snapshot(),
             Source::Kube(s) => Arc::new(s.snapshot()),
+        }
+    }
+
+    fn take_changes(&self) -> (Dirty, Arc<Inventory>) {
+        match self {
+            Source::Files(s) => s.take_changes(),
+            Source::Kube(s) => {
+                let (dirty, inventory) = s.take_changes();
+                (dirty, Arc::new(inventory))
+            }
+        }
+    }
+
+    fn objects_of(&self, services: &BTreeSet<ServiceRef>) -> Inventory {
+        match self {
+            Source::Files(s) => s.objects_of(services),
+            Source::Kube(s) => s.objects_of(services),
         }
     }
 }
@@ -144,11 +178,18 @@ fn wire_counters(metrics: &Metrics, config: &DatapathConfig, source: &Source) {
     }
 }
 
-/// What the agent remembers between syncs to report changes once.
+/// What the agent remembers between syncs: to report changes once, and to apply the next
+/// change incrementally.
 struct SyncState {
     reported: observe::Reported,
     refusals: observe::Refusals,
     triggers: observe::TriggerTimes,
+    /// The plan by Service; `None` until the first full sync (and after a failed one).
+    planner: Option<Planner>,
+    /// The desired state of every planned frontend (patched by incremental syncs).
+    desired: Desired,
+    /// Frontends the last apply could not program: named again by the next incremental apply.
+    retry: BTreeSet<FrontendKey>,
 }
 
 /// Runs until `shutdown` resolves.
@@ -177,6 +218,8 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         server: start_monitor(&config),
         names: NamesWriter::default(),
     };
+    let mut termination = terminate::Termination::new(config.termination.clone());
+    termination.refresh(&config.datapath, &datapath, &metrics);
 
     let (source, mut changes) = start_source(&config.source, &config.node.name).await?;
     wire_counters(&metrics, &config.datapath, &source);
@@ -185,7 +228,12 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         reported: observe::Reported::default(),
         refusals: observe::Refusals::default(),
         triggers: observe::TriggerTimes::new(started_at),
+        planner: None,
+        desired: Desired::default(),
+        retry: BTreeSet::new(),
     };
+    // The first sync is a full one; so is every sync the resync timer starts.
+    let mut full_due = true;
     // The source error last logged while waiting for the first sync (logged once per change).
     let mut waiting_logged: Option<Option<String>> = None;
     tokio::pin!(shutdown);
@@ -202,7 +250,10 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
                     }
                     pending_since = Some(Instant::now());
                 }
-                _ = resync.tick() => pending_since = Some(Instant::now()),
+                _ = resync.tick() => {
+                    full_due = true;
+                    pending_since = Some(Instant::now());
+                }
                 () = &mut shutdown => break,
             }
         }
@@ -232,7 +283,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
             continue;
         }
         waiting_logged = None;
-        reconcile(
+        let applied = reconcile(
             &config,
             &source,
             &mut datapath,
@@ -240,7 +291,12 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
             &mut state,
             since,
             &mut monitoring,
+            std::mem::take(&mut full_due),
         );
+        termination.refresh(&config.datapath, &datapath, &metrics);
+        if let Some(report) = &applied {
+            termination.after_apply(report, &metrics);
+        }
     }
     drop(monitoring);
     tracing::info!("shutting down; the datapath stays programmed");
@@ -294,6 +350,10 @@ fn install(config: &AgentConfig) -> Result<Datapath> {
     Ok(Datapath::install_object(&config.datapath, object)?)
 }
 
+/// One sync: a full one when `full` (or when the source says everything changed, or there is
+/// no incremental state yet), else only the Services the source names. Returns the apply's
+/// report when it applied. A failed sync drops the incremental state, so the next one is full.
+#[allow(clippy::too_many_arguments)]
 fn reconcile(
     config: &AgentConfig,
     source: &Source,
@@ -302,9 +362,11 @@ fn reconcile(
     state: &mut SyncState,
     since: Instant,
     monitoring: &mut Monitoring,
-) {
+    full: bool,
+) -> Option<ApplyReport> {
     let started = Instant::now();
     let missing = datapath.missing_pins();
+    let mut full = full;
     if !missing.is_empty() {
         tracing::warn!(
             ?missing,
@@ -315,110 +377,390 @@ fn reconcile(
             tracing::error!(error = %e, "recreating the datapath failed; will retry");
             metrics.inc_error(ErrorKind::Repair);
             metrics.readiness().set_datapath_attached(false);
-            return;
+            return None;
         }
         metrics.readiness().set_datapath_attached(true);
         // The maps may be new: serve the new events ring (monitors of the old one are
         // disconnected) and write the switches into the new lb_meta.
         monitoring.server = None;
         monitoring.server = start_monitor(config);
+        full = true;
     }
-    let inventory = source.snapshot();
-    let plan = engine::plan(&inventory, &config.node);
-    state.reported.update(&plan);
-    metrics.set_skipped(plan.skipped.len());
+    // A migration fills new maps from one full apply, and its completion may bring new maps
+    // whose names and counters need a full observation.
+    full |= datapath.migrating();
+    let (dirty, inventory) = source.take_changes();
+    let complete = dirty == Dirty::All;
+    let dirty = if full { Dirty::All } else { dirty };
+    let SyncState {
+        reported,
+        refusals,
+        triggers,
+        planner: planner_slot,
+        desired,
+        retry,
+    } = state;
+    if let (Some(planner), Dirty::Services(services)) = (planner_slot.as_mut(), &dirty) {
+        if services.is_empty() && retry.is_empty() {
+            return None;
+        }
+        let parts = Parts {
+            reported,
+            refusals,
+            triggers,
+            desired,
+            retry,
+        };
+        let applied = reconcile_changed(
+            config, source, datapath, metrics, parts, planner, services, inventory, started, since,
+            monitoring,
+        );
+        if applied.is_none() {
+            // Start over from a whole snapshot: the incremental state may be behind the maps.
+            *planner_slot = None;
+        }
+        return applied;
+    }
+    // A full sync is due but the source gave only the changed objects: take them all.
+    let inventory = if complete {
+        inventory
+    } else {
+        source.snapshot()
+    };
+    reconcile_full(
+        config, datapath, metrics, state, inventory, started, since, monitoring,
+    )
+}
+
+/// The parts of [`SyncState`] an incremental sync uses beside the planner.
+struct Parts<'a> {
+    reported: &'a mut observe::Reported,
+    refusals: &'a mut observe::Refusals,
+    triggers: &'a mut observe::TriggerTimes,
+    desired: &'a mut Desired,
+    retry: &'a mut BTreeSet<FrontendKey>,
+}
+
+/// The map form of a planned frontend (as [`Desired::from_plan`] makes it).
+fn spec_of(frontend: &Frontend) -> ServiceSpec {
+    ServiceSpec {
+        backends: frontend.backends.clone(),
+        affinity_timeout: frontend.affinity_timeout_seconds,
+        kind: frontend.kind,
+    }
+}
+
+/// The full sync: whole snapshot, whole plan, whole desired state, full apply and observation.
+#[allow(clippy::too_many_arguments)]
+fn reconcile_full(
+    config: &AgentConfig,
+    datapath: &mut Datapath,
+    metrics: &Metrics,
+    state: &mut SyncState,
+    inventory: Arc<Inventory>,
+    started: Instant,
+    since: Instant,
+    monitoring: &mut Monitoring,
+) -> Option<ApplyReport> {
+    // The old state goes first: the peak memory of a full sync holds one plan, not two.
+    state.planner = None;
+    state.desired = Desired::default();
+    state.retry.clear();
+    let planner = Planner::new(&inventory, &config.node);
+    let (skipped, warnings) = planner.report();
+    metrics.set_skipped(skipped.len());
+    state.reported.update(&Plan {
+        node: config.node.name.clone(),
+        frontends: Vec::new(),
+        skipped,
+        warnings,
+    });
     state.triggers.note(&inventory.endpoint_slices);
-    let desired = Desired::from_plan(&plan);
-    match datapath.apply(&desired) {
+    // From the planner's frontends directly: a materialized Plan would copy all of them.
+    state.desired = Desired::from_frontends(planner.frontends());
+    match datapath.apply(&state.desired) {
         Ok(report) => {
-            // A migration that completed in this apply pinned new maps: serve the new ring.
-            if monitoring
-                .server
-                .as_ref()
-                .is_some_and(|server| !server.is_current())
-            {
-                monitoring.server = None;
-                monitoring.server = start_monitor(config);
-            }
-            if let Err(e) = monitoring
-                .names
-                .sync(datapath.pin_dir(), &plan, datapath.writer())
-            {
+            serve_current_ring(config, monitoring);
+            if let Err(e) = monitoring.names.sync_frontends(
+                datapath.pin_dir(),
+                planner.frontends(),
+                datapath.writer(),
+            ) {
                 tracing::warn!(error = %e, "writing the Service names of the frontends");
             }
-            let applied_at = SystemTime::now();
-            for e in &report.errors {
-                tracing::error!(frontend = %e.frontend, reason = %e.reason, "not programmed");
-                metrics.inc_error(ErrorKind::Capacity);
-            }
-            let (frontends, backends) = datapath.writer().programmed();
-            metrics.set_programmed(frontends, backends);
-            metrics.observe_sync(started.elapsed());
-            metrics.observe_event_latency(since.elapsed());
-            for trigger in state.triggers.take() {
-                metrics.observe_programming(trigger, applied_at);
-            }
-            if report.errors.is_empty() {
-                metrics.set_last_sync(applied_at);
-            }
-            metrics
-                .readiness()
-                .set_last_apply(if report.errors.is_empty() {
-                    Ok(())
-                } else {
-                    Err(format!("{} frontends not programmed", report.errors.len()))
-                });
             let failed: BTreeSet<FrontendKey> = report.errors.iter().map(|e| e.frontend).collect();
-            observe_programmed(config, datapath, metrics, state, &plan, &inventory, &failed);
-            if !report.is_noop() {
-                tracing::info!(
-                    frontends,
-                    backends,
-                    written = report.frontends_written,
-                    deleted = report.frontends_deleted,
-                    map_ops = report.map_operations,
-                    took_us = started.elapsed().as_micros() as u64,
-                    "datapath updated"
-                );
-            }
+            let programmed = after_apply(
+                datapath,
+                metrics,
+                &mut state.triggers,
+                &report,
+                started,
+                since,
+            );
+            observe_programmed(
+                config,
+                datapath,
+                metrics,
+                state,
+                planner.frontends(),
+                &inventory,
+                &failed,
+            );
+            log_update(datapath, &report, started, "full", programmed);
+            state.retry = failed;
+            state.planner = Some(planner);
+            Some(report)
         }
         Err(e) => {
             tracing::error!(error = %e, "applying the plan failed; will retry");
             metrics.inc_error(ErrorKind::Apply);
             metrics.readiness().set_last_apply(Err(e.to_string()));
+            None
         }
+    }
+}
+
+/// The incremental sync: re-plans `services` from their objects (`inventory`), patches the
+/// desired state and applies and observes only the frontends that may have changed.
+#[allow(clippy::too_many_arguments)]
+fn reconcile_changed(
+    config: &AgentConfig,
+    source: &Source,
+    datapath: &mut Datapath,
+    metrics: &Metrics,
+    state: Parts<'_>,
+    planner: &mut Planner,
+    services: &BTreeSet<ServiceRef>,
+    inventory: Arc<Inventory>,
+    started: Instant,
+    since: Instant,
+    monitoring: &mut Monitoring,
+) -> Option<ApplyReport> {
+    let mut changed = planner.update(&inventory, services);
+    let (skipped, warnings) = planner.report();
+    metrics.set_skipped(skipped.len());
+    state.reported.update(&Plan {
+        node: config.node.name.clone(),
+        frontends: Vec::new(),
+        skipped,
+        warnings,
+    });
+    state.triggers.note_changed(&inventory.endpoint_slices);
+    changed.append(state.retry);
+    for key in &changed {
+        match planner.frontend(key) {
+            Some(frontend) => {
+                state.desired.services.insert(*key, spec_of(frontend));
+            }
+            None => {
+                state.desired.services.remove(key);
+            }
+        }
+    }
+    // Ids before the apply: a frontend that goes away (or is rewritten under a new id) loses
+    // its name and its per-Service counters.
+    let old_ids: Vec<(FrontendKey, Option<u32>)> = changed
+        .iter()
+        .map(|key| (*key, datapath.writer().frontend_id(key)))
+        .collect();
+    let report = match datapath.apply_changed(state.desired, &changed) {
+        Ok(report) => report,
+        Err(e) => {
+            tracing::error!(error = %e, "applying the changes failed; will retry in full");
+            metrics.inc_error(ErrorKind::Apply);
+            metrics.readiness().set_last_apply(Err(e.to_string()));
+            return None;
+        }
+    };
+    serve_current_ring(config, monitoring);
+    let failed: BTreeSet<FrontendKey> = report.errors.iter().map(|e| e.frontend).collect();
+    let writer = datapath.writer();
+    let mut remove_ids: Vec<u32> = Vec::new();
+    let mut names_write = Vec::new();
+    let mut named = Vec::new();
+    let mut programmed: Vec<(FrontendKey, Option<&Frontend>)> = Vec::new();
+    for (key, old_id) in old_ids {
+        let frontend = planner.frontend(&key);
+        let id = writer.frontend_id(&key);
+        if let Some(old_id) = old_id
+            && id != Some(old_id)
+        {
+            remove_ids.push(old_id);
+        }
+        match (frontend, id) {
+            (Some(frontend), Some(id)) => {
+                names_write.push((
+                    id,
+                    names::encode(
+                        &frontend.service.namespace,
+                        &frontend.service.name,
+                        &frontend.port_name,
+                    ),
+                ));
+                named.push(named_frontend(id, &key, frontend));
+                let ok = !failed.contains(&key);
+                programmed.push((key, ok.then_some(frontend)));
+            }
+            _ => programmed.push((key, None)),
+        }
+    }
+    if let Err(e) = monitoring
+        .names
+        .update(datapath.pin_dir(), &remove_ids, &names_write)
+    {
+        tracing::warn!(error = %e, "writing the Service names of the frontends");
+    }
+    metrics.patch_service_frontends(&remove_ids, named);
+    let programmed_triggers =
+        after_apply(datapath, metrics, state.triggers, &report, started, since);
+    // Explaining a refusal needs the objects of its Service, which may be one that did not
+    // change (it just won a frontend another Service gave up).
+    let others: BTreeSet<ServiceRef> = programmed
+        .iter()
+        .filter_map(|(_, f)| *f)
+        .filter(|f| f.backends.is_empty() && !services.contains(&f.service))
+        .map(|f| f.service.clone())
+        .collect();
+    let extra;
+    let explain_from = if others.is_empty() {
+        &inventory
+    } else {
+        let mut all = source.objects_of(&others);
+        all.services.extend(inventory.services.iter().cloned());
+        all.endpoint_slices
+            .extend(inventory.endpoint_slices.iter().cloned());
+        extra = all;
+        &extra
+    };
+    let refusing =
+        state
+            .refusals
+            .update_changed(programmed.into_iter(), explain_from, &config.node.name);
+    metrics.set_refusing(&refusing);
+    log_update(datapath, &report, started, "changed", programmed_triggers);
+    *state.retry = failed;
+    Some(report)
+}
+
+/// A migration that completed in this apply pinned new maps: serve the new ring.
+fn serve_current_ring(config: &AgentConfig, monitoring: &mut Monitoring) {
+    if monitoring
+        .server
+        .as_ref()
+        .is_some_and(|server| !server.is_current())
+    {
+        monitoring.server = None;
+        monitoring.server = start_monitor(config);
+    }
+}
+
+/// The EndpointSlice trigger times a sync programmed: how many, and the longest latency
+/// (trigger time to maps written).
+#[derive(Clone, Copy, Debug, Default)]
+struct Programmed {
+    triggers: usize,
+    max_latency: Duration,
+}
+
+/// Metrics and readiness of a successful apply.
+fn after_apply(
+    datapath: &Datapath,
+    metrics: &Metrics,
+    triggers: &mut observe::TriggerTimes,
+    report: &ApplyReport,
+    started: Instant,
+    since: Instant,
+) -> Programmed {
+    let applied_at = SystemTime::now();
+    for e in &report.errors {
+        tracing::error!(frontend = %e.frontend, reason = %e.reason, "not programmed");
+        metrics.inc_error(ErrorKind::Capacity);
+    }
+    let (frontends, backends) = datapath.writer().programmed();
+    metrics.set_programmed(frontends, backends);
+    metrics.observe_sync(started.elapsed());
+    metrics.observe_event_latency(since.elapsed());
+    let mut programmed = Programmed::default();
+    for trigger in triggers.take() {
+        metrics.observe_programming(trigger, applied_at);
+        programmed.triggers += 1;
+        let latency = applied_at.duration_since(trigger).unwrap_or_default();
+        programmed.max_latency = programmed.max_latency.max(latency);
+    }
+    if report.errors.is_empty() {
+        metrics.set_last_sync(applied_at);
+    }
+    metrics
+        .readiness()
+        .set_last_apply(if report.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{} frontends not programmed", report.errors.len()))
+        });
+    programmed
+}
+
+/// The `datapath updated` line of a sync that wrote something: `sync` is `full` or
+/// `changed`, `took_us` the sync's own time (snapshot or changed objects, plan, maps,
+/// observation), `triggers` and `trigger_latency_max_us` the EndpointSlice trigger times it
+/// programmed (see `lbctl_network_programming_duration_seconds`).
+fn log_update(
+    datapath: &Datapath,
+    report: &ApplyReport,
+    started: Instant,
+    sync: &'static str,
+    programmed: Programmed,
+) {
+    if !report.is_noop() {
+        let (frontends, backends) = datapath.writer().programmed();
+        tracing::info!(
+            frontends,
+            backends,
+            written = report.frontends_written,
+            deleted = report.frontends_deleted,
+            map_ops = report.map_operations,
+            took_us = started.elapsed().as_micros() as u64,
+            sync,
+            triggers = programmed.triggers,
+            trigger_latency_max_us = programmed.max_latency.as_micros() as u64,
+            "datapath updated"
+        );
+    }
+}
+
+fn named_frontend(id: u32, key: &FrontendKey, frontend: &Frontend) -> NamedFrontend {
+    NamedFrontend {
+        id,
+        frontend: key.to_string(),
+        service: ServicePort {
+            namespace: frontend.service.namespace.clone(),
+            service: frontend.service.name.clone(),
+            port_name: frontend.port_name.clone(),
+        },
     }
 }
 
 /// After an apply: names the programmed frontends for the per-Service counters, and reports
 /// frontends that start or stop refusing.
-fn observe_programmed(
+fn observe_programmed<'a>(
     config: &AgentConfig,
     datapath: &Datapath,
     metrics: &Metrics,
     state: &mut SyncState,
-    plan: &crate::plan::Plan,
+    frontends: impl Iterator<Item = &'a Frontend>,
     inventory: &Inventory,
     failed: &BTreeSet<FrontendKey>,
 ) {
     let writer = datapath.writer();
     // The plan's frontend for each address (the first, as `Desired::from_plan` takes it).
     let mut by_addr: BTreeMap<FrontendKey, &Frontend> = BTreeMap::new();
-    for frontend in &plan.frontends {
+    for frontend in frontends {
         by_addr.entry(frontend.key()).or_insert(frontend);
     }
     let named = by_addr
         .iter()
         .filter_map(|(addr, frontend)| {
-            Some(NamedFrontend {
-                id: writer.frontend_id(addr)?,
-                frontend: addr.to_string(),
-                service: ServicePort {
-                    namespace: frontend.service.namespace.clone(),
-                    service: frontend.service.name.clone(),
-                    port_name: frontend.port_name.clone(),
-                },
-            })
+            Some(named_frontend(writer.frontend_id(addr)?, addr, frontend))
         })
         .collect();
     metrics.set_service_frontends(named);

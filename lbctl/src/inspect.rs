@@ -325,7 +325,8 @@ pub fn status_text(s: &Status) -> String {
     out.push_str(&format!(
         "frontends: {}\nconnects: {} rewritten, {} refused, {} passed through ({} retried)\n\
          replies and peers shown as the service: {}; kept by affinity: {}; sticky datagrams: {}; \
-         left alone (other netns, host-only scope): {}\n",
+         left alone (other netns, host-only scope): {}\n\
+         sockets terminated (backend left the set): {} udp, {} tcp, {} refused by the kernel\n",
         s.frontends,
         c.rewritten,
         c.refused,
@@ -334,7 +335,10 @@ pub fn status_text(s: &Status) -> String {
         c.reversed,
         c.affinity,
         c.sticky,
-        c.foreign_netns
+        c.foreign_netns,
+        c.terminated_udp,
+        c.terminated_tcp,
+        c.terminate_failed
     ));
     let on = |b: bool| if b { "on" } else { "off" };
     out.push_str(&format!(

@@ -55,7 +55,7 @@ struct Output {
 enum Command {
     /// Run the node agent: watch Services, EndpointSlices and this Node (or manifest files) and
     /// program this node's datapath.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Show what a node would program, from manifests (e.g. `kubectl get svc,endpointslices,nodes
     /// -A -o yaml`). Reads files only; touches nothing.
     Plan {
@@ -222,8 +222,8 @@ struct AgentArgs {
     /// Maximum number of frontends (size of the per-frontend counters).
     #[arg(long, default_value_t = lb_common::DEFAULT_MAX_FRONTENDS)]
     max_frontends: u32,
-    /// Capacity of the reverse-translation map (sockets whose translation is remembered: UDP
-    /// replies, getpeername, UDP stickiness); preallocated, ~120 bytes each.
+    /// Capacity of the reverse-translation map of TCP sockets (for getpeername); preallocated,
+    /// ~120 bytes each. UDP sockets keep theirs in socket-local storage, which has no capacity.
     #[arg(long, default_value_t = lb_common::DEFAULT_MAX_REVNAT)]
     max_revnat: u32,
     /// Capacity of the session affinity map (client network namespace x frontend).
@@ -233,6 +233,18 @@ struct AgentArgs {
     /// agent's own (`host-only`, for meshes that redirect pod traffic themselves).
     #[arg(long, value_enum, default_value_t = SocketLbScope::All)]
     socket_lb_scope: SocketLbScope,
+    /// Which connected sockets are terminated when the backend lbctl sent them to leaves the
+    /// frontend's set: their next send/recv fails (ECONNABORTED) and the client reconnects to a
+    /// live backend. `udp-tcp` also aborts established TCP connections instead of letting them
+    /// drain. Needs Linux 6.5+ (BPF socket iterators, bpf_sock_destroy).
+    #[arg(long, value_enum, default_value_t = datapath::TerminateSockets::Udp)]
+    terminate_sockets: datapath::TerminateSockets,
+    /// Also terminate sockets in the network namespaces whose handles are in this directory
+    /// (bind mounts such as the CNI's /var/run/netns/cni-*), besides the agent's own (the
+    /// host's). Repeatable. Entering a pod's namespace needs CAP_SYS_ADMIN: see
+    /// docs/operations.md.
+    #[arg(long, value_name = "DIR")]
+    terminate_in_netns_dir: Vec<PathBuf>,
     /// Serve `lbctl monitor` on this Unix socket (default: /run/lbctl/<pin dir>.monitor.sock).
     #[arg(long, env = "LBCTL_MONITOR_SOCKET")]
     monitor_socket: Option<PathBuf>,
@@ -311,6 +323,10 @@ fn run_agent(args: AgentArgs) -> Result<()> {
              waits up to that long when nothing changes"
         );
     }
+    for dir in &args.terminate_in_netns_dir {
+        datapath::terminate::check_netns_dir(dir)
+            .map_err(|e| anyhow::anyhow!("--terminate-in-netns-dir: {e}"))?;
+    }
     let config = AgentConfig {
         node: node_context(args.node, args.zone, args.service_proxy_name),
         source: if args.manifests.is_empty() {
@@ -343,6 +359,10 @@ fn run_agent(args: AgentArgs) -> Result<()> {
         // Test hook, read from the environment so that it appears in no --help or completion.
         stall_file: std::env::var_os(agent::STALL_FILE_ENV).map(PathBuf::from),
         object: args.object,
+        termination: datapath::TerminationConfig {
+            sockets: args.terminate_sockets,
+            netns_dirs: args.terminate_in_netns_dir,
+        },
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(async {
@@ -445,7 +465,7 @@ fn completion(shell: clap_complete::Shell) -> Result<()> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Agent(args) => run_agent(args),
+        Command::Agent(args) => run_agent(*args),
         Command::Plan {
             node,
             zone,

@@ -86,16 +86,20 @@ pub enum ErrorKind {
     Repair,
     /// The kernel's per-frontend counters could not be read (for a scrape or after an apply).
     ReadCounters,
+    /// A socket termination sweep failed in a network namespace, or the kernel refused to
+    /// destroy a socket; the next removal sweeps again.
+    Termination,
 }
 
 impl ErrorKind {
     /// Every kind, in the order the docs list them.
-    pub const ALL: [ErrorKind; 5] = [
+    pub const ALL: [ErrorKind; 6] = [
         ErrorKind::Apply,
         ErrorKind::Capacity,
         ErrorKind::PinsRemoved,
         ErrorKind::Repair,
         ErrorKind::ReadCounters,
+        ErrorKind::Termination,
     ];
 
     /// The value of the `kind` label.
@@ -106,6 +110,7 @@ impl ErrorKind {
             ErrorKind::PinsRemoved => "pins_removed",
             ErrorKind::Repair => "repair",
             ErrorKind::ReadCounters => "read_counters",
+            ErrorKind::Termination => "termination",
         }
     }
 }
@@ -332,6 +337,85 @@ impl ServiceConnects {
     }
 }
 
+impl ServiceConnects {
+    /// Changes the owners of some ids only (what [`ServiceConnects::set`] does for all):
+    /// `remove` lose theirs, `upsert` get (or keep) theirs. Costs the ids named, plus one pass
+    /// over the owners when a Service port may have lost its last frontend.
+    fn patch(
+        &mut self,
+        remove: &[u32],
+        upsert: Vec<NamedFrontend>,
+        read: Option<&FrontendCountsFn>,
+    ) -> bool {
+        let mut leaving: Vec<(u32, Owned)> = Vec::new();
+        let mut fresh: Vec<u32> = Vec::new();
+        for id in remove {
+            leaving.extend(self.frontends.remove(id).map(|owned| (*id, owned)));
+        }
+        for f in upsert {
+            if self
+                .frontends
+                .get(&f.id)
+                .is_some_and(|o| o.frontend == f.frontend && o.service == f.service)
+            {
+                continue;
+            }
+            self.totals.entry(f.service.clone()).or_default();
+            let owned = Owned {
+                frontend: f.frontend,
+                service: f.service,
+                last: None,
+            };
+            leaving.extend(self.frontends.insert(f.id, owned).map(|old| (f.id, old)));
+            fresh.push(f.id);
+        }
+        let ids: Vec<u32> = leaving
+            .iter()
+            .map(|(id, _)| *id)
+            .chain(fresh.iter().copied())
+            .collect::<BTreeSet<u32>>()
+            .into_iter()
+            .collect();
+        let mut read_ok = true;
+        if !ids.is_empty() {
+            match read
+                .and_then(|read| read(&ids))
+                .filter(|counts| counts.len() == ids.len())
+            {
+                Some(counts) => {
+                    let now: BTreeMap<u32, FrontendCounts> =
+                        ids.iter().copied().zip(counts).collect();
+                    for (id, owned) in &leaving {
+                        if let (Some(last), Some(now)) = (owned.last, now.get(id)) {
+                            let total = self.totals.entry(owned.service.clone()).or_default();
+                            total.rewritten += increase(last.rewritten, now.rewritten);
+                            total.refused += increase(last.refused, now.refused);
+                        }
+                    }
+                    for id in &fresh {
+                        if let Some(owned) = self.frontends.get_mut(id) {
+                            owned.last = now.get(id).copied();
+                        }
+                    }
+                }
+                None => read_ok = false,
+            }
+        }
+        if !leaving.is_empty() {
+            let gone: BTreeSet<&ServicePort> = leaving.iter().map(|(_, o)| &o.service).collect();
+            let held: BTreeSet<&ServicePort> = self
+                .frontends
+                .values()
+                .map(|o| &o.service)
+                .filter(|port| gone.contains(port))
+                .collect();
+            self.totals
+                .retain(|port, _| !gone.contains(port) || held.contains(port));
+        }
+        read_ok
+    }
+}
+
 /// Whether the reconcile loop still turns: it beats once per turn; `/healthz` fails when the
 /// last beat is older than the threshold.
 #[derive(Debug)]
@@ -422,6 +506,8 @@ pub struct Metrics {
     errors: Family<Labels, Counter>,
     /// 1, labelled with the attach point and the kernel object (datapath/state.rs).
     datapath_info: Family<Labels, Gauge>,
+    terminated: Family<Labels, Counter>,
+    termination_available: Gauge,
     readiness: Arc<Readiness>,
     liveness: Arc<Liveness>,
     providers: Arc<Providers>,
@@ -535,6 +621,23 @@ impl Metrics {
             "1, labelled with the cgroup the programs are attached to (path, cgroup id) and the kernel object's SHA-256",
             datapath_info.clone(),
         );
+        let terminated = Family::<Labels, Counter>::default();
+        for protocol in ["udp", "tcp"] {
+            let _ = terminated.get_or_create(&labels(&[("protocol", protocol)]));
+        }
+        registry.register(
+            "lbctl_sockets_terminated",
+            "Connected sockets terminated because the backend lbctl had sent them to left the \
+             frontend's set, by protocol",
+            terminated.clone(),
+        );
+        let termination_available = Gauge::default();
+        registry.register(
+            "lbctl_socket_termination_available",
+            "1 when this agent terminates sockets of removed backends (enabled, and the kernel \
+             has BPF socket iterators and bpf_sock_destroy); 0 otherwise",
+            termination_available.clone(),
+        );
         registry.register_collector(Box::new(ScrapeTimeCollector {
             readiness: readiness.clone(),
             providers: providers.clone(),
@@ -554,6 +657,8 @@ impl Metrics {
             skipped,
             errors,
             datapath_info,
+            terminated,
+            termination_available,
             readiness,
             liveness,
             providers,
@@ -627,6 +732,20 @@ impl Metrics {
         self.skipped.set(i64::try_from(skipped).unwrap_or(i64::MAX));
     }
 
+    /// Counts sockets terminated by one sweep.
+    pub fn add_terminated(&self, udp: u64, tcp: u64) {
+        for (protocol, n) in [("udp", udp), ("tcp", tcp)] {
+            self.terminated
+                .get_or_create(&labels(&[("protocol", protocol)]))
+                .inc_by(n);
+        }
+    }
+
+    /// Whether socket termination works on this agent.
+    pub fn set_termination_available(&self, available: bool) {
+        self.termination_available.set(i64::from(available));
+    }
+
     /// Counts one error.
     pub fn inc_error(&self, kind: ErrorKind) {
         self.errors
@@ -663,6 +782,16 @@ impl Metrics {
     pub fn set_service_frontends(&self, frontends: Vec<NamedFrontend>) {
         let read = read_lock(&self.providers.frontends);
         let ok = lock(&self.service_connects).set(frontends, read.as_deref());
+        if !ok {
+            self.inc_error(ErrorKind::ReadCounters);
+        }
+    }
+
+    /// Changes the Service ports of some frontend ids only (see `set_service_frontends`):
+    /// `remove` have no frontend any more, `upsert` are (re)named.
+    pub fn patch_service_frontends(&self, remove: &[u32], upsert: Vec<NamedFrontend>) {
+        let read = read_lock(&self.providers.frontends);
+        let ok = lock(&self.service_connects).patch(remove, upsert, read.as_deref());
         if !ok {
             self.inc_error(ErrorKind::ReadCounters);
         }

@@ -580,3 +580,68 @@ fn the_generator_produces_interesting_plans() {
     );
     assert!(skipped >= at_least, "skipped input: {skipped}/{total}");
 }
+
+/// Each Service's objects: its Service objects and its labelled slices.
+type Groups = BTreeMap<lbctl::plan::ServiceRef, (Vec<Service>, Vec<EndpointSlice>)>;
+
+/// The objects of each Service, and the slices of no Service.
+fn by_service(inventory: &Inventory) -> (Groups, Vec<EndpointSlice>) {
+    let mut groups = Groups::new();
+    for svc in &inventory.services {
+        groups
+            .entry(lbctl::engine::service_ref_of(svc))
+            .or_default()
+            .0
+            .push(svc.clone());
+    }
+    let mut rest = Vec::new();
+    for slice in &inventory.endpoint_slices {
+        match lbctl::engine::slice_service(slice) {
+            Some(svc) => groups.entry(svc).or_default().1.push(slice.clone()),
+            None => rest.push(slice.clone()),
+        }
+    }
+    (groups, rest)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 256,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    /// The agent's planner by Service gives `plan`'s result at start and after moving from one
+    /// inventory to another one Service at a time (each step re-planning only that Service).
+    #[test]
+    fn the_planner_by_service_gives_the_full_plan_after_every_step(
+        start in inventory(),
+        target in inventory(),
+        ctx in node_context(),
+    ) {
+        let mut planner = lbctl::engine::Planner::new(&start, &ctx);
+        prop_assert_eq!(&planner.plan(), &plan(&start, &ctx));
+        let (mut current, unlabelled) = by_service(&start);
+        let (goal, _) = by_service(&target);
+        let refs: BTreeSet<_> = current.keys().chain(goal.keys()).cloned().collect();
+        for svc in refs {
+            match goal.get(&svc) {
+                Some(objects) => current.insert(svc.clone(), objects.clone()),
+                None => current.remove(&svc),
+            };
+            let (services, slices) = current.get(&svc).cloned().unwrap_or_default();
+            let changed = Inventory { services, endpoint_slices: slices, nodes: start.nodes.clone() };
+            planner.update(&changed, &BTreeSet::from([svc.clone()]));
+            let whole = Inventory {
+                services: current.values().flat_map(|(s, _)| s.clone()).collect(),
+                endpoint_slices: current
+                    .values()
+                    .flat_map(|(_, s)| s.clone())
+                    .chain(unlabelled.iter().cloned())
+                    .collect(),
+                nodes: start.nodes.clone(),
+            };
+            prop_assert_eq!(&planner.plan(), &plan(&whole, &ctx), "after {}", svc);
+        }
+    }
+}

@@ -14,6 +14,7 @@ use k8s_openapi::{
 };
 use lbctl::{
     model::Inventory,
+    source::Dirty,
     source::kube::{
         KubeSource, KubeSourceConfig, KubeSourceError, ResourceStats, SourceState, WatchedResource,
     },
@@ -691,4 +692,92 @@ async fn client_from_reads_a_kubeconfig_file() {
         missing.as_ref().err()
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn svc_ref(ns: &str, name: &str) -> lbctl::plan::ServiceRef {
+    lbctl::plan::ServiceRef {
+        namespace: ns.into(),
+        name: name.into(),
+    }
+}
+
+/// Takes changes until they name `want` (marks of one change may arrive in two takes).
+async fn take_until(
+    source: &KubeSource,
+    want: &std::collections::BTreeSet<lbctl::plan::ServiceRef>,
+) -> (
+    std::collections::BTreeSet<lbctl::plan::ServiceRef>,
+    Inventory,
+) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut seen = std::collections::BTreeSet::new();
+    loop {
+        let (dirty, objects) = source.take_changes();
+        let Dirty::Services(refs) = dirty else {
+            panic!("a Service-level change was reported as everything");
+        };
+        seen.extend(refs);
+        if want.is_subset(&seen) {
+            return (seen, objects);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "changes never named {want:?} (saw {seen:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_name_the_services_they_touch_and_carry_only_their_objects() {
+    use std::collections::BTreeSet;
+    let server = FakeApiServer::start().await;
+    populate(&server);
+    let (source, _rx) = synced(&server, "node-a").await;
+    // The first take is everything (the initial lists).
+    let (dirty, inventory) = source.take_changes();
+    assert_eq!(dirty, Dirty::All);
+    assert_eq!(fingerprint(&inventory), fingerprint(&source.snapshot()));
+    assert_eq!(source.take_changes().0, Dirty::Services(BTreeSet::new()));
+
+    // An endpoint change of web: web only, with its Service, its slice and the Node.
+    server.apply(&slice("default", "web-abc", "web", &["10.244.1.9"]));
+    let (seen, objects) = take_until(&source, &BTreeSet::from([svc_ref("default", "web")])).await;
+    assert_eq!(seen, BTreeSet::from([svc_ref("default", "web")]));
+    assert_eq!(names(&objects.services), ["default/web"]);
+    assert_eq!(names(&objects.endpoint_slices), ["default/web-abc"]);
+    assert_eq!(names(&objects.nodes), ["/node-a"]);
+
+    // A slice relabelled from web to api: both, and each gets what is its own now.
+    server.apply(&service("default", "api", "10.96.0.20", 443));
+    take_until(&source, &BTreeSet::from([svc_ref("default", "api")])).await;
+    server.apply(&slice("default", "web-abc", "api", &["10.244.1.9"]));
+    let (seen, objects) = take_until(
+        &source,
+        &BTreeSet::from([svc_ref("default", "web"), svc_ref("default", "api")]),
+    )
+    .await;
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(names(&objects.services), ["default/api", "default/web"]);
+    assert_eq!(names(&objects.endpoint_slices), ["default/web-abc"]);
+    let web_only = source.objects_of(&BTreeSet::from([svc_ref("default", "web")]));
+    assert!(web_only.endpoint_slices.is_empty(), "web has no slice now");
+
+    // A deleted slice and Service name their Service.
+    server
+        .delete(Kind::EndpointSlice, "default", "web-abc")
+        .unwrap();
+    let (_, objects) = take_until(&source, &BTreeSet::from([svc_ref("default", "api")])).await;
+    assert!(objects.endpoint_slices.is_empty());
+    server.delete(Kind::Service, "kube-system", "dns").unwrap();
+    let (_, objects) = take_until(&source, &BTreeSet::from([svc_ref("kube-system", "dns")])).await;
+    assert!(objects.services.is_empty());
+    assert_eq!(names(&objects.endpoint_slices), ["kube-system/dns-xyz"]);
+
+    // This Node changes: everything.
+    server.apply(&node("node-a", "zone-9"));
+    wait_until(&source, "everything marked", |s| {
+        matches!(s.take_changes(), (Dirty::All, _))
+    })
+    .await;
 }

@@ -445,6 +445,47 @@ fn service_counters_follow_frontend_ids_to_their_service_ports() {
     assert_eq!(service_sample(&body, &web, "rewritten"), Some(11.0));
 }
 
+/// The incremental sync's form: only the ids that changed are named, with the same
+/// accounting as a full `set_service_frontends`.
+#[test]
+fn patching_some_frontend_ids_accounts_like_setting_them_all() {
+    let metrics = Metrics::new();
+    let kernel = fake_kernel(&metrics);
+    let web = port("shop", "web", "http");
+    let dns = port("kube-system", "dns", "dns");
+    metrics.set_service_frontends(vec![
+        named(1, "10.96.0.10:80/tcp", &web),
+        named(7, "10.96.0.53:53/udp", &dns),
+    ]);
+    {
+        let mut k = kernel.lock().unwrap();
+        k.insert(1, (5, 0));
+        k.insert(7, (2, 1));
+    }
+    // Unchanged ids named again change nothing.
+    metrics.patch_service_frontends(&[], vec![named(1, "10.96.0.10:80/tcp", &web)]);
+    let body = metrics.encode().unwrap();
+    assert_eq!(service_sample(&body, &web, "rewritten"), Some(5.0));
+    assert_eq!(service_sample(&body, &dns, "refused"), Some(1.0));
+
+    // dns goes away and id 7 comes back for web: dns's counts before the patch are kept
+    // until its series goes, web counts only what comes after.
+    kernel.lock().unwrap().insert(7, (4, 1));
+    metrics.patch_service_frontends(&[7], vec![named(7, "192.0.2.1:30080/tcp", &web)]);
+    kernel.lock().unwrap().insert(7, (6, 1));
+    let body = metrics.encode().unwrap();
+    assert_eq!(service_sample(&body, &dns, "rewritten"), None, "{body}");
+    assert_eq!(service_sample(&body, &web, "rewritten"), Some(7.0));
+
+    // A removed id whose port still has another frontend keeps the port's series.
+    metrics.patch_service_frontends(&[7], vec![]);
+    let body = metrics.encode().unwrap();
+    assert_eq!(service_sample(&body, &web, "rewritten"), Some(7.0));
+    metrics.patch_service_frontends(&[1], vec![]);
+    let body = metrics.encode().unwrap();
+    assert_eq!(service_sample(&body, &web, "rewritten"), None, "{body}");
+}
+
 #[test]
 fn unreadable_frontend_counters_count_an_error_and_keep_the_totals() {
     let metrics = Metrics::new();

@@ -40,6 +40,11 @@ impl AgentProcess {
         Ok(Self { child, log })
     }
 
+    /// The file the agent logs to.
+    pub fn log_path(&self) -> PathBuf {
+        self.log.clone()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

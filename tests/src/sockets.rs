@@ -10,7 +10,19 @@
 //! peer tcp|udp ADDR COUNT     connect (TCP, or connected UDP and one exchange), then
 //!                             `ok NAME PEER` with PEER from getpeername
 //! serve tcp|udp NAME ADDR ... named servers (any number of NAME ADDR pairs) answering with
-//!                             their name; prints `listening` once all are bound
+//!                             their name; prints `listening` once all are bound (a TCP server
+//!                             writes its name and closes)
+//! serve-hold NAME ADDR ...    TCP servers that keep each connection open and answer every
+//!                             read with their name; `listening` once all are bound
+//! hold tcp|udp ADDR           ONE connected socket (TCP, or connected UDP; an IPv6 ADDR such
+//!                             as [::ffff:10.96.0.1]:53 makes an AF_INET6 socket): prints
+//!                             `connected PEER`; then each stdin line `N` makes N exchanges
+//!                             (send, receive): `ok NAME PEER`, or `err send|recv ERRNO`
+//!                             (0: the peer closed), and a line `recv` receives once
+//! resolve ADDR NAME           a resolver with one long-lived connected UDP socket to ADDR
+//!                             (a DNS server): each stdin line `N` makes N queries for NAME's A
+//!                             record, `ok IP` or `err ERRNO`; after an error it reconnects
+//!                             (a new socket, connected again), as resolvers do
 //! ```
 use std::{
     io::{self, BufRead, Read, Write},
@@ -20,7 +32,15 @@ use std::{
 };
 
 /// The modes [`run`] serves.
-pub const MODES: &[&str] = &["dgram", "dgram-many", "peer", "serve"];
+pub const MODES: &[&str] = &[
+    "dgram",
+    "dgram-many",
+    "peer",
+    "serve",
+    "serve-hold",
+    "hold",
+    "resolve",
+];
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -148,6 +168,143 @@ fn serve(proto: &str, pairs: &[String], out: &mut impl Write) -> Result<(), Stri
     Ok(())
 }
 
+fn serve_hold(pairs: &[String], out: &mut impl Write) -> Result<(), String> {
+    if pairs.is_empty() || !pairs.len().is_multiple_of(2) {
+        return Err("serve-hold needs NAME ADDR pairs".into());
+    }
+    let mut threads = Vec::new();
+    for pair in pairs.chunks(2) {
+        let (name, addr) = (format!("{}\n", pair[0]), parse(&pair[1])?);
+        let listener = TcpListener::bind(addr).map_err(|e| format!("binding {addr}: {e}"))?;
+        threads.push(thread::spawn(move || {
+            for mut conn in listener.incoming().flatten() {
+                let name = name.clone();
+                thread::spawn(move || {
+                    let mut buf = [0u8; 256];
+                    while let Ok(n @ 1..) = conn.read(&mut buf) {
+                        let _ = n;
+                        if conn.write_all(name.as_bytes()).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        }));
+    }
+    line(out, format_args!("listening"))?;
+    for t in threads {
+        let _ = t.join();
+    }
+    Ok(())
+}
+
+/// A connected socket of `hold`.
+enum Held {
+    Tcp(TcpStream),
+    Udp(UdpSocket),
+}
+
+impl Held {
+    fn connect(proto: &str, addr: SocketAddr) -> io::Result<Self> {
+        if proto == "tcp" {
+            let stream = TcpStream::connect_timeout(&addr, TIMEOUT)?;
+            stream.set_read_timeout(Some(TIMEOUT))?;
+            Ok(Self::Tcp(stream))
+        } else {
+            let socket = UdpSocket::bind(unspecified(addr))?;
+            socket.set_read_timeout(Some(TIMEOUT))?;
+            socket.connect(addr)?;
+            Ok(Self::Udp(socket))
+        }
+    }
+
+    fn peer(&self) -> String {
+        match self {
+            Self::Tcp(s) => s.peer_addr(),
+            Self::Udp(s) => s.peer_addr(),
+        }
+        .map_or_else(|e| format!("unconnected({})", errno(&e)), |p| p.to_string())
+    }
+
+    fn send(&mut self) -> io::Result<()> {
+        match self {
+            Self::Tcp(s) => s.write_all(b"?\n"),
+            Self::Udp(s) => s.send(b"?").map(drop),
+        }
+    }
+
+    fn recv(&mut self) -> Result<String, String> {
+        let mut buf = [0u8; 256];
+        let n = match self {
+            Self::Tcp(s) => s.read(&mut buf),
+            Self::Udp(s) => s.recv(&mut buf),
+        }
+        .map_err(|e| format!("err recv {}", errno(&e)))?;
+        if n == 0 {
+            return Err("err recv 0".to_owned());
+        }
+        Ok(String::from_utf8_lossy(&buf[..n]).trim().to_owned())
+    }
+}
+
+fn hold(proto: &str, addr: SocketAddr, out: &mut impl Write) -> Result<(), String> {
+    let mut held = Held::connect(proto, addr).map_err(|e| format!("connecting to {addr}: {e}"))?;
+    line(out, format_args!("connected {}", held.peer()))?;
+    for request in io::stdin().lock().lines() {
+        let request = request.map_err(|e| e.to_string())?;
+        let request = request.trim();
+        if request == "recv" {
+            match held.recv() {
+                Ok(name) => line(out, format_args!("ok {name} {}", held.peer()))?,
+                Err(e) => line(out, format_args!("{e}"))?,
+            }
+            continue;
+        }
+        let n: usize = request.parse().map_err(|e| format!("{request:?}: {e}"))?;
+        for _ in 0..n {
+            if let Err(e) = held.send() {
+                line(out, format_args!("err send {}", errno(&e)))?;
+                continue;
+            }
+            match held.recv() {
+                Ok(name) => line(out, format_args!("ok {name} {}", held.peer()))?,
+                Err(e) => line(out, format_args!("{e}"))?,
+            }
+        }
+    }
+    Ok(())
+}
+
+fn resolver_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = UdpSocket::bind(unspecified(addr))?;
+    socket.set_read_timeout(Some(TIMEOUT))?;
+    socket.connect(addr)?;
+    Ok(socket)
+}
+
+fn resolve(addr: SocketAddr, name: &str, out: &mut impl Write) -> Result<(), String> {
+    let mut socket = resolver_socket(addr).map_err(|e| format!("connecting to {addr}: {e}"))?;
+    for request in io::stdin().lock().lines() {
+        let request = request.map_err(|e| e.to_string())?;
+        let n: usize = request
+            .trim()
+            .parse()
+            .map_err(|e| format!("{request:?}: {e}"))?;
+        for _ in 0..n {
+            match crate::dns::ask_a(&socket, None, name) {
+                Ok(Some(ip)) => line(out, format_args!("ok {ip}"))?,
+                Ok(None) => line(out, format_args!("err nodata"))?,
+                Err(e) => {
+                    line(out, format_args!("err {}", errno(&e)))?;
+                    socket = resolver_socket(addr)
+                        .map_err(|e| format!("reconnecting to {addr}: {e}"))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Runs one of [`MODES`] with its arguments.
 pub fn run(mode: &str, args: &[String], out: &mut impl Write) -> Result<(), String> {
     match (mode, args) {
@@ -170,6 +327,11 @@ pub fn run(mode: &str, args: &[String], out: &mut impl Write) -> Result<(), Stri
         }
         ("serve", [proto, pairs @ ..]) if proto == "tcp" || proto == "udp" => {
             serve(proto, pairs, out)
+        }
+        ("serve-hold", pairs) => serve_hold(pairs, out),
+        ("resolve", [addr, name]) => resolve(parse(addr)?, name, out),
+        ("hold", [proto, addr]) if proto == "tcp" || proto == "udp" => {
+            hold(proto, parse(addr)?, out)
         }
         _ => Err(format!("bad arguments for `{mode}`: {args:?}")),
     }

@@ -207,7 +207,7 @@ fn sigterm_leaves_the_datapath_programmed() {
 #[test]
 fn pins_removed_behind_the_agents_back_are_recreated() {
     let vip = "10.96.0.14";
-    let (s, b, _agent) = one_backend("agent-pins", vip, &["--resync-seconds", "1"]);
+    let (s, b, agent) = one_backend("agent-pins", vip, &["--resync-seconds", "1"]);
 
     // Someone removes a link pin: the program detaches; the agent re-attaches it.
     fs::remove_file(s.pins.path().join("links/lb_connect4")).unwrap();
@@ -221,8 +221,12 @@ fn pins_removed_behind_the_agents_back_are_recreated() {
 
     // Someone removes a map pin: the agent rebuilds the datapath and programs it again.
     fs::remove_file(s.pins.path().join("lb_services")).unwrap();
-    assert!(wait_until(Duration::from_secs(5), || s.programmed(vip)
-        == Some(names(&[b.addr("b0")]))));
+    assert!(
+        wait_until(Duration::from_secs(5), || s.programmed(vip)
+            == Some(names(&[b.addr("b0")]))),
+        "{}",
+        agent.log()
+    );
     let out = Probe::run(Some(&s.cgroup), &["tcp", &format!("{vip}:80"), "3"]).unwrap();
     assert_eq!(out, vec![Outcome::Reached("b0".into()); 3]);
 }

@@ -639,3 +639,75 @@ fn the_daemonsets_capabilities_are_enough_and_each_is_needed() {
         );
     }
 }
+
+/// The opt-in for terminating pods' sockets (`manifests/examples/terminate-pod-sockets.yaml`, a
+/// JSON patch) applies to the install's DaemonSet and adds exactly what docs/operations.md says:
+/// SYS_ADMIN, the flag naming the mounted directory, and a read-only hostPath mount of
+/// /var/run/netns that sees namespaces created later (HostToContainer).
+#[test]
+fn the_pod_sockets_opt_in_patch_adds_sys_admin_the_flag_and_the_netns_mount() {
+    let path = repo().join("manifests/examples/terminate-pod-sockets.yaml");
+    let text = fs::read_to_string(&path).expect("the patch file");
+    let patch: json_patch::Patch = serde_saphyr::from_str(&text)
+        .unwrap_or_else(|e| panic!("{}: not a JSON patch: {e}", path.display()));
+    let mut doc = fs::read_dir(install_dir())
+        .expect("manifests/install")
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "yaml"))
+        .flat_map(|e| documents(&e.path()))
+        .find(|d| kind(d) == "DaemonSet")
+        .expect("the install's DaemonSet");
+    json_patch::patch(&mut doc, &patch)
+        .unwrap_or_else(|e| panic!("{} does not apply to the DaemonSet: {e}", path.display()));
+    let patched: DaemonSet = strict(&doc, "the patched DaemonSet");
+    let before = agent_container(&daemonset());
+    let after = agent_container(&patched);
+
+    let caps = |c: &Container| -> BTreeSet<String> {
+        c.security_context
+            .as_ref()
+            .and_then(|s| s.capabilities.as_ref())
+            .and_then(|c| c.add.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .collect()
+    };
+    let mut expected = caps(&before);
+    expected.insert("SYS_ADMIN".to_owned());
+    assert_eq!(
+        caps(&after),
+        expected,
+        "the patch adds SYS_ADMIN and nothing else"
+    );
+
+    let added: Vec<&String> = after
+        .args
+        .iter()
+        .flatten()
+        .filter(|a| !before.args.iter().flatten().any(|b| b == *a))
+        .collect();
+    assert_eq!(added.len(), 1, "one argument added: {added:?}");
+    let dir = added[0]
+        .strip_prefix("--terminate-in-netns-dir=")
+        .expect("the added argument is --terminate-in-netns-dir");
+    let mount = after
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.mount_path == dir)
+        .unwrap_or_else(|| panic!("nothing is mounted at {dir}"));
+    assert_eq!(mount.read_only, Some(true));
+    assert_eq!(mount.mount_propagation.as_deref(), Some("HostToContainer"));
+    let volume = patched
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|p| p.volumes.as_ref())
+        .and_then(|v| v.iter().find(|v| v.name == mount.name))
+        .expect("the mount's volume");
+    assert_eq!(
+        volume.host_path.as_ref().map(|h| h.path.as_str()),
+        Some("/var/run/netns"),
+        "where containerd and CRI-O keep pod network namespace handles"
+    );
+}

@@ -504,6 +504,16 @@ fn the_install_runs_under_podman_and_the_uninstall_leaves_nothing() -> Result<()
         .inspect(&first.container("agent"), "{{.State.Pid}}")?
         .parse()?;
     runs_as_written(pid, &agent_container(&install_ds)?)?;
+    // Socket termination in the host network namespace needs nothing beyond the manifest's
+    // capabilities (docs/operations.md): the agent loaded its socket iterators.
+    let (_, scraped) = http_request(SocketAddr::from(([127, 0, 0, 1], port)), "/metrics")?;
+    assert!(
+        scraped
+            .lines()
+            .any(|l| l == "lbctl_socket_termination_available 1"),
+        "socket termination is unavailable under the manifest's capabilities:\n{}",
+        podman.logs(&first.container("agent"))
+    );
     // What docs/operations.md tells operators to run in the agent's pod works in this image.
     let status = podman.run(&["exec", &first.container("agent"), "lbctl", "status"])?;
     assert!(

@@ -13,6 +13,7 @@ use lbctl::{
     plan::{FrontendKind, Protocol},
 };
 use testkit::{
+    agent::wait_until,
     backends::Backends,
     dns::Dnsmasq,
     netns::NetnsGuard,
@@ -422,31 +423,45 @@ fn host_only_scope_leaves_other_network_namespaces_alone() {
     );
 }
 
-/// The reverse map holds live sockets only: 10,000 short-lived UDP sockets leave nothing
-/// behind (`sock_release` deletes their entries), while an open one keeps its entry.
+/// The reverse map holds live TCP sockets only: 2,000 short-lived connections leave nothing
+/// behind (`sock_release` deletes their entries), while an open connection keeps its entry; UDP
+/// sockets keep their translation in socket-local storage and never use the map.
 #[test]
 fn reverse_map_does_not_grow_with_closed_sockets() {
     let mut s = Scratch::new("revnat-release").unwrap();
-    let b = Backends::udp(LOCALHOST4, &["r0", "r1"]).unwrap();
-    let vip = sa("10.96.0.59:53");
+    let tcp = Backends::tcp(LOCALHOST4, &["t0"]).unwrap();
+    let udp = Backends::udp(LOCALHOST4, &["u0", "u1"]).unwrap();
+    let (vip, vip_udp) = (sa("10.96.0.59:80"), sa("10.96.0.59:53"));
     s.datapath
-        .apply(Desired::default().insert(vip, Protocol::Udp, b.addrs()))
+        .apply(
+            Desired::default()
+                .insert(vip, Protocol::Tcp, tcp.addrs())
+                .insert(vip_udp, Protocol::Udp, udp.addrs()),
+        )
         .unwrap();
     let entries = |s: &Scratch| s.datapath.writer().maps().revnat_entries();
 
-    let mut open = Dgram::start(&s, vip);
-    one_backend(&open.exchange(1, None), vip);
-    assert_eq!(entries(&s), 1, "an open socket keeps its entry");
+    let mut open = Probe::spawn(Some(&s.cgroup), &["hold", "tcp", &vip.to_string()]).unwrap();
+    assert_eq!(open.read_lines(1).unwrap(), [format!("connected {vip}")]);
+    assert_eq!(entries(&s), 1, "an open connection keeps its entry");
 
-    let mut many =
-        Probe::spawn(Some(&s.cgroup), &["dgram-many", &vip.to_string(), "10000"]).unwrap();
-    assert_eq!(many.read_lines(1).unwrap(), ["done 10000 0"]);
+    let out = Probe::run(Some(&s.cgroup), &["peer", "tcp", &vip.to_string(), "2000"]).unwrap();
+    assert_eq!(out.len(), 2000);
+    let mut many = Probe::spawn(
+        Some(&s.cgroup),
+        &["dgram-many", &vip_udp.to_string(), "2000"],
+    )
+    .unwrap();
+    assert_eq!(many.read_lines(1).unwrap(), ["done 2000 0"]);
     many.finish_raw().unwrap();
     assert_eq!(entries(&s), 1, "closed sockets left entries behind");
-    assert!(s.datapath.counters().unwrap().rewritten >= 10_001);
+    assert!(s.datapath.counters().unwrap().rewritten >= 4_001);
 
-    open.0.finish_raw().unwrap();
-    assert_eq!(entries(&s), 0);
+    open.finish_raw().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(2), || entries(&s) == 0),
+        "the closed connection's entry stayed"
+    );
 }
 
 /// `lb_members` holds exactly each frontend's current backend set, through growth, shrink,

@@ -38,7 +38,7 @@ enum Task {
     /// Benchmarks (needs root; a report, not a test): lbctl vs kube-proxy-shaped iptables and
     /// nftables datapaths, and the control plane at scale. Writes bench-results/.
     Bench {
-        /// Arguments for lb-bench (after `--`), e.g. `-- --quick` or `-- --reps 3`.
+        /// Arguments for lb-bench (after `--`), e.g. `-- --quick` or `-- --rounds 20 --counts 1,10000`.
         #[arg(last = true)]
         args: Vec<String>,
     },
@@ -143,7 +143,7 @@ fn main() -> Result<()> {
         Task::Bench { args } => {
             setup::run()?;
             let bench = build_release(&["lb-bench"])?;
-            // The control-plane part runs the release `lbctl agent` next to lb-bench.
+            // The control-plane and churn parts run the real agent: the release lbctl next to lb-bench.
             run(cargo().args(["build", "--release", "-p", "lbctl", "--bin", "lbctl"]))?;
             // From the workspace root, so bench-results/ lands there.
             run(Command::new(bench).args(args).current_dir(workspace_root()))

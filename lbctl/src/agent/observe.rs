@@ -107,6 +107,69 @@ impl Refusals {
             }
         }
         self.refusing = now;
+        self.counts()
+    }
+
+    /// Like [`Refusals::update`] for some frontends only: each changed key with the frontend
+    /// now programmed there (`None`: none is). `inventory` must hold the objects of the
+    /// Services of the refusing ones (to explain them). Costs the keys given, not all
+    /// frontends.
+    pub fn update_changed<'a>(
+        &mut self,
+        changed: impl Iterator<Item = (FrontendKey, Option<&'a Frontend>)>,
+        inventory: &Inventory,
+        node: &str,
+    ) -> BTreeMap<TrafficPolicy, usize> {
+        let mut index: Option<Index> = None;
+        for (addr, frontend) in changed {
+            let old = self.refusing.remove(&addr);
+            match frontend {
+                Some(frontend) if frontend.backends.is_empty() => {
+                    let index = index.get_or_insert_with(|| Index::new(inventory));
+                    let now = Refusing {
+                        service: frontend.service.clone(),
+                        port_name: frontend.port_name.clone(),
+                        refusal: index.explain(frontend, node),
+                    };
+                    if old.as_ref() != Some(&now) {
+                        tracing::warn!(
+                            frontend = %addr,
+                            service = %now.service,
+                            port_name = %now.port_name,
+                            traffic_policy = %now.refusal.policy,
+                            reason = %now.refusal.reason,
+                            "frontend refuses connections (ECONNREFUSED)"
+                        );
+                    }
+                    self.refusing.insert(addr, now);
+                }
+                Some(frontend) => {
+                    if old.is_some() {
+                        tracing::info!(
+                            frontend = %addr,
+                            service = %frontend.service,
+                            port_name = %frontend.port_name,
+                            backends = frontend.backends.len(),
+                            "frontend has backends again; connects are served"
+                        );
+                    }
+                }
+                None => {
+                    if let Some(r) = old {
+                        tracing::info!(
+                            frontend = %addr,
+                            service = %r.service,
+                            port_name = %r.port_name,
+                            "refusing frontend removed"
+                        );
+                    }
+                }
+            }
+        }
+        self.counts()
+    }
+
+    fn counts(&self) -> BTreeMap<TrafficPolicy, usize> {
         let mut counts = BTreeMap::new();
         for r in self.refusing.values() {
             *counts.entry(r.refusal.policy).or_insert(0) += 1;
@@ -347,6 +410,26 @@ impl TriggerTimes {
     }
 
     /// The trigger times the apply that just succeeded has programmed.
+    /// Notes the trigger times of some slices (those of the Services that changed), keeping
+    /// what was seen of the others. A deleted slice is forgotten by the next full
+    /// [`TriggerTimes::note`] (the resync); until then its last trigger time is kept, which
+    /// can only hide a change that carries the very same time.
+    pub fn note_changed(&mut self, slices: &[EndpointSlice]) {
+        for slice in slices {
+            let Some(trigger) = trigger_time(slice) else {
+                continue;
+            };
+            let key = (
+                namespace_of(slice.metadata.namespace.as_ref()).to_owned(),
+                slice.metadata.name.clone().unwrap_or_default(),
+            );
+            if self.seen.get(&key) != Some(&trigger) && trigger > self.started {
+                self.pending.push(trigger);
+            }
+            self.seen.insert(key, trigger);
+        }
+    }
+
     pub fn take(&mut self) -> Vec<SystemTime> {
         std::mem::take(&mut self.pending)
     }

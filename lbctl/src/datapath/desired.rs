@@ -7,7 +7,7 @@ use std::{
 
 use lb_common::{Backend, IPPROTO_TCP, IPPROTO_UDP, SCOPE_ANY, ServiceKey, service_flags};
 
-use crate::plan::{FrontendKey, FrontendKind, Plan, Protocol};
+use crate::plan::{Frontend, FrontendKey, FrontendKind, Plan, Protocol};
 
 /// The BPF map encoding of a frontend key.
 impl FrontendKey {
@@ -73,8 +73,13 @@ impl Desired {
     /// The frontends of a plan. The engine guarantees one frontend per (address, port,
     /// protocol); should two collide anyway, the first in plan order wins.
     pub fn from_plan(plan: &Plan) -> Self {
+        Self::from_frontends(&plan.frontends)
+    }
+
+    /// The frontends given, the first of each (address, port, protocol) winning.
+    pub fn from_frontends<'a>(frontends: impl IntoIterator<Item = &'a Frontend>) -> Self {
         let mut services = BTreeMap::new();
-        for fe in &plan.frontends {
+        for fe in frontends {
             services.entry(fe.key()).or_insert_with(|| ServiceSpec {
                 backends: fe.backends.clone(),
                 affinity_timeout: fe.affinity_timeout_seconds,

@@ -16,7 +16,7 @@ use aya::{
 };
 
 use super::{
-    DatapathError,
+    DatapathError, kfunc,
     maps::{self, Maps},
     state::{self, STATE_MAP, State},
     sys, system,
@@ -158,6 +158,11 @@ impl Object {
     pub fn sha256(&self) -> &str {
         &self.sha256
     }
+
+    /// The ELF bytes, as built (before [`kfunc`] patches them for this kernel).
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
 }
 
 /// How [`install`] found the node.
@@ -271,7 +276,7 @@ pub(crate) fn install(config: &DatapathConfig, object: &Object) -> Result<Loaded
     }
 
     let cgroup = open_cgroup(&config.cgroup)?;
-    let mut ebpf = load(config, object, pin_dir)?;
+    let (mut ebpf, _) = load(config, object, pin_dir)?;
     let mut maps = Maps::take(&mut ebpf)?;
     maps.stamp_or_check_version(pin_dir)?;
     set_scope(&mut maps, config)?;
@@ -314,12 +319,13 @@ pub(crate) fn install(config: &DatapathConfig, object: &Object) -> Result<Loaded
 }
 
 /// Loads `object` with its maps pinned under `map_dir` (reused when pinned there already,
-/// created and pinned otherwise), sized by `config.capacity`.
-fn load(
+/// created and pinned otherwise), sized by `config.capacity`, its kfunc calls resolved for this
+/// kernel ([`kfunc`]).
+pub(crate) fn load(
     config: &DatapathConfig,
     object: &Object,
     map_dir: &Path,
-) -> Result<aya::Ebpf, DatapathError> {
+) -> Result<(aya::Ebpf, kfunc::Resolution), DatapathError> {
     let pin_paths: Vec<(&str, PathBuf, u32)> = maps::MAPS
         .iter()
         .map(|m| {
@@ -337,7 +343,44 @@ fn load(
             .map_max_entries(name, *capacity)
             .map_pin_path(name, path.as_path());
     }
-    loader.load(&object.bytes).map_err(DatapathError::Load)
+    let (bytes, resolution) = kfunc::patch(
+        &object.bytes,
+        kfunc::SOCK_DESTROY,
+        kfunc::kernel_btf_id(kfunc::SOCK_DESTROY),
+    )?;
+    let ebpf = loader.load(&bytes).map_err(DatapathError::Load)?;
+    Ok((ebpf, resolution))
+}
+
+/// Where [`load_on_pinned`] pins the maps for a moment (bpffs refuses names with a dot).
+fn borrowed_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join("borrowed")
+}
+
+/// Loads `object` on the maps pinned under `config.pin_dir`, which must all exist: unlike
+/// [`load`], a missing map is an error, never created (a new empty map pinned in place of one
+/// removed behind the agent's back would hide the removal from the repair). The maps are pinned
+/// again, for the length of the load, in a private directory that aya loads from.
+pub(crate) fn load_on_pinned(
+    config: &DatapathConfig,
+    object: &Object,
+) -> Result<(aya::Ebpf, kfunc::Resolution), DatapathError> {
+    let borrowed = borrowed_dir(&config.pin_dir);
+    remove_pins(&borrowed)?;
+    system::create_private_dir(&borrowed)?;
+    let result = maps::MAPS
+        .iter()
+        .try_for_each(|m| {
+            let from = maps::pin_path(&config.pin_dir, m.name);
+            let fd = sys::obj_get(&from, false)
+                .map_err(|e| DatapathError::io(format!("opening {}", from.display()), e))?;
+            let to = maps::pin_path(&borrowed, m.name);
+            sys::obj_pin(fd.as_fd(), &to)
+                .map_err(|e| DatapathError::io(format!("pinning {}", to.display()), e))
+        })
+        .and_then(|()| load(config, object, &borrowed));
+    remove_pins(&borrowed)?;
+    result
 }
 
 /// Loads `object` on new maps pinned in the staging directory; the attached programs keep
@@ -345,7 +388,7 @@ fn load(
 fn stage(config: &DatapathConfig, object: &Object, reason: &str) -> Result<Loaded, DatapathError> {
     let staging = staging_dir(&config.pin_dir);
     system::create_private_dir(&staging)?;
-    let mut ebpf = load(config, object, &staging)?;
+    let (mut ebpf, _) = load(config, object, &staging)?;
     let mut maps = Maps::take(&mut ebpf)?;
     maps.stamp_or_check_version(&staging)?;
     set_scope(&mut maps, config)?;
@@ -587,6 +630,7 @@ pub fn uninstall(pin_dir: &Path) -> Result<(), DatapathError> {
     remove_maps(pin_dir)?;
     remove_file(&pin_dir.join(STATE_MAP))?;
     remove_pins(&staging_dir(pin_dir))?;
+    remove_pins(&borrowed_dir(pin_dir))?;
     remove_dir(&pin_dir.join("links"))?;
     remove_dir(pin_dir)
 }

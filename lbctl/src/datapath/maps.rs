@@ -5,8 +5,8 @@ use aya::maps::{Array, HashMap, Map, MapData, MapInfo, PerCpuArray};
 use lb_common::{
     AFFINITY_MAP, AffinityKey, AffinityValue, BACKENDS_MAP, Backend, EVENTS_MAP,
     FRONTEND_STATS_MAP, FrontendName, FrontendStats, LAYOUT_VERSION, MEMBERS_MAP, META_MAP,
-    MemberKey, NAMES_MAP, REVNAT_MAP, RevNat, SERVICES_MAP, STATS_MAP, ServiceKey, ServiceValue,
-    meta, stat,
+    MemberKey, NAMES_MAP, PEER_PORTS, PEER_PORTS_MAP, REVNAT_MAP, RevNat, SERVICES_MAP, SOCK_MAP,
+    STATS_MAP, ServiceKey, ServiceValue, meta, stat,
 };
 
 use super::{DatapathError, loader::Capacity};
@@ -21,7 +21,7 @@ pub(crate) struct MapSpec {
 }
 
 /// The maps, written once: the loader pins these, [`Maps`] opens them, uninstall removes them.
-pub(crate) const MAPS: [MapSpec; 10] = [
+pub(crate) const MAPS: [MapSpec; 12] = [
     MapSpec {
         name: SERVICES_MAP,
         key_size: size_of::<ServiceKey>(),
@@ -64,6 +64,19 @@ pub(crate) const MAPS: [MapSpec; 10] = [
         key_size: size_of::<u64>(),
         value_size: size_of::<RevNat>(),
         capacity: |c| c.revnat,
+    },
+    // Socket-local storage: one value per socket, no capacity (`max_entries` must be 0).
+    MapSpec {
+        name: SOCK_MAP,
+        key_size: size_of::<i32>(),
+        value_size: size_of::<RevNat>(),
+        capacity: |_| 0,
+    },
+    MapSpec {
+        name: PEER_PORTS_MAP,
+        key_size: size_of::<u32>(),
+        value_size: size_of::<u32>(),
+        capacity: |_| PEER_PORTS,
     },
     MapSpec {
         name: AFFINITY_MAP,
@@ -209,6 +222,12 @@ pub struct Counters {
     pub affinity: u64,
     /// Datagrams of unconnected UDP sockets that kept their socket's backend.
     pub sticky: u64,
+    /// Connected UDP sockets terminated because their backend left the set.
+    pub terminated_udp: u64,
+    /// Connected TCP sockets terminated (with `--terminate-sockets udp-tcp`).
+    pub terminated_tcp: u64,
+    /// Sockets to terminate that the kernel refused to destroy.
+    pub terminate_failed: u64,
 }
 
 /// How [`Maps`] opens pinned maps.
@@ -366,6 +385,9 @@ impl Maps {
             foreign_netns: sum(stat::FOREIGN_NETNS)?,
             affinity: sum(stat::AFFINITY)?,
             sticky: sum(stat::STICKY)?,
+            terminated_udp: sum(stat::TERMINATED_UDP)?,
+            terminated_tcp: sum(stat::TERMINATED_TCP)?,
+            terminate_failed: sum(stat::TERMINATE_FAILED)?,
         })
     }
 

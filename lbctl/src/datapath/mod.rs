@@ -5,12 +5,14 @@ pub mod decode;
 pub mod desired;
 pub mod fake;
 mod ids;
+pub mod kfunc;
 pub mod loader;
 pub mod maps;
 pub mod state;
 pub mod store;
 pub(crate) mod sys;
 pub mod system;
+pub mod terminate;
 pub mod writer;
 
 use std::path::{Path, PathBuf};
@@ -22,6 +24,7 @@ pub use desired::{Desired, ServiceSpec};
 pub use loader::{Capacity, DatapathConfig, Installed, Object, SocketLbScope, object_identity};
 pub use maps::{Counters, Maps};
 pub use store::LbMaps;
+pub use terminate::{TerminateSockets, TerminationConfig, Terminator};
 pub use writer::{ApplyReport, FrontendError, Writer};
 
 /// Default pin directory.
@@ -89,6 +92,8 @@ pub enum DatapathError {
     },
     #[error("pinning the link of program {program}: {detail}")]
     Link { program: String, detail: String },
+    #[error("resolving the kernel function calls of the object: {0}")]
+    Kfunc(#[from] kfunc::KfuncError),
     #[error("map {map}: {source}")]
     Map {
         map: String,
@@ -129,6 +134,16 @@ pub struct Datapath {
     object: Option<Object>,
     /// A migration waiting for its first [`Datapath::apply`] (see [`Installed::Migrating`]).
     pending: Option<(DatapathConfig, loader::Pending)>,
+    /// Changes whenever the pinned maps may have been replaced (install, repair, migration):
+    /// whatever holds programs loaded on the maps reloads them.
+    generation: u64,
+}
+
+/// Source of [`Datapath::generation`].
+static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn next_generation() -> u64 {
+    GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl Datapath {
@@ -150,6 +165,7 @@ impl Datapath {
             writer,
             object: Some(object),
             pending: loaded.pending.map(|p| (config.clone(), p)),
+            generation: next_generation(),
         })
     }
 
@@ -162,6 +178,7 @@ impl Datapath {
             writer,
             object: None,
             pending: None,
+            generation: next_generation(),
         })
     }
 
@@ -181,6 +198,7 @@ impl Datapath {
                     return Err(e);
                 }
                 self.installed = Installed::Upgraded;
+                self.generation = next_generation();
                 restrict_pins(&self.pin_dir)?;
             } else {
                 tracing::warn!(
@@ -190,6 +208,24 @@ impl Datapath {
             }
         }
         Ok(report)
+    }
+
+    /// A migration waits for its staged maps to be filled (by the next full apply).
+    pub fn migrating(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Applies `desired` for the frontends in `changed` only ([`Writer::apply_changed`]). While
+    /// a migration waits for its staged maps to be filled, this is a full [`Datapath::apply`].
+    pub fn apply_changed(
+        &mut self,
+        desired: &Desired,
+        changed: &std::collections::BTreeSet<FrontendKey>,
+    ) -> Result<ApplyReport, DatapathError> {
+        if self.pending.is_some() {
+            return self.apply(desired);
+        }
+        self.writer.apply_changed(desired, changed)
     }
 
     /// The kernel object this datapath was installed with (`None` when opened).
@@ -207,6 +243,11 @@ impl Datapath {
 
     pub fn installed(&self) -> Installed {
         self.installed
+    }
+
+    /// See the field: equal generations mean the same pinned maps.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     pub fn pin_dir(&self) -> &Path {

@@ -16,7 +16,11 @@ const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_LINK_UPDATE: libc::c_long = 29;
+const BPF_ITER_CREATE: libc::c_long = 33;
+/// `BPF_TRACE_ITER` (`enum bpf_attach_type`).
+const BPF_TRACE_ITER: u32 = 28;
 /// `BPF_F_RDONLY` (file flag of `BPF_OBJ_GET`).
 const BPF_F_RDONLY: u32 = 1 << 3;
 /// Filesystem magics of linux/magic.h (as libc defines them; `c_long` is `i64` on 64-bit
@@ -148,6 +152,63 @@ pub(crate) fn link_update(link: BorrowedFd<'_>, program: BorrowedFd<'_>) -> io::
     };
     // SAFETY: `attr` is the BPF_LINK_UPDATE member; it holds descriptors only.
     unsafe { bpf(BPF_LINK_UPDATE, &attr) }.map(drop)
+}
+
+/// The `link_create` member of `union bpf_attr`, up to the iterator's `iter_info`.
+#[repr(C)]
+struct LinkCreateIterAttr {
+    prog_fd: u32,
+    target_fd: u32,
+    attach_type: u32,
+    flags: u32,
+    iter_info: u64,
+    iter_info_len: u32,
+    pad: u32,
+}
+
+/// Creates a link for an iterator program (`BPF_LINK_CREATE`, `BPF_TRACE_ITER`) without
+/// parameters (the `tcp` and `udp` iterators take none). aya's `Iter::attach` hides the link's
+/// descriptor, and [`iter_create`] needs it for every run.
+pub(crate) fn iter_link_create(program: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let attr = LinkCreateIterAttr {
+        prog_fd: program.as_raw_fd() as u32,
+        target_fd: 0,
+        attach_type: BPF_TRACE_ITER,
+        flags: 0,
+        iter_info: 0,
+        iter_info_len: 0,
+        pad: 0,
+    };
+    // SAFETY: `attr` is the BPF_LINK_CREATE member; it holds a descriptor and no pointers.
+    unsafe { bpf(BPF_LINK_CREATE, &attr) }.map(owned)
+}
+
+/// The `iter_create` member of `union bpf_attr`.
+#[repr(C)]
+struct IterCreateAttr {
+    link_fd: u32,
+    flags: u32,
+}
+
+/// Starts one run of an iterator link (`BPF_ITER_CREATE`): reading the returned file runs the
+/// program over the objects, here the sockets of the calling thread's network namespace.
+pub(crate) fn iter_create(link: BorrowedFd<'_>) -> io::Result<std::fs::File> {
+    let attr = IterCreateAttr {
+        link_fd: link.as_raw_fd() as u32,
+        flags: 0,
+    };
+    // SAFETY: `attr` is the BPF_ITER_CREATE member; it holds a descriptor only.
+    unsafe { bpf(BPF_ITER_CREATE, &attr) }.map(|fd| std::fs::File::from(owned(fd)))
+}
+
+/// Moves the calling thread into the network namespace `netns` refers to (`setns(2)`,
+/// `CLONE_NEWNET`; needs CAP_SYS_ADMIN). Other threads stay where they are.
+pub(crate) fn enter_netns(netns: BorrowedFd<'_>) -> io::Result<()> {
+    rustix::thread::move_into_link_name_space(
+        netns,
+        Some(rustix::thread::LinkNameSpaceType::Network),
+    )
+    .map_err(io::Error::from)
 }
 
 /// The `batch` member of `union bpf_attr` (`BPF_MAP_*_BATCH`).

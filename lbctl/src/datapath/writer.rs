@@ -75,6 +75,9 @@ pub struct ApplyReport {
     pub map_operations: usize,
     /// Batches issued (each one `bpf()` call on the kernel maps).
     pub map_calls: usize,
+    /// Backend memberships removed (a backend left a frontend's set, or the frontend went):
+    /// sockets connected to those backends through those frontends are to be terminated.
+    pub memberships_deleted: usize,
     pub errors: Vec<FrontendError>,
 }
 
@@ -89,6 +92,9 @@ pub struct Writer<M: LbMaps = Maps> {
     maps: M,
     limits: Limits,
     services: BTreeMap<FrontendKey, Programmed>,
+    /// Service map entries `services` accounts for (a master and its slots each), kept with
+    /// it so that an apply of a few frontends does not count all of them.
+    held_entries: usize,
     /// Backend value -> id.
     backend_ids: HashMap<Backend, u32>,
     backend_values: HashMap<u32, Backend>,
@@ -191,6 +197,7 @@ impl<M: LbMaps> Writer<M> {
         let decoded = decode(maps.dump()?);
         let mut writer = Self {
             services: BTreeMap::new(),
+            held_entries: 0,
             backend_ids: HashMap::new(),
             backend_values: HashMap::new(),
             backend_alloc: Ids::new(limits.backends.saturating_add(1)),
@@ -255,13 +262,41 @@ impl<M: LbMaps> Writer<M> {
 
     /// Makes the maps hold exactly `desired`, writing only what differs.
     pub fn apply(&mut self, desired: &Desired) -> Result<ApplyReport, DatapathError> {
+        self.apply_scoped(desired, None)
+    }
+
+    /// Makes the maps hold what `desired` says for the frontends in `changed` (programming,
+    /// rewriting or deleting each), in the same order and with the same rollback as
+    /// [`Writer::apply`], and touches no other frontend: the cost follows `changed`, not the
+    /// size of `desired`. Frontends outside `changed` must be as the maps hold them (the
+    /// caller's full [`Writer::apply`] on its resync timer repairs anything else).
+    pub fn apply_changed(
+        &mut self,
+        desired: &Desired,
+        changed: &BTreeSet<FrontendKey>,
+    ) -> Result<ApplyReport, DatapathError> {
+        self.apply_scoped(desired, Some(changed))
+    }
+
+    fn apply_scoped(
+        &mut self,
+        desired: &Desired,
+        scope: Option<&BTreeSet<FrontendKey>>,
+    ) -> Result<ApplyReport, DatapathError> {
         let mut report = ApplyReport::default();
         let mut errors: BTreeMap<FrontendKey, String> = BTreeMap::new();
 
         // Which frontends change, and the backend ids they need.
         let mut changes: Vec<Change<'_>> = Vec::new();
         let mut new_backends: Vec<(u32, Backend)> = Vec::new();
-        for (frontend, spec) in &desired.services {
+        let candidates: Box<dyn Iterator<Item = (&FrontendKey, &ServiceSpec)>> = match scope {
+            None => Box::new(desired.services.iter()),
+            Some(keys) => Box::new(
+                keys.iter()
+                    .filter_map(|k| desired.services.get_key_value(k)),
+            ),
+        };
+        for (frontend, spec) in candidates {
             if self.services.get(frontend).is_some_and(|p| {
                 p.spec.as_ref() == Some(spec) && !self.unsettled.contains(&p.master.frontend_id)
             }) {
@@ -326,15 +361,7 @@ impl<M: LbMaps> Writer<M> {
         drop((new_backends, owners, applied, failed));
 
         // What each change writes, within the tables' room.
-        let mut service_entries: usize = if changes.is_empty() {
-            0
-        } else {
-            self.services
-                .values()
-                .map(|p| 1 + p.slots.len())
-                .sum::<usize>()
-                + self.stray_keys.len()
-        };
+        let mut service_entries: usize = self.held_entries + self.stray_keys.len();
         let mut member_entries = self.members.len();
         for change in &mut changes {
             if change.failed.is_some() {
@@ -544,12 +571,19 @@ impl<M: LbMaps> Writer<M> {
         }
 
         // 4. Masters of frontends no longer wanted: their connects pass through from here on.
-        let gone: Vec<FrontendKey> = self
-            .services
-            .keys()
-            .filter(|f| !desired.services.contains_key(f))
-            .copied()
-            .collect();
+        let gone: Vec<FrontendKey> = match scope {
+            None => self
+                .services
+                .keys()
+                .filter(|f| !desired.services.contains_key(f))
+                .copied()
+                .collect(),
+            Some(keys) => keys
+                .iter()
+                .filter(|f| self.services.contains_key(f) && !desired.services.contains_key(f))
+                .copied()
+                .collect(),
+        };
         let owners: Vec<usize> = (0..gone.len()).collect();
         let maps = &mut self.maps;
         let (applied, failed) = batched(&owners, &mut report.map_calls, |items| {
@@ -637,6 +671,7 @@ impl<M: LbMaps> Writer<M> {
         for (i, &(fid, bid)) in member_deletes.iter().enumerate() {
             if applied[i] {
                 report.map_operations += 1;
+                report.memberships_deleted += 1;
                 self.members.remove(&(fid, bid));
             } else {
                 // Kept in the mirror; the next apply retries.
@@ -806,13 +841,16 @@ impl<M: LbMaps> Writer<M> {
         for &id in &programmed.slots {
             *self.refs.entry(id).or_default() += 1;
         }
+        self.held_entries += 1 + programmed.slots.len();
         if let Some(old) = self.services.insert(frontend, programmed) {
+            self.held_entries -= 1 + old.slots.len();
             self.release_refs(&old.slots);
         }
     }
 
     fn remove_programmed(&mut self, frontend: &FrontendKey) -> Option<Programmed> {
         let old = self.services.remove(frontend)?;
+        self.held_entries -= 1 + old.slots.len();
         self.release_refs(&old.slots);
         Some(old)
     }

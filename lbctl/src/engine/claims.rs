@@ -14,15 +14,7 @@ impl Claims {
     /// Offers the frontends of one service. Within a service, ClusterIP comes before NodePort,
     /// ExternalIP and LoadBalancer, then port name order.
     pub(crate) fn offer(&mut self, mut frontends: Vec<Frontend>, report: &mut Report) {
-        frontends.sort_by(|a, b| {
-            (a.kind, &a.port_name, a.address, a.port, a.protocol).cmp(&(
-                b.kind,
-                &b.port_name,
-                b.address,
-                b.port,
-                b.protocol,
-            ))
-        });
+        sort_offer(&mut frontends);
         for frontend in frontends {
             let key = frontend.key();
             match self.claimed.get(&key) {
@@ -48,7 +40,20 @@ impl Claims {
     }
 }
 
-fn lost_reason(loser: &Frontend, owner: &Frontend) -> String {
+/// The order in which one service offers its frontends.
+pub(crate) fn sort_offer(frontends: &mut [Frontend]) {
+    frontends.sort_by(|a, b| {
+        (a.kind, &a.port_name, a.address, a.port, a.protocol).cmp(&(
+            b.kind,
+            &b.port_name,
+            b.address,
+            b.port,
+            b.protocol,
+        ))
+    });
+}
+
+pub(crate) fn lost_reason(loser: &Frontend, owner: &Frontend) -> String {
     let port = if loser.port_name.is_empty() {
         format!("port {}/{}", loser.port, loser.protocol)
     } else {

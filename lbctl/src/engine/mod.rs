@@ -5,6 +5,7 @@
 //! the reason, and everything else is still planned. `docs/semantics.md` describes the rules.
 mod claims;
 mod endpoints;
+mod incremental;
 mod node;
 mod ports;
 mod report;
@@ -21,6 +22,7 @@ use crate::{
     plan::{Plan, ServiceRef},
 };
 
+pub use incremental::{Planner, service_ref_of, slice_service};
 pub use node::ZONE_LABEL;
 pub use slices::SERVICE_NAME_LABEL;
 

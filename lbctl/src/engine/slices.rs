@@ -47,8 +47,11 @@ pub(crate) struct SliceIndex<'a> {
 }
 
 impl<'a> SliceIndex<'a> {
-    pub(crate) fn build(slices: &'a [EndpointSlice], report: &mut Report) -> Self {
-        let mut by_service: HashMap<&str, HashMap<&str, Vec<SliceView<'_>>>> = HashMap::new();
+    pub(crate) fn build(
+        slices: impl IntoIterator<Item = &'a EndpointSlice>,
+        report: &mut Report,
+    ) -> Self {
+        let mut by_service: HashMap<&'a str, HashMap<&'a str, Vec<SliceView<'a>>>> = HashMap::new();
         for slice in slices {
             if let Some(((namespace, name), view)) = validate(slice, report) {
                 by_service

@@ -13,7 +13,7 @@ use crate::{
         DatapathError, FrontendKey, Writer,
         sys::{BatchFailure, map_update_batch},
     },
-    plan::Plan,
+    plan::{Frontend, Plan},
 };
 
 /// A Service port, as named in the cluster.
@@ -116,6 +116,53 @@ impl NamesWriter {
         Ok(())
     }
 
+    /// Changes some ids only (what [`NamesWriter::sync`] does for all): removes the names of
+    /// `remove` and writes those of `write`. Returns the number of map operations.
+    pub fn update(
+        &mut self,
+        pin_dir: &Path,
+        remove: &[u32],
+        write: &[(u32, FrontendName)],
+    ) -> Result<usize, DatapathError> {
+        self.open(pin_dir)?;
+        let Some((_, map)) = self.map.as_mut() else {
+            return Ok(0);
+        };
+        let mut ops = 0;
+        let mut failed = None;
+        for id in remove {
+            if !self.written.contains_key(id) {
+                continue;
+            }
+            ops += 1;
+            match map.remove(id) {
+                Ok(()) => {
+                    self.written.remove(id);
+                }
+                Err(_) if matches!(map.get(id, 0), Err(aya::maps::MapError::KeyNotFound)) => {
+                    self.written.remove(id);
+                }
+                Err(e) => failed = Some(e),
+            }
+        }
+        for (id, name) in write {
+            if self.written.get(id) == Some(name) {
+                continue;
+            }
+            ops += 1;
+            match map.insert(id, name, 0) {
+                Ok(()) => {
+                    self.written.insert(*id, *name);
+                }
+                Err(e) => failed = Some(e),
+            }
+        }
+        match failed {
+            Some(e) => Err(map_error(e)),
+            None => Ok(ops),
+        }
+    }
+
     /// Writes the names of `plan`'s frontends that `writer` programmed and removes the others.
     /// Returns the number of map operations.
     pub fn sync(
@@ -124,8 +171,18 @@ impl NamesWriter {
         plan: &Plan,
         writer: &Writer,
     ) -> Result<usize, DatapathError> {
+        self.sync_frontends(pin_dir, &plan.frontends, writer)
+    }
+
+    /// [`NamesWriter::sync`] over any frontends (the first of each address wins).
+    pub fn sync_frontends<'a>(
+        &mut self,
+        pin_dir: &Path,
+        frontends: impl IntoIterator<Item = &'a Frontend>,
+        writer: &Writer,
+    ) -> Result<usize, DatapathError> {
         let mut desired = BTreeMap::new();
-        for fe in &plan.frontends {
+        for fe in frontends {
             let addr = FrontendKey {
                 address: fe.address,
                 port: fe.port,

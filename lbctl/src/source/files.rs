@@ -5,7 +5,13 @@
 //! files were read successfully one time; a later unreadable edit keeps the last good objects
 //! (the datapath is never flushed because a file is broken), sets `connected = false` and says
 //! why in `last_error`.
+//!
+//! Each successful read is compared with the one before, Service by Service (the Service
+//! object and the EndpointSlices labelled with its name), so [`FileSource::take_changes`]
+//! names only the Services whose objects differ; a change to the Nodes or to an unlabelled
+//! slice marks everything.
 use std::{
+    collections::{BTreeMap, BTreeSet},
     path::PathBuf,
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
@@ -14,8 +20,14 @@ use std::{
 use notify::{RecursiveMode, Watcher};
 use tokio::{sync::watch, task::JoinHandle};
 
-use super::{SourceState, manifests};
-use crate::model::Inventory;
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+
+use super::{Dirty, SourceState, manifests};
+use crate::{
+    engine::{service_ref_of, slice_service},
+    model::Inventory,
+    plan::ServiceRef,
+};
 
 /// Errors starting the file source (reading errors at run time go to [`SourceState`]).
 #[derive(Debug, thiserror::Error)]
@@ -30,18 +42,70 @@ pub enum FileSourceError {
 
 /// Manifest files, watched.
 pub struct FileSource {
-    /// Shared with each snapshot: a snapshot costs no copy of the objects.
-    inventory: Arc<Mutex<Arc<Inventory>>>,
+    inventory: Arc<Mutex<Loaded>>,
     state: watch::Receiver<SourceState>,
     _watcher: notify::RecommendedWatcher,
     task: JoinHandle<()>,
 }
 
-fn load(paths: &[PathBuf], inventory: &Mutex<Arc<Inventory>>, tx: &watch::Sender<SourceState>) {
+/// The objects of the last good read and what changed since the agent took the changes.
+#[derive(Default)]
+struct Loaded {
+    /// Shared with each snapshot: a snapshot costs no copy of the objects.
+    inventory: Arc<Inventory>,
+    dirty: Dirty,
+}
+
+/// The objects of each Service: its Service objects and its labelled slices.
+type ByService<'a> = BTreeMap<ServiceRef, (Vec<&'a Service>, Vec<&'a EndpointSlice>)>;
+
+/// Groups by Service; `None` when an object belongs to no Service (an unlabelled slice).
+fn by_service(inventory: &Inventory) -> (ByService<'_>, Vec<&EndpointSlice>) {
+    let mut groups: ByService<'_> = BTreeMap::new();
+    for svc in &inventory.services {
+        groups.entry(service_ref_of(svc)).or_default().0.push(svc);
+    }
+    let mut unlabelled = Vec::new();
+    for slice in &inventory.endpoint_slices {
+        match slice_service(slice) {
+            Some(svc) => groups.entry(svc).or_default().1.push(slice),
+            None => unlabelled.push(slice),
+        }
+    }
+    (groups, unlabelled)
+}
+
+/// Which Services differ between two reads.
+fn changes(old: &Inventory, new: &Inventory) -> Dirty {
+    if old.nodes != new.nodes {
+        return Dirty::All;
+    }
+    let (old_groups, old_unlabelled) = by_service(old);
+    let (new_groups, new_unlabelled) = by_service(new);
+    if old_unlabelled != new_unlabelled {
+        return Dirty::All;
+    }
+    let refs: BTreeSet<&ServiceRef> = old_groups.keys().chain(new_groups.keys()).collect();
+    Dirty::Services(
+        refs.into_iter()
+            .filter(|r| old_groups.get(*r) != new_groups.get(*r))
+            .cloned()
+            .collect(),
+    )
+}
+
+fn load(paths: &[PathBuf], loaded: &Mutex<Loaded>, tx: &watch::Sender<SourceState>) {
     let result = manifests::load_paths(paths);
     tx.send_modify(|state| match result {
         Ok(objects) => {
-            *inventory.lock().unwrap_or_else(PoisonError::into_inner) = Arc::new(objects);
+            let mut loaded = loaded.lock().unwrap_or_else(PoisonError::into_inner);
+            let dirty = if state.synced {
+                changes(&loaded.inventory, &objects)
+            } else {
+                Dirty::All
+            };
+            loaded.dirty.merge(dirty);
+            loaded.inventory = Arc::new(objects);
             state.generation += 1;
             state.synced = true;
             state.connected = true;
@@ -63,7 +127,10 @@ impl FileSource {
     pub fn start(
         paths: Vec<PathBuf>,
     ) -> Result<(Self, watch::Receiver<SourceState>), FileSourceError> {
-        let inventory = Arc::new(Mutex::new(Arc::new(Inventory::default())));
+        let inventory = Arc::new(Mutex::new(Loaded {
+            inventory: Arc::default(),
+            dirty: Dirty::All,
+        }));
         let (tx, rx) = watch::channel(SourceState::default());
         load(&paths, &inventory, &tx);
 
@@ -119,12 +186,37 @@ impl FileSource {
         ))
     }
 
-    /// The objects of the last successful read.
+    /// The objects of the last successful read (shared, not copied).
     pub fn snapshot(&self) -> Arc<Inventory> {
         self.inventory
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .inventory
             .clone()
+    }
+
+    /// Which Services changed since the last call (everything on the first), with the
+    /// objects the agent needs for them (all of them for [`Dirty::All`]).
+    pub fn take_changes(&self) -> (Dirty, Arc<Inventory>) {
+        let mut loaded = self
+            .inventory
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let dirty = std::mem::take(&mut loaded.dirty);
+        let inventory = match &dirty {
+            Dirty::All => loaded.inventory.clone(),
+            Dirty::Services(refs) => Arc::new(objects_of(&loaded.inventory, refs)),
+        };
+        (dirty, inventory)
+    }
+
+    /// The objects of `services` (and the Nodes).
+    pub fn objects_of(&self, services: &BTreeSet<ServiceRef>) -> Inventory {
+        let loaded = self
+            .inventory
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        objects_of(&loaded.inventory, services)
     }
 
     pub fn state(&self) -> SourceState {
@@ -135,5 +227,109 @@ impl FileSource {
 impl Drop for FileSource {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+fn objects_of(inventory: &Inventory, services: &BTreeSet<ServiceRef>) -> Inventory {
+    Inventory {
+        services: inventory
+            .services
+            .iter()
+            .filter(|svc| services.contains(&service_ref_of(svc)))
+            .cloned()
+            .collect(),
+        endpoint_slices: inventory
+            .endpoint_slices
+            .iter()
+            .filter(|slice| slice_service(slice).is_some_and(|s| services.contains(&s)))
+            .cloned()
+            .collect(),
+        nodes: inventory.nodes.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn svc(name: &str, ip: &str) -> Service {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"clusterIP": ip, "ports": [{"port": 80}]},
+        }))
+        .unwrap()
+    }
+
+    fn slice(name: &str, service: Option<&str>, ip: &str) -> EndpointSlice {
+        let labels = service.map(|s| json!({"kubernetes.io/service-name": s}));
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "default", "labels": labels},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [ip]}],
+        }))
+        .unwrap()
+    }
+
+    fn refs(names: &[&str]) -> Dirty {
+        Dirty::Services(
+            names
+                .iter()
+                .map(|n| ServiceRef {
+                    namespace: "default".into(),
+                    name: (*n).into(),
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn a_reread_names_the_services_whose_objects_differ() {
+        let base = Inventory {
+            services: vec![svc("a", "10.96.0.1"), svc("b", "10.96.0.2")],
+            endpoint_slices: vec![
+                slice("a-1", Some("a"), "10.0.0.1"),
+                slice("b-1", Some("b"), "10.0.0.2"),
+            ],
+            nodes: vec![],
+        };
+        let mut endpoint = base.clone();
+        endpoint.endpoint_slices[1] = slice("b-1", Some("b"), "10.0.0.3");
+        let mut moved = base.clone();
+        moved.endpoint_slices[0] = slice("a-1", Some("b"), "10.0.0.1");
+        let mut deleted = base.clone();
+        deleted.services.remove(0);
+        let mut unlabelled = base.clone();
+        unlabelled
+            .endpoint_slices
+            .push(slice("x", None, "10.0.0.9"));
+        let mut node = base.clone();
+        node.nodes
+            .push(serde_json::from_value(json!({"metadata": {"name": "w1"}})).unwrap());
+        let rows = [
+            ("unchanged", &base, refs(&[])),
+            ("an endpoint of b", &endpoint, refs(&["b"])),
+            ("a slice relabelled from a to b", &moved, refs(&["a", "b"])),
+            ("service a deleted", &deleted, refs(&["a"])),
+            ("an unlabelled slice", &unlabelled, Dirty::All),
+            ("a node", &node, Dirty::All),
+        ];
+        for (name, new, want) in rows {
+            assert_eq!(changes(&base, new), want, "{name}");
+        }
+        let only_b = objects_of(
+            &moved,
+            &BTreeSet::from([ServiceRef {
+                namespace: "default".into(),
+                name: "b".into(),
+            }]),
+        );
+        assert_eq!(only_b.services.len(), 1);
+        assert_eq!(
+            only_b.endpoint_slices.len(),
+            2,
+            "b's own slice and the relabelled one"
+        );
     }
 }

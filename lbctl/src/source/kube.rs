@@ -27,12 +27,19 @@
 //! - `connected` is false while any watch is failing (`last_error` says why). Failures never
 //!   clear a store: the last known objects stay in the snapshot until the API server says
 //!   otherwise.
+//! - [`KubeSourceHandle::take_changes`] says which Services changed since it was last called
+//!   ([`Dirty`]) and gives just their objects: a Service event marks that Service, an
+//!   EndpointSlice event the Service its `kubernetes.io/service-name` label names (and the one
+//!   it named before, should the label change), a Node event or a completed (re)list marks
+//!   everything. The marks are made before the generation is bumped, so a reader woken by a
+//!   generation finds them.
 //! - [`KubeSource::stats`] gives per-resource counters (events, errors, lists, expirations) for
 //!   metrics.
 //!
 //! The source only reads; it never writes to the API server.
 
 use std::{
+    collections::{BTreeSet, HashMap},
     fmt::Debug,
     future::Future,
     hash::Hash,
@@ -54,7 +61,7 @@ use kube::{
     config::{KubeConfigOptions, Kubeconfig},
     runtime::{
         WatchStreamExt,
-        reflector::{self, Store, store::Writer},
+        reflector::{self, ObjectRef, Store, store::Writer},
         watcher,
     },
 };
@@ -62,7 +69,12 @@ use serde::de::DeserializeOwned;
 use tokio::{sync::watch, task::JoinHandle};
 use tracing::{debug, info, warn};
 
-use crate::model::Inventory;
+use super::Dirty;
+use crate::{
+    engine::{service_ref_of, slice_service},
+    model::Inventory,
+    plan::ServiceRef,
+};
 
 /// Errors raised while building a client or starting the source. Watch failures at run time
 /// are not errors of this type: they are reported through [`SourceState`] and retried.
@@ -272,6 +284,7 @@ impl KubeSource {
                 services_writer,
                 WatchedResource::Services,
                 shared.clone(),
+                track_service,
             ),
             spawn_reflector(
                 Api::all(tapped_client(
@@ -283,6 +296,7 @@ impl KubeSource {
                 slices_writer,
                 WatchedResource::EndpointSlices,
                 shared.clone(),
+                track_slice,
             ),
             spawn_reflector(
                 Api::all(tapped_client(&client, WatchedResource::Nodes, &shared)),
@@ -290,6 +304,7 @@ impl KubeSource {
                 nodes_writer,
                 WatchedResource::Nodes,
                 shared.clone(),
+                track_node,
             ),
         ];
         info!(node = %config.node_name, "watching Services, EndpointSlices and this Node");
@@ -310,6 +325,16 @@ impl KubeSource {
     /// See [`KubeSourceHandle::snapshot`].
     pub fn snapshot(&self) -> Inventory {
         self.handle.snapshot()
+    }
+
+    /// See [`KubeSourceHandle::take_changes`].
+    pub fn take_changes(&self) -> (Dirty, Inventory) {
+        self.handle.take_changes()
+    }
+
+    /// See [`KubeSourceHandle::objects_of`].
+    pub fn objects_of(&self, services: &BTreeSet<ServiceRef>) -> Inventory {
+        self.handle.objects_of(services)
     }
 
     /// See [`KubeSourceHandle::state`].
@@ -350,6 +375,42 @@ impl KubeSourceHandle {
             endpoint_slices: sorted(self.endpoint_slices.state()),
             nodes: sorted(self.nodes.state()),
         }
+    }
+
+    /// Which Services changed since the last call (everything on the first), and the objects
+    /// the agent needs for them: the whole [`KubeSourceHandle::snapshot`] for [`Dirty::All`],
+    /// else [`KubeSourceHandle::objects_of`] those Services. A change that lands while this
+    /// runs is marked again and returned by the next call.
+    pub fn take_changes(&self) -> (Dirty, Inventory) {
+        let dirty = std::mem::take(&mut self.shared.lock().dirty);
+        let inventory = match &dirty {
+            Dirty::All => self.snapshot(),
+            Dirty::Services(refs) => self.objects_of(refs),
+        };
+        (dirty, inventory)
+    }
+
+    /// The objects of `services` (each Service that exists and every EndpointSlice labelled
+    /// with its name), and this Node; costs those objects, not the whole store.
+    pub fn objects_of(&self, services: &BTreeSet<ServiceRef>) -> Inventory {
+        let mut inventory = Inventory {
+            nodes: sorted(self.nodes.state()),
+            ..Inventory::default()
+        };
+        let inner = self.shared.lock();
+        for svc in services {
+            let key = ObjectRef::new(&svc.name).within(&svc.namespace);
+            if let Some(obj) = self.services.get(&key) {
+                inventory.services.push(Arc::unwrap_or_clone(obj));
+            }
+            for name in inner.slice_owners.slices_of(svc) {
+                let key = ObjectRef::new(name).within(&svc.namespace);
+                if let Some(obj) = self.endpoint_slices.get(&key) {
+                    inventory.endpoint_slices.push(Arc::unwrap_or_clone(obj));
+                }
+            }
+        }
+        inventory
     }
 
     /// The current state (same value as the watch channel carries).
@@ -424,10 +485,63 @@ struct ResourceStatus {
     last_error: Option<String>,
 }
 
+/// Which Service each EndpointSlice belongs to (by its label), both ways, so that a slice
+/// event marks the Service it left as well as the one it joined, and the objects of a Service
+/// are found without a scan.
 #[derive(Debug, Default)]
+struct SliceOwners {
+    /// (namespace, slice name) -> its Service.
+    by_slice: HashMap<(String, String), ServiceRef>,
+    /// Service -> names of its slices (in the Service's namespace).
+    by_service: HashMap<ServiceRef, BTreeSet<String>>,
+}
+
+impl SliceOwners {
+    /// Records the slice's owner now; returns its owner before.
+    fn set(&mut self, slice: (String, String), owner: Option<ServiceRef>) -> Option<ServiceRef> {
+        let old = self.by_slice.remove(&slice);
+        if let Some(old) = &old
+            && let Some(names) = self.by_service.get_mut(old)
+        {
+            names.remove(&slice.1);
+            if names.is_empty() {
+                self.by_service.remove(old);
+            }
+        }
+        if let Some(owner) = owner {
+            self.by_service
+                .entry(owner.clone())
+                .or_default()
+                .insert(slice.1.clone());
+            self.by_slice.insert(slice, owner);
+        }
+        old
+    }
+
+    fn slices_of(&self, svc: &ServiceRef) -> impl Iterator<Item = &String> {
+        self.by_service.get(svc).into_iter().flatten()
+    }
+}
+
+#[derive(Debug)]
 struct Inner {
     resources: [ResourceStatus; 3],
     generation: u64,
+    /// Changes not yet taken by [`KubeSourceHandle::take_changes`].
+    dirty: Dirty,
+    slice_owners: SliceOwners,
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Inner {
+            resources: Default::default(),
+            generation: 0,
+            // Nothing was taken yet: the first reader plans everything.
+            dirty: Dirty::All,
+            slice_owners: SliceOwners::default(),
+        }
+    }
 }
 
 impl Inner {
@@ -472,6 +586,7 @@ impl Shared {
         let Inner {
             resources,
             generation,
+            ..
         } = &mut *inner;
         f(&mut resources[resource.index()], generation);
         let new = inner.state();
@@ -560,23 +675,85 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     message
 }
 
+/// Marks what a Service event changed.
+fn track_service(inner: &mut Inner, event: &watcher::Event<Service>, _: &Store<Service>) {
+    match event {
+        watcher::Event::Apply(svc) | watcher::Event::Delete(svc) => {
+            inner.dirty.service(service_ref_of(svc));
+        }
+        watcher::Event::InitDone => inner.dirty.all(),
+        watcher::Event::Init | watcher::Event::InitApply(_) => {}
+    }
+}
+
+/// Marks what an EndpointSlice event changed: the Service it belongs to now and the one it
+/// belonged to before; a completed (re)list rebuilds the ownership from the store.
+fn track_slice(
+    inner: &mut Inner,
+    event: &watcher::Event<EndpointSlice>,
+    store: &Store<EndpointSlice>,
+) {
+    let key = |slice: &EndpointSlice| (slice.namespace().unwrap_or_default(), slice.name_any());
+    match event {
+        watcher::Event::Apply(slice) => {
+            let owner = slice_service(slice);
+            if let Some(old) = inner.slice_owners.set(key(slice), owner.clone()) {
+                inner.dirty.service(old);
+            }
+            if let Some(owner) = owner {
+                inner.dirty.service(owner);
+            }
+        }
+        watcher::Event::Delete(slice) => {
+            if let Some(old) = inner.slice_owners.set(key(slice), None) {
+                inner.dirty.service(old);
+            }
+            if let Some(owner) = slice_service(slice) {
+                inner.dirty.service(owner);
+            }
+        }
+        watcher::Event::InitDone => {
+            let mut owners = SliceOwners::default();
+            for slice in store.state() {
+                owners.set(key(&slice), slice_service(&slice));
+            }
+            inner.slice_owners = owners;
+            inner.dirty.all();
+        }
+        watcher::Event::Init | watcher::Event::InitApply(_) => {}
+    }
+}
+
+/// Any change to this Node may change every frontend (NodePort addresses, zone).
+fn track_node(inner: &mut Inner, event: &watcher::Event<Node>, _: &Store<Node>) {
+    if !matches!(event, watcher::Event::Init | watcher::Event::InitApply(_)) {
+        inner.dirty.all();
+    }
+}
+
 fn spawn_reflector<K>(
     api: Api<K>,
     config: watcher::Config,
     writer: Writer<K>,
     resource: WatchedResource,
     shared: Arc<Shared>,
+    track: fn(&mut Inner, &watcher::Event<K>, &Store<K>),
 ) -> JoinHandle<()>
 where
     K: kube::Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
 {
     tokio::spawn(async move {
+        let store = writer.as_reader();
         let stream = watcher(api, config).default_backoff().reflect(writer);
         let mut stream = std::pin::pin!(stream);
         while let Some(item) = stream.next().await {
             match item {
-                Ok(event) => shared.on_event(resource, &event),
+                Ok(event) => {
+                    // Before `on_event` bumps the generation: whoever wakes up finds the mark.
+                    track(&mut shared.lock(), &event, &store);
+                    shared.on_event(resource, &event);
+                }
                 Err(error) => shared.on_error(resource, &error),
             }
         }

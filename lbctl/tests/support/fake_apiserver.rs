@@ -418,6 +418,9 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
+                // As Go's net/http (the real API server) does: without it, watch events
+                // written back to back wait for the client's delayed ACK (Nagle), ~40 ms.
+                let _ = stream.set_nodelay(true);
                 let state = state.clone();
                 connections.spawn(async move {
                     let service = service_fn(move |req| {

@@ -1,7 +1,8 @@
 //! The measuring client: a child process (`lb-bench __client`) that lives in the client
 //! namespace and in the arm's cgroup, and holds a listener it created in the server namespace.
 //! One thread does connect + accept + close in a loop, so every figure is one closed loop with
-//! no cross-thread hand-off.
+//! no cross-thread hand-off. That thread is pinned to one CPU (the same for every arm), so a
+//! repetition never migrates between cores half-way.
 //!
 //! The parent sends one JSON [`Request`] per line on the child's stdin and reads one JSON
 //! [`Response`] per line from its stdout.
@@ -74,6 +75,52 @@ fn enter_netns(path: &Path) -> Result<()> {
             .with_context(|| format!("setns into {}", path.display()));
     }
     Ok(())
+}
+
+/// Pins the calling thread to `cpu` (`sched_setaffinity`).
+pub fn pin_to_cpu(cpu: usize) -> Result<()> {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        bail!("CPU {cpu} is beyond CPU_SETSIZE");
+    }
+    // SAFETY: cpu_set_t is a plain bit array for which all-zero is the empty set; CPU_SET
+    // writes one bit inside it (cpu < CPU_SETSIZE, checked above); sched_setaffinity reads
+    // `size_of::<cpu_set_t>()` bytes from a live local.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("pinning the client to CPU {cpu}"));
+    }
+    Ok(())
+}
+
+/// The CPUs this process may run on (`sched_getaffinity`).
+pub fn allowed_cpus() -> Result<Vec<usize>> {
+    // SAFETY: all-zero is a valid empty cpu_set_t; sched_getaffinity writes at most
+    // `size_of::<cpu_set_t>()` bytes into the live local; CPU_ISSET reads one bit of it
+    // (i < CPU_SETSIZE).
+    let cpus = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Err(std::io::Error::last_os_error()).context("sched_getaffinity");
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&i| libc::CPU_ISSET(i, &set))
+            .collect::<Vec<_>>()
+    };
+    Ok(cpus)
+}
+
+/// The CPU the clients run on unless told otherwise: the last one this process may use (CPU 0
+/// takes more of the machine's interrupts and housekeeping).
+pub fn default_cpu() -> Result<usize> {
+    allowed_cpus()?
+        .last()
+        .copied()
+        .context("no CPU in this process's affinity mask")
 }
 
 fn tcp_socket() -> Result<Socket> {
@@ -175,8 +222,8 @@ fn rr_loop(
 
 /// The child's main: wait for `go` (the parent moves us into the arm's cgroup first, and a
 /// socket belongs to the cgroup of its creator), make the listener in the server namespace,
-/// move to the client namespace, then serve requests until stdin closes.
-pub fn child_main(client_netns: &Path, server_netns: &Path) -> Result<()> {
+/// move to the client namespace, pin to `cpu`, then serve requests until stdin closes.
+pub fn child_main(client_netns: &Path, server_netns: &Path, cpu: Option<usize>) -> Result<()> {
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
     match lines.next() {
@@ -196,6 +243,9 @@ pub fn child_main(client_netns: &Path, server_netns: &Path) -> Result<()> {
     // SO_RCVTIMEO bounds accept(): a connect that went elsewhere fails instead of hanging.
     socket2::SockRef::from(&listener).set_read_timeout(Some(TIMEOUT))?;
     enter_netns(client_netns)?;
+    if let Some(cpu) = cpu {
+        pin_to_cpu(cpu)?;
+    }
 
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -237,15 +287,19 @@ pub struct ClientProc {
 }
 
 impl ClientProc {
-    /// Starts a client for `topology`, inside `cgroup`.
-    pub fn spawn(topology: &Topology, cgroup: &Path) -> Result<Self> {
+    /// Starts a client for `topology`, inside `cgroup`, its measuring thread pinned to `cpu`.
+    pub fn spawn(topology: &Topology, cgroup: &Path, cpu: Option<usize>) -> Result<Self> {
         let exe: PathBuf = std::env::current_exe().context("current_exe")?;
-        let mut child = Command::new(exe)
-            .arg("__client")
+        let mut cmd = Command::new(exe);
+        cmd.arg("__client")
             .arg("--client-netns")
             .arg(topology.client.path())
             .arg("--server-netns")
-            .arg(topology.server.path())
+            .arg(topology.server.path());
+        if let Some(cpu) = cpu {
+            cmd.arg("--cpu").arg(cpu.to_string());
+        }
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()

@@ -28,6 +28,16 @@ fn first_line(program: &str, args: &[&str]) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// The 1-, 5- and 15-minute load averages (`/proc/loadavg`).
+pub fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 impl Machine {
     pub fn probe() -> Self {
         let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
@@ -52,12 +62,7 @@ impl Machine {
             memory_gib: (mem_kib / 1048576.0 * 10.0).round() / 10.0,
             iptables: first_line("iptables", &["-V"]),
             nft: first_line("nft", &["-v"]),
-            loadavg_at_start: fs::read_to_string("/proc/loadavg")
-                .unwrap_or_default()
-                .split_whitespace()
-                .take(3)
-                .collect::<Vec<_>>()
-                .join(" "),
+            loadavg_at_start: loadavg(),
             unix_time: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),

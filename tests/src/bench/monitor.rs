@@ -1,6 +1,7 @@
-//! What `lbctl monitor` costs the datapath: lbctl's connect latency and the average run time of
-//! `lb_connect4` (kernel BPF statistics, `BPF_ENABLE_STATS`) with no monitor connected and with
-//! one, phases interleaved repetition by repetition. With no monitor the programs do one read of
+//! What `lbctl monitor` costs the datapath: lbctl's connect latency and the run time of its
+//! programs (kernel BPF statistics, `BPF_ENABLE_STATS`; every program attached, found from the
+//! pinned links) with no monitor connected and with one, phases interleaved repetition by
+//! repetition, the latency ratio paired repetition by repetition. With no monitor the programs do one read of
 //! the switch word more than before monitoring existed; the figure shows that this is lost in
 //! the noise, and what watching costs.
 use std::{
@@ -16,25 +17,27 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use aya::{
-    programs::loaded_programs,
-    sys::{Stats, enable_stats},
-};
+use aya::sys::{Stats, enable_stats};
 use lbctl::monitor::{FRAME_LEN, Frame, MonitorServer};
 use serde::Serialize;
 
 use super::{
     client::{ClientProc, Request, Sample},
+    kernel_time::{self, KernelTime},
     report::{Table, fmt_rate, fmt_us},
-    stats::{Aggregate, Summary},
+    stats::{Aggregate, Ratio, Summary},
 };
 
 #[derive(Debug, Serialize)]
 pub struct Phase {
     pub monitors: usize,
     pub latency: Aggregate,
-    /// `lb_connect4`'s run time per run over the phase's connects (warm-up included).
-    pub connect4_ns_per_run: f64,
+    /// p50 over the no-monitor phase's p50, paired repetition by repetition (`None` for it).
+    pub vs_no_monitor: Option<Ratio>,
+    /// The programs' run time over the phase's connects (warm-up included).
+    pub kernel: KernelTime,
+    /// `lb_connect4`'s run time per run, when lbctl attaches a program of that name.
+    pub connect4_ns_per_run: Option<f64>,
     /// Events the monitor received (0 without one).
     pub events: u64,
 }
@@ -43,25 +46,6 @@ pub struct Phase {
 pub struct MonitorFigure {
     pub services: usize,
     pub phases: Vec<Phase>,
-}
-
-/// The id of the `lb_connect4` program attached for the datapath pinned at `pin_dir`.
-fn connect4_id(pin_dir: &Path) -> Result<u32> {
-    lbctl::inspect::status(pin_dir)?
-        .links
-        .iter()
-        .find(|l| l.program == "lb_connect4")
-        .and_then(|l| l.program_id)
-        .with_context(|| format!("lb_connect4 is not attached at {}", pin_dir.display()))
-}
-
-/// Program `id`'s cumulated run time (ns) and run count.
-fn run_stats(id: u32) -> Result<(u64, u64)> {
-    let info = loaded_programs()
-        .filter_map(Result::ok)
-        .find(|p| p.id() == id)
-        .with_context(|| format!("program {id} is not loaded"))?;
-    Ok((info.run_time().as_nanos() as u64, info.run_count()))
 }
 
 /// One connected monitor: reads (and counts) the events the server sends.
@@ -139,11 +123,14 @@ pub fn measure(
     let dir = crate::TempDir::new("bench-monitor")?;
     let socket = dir.path().join("monitor.sock");
     let server = MonitorServer::start(pin_dir, &socket, false)?;
-    let connect4 = connect4_id(pin_dir)?;
+    let programs = kernel_time::attached(pin_dir)?;
+    let connections = match request {
+        Request::Connect { count, warmup, .. } => (count + warmup) as u64,
+        Request::Rr { .. } => 1,
+    };
 
     let mut summaries: [Vec<Summary>; 2] = [Vec::new(), Vec::new()];
-    let mut run_ns = [0u64; 2];
-    let mut runs = [0u64; 2];
+    let mut kernel = [KernelTime::default(), KernelTime::default()];
     let mut events = [0u64; 2];
     for rep in 0..reps {
         for k in 0..2 {
@@ -154,16 +141,15 @@ pub fn measure(
                 None
             };
             wait_monitors(&server, monitors)?;
-            let (t0, c0) = run_stats(connect4)?;
+            let before = kernel_time::snapshot(&programs)?;
             let Sample {
                 latencies_ns,
                 elapsed_ns,
                 ..
             } = client.request(request)?;
-            let (t1, c1) = run_stats(connect4)?;
+            let after = kernel_time::snapshot(&programs)?;
             summaries[monitors].push(Summary::from_ns(&latencies_ns, elapsed_ns));
-            run_ns[monitors] += t1 - t0;
-            runs[monitors] += c1 - c0;
+            kernel[monitors].add(&before, &after, connections);
             if let Some(w) = watcher {
                 // Let the last events arrive (the agent reads the ring every 100 ms) before counting.
                 thread::sleep(Duration::from_millis(300));
@@ -174,19 +160,28 @@ pub fn measure(
     wait_monitors(&server, 0)?;
     drop(server);
 
+    let p50s = |reps: &[Summary]| reps.iter().map(|r| r.p50_us).collect::<Vec<_>>();
+    let baseline = p50s(&summaries[0]);
     let phases: Vec<Phase> = summaries
         .into_iter()
+        .zip(kernel)
         .enumerate()
-        .map(|(monitors, reps)| Phase {
+        .map(|(monitors, (reps, kernel))| Phase {
             monitors,
+            vs_no_monitor: if monitors == 0 {
+                None
+            } else {
+                Ratio::paired(&p50s(&reps), &baseline)
+            },
             latency: Aggregate::new(reps),
-            connect4_ns_per_run: run_ns[monitors] as f64 / runs[monitors].max(1) as f64,
+            connect4_ns_per_run: kernel.programs.get("lb_connect4").map(|p| p.ns_per_run()),
             events: events[monitors],
+            kernel,
         })
         .collect();
     let mut table = Table::new(
         &format!(
-            "Monitoring cost: lbctl connects, {services} service{}, no monitor vs one `lbctl monitor`",
+            "Monitoring cost: lbctl connects, {services} service{}, no monitor vs one `lbctl monitor` ({reps} interleaved repetitions)",
             if services == 1 { "" } else { "s" }
         ),
         &[
@@ -194,6 +189,8 @@ pub fn measure(
             "p50",
             "p99",
             "conn/s",
+            "p50 / no monitor: median [95% CI]",
+            "BPF ns/conn (all programs)",
             "lb_connect4 ns/run",
             "events received",
         ],
@@ -204,7 +201,10 @@ pub fn measure(
             fmt_us(p.latency.p50_us),
             fmt_us(p.latency.p99_us),
             fmt_rate(p.latency.per_sec),
-            format!("{:.0}", p.connect4_ns_per_run),
+            p.vs_no_monitor.as_ref().map_or("-".into(), |r| r.short()),
+            format!("{:.0}", p.kernel.ns_per_connection()),
+            p.connect4_ns_per_run
+                .map_or("-".into(), |ns| format!("{ns:.0}")),
             p.events.to_string(),
         ]);
     }

@@ -9,18 +9,20 @@ use testkit::bench::{self, Options, arms::Arm};
 
 #[derive(Parser)]
 #[command(
-    about = "lbctl vs kube-proxy-shaped iptables/nftables: connect latency, control plane at scale",
+    about = "lbctl vs kube-proxy-shaped iptables/nftables: connect latency (ratios paired per round), \
+             lbctl's BPF time per connection, control plane at scale, endpoint churn",
     args_conflicts_with_subcommands = true
 )]
 struct Cli {
     #[command(subcommand)]
     internal: Option<Internal>,
-    /// A smoke run: fewer repetitions, smaller service counts.
+    /// A smoke run: fewer and shorter rounds, smaller service counts.
     #[arg(long)]
     quick: bool,
-    /// Repetitions of every datapath measurement (default 5, quick 2).
-    #[arg(long)]
-    reps: Option<usize>,
+    /// Interleaved rounds per service count: in each, every arm's connects run once, in an
+    /// order shuffled per round (default 40, quick 6).
+    #[arg(long, alias = "reps")]
+    rounds: Option<usize>,
     /// Datapath arms, comma separated: direct,lbctl,iptables-nft,iptables-legacy,nftables.
     #[arg(long, value_delimiter = ',')]
     arms: Option<Vec<Arm>>,
@@ -30,15 +32,29 @@ struct Cli {
     /// Endpoints per service in the datapath arms (default 3).
     #[arg(long)]
     endpoints: Option<usize>,
-    /// Measured connects per repetition (default 5000, quick 500).
+    /// Measured connects per arm and round (default 1000, quick 200).
     #[arg(long)]
     connects: Option<usize>,
+    /// The CPU every client's measuring thread is pinned to (default: the last CPU this
+    /// process may use).
+    #[arg(long, conflicts_with = "no_pin")]
+    cpu: Option<usize>,
+    /// Do not pin the clients to one CPU.
+    #[arg(long)]
+    no_pin: bool,
+    /// Seed of the per-round arm orders (default: from the clock; the report states it).
+    #[arg(long)]
+    seed: Option<u64>,
     /// Skip part 1 (datapath arms).
     #[arg(long)]
     skip_datapath: bool,
     /// Skip part 2 (control plane).
     #[arg(long)]
     skip_control_plane: bool,
+    /// Skip part 3 (endpoint churn through the Kubernetes source: a real agent and the test
+    /// API server; 3,000 services with --quick, else 30,000).
+    #[arg(long)]
+    skip_churn: bool,
     /// Where results.json, summary.md and connect-latency.svg go.
     #[arg(long, default_value = "bench-results")]
     out: PathBuf,
@@ -54,6 +70,8 @@ enum Internal {
         client_netns: PathBuf,
         #[arg(long)]
         server_netns: PathBuf,
+        #[arg(long)]
+        cpu: Option<usize>,
     },
     /// lbctl's control plane at one scale.
     #[command(name = "__control-plane", hide = true)]
@@ -77,7 +95,8 @@ fn main() -> Result<()> {
         Some(Internal::Client {
             client_netns,
             server_netns,
-        }) => bench::client::child_main(&client_netns, &server_netns),
+            cpu,
+        }) => bench::client::child_main(&client_netns, &server_netns, cpu),
         Some(Internal::ControlPlane {
             services,
             endpoints,
@@ -87,13 +106,17 @@ fn main() -> Result<()> {
         }) => bench::control::child_main(services, endpoints, changes, &pin_dir, &cgroup),
         None => bench::run(&Options {
             quick: cli.quick,
-            reps: cli.reps,
+            rounds: cli.rounds,
             arms: cli.arms,
             counts: cli.counts,
             endpoints: cli.endpoints,
             connects: cli.connects,
+            cpu: cli.cpu,
+            no_pin: cli.no_pin,
+            seed: cli.seed,
             skip_datapath: cli.skip_datapath,
             skip_control_plane: cli.skip_control_plane,
+            skip_churn: cli.skip_churn,
             out: cli.out,
             command: std::env::args()
                 .skip(1)

@@ -512,3 +512,139 @@ fn a_large_step_is_split_into_calls_and_a_fault_in_a_later_call_is_contained() {
     no_errors(&w.apply(&want).unwrap(), "large, repaired");
     check_exact(w.maps(), &want, "large, repaired");
 }
+
+/// The frontends whose spec differs between two desired states.
+fn changed_keys(before: &Desired, after: &Desired) -> BTreeSet<FrontendKey> {
+    before
+        .services
+        .keys()
+        .chain(after.services.keys())
+        .filter(|k| before.services.get(k) != after.services.get(k))
+        .copied()
+        .collect()
+}
+
+#[test]
+fn applying_only_the_changed_frontends_reaches_the_same_dump() {
+    for (name, before, after) in CASES {
+        let (before, after) = (desired(before), desired(after));
+        let mut w = Writer::adopt(MemMaps::new(LIMITS)).unwrap();
+        no_errors(&w.apply(&before).unwrap(), name);
+        let changed = changed_keys(&before, &after);
+        no_errors(&w.apply_changed(&after, &changed).unwrap(), name);
+        check_exact(w.maps(), &after, &format!("{name}, changed only"));
+        // The full apply (the resync) finds nothing to do.
+        let full = w.apply(&after).unwrap();
+        assert!(full.is_noop(), "{name}: resync after the change: {full:?}");
+    }
+}
+
+#[test]
+fn frontends_outside_the_change_are_not_touched() {
+    let before = desired(&[(A, &["10.0.0.1:8080"], None), (B, &["10.0.0.2:8080"], None)]);
+    // B differs too, but only A is named as changed: B stays as programmed.
+    let after = desired(&[(A, &["10.0.0.3:8080"], None), (B, &[], None)]);
+    let mut w = Writer::adopt(MemMaps::new(LIMITS)).unwrap();
+    no_errors(&w.apply(&before).unwrap(), "before");
+    let report = w.apply_changed(&after, &BTreeSet::from([fe(A)])).unwrap();
+    no_errors(&report, "after");
+    let programmed: BTreeMap<FrontendKey, Vec<SocketAddr>> = read_frontends(w.maps())
+        .unwrap()
+        .into_iter()
+        .map(|f| (f.frontend, f.backends))
+        .collect();
+    assert_eq!(programmed[&fe(A)], vec!["10.0.0.3:8080".parse().unwrap()]);
+    assert_eq!(programmed[&fe(B)], vec!["10.0.0.2:8080".parse().unwrap()]);
+    assert_eq!(report.frontends_written, 1);
+    // A deleted frontend named as changed is deleted; one not named stays.
+    let gone = desired(&[(A, &["10.0.0.3:8080"], None)]);
+    let report = w.apply_changed(&gone, &BTreeSet::new()).unwrap();
+    assert!(report.is_noop(), "{report:?}");
+    let report = w.apply_changed(&gone, &BTreeSet::from([fe(B)])).unwrap();
+    assert_eq!(report.frontends_deleted, 1);
+    check_exact(w.maps(), &gone, "B deleted");
+}
+
+mod incremental {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const FRONTENDS: [&str; 4] = [A, B, C, V6];
+
+    /// One desired state over a small universe: each frontend absent or with up to three of
+    /// four backends (shared between frontends, so backends are reused and orphaned).
+    fn state() -> impl Strategy<Value = Desired> {
+        prop::collection::vec(
+            prop::option::of((prop::collection::vec(0..4u8, 0..4), any::<bool>())),
+            4,
+        )
+        .prop_map(|specs| {
+            let mut d = Desired::default();
+            for (f, spec) in FRONTENDS.iter().zip(specs) {
+                let Some((backends, affinity)) = spec else {
+                    continue;
+                };
+                let v6 = *f == V6;
+                let backends = backends
+                    .iter()
+                    .map(|b| {
+                        if v6 {
+                            format!("[fd00::{}]:8080", b + 1)
+                        } else {
+                            format!("10.0.0.{}:8080", b + 1)
+                        }
+                        .parse()
+                        .unwrap()
+                    })
+                    .collect();
+                d.services.insert(
+                    fe(f),
+                    ServiceSpec {
+                        backends,
+                        affinity_timeout: affinity.then_some(60),
+                        kind: FrontendKind::ClusterIP,
+                    },
+                );
+            }
+            d
+        })
+    }
+
+    proptest! {
+        /// A sequence of changes applied frontend by frontend ends in exactly the maps a full
+        /// apply of the last state produces, and the resync's full apply then changes nothing;
+        /// also when one element of the sequence's map operations fails on the way.
+        #[test]
+        fn changes_applied_incrementally_end_in_the_full_apply(
+            states in prop::collection::vec(state(), 1..8),
+            fault in prop::option::of((0..6usize, 0..40usize)),
+        ) {
+            let faults: Vec<(Op, usize)> = fault.map(|(op, n)| (OPS[op], n)).into_iter().collect();
+            let mut w = Writer::adopt(FaultyMaps::new(MemMaps::new(LIMITS), faults)).unwrap();
+            let mut last = Desired::default();
+            // Frontends that failed are named again by the next change, as the agent does.
+            let mut retry: BTreeSet<FrontendKey> = BTreeSet::new();
+            for next in &states {
+                let mut changed = changed_keys(&last, next);
+                changed.append(&mut retry);
+                let report = w.apply_changed(next, &changed).unwrap();
+                retry = report.errors.iter().map(|e| e.frontend).collect();
+                check_consistent(&w.maps().inner.tables, false, "incremental");
+                let held: usize = w.services.values().map(|p| 1 + p.slots.len()).sum();
+                prop_assert_eq!(w.held_entries, held, "the writer's entry count");
+                last = next.clone();
+            }
+            w.maps_mut().faults.clear();
+            let mut full = Writer::adopt(MemMaps::new(LIMITS)).unwrap();
+            full.apply(&last).unwrap();
+            check_exact(full.maps(), &last, "full");
+            let resync = w.apply(&last).unwrap();
+            prop_assert!(resync.errors.is_empty(), "{:?}", resync.errors);
+            check_exact(w.maps(), &last, "incremental, after the resync");
+            if retry.is_empty() && fault.is_none() {
+                prop_assert!(resync.is_noop(), "the resync wrote {:?}", resync);
+            }
+        }
+    }
+}

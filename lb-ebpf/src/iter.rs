@@ -1,0 +1,198 @@
+//! Socket termination: `iter/udp` and `iter/tcp` programs that the agent runs (in each network
+//! namespace it covers) after an apply removed backends from frontends. Every **connected**
+//! socket that lbctl translated to a backend which is no longer in its frontend's set is
+//! destroyed with the `bpf_sock_destroy` kfunc (Linux 6.5+), so its next `send`/`recv` fails at
+//! once and the client reconnects through the service to a live backend.
+//!
+//! Only sockets lbctl translated are judged: UDP sockets with socket-local storage
+//! ([`SOCKS`]), TCP sockets with a [`REVNAT`] entry. A socket is spared when it is not
+//! connected (an unconnected UDP socket's next `sendto` is balanced anew), when it is no longer
+//! connected to the recorded backend (it reconnected elsewhere), or when the backend is still a
+//! member of the frontend.
+//!
+//! aya-ebpf has no iterator macro: the sections and the context structs are declared by hand,
+//! after the kernel's `struct bpf_iter__udp` / `bpf_iter__tcp` / `bpf_iter_meta`. The kfunc is
+//! an undefined symbol here; the agent patches its call sites before loading the object (see
+//! `lbctl/src/datapath/kfunc.rs`).
+use core::ffi::c_void;
+
+use aya_ebpf::helpers::generated::{
+    bpf_get_socket_cookie, bpf_seq_write, bpf_sk_storage_get, bpf_skc_to_tcp_sock,
+};
+use lb_common::{IPPROTO_TCP, IPPROTO_UDP, RevNat, Terminated, stat};
+
+use crate::{
+    lb,
+    maps::{self, REVNAT, SOCKS},
+    sock::{self, Addr, from_bytes},
+};
+
+/// `struct bpf_iter_meta`.
+#[repr(C)]
+pub struct BpfIterMeta {
+    pub seq: *mut c_void,
+    pub session_id: u64,
+    pub seq_num: u64,
+}
+
+/// `struct bpf_iter__udp` (every member 8-byte aligned).
+#[repr(C)]
+pub struct BpfIterUdp {
+    pub meta: *mut BpfIterMeta,
+    pub udp_sk: *mut c_void,
+    pub uid: u64,
+    pub bucket: u64,
+}
+
+/// `struct bpf_iter__tcp`.
+#[repr(C)]
+pub struct BpfIterTcp {
+    pub meta: *mut BpfIterMeta,
+    pub sk_common: *mut c_void,
+    pub uid: u64,
+}
+
+/// The head of the kernel's `struct sock_common`. These offsets have not changed since Linux
+/// 3.x on 64-bit kernels; the agent's kernel tests check the verdicts they lead to.
+#[repr(C)]
+struct SockCommonHead {
+    skc_daddr: u32,
+    skc_rcv_saddr: u32,
+    skc_hash: u32,
+    skc_dport: u16,
+    skc_num: u16,
+    skc_family: u16,
+    skc_state: u8,
+}
+
+/// Offset of `skc_v6_daddr` in `struct sock_common` (after the head, `skc_bound_dev_if`, the
+/// bind node union, `skc_prot` and `skc_net`).
+const SKC_V6_DADDR: usize = 56;
+
+unsafe extern "C" {
+    /// Kernel kfunc (6.5+), allowed in `iter/tcp` and `iter/udp` programs only: aborts the
+    /// socket (UDP: error ECONNABORTED and disconnected; TCP: reset, ECONNABORTED).
+    fn bpf_sock_destroy(sk: *mut c_void) -> i32;
+}
+
+const TCP_ESTABLISHED: u8 = 1;
+const AF_INET6: u16 = 10;
+
+/// Whether the socket at `sk` is connected to the backend `e` recorded.
+#[inline(always)]
+fn connected_to(sk: *const c_void, e: &RevNat) -> bool {
+    // SAFETY: `sk` is a non-null socket pointer from the iterator context; the verifier checks
+    // direct loads from it against the kernel's BTF (fields of `struct sock_common`).
+    let head = unsafe { &*sk.cast::<SockCommonHead>() };
+    if head.skc_state != TCP_ESTABLISHED || head.skc_dport != e.backend_port {
+        return false;
+    }
+    let backend: Addr = from_bytes(&e.backend_address);
+    if sock::is_mapped4(&backend) {
+        // An AF_INET6 socket connected to an IPv4-mapped address keeps the IPv4 peer in
+        // skc_daddr too.
+        return head.skc_daddr == backend[3];
+    }
+    if head.skc_family != AF_INET6 {
+        return false;
+    }
+    // SAFETY: as above; `skc_v6_daddr` is four u32 words at a constant offset.
+    let peer = unsafe {
+        let p = sk.cast::<u8>().add(SKC_V6_DADDR).cast::<u32>();
+        [*p, *p.add(1), *p.add(2), *p.add(3)]
+    };
+    lb::eq_addr(&peer, &backend)
+}
+
+/// Destroys the socket when it is still connected to `e`'s backend and that backend has left
+/// the frontend's set; reports it on the iterator's output and in the counters.
+#[inline(always)]
+fn judge(meta: *mut BpfIterMeta, sk: *mut c_void, cookie: u64, e: &RevNat) {
+    if !connected_to(sk, e) || lb::is_member(e.frontend_id, e.backend_id) {
+        return;
+    }
+    // SAFETY: kfunc call with the trusted socket pointer of the iterator's context, whose lock
+    // the iterator holds.
+    let error = unsafe { bpf_sock_destroy(sk) };
+    maps::count(if error != 0 {
+        stat::TERMINATE_FAILED
+    } else if e.proto == IPPROTO_UDP {
+        stat::TERMINATED_UDP
+    } else {
+        stat::TERMINATED_TCP
+    });
+    let record = Terminated {
+        socket_cookie: cookie,
+        frontend_id: e.frontend_id,
+        backend_id: e.backend_id,
+        backend_address: e.backend_address,
+        backend_port: e.backend_port,
+        proto: e.proto,
+        pad: 0,
+        error,
+    };
+    // SAFETY: `meta` is the iterator's meta pointer and its seq_file; the record is a plain
+    // value on the stack, written whole.
+    unsafe {
+        bpf_seq_write(
+            (*meta).seq.cast(),
+            core::ptr::from_ref(&record).cast(),
+            size_of::<Terminated>() as u32,
+        );
+    }
+}
+
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/udp")]
+pub extern "C" fn lb_iter_udp(ctx: *mut BpfIterUdp) -> i32 {
+    // SAFETY: the kernel passes a valid iterator context.
+    let (meta, sk) = unsafe { ((*ctx).meta, (*ctx).udp_sk) };
+    if sk.is_null() {
+        return 0;
+    }
+    let map = core::ptr::from_ref(&SOCKS).cast_mut().cast();
+    // SAFETY: the tracing flavour of bpf_sk_storage_get: the map (the static's address is the
+    // map) and a socket pointer; lookup only.
+    let st = unsafe { bpf_sk_storage_get(map, sk, core::ptr::null_mut(), 0) };
+    if st.is_null() {
+        return 0;
+    }
+    // SAFETY: non-null storage of this socket, copied once.
+    let e = unsafe { *st.cast::<RevNat>() };
+    // SAFETY: bpf_get_socket_cookie accepts the iterator's socket pointer.
+    let cookie = unsafe { bpf_get_socket_cookie(sk) };
+    judge(meta, sk, cookie, &e);
+    0
+}
+
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/tcp")]
+pub extern "C" fn lb_iter_tcp(ctx: *mut BpfIterTcp) -> i32 {
+    // SAFETY: the kernel passes a valid iterator context.
+    let (meta, skc) = unsafe { ((*ctx).meta, (*ctx).sk_common) };
+    if skc.is_null() {
+        return 0;
+    }
+    // Request and timewait sockets are no full TCP sockets: skip them.
+    // SAFETY: helper call with the iterator's sock_common pointer.
+    if unsafe { bpf_skc_to_tcp_sock(skc) }.is_null() {
+        return 0;
+    }
+    // SAFETY: as in `connected_to`.
+    let port = unsafe { (*skc.cast::<SockCommonHead>()).skc_dport };
+    if !maps::peer_port_marked(port) {
+        return 0;
+    }
+    // SAFETY: bpf_get_socket_cookie accepts the iterator's socket pointer.
+    let cookie = unsafe { bpf_get_socket_cookie(skc) };
+    let Some(e) = REVNAT.get_ptr(&cookie) else {
+        return 0;
+    };
+    // SAFETY: the pointer comes from a successful lookup; the entry is copied once.
+    let e = unsafe { *e };
+    if e.proto != IPPROTO_TCP {
+        return 0;
+    }
+    judge(meta, skc, cookie, &e);
+    0
+}

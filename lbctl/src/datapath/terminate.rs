@@ -1,0 +1,279 @@
+//! Socket termination: after an apply removed backends from frontends, every connected socket
+//! that lbctl translated to such a backend is destroyed, so the client's next `send`/`recv`
+//! fails at once and it reconnects to a live backend (kube-proxy clears conntrack entries for
+//! the same reason). The kernel side is `lb-ebpf/src/iter.rs`; this module loads its iterator
+//! programs on the pinned maps and runs them in the network namespaces it is asked to cover.
+//!
+//! An iterator walks the sockets of the network namespace of the thread that starts it, so a
+//! sweep of other namespaces runs on a thread of its own that enters each one (`setns`, which
+//! needs CAP_SYS_ADMIN) and ends with the sweep: no thread of the agent ever stays in a pod's
+//! namespace.
+use std::{
+    collections::BTreeSet,
+    fs,
+    io::Read as _,
+    os::{
+        fd::{AsFd as _, OwnedFd},
+        unix::fs::MetadataExt as _,
+    },
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
+
+use aya::programs::Iter;
+use lb_common::{IPPROTO_TCP, IPPROTO_UDP, Terminated};
+
+use super::{DatapathConfig, DatapathError, Object, kfunc, loader, sys};
+
+/// Which connected sockets are terminated when their backend leaves the set.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TerminateSockets {
+    /// None: sockets keep their backend until they close.
+    None,
+    /// Connected UDP sockets (the default): a resolver's socket would otherwise keep sending
+    /// to a removed backend forever, as no later hook sees its datagrams.
+    #[default]
+    Udp,
+    /// Connected UDP and TCP sockets: also aborts established TCP connections to a removed
+    /// backend (they see ECONNABORTED), instead of letting them drain.
+    UdpTcp,
+}
+
+impl TerminateSockets {
+    fn tcp(self) -> bool {
+        self == Self::UdpTcp
+    }
+}
+
+/// What to terminate, and where.
+#[derive(Clone, Debug, Default)]
+pub struct TerminationConfig {
+    pub sockets: TerminateSockets,
+    /// Directories of network namespace handles (bind mounts such as the CNI's
+    /// `/var/run/netns/cni-…`) whose sockets are swept too, besides the agent's own namespace.
+    /// Empty: the agent's namespace (the host's) only.
+    pub netns_dirs: Vec<PathBuf>,
+}
+
+/// What one sweep did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Sweep {
+    /// Sockets destroyed (or refused by the kernel: `error != 0`).
+    pub terminated: Vec<Terminated>,
+    /// Network namespaces swept, the agent's own included.
+    pub namespaces: usize,
+    /// Namespaces that could not be entered or swept, with why.
+    pub errors: Vec<String>,
+}
+
+impl Sweep {
+    /// Sockets destroyed, by protocol: (UDP, TCP).
+    pub fn counts(&self) -> (u64, u64) {
+        let ok = |proto| {
+            self.terminated
+                .iter()
+                .filter(|t| t.error == 0 && t.proto == proto)
+                .count() as u64
+        };
+        (ok(IPPROTO_UDP), ok(IPPROTO_TCP))
+    }
+
+    /// Sockets the kernel refused to destroy.
+    pub fn failed(&self) -> u64 {
+        self.terminated.iter().filter(|t| t.error != 0).count() as u64
+    }
+}
+
+/// The iterator programs, loaded on the pinned maps, with one link each.
+pub struct Terminator {
+    // Owns the programs the links run.
+    _ebpf: aya::Ebpf,
+    udp: OwnedFd,
+    tcp: Option<OwnedFd>,
+    config: TerminationConfig,
+    /// One sweep at a time.
+    running: Mutex<()>,
+}
+
+impl std::fmt::Debug for Terminator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Terminator")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why socket termination is off on this node.
+#[derive(Debug, thiserror::Error)]
+pub enum Unavailable {
+    #[error("socket termination is off (--terminate-sockets none)")]
+    Disabled,
+    #[error(
+        "this kernel cannot destroy sockets from BPF (bpf_sock_destroy needs Linux 6.5+ with BTF): {0}"
+    )]
+    NoKfunc(String),
+    #[error("loading the socket iterators: {0}")]
+    Load(#[from] DatapathError),
+}
+
+impl Terminator {
+    /// Loads `object`'s iterator programs on the maps pinned under `config.pin_dir` (which must
+    /// all exist and have this object's layout: not during a migration).
+    pub fn load(
+        datapath: &DatapathConfig,
+        object: &Object,
+        config: &TerminationConfig,
+    ) -> Result<Self, Unavailable> {
+        if config.sockets == TerminateSockets::None {
+            return Err(Unavailable::Disabled);
+        }
+        let (mut ebpf, resolution) = loader::load_on_pinned(datapath, object)?;
+        if let kfunc::Resolution::Missing { reason, .. } = resolution {
+            return Err(Unavailable::NoKfunc(reason));
+        }
+        let btf = aya::Btf::from_sys_fs().map_err(|e| Unavailable::NoKfunc(e.to_string()))?;
+        let mut link = |program: &str, target: &str| -> Result<OwnedFd, DatapathError> {
+            let iter: &mut Iter = ebpf
+                .program_mut(program)
+                .ok_or_else(|| DatapathError::MissingProgram(program.to_owned()))?
+                .try_into()
+                .map_err(|e| DatapathError::program(program, e))?;
+            iter.load(target, &btf)
+                .map_err(|e| DatapathError::program(program, e))?;
+            let fd = iter.fd().map_err(|e| DatapathError::program(program, e))?;
+            sys::iter_link_create(fd.as_fd()).map_err(|e| DatapathError::Link {
+                program: program.to_owned(),
+                detail: format!("creating the iterator link: {e}"),
+            })
+        };
+        let udp = link("lb_iter_udp", "udp")?;
+        let tcp = if config.sockets.tcp() {
+            Some(link("lb_iter_tcp", "tcp")?)
+        } else {
+            None
+        };
+        Ok(Self {
+            _ebpf: ebpf,
+            udp,
+            tcp,
+            config: config.clone(),
+            running: Mutex::new(()),
+        })
+    }
+
+    /// Terminates, in the agent's own network namespace and in every namespace under the
+    /// configured directories, the connected sockets whose backend left their frontend's set.
+    /// Blocking: call it off the async runtime.
+    pub fn sweep(&self) -> Sweep {
+        let _one = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let mut sweep = Sweep::default();
+        self.sweep_here(&mut sweep, "the agent's network namespace");
+        if self.config.netns_dirs.is_empty() {
+            return sweep;
+        }
+        let namespaces = match other_namespaces(&self.config.netns_dirs) {
+            Ok(n) => n,
+            Err(e) => {
+                sweep.errors.push(e);
+                return sweep;
+            }
+        };
+        // A thread of its own that enters each namespace in turn and ends with the sweep.
+        std::thread::scope(|scope| {
+            let worker = scope.spawn(|| {
+                let mut part = Sweep::default();
+                for (path, fd) in &namespaces {
+                    if let Err(e) = sys::enter_netns(fd.as_fd()) {
+                        part.errors.push(format!(
+                            "entering network namespace {}: {e}",
+                            path.display()
+                        ));
+                        continue;
+                    }
+                    self.sweep_here(&mut part, &path.display().to_string());
+                }
+                part
+            });
+            match worker.join() {
+                Ok(part) => {
+                    sweep.terminated.extend(part.terminated);
+                    sweep.namespaces += part.namespaces;
+                    sweep.errors.extend(part.errors);
+                }
+                Err(_) => sweep
+                    .errors
+                    .push("the namespace sweep thread panicked".to_owned()),
+            }
+        });
+        sweep
+    }
+
+    /// Runs the iterators in the calling thread's network namespace.
+    fn sweep_here(&self, sweep: &mut Sweep, namespace: &str) {
+        sweep.namespaces += 1;
+        for link in std::iter::once(&self.udp).chain(self.tcp.as_ref()) {
+            match run(link) {
+                Ok(records) => sweep.terminated.extend(records),
+                Err(e) => sweep
+                    .errors
+                    .push(format!("sweeping the sockets of {namespace}: {e}")),
+            }
+        }
+    }
+}
+
+/// One run of an iterator link: the sockets it terminated.
+fn run(link: &OwnedFd) -> std::io::Result<Vec<Terminated>> {
+    let mut out = Vec::new();
+    sys::iter_create(link.as_fd())?.read_to_end(&mut out)?;
+    Ok(out
+        .chunks_exact(size_of::<Terminated>())
+        .map(|chunk| {
+            // SAFETY: `chunk` holds exactly one record as the program wrote it
+            // (`bpf_seq_write` of a `Terminated`); `Terminated` is plain repr(C) data valid for
+            // any bytes, and the unaligned read copies it out.
+            unsafe { std::ptr::read_unaligned(chunk.as_ptr().cast::<Terminated>()) }
+        })
+        .collect())
+}
+
+/// The network namespace handles under `dirs`, once each, without the agent's own.
+fn other_namespaces(dirs: &[PathBuf]) -> Result<Vec<(PathBuf, fs::File)>, String> {
+    let own = fs::metadata("/proc/thread-self/ns/net")
+        .map(|m| (m.dev(), m.ino()))
+        .map_err(|e| format!("reading this thread's network namespace: {e}"))?;
+    let mut seen = BTreeSet::from([own]);
+    let mut found = Vec::new();
+    for dir in dirs {
+        let entries = match fs::read_dir(dir) {
+            Ok(entries) => entries,
+            // A node without pods yet may have no such directory.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(format!("listing {}: {e}", dir.display())),
+        };
+        let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+        paths.sort();
+        for path in paths {
+            // A namespace can go away between the listing and here: skip it.
+            let Ok(file) = fs::File::open(&path) else {
+                continue;
+            };
+            let Ok(meta) = file.metadata() else { continue };
+            if seen.insert((meta.dev(), meta.ino())) {
+                found.push((path, file));
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Whether `path` looks like a directory of namespace handles (for a clear start-up error).
+pub fn check_netns_dir(path: &Path) -> Result<(), String> {
+    match fs::metadata(path) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(format!("{} is not a directory", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}

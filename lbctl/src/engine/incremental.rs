@@ -1,0 +1,281 @@
+//! Planning by Service: the same rules as [`super::plan`], kept as state so that a change to a
+//! few Services costs only those Services.
+//!
+//! A [`Planner`] holds, per Service, the frontends it offers (in its offer order) and its own
+//! skipped input and warnings, and per frontend (address, port, protocol) every claim on it, in
+//! claim order. The first claim is the frontend planned, so a change to one Service re-decides
+//! exactly the frontends it offered before or offers now: when it stops claiming a frontend
+//! another Service also claims, that one wins it.
+//!
+//! [`Planner::update`] takes *all* the objects of the changed Services (the Service, if it still
+//! exists, and every EndpointSlice labelled with its name) and returns the frontends whose
+//! planned value may have changed. [`Planner::plan`] gives exactly the [`Plan`] that
+//! [`super::plan`] computes over the same objects (tested below). Pure: no I/O.
+//!
+//! What a Service change cannot alter is planned only by [`Planner::new`]: this Node (a Node
+//! change re-plans everything) and EndpointSlices without a `kubernetes.io/service-name` label
+//! (they belong to no Service; their skip entries are refreshed by the next full plan).
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::{
+    api::{core::v1::Service, discovery::v1::EndpointSlice},
+    apimachinery::pkg::apis::meta::v1::Time,
+};
+
+use super::{
+    NodeContext, SERVICE_NAME_LABEL,
+    claims::{lost_reason, sort_offer},
+    node::ThisNode,
+    report::{self, Report, service_object},
+    service::plan_service,
+    services_in_claim_order,
+    slices::SliceIndex,
+};
+use crate::{
+    model::Inventory,
+    plan::{Frontend, FrontendKey, Plan, ServiceRef, Skipped},
+};
+
+/// Where a Service stands in claim order: older first (missing timestamps last), then
+/// namespace/name (as `services_in_claim_order`).
+type ClaimOrder = (bool, Option<Time>, ServiceRef);
+
+/// One claim on a frontend: the Service's order, then the frontend's place in its offer order.
+type Claim = (ClaimOrder, usize);
+
+/// What one Service (or the slices of a Service that does not exist) contributes.
+#[derive(Debug, Default)]
+struct Entry {
+    /// `None` when no served Service of this name exists (only its slices do).
+    order: Option<ClaimOrder>,
+    /// The keys it claims, in its offer order.
+    keys: Vec<FrontendKey>,
+    skipped: Vec<Skipped>,
+    warnings: Vec<String>,
+}
+
+/// The Service an EndpointSlice belongs to, by its `kubernetes.io/service-name` label; `None`
+/// without one (the engine skips such a slice).
+pub fn slice_service(slice: &EndpointSlice) -> Option<ServiceRef> {
+    let name = slice
+        .metadata
+        .labels
+        .as_ref()?
+        .get(SERVICE_NAME_LABEL)
+        .filter(|name| !name.is_empty())?;
+    Some(ServiceRef {
+        namespace: report::namespace_of(&slice.metadata),
+        name: name.clone(),
+    })
+}
+
+/// The Service ref of a Service object (namespace defaulted as the engine does).
+pub fn service_ref_of(svc: &Service) -> ServiceRef {
+    report::service_ref(&svc.metadata)
+}
+
+/// The plan of one node, kept by Service so it can be updated by Service.
+#[derive(Debug)]
+pub struct Planner {
+    node: NodeContext,
+    this_node: ThisNode,
+    /// Skipped input and warnings no Service change alters: the Node, unlabelled slices.
+    fixed: (Vec<Skipped>, Vec<String>),
+    entries: BTreeMap<ServiceRef, Entry>,
+    /// Every claim on each frontend; the first one is planned.
+    claims: BTreeMap<FrontendKey, BTreeMap<Claim, Frontend>>,
+    /// Frontends with more than one claim (the others are skipped).
+    contested: BTreeSet<FrontendKey>,
+    /// Services with skipped input or warnings of their own.
+    reporting: BTreeSet<ServiceRef>,
+}
+
+/// The objects of an inventory by Service: served Services and labelled slices.
+type Groups<'a> = BTreeMap<ServiceRef, (Vec<&'a Service>, Vec<&'a EndpointSlice>)>;
+
+fn group<'a>(inventory: &'a Inventory, node: &NodeContext) -> (Groups<'a>, Vec<&'a EndpointSlice>) {
+    let mut groups: Groups<'a> = BTreeMap::new();
+    for svc in inventory.services.iter().filter(|svc| node.serves(svc)) {
+        groups.entry(service_ref_of(svc)).or_default().0.push(svc);
+    }
+    let mut unlabelled = Vec::new();
+    for slice in &inventory.endpoint_slices {
+        match slice_service(slice) {
+            Some(svc_ref) => groups.entry(svc_ref).or_default().1.push(slice),
+            None => unlabelled.push(slice),
+        }
+    }
+    (groups, unlabelled)
+}
+
+impl Planner {
+    /// Plans everything in `inventory` for `node` (the state [`super::plan`] computes).
+    pub fn new(inventory: &Inventory, node: &NodeContext) -> Self {
+        let mut fixed = Report::default();
+        let this_node = ThisNode::resolve(&inventory.nodes, node, &mut fixed);
+        let (groups, unlabelled) = group(inventory, node);
+        // Only for their skip entries: these slices feed no Service.
+        SliceIndex::build(unlabelled, &mut fixed);
+        let mut planner = Planner {
+            node: node.clone(),
+            this_node,
+            fixed: fixed.finish(),
+            entries: BTreeMap::new(),
+            claims: BTreeMap::new(),
+            contested: BTreeSet::new(),
+            reporting: BTreeSet::new(),
+        };
+        let mut affected = BTreeSet::new();
+        for (svc_ref, (services, slices)) in groups {
+            planner.plan_one(svc_ref, services, slices, &mut affected);
+        }
+        planner
+    }
+
+    /// Re-plans the Services in `dirty` from `inventory`, which must hold every object of each
+    /// of them (objects of other Services in it are ignored). Returns the frontends whose
+    /// planned value ([`Planner::frontend`]) may have changed.
+    pub fn update(
+        &mut self,
+        inventory: &Inventory,
+        dirty: &BTreeSet<ServiceRef>,
+    ) -> BTreeSet<FrontendKey> {
+        let mut affected = BTreeSet::new();
+        let (mut groups, _) = group(inventory, &self.node);
+        for svc_ref in dirty {
+            self.remove(svc_ref, &mut affected);
+            let (services, slices) = groups.remove(svc_ref).unwrap_or_default();
+            self.plan_one(svc_ref.clone(), services, slices, &mut affected);
+        }
+        affected
+    }
+
+    /// The frontend planned for `key`, if any.
+    pub fn frontend(&self, key: &FrontendKey) -> Option<&Frontend> {
+        self.claims.get(key)?.values().next()
+    }
+
+    /// Number of frontends planned.
+    pub fn len(&self) -> usize {
+        self.claims.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.claims.is_empty()
+    }
+
+    /// Every planned frontend, in key order.
+    pub fn frontends(&self) -> impl Iterator<Item = &Frontend> {
+        self.claims
+            .values()
+            .filter_map(|claims| claims.values().next())
+    }
+
+    /// Skipped input and warnings, as [`Plan::skipped`] and [`Plan::warnings`] (sorted,
+    /// de-duplicated). Costs the Services that have any, not all Services.
+    pub fn report(&self) -> (Vec<Skipped>, Vec<String>) {
+        let mut report = Report::default();
+        for s in &self.fixed.0 {
+            report.skip(s.object.clone(), s.reason.clone());
+        }
+        for w in &self.fixed.1 {
+            report.warn(w.clone());
+        }
+        for entry in self.reporting.iter().filter_map(|r| self.entries.get(r)) {
+            for s in &entry.skipped {
+                report.skip(s.object.clone(), s.reason.clone());
+            }
+            for w in &entry.warnings {
+                report.warn(w.clone());
+            }
+        }
+        for claims in self.contested.iter().filter_map(|k| self.claims.get(k)) {
+            let mut claims = claims.values();
+            let Some(owner) = claims.next() else { continue };
+            for loser in claims {
+                report.skip(service_object(&loser.service), lost_reason(loser, owner));
+            }
+        }
+        report.finish()
+    }
+
+    /// The whole plan (walks every frontend).
+    pub fn plan(&self) -> Plan {
+        let mut frontends: Vec<Frontend> = self.frontends().cloned().collect();
+        frontends.sort_by(|a, b| {
+            (&a.service, a.kind, a.address, a.port, a.protocol)
+                .cmp(&(&b.service, b.kind, b.address, b.port, b.protocol))
+        });
+        let (skipped, warnings) = self.report();
+        Plan {
+            node: self.node.name.clone(),
+            frontends,
+            skipped,
+            warnings,
+        }
+    }
+
+    fn plan_one(
+        &mut self,
+        svc_ref: ServiceRef,
+        services: Vec<&Service>,
+        slices: Vec<&EndpointSlice>,
+        affected: &mut BTreeSet<FrontendKey>,
+    ) {
+        let mut report = Report::default();
+        let index = SliceIndex::build(slices, &mut report);
+        let chosen = services_in_claim_order(services.into_iter(), &mut report);
+        let mut entry = Entry::default();
+        if let Some(svc) = chosen.first() {
+            let time = svc.metadata.creation_timestamp.clone();
+            let order: ClaimOrder = (time.is_none(), time, svc_ref.clone());
+            let mut frontends = plan_service(svc, &index, &self.this_node, &mut report);
+            sort_offer(&mut frontends);
+            for (i, frontend) in frontends.into_iter().enumerate() {
+                let key = frontend.key();
+                entry.keys.push(key);
+                affected.insert(key);
+                let claims = self.claims.entry(key).or_default();
+                claims.insert((order.clone(), i), frontend);
+                if claims.len() > 1 {
+                    self.contested.insert(key);
+                }
+            }
+            entry.order = Some(order);
+        }
+        (entry.skipped, entry.warnings) = report.finish();
+        let reports = !entry.skipped.is_empty() || !entry.warnings.is_empty();
+        if reports {
+            self.reporting.insert(svc_ref.clone());
+        }
+        if reports || entry.order.is_some() {
+            self.entries.insert(svc_ref, entry);
+        }
+    }
+
+    fn remove(&mut self, svc_ref: &ServiceRef, affected: &mut BTreeSet<FrontendKey>) {
+        self.reporting.remove(svc_ref);
+        let Some(entry) = self.entries.remove(svc_ref) else {
+            return;
+        };
+        let Some(order) = entry.order else {
+            return;
+        };
+        for (i, key) in entry.keys.into_iter().enumerate() {
+            affected.insert(key);
+            let Some(claims) = self.claims.get_mut(&key) else {
+                continue;
+            };
+            claims.remove(&(order.clone(), i));
+            if claims.len() <= 1 {
+                self.contested.remove(&key);
+            }
+            if claims.is_empty() {
+                self.claims.remove(&key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
