@@ -95,17 +95,21 @@ enum Source {
 }
 
 impl Source {
-    fn snapshot(&self) -> Inventory {
+    /// The objects now; the file source shares them (no copy).
+    fn snapshot(&self) -> Arc<Inventory> {
         match self {
             Source::Files(s) => s.snapshot(),
-            Source::Kube(s) => s.snapshot(),
+            Source::Kube(s) => Arc::new(s.snapshot()),
         }
     }
 
-    fn take_changes(&self) -> (Dirty, Inventory) {
+    fn take_changes(&self) -> (Dirty, Arc<Inventory>) {
         match self {
             Source::Files(s) => s.take_changes(),
-            Source::Kube(s) => s.take_changes(),
+            Source::Kube(s) => {
+                let (dirty, inventory) = s.take_changes();
+                (dirty, Arc::new(inventory))
+            }
         }
     }
 
@@ -453,7 +457,7 @@ fn reconcile_full(
     datapath: &mut Datapath,
     metrics: &Metrics,
     state: &mut SyncState,
-    inventory: Inventory,
+    inventory: Arc<Inventory>,
     started: Instant,
     since: Instant,
     monitoring: &mut Monitoring,
@@ -527,7 +531,7 @@ fn reconcile_changed(
     state: Parts<'_>,
     planner: &mut Planner,
     services: &BTreeSet<ServiceRef>,
-    inventory: Inventory,
+    inventory: Arc<Inventory>,
     started: Instant,
     since: Instant,
     monitoring: &mut Monitoring,

@@ -143,7 +143,7 @@ fn main() -> Result<()> {
         Task::Bench { args } => {
             setup::run()?;
             let bench = build_release(&["lb-bench"])?;
-            // The churn part runs the real agent: the release lbctl next to lb-bench.
+            // The control-plane and churn parts run the real agent: the release lbctl next to lb-bench.
             run(cargo().args(["build", "--release", "-p", "lbctl", "--bin", "lbctl"]))?;
             // From the workspace root, so bench-results/ lands there.
             run(Command::new(bench).args(args).current_dir(workspace_root()))

@@ -35,15 +35,15 @@ impl Conditions {
     }
 }
 
-/// The topology hints the EndpointSlice controller wrote on an endpoint.
+/// The topology hints the EndpointSlice controller wrote on an endpoint (borrowed from it).
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) struct Hints {
-    pub(crate) for_nodes: BTreeSet<String>,
-    pub(crate) for_zones: BTreeSet<String>,
+pub(crate) struct Hints<'a> {
+    pub(crate) for_nodes: BTreeSet<&'a str>,
+    pub(crate) for_zones: BTreeSet<&'a str>,
 }
 
-impl Hints {
-    pub(crate) fn from_api(hints: Option<&EndpointHints>) -> Self {
+impl<'a> Hints<'a> {
+    pub(crate) fn from_api(hints: Option<&'a EndpointHints>) -> Self {
         let Some(hints) = hints else {
             return Hints::default();
         };
@@ -52,39 +52,40 @@ impl Hints {
                 .for_nodes
                 .iter()
                 .flatten()
-                .map(|h| h.name.clone())
+                .map(|h| h.name.as_str())
                 .collect(),
             for_zones: hints
                 .for_zones
                 .iter()
                 .flatten()
-                .map(|h| h.name.clone())
+                .map(|h| h.name.as_str())
                 .collect(),
         }
     }
 }
 
-/// One endpoint of an EndpointSlice, validated: its (first) address parsed.
+/// One endpoint of an EndpointSlice, validated: its (first) address parsed. Borrows its
+/// names from the object (planning a large cluster is mostly allocation otherwise).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) struct EndpointView {
+pub(crate) struct EndpointView<'a> {
     pub(crate) address: IpAddr,
     pub(crate) conditions: Conditions,
-    pub(crate) node_name: Option<String>,
-    pub(crate) hints: Hints,
+    pub(crate) node_name: Option<&'a str>,
+    pub(crate) hints: Hints<'a>,
 }
 
-impl EndpointView {
-    pub(crate) fn new(address: IpAddr, endpoint: &Endpoint) -> Self {
+impl<'a> EndpointView<'a> {
+    pub(crate) fn new(address: IpAddr, endpoint: &'a Endpoint) -> Self {
         EndpointView {
             address,
             conditions: Conditions::from_api(endpoint.conditions.as_ref()),
-            node_name: endpoint.node_name.clone(),
+            node_name: endpoint.node_name.as_deref(),
             hints: Hints::from_api(endpoint.hints.as_ref()),
         }
     }
 
     pub(crate) fn is_on(&self, node: &ThisNode) -> bool {
-        self.node_name.as_deref() == Some(node.name.as_str())
+        self.node_name == Some(node.name.as_str())
     }
 }
 
@@ -92,7 +93,7 @@ impl EndpointView {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Candidate<'a> {
     pub(crate) backend: SocketAddr,
-    pub(crate) endpoint: &'a EndpointView,
+    pub(crate) endpoint: &'a EndpointView<'a>,
 }
 
 /// The backends a frontend may use, sorted.
@@ -139,7 +140,7 @@ impl BackendSets {
 }
 
 /// Ranks copies of the same backend: higher is more useful.
-fn usefulness(ep: &EndpointView, node: &ThisNode) -> (bool, bool, bool) {
+fn usefulness(ep: &EndpointView<'_>, node: &ThisNode) -> (bool, bool, bool) {
     (
         ep.conditions.ready,
         ep.conditions.serving_terminating(),
@@ -151,10 +152,10 @@ fn usefulness(ep: &EndpointView, node: &ThisNode) -> (bool, bool, bool) {
 /// since `candidates` is sorted and de-duplicated by backend.
 fn first_non_empty(
     candidates: &[Candidate<'_>],
-    preferred: impl Fn(&EndpointView) -> bool,
-    fallback: impl Fn(&EndpointView) -> bool,
+    preferred: impl Fn(&EndpointView<'_>) -> bool,
+    fallback: impl Fn(&EndpointView<'_>) -> bool,
 ) -> Vec<SocketAddr> {
-    let select = |keep: &dyn Fn(&EndpointView) -> bool| -> Vec<SocketAddr> {
+    let select = |keep: &dyn Fn(&EndpointView<'_>) -> bool| -> Vec<SocketAddr> {
         candidates
             .iter()
             .filter(|c| keep(c.endpoint))
@@ -198,23 +199,23 @@ pub(crate) mod tests {
     };
 
     /// An endpoint on `node` ("" for none), without hints.
-    pub(crate) fn ep(address: &str, node: &str, conditions: Conditions) -> EndpointView {
+    pub(crate) fn ep<'a>(address: &str, node: &'a str, conditions: Conditions) -> EndpointView<'a> {
         EndpointView {
             address: address.parse().expect("test address"),
             conditions,
-            node_name: (!node.is_empty()).then(|| node.to_owned()),
+            node_name: (!node.is_empty()).then_some(node),
             hints: Hints::default(),
         }
     }
 
-    impl EndpointView {
-        pub(crate) fn for_zones(mut self, zones: &[&str]) -> Self {
-            self.hints.for_zones = zones.iter().map(|z| z.to_string()).collect();
+    impl<'a> EndpointView<'a> {
+        pub(crate) fn for_zones(mut self, zones: &[&'a str]) -> Self {
+            self.hints.for_zones = zones.iter().copied().collect();
             self
         }
 
-        pub(crate) fn for_nodes(mut self, nodes: &[&str]) -> Self {
-            self.hints.for_nodes = nodes.iter().map(|n| n.to_string()).collect();
+        pub(crate) fn for_nodes(mut self, nodes: &[&'a str]) -> Self {
+            self.hints.for_nodes = nodes.iter().copied().collect();
             self
         }
     }
@@ -231,14 +232,14 @@ pub(crate) mod tests {
     struct Row {
         name: &'static str,
         node: ThisNode,
-        endpoints: Vec<EndpointView>,
+        endpoints: Vec<EndpointView<'static>>,
         /// Addresses (port 80) of the Cluster set.
         cluster: &'static [&'static str],
         /// Addresses (port 80) of the Local set.
         local: &'static [&'static str],
     }
 
-    fn row(name: &'static str, endpoints: Vec<EndpointView>) -> Row {
+    fn row(name: &'static str, endpoints: Vec<EndpointView<'static>>) -> Row {
         Row {
             name,
             node: w1(Some("zone-a")),

@@ -103,19 +103,26 @@ fn services_in_claim_order<'a>(
     services: impl Iterator<Item = &'a Service>,
     report: &mut report::Report,
 ) -> Vec<&'a Service> {
-    let mut by_ref: BTreeMap<ServiceRef, Vec<&Service>> = BTreeMap::new();
+    // Keyed by borrowed (namespace, name): the same order as `ServiceRef`, without copying
+    // two strings per Service.
+    let mut by_ref: BTreeMap<(&str, &str), Vec<&Service>> = BTreeMap::new();
     for svc in services {
+        let name = svc.metadata.name.as_deref().unwrap_or_default();
         by_ref
-            .entry(report::service_ref(&svc.metadata))
+            .entry((report::namespace_str(&svc.metadata), name))
             .or_default()
             .push(svc);
     }
-    let mut unique: Vec<(ServiceRef, &Service)> = by_ref
+    let mut unique: Vec<((&str, &str), &Service)> = by_ref
         .into_iter()
         .filter_map(|(svc_ref, copies)| {
             let chosen = report::pick_canonical(copies, || {
+                let (namespace, name) = svc_ref;
                 report.skip(
-                    report::service_object(&svc_ref),
+                    report::service_object(&ServiceRef {
+                        namespace: namespace.to_owned(),
+                        name: name.to_owned(),
+                    }),
                     "several different objects with this namespace/name; the one that sorts \
                      first as JSON was used",
                 )

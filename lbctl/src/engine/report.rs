@@ -41,9 +41,14 @@ impl Report {
 }
 
 pub(crate) fn namespace_of(meta: &ObjectMeta) -> String {
+    namespace_str(meta).to_owned()
+}
+
+/// [`namespace_of`], borrowed.
+pub(crate) fn namespace_str(meta: &ObjectMeta) -> &str {
     match meta.namespace.as_deref() {
-        Some(ns) if !ns.is_empty() => ns.to_owned(),
-        _ => DEFAULT_NAMESPACE.to_owned(),
+        Some(ns) if !ns.is_empty() => ns,
+        _ => DEFAULT_NAMESPACE,
     }
 }
 
@@ -79,6 +84,11 @@ pub(crate) fn pick_canonical<T: Serialize>(
     copies: Vec<&T>,
     on_conflict: impl FnOnce(),
 ) -> Option<&T> {
+    // The usual case, one copy: nothing to compare (serializing every object is most of the
+    // cost of planning a large cluster).
+    if let [only] = copies.as_slice() {
+        return Some(*only);
+    }
     let mut keyed: Vec<(String, &T)> = copies
         .into_iter()
         .map(|obj| (serde_json::to_string(obj).unwrap_or_default(), obj))

@@ -38,14 +38,14 @@ struct ServicePlan<'a> {
     node_ports_open: bool,
     external: Vec<ExternalAddress>,
     affinity: Option<u32>,
-    slices: &'a [SliceView],
+    slices: &'a [SliceView<'a>],
 }
 
 /// The frontends of `svc` on this node (possibly conflicting with other services: see
 /// `claims`). Not captured, silently: ExternalName and headless services.
 pub(crate) fn plan_service(
     svc: &Service,
-    slices: &SliceIndex,
+    slices: &SliceIndex<'_>,
     node: &ThisNode,
     report: &mut Report,
 ) -> Vec<Frontend> {
@@ -343,7 +343,7 @@ fn affinity_timeout(spec: &ServiceSpec, object: &str, report: &mut Report) -> Op
 fn warn_if_hints_missing(
     svc: &Service,
     svc_ref: &ServiceRef,
-    slices: &[SliceView],
+    slices: &[SliceView<'_>],
     report: &mut Report,
 ) {
     let Some(requested) = RequestedHints::of(svc) else {

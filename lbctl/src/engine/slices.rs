@@ -1,12 +1,12 @@
 //! EndpointSlices, validated once and grouped by the Service they belong to.
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{collections::HashMap, net::IpAddr};
 
 use k8s_openapi::api::discovery::v1::{EndpointPort, EndpointSlice};
 
 use super::{
     endpoints::EndpointView,
     ports::{Family, PortLabel, ProtocolProblem, parse_port, parse_protocol},
-    report::{Report, namespace_of, slice_object},
+    report::{Report, namespace_str, slice_object},
 };
 use crate::plan::{Protocol, ServiceRef};
 
@@ -24,14 +24,14 @@ pub(crate) struct SlicePort {
     pub(crate) port: Option<u16>,
 }
 
-/// A validated EndpointSlice.
+/// A validated EndpointSlice (borrowing from the object).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct SliceView {
+pub(crate) struct SliceView<'a> {
     pub(crate) ports: Vec<SlicePort>,
-    pub(crate) endpoints: Vec<EndpointView>,
+    pub(crate) endpoints: Vec<EndpointView<'a>>,
 }
 
-impl SliceView {
+impl SliceView<'_> {
     /// The slice port a service port maps to: same name (unset = empty) and protocol.
     pub(crate) fn port_for(&self, name: &str, protocol: Protocol) -> Option<&SlicePort> {
         self.ports
@@ -40,33 +40,57 @@ impl SliceView {
     }
 }
 
-/// All usable slices, by Service.
+/// All usable slices, by Service: namespace, then name.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct SliceIndex {
-    by_service: BTreeMap<ServiceRef, Vec<SliceView>>,
+pub(crate) struct SliceIndex<'a> {
+    by_service: HashMap<&'a str, HashMap<&'a str, Vec<SliceView<'a>>>>,
 }
 
-impl SliceIndex {
-    pub(crate) fn build<'a>(
+impl<'a> SliceIndex<'a> {
+    pub(crate) fn build(
         slices: impl IntoIterator<Item = &'a EndpointSlice>,
         report: &mut Report,
     ) -> Self {
-        let mut by_service: BTreeMap<ServiceRef, Vec<SliceView>> = BTreeMap::new();
+        let mut by_service: HashMap<&'a str, HashMap<&'a str, Vec<SliceView<'a>>>> = HashMap::new();
         for slice in slices {
-            if let Some((svc, view)) = validate(slice, report) {
-                by_service.entry(svc).or_default().push(view);
+            if let Some(((namespace, name), view)) = validate(slice, report) {
+                by_service
+                    .entry(namespace)
+                    .or_default()
+                    .entry(name)
+                    .or_default()
+                    .push(view);
             }
         }
         SliceIndex { by_service }
     }
 
-    pub(crate) fn for_service(&self, svc: &ServiceRef) -> &[SliceView] {
-        self.by_service.get(svc).map_or(&[], Vec::as_slice)
+    pub(crate) fn for_service(&self, svc: &ServiceRef) -> &[SliceView<'a>] {
+        self.by_service
+            .get(svc.namespace.as_str())
+            .and_then(|names| names.get(svc.name.as_str()))
+            .map_or(&[], Vec::as_slice)
     }
 }
 
-fn validate(slice: &EndpointSlice, report: &mut Report) -> Option<(ServiceRef, SliceView)> {
-    let object = slice_object(&slice.metadata);
+/// The object's name for reports, made only when something is reported.
+struct LazyObject<'a> {
+    slice: &'a EndpointSlice,
+    name: Option<String>,
+}
+
+impl LazyObject<'_> {
+    fn get(&mut self) -> &str {
+        self.name
+            .get_or_insert_with(|| slice_object(&self.slice.metadata))
+    }
+}
+
+fn validate<'a>(
+    slice: &'a EndpointSlice,
+    report: &mut Report,
+) -> Option<((&'a str, &'a str), SliceView<'a>)> {
+    let mut object = LazyObject { slice, name: None };
     let service_name = slice
         .metadata
         .labels
@@ -74,18 +98,18 @@ fn validate(slice: &EndpointSlice, report: &mut Report) -> Option<(ServiceRef, S
         .and_then(|labels| labels.get(SERVICE_NAME_LABEL))
         .filter(|name| !name.is_empty());
     let Some(service_name) = service_name else {
-        report.skip(object, format!("no {SERVICE_NAME_LABEL} label"));
+        report.skip(object.get(), format!("no {SERVICE_NAME_LABEL} label"));
         return None;
     };
     let family = match slice.address_type.as_str() {
         "IPv4" => Family::V4,
         "IPv6" => Family::V6,
         "FQDN" => {
-            report.skip(object, "addressType FQDN is not load-balanced");
+            report.skip(object.get(), "addressType FQDN is not load-balanced");
             return None;
         }
         other => {
-            report.skip(object, format!("unknown addressType {other:?}"));
+            report.skip(object.get(), format!("unknown addressType {other:?}"));
             return None;
         }
     };
@@ -93,9 +117,9 @@ fn validate(slice: &EndpointSlice, report: &mut Report) -> Option<(ServiceRef, S
         .ports
         .iter()
         .flatten()
-        .map(|port| slice_port(port, &object, report))
+        .map(|port| slice_port(port, &mut object, report))
         .collect();
-    let mut endpoints = Vec::new();
+    let mut endpoints = Vec::with_capacity(slice.endpoints.len());
     for endpoint in &slice.endpoints {
         // Addresses are fungible; like kube-proxy, only the first one is used.
         let Some(address) = endpoint.addresses.first() else {
@@ -108,28 +132,30 @@ fn validate(slice: &EndpointSlice, report: &mut Report) -> Option<(ServiceRef, S
                 ))
             });
             match target {
-                Some(target) => report.skip(&object, format!("endpoint for {target}: no address")),
-                None => report.skip(&object, "an endpoint has no address"),
+                Some(target) => {
+                    report.skip(object.get(), format!("endpoint for {target}: no address"))
+                }
+                None => report.skip(object.get(), "an endpoint has no address"),
             }
             continue;
         };
         match address.parse::<IpAddr>() {
             Ok(ip) if Family::of(ip) == family => endpoints.push(EndpointView::new(ip, endpoint)),
             Ok(_) => report.skip(
-                &object,
+                object.get(),
                 format!("endpoint {address:?}: not an {family} address (addressType {family})"),
             ),
-            Err(_) => report.skip(&object, format!("endpoint {address:?}: invalid IP address")),
+            Err(_) => report.skip(
+                object.get(),
+                format!("endpoint {address:?}: invalid IP address"),
+            ),
         }
     }
-    let svc = ServiceRef {
-        namespace: namespace_of(&slice.metadata),
-        name: service_name.clone(),
-    };
+    let svc = (namespace_str(&slice.metadata), service_name.as_str());
     Some((svc, SliceView { ports, endpoints }))
 }
 
-fn slice_port(port: &EndpointPort, object: &str, report: &mut Report) -> SlicePort {
+fn slice_port(port: &EndpointPort, object: &mut LazyObject<'_>, report: &mut Report) -> SlicePort {
     let name = port.name.clone().unwrap_or_default();
     let protocol = match parse_protocol(port.protocol.as_deref()) {
         Ok(protocol) => Some(protocol),
@@ -137,21 +163,21 @@ fn slice_port(port: &EndpointPort, object: &str, report: &mut Report) -> SlicePo
         Err(ProtocolProblem::NotCaptured) => None,
         Err(problem @ ProtocolProblem::Unknown(_)) => {
             let label = PortLabel::new(&name, port.port, port.protocol.as_deref());
-            report.skip(object, format!("{label}: {problem}"));
+            report.skip(object.get(), format!("{label}: {problem}"));
             None
         }
     };
     let number = match port.port {
         None => {
             let label = PortLabel::new(&name, None, port.protocol.as_deref());
-            report.skip(object, format!("{label}: no port number"));
+            report.skip(object.get(), format!("{label}: no port number"));
             None
         }
         Some(number) => match parse_port(number) {
             Ok(number) => Some(number),
             Err(reason) => {
                 let label = PortLabel::new(&name, None, port.protocol.as_deref());
-                report.skip(object, format!("{label}: {reason}"));
+                report.skip(object.get(), format!("{label}: {reason}"));
                 None
             }
         },

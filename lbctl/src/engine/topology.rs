@@ -27,7 +27,7 @@ impl TopologyFilter {
     /// 2. else every ready endpoint has zone hints and one is for this node's zone -> same zone;
     /// 3. else no filtering. The chosen filter always keeps at least one ready endpoint.
     pub(crate) fn from_hints<'a>(
-        ready: impl Iterator<Item = &'a EndpointView>,
+        ready: impl Iterator<Item = &'a EndpointView<'a>>,
         node: &ThisNode,
     ) -> Self {
         let mut all_have_node_hints = true;
@@ -37,13 +37,13 @@ impl TopologyFilter {
         for ep in ready {
             if ep.hints.for_nodes.is_empty() {
                 all_have_node_hints = false;
-            } else if ep.hints.for_nodes.contains(&node.name) {
+            } else if ep.hints.for_nodes.contains(node.name.as_str()) {
                 one_for_node = true;
             }
             if ep.hints.for_zones.is_empty() {
                 all_have_zone_hints = false;
             } else if let Some(zone) = &node.zone
-                && ep.hints.for_zones.contains(zone)
+                && ep.hints.for_zones.contains(zone.as_str())
             {
                 one_for_zone = true;
             }
@@ -57,11 +57,11 @@ impl TopologyFilter {
         }
     }
 
-    pub(crate) fn keeps(&self, ep: &EndpointView) -> bool {
+    pub(crate) fn keeps(&self, ep: &EndpointView<'_>) -> bool {
         match self {
             TopologyFilter::KeepAll => true,
-            TopologyFilter::SameNode(node) => ep.hints.for_nodes.contains(node),
-            TopologyFilter::SameZone(zone) => ep.hints.for_zones.contains(zone),
+            TopologyFilter::SameNode(node) => ep.hints.for_nodes.contains(node.as_str()),
+            TopologyFilter::SameZone(zone) => ep.hints.for_zones.contains(zone.as_str()),
         }
     }
 }
@@ -81,7 +81,7 @@ pub(crate) enum HintKind {
 }
 
 impl HintKind {
-    pub(crate) fn present_on(self, ep: &EndpointView) -> bool {
+    pub(crate) fn present_on(self, ep: &EndpointView<'_>) -> bool {
         match self {
             HintKind::Node => !ep.hints.for_nodes.is_empty(),
             HintKind::Zone => !ep.hints.for_zones.is_empty(),
@@ -142,7 +142,7 @@ mod tests {
         use TopologyFilter::{KeepAll, SameNode, SameZone};
         let same_zone = || SameZone("zone-a".to_owned());
         let same_node = || SameNode("w1".to_owned());
-        let rows: Vec<(&str, Option<&str>, Vec<EndpointView>, TopologyFilter)> = vec![
+        let rows: Vec<(&str, Option<&str>, Vec<EndpointView<'_>>, TopologyFilter)> = vec![
             ("no endpoints", Some("zone-a"), vec![], KeepAll),
             (
                 "every endpoint hinted, some for this zone",

@@ -3,11 +3,16 @@
 //! the API server (bpffs holds BPF objects only, hence a map rather than a file).
 use std::{collections::BTreeMap, path::Path};
 
-use aya::maps::{HashMap, Map, MapData, MapInfo};
+use std::os::fd::AsFd;
+
+use aya::maps::{HashMap, IterableMap, Map, MapData, MapInfo};
 use lb_common::{FrontendName, NAME_LEN, NAMES_MAP, PORT_NAME_LEN};
 
 use crate::{
-    datapath::{DatapathError, FrontendKey, Writer},
+    datapath::{
+        DatapathError, FrontendKey, Writer,
+        sys::{BatchFailure, map_update_batch},
+    },
     plan::{Frontend, Plan},
 };
 
@@ -196,16 +201,33 @@ impl NamesWriter {
         let mut ops = 0;
         let mut failed = None;
         let mut written = std::mem::take(&mut self.written);
-        for (id, name) in &desired {
-            if written.get(id) != Some(name) {
-                ops += 1;
-                match map.insert(id, name, 0) {
-                    Ok(()) => {
-                        written.insert(*id, *name);
-                    }
-                    Err(e) => failed = Some(e),
+        // The changed names in one batch (one system call for a whole cluster's names, where
+        // one update each cost as much as the rest of the sync); an element that fails is
+        // skipped and the batch goes on after it.
+        let (ids, names): (Vec<u32>, Vec<FrontendName>) = desired
+            .iter()
+            .filter(|(id, name)| written.get(id) != Some(name))
+            .map(|(id, name)| (*id, *name))
+            .unzip();
+        ops += ids.len();
+        let fd = map.map().fd().as_fd();
+        let mut start = 0;
+        while start < ids.len() {
+            let done = match map_update_batch(fd, &ids[start..], &names[start..]) {
+                Ok(()) => ids.len() - start,
+                Err(BatchFailure { done, error }) => {
+                    failed = Some(aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                        call: "bpf_map_update_batch",
+                        io_error: error,
+                    }));
+                    done
                 }
+            };
+            for i in start..start + done {
+                written.insert(ids[i], names[i]);
             }
+            // Skip the failing element.
+            start += done + 1;
         }
         let stale: Vec<u32> = written
             .keys()

@@ -51,7 +51,8 @@ pub struct FileSource {
 /// The objects of the last good read and what changed since the agent took the changes.
 #[derive(Default)]
 struct Loaded {
-    inventory: Inventory,
+    /// Shared with each snapshot: a snapshot costs no copy of the objects.
+    inventory: Arc<Inventory>,
     dirty: Dirty,
 }
 
@@ -104,7 +105,7 @@ fn load(paths: &[PathBuf], loaded: &Mutex<Loaded>, tx: &watch::Sender<SourceStat
                 Dirty::All
             };
             loaded.dirty.merge(dirty);
-            loaded.inventory = objects;
+            loaded.inventory = Arc::new(objects);
             state.generation += 1;
             state.synced = true;
             state.connected = true;
@@ -127,7 +128,7 @@ impl FileSource {
         paths: Vec<PathBuf>,
     ) -> Result<(Self, watch::Receiver<SourceState>), FileSourceError> {
         let inventory = Arc::new(Mutex::new(Loaded {
-            inventory: Inventory::default(),
+            inventory: Arc::default(),
             dirty: Dirty::All,
         }));
         let (tx, rx) = watch::channel(SourceState::default());
@@ -185,8 +186,8 @@ impl FileSource {
         ))
     }
 
-    /// The objects of the last successful read.
-    pub fn snapshot(&self) -> Inventory {
+    /// The objects of the last successful read (shared, not copied).
+    pub fn snapshot(&self) -> Arc<Inventory> {
         self.inventory
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -196,7 +197,7 @@ impl FileSource {
 
     /// Which Services changed since the last call (everything on the first), with the
     /// objects the agent needs for them (all of them for [`Dirty::All`]).
-    pub fn take_changes(&self) -> (Dirty, Inventory) {
+    pub fn take_changes(&self) -> (Dirty, Arc<Inventory>) {
         let mut loaded = self
             .inventory
             .lock()
@@ -204,7 +205,7 @@ impl FileSource {
         let dirty = std::mem::take(&mut loaded.dirty);
         let inventory = match &dirty {
             Dirty::All => loaded.inventory.clone(),
-            Dirty::Services(refs) => objects_of(&loaded.inventory, refs),
+            Dirty::Services(refs) => Arc::new(objects_of(&loaded.inventory, refs)),
         };
         (dirty, inventory)
     }

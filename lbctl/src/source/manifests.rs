@@ -7,7 +7,9 @@
 //! kinds (Pod, Deployment, a Knative `Service`...) and documents that are not objects are
 //! ignored. Loading is stateless: call [`load_paths`] again whenever a file changes.
 //!
-//! Each file is read twice: once for its syntax and which kind and name each object has
+//! A YAML file is first read once straight into the objects (`one_pass`), which succeeds for
+//! well-formed manifests such as `kubectl get -o yaml` prints. Otherwise (and for JSON) each
+//! file is read twice: once for its syntax and which kind and name each object has
 //! (everything else skipped), then once more straight into the typed objects, so that an object
 //! that does not deserialize is reported with the line and column of the offending field. YAML
 //! is read by serde-saphyr within limits scaled to the text (see [`MAX_YAML_DEPTH`]): alias
@@ -203,6 +205,16 @@ pub fn load_str(text: &str, origin: &str) -> Result<Inventory, ManifestError> {
 }
 
 fn load_yaml(text: &str, origin: &str) -> Result<Inventory, ManifestError> {
+    // One read straight into the objects when it can be done (see [`one_pass`]); anything it
+    // cannot do, and every error, is left to the two reads that name the faulty object.
+    if let Ok(inventory) = one_pass::load(text, yaml_options(text)) {
+        return Ok(inventory);
+    }
+    load_yaml_careful(text, origin)
+}
+
+/// The two reads: the documents' shapes, then the typed objects (see the module doc).
+fn load_yaml_careful(text: &str, origin: &str) -> Result<Inventory, ManifestError> {
     let syntax = |e: serde_saphyr::Error| {
         syntax_error(origin, Format::Yaml, yaml_position(&e), &yaml_message(&e))
     };
@@ -411,7 +423,7 @@ fn syntax_error(
 
 /// The kinds the engine reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum KnownKind {
+pub(crate) enum KnownKind {
     Service,
     EndpointSlice,
     Node,
@@ -882,6 +894,342 @@ impl<'de> DeserializeSeed<'de> for ItemSeed<'_> {
     }
 }
 
+/// The fast read of a YAML stream: one pass straight into the objects, for the usual case of
+/// well-formed objects whose `apiVersion` and `kind` come before their `spec` and `status`
+/// (`kubectl get -o yaml` sorts keys: a slice's `endpoints` and a list's `items`, which come
+/// before `kind`, are read speculatively and kept only if the kind turns out to want them).
+///
+/// It succeeds only where the two-pass read would return the same objects (each field is read
+/// by the same `Deserialize` impl, ignored fields are ignored alike); anything it is unsure of
+/// (a document that is not a mapping, a `spec` before the `kind`, a repeated key, a typed list
+/// whose items name another kind, any error) makes it fail, and the caller reads the text again
+/// the careful way.
+mod one_pass {
+    use k8s_openapi::{
+        api::{
+            core::v1::{Node, NodeSpec, NodeStatus, Service, ServiceSpec, ServiceStatus},
+            discovery::v1::{Endpoint, EndpointPort, EndpointSlice},
+        },
+        apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    };
+    use serde::{
+        Deserialize, Deserializer,
+        de::{DeserializeSeed, Error, IgnoredAny, MapAccess, SeqAccess, Visitor},
+    };
+
+    use super::KnownKind;
+    use crate::model::Inventory;
+
+    pub(super) fn load(
+        text: &str,
+        options: serde_saphyr::Options,
+    ) -> Result<Inventory, serde_saphyr::Error> {
+        let docs: Vec<Doc> = serde_saphyr::from_multiple_with_options(text, options)?;
+        let mut inventory = Inventory::default();
+        for Doc(objects) in docs {
+            inventory.services.extend(objects.services);
+            inventory.endpoint_slices.extend(objects.endpoint_slices);
+            inventory.nodes.extend(objects.nodes);
+        }
+        Ok(inventory)
+    }
+
+    /// The objects of one document, in order.
+    struct Doc(Inventory);
+
+    impl<'de> Deserialize<'de> for Doc {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            let parts = PartsSeed(Context::TopLevel).deserialize(deserializer)?;
+            let mut out = Inventory::default();
+            parts
+                .resolve(Context::TopLevel, &mut out)
+                .map_err(D::Error::custom)?;
+            Ok(Doc(out))
+        }
+    }
+
+    /// Where an object sits, which decides how its kind is found (as [`super::DocShape`] does).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum Context {
+        /// A document: an object of a known kind, or a list.
+        TopLevel,
+        /// An item of `v1 List` (or of a list whose kind is not read yet): its own kind.
+        ListItem,
+        /// An item of a typed list (`ServiceList`...): that kind, whatever it says.
+        TypedItem(KnownKind),
+    }
+
+    /// What an object is, as far as its kind fields tell.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum Class {
+        Object(KnownKind),
+        /// A list; `None`: the untyped `v1 List`.
+        List(Option<KnownKind>),
+        Ignored,
+    }
+
+    fn classify(context: Context, api_version: Option<&str>, kind: Option<&str>) -> Class {
+        match context {
+            Context::TypedItem(kind) => Class::Object(kind),
+            Context::ListItem => {
+                KnownKind::of(api_version, kind).map_or(Class::Ignored, Class::Object)
+            }
+            Context::TopLevel => match KnownKind::of(api_version, kind) {
+                Some(kind) => Class::Object(kind),
+                None => KnownKind::of_list(api_version, kind).map_or(Class::Ignored, Class::List),
+            },
+        }
+    }
+
+    /// One object's fields, read in one pass. The objects' parts are boxed: a list's items
+    /// are all held until the list's kind is known, and unboxed they take kilobytes each.
+    #[derive(Default)]
+    struct Parts {
+        api_version: Option<String>,
+        kind: Option<String>,
+        metadata: Option<Box<ObjectMeta>>,
+        service_spec: Option<Box<ServiceSpec>>,
+        service_status: Option<Box<ServiceStatus>>,
+        node_spec: Option<Box<NodeSpec>>,
+        node_status: Option<Box<NodeStatus>>,
+        address_type: Option<String>,
+        endpoints: Option<Vec<Endpoint>>,
+        ports: Option<Vec<EndpointPort>>,
+        /// `Some` when read as a list's items (speculatively, or for a list).
+        items: Option<Vec<Parts>>,
+        /// The classes fields were read under once the class was known: all must agree with
+        /// the final one.
+        assumed: Vec<Class>,
+    }
+
+    impl Parts {
+        fn class_now(&self, context: Context) -> Option<Class> {
+            match context {
+                Context::TypedItem(kind) => Some(Class::Object(kind)),
+                _ if self.api_version.is_some() && self.kind.is_some() => Some(classify(
+                    context,
+                    self.api_version.as_deref(),
+                    self.kind.as_deref(),
+                )),
+                _ => None,
+            }
+        }
+
+        /// The objects this stands for, into `out`; an error when the one-pass read cannot
+        /// be sure of them.
+        fn resolve(self, context: Context, out: &mut Inventory) -> Result<(), &'static str> {
+            let class = match context {
+                Context::TypedItem(kind) => {
+                    // The typed read checks the item's own kind fields against the list's.
+                    let own = KnownKind::of(
+                        Some(self.api_version.as_deref().unwrap_or(api_version_of(kind))),
+                        Some(self.kind.as_deref().unwrap_or(kind.as_str())),
+                    );
+                    if own != Some(kind) {
+                        return Err("a typed list's item names another kind");
+                    }
+                    Class::Object(kind)
+                }
+                _ => classify(context, self.api_version.as_deref(), self.kind.as_deref()),
+            };
+            if self.assumed.iter().any(|assumed| *assumed != class) {
+                return Err("fields were read for another kind");
+            }
+            match class {
+                Class::Ignored => {}
+                Class::Object(KnownKind::Service) => out.services.push(Service {
+                    metadata: self.metadata.map(|m| *m).unwrap_or_default(),
+                    spec: self.service_spec.map(|s| *s),
+                    status: self.service_status.map(|s| *s),
+                }),
+                Class::Object(KnownKind::Node) => out.nodes.push(Node {
+                    metadata: self.metadata.map(|m| *m).unwrap_or_default(),
+                    spec: self.node_spec.map(|s| *s),
+                    status: self.node_status.map(|s| *s),
+                }),
+                Class::Object(KnownKind::EndpointSlice) => {
+                    out.endpoint_slices.push(EndpointSlice {
+                        address_type: self.address_type.unwrap_or_default(),
+                        endpoints: self.endpoints.unwrap_or_default(),
+                        metadata: self.metadata.map(|m| *m).unwrap_or_default(),
+                        ports: self.ports,
+                    })
+                }
+                Class::List(item_kind) => {
+                    let item_context = item_kind.map_or(Context::ListItem, Context::TypedItem);
+                    for item in self.items.into_iter().flatten() {
+                        // Items read before the list's kind was known were read as `v1 List`
+                        // items: a typed list's items must then name its kind themselves.
+                        item.resolve(item_context, out)?;
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+
+    fn api_version_of(kind: KnownKind) -> &'static str {
+        match kind {
+            KnownKind::Service | KnownKind::Node => "v1",
+            KnownKind::EndpointSlice => "discovery.k8s.io/v1",
+        }
+    }
+
+    /// Reads one object (a mapping; anything else is left to the careful read).
+    struct PartsSeed(Context);
+
+    impl<'de> DeserializeSeed<'de> for PartsSeed {
+        type Value = Parts;
+
+        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Parts, D::Error> {
+            deserializer.deserialize_map(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for PartsSeed {
+        type Value = Parts;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Parts, A::Error> {
+            let context = self.0;
+            let mut parts = Parts::default();
+            let mut seen: Vec<String> = Vec::new();
+            while let Some(key) = map.next_key::<String>()? {
+                let special = matches!(
+                    key.as_str(),
+                    "apiVersion"
+                        | "kind"
+                        | "metadata"
+                        | "spec"
+                        | "status"
+                        | "addressType"
+                        | "endpoints"
+                        | "ports"
+                        | "items"
+                );
+                if special {
+                    if seen.contains(&key) {
+                        return Err(A::Error::custom("repeated key"));
+                    }
+                    seen.push(key.clone());
+                }
+                let class = parts.class_now(context);
+                match key.as_str() {
+                    "apiVersion" => parts.api_version = Some(map.next_value()?),
+                    "kind" => parts.kind = Some(map.next_value()?),
+                    "metadata" => parts.metadata = map.next_value()?,
+                    "spec" | "status" => {
+                        let Some(class) = class else {
+                            return Err(A::Error::custom("spec or status before the kind"));
+                        };
+                        parts.assumed.push(class);
+                        match (class, key.as_str()) {
+                            (Class::Object(KnownKind::Service), "spec") => {
+                                parts.service_spec = map.next_value()?
+                            }
+                            (Class::Object(KnownKind::Service), _) => {
+                                parts.service_status = map.next_value()?
+                            }
+                            (Class::Object(KnownKind::Node), "spec") => {
+                                parts.node_spec = map.next_value()?
+                            }
+                            (Class::Object(KnownKind::Node), _) => {
+                                parts.node_status = map.next_value()?
+                            }
+                            _ => {
+                                map.next_value::<IgnoredAny>()?;
+                            }
+                        }
+                    }
+                    "addressType" | "endpoints" | "ports" => {
+                        if let Some(class) = class {
+                            parts.assumed.push(class);
+                        }
+                        match (class, key.as_str()) {
+                            (
+                                None | Some(Class::Object(KnownKind::EndpointSlice)),
+                                "addressType",
+                            ) => parts.address_type = map.next_value()?,
+                            (None | Some(Class::Object(KnownKind::EndpointSlice)), "endpoints") => {
+                                parts.endpoints = map.next_value()?
+                            }
+                            (None | Some(Class::Object(KnownKind::EndpointSlice)), _) => {
+                                parts.ports = map.next_value()?
+                            }
+                            _ => {
+                                map.next_value::<IgnoredAny>()?;
+                            }
+                        }
+                    }
+                    "items" => {
+                        if let Some(class) = class {
+                            parts.assumed.push(class);
+                        }
+                        match class {
+                            None => {
+                                parts.items =
+                                    Some(map.next_value_seed(ItemsSeed(Context::ListItem))?)
+                            }
+                            Some(Class::List(kind)) => {
+                                let context = kind.map_or(Context::ListItem, Context::TypedItem);
+                                parts.items = Some(map.next_value_seed(ItemsSeed(context))?);
+                            }
+                            Some(_) => {
+                                map.next_value::<IgnoredAny>()?;
+                            }
+                        }
+                    }
+                    _ => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok(parts)
+        }
+    }
+
+    /// A list's `items`: a sequence of objects, or null.
+    struct ItemsSeed(Context);
+
+    impl<'de> DeserializeSeed<'de> for ItemsSeed {
+        type Value = Vec<Parts>;
+
+        fn deserialize<D: Deserializer<'de>>(
+            self,
+            deserializer: D,
+        ) -> Result<Vec<Parts>, D::Error> {
+            deserializer.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for ItemsSeed {
+        type Value = Vec<Parts>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a sequence of objects")
+        }
+
+        fn visit_unit<E>(self) -> Result<Vec<Parts>, E> {
+            Ok(Vec::new())
+        }
+
+        fn visit_none<E>(self) -> Result<Vec<Parts>, E> {
+            Ok(Vec::new())
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Parts>, A::Error> {
+            let mut items = Vec::new();
+            while let Some(item) = seq.next_element_seed(PartsSeed(self.0))? {
+                items.push(item);
+            }
+            Ok(items)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -933,6 +1281,91 @@ mod tests {
         assert!(err.contains("too many nodes"), "{err}");
         let padded = format!("{}# {}\n", quadratic(400), "x".repeat(200_000));
         load_str(&padded, "big.yaml").expect("a 200 KB file may replay 400,000 events");
+    }
+
+    /// The fast read returns what the careful one does, or nothing.
+    #[test]
+    fn the_one_pass_read_agrees_with_the_two_reads() {
+        let svc = |name: &str| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: ns}}\n\
+                 spec: {{clusterIP: 10.96.0.1, ports: [{{port: 80, targetPort: http}}]}}\n"
+            )
+        };
+        let slice = "addressType: IPv4\napiVersion: discovery.k8s.io/v1\nendpoints:\n\
+                     - addresses: [10.0.0.1]\n  conditions: {ready: true}\n  nodeName: n1\n\
+                     kind: EndpointSlice\nmetadata:\n  name: a-1\n  labels: \
+                     {kubernetes.io/service-name: a}\nports: [{name: http, port: 8080}]\n";
+        let node = "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\nspec: {podCIDR: 10.0.0.0/24}\n\
+                    status: {addresses: [{type: InternalIP, address: 192.0.2.1}]}\n";
+        let indent = |doc: &str| {
+            doc.lines()
+                .enumerate()
+                .map(|(i, l)| format!("{}{l}\n", if i == 0 { "- " } else { "  " }))
+                .collect::<String>()
+        };
+        let list = |kind: &str, items: &[&str], items_first: bool| {
+            let items: String = items.iter().map(|d| indent(d)).collect();
+            if items_first {
+                format!("apiVersion: v1\nitems:\n{items}kind: {kind}\nmetadata: {{}}\n")
+            } else {
+                format!("apiVersion: v1\nkind: {kind}\nmetadata: {{}}\nitems:\n{items}")
+            }
+        };
+        let a = svc("a");
+        let fast = [
+            format!("{a}---\n{slice}---\n{node}"),
+            list("List", &[&a, slice, node], true),
+            list("List", &[&a, slice, node], false),
+            list("ServiceList", &[&a, &svc("b")], false),
+            list("ServiceList", &[&a, &svc("b")], true),
+            // Other kinds and lists nested in lists are ignored, as the careful read does.
+            format!(
+                "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: d}}\nspec: {{replicas: 1}}\n---\n{a}"
+            ),
+            list("List", &[&list("List", &[&a], false), slice], true),
+            // A Service's stray slice fields are ignored.
+            format!("endpoints: []\n{a}"),
+        ];
+        for text in &fast {
+            let careful = load_yaml_careful(text, "t.yaml").expect("the careful read loads it");
+            let one = one_pass::load(text, yaml_options(text))
+                .unwrap_or_else(|e| panic!("the fast read fails on\n{text}\n{e}"));
+            assert_eq!(one.services, careful.services, "{text}");
+            assert_eq!(one.endpoint_slices, careful.endpoint_slices, "{text}");
+            assert_eq!(one.nodes, careful.nodes, "{text}");
+            assert!(
+                careful.services.len() + careful.endpoint_slices.len() > 0,
+                "{text}"
+            );
+        }
+        let no_kind = "apiVersion: v1\nmetadata: {name: x}\nspec: {clusterIP: 10.96.0.2}\n";
+        let unsure = [
+            // spec before kind.
+            "apiVersion: v1\nspec: {clusterIP: 10.96.0.1}\nkind: Service\nmetadata: {name: a}\n"
+                .to_owned(),
+            // A typed list whose items do not say their kind, read before the list's kind.
+            list("ServiceList", &[no_kind], true),
+            // A typed list's item of another kind.
+            list("ServiceList", &[node], false),
+            // Not a mapping.
+            format!("[1, 2]\n---\n{a}"),
+            // A repeated key.
+            format!("{a}kind: Service\n"),
+        ];
+        for text in &unsure {
+            assert!(
+                one_pass::load(text, yaml_options(text)).is_err(),
+                "the fast read should leave this to the careful one:\n{text}"
+            );
+            // The public entry point still answers as the careful read does.
+            let careful = load_yaml_careful(text, "t.yaml").map(|i| i.services);
+            let public = load_str(text, "t.yaml").map(|i| i.services);
+            assert_eq!(
+                careful.as_ref().map_err(ToString::to_string),
+                public.as_ref().map_err(ToString::to_string)
+            );
+        }
     }
 
     #[test]

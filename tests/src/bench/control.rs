@@ -1,7 +1,13 @@
-//! Part 2: the control plane at scale. lbctl's side runs in a child process
-//! (`lb-bench __control-plane`) so that its peak RSS is the writer's and the desired state's
-//! alone, not the benchmark's; beside it, the time `iptables-restore` and `nft -f` take to load
-//! the same services.
+//! Part 2: the control plane at scale. lbctl's side runs in child processes:
+//! - `lb-bench __control-plane` programs a ready-made desired state (the writer alone), so
+//!   that its peak RSS is the writer's and the desired state's alone, not the benchmark's;
+//! - a real `lbctl agent --manifests` reads the same services as a `kubectl get -o yaml`-style
+//!   manifest: the figure is its own `took_us` of the first "datapath updated" (snapshot, plan,
+//!   desired state, maps written, names and metrics: the whole reconcile), its peak RSS and the
+//!   kernel memory of its maps. The benchmark also loads the manifest in-process and times the
+//!   engine's stages (load, plan, desired state) for the profile.
+//!
+//! Beside them, the time `iptables-restore` and `nft -f` take to load the same services.
 use std::{
     fs,
     net::SocketAddr,
@@ -23,7 +29,7 @@ use super::{
     netns::{Netns, run_with_input},
     report::{Table, fmt_ms, fmt_rate},
     rules, scratch,
-    services::{SERVICE_PORT, ServiceSet, TARGET_PORT},
+    services::{NAMESPACE, SERVICE_PORT, ServiceSet, TARGET_PORT},
     stats::{MsSummary, median},
 };
 
@@ -86,15 +92,45 @@ pub struct ToolTime {
     pub ms: f64,
 }
 
+/// The whole agent at one scale: a real `lbctl agent --manifests` and the same manifest loaded
+/// in-process.
+#[derive(Clone, Debug, Serialize)]
+pub struct AgentScale {
+    pub services: usize,
+    pub endpoints: usize,
+    pub manifest_bytes: usize,
+    /// `manifests::load_paths` of the manifest, in-process.
+    pub manifest_load_ms: f64,
+    /// `engine::plan` of the loaded objects, in-process.
+    pub plan_ms: f64,
+    /// `Desired::from_plan`, in-process.
+    pub desired_ms: f64,
+    /// The agent's `took_us` of its first "datapath updated": its whole first reconcile.
+    pub reconcile_ms: f64,
+    /// From the agent's start to that log line (loading the object and the manifest included).
+    pub start_to_programmed_ms: f64,
+    /// The agent's peak RSS (VmHWM) once programmed; kernel map memory is not in it.
+    pub vm_hwm_kib: u64,
+    pub vm_rss_kib: u64,
+    pub bpf_maps: Vec<MapMemory>,
+    pub bpf_map_bytes: u64,
+}
+
 #[derive(Debug, Serialize)]
 pub struct ControlResults {
     pub options: ControlOptions,
     pub lbctl: Vec<LbctlScale>,
+    pub agent: Vec<AgentScale>,
     pub tools: Vec<ToolTime>,
 }
 
 fn status_kib(field: &str) -> u64 {
-    fs::read_to_string("/proc/self/status")
+    proc_status_kib("self", field)
+}
+
+/// A `kB` field of `/proc/PID/status`.
+fn proc_status_kib(pid: &str, field: &str) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
@@ -102,10 +138,11 @@ fn status_kib(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// The BPF maps this process holds open, with their kernel memory.
-fn map_memory() -> Vec<MapMemory> {
+/// The BPF maps process `pid` (`self`) holds open, with their kernel memory.
+fn map_memory(pid: &str) -> Vec<MapMemory> {
     let mut maps: Vec<MapMemory> = Vec::new();
-    let Ok(fds) = fs::read_dir("/proc/self/fd") else {
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    let Ok(fds) = fs::read_dir(proc_dir.join("fd")) else {
         return maps;
     };
     for fd in fds.flatten() {
@@ -114,8 +151,8 @@ fn map_memory() -> Vec<MapMemory> {
         if !is_map {
             continue;
         }
-        let info = fs::read_to_string(Path::new("/proc/self/fdinfo").join(fd.file_name()))
-            .unwrap_or_default();
+        let info =
+            fs::read_to_string(proc_dir.join("fdinfo").join(fd.file_name())).unwrap_or_default();
         let field = |name: &str| -> u64 {
             info.lines()
                 .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
@@ -230,7 +267,7 @@ pub fn child_main(
         change_ops += r.map_operations;
     }
 
-    let bpf_maps = map_memory();
+    let bpf_maps = map_memory("self");
     let scale = LbctlScale {
         services,
         endpoints,
@@ -280,6 +317,186 @@ fn lbctl_scale(services: usize, endpoints: usize, changes: usize) -> Result<Lbct
         bail!("the control-plane child failed: {}", out.status);
     }
     serde_json::from_slice(&out.stdout).context("parsing the control-plane child's report")
+}
+
+/// The node the agent's manifest describes and the agent plans for.
+const AGENT_NODE: &str = "bench-node";
+
+/// `set` as `kubectl get nodes,services,endpointslices -A -o yaml` prints it (a `v1 List`,
+/// trimmed of managedFields and status noise): one Node, then each Service and its
+/// EndpointSlice. Endpoints sit on other nodes, with a Pod targetRef and conditions, as the
+/// EndpointSlice controller writes them.
+pub fn manifest_yaml(set: &ServiceSet) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(set.count * (1200 + 260 * set.endpoints));
+    out.push_str("apiVersion: v1\nkind: List\nmetadata:\n  resourceVersion: \"\"\nitems:\n");
+    // `write!` into a String cannot fail.
+    let _ = write!(
+        out,
+        "- apiVersion: v1\n  kind: Node\n  metadata:\n    name: {AGENT_NODE}\n    labels:\n      \
+         kubernetes.io/hostname: {AGENT_NODE}\n      topology.kubernetes.io/zone: zone-a\n  \
+         status:\n    addresses:\n    - address: 192.0.2.10\n      type: InternalIP\n"
+    );
+    for svc in set.iter() {
+        let name = &svc.name;
+        let uid = format!("00000000-0000-4000-8000-{:012x}", svc.index);
+        let _ = write!(
+            out,
+            "- apiVersion: v1\n  kind: Service\n  metadata:\n    name: {name}\n    \
+             namespace: {NAMESPACE}\n    uid: {uid}\n    resourceVersion: \"{rv}\"\n    \
+             creationTimestamp: \"2026-01-01T00:00:00Z\"\n    labels:\n      app: {name}\n  \
+             spec:\n    clusterIP: {ip}\n    clusterIPs:\n    - {ip}\n    \
+             internalTrafficPolicy: Cluster\n    ipFamilies:\n    - IPv4\n    \
+             ipFamilyPolicy: SingleStack\n    ports:\n    - name: http\n      port: \
+             {SERVICE_PORT}\n      protocol: TCP\n      targetPort: {TARGET_PORT}\n    \
+             selector:\n      app: {name}\n    sessionAffinity: None\n    type: ClusterIP\n  \
+             status:\n    loadBalancer: {{}}\n",
+            rv = 1000 + svc.index,
+            ip = svc.cluster_ip,
+        );
+        let _ = write!(
+            out,
+            "- addressType: IPv4\n  apiVersion: discovery.k8s.io/v1\n  kind: EndpointSlice\n  \
+             metadata:\n    name: {name}-x7k2p\n    namespace: {NAMESPACE}\n    \
+             generateName: {name}-\n    resourceVersion: \"{rv}\"\n    labels:\n      \
+             endpointslice.kubernetes.io/managed-by: endpointslice-controller.k8s.io\n      \
+             kubernetes.io/service-name: {name}\n  ports:\n  - name: http\n    port: \
+             {TARGET_PORT}\n    protocol: TCP\n  endpoints:\n",
+            rv = 1000 + set.count + svc.index,
+        );
+        for (j, endpoint) in svc.endpoints.iter().enumerate() {
+            let _ = write!(
+                out,
+                "  - addresses:\n    - {ip}\n    conditions:\n      ready: true\n      \
+                 serving: true\n      terminating: false\n    nodeName: node-{node}\n    \
+                 zone: zone-a\n    targetRef:\n      kind: Pod\n      name: {name}-{j}\n      \
+                 namespace: {NAMESPACE}\n      uid: 00000000-0000-4000-9000-{pod:012x}\n",
+                ip = endpoint.ip(),
+                node = j % 50,
+                pod = svc.index * set.endpoints + j,
+            );
+        }
+    }
+    out
+}
+
+/// The agent's `took_us` in a "datapath updated" log line.
+fn took_us(line: &str) -> Option<u64> {
+    let rest = &line[line.find("took_us=")? + "took_us=".len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// Writes `set` as a manifest, loads it in-process (timing the engine's stages), then runs a
+/// real `lbctl agent --manifests` on it in a scratch cgroup and pin directory until its first
+/// "datapath updated".
+fn agent_scale(services: usize, endpoints: usize) -> Result<AgentScale> {
+    let set = ServiceSet::new(services, endpoints);
+    let cgroup = scratch::cgroup("cp-agent")?;
+    let pins = scratch::pin_dir("cp-agent")?;
+    let text = manifest_yaml(&set);
+    let manifest = TempFile::new("yaml")?;
+    fs::write(&manifest.path, &text)
+        .with_context(|| format!("writing {}", manifest.path.display()))?;
+
+    let t = Instant::now();
+    let inventory = lbctl::source::manifests::load_paths(std::slice::from_ref(&manifest.path))?;
+    let manifest_load_ms = ms_since(t);
+    let node = lbctl::engine::NodeContext::new(AGENT_NODE);
+    let t = Instant::now();
+    let plan = lbctl::engine::plan(&inventory, &node);
+    let plan_ms = ms_since(t);
+    let t = Instant::now();
+    let desired = lbctl::datapath::Desired::from_plan(&plan);
+    let desired_ms = ms_since(t);
+    if desired.services.len() != services {
+        bail!(
+            "the manifest planned {} frontends, not {services}: {:?}",
+            desired.services.len(),
+            plan.skipped.first()
+        );
+    }
+    drop((inventory, plan, desired));
+
+    let capacity = scratch::bench_capacity();
+    let args: Vec<std::ffi::OsString> = vec![
+        "--manifests".into(),
+        manifest.path.clone().into(),
+        "--node".into(),
+        AGENT_NODE.into(),
+        "--pin-dir".into(),
+        pins.path().into(),
+        "--cgroup".into(),
+        cgroup.path().into(),
+        "--max-service-entries".into(),
+        capacity.service_entries.to_string().into(),
+        "--max-backends".into(),
+        capacity.backends.to_string().into(),
+        "--max-frontends".into(),
+        capacity.frontends.to_string().into(),
+    ];
+    let started = Instant::now();
+    let mut agent = crate::agent::AgentProcess::start(&args)?;
+    let registration = cleanup::register(Resource::Process(agent.pid()));
+    let mut reconcile_us = None;
+    let programmed = crate::agent::wait_until(std::time::Duration::from_secs(300), || {
+        reconcile_us = agent
+            .log()
+            .lines()
+            .find(|l| l.contains("datapath updated"))
+            .and_then(took_us);
+        reconcile_us.is_some() || !agent.running()
+    });
+    let start_to_programmed_ms = ms_since(started);
+    let pid = agent.pid().to_string();
+    let (vm_hwm_kib, vm_rss_kib) = (
+        proc_status_kib(&pid, "VmHWM"),
+        proc_status_kib(&pid, "VmRSS"),
+    );
+    let bpf_maps = map_memory(&pid);
+    let clean_exit = agent.terminate();
+    registration.release(|| {});
+    let Some(reconcile_us) = reconcile_us.filter(|_| programmed) else {
+        bail!(
+            "the agent did not log \"datapath updated\" with took_us; its log:\n{}",
+            agent.log()
+        );
+    };
+    if !clean_exit {
+        eprintln!("lb-bench: note: the agent did not exit with success within 5 s of SIGTERM");
+    }
+    Ok(AgentScale {
+        services,
+        endpoints,
+        manifest_bytes: text.len(),
+        manifest_load_ms,
+        plan_ms,
+        desired_ms,
+        reconcile_ms: reconcile_us as f64 / 1e3,
+        start_to_programmed_ms,
+        vm_hwm_kib,
+        vm_rss_kib,
+        bpf_map_bytes: bpf_maps.iter().map(|m| m.memlock).sum(),
+        bpf_maps,
+    })
+}
+
+/// A file in the temporary directory, removed on drop.
+struct TempFile {
+    path: PathBuf,
+}
+
+impl TempFile {
+    fn new(ext: &str) -> Result<Self> {
+        let path = std::env::temp_dir().join(format!("{}.{ext}", crate::unique_name("manifest")));
+        Ok(Self { path })
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
 }
 
 /// Loads `set` with `tool` into a fresh namespace; returns the wall time.
@@ -348,6 +565,47 @@ pub fn run(opts: &ControlOptions, tool_arms: &[Arm]) -> Result<(ControlResults, 
     println!("{table}");
     let mut tables = vec![table];
 
+    let mut agent = Vec::new();
+    for &services in &opts.services {
+        eprintln!(
+            "\n## control plane: lbctl agent --manifests, {services} services x {}",
+            opts.endpoints
+        );
+        agent.push(agent_scale(services, opts.endpoints)?);
+    }
+    let mut table = Table::new(
+        "Control plane: the whole agent (lbctl agent --manifests, first reconcile)",
+        &[
+            "services x endpoints",
+            "whole reconcile (took_us)",
+            "manifest",
+            "manifest load",
+            "plan",
+            "desired state",
+            "writer alone",
+            "agent peak RSS (VmHWM)",
+            "BPF map memory",
+        ],
+    );
+    for a in &agent {
+        let writer = lbctl
+            .iter()
+            .find(|s| s.services == a.services && s.endpoints == a.endpoints);
+        table.row(vec![
+            format!("{} x {}", a.services, a.endpoints),
+            fmt_ms(a.reconcile_ms),
+            format!("{:.1} MB", a.manifest_bytes as f64 / 1e6),
+            fmt_ms(a.manifest_load_ms),
+            fmt_ms(a.plan_ms),
+            fmt_ms(a.desired_ms),
+            writer.map_or_else(|| "-".into(), |w| fmt_ms(w.full_apply_ms)),
+            format!("{:.1} MiB", a.vm_hwm_kib as f64 / 1024.0),
+            format!("{:.1} MiB", a.bpf_map_bytes as f64 / (1024.0 * 1024.0)),
+        ]);
+    }
+    println!("{table}");
+    tables.push(table);
+
     let set = ServiceSet::new(opts.tool_services, opts.endpoints);
     let mut tools = Vec::new();
     for &arm in tool_arms {
@@ -384,6 +642,7 @@ pub fn run(opts: &ControlOptions, tool_arms: &[Arm]) -> Result<(ControlResults, 
         ControlResults {
             options: opts.clone(),
             lbctl,
+            agent,
             tools,
         },
         tables,
