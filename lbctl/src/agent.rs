@@ -467,14 +467,7 @@ fn reconcile_full(
     state.desired = Desired::default();
     state.retry.clear();
     let planner = Planner::new(&inventory, &config.node);
-    let (skipped, warnings) = planner.report();
-    metrics.set_skipped(skipped.len());
-    state.reported.update(&Plan {
-        node: config.node.name.clone(),
-        frontends: Vec::new(),
-        skipped,
-        warnings,
-    });
+    report_skipped(&planner, config, metrics, &mut state.reported);
     state.triggers.note(&inventory.endpoint_slices);
     // From the planner's frontends directly: a materialized Plan would copy all of them.
     state.desired = Desired::from_frontends(planner.frontends());
@@ -520,6 +513,23 @@ fn reconcile_full(
     }
 }
 
+/// Logs what the plan skipped (each object once) and counts it.
+fn report_skipped(
+    planner: &Planner,
+    config: &AgentConfig,
+    metrics: &Metrics,
+    reported: &mut observe::Reported,
+) {
+    let (skipped, warnings) = planner.report();
+    metrics.set_skipped(skipped.len());
+    reported.update(&Plan {
+        node: config.node.name.clone(),
+        frontends: Vec::new(),
+        skipped,
+        warnings,
+    });
+}
+
 /// The incremental sync: re-plans `services` from their objects (`inventory`), patches the
 /// desired state and applies and observes only the frontends that may have changed.
 #[allow(clippy::too_many_arguments)]
@@ -537,14 +547,7 @@ fn reconcile_changed(
     monitoring: &mut Monitoring,
 ) -> Option<ApplyReport> {
     let mut changed = planner.update(&inventory, services);
-    let (skipped, warnings) = planner.report();
-    metrics.set_skipped(skipped.len());
-    state.reported.update(&Plan {
-        node: config.node.name.clone(),
-        frontends: Vec::new(),
-        skipped,
-        warnings,
-    });
+    report_skipped(planner, config, metrics, state.reported);
     state.triggers.note_changed(&inventory.endpoint_slices);
     changed.append(state.retry);
     for key in &changed {

@@ -291,42 +291,23 @@ impl ServiceConnects {
         }
         leaving.extend(std::mem::take(&mut self.frontends));
         // One read: the last counts of the leaving owners, the baselines of the new ones.
-        let ids: Vec<u32> = leaving
-            .iter()
-            .map(|(id, _)| *id)
-            .chain(
-                next.iter()
-                    .filter(|(_, owned)| owned.last.is_none())
-                    .map(|(id, _)| *id),
-            )
-            .collect::<BTreeSet<u32>>()
-            .into_iter()
-            .collect();
-        let mut read_ok = true;
-        if !ids.is_empty() {
-            match read
-                .and_then(|read| read(&ids))
-                .filter(|counts| counts.len() == ids.len())
-            {
-                Some(counts) => {
-                    let now: BTreeMap<u32, FrontendCounts> =
-                        ids.iter().copied().zip(counts).collect();
-                    for (id, owned) in &leaving {
-                        if let (Some(last), Some(now)) = (owned.last, now.get(id)) {
-                            let total = self.totals.entry(owned.service.clone()).or_default();
-                            total.rewritten += increase(last.rewritten, now.rewritten);
-                            total.refused += increase(last.refused, now.refused);
-                        }
-                    }
-                    for (id, owned) in &mut next {
-                        if owned.last.is_none() {
-                            owned.last = now.get(id).copied();
-                        }
+        let ids = leaving.iter().map(|(id, _)| *id).chain(
+            next.iter()
+                .filter(|(_, owned)| owned.last.is_none())
+                .map(|(id, _)| *id),
+        );
+        let read_ok = match read_counts(ids, read) {
+            Some(now) => {
+                self.credit(&leaving, &now);
+                for (id, owned) in &mut next {
+                    if owned.last.is_none() {
+                        owned.last = now.get(id).copied();
                     }
                 }
-                None => read_ok = false,
+                true
             }
-        }
+            None => false,
+        };
         self.frontends = next;
         let live: BTreeSet<&ServicePort> = self.frontends.values().map(|o| &o.service).collect();
         self.totals.retain(|port, _| live.contains(port));
@@ -337,7 +318,33 @@ impl ServiceConnects {
     }
 }
 
+/// The counters of `ids` (each read once), in one call of `read`: empty when there are no ids,
+/// `None` when they cannot be read.
+fn read_counts(
+    ids: impl Iterator<Item = u32>,
+    read: Option<&FrontendCountsFn>,
+) -> Option<BTreeMap<u32, FrontendCounts>> {
+    let ids: Vec<u32> = ids.collect::<BTreeSet<u32>>().into_iter().collect();
+    if ids.is_empty() {
+        return Some(BTreeMap::new());
+    }
+    let counts = read?(&ids)?;
+    (counts.len() == ids.len()).then(|| ids.into_iter().zip(counts).collect())
+}
+
 impl ServiceConnects {
+    /// Credits what the leaving owners counted since their last reading to their Service
+    /// ports.
+    fn credit(&mut self, leaving: &[(u32, Owned)], now: &BTreeMap<u32, FrontendCounts>) {
+        for (id, owned) in leaving {
+            if let (Some(last), Some(now)) = (owned.last, now.get(id)) {
+                let total = self.totals.entry(owned.service.clone()).or_default();
+                total.rewritten += increase(last.rewritten, now.rewritten);
+                total.refused += increase(last.refused, now.refused);
+            }
+        }
+    }
+
     /// Changes the owners of some ids only (what [`ServiceConnects::set`] does for all):
     /// `remove` lose theirs, `upsert` get (or keep) theirs. Costs the ids named, plus one pass
     /// over the owners when a Service port may have lost its last frontend.
@@ -369,38 +376,22 @@ impl ServiceConnects {
             leaving.extend(self.frontends.insert(f.id, owned).map(|old| (f.id, old)));
             fresh.push(f.id);
         }
-        let ids: Vec<u32> = leaving
+        let ids = leaving
             .iter()
             .map(|(id, _)| *id)
-            .chain(fresh.iter().copied())
-            .collect::<BTreeSet<u32>>()
-            .into_iter()
-            .collect();
-        let mut read_ok = true;
-        if !ids.is_empty() {
-            match read
-                .and_then(|read| read(&ids))
-                .filter(|counts| counts.len() == ids.len())
-            {
-                Some(counts) => {
-                    let now: BTreeMap<u32, FrontendCounts> =
-                        ids.iter().copied().zip(counts).collect();
-                    for (id, owned) in &leaving {
-                        if let (Some(last), Some(now)) = (owned.last, now.get(id)) {
-                            let total = self.totals.entry(owned.service.clone()).or_default();
-                            total.rewritten += increase(last.rewritten, now.rewritten);
-                            total.refused += increase(last.refused, now.refused);
-                        }
-                    }
-                    for id in &fresh {
-                        if let Some(owned) = self.frontends.get_mut(id) {
-                            owned.last = now.get(id).copied();
-                        }
+            .chain(fresh.iter().copied());
+        let read_ok = match read_counts(ids, read) {
+            Some(now) => {
+                self.credit(&leaving, &now);
+                for id in &fresh {
+                    if let Some(owned) = self.frontends.get_mut(id) {
+                        owned.last = now.get(id).copied();
                     }
                 }
-                None => read_ok = false,
+                true
             }
-        }
+            None => false,
+        };
         if !leaving.is_empty() {
             let gone: BTreeSet<&ServicePort> = leaving.iter().map(|(_, o)| &o.service).collect();
             let held: BTreeSet<&ServicePort> = self
