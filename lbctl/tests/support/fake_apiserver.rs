@@ -780,8 +780,17 @@ fn watch_response(
 
     let (tx, rx) = mpsc::channel::<Bytes>(1024);
     let mut initial = Vec::new();
+    // Subscribed now, not when the streaming task starts: a disconnect between this request
+    // and the task's first poll must still end this watch.
+    let mut disconnect = state.disconnect.subscribe();
+    disconnect.mark_unchanged();
     let (changes, start_rv, expired) = {
         let store = state.lock();
+        // `fail_with` sets the failure before it disconnects: a request that got here after
+        // that disconnect (which the subscription above missed) sees the failure.
+        if let Some(code) = store.failure {
+            return status_response(code, reason_for(code), "injected failure");
+        }
         let changes = state.changes.subscribe();
         match requested.as_str() {
             "" | "0" => {
@@ -837,6 +846,7 @@ fn watch_response(
             state.clone(),
             scope,
             changes,
+            disconnect,
             initial,
             start_rv,
             bookmarks,
@@ -862,14 +872,13 @@ async fn stream_watch(
     state: Arc<State>,
     scope: Scope,
     mut changes: broadcast::Receiver<Change>,
+    mut disconnect: watch::Receiver<u64>,
     initial: Vec<Bytes>,
     start_rv: u64,
     bookmarks: bool,
     timeout: Duration,
     tx: mpsc::Sender<Bytes>,
 ) {
-    let mut disconnect = state.disconnect.subscribe();
-    disconnect.mark_unchanged();
     for line in initial {
         if tx.send(line).await.is_err() {
             return;
@@ -881,7 +890,12 @@ async fn stream_watch(
     let mut ticker = tokio::time::interval(state.config.bookmark_interval);
     ticker.tick().await;
     loop {
+        // Biased, the disconnect first: a change committed after `fail_with` or
+        // `disconnect_watches` must not reach a watch that was cut off before it (the
+        // expired-version test compacts exactly those changes away).
         tokio::select! {
+            biased;
+            _ = disconnect.changed() => return,
             _ = &mut deadline => {
                 // The real server sends a final bookmark when a watch times out.
                 if bookmarks {
@@ -889,7 +903,6 @@ async fn stream_watch(
                 }
                 return;
             }
-            _ = disconnect.changed() => return,
             _ = ticker.tick(), if bookmarks => {
                 if !send_bookmark(&state, &scope, &mut changes, &mut last_rv, &tx).await {
                     return;
