@@ -394,42 +394,38 @@ impl TriggerTimes {
     pub fn note(&mut self, slices: &[EndpointSlice]) {
         let mut seen = HashMap::with_capacity(slices.len());
         for slice in slices {
-            let Some(trigger) = trigger_time(slice) else {
-                continue;
-            };
-            let key = (
-                namespace_of(slice.metadata.namespace.as_ref()).to_owned(),
-                slice.metadata.name.clone().unwrap_or_default(),
-            );
-            if self.seen.get(&key) != Some(&trigger) && trigger > self.started {
-                self.pending.push(trigger);
-            }
-            seen.insert(key, trigger);
+            seen.extend(self.note_slice(slice));
         }
         self.seen = seen;
     }
 
-    /// The trigger times the apply that just succeeded has programmed.
     /// Notes the trigger times of some slices (those of the Services that changed), keeping
     /// what was seen of the others. A deleted slice is forgotten by the next full
     /// [`TriggerTimes::note`] (the resync); until then its last trigger time is kept, which
     /// can only hide a change that carries the very same time.
     pub fn note_changed(&mut self, slices: &[EndpointSlice]) {
         for slice in slices {
-            let Some(trigger) = trigger_time(slice) else {
-                continue;
-            };
-            let key = (
-                namespace_of(slice.metadata.namespace.as_ref()).to_owned(),
-                slice.metadata.name.clone().unwrap_or_default(),
-            );
-            if self.seen.get(&key) != Some(&trigger) && trigger > self.started {
-                self.pending.push(trigger);
+            if let Some((key, trigger)) = self.note_slice(slice) {
+                self.seen.insert(key, trigger);
             }
-            self.seen.insert(key, trigger);
         }
     }
 
+    /// A slice's trigger time, pending when it is new since the agent started and differs
+    /// from the one seen last; with the slice's key, to remember it by.
+    fn note_slice(&mut self, slice: &EndpointSlice) -> Option<((String, String), SystemTime)> {
+        let trigger = trigger_time(slice)?;
+        let key = (
+            namespace_of(slice.metadata.namespace.as_ref()).to_owned(),
+            slice.metadata.name.clone().unwrap_or_default(),
+        );
+        if self.seen.get(&key) != Some(&trigger) && trigger > self.started {
+            self.pending.push(trigger);
+        }
+        Some((key, trigger))
+    }
+
+    /// The trigger times the apply that just succeeded has programmed.
     pub fn take(&mut self) -> Vec<SystemTime> {
         std::mem::take(&mut self.pending)
     }
