@@ -8,6 +8,9 @@
 #   tests/kernel-time.sh [N] [TARGET_DIR]     (root; TARGET_DIR holds lbctl and lb-probe,
 #                                              default target/debug)
 #
+# AGENT_ARGS (word-split) is passed to the agent, e.g. AGENT_ARGS="--max-revnat 16384" to
+# compare map capacities.
+#
 # Everything it creates (cgroup, pin directory, agent, server, temp dir) is removed on exit, also
 # on Ctrl-C, SIGTERM and SIGHUP, and kernel.bpf_stats_enabled is restored. The programs are found
 # from the pinned links, whatever lbctl attaches. `cargo xtask bench` reports the same figure
@@ -99,7 +102,7 @@ endpoints:
     conditions: {ready: true, serving: true, terminating: false}
 EOF
 "$LBCTL" agent --node node-a --manifests "$TMP/cluster.yaml" --pin-dir "$PINS" --cgroup "$CG" \
-    --metrics-addr 127.0.0.1:0 >"$TMP/agent.log" 2>&1 &
+    --metrics-addr 127.0.0.1:0 ${AGENT_ARGS:-} >"$TMP/agent.log" 2>&1 &
 AGENT=$!
 
 for _ in $(seq 100); do

@@ -365,12 +365,16 @@ fn run_agent(args: AgentArgs) -> Result<()> {
         },
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         // Registered before anything else runs: a SIGTERM during start-up (an upgrade rolled
         // quickly) stops the agent cleanly instead of killing it.
         let shutdown = shutdown_signal();
         agent::run(config, shutdown).await
-    })
+    });
+    // A blocking task still running (a manifest being re-read, a socket sweep) holds nothing
+    // the datapath needs: do not let it delay the exit an orchestrator is waiting for.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 /// Installs the SIGTERM and SIGINT handlers now; the future resolves on either.

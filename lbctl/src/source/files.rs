@@ -12,7 +12,8 @@
 //! slice marks everything.
 use std::{
     collections::{BTreeMap, BTreeSet},
-    path::PathBuf,
+    ffi::OsString,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
@@ -54,6 +55,68 @@ struct Loaded {
     /// Shared with each snapshot: a snapshot costs no copy of the objects.
     inventory: Arc<Inventory>,
     dirty: Dirty,
+}
+
+/// What the watcher watches: the directory of each manifest file given (editors replace a file
+/// by renaming another over it), and each directory given. Other files in those directories
+/// (logs, editor swap files, unrelated configuration) change without causing a re-read.
+#[derive(Clone, Debug, Default)]
+struct WatchedPaths {
+    /// (directory, the file in it that matters; `None`: every manifest file in it).
+    entries: Vec<(PathBuf, Option<OsString>)>,
+}
+
+impl WatchedPaths {
+    fn of(paths: &[PathBuf]) -> Self {
+        let entries = paths
+            .iter()
+            .map(|path| {
+                if path.is_dir() {
+                    (path.clone(), None)
+                } else {
+                    let dir = path.parent().map(PathBuf::from).unwrap_or_default();
+                    let dir = if dir.as_os_str().is_empty() {
+                        PathBuf::from(".")
+                    } else {
+                        dir
+                    };
+                    (dir, path.file_name().map(OsString::from))
+                }
+            })
+            .collect();
+        Self { entries }
+    }
+
+    /// The directories to watch, each once.
+    fn dirs(&self) -> BTreeSet<&PathBuf> {
+        self.entries.iter().map(|(dir, _)| dir).collect()
+    }
+
+    /// Whether an event on `paths` may change what [`manifests::load_paths`] reads. An event
+    /// that names no path, or a path outside the watched directories as given, counts (the
+    /// safe side: one needless read).
+    fn concerns(&self, paths: &[PathBuf]) -> bool {
+        paths.is_empty() || paths.iter().any(|path| self.concerns_one(path))
+    }
+
+    fn concerns_one(&self, path: &Path) -> bool {
+        let parent = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        let mut watched = self
+            .entries
+            .iter()
+            .filter(|(dir, _)| dir == parent)
+            .peekable();
+        if watched.peek().is_none() {
+            return true;
+        }
+        watched.any(|(_, file)| match file {
+            Some(file) => path.file_name() == Some(file.as_os_str()),
+            None => manifests::is_manifest_name(path),
+        })
+    }
 }
 
 /// The objects of each Service: its Service objects and its labelled slices.
@@ -134,10 +197,15 @@ impl FileSource {
         let (tx, rx) = watch::channel(SourceState::default());
         load(&paths, &inventory, &tx);
 
+        let watched = WatchedPaths::of(&paths);
         let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let filter = watched.clone();
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if event.is_ok_and(|e| !e.kind.is_access()) {
+                // An error may mean lost events: read again rather than miss a change.
+                let relevant = event.is_err()
+                    || event.is_ok_and(|e| !e.kind.is_access() && filter.concerns(&e.paths));
+                if relevant {
                     let _ = events_tx.send(());
                 }
             })
@@ -145,20 +213,9 @@ impl FileSource {
                 path: PathBuf::new(),
                 source,
             })?;
-        for path in &paths {
-            // Watch the directory of a file: editors replace files by renaming over them.
-            let dir = if path.is_dir() {
-                path.clone()
-            } else {
-                path.parent().map(PathBuf::from).unwrap_or_default()
-            };
-            let dir = if dir.as_os_str().is_empty() {
-                PathBuf::from(".")
-            } else {
-                dir
-            };
+        for dir in watched.dirs() {
             watcher
-                .watch(&dir, RecursiveMode::NonRecursive)
+                .watch(dir, RecursiveMode::NonRecursive)
                 .map_err(|source| FileSourceError::Watch {
                     path: dir.clone(),
                     source,
@@ -166,12 +223,21 @@ impl FileSource {
         }
 
         let task_inventory = inventory.clone();
+        let tx = Arc::new(tx);
         let task = tokio::spawn(async move {
             while events_rx.recv().await.is_some() {
                 // A save is often several events; let them settle, then read once.
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 while events_rx.try_recv().is_ok() {}
-                load(&paths, &task_inventory, &tx);
+                // Reading a large manifest takes seconds: off the runtime's worker threads,
+                // so that signals, metrics and the agent's loop keep running meanwhile.
+                let (paths, inventory, tx) = (paths.clone(), task_inventory.clone(), tx.clone());
+                let read = tokio::task::spawn_blocking(move || load(&paths, &inventory, &tx));
+                if read.await.is_err() {
+                    tracing::error!(
+                        "reading the manifests panicked; keeping the last good objects"
+                    );
+                }
             }
         });
         let state = rx.clone();
@@ -331,5 +397,77 @@ mod tests {
             2,
             "b's own slice and the relabelled one"
         );
+    }
+
+    #[test]
+    fn only_events_on_what_is_read_cause_a_reread() {
+        let dir = std::env::temp_dir().join(format!("lbctl-watched-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        struct Remove(PathBuf);
+        impl Drop for Remove {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        let _remove = Remove(dir.clone());
+        let watched = WatchedPaths::of(&[
+            PathBuf::from("/etc/lbctl/cluster.yaml"),
+            PathBuf::from("local.yaml"),
+            dir.clone(),
+        ]);
+        assert_eq!(
+            watched.dirs(),
+            BTreeSet::from([&PathBuf::from("/etc/lbctl"), &PathBuf::from("."), &dir]),
+        );
+        let rows: [(&str, Vec<PathBuf>, bool); 10] = [
+            (
+                "the file given",
+                vec!["/etc/lbctl/cluster.yaml".into()],
+                true,
+            ),
+            (
+                "a rename over the file given",
+                vec![
+                    "/etc/lbctl/.cluster.yaml.tmp".into(),
+                    "/etc/lbctl/cluster.yaml".into(),
+                ],
+                true,
+            ),
+            (
+                "a log beside the file given",
+                vec!["/etc/lbctl/agent.log".into()],
+                false,
+            ),
+            (
+                "another manifest beside the file given",
+                vec!["/etc/lbctl/other.yaml".into()],
+                false,
+            ),
+            ("a relative file given", vec!["./local.yaml".into()], true),
+            (
+                "a log in the working directory",
+                vec!["./agent.log".into()],
+                false,
+            ),
+            (
+                "a manifest in a directory given",
+                vec![dir.join("svc.json")],
+                true,
+            ),
+            (
+                "a hidden swap file in a directory given",
+                vec![dir.join(".svc.yaml.swp")],
+                false,
+            ),
+            (
+                "a path outside what is watched",
+                vec!["/elsewhere/x".into()],
+                true,
+            ),
+            ("an event without paths", vec![], true),
+        ];
+        for (name, paths, want) in rows {
+            assert_eq!(watched.concerns(&paths), want, "{name}");
+        }
     }
 }

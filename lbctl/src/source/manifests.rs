@@ -163,20 +163,26 @@ fn directory_files(dir: &Path) -> Result<Vec<PathBuf>, ManifestError> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(read_error)? {
         let path = entry.map_err(read_error)?.path();
-        let hidden = path
-            .file_name()
-            .and_then(|name| name.to_str())
-            .is_none_or(|name| name.starts_with('.'));
-        let manifest = path
-            .extension()
-            .and_then(|ext| ext.to_str())
-            .is_some_and(|ext| MANIFEST_EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str()));
-        if !hidden && manifest && path.is_file() {
+        if is_manifest_name(&path) && path.is_file() {
             files.push(path);
         }
     }
     files.sort();
     Ok(files)
+}
+
+/// Whether a directory entry named `path` is one [`load_paths`] reads from a directory: not
+/// hidden, with a [`MANIFEST_EXTENSIONS`] extension (by name only; the file need not exist).
+pub fn is_manifest_name(path: &Path) -> bool {
+    let hidden = path
+        .file_name()
+        .and_then(|name| name.to_str())
+        .is_none_or(|name| name.starts_with('.'));
+    let manifest = path
+        .extension()
+        .and_then(|ext| ext.to_str())
+        .is_some_and(|ext| MANIFEST_EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str()));
+    !hidden && manifest
 }
 
 fn read(path: &Path) -> Result<(String, String), ManifestError> {
