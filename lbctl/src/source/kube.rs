@@ -921,6 +921,49 @@ mod tests {
     }
 
     #[test]
+    fn kept_objects_lose_only_what_the_agent_never_reads() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
+        let svc = Service {
+            metadata: ObjectMeta {
+                name: Some("web".into()),
+                namespace: Some("default".into()),
+                managed_fields: Some(vec![ManagedFieldsEntry {
+                    manager: Some("kubectl".into()),
+                    ..Default::default()
+                }]),
+                annotations: Some(
+                    [
+                        (LAST_APPLIED.to_string(), "{...}".to_string()),
+                        (
+                            "service.kubernetes.io/topology-mode".to_string(),
+                            "Auto".to_string(),
+                        ),
+                    ]
+                    .into(),
+                ),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let kept = keep_service(&svc);
+        assert_eq!(kept.metadata.managed_fields, None);
+        assert_eq!(
+            kept.metadata.annotations,
+            Some(
+                [(
+                    "service.kubernetes.io/topology-mode".to_string(),
+                    "Auto".to_string()
+                )]
+                .into()
+            )
+        );
+        let mut expected = svc.clone();
+        expected.metadata.managed_fields = None;
+        expected.metadata.annotations = kept.metadata.annotations.clone();
+        assert_eq!(kept, expected, "everything else is kept");
+    }
+
+    #[test]
     fn state_requires_all_three_synced_and_connected() {
         let mut inner = Inner::default();
         inner.resources[0].synced = true;
