@@ -52,7 +52,9 @@
 //! (`metadata.managedFields` and the `kubectl.kubernetes.io/last-applied-configuration`
 //! annotation), and [`into_inventory`] is the one place that deep-copies them into today's
 //! [`Inventory`] of owned objects. When the model keeps `Arc`s of compact types, the aliases
-//! become those types, the `keep_*` functions their `From<&k8s type>` conversions, and
+//! become those types, the conversions given to [`store::store`] in
+//! [`KubeSource::start_with`] become the model's (a conversion may keep state, e.g. an
+//! interner, for the life of its store: it is an `FnMut` called by the watch task only), and
 //! [`into_inventory`] passes the `Arc`s through.
 
 use std::{

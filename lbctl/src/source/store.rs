@@ -1,4 +1,4 @@
-//! A store of *converted* objects fed by a kube-rs [`watcher`] stream: the Kubernetes source
+//! A store of *converted* objects fed by a kube-rs [`watcher()`] stream: the Kubernetes source
 //! keeps only what the agent reads of each object, not the full k8s-openapi object.
 //!
 //! [`store`] gives a [`Store`] (cheap to clone, read-only) and its [`Writer`]. The writer is
@@ -143,8 +143,9 @@ impl<T> Store<T> {
     }
 }
 
-/// The conversion from the watched k8s object to what the store keeps.
-type Convert<K, T> = Box<dyn Fn(&K) -> T + Send + Sync>;
+/// The conversion from the watched k8s object to what the store keeps. It may keep state
+/// across objects (e.g. an interner of namespace names): only the writer's task calls it.
+type Convert<K, T> = Box<dyn FnMut(&K) -> T + Send>;
 
 /// The write side, owned by the task that drives the watcher stream.
 pub struct Writer<K, T> {
@@ -155,7 +156,7 @@ pub struct Writer<K, T> {
 }
 
 /// A new, empty store keeping `convert(object)` of each object its writer is given.
-pub fn store<K, T>(convert: impl Fn(&K) -> T + Send + Sync + 'static) -> (Store<T>, Writer<K, T>) {
+pub fn store<K, T>(convert: impl FnMut(&K) -> T + Send + 'static) -> (Store<T>, Writer<K, T>) {
     let store = Store {
         objects: Arc::new(RwLock::new(Objects::default())),
     };
