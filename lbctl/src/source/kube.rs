@@ -7,8 +7,9 @@
 //! client-go-like backoff ([`WatchStreamExt::default_backoff`]: 0.8 s doubling to 30 s, with
 //! jitter), and applies its events to a [`super::store::Store`], which keeps, keyed by
 //! namespace and name, an `Arc` of what the agent needs of each object (see [the
-//! seam](#the-seam-stored-objects-and-the-inventory)) rather than the full k8s-openapi object:
-//! each object is converted as it arrives and the k8s object dropped at once:
+//! seam](#the-seam-stored-objects-and-the-inventory)) rather than the full k8s-openapi object.
+//! Each object is converted as its event arrives and the k8s object dropped at once. The
+//! watches:
 //!
 //! | resource | scope | selector |
 //! |---|---|---|
@@ -463,7 +464,7 @@ impl Drop for KubeSource {
 impl KubeSourceHandle {
     /// The objects currently in the stores, each list sorted by namespace and name. Before
     /// [`SourceState::synced`] this may be incomplete; it is never emptied by a watch failure.
-    /// [`KubeSourceHandle::stored_snapshot`] as an [`Inventory`].
+    /// This is [`KubeSourceHandle::stored_snapshot`] through [`into_inventory`].
     pub fn snapshot(&self) -> Inventory {
         into_inventory(self.stored_snapshot())
     }
