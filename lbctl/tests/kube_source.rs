@@ -781,3 +781,138 @@ async fn changes_name_the_services_they_touch_and_carry_only_their_objects() {
     })
     .await;
 }
+
+fn stored_names<K: kube::Resource>(objects: &[std::sync::Arc<K>]) -> Vec<String> {
+    objects
+        .iter()
+        .map(|o| {
+            format!(
+                "{}/{}",
+                o.meta().namespace.as_deref().unwrap_or(""),
+                o.meta().name.as_deref().unwrap_or("")
+            )
+        })
+        .collect()
+}
+
+/// The same stored objects, one for one (not copies of them).
+fn shared<T>(a: &[std::sync::Arc<T>], b: &[std::sync::Arc<T>]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| std::sync::Arc::ptr_eq(x, y))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_share_the_stored_objects_and_a_relist_replaces_them_whole() {
+    use std::{collections::BTreeSet, sync::Arc};
+    let server = FakeApiServer::start().await;
+    populate(&server);
+    let (source, _rx) = synced(&server, "node-a").await;
+
+    // Two snapshots and the first take hand out the very objects the stores hold.
+    let first = source.stored_snapshot();
+    let second = source.stored_snapshot();
+    assert_eq!(
+        stored_names(&first.services),
+        ["default/web", "kube-system/dns"]
+    );
+    assert_eq!(
+        stored_names(&first.endpoint_slices),
+        ["default/web-abc", "kube-system/dns-xyz"]
+    );
+    assert_eq!(stored_names(&first.nodes), ["/node-a"]);
+    assert!(shared(&first.services, &second.services));
+    assert!(shared(&first.endpoint_slices, &second.endpoint_slices));
+    assert!(shared(&first.nodes, &second.nodes));
+    let (dirty, taken) = source.take_stored_changes();
+    assert_eq!(dirty, Dirty::All);
+    assert!(shared(&taken.services, &first.services));
+    assert!(shared(&taken.endpoint_slices, &first.endpoint_slices));
+    assert!(shared(&taken.nodes, &first.nodes));
+    // The Inventory is a copy of those same objects.
+    assert_eq!(
+        fingerprint(&source.snapshot()),
+        fingerprint(&lbctl::source::kube::into_inventory(first.clone()))
+    );
+
+    // An apply of an existing object replaces that object and only it.
+    server.apply(&service("default", "web", "10.96.0.10", 8080));
+    let port = |objects: &lbctl::source::kube::StoredObjects| {
+        objects.services[0]
+            .spec
+            .as_ref()
+            .and_then(|s| s.ports.as_ref()?.first().map(|p| p.port))
+    };
+    wait_until(&source, "web modified", |s| {
+        port(&s.stored_snapshot()) == Some(8080)
+    })
+    .await;
+    let third = source.stored_snapshot();
+    assert_eq!(
+        stored_names(&third.services),
+        ["default/web", "kube-system/dns"]
+    );
+    assert_eq!(stats_of(&source, WatchedResource::Services).objects, 2);
+    assert!(!Arc::ptr_eq(&third.services[0], &first.services[0]));
+    assert!(Arc::ptr_eq(&third.services[1], &first.services[1]), "dns");
+    assert!(shared(&third.endpoint_slices, &first.endpoint_slices));
+    let web = BTreeSet::from([svc_ref("default", "web")]);
+    let of_web = source.stored_objects_of(&web);
+    assert!(shared(&of_web.services, &third.services[..1]));
+    assert!(shared(&of_web.endpoint_slices, &third.endpoint_slices[..1]));
+    assert!(shared(&of_web.nodes, &third.nodes));
+
+    // A relist that drops objects, with the slices' list held half-way: while it is held the
+    // old slices stay whole, then the listed set replaces them at once.
+    server.fail_with(Some(500));
+    wait_until(&source, "disconnected", |s| !s.state().connected).await;
+    server.delete(Kind::Service, "kube-system", "dns").unwrap();
+    server
+        .delete(Kind::EndpointSlice, "kube-system", "dns-xyz")
+        .unwrap();
+    server.apply(&service("default", "api", "10.96.0.20", 443));
+    server.apply(&slice("default", "web-abc", "api", &["10.244.1.5"]));
+    server.compact();
+    server.hold_lists(Kind::EndpointSlice, true);
+    server.fail_with(None);
+    // A list request waiting means its watcher has started the relist (`Init`).
+    wait_until(&source, "Services relisted, slices listing", |s| {
+        stored_names(&s.stored_snapshot().services) == ["default/api", "default/web"]
+            && server.lists_waiting(Kind::EndpointSlice) == 1
+    })
+    .await;
+    let during = source.stored_snapshot();
+    assert!(
+        shared(&during.endpoint_slices, &first.endpoint_slices),
+        "a held relist leaves the old slices in place: {:?}",
+        stored_names(&during.endpoint_slices)
+    );
+    assert_eq!(
+        stats_of(&source, WatchedResource::EndpointSlices).objects,
+        2
+    );
+    assert_eq!(
+        stored_names(&source.stored_objects_of(&web).endpoint_slices),
+        ["default/web-abc"],
+        "ownership changes with the listed set, not before"
+    );
+    server.hold_lists(Kind::EndpointSlice, false);
+    wait_until(&source, "slices relisted", |s| {
+        stored_names(&s.stored_snapshot().endpoint_slices) == ["default/web-abc"]
+    })
+    .await;
+    assert_eq!(
+        stats_of(&source, WatchedResource::EndpointSlices).objects,
+        1
+    );
+    assert!(stats_of(&source, WatchedResource::EndpointSlices).lists >= 2);
+    // The relabelled slice now belongs to api; dns has nothing left.
+    assert!(source.stored_objects_of(&web).endpoint_slices.is_empty());
+    let api = source.stored_objects_of(&BTreeSet::from([svc_ref("default", "api")]));
+    assert_eq!(stored_names(&api.services), ["default/api"]);
+    assert_eq!(stored_names(&api.endpoint_slices), ["default/web-abc"]);
+    let dns = source.stored_objects_of(&BTreeSet::from([svc_ref("kube-system", "dns")]));
+    assert!(dns.services.is_empty() && dns.endpoint_slices.is_empty());
+    wait_until(&source, "relist marked everything", |s| {
+        matches!(s.take_stored_changes(), (Dirty::All, _))
+    })
+    .await;
+}

@@ -1,11 +1,15 @@
-//! The Kubernetes source of the node agent: reflectors for Services, EndpointSlices and this
-//! node's Node object.
+//! The Kubernetes source of the node agent: watches of Services, EndpointSlices and this
+//! node's Node object, kept in stores of converted objects.
 //!
 //! # How it works
 //! [`KubeSource::start`] spawns one task per resource. Each task runs a kube-rs
 //! [`watcher`](kube::runtime::watcher()) in the default list-then-watch mode, with the default
 //! client-go-like backoff ([`WatchStreamExt::default_backoff`]: 0.8 s doubling to 30 s, with
-//! jitter), and reflects it into a [`reflector::Store`]:
+//! jitter), and applies its events to a [`super::store::Store`], which keeps, keyed by
+//! namespace and name, an `Arc` of what the agent needs of each object (see [the
+//! seam](#the-seam-stored-objects-and-the-inventory)) rather than the full k8s-openapi object.
+//! Each object is converted as its event arrives and the k8s object dropped at once. The
+//! watches:
 //!
 //! | resource | scope | selector |
 //! |---|---|---|
@@ -14,8 +18,9 @@
 //! | `v1/Node` | cluster | `metadata.name=<node>` |
 //!
 //! The watcher resumes a dropped watch from the last resourceVersion it saw (bookmarks keep that
-//! version fresh) and relists when the API server answers `410 Gone`. A relist is buffered by
-//! the store and swapped in atomically when complete, so readers never see a half-listed store.
+//! version fresh) and relists when the API server answers `410 Gone`. A relist is built as a new
+//! set of converted objects beside the current one and swapped in atomically when complete
+//! (the old set is freed then), so readers never see a half-listed store.
 //!
 //! # What the agent reads
 //! - A [`tokio::sync::watch`] channel of [`SourceState`]: `generation` is bumped after every
@@ -37,6 +42,21 @@
 //!   metrics.
 //!
 //! The source only reads; it never writes to the API server.
+//!
+//! # The seam: stored objects and the inventory
+//! The stores hold [`StoredService`], [`StoredEndpointSlice`] and [`StoredNode`], produced by
+//! [`keep_service`], [`keep_slice`] and [`keep_node`]. Reads hand out [`StoredObjects`]:
+//! clones of the stored `Arc`s, sorted by namespace and name, never deep copies
+//! ([`KubeSourceHandle::stored_snapshot`], [`KubeSourceHandle::take_stored_changes`],
+//! [`KubeSourceHandle::stored_objects_of`]). Until the model has compact types, the stored
+//! types are the k8s-openapi types themselves, trimmed of what the agent never reads
+//! (`metadata.managedFields` and the `kubectl.kubernetes.io/last-applied-configuration`
+//! annotation), and [`into_inventory`] is the one place that deep-copies them into today's
+//! [`Inventory`] of owned objects. When the model keeps `Arc`s of compact types, the aliases
+//! become those types, the conversions given to [`store::store`] in
+//! [`KubeSource::start_with`] become the model's (a conversion may keep state, e.g. an
+//! interner, for the life of its store: it is an `FnMut` called by the watch task only), and
+//! [`into_inventory`] passes the `Arc`s through.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -59,22 +79,82 @@ use kube::{
     Api, Client, Config, ResourceExt,
     client::Body,
     config::{KubeConfigOptions, Kubeconfig},
-    runtime::{
-        WatchStreamExt,
-        reflector::{self, ObjectRef, Store, store::Writer},
-        watcher,
-    },
+    runtime::{WatchStreamExt, watcher},
 };
 use serde::de::DeserializeOwned;
 use tokio::{sync::watch, task::JoinHandle};
 use tracing::{debug, info, warn};
 
-use super::Dirty;
+use super::{
+    Dirty,
+    store::{self, Store, Writer},
+};
 use crate::{
     engine::{service_ref_of, slice_service},
     model::Inventory,
     plan::ServiceRef,
 };
+
+/// What the Services store keeps of each Service (see [the
+/// seam](self#the-seam-stored-objects-and-the-inventory)).
+pub type StoredService = Service;
+/// What the EndpointSlices store keeps of each EndpointSlice.
+pub type StoredEndpointSlice = EndpointSlice;
+/// What the Nodes store keeps of this Node.
+pub type StoredNode = Node;
+
+/// Objects as the stores hold them, each list sorted by namespace and name: `Arc` clones
+/// shared with the stores (and with every other read), never deep copies.
+#[derive(Clone, Debug, Default)]
+pub struct StoredObjects {
+    pub services: Vec<Arc<StoredService>>,
+    pub endpoint_slices: Vec<Arc<StoredEndpointSlice>>,
+    pub nodes: Vec<Arc<StoredNode>>,
+}
+
+/// The annotation `kubectl apply` leaves: a copy of the whole applied object, never read.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// A copy of `obj` without what the agent never reads, for as long as the stores keep
+/// k8s-openapi objects.
+fn trimmed<K: kube::Resource + Clone>(obj: &K) -> K {
+    let mut obj = obj.clone();
+    let meta = obj.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = &mut meta.annotations {
+        annotations.remove(LAST_APPLIED);
+    }
+    obj
+}
+
+/// The conversion of each Service as it arrives (the seam's store side).
+pub fn keep_service(svc: &Service) -> StoredService {
+    trimmed(svc)
+}
+
+/// The conversion of each EndpointSlice as it arrives.
+pub fn keep_slice(slice: &EndpointSlice) -> StoredEndpointSlice {
+    trimmed(slice)
+}
+
+/// The conversion of this Node as it arrives.
+pub fn keep_node(node: &Node) -> StoredNode {
+    trimmed(node)
+}
+
+/// The seam's read side: stored objects as the agent's [`Inventory`]. Today the one place
+/// that deep-copies the stored objects (a copy per read, as the reflector stores did); once
+/// the inventory holds `Arc`s of the stored types this passes them through.
+pub fn into_inventory(objects: StoredObjects) -> Inventory {
+    fn owned<T: Clone>(objects: Vec<Arc<T>>) -> Vec<T> {
+        objects.into_iter().map(Arc::unwrap_or_clone).collect()
+    }
+    Inventory {
+        services: owned(objects.services),
+        endpoint_slices: owned(objects.endpoint_slices),
+        nodes: owned(objects.nodes),
+    }
+}
 
 /// Errors raised while building a client or starting the source. Watch failures at run time
 /// are not errors of this type: they are reported through [`SourceState`] and retried.
@@ -232,8 +312,8 @@ impl KubeSourceConfig {
     }
 }
 
-/// Reflectors for Services, EndpointSlices and this node's Node. Dropping it stops the watches
-/// (the stores stay readable through any [`KubeSourceHandle`]).
+/// Watches of Services, EndpointSlices and this node's Node, kept in stores. Dropping it stops
+/// the watches (the stores stay readable through any [`KubeSourceHandle`]).
 pub struct KubeSource {
     handle: KubeSourceHandle,
     tasks: Vec<JoinHandle<()>>,
@@ -243,9 +323,9 @@ pub struct KubeSource {
 /// for a metrics collector.
 #[derive(Clone)]
 pub struct KubeSourceHandle {
-    services: Store<Service>,
-    endpoint_slices: Store<EndpointSlice>,
-    nodes: Store<Node>,
+    services: Store<StoredService>,
+    endpoint_slices: Store<StoredEndpointSlice>,
+    nodes: Store<StoredNode>,
     shared: Arc<Shared>,
 }
 
@@ -258,7 +338,7 @@ impl KubeSource {
         Self::start_with(client, KubeSourceConfig::new(node_name))
     }
 
-    /// Starts the three reflectors on the current tokio runtime and returns the source and a
+    /// Starts the three watches on the current tokio runtime and returns the source and a
     /// receiver of its [`SourceState`]. Fails only on an invalid node name: connection problems
     /// are reported through the state and retried with backoff, forever.
     pub fn start_with(
@@ -273,12 +353,12 @@ impl KubeSource {
         });
         let base = config.watcher_config();
 
-        let (services, services_writer) = reflector::store::<Service>();
-        let (endpoint_slices, slices_writer) = reflector::store::<EndpointSlice>();
-        let (nodes, nodes_writer) = reflector::store::<Node>();
+        let (services, services_writer) = store::store(keep_service);
+        let (endpoint_slices, slices_writer) = store::store(keep_slice);
+        let (nodes, nodes_writer) = store::store(keep_node);
 
         let tasks = vec![
-            spawn_reflector(
+            spawn_watch(
                 Api::all(tapped_client(&client, WatchedResource::Services, &shared)),
                 base.clone(),
                 services_writer,
@@ -286,7 +366,7 @@ impl KubeSource {
                 shared.clone(),
                 track_service,
             ),
-            spawn_reflector(
+            spawn_watch(
                 Api::all(tapped_client(
                     &client,
                     WatchedResource::EndpointSlices,
@@ -298,7 +378,7 @@ impl KubeSource {
                 shared.clone(),
                 track_slice,
             ),
-            spawn_reflector(
+            spawn_watch(
                 Api::all(tapped_client(&client, WatchedResource::Nodes, &shared)),
                 base.fields(&format!("metadata.name={}", config.node_name)),
                 nodes_writer,
@@ -337,6 +417,21 @@ impl KubeSource {
         self.handle.objects_of(services)
     }
 
+    /// See [`KubeSourceHandle::stored_snapshot`].
+    pub fn stored_snapshot(&self) -> StoredObjects {
+        self.handle.stored_snapshot()
+    }
+
+    /// See [`KubeSourceHandle::take_stored_changes`].
+    pub fn take_stored_changes(&self) -> (Dirty, StoredObjects) {
+        self.handle.take_stored_changes()
+    }
+
+    /// See [`KubeSourceHandle::stored_objects_of`].
+    pub fn stored_objects_of(&self, services: &BTreeSet<ServiceRef>) -> StoredObjects {
+        self.handle.stored_objects_of(services)
+    }
+
     /// See [`KubeSourceHandle::state`].
     pub fn state(&self) -> SourceState {
         self.handle.state()
@@ -369,12 +464,9 @@ impl Drop for KubeSource {
 impl KubeSourceHandle {
     /// The objects currently in the stores, each list sorted by namespace and name. Before
     /// [`SourceState::synced`] this may be incomplete; it is never emptied by a watch failure.
+    /// This is [`KubeSourceHandle::stored_snapshot`] through [`into_inventory`].
     pub fn snapshot(&self) -> Inventory {
-        Inventory {
-            services: sorted(self.services.state()),
-            endpoint_slices: sorted(self.endpoint_slices.state()),
-            nodes: sorted(self.nodes.state()),
-        }
+        into_inventory(self.stored_snapshot())
     }
 
     /// Which Services changed since the last call (everything on the first), and the objects
@@ -382,35 +474,53 @@ impl KubeSourceHandle {
     /// else [`KubeSourceHandle::objects_of`] those Services. A change that lands while this
     /// runs is marked again and returned by the next call.
     pub fn take_changes(&self) -> (Dirty, Inventory) {
-        let dirty = std::mem::take(&mut self.shared.lock().dirty);
-        let inventory = match &dirty {
-            Dirty::All => self.snapshot(),
-            Dirty::Services(refs) => self.objects_of(refs),
-        };
-        (dirty, inventory)
+        let (dirty, objects) = self.take_stored_changes();
+        (dirty, into_inventory(objects))
     }
 
     /// The objects of `services` (each Service that exists and every EndpointSlice labelled
     /// with its name), and this Node; costs those objects, not the whole store.
     pub fn objects_of(&self, services: &BTreeSet<ServiceRef>) -> Inventory {
-        let mut inventory = Inventory {
-            nodes: sorted(self.nodes.state()),
-            ..Inventory::default()
+        into_inventory(self.stored_objects_of(services))
+    }
+
+    /// [`KubeSourceHandle::snapshot`] as the stores hold it: the stored `Arc`s, no copies.
+    pub fn stored_snapshot(&self) -> StoredObjects {
+        StoredObjects {
+            services: self.services.all(),
+            endpoint_slices: self.endpoint_slices.all(),
+            nodes: self.nodes.all(),
+        }
+    }
+
+    /// [`KubeSourceHandle::take_changes`] as the stores hold the objects.
+    pub fn take_stored_changes(&self) -> (Dirty, StoredObjects) {
+        let dirty = std::mem::take(&mut self.shared.lock().dirty);
+        let objects = match &dirty {
+            Dirty::All => self.stored_snapshot(),
+            Dirty::Services(refs) => self.stored_objects_of(refs),
+        };
+        (dirty, objects)
+    }
+
+    /// [`KubeSourceHandle::objects_of`] as the stores hold the objects. Services come in the
+    /// order of `services` (namespace, name), each followed by its slices in name order.
+    pub fn stored_objects_of(&self, services: &BTreeSet<ServiceRef>) -> StoredObjects {
+        let mut objects = StoredObjects {
+            nodes: self.nodes.all(),
+            ..StoredObjects::default()
         };
         let inner = self.shared.lock();
         for svc in services {
-            let key = ObjectRef::new(&svc.name).within(&svc.namespace);
-            if let Some(obj) = self.services.get(&key) {
-                inventory.services.push(Arc::unwrap_or_clone(obj));
+            if let Some(obj) = self.services.get(&svc.namespace, &svc.name) {
+                objects.services.push(obj);
             }
-            for name in inner.slice_owners.slices_of(svc) {
-                let key = ObjectRef::new(name).within(&svc.namespace);
-                if let Some(obj) = self.endpoint_slices.get(&key) {
-                    inventory.endpoint_slices.push(Arc::unwrap_or_clone(obj));
-                }
-            }
+            let names = inner.slice_owners.slices_of(svc).map(String::as_str);
+            objects
+                .endpoint_slices
+                .extend(self.endpoint_slices.get_many(&svc.namespace, names));
         }
-        inventory
+        objects
     }
 
     /// The current state (same value as the watch channel carries).
@@ -449,15 +559,6 @@ impl KubeSourceHandle {
     pub fn subscribe(&self) -> watch::Receiver<SourceState> {
         self.shared.tx.subscribe()
     }
-}
-
-fn sorted<K: kube::Resource + Clone>(objects: Vec<Arc<K>>) -> Vec<K> {
-    let mut objects: Vec<K> = objects.into_iter().map(Arc::unwrap_or_clone).collect();
-    objects.sort_by(|a, b| {
-        (a.meta().namespace.as_deref(), a.meta().name.as_deref())
-            .cmp(&(b.meta().namespace.as_deref(), b.meta().name.as_deref()))
-    });
-    objects
 }
 
 /// A node name goes into a field selector: reject what would change its meaning.
@@ -530,6 +631,9 @@ struct Inner {
     /// Changes not yet taken by [`KubeSourceHandle::take_changes`].
     dirty: Dirty,
     slice_owners: SliceOwners,
+    /// The owners of the slices listed so far by a (re)list in progress: they replace
+    /// `slice_owners` when the list completes, as the listed slices replace the store's.
+    listed_slice_owners: SliceOwners,
 }
 
 impl Default for Inner {
@@ -540,6 +644,7 @@ impl Default for Inner {
             // Nothing was taken yet: the first reader plans everything.
             dirty: Dirty::All,
             slice_owners: SliceOwners::default(),
+            listed_slice_owners: SliceOwners::default(),
         }
     }
 }
@@ -676,7 +781,7 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 }
 
 /// Marks what a Service event changed.
-fn track_service(inner: &mut Inner, event: &watcher::Event<Service>, _: &Store<Service>) {
+fn track_service(inner: &mut Inner, event: &watcher::Event<Service>) {
     match event {
         watcher::Event::Apply(svc) | watcher::Event::Delete(svc) => {
             inner.dirty.service(service_ref_of(svc));
@@ -687,12 +792,8 @@ fn track_service(inner: &mut Inner, event: &watcher::Event<Service>, _: &Store<S
 }
 
 /// Marks what an EndpointSlice event changed: the Service it belongs to now and the one it
-/// belonged to before; a completed (re)list rebuilds the ownership from the store.
-fn track_slice(
-    inner: &mut Inner,
-    event: &watcher::Event<EndpointSlice>,
-    store: &Store<EndpointSlice>,
-) {
+/// belonged to before; a completed (re)list replaces the ownership by that of the listed slices.
+fn track_slice(inner: &mut Inner, event: &watcher::Event<EndpointSlice>) {
     let key = |slice: &EndpointSlice| (slice.namespace().unwrap_or_default(), slice.name_any());
     match event {
         watcher::Event::Apply(slice) => {
@@ -712,47 +813,52 @@ fn track_slice(
                 inner.dirty.service(owner);
             }
         }
+        watcher::Event::Init => inner.listed_slice_owners = SliceOwners::default(),
+        watcher::Event::InitApply(slice) => {
+            inner
+                .listed_slice_owners
+                .set(key(slice), slice_service(slice));
+        }
         watcher::Event::InitDone => {
-            let mut owners = SliceOwners::default();
-            for slice in store.state() {
-                owners.set(key(&slice), slice_service(&slice));
-            }
-            inner.slice_owners = owners;
+            inner.slice_owners = std::mem::take(&mut inner.listed_slice_owners);
             inner.dirty.all();
         }
-        watcher::Event::Init | watcher::Event::InitApply(_) => {}
     }
 }
 
 /// Any change to this Node may change every frontend (NodePort addresses, zone).
-fn track_node(inner: &mut Inner, event: &watcher::Event<Node>, _: &Store<Node>) {
+fn track_node(inner: &mut Inner, event: &watcher::Event<Node>) {
     if !matches!(event, watcher::Event::Init | watcher::Event::InitApply(_)) {
         inner.dirty.all();
     }
 }
 
-fn spawn_reflector<K>(
+fn spawn_watch<K, T>(
     api: Api<K>,
     config: watcher::Config,
-    writer: Writer<K>,
+    mut writer: Writer<K, T>,
     resource: WatchedResource,
     shared: Arc<Shared>,
-    track: fn(&mut Inner, &watcher::Event<K>, &Store<K>),
+    track: fn(&mut Inner, &watcher::Event<K>),
 ) -> JoinHandle<()>
 where
     K: kube::Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
+    K::DynamicType: Default,
+    T: Send + Sync + 'static,
 {
     tokio::spawn(async move {
-        let store = writer.as_reader();
-        let stream = watcher(api, config).default_backoff().reflect(writer);
+        let stream = watcher(api, config).default_backoff();
         let mut stream = std::pin::pin!(stream);
         while let Some(item) = stream.next().await {
             match item {
                 Ok(event) => {
-                    // Before `on_event` bumps the generation: whoever wakes up finds the mark.
-                    track(&mut shared.lock(), &event, &store);
+                    // The store first, then the marks, then the generation: whoever a mark or
+                    // a generation wakes up finds the store changed.
+                    writer.apply(&event);
+                    track(&mut shared.lock(), &event);
                     shared.on_event(resource, &event);
+                    // The k8s object goes here: only its conversion stays.
+                    drop(event);
                 }
                 Err(error) => shared.on_error(resource, &error),
             }
@@ -815,6 +921,49 @@ mod tests {
         assert!(validate_node_name("").is_err());
         assert!(validate_node_name("a,metadata.name=b").is_err());
         assert!(validate_node_name("Upper").is_err());
+    }
+
+    #[test]
+    fn kept_objects_lose_only_what_the_agent_never_reads() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
+        let svc = Service {
+            metadata: ObjectMeta {
+                name: Some("web".into()),
+                namespace: Some("default".into()),
+                managed_fields: Some(vec![ManagedFieldsEntry {
+                    manager: Some("kubectl".into()),
+                    ..Default::default()
+                }]),
+                annotations: Some(
+                    [
+                        (LAST_APPLIED.to_string(), "{...}".to_string()),
+                        (
+                            "service.kubernetes.io/topology-mode".to_string(),
+                            "Auto".to_string(),
+                        ),
+                    ]
+                    .into(),
+                ),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let kept = keep_service(&svc);
+        assert_eq!(kept.metadata.managed_fields, None);
+        assert_eq!(
+            kept.metadata.annotations,
+            Some(
+                [(
+                    "service.kubernetes.io/topology-mode".to_string(),
+                    "Auto".to_string()
+                )]
+                .into()
+            )
+        );
+        let mut expected = svc.clone();
+        expected.metadata.managed_fields = None;
+        expected.metadata.annotations = kept.metadata.annotations.clone();
+        assert_eq!(kept, expected, "everything else is kept");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 pub mod files;
 pub mod kube;
 pub mod manifests;
+pub mod store;
 
 use std::collections::BTreeSet;
 

@@ -132,6 +132,8 @@ struct Store {
     bookmarks_enabled: bool,
     bookmarks_sent: BTreeMap<Kind, u64>,
     requests: Vec<RequestRecord>,
+    /// List requests waiting on `hold_lists`, per kind.
+    lists_waiting: BTreeMap<Kind, usize>,
     uid: u64,
 }
 
@@ -365,6 +367,16 @@ impl FakeApiServer {
 
     pub fn requests(&self) -> Vec<RequestRecord> {
         self.state.lock().requests.clone()
+    }
+
+    /// List requests of `kind` waiting now, held by [`FakeApiServer::hold_lists`].
+    pub fn lists_waiting(&self, kind: Kind) -> usize {
+        self.state
+            .lock()
+            .lists_waiting
+            .get(&kind)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Successful list requests of `kind` (pages included).
@@ -674,7 +686,11 @@ async fn list_response(
 ) -> Response<Body> {
     // Held lists wait for release.
     let mut held = state.held.subscribe();
-    let _ = held.wait_for(|held| !held.contains(&scope.kind)).await;
+    if held.borrow().contains(&scope.kind) {
+        *state.lock().lists_waiting.entry(scope.kind).or_default() += 1;
+        let _ = held.wait_for(|held| !held.contains(&scope.kind)).await;
+        *state.lock().lists_waiting.entry(scope.kind).or_default() -= 1;
+    }
 
     let mut store = state.lock();
     if let Some(code) = store.failure {

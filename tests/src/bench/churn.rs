@@ -94,6 +94,10 @@ pub struct ChurnResults {
     pub absorbed_per_sec: Option<f64>,
     /// The agent's peak RSS at the end (VmHWM).
     pub agent_vm_hwm_kib: u64,
+    /// The agent's peak RSS (VmHWM) right after its first full sync: the initial lists through
+    /// the Kubernetes source, the snapshot and the first programming, before any churn.
+    #[serde(default)]
+    pub agent_vm_hwm_full_sync_kib: u64,
 }
 
 /// Reads the agent's log as it grows, one JSON line at a time.
@@ -387,7 +391,12 @@ fn measure(
         );
     };
     let full_sync_ms = full.took_ms;
-    eprintln!("churn: full sync {}", fmt_ms(full_sync_ms));
+    let agent_vm_hwm_full_sync_kib = vm_hwm_kib(agent.pid());
+    eprintln!(
+        "churn: full sync {}, agent peak RSS (VmHWM) then {:.1} MiB",
+        fmt_ms(full_sync_ms),
+        agent_vm_hwm_full_sync_kib as f64 / 1024.0
+    );
 
     // (a) One change at a time.
     let mut single_sync = Vec::new();
@@ -493,6 +502,7 @@ fn measure(
         rates,
         absorbed_per_sec,
         agent_vm_hwm_kib: vm_hwm_kib(agent.pid()),
+        agent_vm_hwm_full_sync_kib,
     })
 }
 
@@ -511,6 +521,21 @@ fn tables(r: &ChurnResults) -> Vec<Table> {
         "-".into(),
         "1".into(),
     ]);
+    for (name, kib) in [
+        (
+            "agent peak RSS (VmHWM) after the full sync",
+            r.agent_vm_hwm_full_sync_kib,
+        ),
+        ("agent peak RSS (VmHWM) at the end", r.agent_vm_hwm_kib),
+    ] {
+        single.row(vec![
+            name.into(),
+            format!("{:.1} MiB", kib as f64 / 1024.0),
+            "-".into(),
+            "-".into(),
+            "1".into(),
+        ]);
+    }
     for (name, s) in [
         ("one endpoint change: the agent's sync", &r.single_sync),
         (
