@@ -88,31 +88,43 @@ fn node(name: &str, zone: &str) -> Node {
     }
 }
 
-fn names<K: kube::Resource>(objects: &[K]) -> Vec<String> {
-    objects
-        .iter()
-        .map(|o| {
-            format!(
-                "{}/{}",
-                o.meta().namespace.as_deref().unwrap_or(""),
-                o.meta().name.as_deref().unwrap_or("")
-            )
-        })
-        .collect()
+/// `namespace/name` of converted objects (Nodes have no namespace).
+trait Named {
+    fn namespaced_name(&self) -> String;
 }
 
-/// (namespace/name, resourceVersion) of every object: equal fingerprints mean equal content.
+impl Named for lbctl::model::Service {
+    fn namespaced_name(&self) -> String {
+        format!("{}/{}", self.namespace, self.name())
+    }
+}
+
+impl Named for lbctl::model::EndpointSlice {
+    fn namespaced_name(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+impl Named for lbctl::model::Node {
+    fn namespaced_name(&self) -> String {
+        format!("/{}", self.name.as_deref().unwrap_or(""))
+    }
+}
+
+fn names<K: Named>(objects: &[std::sync::Arc<K>]) -> Vec<String> {
+    objects.iter().map(|o| o.namespaced_name()).collect()
+}
+
+/// (namespace/name, content) of every object: equal fingerprints mean equal content.
 fn fingerprint(inv: &Inventory) -> Vec<(String, String)> {
-    fn of<K: kube::Resource>(objects: &[K], out: &mut Vec<(String, String)>) {
+    fn of<K: Named + std::fmt::Debug>(
+        objects: &[std::sync::Arc<K>],
+        out: &mut Vec<(String, String)>,
+    ) {
         for o in objects {
             out.push((
-                format!(
-                    "{}/{}/{}",
-                    std::any::type_name::<K>(),
-                    o.meta().namespace.as_deref().unwrap_or(""),
-                    o.meta().name.as_deref().unwrap_or("")
-                ),
-                o.meta().resource_version.clone().unwrap_or_default(),
+                format!("{}/{}", std::any::type_name::<K>(), o.namespaced_name()),
+                format!("{o:?}"),
             ));
         }
     }
@@ -241,13 +253,13 @@ async fn synced_only_after_all_three_initial_lists() {
     assert_eq!(names(&inv.nodes), ["/node-a"]);
     let web = &inv.endpoint_slices[0];
     assert_eq!(web.endpoints.len(), 2);
-    assert_eq!(web.endpoints[1].addresses, ["10.244.2.7"]);
+    assert_eq!(web.endpoints[1].ip(), Some("10.244.2.7".parse().unwrap()));
     assert_eq!(
         inv.services[0]
             .spec
             .as_ref()
-            .and_then(|s| s.cluster_ip.as_deref()),
-        Some("10.96.0.10")
+            .and_then(|s| s.cluster_ips.first()),
+        Some(&lbctl::model::Address::Ip("10.96.0.10".parse().unwrap()))
     );
 
     // 7 services in pages of 2: 4 list requests, the later ones with a continue token.
@@ -309,12 +321,12 @@ async fn add_modify_delete_are_reflected_and_signalled() {
         let api_port = inv
             .services
             .iter()
-            .find(|svc| svc.metadata.name.as_deref() == Some("api"))
-            .and_then(|svc| svc.spec.as_ref()?.ports.as_ref()?.first().map(|p| p.port));
+            .find(|svc| svc.name.as_deref() == Some("api"))
+            .and_then(|svc| svc.spec.as_ref()?.ports.first().map(|p| p.port));
         let web_endpoints = inv
             .endpoint_slices
             .iter()
-            .find(|es| es.metadata.name.as_deref() == Some("web-abc"))
+            .find(|es| &*es.name == "web-abc")
             .map(|es| es.endpoints.len());
         api_port == Some(8443) && web_endpoints == Some(3)
     })
@@ -372,16 +384,9 @@ async fn expired_resource_version_relists_and_converges() {
         let inv = s.snapshot();
         names(&inv.services) == ["default/new", "default/web"]
             && inv.endpoint_slices.iter().any(|es| {
-                es.endpoints.first().map(|e| e.addresses.as_slice())
-                    == Some(&["10.244.9.9".to_string()][..])
+                es.endpoints.first().and_then(|e| e.ip()) == Some("10.244.9.9".parse().unwrap())
             })
-            && inv.nodes.first().and_then(|n| {
-                n.metadata
-                    .labels
-                    .as_ref()?
-                    .get("topology.kubernetes.io/zone")
-                    .cloned()
-            }) == Some("zone-9".to_string())
+            && inv.nodes.first().and_then(|n| n.zone.as_deref()) == Some("zone-9")
     })
     .await;
     wait_until(&source, "reconnected", |s| s.state().connected).await;
@@ -517,13 +522,11 @@ async fn node_watch_is_limited_to_this_node() {
     server.apply(&node("node-d", "zone-4"));
     server.apply(&node("node-b", "zone-5"));
     wait_until(&source, "own node modified", |s| {
-        s.snapshot().nodes.first().and_then(|n| {
-            n.metadata
-                .labels
-                .as_ref()?
-                .get("topology.kubernetes.io/zone")
-                .cloned()
-        }) == Some("zone-5".to_string())
+        s.snapshot()
+            .nodes
+            .first()
+            .and_then(|n| Some(n.zone.as_deref()?.to_owned()))
+            == Some("zone-5".to_string())
     })
     .await;
     assert_eq!(names(&source.snapshot().nodes), ["/node-b"]);

@@ -71,8 +71,9 @@ use tracing::{debug, info, warn};
 
 use super::Dirty;
 use crate::{
-    engine::{service_ref_of, slice_service},
-    model::Inventory,
+    model::{
+        Interner, Inventory, k8s_service_ref as service_ref_of, k8s_slice_service as slice_service,
+    },
     plan::ServiceRef,
 };
 
@@ -370,10 +371,13 @@ impl KubeSourceHandle {
     /// The objects currently in the stores, each list sorted by namespace and name. Before
     /// [`SourceState::synced`] this may be incomplete; it is never emptied by a watch failure.
     pub fn snapshot(&self) -> Inventory {
+        let mut interner = Interner::new();
         Inventory {
-            services: sorted(self.services.state()),
-            endpoint_slices: sorted(self.endpoint_slices.state()),
-            nodes: sorted(self.nodes.state()),
+            services: converted(self.services.state(), |o| interner.service(o)),
+            endpoint_slices: converted(self.endpoint_slices.state(), |o| {
+                interner.endpoint_slice(o)
+            }),
+            nodes: converted(self.nodes.state(), |o| interner.node(o)),
         }
     }
 
@@ -393,20 +397,23 @@ impl KubeSourceHandle {
     /// The objects of `services` (each Service that exists and every EndpointSlice labelled
     /// with its name), and this Node; costs those objects, not the whole store.
     pub fn objects_of(&self, services: &BTreeSet<ServiceRef>) -> Inventory {
+        let mut interner = Interner::new();
         let mut inventory = Inventory {
-            nodes: sorted(self.nodes.state()),
+            nodes: converted(self.nodes.state(), |o| interner.node(o)),
             ..Inventory::default()
         };
         let inner = self.shared.lock();
         for svc in services {
             let key = ObjectRef::new(&svc.name).within(&svc.namespace);
             if let Some(obj) = self.services.get(&key) {
-                inventory.services.push(Arc::unwrap_or_clone(obj));
+                inventory.services.push(Arc::new(interner.service(&obj)));
             }
             for name in inner.slice_owners.slices_of(svc) {
                 let key = ObjectRef::new(name).within(&svc.namespace);
                 if let Some(obj) = self.endpoint_slices.get(&key) {
-                    inventory.endpoint_slices.push(Arc::unwrap_or_clone(obj));
+                    inventory
+                        .endpoint_slices
+                        .push(Arc::new(interner.endpoint_slice(&obj)));
                 }
             }
         }
@@ -451,13 +458,15 @@ impl KubeSourceHandle {
     }
 }
 
-fn sorted<K: kube::Resource + Clone>(objects: Vec<Arc<K>>) -> Vec<K> {
-    let mut objects: Vec<K> = objects.into_iter().map(Arc::unwrap_or_clone).collect();
+fn converted<K: kube::Resource, T>(
+    mut objects: Vec<Arc<K>>,
+    mut convert: impl FnMut(&K) -> T,
+) -> Vec<Arc<T>> {
     objects.sort_by(|a, b| {
         (a.meta().namespace.as_deref(), a.meta().name.as_deref())
             .cmp(&(b.meta().namespace.as_deref(), b.meta().name.as_deref()))
     });
-    objects
+    objects.iter().map(|o| Arc::new(convert(o))).collect()
 }
 
 /// A node name goes into a field selector: reject what would change its meaning.

@@ -18,9 +18,10 @@ use std::{
     fmt,
     io::Read,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
-use crate::model::Inventory;
+use crate::model::{Interner, Inventory};
 use k8s_openapi::api::{
     core::v1::{Node, Service},
     discovery::v1::EndpointSlice,
@@ -133,10 +134,7 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<Inventory, ManifestError> {
     let mut inventory = Inventory::default();
     for path in manifest_files(paths)? {
         let (origin, text) = read(&path)?;
-        let loaded = load_str(&text, &origin)?;
-        inventory.services.extend(loaded.services);
-        inventory.endpoint_slices.extend(loaded.endpoint_slices);
-        inventory.nodes.extend(loaded.nodes);
+        inventory.extend(load_str(&text, &origin)?);
     }
     Ok(inventory)
 }
@@ -718,6 +716,8 @@ impl<'de> Visitor<'de> for Scan {
 #[derive(Debug, Default)]
 struct Collected {
     inventory: Inventory,
+    /// Shares namespaces, node names and zones among the objects of this read.
+    interner: Interner,
     current_item: Option<usize>,
     /// Where in the object the typed read failed (`spec.ports[0].port`).
     failed_at: Option<String>,
@@ -731,14 +731,18 @@ impl Collected {
     ) -> Result<(), D::Error> {
         let mut track = serde_path_to_error::Track::new();
         let deserializer = serde_path_to_error::Deserializer::new(deserializer, &mut track);
+        // Each object is converted as soon as it is read: the API object is dropped here.
+        let (inventory, interner) = (&mut self.inventory, &mut self.interner);
         let pushed = match kind {
             KnownKind::Service => Service::deserialize(deserializer)
-                .map(|object| self.inventory.services.push(object)),
-            KnownKind::EndpointSlice => EndpointSlice::deserialize(deserializer)
-                .map(|object| self.inventory.endpoint_slices.push(object)),
-            KnownKind::Node => {
-                Node::deserialize(deserializer).map(|object| self.inventory.nodes.push(object))
-            }
+                .map(|object| inventory.services.push(Arc::new(interner.service(&object)))),
+            KnownKind::EndpointSlice => EndpointSlice::deserialize(deserializer).map(|object| {
+                inventory
+                    .endpoint_slices
+                    .push(Arc::new(interner.endpoint_slice(&object)))
+            }),
+            KnownKind::Node => Node::deserialize(deserializer)
+                .map(|object| inventory.nodes.push(Arc::new(interner.node(&object)))),
         };
         if pushed.is_err() {
             self.failed_at = Some(track.path().to_string());
@@ -917,19 +921,28 @@ mod one_pass {
         de::{DeserializeSeed, Error, IgnoredAny, MapAccess, SeqAccess, Visitor},
     };
 
+    use std::{cell::RefCell, sync::Arc};
+
     use super::KnownKind;
-    use crate::model::Inventory;
+    use crate::model::{Interner, Inventory};
+
+    thread_local! {
+        /// The interner of the read under way (serde-saphyr reads documents through
+        /// `Deserialize`, which takes no state): set only while [`load`] runs.
+        static INTERNER: RefCell<Interner> = RefCell::new(Interner::new());
+    }
 
     pub(super) fn load(
         text: &str,
         options: serde_saphyr::Options,
     ) -> Result<Inventory, serde_saphyr::Error> {
-        let docs: Vec<Doc> = serde_saphyr::from_multiple_with_options(text, options)?;
+        INTERNER.set(Interner::new());
+        let docs = serde_saphyr::from_multiple_with_options::<Doc>(text, options);
+        // Not kept past the read: the objects hold what they share.
+        INTERNER.set(Interner::new());
         let mut inventory = Inventory::default();
-        for Doc(objects) in docs {
-            inventory.services.extend(objects.services);
-            inventory.endpoint_slices.extend(objects.endpoint_slices);
-            inventory.nodes.extend(objects.nodes);
+        for Doc(objects) in docs? {
+            inventory.extend(objects);
         }
         Ok(inventory)
     }
@@ -941,8 +954,8 @@ mod one_pass {
         fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
             let parts = PartsSeed(Context::TopLevel).deserialize(deserializer)?;
             let mut out = Inventory::default();
-            parts
-                .resolve(Context::TopLevel, &mut out)
+            INTERNER
+                .with_borrow_mut(|interner| parts.resolve(Context::TopLevel, &mut out, interner))
                 .map_err(D::Error::custom)?;
             Ok(Doc(out))
         }
@@ -1017,7 +1030,12 @@ mod one_pass {
 
         /// The objects this stands for, into `out`; an error when the one-pass read cannot
         /// be sure of them.
-        fn resolve(self, context: Context, out: &mut Inventory) -> Result<(), &'static str> {
+        fn resolve(
+            self,
+            context: Context,
+            out: &mut Inventory,
+            interner: &mut Interner,
+        ) -> Result<(), &'static str> {
             let class = match context {
                 Context::TypedItem(kind) => {
                     // The typed read checks the item's own kind fields against the list's.
@@ -1037,30 +1055,33 @@ mod one_pass {
             }
             match class {
                 Class::Ignored => {}
-                Class::Object(KnownKind::Service) => out.services.push(Service {
-                    metadata: self.metadata.map(|m| *m).unwrap_or_default(),
-                    spec: self.service_spec.map(|s| *s),
-                    status: self.service_status.map(|s| *s),
-                }),
-                Class::Object(KnownKind::Node) => out.nodes.push(Node {
+                Class::Object(KnownKind::Service) => {
+                    out.services.push(Arc::new(interner.service(&Service {
+                        metadata: self.metadata.map(|m| *m).unwrap_or_default(),
+                        spec: self.service_spec.map(|s| *s),
+                        status: self.service_status.map(|s| *s),
+                    })))
+                }
+                Class::Object(KnownKind::Node) => out.nodes.push(Arc::new(interner.node(&Node {
                     metadata: self.metadata.map(|m| *m).unwrap_or_default(),
                     spec: self.node_spec.map(|s| *s),
                     status: self.node_status.map(|s| *s),
-                }),
+                }))),
                 Class::Object(KnownKind::EndpointSlice) => {
-                    out.endpoint_slices.push(EndpointSlice {
-                        address_type: self.address_type.unwrap_or_default(),
-                        endpoints: self.endpoints.unwrap_or_default(),
-                        metadata: self.metadata.map(|m| *m).unwrap_or_default(),
-                        ports: self.ports,
-                    })
+                    out.endpoint_slices
+                        .push(Arc::new(interner.endpoint_slice(&EndpointSlice {
+                            address_type: self.address_type.unwrap_or_default(),
+                            endpoints: self.endpoints.unwrap_or_default(),
+                            metadata: self.metadata.map(|m| *m).unwrap_or_default(),
+                            ports: self.ports,
+                        })))
                 }
                 Class::List(item_kind) => {
                     let item_context = item_kind.map_or(Context::ListItem, Context::TypedItem);
                     for item in self.items.into_iter().flatten() {
                         // Items read before the list's kind was known were read as `v1 List`
                         // items: a typed list's items must then name its kind themselves.
-                        item.resolve(item_context, out)?;
+                        item.resolve(item_context, out, interner)?;
                     }
                 }
             }
