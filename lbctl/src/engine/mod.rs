@@ -13,8 +13,6 @@ mod service;
 mod slices;
 mod topology;
 
-use std::collections::BTreeMap;
-
 use crate::{
     model::{Inventory, Service},
     plan::{Plan, ServiceRef},
@@ -98,18 +96,17 @@ fn services_in_claim_order<'a>(
     report: &mut report::Report,
 ) -> Vec<&'a Service> {
     // Keyed by borrowed (namespace, name): the same order as `ServiceRef`, without copying
-    // two strings per Service.
-    let mut by_ref: BTreeMap<(&str, &str), Vec<&Service>> = BTreeMap::new();
-    for svc in services {
-        by_ref
-            .entry((&*svc.namespace, svc.name()))
-            .or_default()
-            .push(svc);
-    }
-    let mut unique: Vec<((&str, &str), &Service)> = by_ref
-        .into_iter()
-        .filter_map(|(svc_ref, copies)| {
-            let chosen = report::pick_canonical(copies, || {
+    // two strings per Service; copies of one Service end up adjacent.
+    let mut all: Vec<((&str, &str), &Service)> = services
+        .map(|svc| ((&*svc.namespace, svc.name()), svc))
+        .collect();
+    all.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
+    let mut unique: Vec<((&str, &str), &Service)> = Vec::with_capacity(all.len());
+    for copies in all.chunk_by(|(a, _), (b, _)| a == b) {
+        let svc_ref = copies[0].0;
+        let chosen = match copies {
+            [(_, only)] => Some(*only),
+            _ => report::pick_canonical(copies.iter().map(|(_, svc)| *svc).collect(), || {
                 let (namespace, name) = svc_ref;
                 report.skip(
                     report::service_object(&ServiceRef {
@@ -119,10 +116,10 @@ fn services_in_claim_order<'a>(
                     "several different objects with this namespace/name; the one that sorts \
                      first as JSON was used",
                 )
-            })?;
-            Some((svc_ref, chosen))
-        })
-        .collect();
+            }),
+        };
+        unique.extend(chosen.map(|svc| (svc_ref, svc)));
+    }
     unique.sort_by(|(a_ref, a), (b_ref, b)| {
         let a_time = a.creation_timestamp.as_ref();
         let b_time = b.creation_timestamp.as_ref();

@@ -20,6 +20,41 @@ impl Family {
     }
 }
 
+/// A set of families (no allocation, unlike a `BTreeSet`); iterates IPv4 first.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Families {
+    v4: bool,
+    v6: bool,
+}
+
+impl Families {
+    pub(crate) fn contains(&self, family: &Family) -> bool {
+        match family {
+            Family::V4 => self.v4,
+            Family::V6 => self.v6,
+        }
+    }
+
+    pub(crate) fn iter(self) -> impl Iterator<Item = Family> {
+        [(self.v4, Family::V4), (self.v6, Family::V6)]
+            .into_iter()
+            .filter_map(|(present, family)| present.then_some(family))
+    }
+}
+
+impl FromIterator<Family> for Families {
+    fn from_iter<I: IntoIterator<Item = Family>>(families: I) -> Self {
+        let mut set = Families::default();
+        for family in families {
+            match family {
+                Family::V4 => set.v4 = true,
+                Family::V6 => set.v6 = true,
+            }
+        }
+        set
+    }
+}
+
 impl fmt::Display for Family {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

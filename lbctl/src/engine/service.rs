@@ -1,13 +1,10 @@
 //! One Service -> its frontends on this node, each with the backend set its policy selects.
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, SocketAddr},
-};
+use std::net::{IpAddr, SocketAddr};
 
 use super::{
     endpoints::{BackendSets, Candidate},
     node::ThisNode,
-    ports::{Family, PortSpec, service_ports, special_address},
+    ports::{Families, Family, PortSpec, service_ports, special_address},
     report::{Report, service_object, service_ref},
     slices::{SliceIndex, SliceView},
     topology::RequestedHints,
@@ -33,7 +30,7 @@ struct ExternalAddress {
 struct ServicePlan<'a> {
     svc_ref: ServiceRef,
     cluster_ips: Vec<IpAddr>,
-    families: BTreeSet<Family>,
+    families: Families,
     internal_local: bool,
     node_ports_open: bool,
     external: Vec<ExternalAddress>,
@@ -62,7 +59,7 @@ pub(crate) fn plan_service(
     let Some(cluster_ips) = cluster_ips(spec, &object, report) else {
         return Vec::new();
     };
-    let families: BTreeSet<Family> = cluster_ips.iter().map(|ip| Family::of(*ip)).collect();
+    let families: Families = cluster_ips.iter().map(|ip| Family::of(*ip)).collect();
     let ports = service_ports(&spec.ports, &object, report);
     if spec.ports.is_empty() {
         report.skip(object(), "no ports");
@@ -112,13 +109,13 @@ impl ServicePlan<'_> {
                 ),
             );
         }
-        let sets: BTreeMap<Family, BackendSets> = self
-            .families
-            .iter()
-            .map(|family| (*family, self.backend_sets(port, *family, node)))
-            .collect();
+        let mut sets: [Option<BackendSets>; 2] = [None, None];
+        for family in self.families.iter() {
+            sets[family as usize] = Some(self.backend_sets(port, family, node));
+        }
         let backends_of = |address: IpAddr, local: bool| -> Vec<SocketAddr> {
-            sets.get(&Family::of(address))
+            sets[Family::of(address) as usize]
+                .as_ref()
                 .map(|set| {
                     if local {
                         set.local.clone()
@@ -255,7 +252,7 @@ fn cluster_ips(
 fn external_addresses(
     svc: &Service,
     spec: &ServiceSpec,
-    families: &BTreeSet<Family>,
+    families: &Families,
     object: &dyn Fn() -> String,
     report: &mut Report,
 ) -> Vec<ExternalAddress> {

@@ -1,6 +1,4 @@
 //! EndpointSlices, validated once and grouped by the Service they belong to.
-use std::collections::HashMap;
-
 use super::{
     endpoints::EndpointView,
     ports::{Family, PortLabel, ProtocolProblem, parse_port, parse_protocol},
@@ -42,7 +40,10 @@ impl SliceView<'_> {
 /// All usable slices, by Service: namespace, then name.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct SliceIndex<'a> {
-    by_service: HashMap<&'a str, HashMap<&'a str, Vec<SliceView<'a>>>>,
+    /// The Service (namespace, name) of each view, sorted.
+    keys: Vec<(&'a str, &'a str)>,
+    /// The views, in the order of `keys` (one Service's in input order).
+    views: Vec<SliceView<'a>>,
 }
 
 impl<'a> SliceIndex<'a> {
@@ -50,25 +51,21 @@ impl<'a> SliceIndex<'a> {
         slices: impl IntoIterator<Item = &'a EndpointSlice>,
         report: &mut Report,
     ) -> Self {
-        let mut by_service: HashMap<&'a str, HashMap<&'a str, Vec<SliceView<'a>>>> = HashMap::new();
-        for slice in slices {
-            if let Some(((namespace, name), view)) = validate(slice, report) {
-                by_service
-                    .entry(namespace)
-                    .or_default()
-                    .entry(name)
-                    .or_default()
-                    .push(view);
-            }
-        }
-        SliceIndex { by_service }
+        let mut valid: Vec<((&'a str, &'a str), SliceView<'a>)> = slices
+            .into_iter()
+            .filter_map(|slice| validate(slice, report))
+            .collect();
+        // Stable: a Service's slices keep their input order.
+        valid.sort_by(|(a, _), (b, _)| a.cmp(b));
+        let (keys, views) = valid.into_iter().unzip();
+        SliceIndex { keys, views }
     }
 
     pub(crate) fn for_service(&self, svc: &ServiceRef) -> &[SliceView<'a>] {
-        self.by_service
-            .get(svc.namespace.as_str())
-            .and_then(|names| names.get(svc.name.as_str()))
-            .map_or(&[], Vec::as_slice)
+        let key = (svc.namespace.as_str(), svc.name.as_str());
+        let start = self.keys.partition_point(|k| *k < key);
+        let end = start + self.keys[start..].partition_point(|k| *k <= key);
+        &self.views[start..end]
     }
 }
 
