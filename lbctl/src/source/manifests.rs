@@ -994,8 +994,10 @@ mod one_pass {
         }
     }
 
-    /// One object's fields, read in one pass. The objects' parts are boxed: a list's items
-    /// are all held until the list's kind is known, and unboxed they take kilobytes each.
+    /// One object's fields, read in one pass. The objects' parts are boxed: a list item that
+    /// does not name its own kind is held until the list's kind is known (the others are
+    /// converted to the compact model as soon as they are read: [`Item`]), and unboxed they
+    /// take kilobytes each.
     #[derive(Default)]
     struct Parts {
         api_version: Option<String>,
@@ -1009,7 +1011,7 @@ mod one_pass {
         endpoints: Option<Vec<Endpoint>>,
         ports: Option<Vec<EndpointPort>>,
         /// `Some` when read as a list's items (speculatively, or for a list).
-        items: Option<Vec<Parts>>,
+        items: Option<Vec<Item>>,
         /// The classes fields were read under once the class was known: all must agree with
         /// the final one.
         assumed: Vec<Class>,
@@ -1079,9 +1081,20 @@ mod one_pass {
                 Class::List(item_kind) => {
                     let item_context = item_kind.map_or(Context::ListItem, Context::TypedItem);
                     for item in self.items.into_iter().flatten() {
-                        // Items read before the list's kind was known were read as `v1 List`
-                        // items: a typed list's items must then name its kind themselves.
-                        item.resolve(item_context, out, interner)?;
+                        match item {
+                            // Items read before the list's kind was known were read as `v1
+                            // List` items: a typed list's items must then name its kind
+                            // themselves (a converted item named its kind).
+                            Item::Converted(kind, objects) => {
+                                if let Context::TypedItem(list_kind) = item_context
+                                    && kind != list_kind
+                                {
+                                    return Err("a typed list's item names another kind");
+                                }
+                                out.extend(objects);
+                            }
+                            Item::Pending(parts) => parts.resolve(item_context, out, interner)?,
+                        }
                     }
                 }
             }
@@ -1212,39 +1225,60 @@ mod one_pass {
         }
     }
 
+    /// One item of a list, converted as soon as its kind is sure (the API object is dropped
+    /// then), else kept until the list's kind is known.
+    enum Item {
+        /// An object whose own fields name its kind: the same object whatever the list turns
+        /// out to be, if the list accepts that kind.
+        Converted(KnownKind, Inventory),
+        Pending(Parts),
+    }
+
     /// A list's `items`: a sequence of objects, or null.
     struct ItemsSeed(Context);
 
     impl<'de> DeserializeSeed<'de> for ItemsSeed {
-        type Value = Vec<Parts>;
+        type Value = Vec<Item>;
 
-        fn deserialize<D: Deserializer<'de>>(
-            self,
-            deserializer: D,
-        ) -> Result<Vec<Parts>, D::Error> {
+        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Vec<Item>, D::Error> {
             deserializer.deserialize_any(self)
         }
     }
 
     impl<'de> Visitor<'de> for ItemsSeed {
-        type Value = Vec<Parts>;
+        type Value = Vec<Item>;
 
         fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             f.write_str("a sequence of objects")
         }
 
-        fn visit_unit<E>(self) -> Result<Vec<Parts>, E> {
+        fn visit_unit<E>(self) -> Result<Vec<Item>, E> {
             Ok(Vec::new())
         }
 
-        fn visit_none<E>(self) -> Result<Vec<Parts>, E> {
+        fn visit_none<E>(self) -> Result<Vec<Item>, E> {
             Ok(Vec::new())
         }
 
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Parts>, A::Error> {
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Item>, A::Error> {
             let mut items = Vec::new();
             while let Some(item) = seq.next_element_seed(PartsSeed(self.0))? {
-                items.push(item);
+                let kind = match item.class_now(self.0) {
+                    Some(Class::Object(kind))
+                        if item.assumed.iter().all(|a| *a == Class::Object(kind)) =>
+                    {
+                        kind
+                    }
+                    _ => {
+                        items.push(Item::Pending(item));
+                        continue;
+                    }
+                };
+                let mut objects = Inventory::default();
+                INTERNER
+                    .with_borrow_mut(|interner| item.resolve(self.0, &mut objects, interner))
+                    .map_err(A::Error::custom)?;
+                items.push(Item::Converted(kind, objects));
             }
             Ok(items)
         }
