@@ -100,7 +100,7 @@ fn services_in_claim_order<'a>(
     let mut all: Vec<((&str, &str), &Service)> = services
         .map(|svc| ((&*svc.namespace, svc.name()), svc))
         .collect();
-    all.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
+    all.sort_unstable_by_key(|(a, _)| *a);
     let mut unique: Vec<((&str, &str), &Service)> = Vec::with_capacity(all.len());
     for copies in all.chunk_by(|(a, _), (b, _)| a == b) {
         let svc_ref = copies[0].0;

@@ -98,7 +98,7 @@ impl ServicePlan<'_> {
             && self
                 .slices
                 .iter()
-                .all(|slice| slice.port_for(&port.name, port.protocol).is_none())
+                .all(|slice| slice.port_for(port.name, port.protocol).is_none())
         {
             report.skip(
                 service_object(&self.svc_ref),
@@ -190,7 +190,7 @@ impl ServicePlan<'_> {
         let mut candidates = Vec::new();
         for slice in self.slices {
             let Some(backend_port) = slice
-                .port_for(&port.name, port.protocol)
+                .port_for(port.name, port.protocol)
                 .and_then(|p| p.port)
             else {
                 continue;

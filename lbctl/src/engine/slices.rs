@@ -56,7 +56,7 @@ impl<'a> SliceIndex<'a> {
             .filter_map(|slice| validate(slice, report))
             .collect();
         // Stable: a Service's slices keep their input order.
-        valid.sort_by(|(a, _), (b, _)| a.cmp(b));
+        valid.sort_by_key(|(a, _)| *a);
         let (keys, views) = valid.into_iter().unzip();
         SliceIndex { keys, views }
     }
