@@ -81,8 +81,9 @@ pub struct Planner {
     reporting: BTreeSet<ServiceRef>,
 }
 
-/// The objects of an inventory by Service: served Services and labelled slices.
-type Groups<'a> = BTreeMap<ServiceRef, (Vec<&'a Service>, Vec<&'a EndpointSlice>)>;
+/// The objects of an inventory by Service (namespace, name), borrowed: served Services and
+/// labelled slices. In `ServiceRef` order.
+type Groups<'a> = BTreeMap<(&'a str, &'a str), (Vec<&'a Service>, Vec<&'a EndpointSlice>)>;
 
 fn group<'a>(inventory: &'a Inventory, node: &NodeContext) -> (Groups<'a>, Vec<&'a EndpointSlice>) {
     let mut groups: Groups<'a> = BTreeMap::new();
@@ -92,12 +93,20 @@ fn group<'a>(inventory: &'a Inventory, node: &NodeContext) -> (Groups<'a>, Vec<&
         .map(|svc| &**svc)
         .filter(|svc| node.serves(svc))
     {
-        groups.entry(service_ref_of(svc)).or_default().0.push(svc);
+        groups
+            .entry((&*svc.namespace, svc.name()))
+            .or_default()
+            .0
+            .push(svc);
     }
     let mut unlabelled = Vec::new();
     for slice in inventory.endpoint_slices.iter().map(|slice| &**slice) {
-        match slice_service(slice) {
-            Some(svc_ref) => groups.entry(svc_ref).or_default().1.push(slice),
+        match slice.service() {
+            Some(name) => groups
+                .entry((&*slice.namespace, name))
+                .or_default()
+                .1
+                .push(slice),
             None => unlabelled.push(slice),
         }
     }
@@ -122,7 +131,11 @@ impl Planner {
             reporting: BTreeSet::new(),
         };
         let mut affected = BTreeSet::new();
-        for (svc_ref, (services, slices)) in groups {
+        for ((namespace, name), (services, slices)) in groups {
+            let svc_ref = ServiceRef {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            };
             planner.plan_one(svc_ref, services, slices, &mut affected);
         }
         planner
@@ -140,7 +153,9 @@ impl Planner {
         let (mut groups, _) = group(inventory, &self.node);
         for svc_ref in dirty {
             self.remove(svc_ref, &mut affected);
-            let (services, slices) = groups.remove(svc_ref).unwrap_or_default();
+            let (services, slices) = groups
+                .remove(&(svc_ref.namespace.as_str(), svc_ref.name.as_str()))
+                .unwrap_or_default();
             self.plan_one(svc_ref.clone(), services, slices, &mut affected);
         }
         affected
