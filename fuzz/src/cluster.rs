@@ -400,11 +400,10 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn inventory(&self) -> Inventory {
-        Inventory {
-            services: self.services.iter().map(Svc::build).collect(),
-            endpoint_slices: self.slices.iter().map(Slice::build).collect(),
-            nodes: self.nodes.iter().map(NodeObj::build).collect(),
-        }
+        let services: Vec<_> = self.services.iter().map(Svc::build).collect();
+        let slices: Vec<_> = self.slices.iter().map(Slice::build).collect();
+        let nodes: Vec<_> = self.nodes.iter().map(NodeObj::build).collect();
+        Inventory::from_objects(&services, &slices, &nodes)
     }
 
     pub fn node(&self) -> NodeContext {

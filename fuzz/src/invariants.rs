@@ -1,19 +1,15 @@
 //! What every plan must satisfy, whatever the input: the fuzz targets and
 //! `lbctl/tests/hostile_input.rs` (which includes this file) check it.
 //!
-//! Depends on `lbctl`, `k8s_openapi` and `std` only, so that it can be included by path.
+//! Depends on `lbctl` and `std` only, so that it can be included by path.
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
 };
 
-use k8s_openapi::{
-    api::{core::v1::Service, discovery::v1::EndpointSlice},
-    apimachinery::pkg::apis::meta::v1::ObjectMeta,
-};
 use lbctl::{
-    engine::{NodeContext, SERVICE_NAME_LABEL, plan},
-    model::Inventory,
+    engine::{NodeContext, plan},
+    model::{EndpointSlice, Inventory, Service},
     plan::{Frontend, FrontendKind, Plan, ServiceRef},
 };
 
@@ -33,7 +29,7 @@ pub fn check_plan(inventory: &Inventory, node: &NodeContext, plan: &Plan) -> Res
         .services
         .iter()
         .filter(|svc| node.serves(svc))
-        .map(service_ref)
+        .map(|svc| service_ref(svc))
         .collect();
     for frontend in &plan.frontends {
         if !served.contains(&frontend.service) {
@@ -156,17 +152,10 @@ fn check_frontend(frontend: &Frontend, sources: &BackendSources) -> Result<(), S
     Ok(())
 }
 
-fn namespace_of(meta: &ObjectMeta) -> String {
-    match meta.namespace.as_deref() {
-        Some(ns) if !ns.is_empty() => ns.to_owned(),
-        _ => "default".to_owned(),
-    }
-}
-
 fn service_ref(svc: &Service) -> ServiceRef {
     ServiceRef {
-        namespace: namespace_of(&svc.metadata),
-        name: svc.metadata.name.clone().unwrap_or_default(),
+        namespace: svc.namespace.to_string(),
+        name: svc.name().to_owned(),
     }
 }
 
@@ -188,11 +177,7 @@ impl BackendSources {
         }
         let mut policies: BTreeMap<ServiceRef, Vec<bool>> = BTreeMap::new();
         for svc in &inventory.services {
-            let local = svc
-                .spec
-                .as_ref()
-                .and_then(|s| s.internal_traffic_policy.as_deref())
-                == Some("Local");
+            let local = svc.internal_traffic_local();
             policies.entry(service_ref(svc)).or_default().push(local);
         }
         sources.local = policies
@@ -204,30 +189,20 @@ impl BackendSources {
     }
 
     fn add_slice(&mut self, slice: &EndpointSlice, node: &str) {
-        let Some(service) = slice
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|labels| labels.get(SERVICE_NAME_LABEL))
-        else {
+        let Some(service) = slice.service_name.as_deref() else {
             return;
         };
         let svc = ServiceRef {
-            namespace: namespace_of(&slice.metadata),
-            name: service.clone(),
+            namespace: slice.namespace.to_string(),
+            name: service.to_owned(),
         };
         let ports: Vec<u16> = slice
             .ports
             .iter()
-            .flatten()
             .filter_map(|p| p.port.and_then(|n| u16::try_from(n).ok()))
             .collect();
         for endpoint in &slice.endpoints {
-            let Some(ip) = endpoint
-                .addresses
-                .first()
-                .and_then(|a| a.parse::<IpAddr>().ok())
-            else {
+            let Some(ip) = endpoint.ip() else {
                 continue;
             };
             let on_node = endpoint.node_name.as_deref() == Some(node);

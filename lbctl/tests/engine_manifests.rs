@@ -6,15 +6,31 @@ use std::{
 
 use lbctl::source::manifests::{ManifestError, load_paths, load_str, manifest_files};
 
-fn names<
-    T: k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>,
->(
-    objects: &[T],
-) -> Vec<String> {
-    objects
-        .iter()
-        .map(|o| o.metadata().name.clone().unwrap_or_default())
-        .collect()
+/// The names of converted objects.
+trait Named {
+    fn name(&self) -> String;
+}
+
+impl Named for lbctl::model::Service {
+    fn name(&self) -> String {
+        self.name.as_deref().unwrap_or_default().to_owned()
+    }
+}
+
+impl Named for lbctl::model::EndpointSlice {
+    fn name(&self) -> String {
+        self.name.to_string()
+    }
+}
+
+impl Named for lbctl::model::Node {
+    fn name(&self) -> String {
+        self.name.as_deref().unwrap_or_default().to_owned()
+    }
+}
+
+fn names<T: Named>(objects: &[std::sync::Arc<T>]) -> Vec<String> {
+    objects.iter().map(|o| o.name()).collect()
 }
 
 const MULTI_DOC: &str = r#"# comment before the first document
@@ -78,7 +94,7 @@ fn multi_document_yaml_keeps_known_kinds_only() {
     assert_eq!(names(&inventory.endpoint_slices), ["web-abc12"]);
     assert_eq!(names(&inventory.nodes), ["w1"]);
     let slice = &inventory.endpoint_slices[0];
-    assert_eq!(slice.endpoints[0].addresses, ["10.244.1.1"]);
+    assert_eq!(slice.endpoints[0].ip(), Some("10.244.1.1".parse().unwrap()));
     assert_eq!(slice.endpoints[0].node_name.as_deref(), Some("w1"));
 }
 

@@ -2,6 +2,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr},
+    sync::Arc,
 };
 
 use k8s_openapi::{
@@ -20,7 +21,7 @@ use k8s_openapi::{
 };
 use lbctl::{
     engine::{NodeContext, SERVICE_NAME_LABEL, ZONE_LABEL, plan},
-    model::Inventory,
+    model::{self, Inventory},
     plan::{FrontendKind, Plan},
 };
 use proptest::{collection::vec, option, prelude::*, sample::select};
@@ -365,15 +366,12 @@ fn inventory() -> impl Strategy<Value = Inventory> {
                         services.push(copy);
                     }
                 }
-                Inventory {
-                    services,
-                    endpoint_slices: slices
-                        .into_iter()
-                        .zip(keep_slice)
-                        .filter_map(|(s, keep)| keep.then_some(s))
-                        .collect(),
-                    nodes: nodes.into_iter().collect(),
-                }
+                let slices: Vec<EndpointSlice> = slices
+                    .into_iter()
+                    .zip(keep_slice)
+                    .filter_map(|(s, keep)| keep.then_some(s))
+                    .collect();
+                Inventory::from_objects(&services, &slices, &nodes)
             },
         )
 }
@@ -399,7 +397,7 @@ fn addresses_on(inventory: &Inventory, node: &str) -> BTreeSet<IpAddr> {
         .iter()
         .flat_map(|s| &s.endpoints)
         .filter(|ep| ep.node_name.as_deref() == Some(node))
-        .filter_map(|ep| ep.addresses.first()?.parse().ok())
+        .filter_map(model::Endpoint::ip)
         .collect()
 }
 
@@ -408,7 +406,7 @@ fn all_endpoint_addresses(inventory: &Inventory) -> BTreeSet<IpAddr> {
         .endpoint_slices
         .iter()
         .flat_map(|s| &s.endpoints)
-        .filter_map(|ep| ep.addresses.first()?.parse().ok())
+        .filter_map(model::Endpoint::ip)
         .collect()
 }
 
@@ -416,13 +414,8 @@ fn itp_local_services(inventory: &Inventory) -> BTreeSet<String> {
     inventory
         .services
         .iter()
-        .filter(|s| {
-            s.spec
-                .as_ref()
-                .and_then(|spec| spec.internal_traffic_policy.as_deref())
-                == Some("Local")
-        })
-        .filter_map(|s| s.metadata.name.clone())
+        .filter(|s| s.internal_traffic_local())
+        .filter_map(|s| Some(s.name.as_deref()?.to_owned()))
         .collect()
 }
 
@@ -507,8 +500,11 @@ proptest! {
                 .iter()
                 .map(|slice| {
                     let slice = slice.clone();
-                    Just(slice.endpoints.clone()).prop_shuffle().prop_map(move |endpoints| {
-                        EndpointSlice { endpoints, ..slice.clone() }
+                    Just(slice.endpoints.to_vec()).prop_shuffle().prop_map(move |endpoints| {
+                        Arc::new(model::EndpointSlice {
+                            endpoints: endpoints.into(),
+                            ..(*slice).clone()
+                        })
                     })
                 })
                 .collect();
@@ -582,10 +578,11 @@ fn the_generator_produces_interesting_plans() {
 }
 
 /// Each Service's objects: its Service objects and its labelled slices.
-type Groups = BTreeMap<lbctl::plan::ServiceRef, (Vec<Service>, Vec<EndpointSlice>)>;
+type Groups =
+    BTreeMap<lbctl::plan::ServiceRef, (Vec<Arc<model::Service>>, Vec<Arc<model::EndpointSlice>>)>;
 
 /// The objects of each Service, and the slices of no Service.
-fn by_service(inventory: &Inventory) -> (Groups, Vec<EndpointSlice>) {
+fn by_service(inventory: &Inventory) -> (Groups, Vec<Arc<model::EndpointSlice>>) {
     let mut groups = Groups::new();
     for svc in &inventory.services {
         groups

@@ -77,9 +77,10 @@ fn deleting_the_local_pods_makes_quote_local_refuse_on_that_node_only() {
     // fail": connection refused, not a detour to kind-worker2.
     let mut inventory = fixture();
     for slice in &mut inventory.endpoint_slices {
-        slice
-            .endpoints
-            .retain(|ep| ep.node_name.as_deref() != Some("kind-worker"));
+        let slice = std::sync::Arc::make_mut(slice);
+        let mut endpoints = slice.endpoints.to_vec();
+        endpoints.retain(|ep| ep.node_name.as_deref() != Some("kind-worker"));
+        slice.endpoints = endpoints.into();
     }
     let on_worker = plan(&inventory, &NodeContext::new("kind-worker"));
     assert_eq!(
@@ -102,12 +103,11 @@ fn deleting_the_local_pods_makes_quote_local_refuse_on_that_node_only() {
 fn a_terminating_local_pod_still_serves_quote_local_until_it_is_gone() {
     let mut inventory = fixture();
     for slice in &mut inventory.endpoint_slices {
-        for ep in &mut slice.endpoints {
+        for ep in &mut std::sync::Arc::make_mut(slice).endpoints {
             if ep.node_name.as_deref() == Some("kind-worker") {
-                let conditions = ep.conditions.get_or_insert_with(Default::default);
-                conditions.ready = Some(false);
-                conditions.serving = Some(true);
-                conditions.terminating = Some(true);
+                ep.conditions.ready = false;
+                ep.conditions.serving = true;
+                ep.conditions.terminating = true;
             }
         }
     }

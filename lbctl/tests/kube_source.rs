@@ -88,31 +88,43 @@ fn node(name: &str, zone: &str) -> Node {
     }
 }
 
-fn names<K: kube::Resource>(objects: &[K]) -> Vec<String> {
-    objects
-        .iter()
-        .map(|o| {
-            format!(
-                "{}/{}",
-                o.meta().namespace.as_deref().unwrap_or(""),
-                o.meta().name.as_deref().unwrap_or("")
-            )
-        })
-        .collect()
+/// `namespace/name` of converted objects (Nodes have no namespace).
+trait Named {
+    fn namespaced_name(&self) -> String;
 }
 
-/// (namespace/name, resourceVersion) of every object: equal fingerprints mean equal content.
+impl Named for lbctl::model::Service {
+    fn namespaced_name(&self) -> String {
+        format!("{}/{}", self.namespace, self.name())
+    }
+}
+
+impl Named for lbctl::model::EndpointSlice {
+    fn namespaced_name(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+impl Named for lbctl::model::Node {
+    fn namespaced_name(&self) -> String {
+        format!("/{}", self.name.as_deref().unwrap_or(""))
+    }
+}
+
+fn names<K: Named>(objects: &[std::sync::Arc<K>]) -> Vec<String> {
+    objects.iter().map(|o| o.namespaced_name()).collect()
+}
+
+/// (namespace/name, content) of every object: equal fingerprints mean equal content.
 fn fingerprint(inv: &Inventory) -> Vec<(String, String)> {
-    fn of<K: kube::Resource>(objects: &[K], out: &mut Vec<(String, String)>) {
+    fn of<K: Named + std::fmt::Debug>(
+        objects: &[std::sync::Arc<K>],
+        out: &mut Vec<(String, String)>,
+    ) {
         for o in objects {
             out.push((
-                format!(
-                    "{}/{}/{}",
-                    std::any::type_name::<K>(),
-                    o.meta().namespace.as_deref().unwrap_or(""),
-                    o.meta().name.as_deref().unwrap_or("")
-                ),
-                o.meta().resource_version.clone().unwrap_or_default(),
+                format!("{}/{}", std::any::type_name::<K>(), o.namespaced_name()),
+                format!("{o:?}"),
             ));
         }
     }
@@ -241,13 +253,13 @@ async fn synced_only_after_all_three_initial_lists() {
     assert_eq!(names(&inv.nodes), ["/node-a"]);
     let web = &inv.endpoint_slices[0];
     assert_eq!(web.endpoints.len(), 2);
-    assert_eq!(web.endpoints[1].addresses, ["10.244.2.7"]);
+    assert_eq!(web.endpoints[1].ip(), Some("10.244.2.7".parse().unwrap()));
     assert_eq!(
         inv.services[0]
             .spec
             .as_ref()
-            .and_then(|s| s.cluster_ip.as_deref()),
-        Some("10.96.0.10")
+            .and_then(|s| s.cluster_ips.first()),
+        Some(&lbctl::model::Address::Ip("10.96.0.10".parse().unwrap()))
     );
 
     // 7 services in pages of 2: 4 list requests, the later ones with a continue token.
@@ -309,12 +321,12 @@ async fn add_modify_delete_are_reflected_and_signalled() {
         let api_port = inv
             .services
             .iter()
-            .find(|svc| svc.metadata.name.as_deref() == Some("api"))
-            .and_then(|svc| svc.spec.as_ref()?.ports.as_ref()?.first().map(|p| p.port));
+            .find(|svc| svc.name.as_deref() == Some("api"))
+            .and_then(|svc| svc.spec.as_ref()?.ports.first().map(|p| p.port));
         let web_endpoints = inv
             .endpoint_slices
             .iter()
-            .find(|es| es.metadata.name.as_deref() == Some("web-abc"))
+            .find(|es| &*es.name == "web-abc")
             .map(|es| es.endpoints.len());
         api_port == Some(8443) && web_endpoints == Some(3)
     })
@@ -372,16 +384,9 @@ async fn expired_resource_version_relists_and_converges() {
         let inv = s.snapshot();
         names(&inv.services) == ["default/new", "default/web"]
             && inv.endpoint_slices.iter().any(|es| {
-                es.endpoints.first().map(|e| e.addresses.as_slice())
-                    == Some(&["10.244.9.9".to_string()][..])
+                es.endpoints.first().and_then(|e| e.ip()) == Some("10.244.9.9".parse().unwrap())
             })
-            && inv.nodes.first().and_then(|n| {
-                n.metadata
-                    .labels
-                    .as_ref()?
-                    .get("topology.kubernetes.io/zone")
-                    .cloned()
-            }) == Some("zone-9".to_string())
+            && inv.nodes.first().and_then(|n| n.zone.as_deref()) == Some("zone-9")
     })
     .await;
     wait_until(&source, "reconnected", |s| s.state().connected).await;
@@ -517,13 +522,11 @@ async fn node_watch_is_limited_to_this_node() {
     server.apply(&node("node-d", "zone-4"));
     server.apply(&node("node-b", "zone-5"));
     wait_until(&source, "own node modified", |s| {
-        s.snapshot().nodes.first().and_then(|n| {
-            n.metadata
-                .labels
-                .as_ref()?
-                .get("topology.kubernetes.io/zone")
-                .cloned()
-        }) == Some("zone-5".to_string())
+        s.snapshot()
+            .nodes
+            .first()
+            .and_then(|n| Some(n.zone.as_deref()?.to_owned()))
+            == Some("zone-5".to_string())
     })
     .await;
     assert_eq!(names(&source.snapshot().nodes), ["/node-b"]);
@@ -782,19 +785,6 @@ async fn changes_name_the_services_they_touch_and_carry_only_their_objects() {
     .await;
 }
 
-fn stored_names<K: kube::Resource>(objects: &[std::sync::Arc<K>]) -> Vec<String> {
-    objects
-        .iter()
-        .map(|o| {
-            format!(
-                "{}/{}",
-                o.meta().namespace.as_deref().unwrap_or(""),
-                o.meta().name.as_deref().unwrap_or("")
-            )
-        })
-        .collect()
-}
-
 /// The same stored objects, one for one (not copies of them).
 fn shared<T>(a: &[std::sync::Arc<T>], b: &[std::sync::Arc<T>]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| std::sync::Arc::ptr_eq(x, y))
@@ -808,46 +798,42 @@ async fn reads_share_the_stored_objects_and_a_relist_replaces_them_whole() {
     let (source, _rx) = synced(&server, "node-a").await;
 
     // Two snapshots and the first take hand out the very objects the stores hold.
-    let first = source.stored_snapshot();
-    let second = source.stored_snapshot();
+    let first = source.snapshot();
+    let second = source.snapshot();
     assert_eq!(
-        stored_names(&first.services),
+        names(&first.services),
         ["default/web", "kube-system/dns"]
     );
     assert_eq!(
-        stored_names(&first.endpoint_slices),
+        names(&first.endpoint_slices),
         ["default/web-abc", "kube-system/dns-xyz"]
     );
-    assert_eq!(stored_names(&first.nodes), ["/node-a"]);
+    assert_eq!(names(&first.nodes), ["/node-a"]);
     assert!(shared(&first.services, &second.services));
     assert!(shared(&first.endpoint_slices, &second.endpoint_slices));
     assert!(shared(&first.nodes, &second.nodes));
-    let (dirty, taken) = source.take_stored_changes();
+    let (dirty, taken) = source.take_changes();
     assert_eq!(dirty, Dirty::All);
     assert!(shared(&taken.services, &first.services));
     assert!(shared(&taken.endpoint_slices, &first.endpoint_slices));
     assert!(shared(&taken.nodes, &first.nodes));
-    // The Inventory is a copy of those same objects.
-    assert_eq!(
-        fingerprint(&source.snapshot()),
-        fingerprint(&lbctl::source::kube::into_inventory(first.clone()))
-    );
+    assert_eq!(fingerprint(&taken), fingerprint(&first));
 
     // An apply of an existing object replaces that object and only it.
     server.apply(&service("default", "web", "10.96.0.10", 8080));
-    let port = |objects: &lbctl::source::kube::StoredObjects| {
+    let port = |objects: &Inventory| {
         objects.services[0]
             .spec
             .as_ref()
-            .and_then(|s| s.ports.as_ref()?.first().map(|p| p.port))
+            .and_then(|s| s.ports.first().map(|p| p.port))
     };
     wait_until(&source, "web modified", |s| {
-        port(&s.stored_snapshot()) == Some(8080)
+        port(&s.snapshot()) == Some(8080)
     })
     .await;
-    let third = source.stored_snapshot();
+    let third = source.snapshot();
     assert_eq!(
-        stored_names(&third.services),
+        names(&third.services),
         ["default/web", "kube-system/dns"]
     );
     assert_eq!(stats_of(&source, WatchedResource::Services).objects, 2);
@@ -855,7 +841,7 @@ async fn reads_share_the_stored_objects_and_a_relist_replaces_them_whole() {
     assert!(Arc::ptr_eq(&third.services[1], &first.services[1]), "dns");
     assert!(shared(&third.endpoint_slices, &first.endpoint_slices));
     let web = BTreeSet::from([svc_ref("default", "web")]);
-    let of_web = source.stored_objects_of(&web);
+    let of_web = source.objects_of(&web);
     assert!(shared(&of_web.services, &third.services[..1]));
     assert!(shared(&of_web.endpoint_slices, &third.endpoint_slices[..1]));
     assert!(shared(&of_web.nodes, &third.nodes));
@@ -875,28 +861,28 @@ async fn reads_share_the_stored_objects_and_a_relist_replaces_them_whole() {
     server.fail_with(None);
     // A list request waiting means its watcher has started the relist (`Init`).
     wait_until(&source, "Services relisted, slices listing", |s| {
-        stored_names(&s.stored_snapshot().services) == ["default/api", "default/web"]
+        names(&s.snapshot().services) == ["default/api", "default/web"]
             && server.lists_waiting(Kind::EndpointSlice) == 1
     })
     .await;
-    let during = source.stored_snapshot();
+    let during = source.snapshot();
     assert!(
         shared(&during.endpoint_slices, &first.endpoint_slices),
         "a held relist leaves the old slices in place: {:?}",
-        stored_names(&during.endpoint_slices)
+        names(&during.endpoint_slices)
     );
     assert_eq!(
         stats_of(&source, WatchedResource::EndpointSlices).objects,
         2
     );
     assert_eq!(
-        stored_names(&source.stored_objects_of(&web).endpoint_slices),
+        names(&source.objects_of(&web).endpoint_slices),
         ["default/web-abc"],
         "ownership changes with the listed set, not before"
     );
     server.hold_lists(Kind::EndpointSlice, false);
     wait_until(&source, "slices relisted", |s| {
-        stored_names(&s.stored_snapshot().endpoint_slices) == ["default/web-abc"]
+        names(&s.snapshot().endpoint_slices) == ["default/web-abc"]
     })
     .await;
     assert_eq!(
@@ -905,14 +891,14 @@ async fn reads_share_the_stored_objects_and_a_relist_replaces_them_whole() {
     );
     assert!(stats_of(&source, WatchedResource::EndpointSlices).lists >= 2);
     // The relabelled slice now belongs to api; dns has nothing left.
-    assert!(source.stored_objects_of(&web).endpoint_slices.is_empty());
-    let api = source.stored_objects_of(&BTreeSet::from([svc_ref("default", "api")]));
-    assert_eq!(stored_names(&api.services), ["default/api"]);
-    assert_eq!(stored_names(&api.endpoint_slices), ["default/web-abc"]);
-    let dns = source.stored_objects_of(&BTreeSet::from([svc_ref("kube-system", "dns")]));
+    assert!(source.objects_of(&web).endpoint_slices.is_empty());
+    let api = source.objects_of(&BTreeSet::from([svc_ref("default", "api")]));
+    assert_eq!(names(&api.services), ["default/api"]);
+    assert_eq!(names(&api.endpoint_slices), ["default/web-abc"]);
+    let dns = source.objects_of(&BTreeSet::from([svc_ref("kube-system", "dns")]));
     assert!(dns.services.is_empty() && dns.endpoint_slices.is_empty());
     wait_until(&source, "relist marked everything", |s| {
-        matches!(s.take_stored_changes(), (Dirty::All, _))
+        matches!(s.take_changes(), (Dirty::All, _))
     })
     .await;
 }

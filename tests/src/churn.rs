@@ -107,8 +107,8 @@ impl Cluster {
                 "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
                 "endpoints": endpoints
             }))?;
-            inv.services.push(service);
-            inv.endpoint_slices.push(slice);
+            inv.services.push(Arc::new((&service).into()));
+            inv.endpoint_slices.push(Arc::new((&slice).into()));
         }
         Ok(inv)
     }

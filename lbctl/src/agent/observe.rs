@@ -7,25 +7,18 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
+    sync::Arc,
     time::SystemTime,
-};
-
-use k8s_openapi::{
-    api::{core::v1::Service, discovery::v1::EndpointSlice},
-    jiff::Timestamp,
 };
 
 use crate::{
     datapath::FrontendKey,
-    engine::SERVICE_NAME_LABEL,
     metrics::TrafficPolicy,
-    model::Inventory,
+    model::{AddressType, Conditions, EndpointSlice, Inventory, Service},
     plan::{Frontend, FrontendKind, Plan, Protocol, ServiceRef},
 };
 
-/// The annotation the EndpointSlice controller sets to the time of the change (pod, service)
-/// that triggered the slice's last update.
-pub const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+pub use crate::model::TRIGGER_TIME_ANNOTATION;
 
 /// Why a frontend has no backend.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -180,24 +173,14 @@ impl Refusals {
 
 /// Whether an endpoint may receive connects: ready (or unset), or serving while terminating
 /// (the fallback when nothing is ready).
-fn usable(conditions: Option<&k8s_openapi::api::discovery::v1::EndpointConditions>) -> bool {
-    let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
-    let serving = conditions.and_then(|c| c.serving).unwrap_or(true);
-    let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
-    ready || (serving && terminating)
-}
-
-fn namespace_of(namespace: Option<&String>) -> &str {
-    match namespace.map(String::as_str) {
-        Some(ns) if !ns.is_empty() => ns,
-        _ => "default",
-    }
+fn usable(conditions: Conditions) -> bool {
+    conditions.ready || conditions.serving_terminating()
 }
 
 fn slice_family_matches(slice: &EndpointSlice, address: IpAddr) -> bool {
-    match slice.address_type.as_str() {
-        "IPv4" => address.is_ipv4(),
-        "IPv6" => address.is_ipv6(),
+    match slice.address_type {
+        AddressType::IPv4 => address.is_ipv4(),
+        AddressType::IPv6 => address.is_ipv6(),
         _ => false,
     }
 }
@@ -217,22 +200,15 @@ impl<'a> Index<'a> {
     fn new(inventory: &'a Inventory) -> Self {
         let mut services = HashMap::new();
         for svc in &inventory.services {
-            if let Some(name) = svc.metadata.name.as_deref() {
-                services
-                    .entry((namespace_of(svc.metadata.namespace.as_ref()), name))
-                    .or_insert(svc);
+            if let Some(name) = svc.name.as_deref() {
+                services.entry((&*svc.namespace, name)).or_insert(&**svc);
             }
         }
         let mut slices: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
         for slice in &inventory.endpoint_slices {
-            if let Some(service) = slice
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(SERVICE_NAME_LABEL))
-            {
+            if let Some(service) = slice.service_name.as_deref() {
                 slices
-                    .entry((namespace_of(slice.metadata.namespace.as_ref()), service))
+                    .entry((&*slice.namespace, service))
                     .or_default()
                     .push(slice);
             }
@@ -267,10 +243,7 @@ fn explain_from(
     node: &str,
 ) -> Refusal {
     let local = frontend.kind == FrontendKind::ClusterIP
-        && service
-            .and_then(|svc| svc.spec.as_ref())
-            .and_then(|spec| spec.internal_traffic_policy.as_deref())
-            == Some("Local");
+        && service.is_some_and(Service::internal_traffic_local);
     let policy = if local {
         TrafficPolicy::Local
     } else {
@@ -286,9 +259,9 @@ fn explain_from(
     let with_port: Vec<&&EndpointSlice> = slices
         .iter()
         .filter(|slice| {
-            slice.ports.iter().flatten().any(|p| {
-                p.name.as_deref().unwrap_or("") == frontend.port_name
-                    && p.protocol.as_deref().unwrap_or("TCP") == protocol_name(frontend.protocol)
+            slice.ports.iter().any(|p| {
+                *p.name == *frontend.port_name
+                    && p.protocol.as_str() == protocol_name(frontend.protocol)
             })
         })
         .collect();
@@ -314,14 +287,11 @@ fn explain_from(
             "the Service's EndpointSlices list no {family} endpoint"
         ));
     }
-    let usable_anywhere = endpoints
-        .iter()
-        .filter(|ep| usable(ep.conditions.as_ref()))
-        .count();
+    let usable_anywhere = endpoints.iter().filter(|ep| usable(ep.conditions)).count();
     if local {
         let usable_here = endpoints
             .iter()
-            .filter(|ep| usable(ep.conditions.as_ref()) && ep.node_name.as_deref() == Some(node))
+            .filter(|ep| usable(ep.conditions) && ep.node_name.as_deref() == Some(node))
             .count();
         if usable_here == 0 {
             return refusal(format!(
@@ -391,7 +361,7 @@ impl TriggerTimes {
 
     /// Notes the trigger times of the slices in this snapshot. A slice that disappeared is
     /// forgotten (a deletion carries no new trigger time).
-    pub fn note(&mut self, slices: &[EndpointSlice]) {
+    pub fn note(&mut self, slices: &[Arc<EndpointSlice>]) {
         let mut seen = HashMap::with_capacity(slices.len());
         for slice in slices {
             seen.extend(self.note_slice(slice));
@@ -403,7 +373,7 @@ impl TriggerTimes {
     /// what was seen of the others. A deleted slice is forgotten by the next full
     /// [`TriggerTimes::note`] (the resync); until then its last trigger time is kept, which
     /// can only hide a change that carries the very same time.
-    pub fn note_changed(&mut self, slices: &[EndpointSlice]) {
+    pub fn note_changed(&mut self, slices: &[Arc<EndpointSlice>]) {
         for slice in slices {
             if let Some((key, trigger)) = self.note_slice(slice) {
                 self.seen.insert(key, trigger);
@@ -414,11 +384,8 @@ impl TriggerTimes {
     /// A slice's trigger time, pending when it is new since the agent started and differs
     /// from the one seen last; with the slice's key, to remember it by.
     fn note_slice(&mut self, slice: &EndpointSlice) -> Option<((String, String), SystemTime)> {
-        let trigger = trigger_time(slice)?;
-        let key = (
-            namespace_of(slice.metadata.namespace.as_ref()).to_owned(),
-            slice.metadata.name.clone().unwrap_or_default(),
-        );
+        let trigger = slice.trigger_time?;
+        let key = (slice.namespace.to_string(), slice.name.to_string());
         if self.seen.get(&key) != Some(&trigger) && trigger > self.started {
             self.pending.push(trigger);
         }
@@ -431,29 +398,14 @@ impl TriggerTimes {
     }
 }
 
-/// The slice's trigger time annotation (RFC 3339), when present and valid.
-pub fn trigger_time(slice: &EndpointSlice) -> Option<SystemTime> {
-    let value = slice
-        .metadata
-        .annotations
-        .as_ref()?
-        .get(TRIGGER_TIME_ANNOTATION)?;
-    system_time(value.parse().ok()?)
-}
-
-/// A timestamp as `SystemTime` (`None` before 1970: no trigger time is).
-fn system_time(at: Timestamp) -> Option<SystemTime> {
-    let seconds = u64::try_from(at.as_second()).ok()?;
-    let nanos = u32::try_from(at.subsec_nanosecond()).ok()?;
-    SystemTime::UNIX_EPOCH.checked_add(std::time::Duration::new(seconds, nanos))
-}
-
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::api::{core::v1 as core, discovery::v1 as discovery};
+
     use super::*;
 
-    fn slice(name: &str, trigger: Option<&str>) -> EndpointSlice {
-        let mut s = EndpointSlice::default();
+    fn slice(name: &str, trigger: Option<&str>) -> Arc<EndpointSlice> {
+        let mut s = discovery::EndpointSlice::default();
         s.metadata.name = Some(name.to_owned());
         s.metadata.namespace = Some("default".to_owned());
         if let Some(t) = trigger {
@@ -463,14 +415,14 @@ mod tests {
                     .collect(),
             );
         }
-        s
+        Arc::new((&s).into())
     }
 
     fn at(rfc3339: &str) -> SystemTime {
-        system_time(rfc3339.parse().unwrap()).unwrap()
+        crate::model::system_time(rfc3339.parse().unwrap()).unwrap()
     }
 
-    fn service(itp: &str) -> Service {
+    fn service(itp: &str) -> core::Service {
         serde_json::from_value(serde_json::json!({
             "metadata": {"name": "web", "namespace": "shop"},
             "spec": {"clusterIP": "10.96.0.10", "internalTrafficPolicy": itp,
@@ -479,7 +431,7 @@ mod tests {
         .unwrap()
     }
 
-    fn endpoint_slice(port_name: &str, endpoints: serde_json::Value) -> EndpointSlice {
+    fn endpoint_slice(port_name: &str, endpoints: serde_json::Value) -> discovery::EndpointSlice {
         serde_json::from_value(serde_json::json!({
             "metadata": {"name": "web-1", "namespace": "shop",
                          "labels": {"kubernetes.io/service-name": "web"}},
@@ -506,12 +458,8 @@ mod tests {
         }
     }
 
-    fn explained(itp: &str, slices: Vec<EndpointSlice>, kind: FrontendKind) -> Refusal {
-        let inventory = Inventory {
-            services: vec![service(itp)],
-            endpoint_slices: slices,
-            nodes: vec![],
-        };
+    fn explained(itp: &str, slices: Vec<discovery::EndpointSlice>, kind: FrontendKind) -> Refusal {
+        let inventory = Inventory::from_objects([&service(itp)], &slices, []);
         explain(&refusing_frontend(kind), &inventory, "node-a")
     }
 

@@ -1,91 +1,36 @@
 //! Which endpoints a frontend may use: the Cluster set and the Local set (kube-proxy's
 //! `CategorizeEndpoints`).
-use std::{
-    collections::BTreeSet,
-    net::{IpAddr, SocketAddr},
-};
-
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointHints};
+use std::net::{IpAddr, SocketAddr};
 
 use super::{node::ThisNode, topology::TopologyFilter};
+pub(crate) use crate::model::Conditions;
+use crate::model::Endpoint;
 
-/// The conditions of an endpoint, with the API defaults applied.
+/// One endpoint of an EndpointSlice, validated: its (first) address parsed and of the slice's
+/// family. Ordered as the endpoint (address, conditions, node, hints).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) struct Conditions {
-    /// `ready` true or unset.
-    pub(crate) ready: bool,
-    /// `serving` true or unset.
-    pub(crate) serving: bool,
-    /// `terminating` true (unset is false).
-    pub(crate) terminating: bool,
-}
-
-impl Conditions {
-    pub(crate) fn from_api(conditions: Option<&EndpointConditions>) -> Self {
-        Conditions {
-            ready: conditions.and_then(|c| c.ready).unwrap_or(true),
-            serving: conditions.and_then(|c| c.serving).unwrap_or(true),
-            terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
-        }
-    }
-
-    /// Usable as a fallback when no endpoint is ready (graceful termination, KEP-1669).
-    pub(crate) fn serving_terminating(self) -> bool {
-        self.serving && self.terminating
-    }
-}
-
-/// The topology hints the EndpointSlice controller wrote on an endpoint (borrowed from it).
-#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) struct Hints<'a> {
-    pub(crate) for_nodes: BTreeSet<&'a str>,
-    pub(crate) for_zones: BTreeSet<&'a str>,
-}
-
-impl<'a> Hints<'a> {
-    pub(crate) fn from_api(hints: Option<&'a EndpointHints>) -> Self {
-        let Some(hints) = hints else {
-            return Hints::default();
-        };
-        Hints {
-            for_nodes: hints
-                .for_nodes
-                .iter()
-                .flatten()
-                .map(|h| h.name.as_str())
-                .collect(),
-            for_zones: hints
-                .for_zones
-                .iter()
-                .flatten()
-                .map(|h| h.name.as_str())
-                .collect(),
-        }
-    }
-}
-
-/// One endpoint of an EndpointSlice, validated: its (first) address parsed. Borrows its
-/// names from the object (planning a large cluster is mostly allocation otherwise).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct EndpointView<'a> {
     pub(crate) address: IpAddr,
-    pub(crate) conditions: Conditions,
-    pub(crate) node_name: Option<&'a str>,
-    pub(crate) hints: Hints<'a>,
+    pub(crate) endpoint: &'a Endpoint,
 }
 
 impl<'a> EndpointView<'a> {
-    pub(crate) fn new(address: IpAddr, endpoint: &'a Endpoint) -> Self {
-        EndpointView {
-            address,
-            conditions: Conditions::from_api(endpoint.conditions.as_ref()),
-            node_name: endpoint.node_name.as_deref(),
-            hints: Hints::from_api(endpoint.hints.as_ref()),
-        }
+    pub(crate) fn conditions(&self) -> Conditions {
+        self.endpoint.conditions
     }
 
     pub(crate) fn is_on(&self, node: &ThisNode) -> bool {
-        self.node_name == Some(node.name.as_str())
+        self.endpoint.node_name.as_deref() == Some(node.name.as_str())
+    }
+
+    /// `hints.forNodes`, sorted.
+    pub(crate) fn for_nodes(&self) -> &'a [std::sync::Arc<str>] {
+        self.endpoint.for_nodes()
+    }
+
+    /// `hints.forZones`, sorted.
+    pub(crate) fn for_zones(&self) -> &'a [std::sync::Arc<str>] {
+        self.endpoint.for_zones()
     }
 }
 
@@ -93,7 +38,7 @@ impl<'a> EndpointView<'a> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Candidate<'a> {
     pub(crate) backend: SocketAddr,
-    pub(crate) endpoint: &'a EndpointView<'a>,
+    pub(crate) endpoint: EndpointView<'a>,
 }
 
 /// The backends a frontend may use, sorted.
@@ -113,8 +58,8 @@ impl BackendSets {
         candidates.sort_by(|a, b| {
             a.backend
                 .cmp(&b.backend)
-                .then_with(|| usefulness(b.endpoint, node).cmp(&usefulness(a.endpoint, node)))
-                .then_with(|| a.endpoint.cmp(b.endpoint))
+                .then_with(|| usefulness(&b.endpoint, node).cmp(&usefulness(&a.endpoint, node)))
+                .then_with(|| a.endpoint.cmp(&b.endpoint))
         });
         candidates.dedup_by(|later, first| later.backend == first.backend);
 
@@ -122,18 +67,18 @@ impl BackendSets {
             candidates
                 .iter()
                 .map(|c| c.endpoint)
-                .filter(|ep| ep.conditions.ready),
+                .filter(|ep| ep.conditions().ready),
             node,
         );
         let cluster = first_non_empty(
             &candidates,
-            |ep| ep.conditions.ready && filter.keeps(ep),
-            |ep| ep.conditions.serving_terminating(),
+            |ep| ep.conditions().ready && filter.keeps(ep),
+            |ep| ep.conditions().serving_terminating(),
         );
         let local = first_non_empty(
             &candidates,
-            |ep| ep.is_on(node) && ep.conditions.ready,
-            |ep| ep.is_on(node) && ep.conditions.serving_terminating(),
+            |ep| ep.is_on(node) && ep.conditions().ready,
+            |ep| ep.is_on(node) && ep.conditions().serving_terminating(),
         );
         BackendSets { cluster, local }
     }
@@ -142,8 +87,8 @@ impl BackendSets {
 /// Ranks copies of the same backend: higher is more useful.
 fn usefulness(ep: &EndpointView<'_>, node: &ThisNode) -> (bool, bool, bool) {
     (
-        ep.conditions.ready,
-        ep.conditions.serving_terminating(),
+        ep.conditions().ready,
+        ep.conditions().serving_terminating(),
         ep.is_on(node),
     )
 }
@@ -158,7 +103,7 @@ fn first_non_empty(
     let select = |keep: &dyn Fn(&EndpointView<'_>) -> bool| -> Vec<SocketAddr> {
         candidates
             .iter()
-            .filter(|c| keep(c.endpoint))
+            .filter(|c| keep(&c.endpoint))
             .map(|c| c.backend)
             .collect()
     };
@@ -198,25 +143,48 @@ pub(crate) mod tests {
         terminating: true,
     };
 
-    /// An endpoint on `node` ("" for none), without hints.
-    pub(crate) fn ep<'a>(address: &str, node: &'a str, conditions: Conditions) -> EndpointView<'a> {
-        EndpointView {
-            address: address.parse().expect("test address"),
+    use crate::model::{EndpointAddress, Hints};
+
+    /// An endpoint on `node` ("" for none), without hints. Leaked: a test's endpoints live as
+    /// long as the test.
+    pub(crate) fn ep(address: &str, node: &str, conditions: Conditions) -> EndpointView<'static> {
+        let address: IpAddr = address.parse().expect("test address");
+        view(Endpoint {
+            address: EndpointAddress::Ip(address),
             conditions,
-            node_name: (!node.is_empty()).then_some(node),
-            hints: Hints::default(),
+            node_name: (!node.is_empty()).then(|| node.into()),
+            hints: None,
+        })
+    }
+
+    fn view(endpoint: Endpoint) -> EndpointView<'static> {
+        let endpoint: &'static Endpoint = Box::leak(Box::new(endpoint));
+        EndpointView {
+            address: endpoint.ip().expect("test address"),
+            endpoint,
         }
     }
 
-    impl<'a> EndpointView<'a> {
-        pub(crate) fn for_zones(mut self, zones: &[&'a str]) -> Self {
-            self.hints.for_zones = zones.iter().copied().collect();
-            self
+    fn names(names: &[&str]) -> Box<[std::sync::Arc<str>]> {
+        let mut names: Vec<std::sync::Arc<str>> = names.iter().map(|n| (*n).into()).collect();
+        names.sort();
+        names.dedup();
+        names.into()
+    }
+
+    impl EndpointView<'static> {
+        pub(crate) fn with_zones(self, zones: &[&str]) -> Self {
+            let mut endpoint = self.endpoint.clone();
+            let hints = endpoint.hints.get_or_insert_with(Box::<Hints>::default);
+            hints.for_zones = names(zones);
+            view(endpoint)
         }
 
-        pub(crate) fn for_nodes(mut self, nodes: &[&'a str]) -> Self {
-            self.hints.for_nodes = nodes.iter().copied().collect();
-            self
+        pub(crate) fn with_nodes(self, nodes: &[&str]) -> Self {
+            let mut endpoint = self.endpoint.clone();
+            let hints = endpoint.hints.get_or_insert_with(Box::<Hints>::default);
+            hints.for_nodes = names(nodes);
+            view(endpoint)
         }
     }
 
@@ -327,10 +295,10 @@ pub(crate) mod tests {
                 ..row(
                     "zone hints filter the Cluster set only",
                     vec![
-                        ep("10.0.0.1", "w1", READY).for_zones(&["zone-a"]),
-                        ep("10.0.0.2", "w1", READY).for_zones(&["zone-b"]),
-                        ep("10.0.0.3", "w2", READY).for_zones(&["zone-a"]),
-                        ep("10.0.0.4", "w3", READY).for_zones(&["zone-b"]),
+                        ep("10.0.0.1", "w1", READY).with_zones(&["zone-a"]),
+                        ep("10.0.0.2", "w1", READY).with_zones(&["zone-b"]),
+                        ep("10.0.0.3", "w2", READY).with_zones(&["zone-a"]),
+                        ep("10.0.0.4", "w3", READY).with_zones(&["zone-b"]),
                     ],
                 )
             },
@@ -340,7 +308,7 @@ pub(crate) mod tests {
                 ..row(
                     "a ready endpoint without hints: no filtering",
                     vec![
-                        ep("10.0.0.1", "w1", READY).for_zones(&["zone-b"]),
+                        ep("10.0.0.1", "w1", READY).with_zones(&["zone-b"]),
                         ep("10.0.0.2", "w2", READY),
                     ],
                 )
@@ -352,8 +320,8 @@ pub(crate) mod tests {
                     "hints of endpoints that are not ready do not count (zone-b's is dropped)",
                     vec![
                         ep("10.0.0.1", "w2", NOT_READY),
-                        ep("10.0.0.2", "w2", READY).for_zones(&["zone-a"]),
-                        ep("10.0.0.3", "w3", READY).for_zones(&["zone-b"]),
+                        ep("10.0.0.2", "w2", READY).with_zones(&["zone-a"]),
+                        ep("10.0.0.3", "w3", READY).with_zones(&["zone-b"]),
                     ],
                 )
             },
@@ -384,7 +352,7 @@ pub(crate) mod tests {
                 .iter()
                 .map(|endpoint| Candidate {
                     backend: SocketAddr::new(endpoint.address, 80),
-                    endpoint,
+                    endpoint: *endpoint,
                 })
                 .collect();
             let sets = BackendSets::categorize(candidates, &row.node);
@@ -400,58 +368,6 @@ pub(crate) mod tests {
                 "{}: backend port",
                 row.name
             );
-        }
-    }
-
-    #[test]
-    fn conditions_from_the_api() {
-        use k8s_openapi::api::discovery::v1::EndpointConditions as Api;
-        let api = |ready, serving, terminating| Api {
-            ready,
-            serving,
-            terminating,
-        };
-        let rows: [(&str, Option<Api>, Conditions, bool); 6] = [
-            ("all unset: ready and serving", None, READY, false),
-            (
-                "empty conditions: the same",
-                Some(api(None, None, None)),
-                READY,
-                false,
-            ),
-            (
-                "ready false",
-                Some(api(Some(false), Some(false), None)),
-                NOT_READY,
-                false,
-            ),
-            (
-                "terminating, serving unset: serving",
-                Some(api(Some(false), None, Some(true))),
-                TERMINATING,
-                true,
-            ),
-            (
-                "terminating and not serving",
-                Some(api(Some(false), Some(false), Some(true))),
-                TERMINATING_NOT_SERVING,
-                false,
-            ),
-            (
-                "ready and terminating",
-                Some(api(Some(true), Some(true), Some(true))),
-                Conditions {
-                    ready: true,
-                    serving: true,
-                    terminating: true,
-                },
-                true,
-            ),
-        ];
-        for (name, api, expected, fallback) in rows {
-            let got = Conditions::from_api(api.as_ref());
-            assert_eq!(got, expected, "{name}");
-            assert_eq!(got.serving_terminating(), fallback, "{name}: fallback");
         }
     }
 }

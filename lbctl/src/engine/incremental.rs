@@ -17,13 +17,10 @@
 //! (they belong to no Service; their skip entries are refreshed by the next full plan).
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::{
-    api::{core::v1::Service, discovery::v1::EndpointSlice},
-    apimachinery::pkg::apis::meta::v1::Time,
-};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::{
-    NodeContext, SERVICE_NAME_LABEL,
+    NodeContext,
     claims::{lost_reason, sort_offer},
     node::ThisNode,
     report::{self, Report, service_object},
@@ -32,7 +29,7 @@ use super::{
     slices::SliceIndex,
 };
 use crate::{
-    model::Inventory,
+    model::{EndpointSlice, Inventory, Service},
     plan::{Frontend, FrontendKey, Plan, ServiceRef, Skipped},
 };
 
@@ -57,21 +54,15 @@ struct Entry {
 /// The Service an EndpointSlice belongs to, by its `kubernetes.io/service-name` label; `None`
 /// without one (the engine skips such a slice).
 pub fn slice_service(slice: &EndpointSlice) -> Option<ServiceRef> {
-    let name = slice
-        .metadata
-        .labels
-        .as_ref()?
-        .get(SERVICE_NAME_LABEL)
-        .filter(|name| !name.is_empty())?;
     Some(ServiceRef {
-        namespace: report::namespace_of(&slice.metadata),
-        name: name.clone(),
+        namespace: slice.namespace.to_string(),
+        name: slice.service()?.to_owned(),
     })
 }
 
 /// The Service ref of a Service object (namespace defaulted as the engine does).
 pub fn service_ref_of(svc: &Service) -> ServiceRef {
-    report::service_ref(&svc.metadata)
+    report::service_ref(svc)
 }
 
 /// The plan of one node, kept by Service so it can be updated by Service.
@@ -90,18 +81,32 @@ pub struct Planner {
     reporting: BTreeSet<ServiceRef>,
 }
 
-/// The objects of an inventory by Service: served Services and labelled slices.
-type Groups<'a> = BTreeMap<ServiceRef, (Vec<&'a Service>, Vec<&'a EndpointSlice>)>;
+/// The objects of an inventory by Service (namespace, name), borrowed: served Services and
+/// labelled slices. In `ServiceRef` order.
+type Groups<'a> = BTreeMap<(&'a str, &'a str), (Vec<&'a Service>, Vec<&'a EndpointSlice>)>;
 
 fn group<'a>(inventory: &'a Inventory, node: &NodeContext) -> (Groups<'a>, Vec<&'a EndpointSlice>) {
     let mut groups: Groups<'a> = BTreeMap::new();
-    for svc in inventory.services.iter().filter(|svc| node.serves(svc)) {
-        groups.entry(service_ref_of(svc)).or_default().0.push(svc);
+    for svc in inventory
+        .services
+        .iter()
+        .map(|svc| &**svc)
+        .filter(|svc| node.serves(svc))
+    {
+        groups
+            .entry((&*svc.namespace, svc.name()))
+            .or_default()
+            .0
+            .push(svc);
     }
     let mut unlabelled = Vec::new();
-    for slice in &inventory.endpoint_slices {
-        match slice_service(slice) {
-            Some(svc_ref) => groups.entry(svc_ref).or_default().1.push(slice),
+    for slice in inventory.endpoint_slices.iter().map(|slice| &**slice) {
+        match slice.service() {
+            Some(name) => groups
+                .entry((&*slice.namespace, name))
+                .or_default()
+                .1
+                .push(slice),
             None => unlabelled.push(slice),
         }
     }
@@ -126,7 +131,11 @@ impl Planner {
             reporting: BTreeSet::new(),
         };
         let mut affected = BTreeSet::new();
-        for (svc_ref, (services, slices)) in groups {
+        for ((namespace, name), (services, slices)) in groups {
+            let svc_ref = ServiceRef {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            };
             planner.plan_one(svc_ref, services, slices, &mut affected);
         }
         planner
@@ -144,7 +153,9 @@ impl Planner {
         let (mut groups, _) = group(inventory, &self.node);
         for svc_ref in dirty {
             self.remove(svc_ref, &mut affected);
-            let (services, slices) = groups.remove(svc_ref).unwrap_or_default();
+            let (services, slices) = groups
+                .remove(&(svc_ref.namespace.as_str(), svc_ref.name.as_str()))
+                .unwrap_or_default();
             self.plan_one(svc_ref.clone(), services, slices, &mut affected);
         }
         affected
@@ -227,7 +238,7 @@ impl Planner {
         let chosen = services_in_claim_order(services.into_iter(), &mut report);
         let mut entry = Entry::default();
         if let Some(svc) = chosen.first() {
-            let time = svc.metadata.creation_timestamp.clone();
+            let time = svc.creation_timestamp.clone();
             let order: ClaimOrder = (time.is_none(), time, svc_ref.clone());
             let mut frontends = plan_service(svc, &index, &self.this_node, &mut report);
             sort_offer(&mut frontends);

@@ -13,23 +13,13 @@ mod service;
 mod slices;
 mod topology;
 
-use std::collections::BTreeMap;
-
-use k8s_openapi::api::core::v1::Service;
-
 use crate::{
-    model::Inventory,
+    model::{Inventory, Service},
     plan::{Plan, ServiceRef},
 };
 
+pub use crate::model::{SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL, ZONE_LABEL};
 pub use incremental::{Planner, service_ref_of, slice_service};
-pub use node::ZONE_LABEL;
-pub use slices::SERVICE_NAME_LABEL;
-
-/// The label by which a Service names the proxy that serves it (kube-proxy's
-/// `LabelServiceProxyName`): Services that carry it belong to another proxy, unless its value
-/// is this proxy's [`NodeContext::service_proxy_name`].
-pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
 
 /// Which node the plan is for, and which Services this proxy serves there.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -66,12 +56,7 @@ impl NodeContext {
     /// Whether this proxy serves `svc`, by its [`SERVICE_PROXY_NAME_LABEL`] label. A Service
     /// this proxy does not serve is left out silently, as kube-proxy never even sees it.
     pub fn serves(&self, svc: &Service) -> bool {
-        let label = svc
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|labels| labels.get(SERVICE_PROXY_NAME_LABEL));
-        label == self.service_proxy_name.as_ref()
+        svc.service_proxy_name.as_deref() == self.service_proxy_name.as_deref()
     }
 }
 
@@ -79,9 +64,16 @@ impl NodeContext {
 pub fn plan(inventory: &Inventory, node: &NodeContext) -> Plan {
     let mut report = report::Report::default();
     let this_node = node::ThisNode::resolve(&inventory.nodes, node, &mut report);
-    let slices = slices::SliceIndex::build(&inventory.endpoint_slices, &mut report);
+    let slices = slices::SliceIndex::build(
+        inventory.endpoint_slices.iter().map(|slice| &**slice),
+        &mut report,
+    );
     let mut claims = claims::Claims::default();
-    let served = inventory.services.iter().filter(|svc| node.serves(svc));
+    let served = inventory
+        .services
+        .iter()
+        .map(|svc| &**svc)
+        .filter(|svc| node.serves(svc));
     for svc in services_in_claim_order(served, &mut report) {
         let frontends = service::plan_service(svc, &slices, &this_node, &mut report);
         claims.offer(frontends, &mut report);
@@ -104,19 +96,17 @@ fn services_in_claim_order<'a>(
     report: &mut report::Report,
 ) -> Vec<&'a Service> {
     // Keyed by borrowed (namespace, name): the same order as `ServiceRef`, without copying
-    // two strings per Service.
-    let mut by_ref: BTreeMap<(&str, &str), Vec<&Service>> = BTreeMap::new();
-    for svc in services {
-        let name = svc.metadata.name.as_deref().unwrap_or_default();
-        by_ref
-            .entry((report::namespace_str(&svc.metadata), name))
-            .or_default()
-            .push(svc);
-    }
-    let mut unique: Vec<((&str, &str), &Service)> = by_ref
-        .into_iter()
-        .filter_map(|(svc_ref, copies)| {
-            let chosen = report::pick_canonical(copies, || {
+    // two strings per Service; copies of one Service end up adjacent.
+    let mut all: Vec<((&str, &str), &Service)> = services
+        .map(|svc| ((&*svc.namespace, svc.name()), svc))
+        .collect();
+    all.sort_unstable_by_key(|(a, _)| *a);
+    let mut unique: Vec<((&str, &str), &Service)> = Vec::with_capacity(all.len());
+    for copies in all.chunk_by(|(a, _), (b, _)| a == b) {
+        let svc_ref = copies[0].0;
+        let chosen = match copies {
+            [(_, only)] => Some(*only),
+            _ => report::pick_canonical(copies.iter().map(|(_, svc)| *svc).collect(), || {
                 let (namespace, name) = svc_ref;
                 report.skip(
                     report::service_object(&ServiceRef {
@@ -126,13 +116,13 @@ fn services_in_claim_order<'a>(
                     "several different objects with this namespace/name; the one that sorts \
                      first as JSON was used",
                 )
-            })?;
-            Some((svc_ref, chosen))
-        })
-        .collect();
+            }),
+        };
+        unique.extend(chosen.map(|svc| (svc_ref, svc)));
+    }
     unique.sort_by(|(a_ref, a), (b_ref, b)| {
-        let a_time = a.metadata.creation_timestamp.as_ref();
-        let b_time = b.metadata.creation_timestamp.as_ref();
+        let a_time = a.creation_timestamp.as_ref();
+        let b_time = b.creation_timestamp.as_ref();
         a_time
             .is_none()
             .cmp(&b_time.is_none())
@@ -146,27 +136,30 @@ fn services_in_claim_order<'a>(
 mod tests {
     use std::collections::BTreeMap;
 
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use k8s_openapi::{api::core::v1 as k8s, apimachinery::pkg::apis::meta::v1::ObjectMeta};
 
     use super::*;
 
     #[test]
     fn which_services_a_proxy_serves() {
-        let labelled = |value: Option<&str>| Service {
-            metadata: ObjectMeta {
-                labels: value
-                    .map(|v| BTreeMap::from([(SERVICE_PROXY_NAME_LABEL.to_owned(), v.to_owned())])),
-                ..ObjectMeta::default()
-            },
-            ..Service::default()
+        let labelled = |value: Option<&str>| {
+            Service::from(&k8s::Service {
+                metadata: ObjectMeta {
+                    labels: value.map(|v| {
+                        BTreeMap::from([(SERVICE_PROXY_NAME_LABEL.to_owned(), v.to_owned())])
+                    }),
+                    ..ObjectMeta::default()
+                },
+                ..k8s::Service::default()
+            })
         };
-        let unlabelled_but_other = Service {
+        let unlabelled_but_other = Service::from(&k8s::Service {
             metadata: ObjectMeta {
                 labels: Some(BTreeMap::from([("app".to_owned(), "web".to_owned())])),
                 ..ObjectMeta::default()
             },
-            ..Service::default()
-        };
+            ..k8s::Service::default()
+        });
         let default = NodeContext::new("w1");
         let named = NodeContext::new("w1").with_service_proxy_name("lbctl");
         let rows = [

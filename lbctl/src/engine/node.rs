@@ -1,18 +1,14 @@
 //! This node: its name, zone and the addresses its NodePorts listen on.
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::Node;
+use std::sync::Arc;
+
+use crate::model::{Address, Node};
 
 use super::{
     NodeContext,
     report::{Report, node_object, pick_canonical},
 };
-
-/// The Node label the zone hints are matched against.
-pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
-
-/// Node address types NodePort frontends are planned for.
-const NODE_PORT_ADDRESS_TYPES: [&str; 2] = ["InternalIP", "ExternalIP"];
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct ThisNode {
@@ -24,10 +20,11 @@ pub(crate) struct ThisNode {
 }
 
 impl ThisNode {
-    pub(crate) fn resolve(nodes: &[Node], ctx: &NodeContext, report: &mut Report) -> ThisNode {
+    pub(crate) fn resolve(nodes: &[Arc<Node>], ctx: &NodeContext, report: &mut Report) -> ThisNode {
         let copies: Vec<&Node> = nodes
             .iter()
-            .filter(|n| n.metadata.name.as_deref() == Some(ctx.name.as_str()))
+            .map(|n| &**n)
+            .filter(|n| n.name.as_deref() == Some(ctx.name.as_str()))
             .collect();
         let node = pick_canonical(copies, || {
             report.skip(
@@ -36,7 +33,7 @@ impl ThisNode {
                  JSON was used",
             )
         });
-        let label_zone = node.and_then(|n| n.metadata.labels.as_ref()?.get(ZONE_LABEL).cloned());
+        let label_zone = node.and_then(|n| Some(n.zone.as_deref()?.to_owned()));
         let zone = ctx
             .zone
             .clone()
@@ -64,24 +61,13 @@ impl ThisNode {
 }
 
 fn node_port_addresses(node: &Node, name: &str, report: &mut Report) -> Vec<IpAddr> {
-    let listed = node
-        .status
-        .as_ref()
-        .and_then(|status| status.addresses.as_deref())
-        .unwrap_or_default();
     let mut addresses = Vec::new();
-    for addr in listed {
-        if !NODE_PORT_ADDRESS_TYPES.contains(&addr.type_.as_str()) {
-            continue;
-        }
-        match addr.address.parse::<IpAddr>() {
-            Ok(ip) => addresses.push(ip),
-            Err(_) => report.skip(
+    for addr in &node.addresses {
+        match &addr.address {
+            Address::Ip(ip) => addresses.push(*ip),
+            Address::Invalid(text) => report.skip(
                 node_object(name),
-                format!(
-                    "address {:?} ({}): invalid IP address",
-                    addr.address, addr.type_
-                ),
+                format!("address {:?} ({}): invalid IP address", text, addr.type_),
             ),
         }
     }

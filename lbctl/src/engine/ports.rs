@@ -1,10 +1,8 @@
 //! Service ports, protocols, port numbers and address families.
 use std::{fmt, net::IpAddr};
 
-use k8s_openapi::api::core::v1::ServicePort;
-
 use super::report::Report;
-use crate::plan::Protocol;
+use crate::{model::ServicePort, plan::Protocol};
 
 /// An IP address family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -19,6 +17,41 @@ impl Family {
             IpAddr::V4(_) => Family::V4,
             IpAddr::V6(_) => Family::V6,
         }
+    }
+}
+
+/// A set of families (no allocation, unlike a `BTreeSet`); iterates IPv4 first.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Families {
+    v4: bool,
+    v6: bool,
+}
+
+impl Families {
+    pub(crate) fn contains(&self, family: &Family) -> bool {
+        match family {
+            Family::V4 => self.v4,
+            Family::V6 => self.v6,
+        }
+    }
+
+    pub(crate) fn iter(self) -> impl Iterator<Item = Family> {
+        [(self.v4, Family::V4), (self.v6, Family::V6)]
+            .into_iter()
+            .filter_map(|(present, family)| present.then_some(family))
+    }
+}
+
+impl FromIterator<Family> for Families {
+    fn from_iter<I: IntoIterator<Item = Family>>(families: I) -> Self {
+        let mut set = Families::default();
+        for family in families {
+            match family {
+                Family::V4 => set.v4 = true,
+                Family::V6 => set.v6 = true,
+            }
+        }
+        set
     }
 }
 
@@ -68,59 +101,68 @@ pub(crate) fn parse_port(number: i32) -> Result<u16, String> {
         .ok_or_else(|| format!("port {number} is out of range 1-65535"))
 }
 
-/// How a port is named in reasons: `port "http"`, or `port 80/TCP` when unnamed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct PortLabel(String);
+/// How a port is named in reasons: `port "http"`, or `port 80/TCP` when unnamed. Formatted
+/// only when a reason is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PortLabel<'a> {
+    name: &'a str,
+    number: Option<i32>,
+    protocol: Option<&'a str>,
+}
 
-impl PortLabel {
-    pub(crate) fn new(name: &str, number: Option<i32>, protocol: Option<&str>) -> Self {
-        PortLabel(match (name, number) {
-            ("", Some(number)) => format!("port {number}/{}", protocol.unwrap_or("TCP")),
-            ("", None) => "unnamed port".to_owned(),
-            (name, _) => format!("port {name:?}"),
-        })
+impl<'a> PortLabel<'a> {
+    pub(crate) fn new(name: &'a str, number: Option<i32>, protocol: Option<&'a str>) -> Self {
+        PortLabel {
+            name,
+            number,
+            protocol,
+        }
     }
 }
 
-impl fmt::Display for PortLabel {
+impl fmt::Display for PortLabel<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        match (self.name, self.number) {
+            ("", Some(number)) => write!(f, "port {number}/{}", self.protocol.unwrap_or("TCP")),
+            ("", None) => f.write_str("unnamed port"),
+            (name, _) => write!(f, "port {name:?}"),
+        }
     }
 }
 
 /// A validated Service port.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct PortSpec {
+pub(crate) struct PortSpec<'a> {
     /// Empty when unnamed.
-    pub(crate) name: String,
+    pub(crate) name: &'a str,
     pub(crate) protocol: Protocol,
     pub(crate) port: u16,
     /// Set and valid.
     pub(crate) node_port: Option<u16>,
-    pub(crate) label: PortLabel,
+    pub(crate) label: PortLabel<'a>,
 }
 
 /// The ports of a Service that can be planned; the others are reported against `object`.
-pub(crate) fn service_ports(
-    ports: &[ServicePort],
-    object: &str,
+pub(crate) fn service_ports<'a>(
+    ports: &'a [ServicePort],
+    object: &dyn Fn() -> String,
     report: &mut Report,
-) -> Vec<PortSpec> {
+) -> Vec<PortSpec<'a>> {
     let mut specs = Vec::new();
     for port in ports {
-        let name = port.name.clone().unwrap_or_default();
-        let label = PortLabel::new(&name, Some(port.port), port.protocol.as_deref());
-        let protocol = match parse_protocol(port.protocol.as_deref()) {
+        let protocol_text = Some(port.protocol.as_str());
+        let label = PortLabel::new(&port.name, Some(port.port), protocol_text);
+        let protocol = match parse_protocol(protocol_text) {
             Ok(protocol) => protocol,
             Err(problem) => {
-                report.skip(object, format!("{label}: {problem}"));
+                report.skip(object(), format!("{label}: {problem}"));
                 continue;
             }
         };
         let number = match parse_port(port.port) {
             Ok(number) => number,
             Err(reason) => {
-                report.skip(object, format!("{label}: {reason}"));
+                report.skip(object(), format!("{label}: {reason}"));
                 continue;
             }
         };
@@ -128,14 +170,14 @@ pub(crate) fn service_ports(
             Ok(node_port) => node_port,
             Err(reason) => {
                 report.skip(
-                    object,
+                    object(),
                     format!("{label}: nodePort: {reason}; no NodePort frontends"),
                 );
                 None
             }
         };
         specs.push(PortSpec {
-            name,
+            name: &port.name,
             protocol,
             port: number,
             node_port,

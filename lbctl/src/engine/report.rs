@@ -1,11 +1,10 @@
 //! What the engine tells the operator besides the frontends: skipped input and warnings.
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Serialize;
 
-use crate::plan::{ServiceRef, Skipped};
-
-/// Namespace of objects that do not name one (hand-written manifests), as `kubectl apply` does.
-pub(crate) const DEFAULT_NAMESPACE: &str = "default";
+use crate::{
+    model::{EndpointSlice, Service},
+    plan::{ServiceRef, Skipped},
+};
 
 /// Collects skipped input and warnings while the plan is built.
 #[derive(Debug, Default)]
@@ -40,26 +39,11 @@ impl Report {
     }
 }
 
-pub(crate) fn namespace_of(meta: &ObjectMeta) -> String {
-    namespace_str(meta).to_owned()
-}
-
-/// [`namespace_of`], borrowed.
-pub(crate) fn namespace_str(meta: &ObjectMeta) -> &str {
-    match meta.namespace.as_deref() {
-        Some(ns) if !ns.is_empty() => ns,
-        _ => DEFAULT_NAMESPACE,
-    }
-}
-
-pub(crate) fn name_of(meta: &ObjectMeta) -> String {
-    meta.name.clone().unwrap_or_default()
-}
-
-pub(crate) fn service_ref(meta: &ObjectMeta) -> ServiceRef {
+/// The Service's ref (namespace defaulted, name empty when absent).
+pub(crate) fn service_ref(svc: &Service) -> ServiceRef {
     ServiceRef {
-        namespace: namespace_of(meta),
-        name: name_of(meta),
+        namespace: svc.namespace.to_string(),
+        name: svc.name().to_owned(),
     }
 }
 
@@ -69,8 +53,8 @@ pub(crate) fn service_object(svc: &ServiceRef) -> String {
 }
 
 /// `EndpointSlice default/quote-x7k2p`.
-pub(crate) fn slice_object(meta: &ObjectMeta) -> String {
-    format!("EndpointSlice {}/{}", namespace_of(meta), name_of(meta))
+pub(crate) fn slice_object(slice: &EndpointSlice) -> String {
+    format!("EndpointSlice {}/{}", slice.namespace, slice.name)
 }
 
 /// `Node kind-worker`.

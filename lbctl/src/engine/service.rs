@@ -1,20 +1,18 @@
 //! One Service -> its frontends on this node, each with the backend set its policy selects.
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, SocketAddr},
-};
-
-use k8s_openapi::api::core::v1::{Service, ServiceSpec};
+use std::net::{IpAddr, SocketAddr};
 
 use super::{
     endpoints::{BackendSets, Candidate},
     node::ThisNode,
-    ports::{Family, PortSpec, service_ports, special_address},
+    ports::{Families, Family, PortSpec, service_ports, special_address},
     report::{Report, service_object, service_ref},
     slices::{SliceIndex, SliceView},
     topology::RequestedHints,
 };
-use crate::plan::{Frontend, FrontendKind, ServiceRef};
+use crate::{
+    model::{Address, Ingress, Service, ServiceSpec, ServiceType},
+    plan::{Frontend, FrontendKind, ServiceRef},
+};
 
 /// `sessionAffinityConfig.clientIP.timeoutSeconds` when unset (3 hours, as in the API).
 pub const DEFAULT_AFFINITY_TIMEOUT_SECONDS: u32 = 10_800;
@@ -31,9 +29,8 @@ struct ExternalAddress {
 /// Everything about a Service that is the same for all its ports.
 struct ServicePlan<'a> {
     svc_ref: ServiceRef,
-    object: String,
     cluster_ips: Vec<IpAddr>,
-    families: BTreeSet<Family>,
+    families: Families,
     internal_local: bool,
     node_ports_open: bool,
     external: Vec<ExternalAddress>,
@@ -49,37 +46,40 @@ pub(crate) fn plan_service(
     node: &ThisNode,
     report: &mut Report,
 ) -> Vec<Frontend> {
-    let svc_ref = service_ref(&svc.metadata);
-    let object = service_object(&svc_ref);
-    let Some(spec) = svc.spec.as_ref() else {
-        report.skip(object, "no spec");
+    let svc_ref = service_ref(svc);
+    // Named only when something is reported.
+    let object = || service_object(&svc_ref);
+    let Some(spec) = svc.spec.as_deref() else {
+        report.skip(object(), "no spec");
         return Vec::new();
     };
-    if spec.type_.as_deref() == Some("ExternalName") {
+    if spec.type_ == ServiceType::ExternalName {
         return Vec::new();
     }
     let Some(cluster_ips) = cluster_ips(spec, &object, report) else {
         return Vec::new();
     };
-    let families: BTreeSet<Family> = cluster_ips.iter().map(|ip| Family::of(*ip)).collect();
-    let ports = service_ports(spec.ports.as_deref().unwrap_or_default(), &object, report);
-    if spec.ports.as_deref().unwrap_or_default().is_empty() {
-        report.skip(&object, "no ports");
+    let families: Families = cluster_ips.iter().map(|ip| Family::of(*ip)).collect();
+    let ports = service_ports(&spec.ports, &object, report);
+    if spec.ports.is_empty() {
+        report.skip(object(), "no ports");
     }
-    let external = external_addresses(svc, &families, &object, report);
+    let external = external_addresses(svc, spec, &families, &object, report);
     let affinity = affinity_timeout(spec, &object, report);
     let service_slices = slices.for_service(&svc_ref);
     warn_if_hints_missing(svc, &svc_ref, service_slices, report);
     let plan = ServicePlan {
-        svc_ref,
-        object,
         cluster_ips,
         families,
-        internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
-        node_ports_open: matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer")),
+        internal_local: spec.internal_traffic_local,
+        node_ports_open: matches!(
+            spec.type_,
+            ServiceType::NodePort | ServiceType::LoadBalancer
+        ),
         external,
         affinity,
         slices: service_slices,
+        svc_ref,
     };
     ports
         .iter()
@@ -90,7 +90,7 @@ pub(crate) fn plan_service(
 impl ServicePlan<'_> {
     fn port_frontends(
         &self,
-        port: &PortSpec,
+        port: &PortSpec<'_>,
         node: &ThisNode,
         report: &mut Report,
     ) -> Vec<Frontend> {
@@ -98,10 +98,10 @@ impl ServicePlan<'_> {
             && self
                 .slices
                 .iter()
-                .all(|slice| slice.port_for(&port.name, port.protocol).is_none())
+                .all(|slice| slice.port_for(port.name, port.protocol).is_none())
         {
             report.skip(
-                &self.object,
+                service_object(&self.svc_ref),
                 format!(
                     "{}: no EndpointSlice of this Service has a {} port named {:?}; its \
                      frontends have no backends and refuse connections",
@@ -109,13 +109,13 @@ impl ServicePlan<'_> {
                 ),
             );
         }
-        let sets: BTreeMap<Family, BackendSets> = self
-            .families
-            .iter()
-            .map(|family| (*family, self.backend_sets(port, *family, node)))
-            .collect();
+        let mut sets: [Option<BackendSets>; 2] = [None, None];
+        for family in self.families.iter() {
+            sets[family as usize] = Some(self.backend_sets(port, family, node));
+        }
         let backends_of = |address: IpAddr, local: bool| -> Vec<SocketAddr> {
-            sets.get(&Family::of(address))
+            sets[Family::of(address) as usize]
+                .as_ref()
                 .map(|set| {
                     if local {
                         set.local.clone()
@@ -166,7 +166,7 @@ impl ServicePlan<'_> {
 
     fn frontend(
         &self,
-        port: &PortSpec,
+        port: &PortSpec<'_>,
         kind: FrontendKind,
         address: IpAddr,
         number: u16,
@@ -174,7 +174,7 @@ impl ServicePlan<'_> {
     ) -> Frontend {
         Frontend {
             service: self.svc_ref.clone(),
-            port_name: port.name.clone(),
+            port_name: port.name.to_owned(),
             protocol: port.protocol,
             kind,
             address,
@@ -186,11 +186,11 @@ impl ServicePlan<'_> {
 
     /// The endpoints of one family for one service port, from all slices, with the backend port
     /// resolved per slice (named target ports may differ between slices).
-    fn backend_sets(&self, port: &PortSpec, family: Family, node: &ThisNode) -> BackendSets {
+    fn backend_sets(&self, port: &PortSpec<'_>, family: Family, node: &ThisNode) -> BackendSets {
         let mut candidates = Vec::new();
         for slice in self.slices {
             let Some(backend_port) = slice
-                .port_for(&port.name, port.protocol)
+                .port_for(port.name, port.protocol)
                 .and_then(|p| p.port)
             else {
                 continue;
@@ -202,7 +202,7 @@ impl ServicePlan<'_> {
                     .filter(|ep| Family::of(ep.address) == family)
                     .map(|ep| Candidate {
                         backend: SocketAddr::new(ep.address, backend_port),
-                        endpoint: ep,
+                        endpoint: *ep,
                     }),
             );
         }
@@ -212,34 +212,35 @@ impl ServicePlan<'_> {
 
 /// The cluster IPs (`spec.clusterIPs`, else `spec.clusterIP`), or `None` when the Service is not
 /// load-balanced: headless (silently) or no cluster IP at all (reported).
-fn cluster_ips(spec: &ServiceSpec, object: &str, report: &mut Report) -> Option<Vec<IpAddr>> {
-    let listed: Vec<&str> = match spec.cluster_ips.as_deref() {
-        Some(ips) if !ips.is_empty() => ips.iter().map(String::as_str).collect(),
-        _ => spec.cluster_ip.as_deref().into_iter().collect(),
-    };
-    let listed: Vec<&str> = listed.into_iter().filter(|ip| !ip.is_empty()).collect();
-    match listed.first() {
+fn cluster_ips(
+    spec: &ServiceSpec,
+    object: &dyn Fn() -> String,
+    report: &mut Report,
+) -> Option<Vec<IpAddr>> {
+    match spec.cluster_ips.first() {
         None => {
             report.skip(
-                object,
+                object(),
                 "no cluster IP (spec.clusterIP unset: not allocated yet? use the objects as \
                  the API server returns them, e.g. kubectl get -o yaml)",
             );
             return None;
         }
-        Some(&"None") => return None,
+        Some(Address::Invalid(first)) if &**first == "None" => return None,
         Some(_) => {}
     }
-    let mut ips = Vec::new();
-    for ip in listed {
-        match ip.parse::<IpAddr>() {
-            Ok(ip) if let Some(why) = special_address(ip) => report.skip(
-                object,
+    let mut ips = Vec::with_capacity(spec.cluster_ips.len());
+    for ip in &spec.cluster_ips {
+        match ip {
+            Address::Ip(ip) if let Some(why) = special_address(*ip) => report.skip(
+                object(),
                 format!("clusterIP {ip}: {why} address; a frontend there would capture the node's own traffic"),
             ),
-            Ok(ip) if !ips.contains(&ip) => ips.push(ip),
-            Ok(_) => {}
-            Err(_) => report.skip(object, format!("clusterIP {ip:?}: invalid IP address")),
+            Address::Ip(ip) if !ips.contains(ip) => ips.push(*ip),
+            Address::Ip(_) => {}
+            Address::Invalid(ip) => {
+                report.skip(object(), format!("clusterIP {ip:?}: invalid IP address"))
+            }
         }
     }
     (!ips.is_empty()).then_some(ips)
@@ -250,84 +251,72 @@ fn cluster_ips(spec: &ServiceSpec, object: &str, report: &mut Report) -> Option<
 /// of that family).
 fn external_addresses(
     svc: &Service,
-    families: &BTreeSet<Family>,
-    object: &str,
+    spec: &ServiceSpec,
+    families: &Families,
+    object: &dyn Fn() -> String,
     report: &mut Report,
 ) -> Vec<ExternalAddress> {
-    let mut listed: Vec<(FrontendKind, &str)> = Vec::new();
-    let external_ips = svc
-        .spec
-        .as_ref()
-        .and_then(|spec| spec.external_ips.as_deref());
+    if spec.external_ips.is_empty() && svc.load_balancer_ingress.is_empty() {
+        return Vec::new();
+    }
+    let mut listed: Vec<(FrontendKind, &Address)> = Vec::new();
     listed.extend(
-        external_ips
-            .unwrap_or_default()
+        spec.external_ips
             .iter()
-            .map(|ip| (FrontendKind::ExternalIP, ip.as_str())),
+            .map(|ip| (FrontendKind::ExternalIP, ip)),
     );
-    let ingress = svc
-        .status
-        .as_ref()
-        .and_then(|status| status.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_deref())
-        .unwrap_or_default();
-    for entry in ingress {
-        // Hostname-only entries have nothing to capture.
-        let Some(ip) = entry.ip.as_deref() else {
-            continue;
-        };
-        match entry.ip_mode.as_deref() {
-            None | Some("VIP") => listed.push((FrontendKind::LoadBalancer, ip)),
-            // The load balancer proxies: traffic to it must leave the node.
-            Some("Proxy") => {}
-            Some(other) => report.skip(
-                object,
-                format!("LoadBalancer ingress {ip:?}: unknown ipMode {other:?}; not captured"),
+    for entry in &svc.load_balancer_ingress {
+        match entry {
+            Ingress::Vip(ip) => listed.push((FrontendKind::LoadBalancer, ip)),
+            Ingress::UnknownMode { ip, mode } => report.skip(
+                object(),
+                format!("LoadBalancer ingress {ip:?}: unknown ipMode {mode:?}; not captured"),
             ),
         }
     }
     let mut addresses = Vec::new();
     for (kind, ip) in listed {
-        match ip.parse::<IpAddr>() {
-            Ok(address) if let Some(why) = special_address(address) => report.skip(
-                object,
+        match ip {
+            Address::Ip(address) if let Some(why) = special_address(*address) => report.skip(
+                object(),
                 format!("{kind} {address}: {why} address; a frontend there would capture the node's own traffic"),
             ),
-            Ok(address) if families.contains(&Family::of(address)) => {
-                addresses.push(ExternalAddress { kind, address });
+            Address::Ip(address) if families.contains(&Family::of(*address)) => {
+                addresses.push(ExternalAddress { kind, address: *address });
             }
-            Ok(address) => report.skip(
-                object,
+            Address::Ip(address) => report.skip(
+                object(),
                 format!(
                     "{kind} {address}: {} address, but the Service has no {} cluster IP",
-                    Family::of(address),
-                    Family::of(address)
+                    Family::of(*address),
+                    Family::of(*address)
                 ),
             ),
-            Err(_) => report.skip(object, format!("{kind} {ip:?}: invalid IP address")),
+            Address::Invalid(ip) => {
+                report.skip(object(), format!("{kind} {ip:?}: invalid IP address"))
+            }
         }
     }
     addresses
 }
 
 /// `sessionAffinity: ClientIP` -> its timeout (default 10800 s); otherwise none.
-fn affinity_timeout(spec: &ServiceSpec, object: &str, report: &mut Report) -> Option<u32> {
-    if spec.session_affinity.as_deref() != Some("ClientIP") {
+fn affinity_timeout(
+    spec: &ServiceSpec,
+    object: &dyn Fn() -> String,
+    report: &mut Report,
+) -> Option<u32> {
+    if !spec.session_affinity_client_ip {
         return None;
     }
-    let configured = spec
-        .session_affinity_config
-        .as_ref()
-        .and_then(|config| config.client_ip.as_ref())
-        .and_then(|client_ip| client_ip.timeout_seconds);
-    let Some(configured) = configured else {
+    let Some(configured) = spec.affinity_timeout_seconds else {
         return Some(DEFAULT_AFFINITY_TIMEOUT_SECONDS);
     };
     match u32::try_from(configured) {
         Ok(seconds) if (1..=MAX_AFFINITY_TIMEOUT_SECONDS).contains(&seconds) => Some(seconds),
         _ => {
             report.skip(
-                object,
+                object(),
                 format!(
                     "sessionAffinityConfig.clientIP.timeoutSeconds {configured} is out of range \
                      1-{MAX_AFFINITY_TIMEOUT_SECONDS}; using {DEFAULT_AFFINITY_TIMEOUT_SECONDS}"
@@ -352,7 +341,7 @@ fn warn_if_hints_missing(
     let mut ready = slices
         .iter()
         .flat_map(|slice| &slice.endpoints)
-        .filter(|ep| ep.conditions.ready)
+        .filter(|ep| ep.conditions().ready)
         .peekable();
     if ready.peek().is_some() && !ready.any(|ep| requested.kind.present_on(ep)) {
         report.warn(format!(

@@ -1,58 +1,49 @@
 //! Topology-aware routing of the Cluster set, decided only by the hints in the EndpointSlices
 //! (kube-proxy's `topologyModeFromHints`), never by the Service fields. The Service fields are
 //! only read to warn when a distribution is asked for and no hints are there.
-use k8s_openapi::api::core::v1::Service;
-
 use super::{endpoints::EndpointView, node::ThisNode};
-
-/// Annotation that asks the EndpointSlice controller for zone hints.
-pub(crate) const TOPOLOGY_MODE_ANNOTATION: &str = "service.kubernetes.io/topology-mode";
-/// Its deprecated predecessor.
-pub(crate) const TOPOLOGY_AWARE_HINTS_ANNOTATION: &str =
-    "service.kubernetes.io/topology-aware-hints";
+use crate::model::{Service, TOPOLOGY_AWARE_HINTS_ANNOTATION, TOPOLOGY_MODE_ANNOTATION};
 
 /// Which ready endpoints the Cluster set keeps.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum TopologyFilter {
+pub(crate) enum TopologyFilter<'n> {
     /// No usable hints: keep all.
     KeepAll,
     /// Keep the endpoints hinted for this node.
-    SameNode(String),
+    SameNode(&'n str),
     /// Keep the endpoints hinted for this node's zone.
-    SameZone(String),
+    SameZone(&'n str),
 }
 
-impl TopologyFilter {
+impl<'n> TopologyFilter<'n> {
     /// 1. every ready endpoint has node hints and one is for this node -> same node;
     /// 2. else every ready endpoint has zone hints and one is for this node's zone -> same zone;
     /// 3. else no filtering. The chosen filter always keeps at least one ready endpoint.
     pub(crate) fn from_hints<'a>(
-        ready: impl Iterator<Item = &'a EndpointView<'a>>,
-        node: &ThisNode,
+        ready: impl Iterator<Item = EndpointView<'a>>,
+        node: &'n ThisNode,
     ) -> Self {
         let mut all_have_node_hints = true;
         let mut one_for_node = false;
         let mut all_have_zone_hints = true;
         let mut one_for_zone = false;
         for ep in ready {
-            if ep.hints.for_nodes.is_empty() {
+            if ep.for_nodes().is_empty() {
                 all_have_node_hints = false;
-            } else if ep.hints.for_nodes.contains(node.name.as_str()) {
+            } else if has(ep.for_nodes(), &node.name) {
                 one_for_node = true;
             }
-            if ep.hints.for_zones.is_empty() {
+            if ep.for_zones().is_empty() {
                 all_have_zone_hints = false;
             } else if let Some(zone) = &node.zone
-                && ep.hints.for_zones.contains(zone.as_str())
+                && has(ep.for_zones(), zone)
             {
                 one_for_zone = true;
             }
         }
         match &node.zone {
-            _ if all_have_node_hints && one_for_node => TopologyFilter::SameNode(node.name.clone()),
-            Some(zone) if all_have_zone_hints && one_for_zone => {
-                TopologyFilter::SameZone(zone.clone())
-            }
+            _ if all_have_node_hints && one_for_node => TopologyFilter::SameNode(&node.name),
+            Some(zone) if all_have_zone_hints && one_for_zone => TopologyFilter::SameZone(zone),
             _ => TopologyFilter::KeepAll,
         }
     }
@@ -60,10 +51,15 @@ impl TopologyFilter {
     pub(crate) fn keeps(&self, ep: &EndpointView<'_>) -> bool {
         match self {
             TopologyFilter::KeepAll => true,
-            TopologyFilter::SameNode(node) => ep.hints.for_nodes.contains(node.as_str()),
-            TopologyFilter::SameZone(zone) => ep.hints.for_zones.contains(zone.as_str()),
+            TopologyFilter::SameNode(node) => has(ep.for_nodes(), node),
+            TopologyFilter::SameZone(zone) => has(ep.for_zones(), zone),
         }
     }
+}
+
+/// Whether sorted `names` holds `name`.
+fn has(names: &[std::sync::Arc<str>], name: &str) -> bool {
+    names.binary_search_by(|n| (**n).cmp(name)).is_ok()
 }
 
 /// The hints a Service asks the EndpointSlice controller to write.
@@ -83,8 +79,8 @@ pub(crate) enum HintKind {
 impl HintKind {
     pub(crate) fn present_on(self, ep: &EndpointView<'_>) -> bool {
         match self {
-            HintKind::Node => !ep.hints.for_nodes.is_empty(),
-            HintKind::Zone => !ep.hints.for_zones.is_empty(),
+            HintKind::Node => !ep.for_nodes().is_empty(),
+            HintKind::Zone => !ep.for_zones().is_empty(),
         }
     }
 
@@ -113,16 +109,18 @@ impl RequestedHints {
             Some("PreferSameZone" | "PreferClose") => return requested(HintKind::Zone),
             _ => {}
         }
-        let annotations = svc.metadata.annotations.as_ref()?;
-        [TOPOLOGY_MODE_ANNOTATION, TOPOLOGY_AWARE_HINTS_ANNOTATION]
-            .into_iter()
-            .find_map(|key| {
-                let value = annotations.get(key)?;
-                matches!(value.as_str(), "Auto" | "auto").then(|| RequestedHints {
-                    asked_by: format!("annotation {key}: {value}"),
-                    kind: HintKind::Zone,
-                })
+        [
+            (TOPOLOGY_MODE_ANNOTATION, &svc.topology_mode),
+            (TOPOLOGY_AWARE_HINTS_ANNOTATION, &svc.topology_aware_hints),
+        ]
+        .into_iter()
+        .find_map(|(key, value)| {
+            let value = value.as_deref()?;
+            matches!(value, "Auto" | "auto").then(|| RequestedHints {
+                asked_by: format!("annotation {key}: {value}"),
+                kind: HintKind::Zone,
             })
+        })
     }
 }
 
@@ -132,7 +130,10 @@ mod tests {
     //! out (in the style of kube-proxy's `topology_test.go`).
     use std::collections::BTreeMap;
 
-    use k8s_openapi::{api::core::v1::ServiceSpec, apimachinery::pkg::apis::meta::v1::ObjectMeta};
+    use k8s_openapi::{
+        api::core::v1::{self as k8s, ServiceSpec},
+        apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    };
 
     use super::*;
     use crate::engine::endpoints::tests::{READY, ep, w1};
@@ -140,16 +141,16 @@ mod tests {
     #[test]
     fn from_hints() {
         use TopologyFilter::{KeepAll, SameNode, SameZone};
-        let same_zone = || SameZone("zone-a".to_owned());
-        let same_node = || SameNode("w1".to_owned());
+        let same_zone = || SameZone("zone-a");
+        let same_node = || SameNode("w1");
         let rows: Vec<(&str, Option<&str>, Vec<EndpointView<'_>>, TopologyFilter)> = vec![
             ("no endpoints", Some("zone-a"), vec![], KeepAll),
             (
                 "every endpoint hinted, some for this zone",
                 Some("zone-a"),
                 vec![
-                    ep("10.0.0.1", "w2", READY).for_zones(&["zone-a"]),
-                    ep("10.0.0.2", "w3", READY).for_zones(&["zone-b"]),
+                    ep("10.0.0.1", "w2", READY).with_zones(&["zone-a"]),
+                    ep("10.0.0.2", "w3", READY).with_zones(&["zone-b"]),
                 ],
                 same_zone(),
             ),
@@ -157,22 +158,22 @@ mod tests {
                 "an endpoint with several zones counts for each",
                 Some("zone-a"),
                 vec![
-                    ep("10.0.0.1", "w2", READY).for_zones(&["zone-b", "zone-a"]),
-                    ep("10.0.0.2", "w3", READY).for_zones(&["zone-b"]),
+                    ep("10.0.0.1", "w2", READY).with_zones(&["zone-b", "zone-a"]),
+                    ep("10.0.0.2", "w3", READY).with_zones(&["zone-b"]),
                 ],
                 same_zone(),
             ),
             (
                 "every endpoint hinted, none for this zone",
                 Some("zone-a"),
-                vec![ep("10.0.0.1", "w2", READY).for_zones(&["zone-b"])],
+                vec![ep("10.0.0.1", "w2", READY).with_zones(&["zone-b"])],
                 KeepAll,
             ),
             (
                 "one endpoint without hints",
                 Some("zone-a"),
                 vec![
-                    ep("10.0.0.1", "w2", READY).for_zones(&["zone-a"]),
+                    ep("10.0.0.1", "w2", READY).with_zones(&["zone-a"]),
                     ep("10.0.0.2", "w3", READY),
                 ],
                 KeepAll,
@@ -180,7 +181,7 @@ mod tests {
             (
                 "this node has no zone",
                 None,
-                vec![ep("10.0.0.1", "w2", READY).for_zones(&["zone-a"])],
+                vec![ep("10.0.0.1", "w2", READY).with_zones(&["zone-a"])],
                 KeepAll,
             ),
             (
@@ -188,18 +189,18 @@ mod tests {
                 Some("zone-a"),
                 vec![
                     ep("10.0.0.1", "w1", READY)
-                        .for_nodes(&["w1"])
-                        .for_zones(&["zone-a"]),
+                        .with_nodes(&["w1"])
+                        .with_zones(&["zone-a"]),
                     ep("10.0.0.2", "w2", READY)
-                        .for_nodes(&["w2"])
-                        .for_zones(&["zone-a"]),
+                        .with_nodes(&["w2"])
+                        .with_zones(&["zone-a"]),
                 ],
                 same_node(),
             ),
             (
                 "node hints without zone hints, and no zone: same node still",
                 None,
-                vec![ep("10.0.0.1", "w1", READY).for_nodes(&["w1"])],
+                vec![ep("10.0.0.1", "w1", READY).with_nodes(&["w1"])],
                 same_node(),
             ),
             (
@@ -207,11 +208,11 @@ mod tests {
                 Some("zone-a"),
                 vec![
                     ep("10.0.0.1", "w2", READY)
-                        .for_nodes(&["w2"])
-                        .for_zones(&["zone-a"]),
+                        .with_nodes(&["w2"])
+                        .with_zones(&["zone-a"]),
                     ep("10.0.0.2", "w3", READY)
-                        .for_nodes(&["w3"])
-                        .for_zones(&["zone-b"]),
+                        .with_nodes(&["w3"])
+                        .with_zones(&["zone-b"]),
                 ],
                 same_zone(),
             ),
@@ -220,16 +221,16 @@ mod tests {
                 Some("zone-a"),
                 vec![
                     ep("10.0.0.1", "w1", READY)
-                        .for_nodes(&["w1"])
-                        .for_zones(&["zone-a"]),
-                    ep("10.0.0.2", "w2", READY).for_zones(&["zone-b"]),
+                        .with_nodes(&["w1"])
+                        .with_zones(&["zone-a"]),
+                    ep("10.0.0.2", "w2", READY).with_zones(&["zone-b"]),
                 ],
                 same_zone(),
             ),
         ];
         for (name, zone, ready, expected) in rows {
             let node = w1(zone);
-            let filter = TopologyFilter::from_hints(ready.iter(), &node);
+            let filter = TopologyFilter::from_hints(ready.iter().copied(), &node);
             assert_eq!(filter, expected, "{name}");
             // The chosen filter keeps at least one ready endpoint.
             if !ready.is_empty() {
@@ -244,15 +245,15 @@ mod tests {
     #[test]
     fn keeps() {
         let hinted = ep("10.0.0.1", "w2", READY)
-            .for_nodes(&["w2"])
-            .for_zones(&["zone-b"]);
+            .with_nodes(&["w2"])
+            .with_zones(&["zone-b"]);
         let bare = ep("10.0.0.2", "w2", READY);
         let rows = [
             (TopologyFilter::KeepAll, true, true),
-            (TopologyFilter::SameNode("w2".to_owned()), true, false),
-            (TopologyFilter::SameNode("w1".to_owned()), false, false),
-            (TopologyFilter::SameZone("zone-b".to_owned()), true, false),
-            (TopologyFilter::SameZone("zone-a".to_owned()), false, false),
+            (TopologyFilter::SameNode("w2"), true, false),
+            (TopologyFilter::SameNode("w1"), false, false),
+            (TopologyFilter::SameZone("zone-b"), true, false),
+            (TopologyFilter::SameZone("zone-a"), false, false),
         ];
         for (filter, keeps_hinted, keeps_bare) in rows {
             assert_eq!(filter.keeps(&hinted), keeps_hinted, "{filter:?} hinted");
@@ -262,17 +263,19 @@ mod tests {
 
     #[test]
     fn requested_hints() {
-        let service = |distribution: Option<&str>, annotation: Option<(&str, &str)>| Service {
-            metadata: ObjectMeta {
-                annotations: annotation
-                    .map(|(k, v)| BTreeMap::from([(k.to_owned(), v.to_owned())])),
-                ..ObjectMeta::default()
-            },
-            spec: Some(ServiceSpec {
-                traffic_distribution: distribution.map(str::to_owned),
-                ..ServiceSpec::default()
-            }),
-            ..Service::default()
+        let service = |distribution: Option<&str>, annotation: Option<(&str, &str)>| {
+            Service::from(&k8s::Service {
+                metadata: ObjectMeta {
+                    annotations: annotation
+                        .map(|(k, v)| BTreeMap::from([(k.to_owned(), v.to_owned())])),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(ServiceSpec {
+                    traffic_distribution: distribution.map(str::to_owned),
+                    ..ServiceSpec::default()
+                }),
+                ..k8s::Service::default()
+            })
         };
         let mode = |value| Some((TOPOLOGY_MODE_ANNOTATION, value));
         let rows = [

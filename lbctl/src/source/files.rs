@@ -21,12 +21,10 @@ use std::{
 use notify::{RecursiveMode, Watcher};
 use tokio::{sync::watch, task::JoinHandle};
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
-
 use super::{Dirty, SourceState, manifests};
 use crate::{
     engine::{service_ref_of, slice_service},
-    model::Inventory,
+    model::{EndpointSlice, Inventory, Service},
     plan::ServiceRef,
 };
 
@@ -126,13 +124,17 @@ type ByService<'a> = BTreeMap<ServiceRef, (Vec<&'a Service>, Vec<&'a EndpointSli
 fn by_service(inventory: &Inventory) -> (ByService<'_>, Vec<&EndpointSlice>) {
     let mut groups: ByService<'_> = BTreeMap::new();
     for svc in &inventory.services {
-        groups.entry(service_ref_of(svc)).or_default().0.push(svc);
+        groups
+            .entry(service_ref_of(svc))
+            .or_default()
+            .0
+            .push(&**svc);
     }
     let mut unlabelled = Vec::new();
     for slice in &inventory.endpoint_slices {
         match slice_service(slice) {
-            Some(svc) => groups.entry(svc).or_default().1.push(slice),
-            None => unlabelled.push(slice),
+            Some(svc) => groups.entry(svc).or_default().1.push(&**slice),
+            None => unlabelled.push(&**slice),
         }
     }
     (groups, unlabelled)
@@ -316,11 +318,12 @@ fn objects_of(inventory: &Inventory, services: &BTreeSet<ServiceRef>) -> Invento
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::api::{core::v1 as core, discovery::v1 as discovery};
     use serde_json::json;
 
     use super::*;
 
-    fn svc(name: &str, ip: &str) -> Service {
+    fn svc(name: &str, ip: &str) -> core::Service {
         serde_json::from_value(json!({
             "metadata": {"name": name, "namespace": "default"},
             "spec": {"clusterIP": ip, "ports": [{"port": 80}]},
@@ -328,7 +331,7 @@ mod tests {
         .unwrap()
     }
 
-    fn slice(name: &str, service: Option<&str>, ip: &str) -> EndpointSlice {
+    fn slice(name: &str, service: Option<&str>, ip: &str) -> discovery::EndpointSlice {
         let labels = service.map(|s| json!({"kubernetes.io/service-name": s}));
         serde_json::from_value(json!({
             "metadata": {"name": name, "namespace": "default", "labels": labels},
@@ -352,27 +355,27 @@ mod tests {
 
     #[test]
     fn a_reread_names_the_services_whose_objects_differ() {
-        let base = Inventory {
-            services: vec![svc("a", "10.96.0.1"), svc("b", "10.96.0.2")],
-            endpoint_slices: vec![
+        let base = Inventory::from_objects(
+            &[svc("a", "10.96.0.1"), svc("b", "10.96.0.2")],
+            &[
                 slice("a-1", Some("a"), "10.0.0.1"),
                 slice("b-1", Some("b"), "10.0.0.2"),
             ],
-            nodes: vec![],
-        };
+            [],
+        );
         let mut endpoint = base.clone();
-        endpoint.endpoint_slices[1] = slice("b-1", Some("b"), "10.0.0.3");
+        endpoint.endpoint_slices[1] = Arc::new((&slice("b-1", Some("b"), "10.0.0.3")).into());
         let mut moved = base.clone();
-        moved.endpoint_slices[0] = slice("a-1", Some("b"), "10.0.0.1");
+        moved.endpoint_slices[0] = Arc::new((&slice("a-1", Some("b"), "10.0.0.1")).into());
         let mut deleted = base.clone();
         deleted.services.remove(0);
         let mut unlabelled = base.clone();
         unlabelled
             .endpoint_slices
-            .push(slice("x", None, "10.0.0.9"));
+            .push(Arc::new((&slice("x", None, "10.0.0.9")).into()));
         let mut node = base.clone();
-        node.nodes
-            .push(serde_json::from_value(json!({"metadata": {"name": "w1"}})).unwrap());
+        let w1: core::Node = serde_json::from_value(json!({"metadata": {"name": "w1"}})).unwrap();
+        node.nodes.push(Arc::new((&w1).into()));
         let rows = [
             ("unchanged", &base, refs(&[])),
             ("an endpoint of b", &endpoint, refs(&["b"])),

@@ -43,20 +43,12 @@
 //!
 //! The source only reads; it never writes to the API server.
 //!
-//! # The seam: stored objects and the inventory
-//! The stores hold [`StoredService`], [`StoredEndpointSlice`] and [`StoredNode`], produced by
-//! [`keep_service`], [`keep_slice`] and [`keep_node`]. Reads hand out [`StoredObjects`]:
-//! clones of the stored `Arc`s, sorted by namespace and name, never deep copies
-//! ([`KubeSourceHandle::stored_snapshot`], [`KubeSourceHandle::take_stored_changes`],
-//! [`KubeSourceHandle::stored_objects_of`]). Until the model has compact types, the stored
-//! types are the k8s-openapi types themselves, trimmed of what the agent never reads
-//! (`metadata.managedFields` and the `kubectl.kubernetes.io/last-applied-configuration`
-//! annotation), and [`into_inventory`] is the one place that deep-copies them into today's
-//! [`Inventory`] of owned objects. When the model keeps `Arc`s of compact types, the aliases
-//! become those types, the conversions given to [`store::store`] in
-//! [`KubeSource::start_with`] become the model's (a conversion may keep state, e.g. an
-//! interner, for the life of its store: it is an `FnMut` called by the watch task only), and
-//! [`into_inventory`] passes the `Arc`s through.
+//! # What the stores keep
+//! Each object is converted to the compact model ([`crate::model`]) as it arrives, through an
+//! [`Interner`] that the store's watch task owns for the life of the store (namespaces, node
+//! names and zones are shared), and the k8s-openapi object is dropped at once. Reads hand out
+//! an [`Inventory`] of clones of the stored `Arc`s, sorted by namespace and name: never deep
+//! copies.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -90,71 +82,12 @@ use super::{
     store::{self, Store, Writer},
 };
 use crate::{
-    engine::{service_ref_of, slice_service},
-    model::Inventory,
+    model::{
+        self, Interner, Inventory, k8s_service_ref as service_ref_of,
+        k8s_slice_service as slice_service,
+    },
     plan::ServiceRef,
 };
-
-/// What the Services store keeps of each Service (see [the
-/// seam](self#the-seam-stored-objects-and-the-inventory)).
-pub type StoredService = Service;
-/// What the EndpointSlices store keeps of each EndpointSlice.
-pub type StoredEndpointSlice = EndpointSlice;
-/// What the Nodes store keeps of this Node.
-pub type StoredNode = Node;
-
-/// Objects as the stores hold them, each list sorted by namespace and name: `Arc` clones
-/// shared with the stores (and with every other read), never deep copies.
-#[derive(Clone, Debug, Default)]
-pub struct StoredObjects {
-    pub services: Vec<Arc<StoredService>>,
-    pub endpoint_slices: Vec<Arc<StoredEndpointSlice>>,
-    pub nodes: Vec<Arc<StoredNode>>,
-}
-
-/// The annotation `kubectl apply` leaves: a copy of the whole applied object, never read.
-const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
-
-/// A copy of `obj` without what the agent never reads, for as long as the stores keep
-/// k8s-openapi objects.
-fn trimmed<K: kube::Resource + Clone>(obj: &K) -> K {
-    let mut obj = obj.clone();
-    let meta = obj.meta_mut();
-    meta.managed_fields = None;
-    if let Some(annotations) = &mut meta.annotations {
-        annotations.remove(LAST_APPLIED);
-    }
-    obj
-}
-
-/// The conversion of each Service as it arrives (the seam's store side).
-pub fn keep_service(svc: &Service) -> StoredService {
-    trimmed(svc)
-}
-
-/// The conversion of each EndpointSlice as it arrives.
-pub fn keep_slice(slice: &EndpointSlice) -> StoredEndpointSlice {
-    trimmed(slice)
-}
-
-/// The conversion of this Node as it arrives.
-pub fn keep_node(node: &Node) -> StoredNode {
-    trimmed(node)
-}
-
-/// The seam's read side: stored objects as the agent's [`Inventory`]. Today the one place
-/// that deep-copies the stored objects (a copy per read, as the reflector stores did); once
-/// the inventory holds `Arc`s of the stored types this passes them through.
-pub fn into_inventory(objects: StoredObjects) -> Inventory {
-    fn owned<T: Clone>(objects: Vec<Arc<T>>) -> Vec<T> {
-        objects.into_iter().map(Arc::unwrap_or_clone).collect()
-    }
-    Inventory {
-        services: owned(objects.services),
-        endpoint_slices: owned(objects.endpoint_slices),
-        nodes: owned(objects.nodes),
-    }
-}
 
 /// Errors raised while building a client or starting the source. Watch failures at run time
 /// are not errors of this type: they are reported through [`SourceState`] and retried.
@@ -323,9 +256,9 @@ pub struct KubeSource {
 /// for a metrics collector.
 #[derive(Clone)]
 pub struct KubeSourceHandle {
-    services: Store<StoredService>,
-    endpoint_slices: Store<StoredEndpointSlice>,
-    nodes: Store<StoredNode>,
+    services: Store<model::Service>,
+    endpoint_slices: Store<model::EndpointSlice>,
+    nodes: Store<model::Node>,
     shared: Arc<Shared>,
 }
 
@@ -353,9 +286,13 @@ impl KubeSource {
         });
         let base = config.watcher_config();
 
-        let (services, services_writer) = store::store(keep_service);
-        let (endpoint_slices, slices_writer) = store::store(keep_slice);
-        let (nodes, nodes_writer) = store::store(keep_node);
+        let mut interner = Interner::new();
+        let (services, services_writer) = store::store(move |svc| interner.service(svc));
+        let mut interner = Interner::new();
+        let (endpoint_slices, slices_writer) =
+            store::store(move |slice| interner.endpoint_slice(slice));
+        let mut interner = Interner::new();
+        let (nodes, nodes_writer) = store::store(move |node| interner.node(node));
 
         let tasks = vec![
             spawn_watch(
@@ -417,21 +354,6 @@ impl KubeSource {
         self.handle.objects_of(services)
     }
 
-    /// See [`KubeSourceHandle::stored_snapshot`].
-    pub fn stored_snapshot(&self) -> StoredObjects {
-        self.handle.stored_snapshot()
-    }
-
-    /// See [`KubeSourceHandle::take_stored_changes`].
-    pub fn take_stored_changes(&self) -> (Dirty, StoredObjects) {
-        self.handle.take_stored_changes()
-    }
-
-    /// See [`KubeSourceHandle::stored_objects_of`].
-    pub fn stored_objects_of(&self, services: &BTreeSet<ServiceRef>) -> StoredObjects {
-        self.handle.stored_objects_of(services)
-    }
-
     /// See [`KubeSourceHandle::state`].
     pub fn state(&self) -> SourceState {
         self.handle.state()
@@ -462,11 +384,15 @@ impl Drop for KubeSource {
 }
 
 impl KubeSourceHandle {
-    /// The objects currently in the stores, each list sorted by namespace and name. Before
-    /// [`SourceState::synced`] this may be incomplete; it is never emptied by a watch failure.
-    /// This is [`KubeSourceHandle::stored_snapshot`] through [`into_inventory`].
+    /// The objects currently in the stores, each list sorted by namespace and name: the stored
+    /// `Arc`s, no copies. Before [`SourceState::synced`] this may be incomplete; it is never
+    /// emptied by a watch failure.
     pub fn snapshot(&self) -> Inventory {
-        into_inventory(self.stored_snapshot())
+        Inventory {
+            services: self.services.all(),
+            endpoint_slices: self.endpoint_slices.all(),
+            nodes: self.nodes.all(),
+        }
     }
 
     /// Which Services changed since the last call (everything on the first), and the objects
@@ -474,41 +400,21 @@ impl KubeSourceHandle {
     /// else [`KubeSourceHandle::objects_of`] those Services. A change that lands while this
     /// runs is marked again and returned by the next call.
     pub fn take_changes(&self) -> (Dirty, Inventory) {
-        let (dirty, objects) = self.take_stored_changes();
-        (dirty, into_inventory(objects))
-    }
-
-    /// The objects of `services` (each Service that exists and every EndpointSlice labelled
-    /// with its name), and this Node; costs those objects, not the whole store.
-    pub fn objects_of(&self, services: &BTreeSet<ServiceRef>) -> Inventory {
-        into_inventory(self.stored_objects_of(services))
-    }
-
-    /// [`KubeSourceHandle::snapshot`] as the stores hold it: the stored `Arc`s, no copies.
-    pub fn stored_snapshot(&self) -> StoredObjects {
-        StoredObjects {
-            services: self.services.all(),
-            endpoint_slices: self.endpoint_slices.all(),
-            nodes: self.nodes.all(),
-        }
-    }
-
-    /// [`KubeSourceHandle::take_changes`] as the stores hold the objects.
-    pub fn take_stored_changes(&self) -> (Dirty, StoredObjects) {
         let dirty = std::mem::take(&mut self.shared.lock().dirty);
         let objects = match &dirty {
-            Dirty::All => self.stored_snapshot(),
-            Dirty::Services(refs) => self.stored_objects_of(refs),
+            Dirty::All => self.snapshot(),
+            Dirty::Services(refs) => self.objects_of(refs),
         };
         (dirty, objects)
     }
 
-    /// [`KubeSourceHandle::objects_of`] as the stores hold the objects. Services come in the
-    /// order of `services` (namespace, name), each followed by its slices in name order.
-    pub fn stored_objects_of(&self, services: &BTreeSet<ServiceRef>) -> StoredObjects {
-        let mut objects = StoredObjects {
+    /// The objects of `services` (each Service that exists and every EndpointSlice labelled
+    /// with its name), and this Node; costs those objects, not the whole store. Services come
+    /// in the order of `services` (namespace, name), each followed by its slices in name order.
+    pub fn objects_of(&self, services: &BTreeSet<ServiceRef>) -> Inventory {
+        let mut objects = Inventory {
             nodes: self.nodes.all(),
-            ..StoredObjects::default()
+            ..Inventory::default()
         };
         let inner = self.shared.lock();
         for svc in services {
@@ -921,49 +827,6 @@ mod tests {
         assert!(validate_node_name("").is_err());
         assert!(validate_node_name("a,metadata.name=b").is_err());
         assert!(validate_node_name("Upper").is_err());
-    }
-
-    #[test]
-    fn kept_objects_lose_only_what_the_agent_never_reads() {
-        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
-        let svc = Service {
-            metadata: ObjectMeta {
-                name: Some("web".into()),
-                namespace: Some("default".into()),
-                managed_fields: Some(vec![ManagedFieldsEntry {
-                    manager: Some("kubectl".into()),
-                    ..Default::default()
-                }]),
-                annotations: Some(
-                    [
-                        (LAST_APPLIED.to_string(), "{...}".to_string()),
-                        (
-                            "service.kubernetes.io/topology-mode".to_string(),
-                            "Auto".to_string(),
-                        ),
-                    ]
-                    .into(),
-                ),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        let kept = keep_service(&svc);
-        assert_eq!(kept.metadata.managed_fields, None);
-        assert_eq!(
-            kept.metadata.annotations,
-            Some(
-                [(
-                    "service.kubernetes.io/topology-mode".to_string(),
-                    "Auto".to_string()
-                )]
-                .into()
-            )
-        );
-        let mut expected = svc.clone();
-        expected.metadata.managed_fields = None;
-        expected.metadata.annotations = kept.metadata.annotations.clone();
-        assert_eq!(kept, expected, "everything else is kept");
     }
 
     #[test]

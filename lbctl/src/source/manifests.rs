@@ -18,9 +18,10 @@ use std::{
     fmt,
     io::Read,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
-use crate::model::Inventory;
+use crate::model::{Interner, Inventory};
 use k8s_openapi::api::{
     core::v1::{Node, Service},
     discovery::v1::EndpointSlice,
@@ -133,10 +134,7 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<Inventory, ManifestError> {
     let mut inventory = Inventory::default();
     for path in manifest_files(paths)? {
         let (origin, text) = read(&path)?;
-        let loaded = load_str(&text, &origin)?;
-        inventory.services.extend(loaded.services);
-        inventory.endpoint_slices.extend(loaded.endpoint_slices);
-        inventory.nodes.extend(loaded.nodes);
+        inventory.extend(load_str(&text, &origin)?);
     }
     Ok(inventory)
 }
@@ -724,6 +722,8 @@ impl<'de> Visitor<'de> for Scan {
 #[derive(Debug, Default)]
 struct Collected {
     inventory: Inventory,
+    /// Shares namespaces, node names and zones among the objects of this read.
+    interner: Interner,
     current_item: Option<usize>,
     /// Where in the object the typed read failed (`spec.ports[0].port`).
     failed_at: Option<String>,
@@ -737,14 +737,18 @@ impl Collected {
     ) -> Result<(), D::Error> {
         let mut track = serde_path_to_error::Track::new();
         let deserializer = serde_path_to_error::Deserializer::new(deserializer, &mut track);
+        // Each object is converted as soon as it is read: the API object is dropped here.
+        let (inventory, interner) = (&mut self.inventory, &mut self.interner);
         let pushed = match kind {
             KnownKind::Service => Service::deserialize(deserializer)
-                .map(|object| self.inventory.services.push(object)),
-            KnownKind::EndpointSlice => EndpointSlice::deserialize(deserializer)
-                .map(|object| self.inventory.endpoint_slices.push(object)),
-            KnownKind::Node => {
-                Node::deserialize(deserializer).map(|object| self.inventory.nodes.push(object))
-            }
+                .map(|object| inventory.services.push(Arc::new(interner.service(&object)))),
+            KnownKind::EndpointSlice => EndpointSlice::deserialize(deserializer).map(|object| {
+                inventory
+                    .endpoint_slices
+                    .push(Arc::new(interner.endpoint_slice(&object)))
+            }),
+            KnownKind::Node => Node::deserialize(deserializer)
+                .map(|object| inventory.nodes.push(Arc::new(interner.node(&object)))),
         };
         if pushed.is_err() {
             self.failed_at = Some(track.path().to_string());
@@ -923,19 +927,28 @@ mod one_pass {
         de::{DeserializeSeed, Error, IgnoredAny, MapAccess, SeqAccess, Visitor},
     };
 
+    use std::{cell::RefCell, sync::Arc};
+
     use super::KnownKind;
-    use crate::model::Inventory;
+    use crate::model::{Interner, Inventory};
+
+    thread_local! {
+        /// The interner of the read under way (serde-saphyr reads documents through
+        /// `Deserialize`, which takes no state): set only while [`load`] runs.
+        static INTERNER: RefCell<Interner> = RefCell::new(Interner::new());
+    }
 
     pub(super) fn load(
         text: &str,
         options: serde_saphyr::Options,
     ) -> Result<Inventory, serde_saphyr::Error> {
-        let docs: Vec<Doc> = serde_saphyr::from_multiple_with_options(text, options)?;
+        INTERNER.set(Interner::new());
+        let docs = serde_saphyr::from_multiple_with_options::<Doc>(text, options);
+        // Not kept past the read: the objects hold what they share.
+        INTERNER.set(Interner::new());
         let mut inventory = Inventory::default();
-        for Doc(objects) in docs {
-            inventory.services.extend(objects.services);
-            inventory.endpoint_slices.extend(objects.endpoint_slices);
-            inventory.nodes.extend(objects.nodes);
+        for Doc(objects) in docs? {
+            inventory.extend(objects);
         }
         Ok(inventory)
     }
@@ -947,8 +960,8 @@ mod one_pass {
         fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
             let parts = PartsSeed(Context::TopLevel).deserialize(deserializer)?;
             let mut out = Inventory::default();
-            parts
-                .resolve(Context::TopLevel, &mut out)
+            INTERNER
+                .with_borrow_mut(|interner| parts.resolve(Context::TopLevel, &mut out, interner))
                 .map_err(D::Error::custom)?;
             Ok(Doc(out))
         }
@@ -987,8 +1000,10 @@ mod one_pass {
         }
     }
 
-    /// One object's fields, read in one pass. The objects' parts are boxed: a list's items
-    /// are all held until the list's kind is known, and unboxed they take kilobytes each.
+    /// One object's fields, read in one pass. The objects' parts are boxed: a list item that
+    /// does not name its own kind is held until the list's kind is known (the others are
+    /// converted to the compact model as soon as they are read: [`Item`]), and unboxed they
+    /// take kilobytes each.
     #[derive(Default)]
     struct Parts {
         api_version: Option<String>,
@@ -1002,7 +1017,7 @@ mod one_pass {
         endpoints: Option<Vec<Endpoint>>,
         ports: Option<Vec<EndpointPort>>,
         /// `Some` when read as a list's items (speculatively, or for a list).
-        items: Option<Vec<Parts>>,
+        items: Option<Vec<Item>>,
         /// The classes fields were read under once the class was known: all must agree with
         /// the final one.
         assumed: Vec<Class>,
@@ -1023,7 +1038,12 @@ mod one_pass {
 
         /// The objects this stands for, into `out`; an error when the one-pass read cannot
         /// be sure of them.
-        fn resolve(self, context: Context, out: &mut Inventory) -> Result<(), &'static str> {
+        fn resolve(
+            self,
+            context: Context,
+            out: &mut Inventory,
+            interner: &mut Interner,
+        ) -> Result<(), &'static str> {
             let class = match context {
                 Context::TypedItem(kind) => {
                     // The typed read checks the item's own kind fields against the list's.
@@ -1043,30 +1063,44 @@ mod one_pass {
             }
             match class {
                 Class::Ignored => {}
-                Class::Object(KnownKind::Service) => out.services.push(Service {
-                    metadata: self.metadata.map(|m| *m).unwrap_or_default(),
-                    spec: self.service_spec.map(|s| *s),
-                    status: self.service_status.map(|s| *s),
-                }),
-                Class::Object(KnownKind::Node) => out.nodes.push(Node {
+                Class::Object(KnownKind::Service) => {
+                    out.services.push(Arc::new(interner.service(&Service {
+                        metadata: self.metadata.map(|m| *m).unwrap_or_default(),
+                        spec: self.service_spec.map(|s| *s),
+                        status: self.service_status.map(|s| *s),
+                    })))
+                }
+                Class::Object(KnownKind::Node) => out.nodes.push(Arc::new(interner.node(&Node {
                     metadata: self.metadata.map(|m| *m).unwrap_or_default(),
                     spec: self.node_spec.map(|s| *s),
                     status: self.node_status.map(|s| *s),
-                }),
+                }))),
                 Class::Object(KnownKind::EndpointSlice) => {
-                    out.endpoint_slices.push(EndpointSlice {
-                        address_type: self.address_type.unwrap_or_default(),
-                        endpoints: self.endpoints.unwrap_or_default(),
-                        metadata: self.metadata.map(|m| *m).unwrap_or_default(),
-                        ports: self.ports,
-                    })
+                    out.endpoint_slices
+                        .push(Arc::new(interner.endpoint_slice(&EndpointSlice {
+                            address_type: self.address_type.unwrap_or_default(),
+                            endpoints: self.endpoints.unwrap_or_default(),
+                            metadata: self.metadata.map(|m| *m).unwrap_or_default(),
+                            ports: self.ports,
+                        })))
                 }
                 Class::List(item_kind) => {
                     let item_context = item_kind.map_or(Context::ListItem, Context::TypedItem);
                     for item in self.items.into_iter().flatten() {
-                        // Items read before the list's kind was known were read as `v1 List`
-                        // items: a typed list's items must then name its kind themselves.
-                        item.resolve(item_context, out)?;
+                        match item {
+                            // Items read before the list's kind was known were read as `v1
+                            // List` items: a typed list's items must then name its kind
+                            // themselves (a converted item named its kind).
+                            Item::Converted(kind, objects) => {
+                                if let Context::TypedItem(list_kind) = item_context
+                                    && kind != list_kind
+                                {
+                                    return Err("a typed list's item names another kind");
+                                }
+                                out.extend(objects);
+                            }
+                            Item::Pending(parts) => parts.resolve(item_context, out, interner)?,
+                        }
                     }
                 }
             }
@@ -1197,39 +1231,60 @@ mod one_pass {
         }
     }
 
+    /// One item of a list, converted as soon as its kind is sure (the API object is dropped
+    /// then), else kept until the list's kind is known.
+    enum Item {
+        /// An object whose own fields name its kind: the same object whatever the list turns
+        /// out to be, if the list accepts that kind.
+        Converted(KnownKind, Inventory),
+        Pending(Parts),
+    }
+
     /// A list's `items`: a sequence of objects, or null.
     struct ItemsSeed(Context);
 
     impl<'de> DeserializeSeed<'de> for ItemsSeed {
-        type Value = Vec<Parts>;
+        type Value = Vec<Item>;
 
-        fn deserialize<D: Deserializer<'de>>(
-            self,
-            deserializer: D,
-        ) -> Result<Vec<Parts>, D::Error> {
+        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Vec<Item>, D::Error> {
             deserializer.deserialize_any(self)
         }
     }
 
     impl<'de> Visitor<'de> for ItemsSeed {
-        type Value = Vec<Parts>;
+        type Value = Vec<Item>;
 
         fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             f.write_str("a sequence of objects")
         }
 
-        fn visit_unit<E>(self) -> Result<Vec<Parts>, E> {
+        fn visit_unit<E>(self) -> Result<Vec<Item>, E> {
             Ok(Vec::new())
         }
 
-        fn visit_none<E>(self) -> Result<Vec<Parts>, E> {
+        fn visit_none<E>(self) -> Result<Vec<Item>, E> {
             Ok(Vec::new())
         }
 
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Parts>, A::Error> {
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Item>, A::Error> {
             let mut items = Vec::new();
             while let Some(item) = seq.next_element_seed(PartsSeed(self.0))? {
-                items.push(item);
+                let kind = match item.class_now(self.0) {
+                    Some(Class::Object(kind))
+                        if item.assumed.iter().all(|a| *a == Class::Object(kind)) =>
+                    {
+                        kind
+                    }
+                    _ => {
+                        items.push(Item::Pending(item));
+                        continue;
+                    }
+                };
+                let mut objects = Inventory::default();
+                INTERNER
+                    .with_borrow_mut(|interner| item.resolve(self.0, &mut objects, interner))
+                    .map_err(A::Error::custom)?;
+                items.push(Item::Converted(kind, objects));
             }
             Ok(items)
         }

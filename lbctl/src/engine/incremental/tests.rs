@@ -1,7 +1,7 @@
 //! The incremental planner against the full one: after any sequence of changes, each applied
 //! to only the Service it touches, [`Planner::plan`] equals [`crate::engine::plan`] over the
 //! whole inventory, including which Service wins a shared frontend and the skip entries.
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, sync::Arc};
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use proptest::prelude::*;
@@ -118,11 +118,15 @@ impl World {
                 continue;
             }
             if let Some(p) = &self.services[i] {
-                inventory.services.push(service(name, p));
+                inventory
+                    .services
+                    .push(Arc::new((&service(name, p)).into()));
             }
             for (j, s) in self.slices[i].iter().enumerate() {
                 if let Some(s) = s {
-                    inventory.endpoint_slices.push(slice(name, j, s));
+                    inventory
+                        .endpoint_slices
+                        .push(Arc::new((&slice(name, j, s)).into()));
                 }
             }
         }

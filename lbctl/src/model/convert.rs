@@ -1,0 +1,343 @@
+//! k8s-openapi objects -> the compact model. Lossless for what the engine and the agent read.
+use std::{collections::HashSet, net::IpAddr, sync::Arc, time::SystemTime};
+
+use k8s_openapi::{
+    api::{core::v1 as core, discovery::v1 as discovery},
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    jiff::Timestamp,
+};
+
+use crate::plan::ServiceRef;
+
+use super::{
+    Address, AddressType, Conditions, DEFAULT_NAMESPACE, Endpoint, EndpointAddress, EndpointPort,
+    EndpointSlice, Hints, Ingress, Inventory, Node, NodeAddress, NodeAddressType, PortProtocol,
+    SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL, Service, ServicePort, ServiceSpec, ServiceType,
+    TOPOLOGY_AWARE_HINTS_ANNOTATION, TOPOLOGY_MODE_ANNOTATION, TRIGGER_TIME_ANNOTATION, ZONE_LABEL,
+};
+
+/// Shares the strings many objects repeat (namespaces, node names, zones): one allocation per
+/// distinct value. Owned by whoever converts, for one read or snapshot; it holds only what
+/// those objects hold, so it is as bounded as they are.
+#[derive(Debug, Default)]
+pub struct Interner {
+    strings: HashSet<Arc<str>>,
+}
+
+impl Interner {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn intern(&mut self, value: &str) -> Arc<str> {
+        if let Some(shared) = self.strings.get(value) {
+            return shared.clone();
+        }
+        let shared: Arc<str> = Arc::from(value);
+        self.strings.insert(shared.clone());
+        shared
+    }
+
+    /// A namespace, defaulted as `kubectl apply` does.
+    fn namespace(&mut self, meta: &ObjectMeta) -> Arc<str> {
+        self.intern(namespace_str(meta))
+    }
+
+    pub fn service(&mut self, svc: &core::Service) -> Service {
+        let meta = &svc.metadata;
+        let annotation = |key: &str| -> Option<Box<str>> {
+            Some(meta.annotations.as_ref()?.get(key)?.as_str().into())
+        };
+        let label = |key: &str| -> Option<Box<str>> {
+            Some(meta.labels.as_ref()?.get(key)?.as_str().into())
+        };
+        let load_balancer_ingress = svc
+            .status
+            .as_ref()
+            .and_then(|status| status.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_deref())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|entry| {
+                // Hostname-only entries have nothing to capture.
+                let ip = entry.ip.as_deref()?;
+                match entry.ip_mode.as_deref() {
+                    None | Some("VIP") => Some(Ingress::Vip(Address::parse(ip))),
+                    // The load balancer proxies: traffic to it must leave the node.
+                    Some("Proxy") => None,
+                    Some(mode) => Some(Ingress::UnknownMode {
+                        ip: ip.into(),
+                        mode: mode.into(),
+                    }),
+                }
+            })
+            .collect();
+        Service {
+            topology_aware_hints: annotation(TOPOLOGY_AWARE_HINTS_ANNOTATION),
+            topology_mode: annotation(TOPOLOGY_MODE_ANNOTATION),
+            creation_timestamp: meta.creation_timestamp.clone(),
+            service_proxy_name: label(SERVICE_PROXY_NAME_LABEL),
+            name: meta.name.as_deref().map(Box::from),
+            namespace: self.namespace(meta),
+            spec: svc.spec.as_ref().map(|spec| Box::new(service_spec(spec))),
+            load_balancer_ingress,
+        }
+    }
+
+    pub fn endpoint_slice(&mut self, slice: &discovery::EndpointSlice) -> EndpointSlice {
+        let meta = &slice.metadata;
+        let address_type = match slice.address_type.as_str() {
+            "IPv4" => AddressType::IPv4,
+            "IPv6" => AddressType::IPv6,
+            "FQDN" => AddressType::Fqdn,
+            other => AddressType::Other(other.into()),
+        };
+        EndpointSlice {
+            name: meta.name.as_deref().unwrap_or_default().into(),
+            namespace: self.namespace(meta),
+            service_name: meta
+                .labels
+                .as_ref()
+                .and_then(|labels| labels.get(SERVICE_NAME_LABEL))
+                .map(|name| name.as_str().into()),
+            ports: slice
+                .ports
+                .iter()
+                .flatten()
+                .map(|port| EndpointPort {
+                    name: port.name.as_deref().unwrap_or_default().into(),
+                    protocol: PortProtocol::parse(port.protocol.as_deref()),
+                    port: port.port,
+                })
+                .collect(),
+            endpoints: slice
+                .endpoints
+                .iter()
+                .map(|endpoint| self.endpoint(endpoint, &address_type))
+                .collect(),
+            address_type,
+            trigger_time: meta
+                .annotations
+                .as_ref()
+                .and_then(|annotations| annotations.get(TRIGGER_TIME_ANNOTATION))
+                .and_then(|value| system_time(value.parse().ok()?)),
+        }
+    }
+
+    fn endpoint(&mut self, endpoint: &discovery::Endpoint, family: &AddressType) -> Endpoint {
+        let address = match endpoint.addresses.first() {
+            Some(address) => match address.parse::<IpAddr>() {
+                Ok(ip) if matches!(family, AddressType::IPv4) && !ip.is_ipv4() => {
+                    EndpointAddress::OtherFamily(address.as_str().into())
+                }
+                Ok(ip) if matches!(family, AddressType::IPv6) && !ip.is_ipv6() => {
+                    EndpointAddress::OtherFamily(address.as_str().into())
+                }
+                Ok(ip) => EndpointAddress::Ip(ip),
+                Err(_) => EndpointAddress::Invalid(address.as_str().into()),
+            },
+            None => EndpointAddress::Missing {
+                // Named by what it points to, not its position.
+                target: endpoint.target_ref.as_ref().and_then(|target| {
+                    Some(
+                        format!("{} {}", target.kind.as_deref()?, target.name.as_deref()?)
+                            .into_boxed_str(),
+                    )
+                }),
+            },
+        };
+        let conditions = endpoint.conditions.as_ref();
+        let hints = endpoint.hints.as_ref().and_then(|hints| {
+            let for_nodes = self.sorted_names(hints.for_nodes.iter().flatten().map(|h| &h.name));
+            let for_zones = self.sorted_names(hints.for_zones.iter().flatten().map(|h| &h.name));
+            (!for_nodes.is_empty() || !for_zones.is_empty()).then(|| {
+                Box::new(Hints {
+                    for_nodes,
+                    for_zones,
+                })
+            })
+        });
+        Endpoint {
+            address,
+            conditions: Conditions {
+                ready: conditions.and_then(|c| c.ready).unwrap_or(true),
+                serving: conditions.and_then(|c| c.serving).unwrap_or(true),
+                terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
+            },
+            node_name: endpoint.node_name.as_deref().map(|name| self.intern(name)),
+            hints,
+        }
+    }
+
+    fn sorted_names<'a>(&mut self, names: impl Iterator<Item = &'a String>) -> Box<[Arc<str>]> {
+        let mut names: Vec<Arc<str>> = names.map(|name| self.intern(name)).collect();
+        names.sort();
+        names.dedup();
+        names.into_boxed_slice()
+    }
+
+    pub fn node(&mut self, node: &core::Node) -> Node {
+        let addresses = node
+            .status
+            .as_ref()
+            .and_then(|status| status.addresses.as_deref())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|addr| {
+                let type_ = match addr.type_.as_str() {
+                    "InternalIP" => NodeAddressType::InternalIP,
+                    "ExternalIP" => NodeAddressType::ExternalIP,
+                    // NodePorts are planned on these two kinds only.
+                    _ => return None,
+                };
+                Some(NodeAddress {
+                    address: Address::parse(&addr.address),
+                    type_,
+                })
+            })
+            .collect();
+        Node {
+            name: node.metadata.name.as_deref().map(Box::from),
+            zone: node
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|labels| labels.get(ZONE_LABEL))
+                .map(|zone| self.intern(zone)),
+            addresses,
+        }
+    }
+}
+
+fn service_spec(spec: &core::ServiceSpec) -> ServiceSpec {
+    let cluster_ips: Vec<&str> = match spec.cluster_ips.as_deref() {
+        Some(ips) if !ips.is_empty() => ips.iter().map(String::as_str).collect(),
+        _ => spec.cluster_ip.as_deref().into_iter().collect(),
+    };
+    ServiceSpec {
+        cluster_ips: cluster_ips
+            .into_iter()
+            .filter(|ip| !ip.is_empty())
+            .map(Address::parse)
+            .collect(),
+        external_ips: spec
+            .external_ips
+            .iter()
+            .flatten()
+            .map(|ip| Address::parse(ip))
+            .collect(),
+        internal_traffic_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+        ports: spec
+            .ports
+            .iter()
+            .flatten()
+            .map(|port| ServicePort {
+                name: port.name.as_deref().unwrap_or_default().into(),
+                node_port: port.node_port,
+                port: port.port,
+                protocol: PortProtocol::parse(port.protocol.as_deref()),
+            })
+            .collect(),
+        session_affinity_client_ip: spec.session_affinity.as_deref() == Some("ClientIP"),
+        affinity_timeout_seconds: spec
+            .session_affinity_config
+            .as_ref()
+            .and_then(|config| config.client_ip.as_ref())
+            .and_then(|client_ip| client_ip.timeout_seconds),
+        traffic_distribution: spec.traffic_distribution.as_deref().map(Box::from),
+        type_: match spec.type_.as_deref() {
+            Some("NodePort") => ServiceType::NodePort,
+            Some("LoadBalancer") => ServiceType::LoadBalancer,
+            Some("ExternalName") => ServiceType::ExternalName,
+            _ => ServiceType::ClusterIP,
+        },
+    }
+}
+
+/// The ref of a k8s-openapi Service, as `engine::service_ref_of` gives for its compact form
+/// (for sources that key their stores by the API objects).
+pub fn k8s_service_ref(svc: &core::Service) -> ServiceRef {
+    ServiceRef {
+        namespace: namespace_str(&svc.metadata).to_owned(),
+        name: svc.metadata.name.clone().unwrap_or_default(),
+    }
+}
+
+/// The Service a k8s-openapi EndpointSlice belongs to, as `engine::slice_service` gives for
+/// its compact form.
+pub fn k8s_slice_service(slice: &discovery::EndpointSlice) -> Option<ServiceRef> {
+    let name = slice
+        .metadata
+        .labels
+        .as_ref()?
+        .get(SERVICE_NAME_LABEL)
+        .filter(|name| !name.is_empty())?;
+    Some(ServiceRef {
+        namespace: namespace_str(&slice.metadata).to_owned(),
+        name: name.clone(),
+    })
+}
+
+fn namespace_str(meta: &ObjectMeta) -> &str {
+    match meta.namespace.as_deref() {
+        Some(ns) if !ns.is_empty() => ns,
+        _ => DEFAULT_NAMESPACE,
+    }
+}
+
+/// A timestamp as `SystemTime` (`None` before 1970: no trigger time is).
+pub(crate) fn system_time(at: Timestamp) -> Option<SystemTime> {
+    let seconds = u64::try_from(at.as_second()).ok()?;
+    let nanos = u32::try_from(at.subsec_nanosecond()).ok()?;
+    SystemTime::UNIX_EPOCH.checked_add(std::time::Duration::new(seconds, nanos))
+}
+
+impl From<&core::Service> for Service {
+    fn from(svc: &core::Service) -> Self {
+        Interner::new().service(svc)
+    }
+}
+
+impl From<&discovery::EndpointSlice> for EndpointSlice {
+    fn from(slice: &discovery::EndpointSlice) -> Self {
+        Interner::new().endpoint_slice(slice)
+    }
+}
+
+impl From<&core::Node> for Node {
+    fn from(node: &core::Node) -> Self {
+        Interner::new().node(node)
+    }
+}
+
+impl Inventory {
+    /// Converts k8s-openapi objects (tests, and sources that hold them), sharing one interner.
+    pub fn from_objects<'a>(
+        services: impl IntoIterator<Item = &'a core::Service>,
+        slices: impl IntoIterator<Item = &'a discovery::EndpointSlice>,
+        nodes: impl IntoIterator<Item = &'a core::Node>,
+    ) -> Self {
+        let mut interner = Interner::new();
+        Inventory {
+            services: services
+                .into_iter()
+                .map(|svc| Arc::new(interner.service(svc)))
+                .collect(),
+            endpoint_slices: slices
+                .into_iter()
+                .map(|slice| Arc::new(interner.endpoint_slice(slice)))
+                .collect(),
+            nodes: nodes
+                .into_iter()
+                .map(|node| Arc::new(interner.node(node)))
+                .collect(),
+        }
+    }
+
+    /// Appends `other`'s objects.
+    pub fn extend(&mut self, other: Inventory) {
+        self.services.extend(other.services);
+        self.endpoint_slices.extend(other.endpoint_slices);
+        self.nodes.extend(other.nodes);
+    }
+}

@@ -1,0 +1,354 @@
+//! The cluster objects the policy engine reads, in a compact form: each object keeps exactly the
+//! fields the engine (`engine/`) and the agent's log of refusals (`agent/observe.rs`) read,
+//! and nothing else.
+//!
+//! A k8s-openapi `Endpoint` alone is ~350 bytes before its strings; the compact [`Endpoint`] is
+//! 56 bytes, with its node name and hints shared. The means:
+//! - `Box<str>` / `Box<[T]>` rather than `String` / `Vec` (no spare capacity);
+//! - namespaces, node names and zones interned as `Arc<str>` by an [`Interner`] owned by whoever
+//!   converts (one per manifest read or per snapshot);
+//! - only the labels and annotations the engine reads, as typed fields, not maps;
+//! - values parsed once where the engine only ever uses them parsed (an IP address), keeping
+//!   the raw text where the engine reports it ([`Address::Invalid`]), so every report stays word
+//!   for word;
+//! - an absent field stays distinguishable from an empty one wherever a reader distinguishes
+//!   them (a Service without `spec`, an endpoint without an address).
+//!
+//! Conversions from the k8s-openapi types live in [`convert`]: `From<&k8s>` for one object and
+//! [`Inventory::from_objects`] for many (sharing one interner). Sources convert each object as
+//! they read it; the engine never sees a k8s-openapi object.
+mod convert;
+#[cfg(test)]
+mod tests;
+
+use std::{fmt, net::IpAddr, sync::Arc, time::SystemTime};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use serde::{Serialize, Serializer};
+
+#[cfg(test)]
+pub(crate) use convert::system_time;
+pub use convert::{Interner, k8s_service_ref, k8s_slice_service};
+
+/// A snapshot of the objects that matter to one node, from any source (Kubernetes watches or
+/// manifest files). Objects are shared: a snapshot is a copy of pointers, not of objects.
+#[derive(Clone, Debug, Default)]
+pub struct Inventory {
+    pub services: Vec<Arc<Service>>,
+    pub endpoint_slices: Vec<Arc<EndpointSlice>>,
+    pub nodes: Vec<Arc<Node>>,
+}
+
+/// The label by which a Service names the proxy that serves it (kube-proxy's
+/// `LabelServiceProxyName`): Services that carry it belong to another proxy, unless its value
+/// is this proxy's `NodeContext::service_proxy_name`.
+pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+/// The label that ties an EndpointSlice to its Service (same namespace).
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// The Node label the zone hints are matched against.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+/// Asks for topology-aware routing (zone hints), current name.
+pub const TOPOLOGY_MODE_ANNOTATION: &str = "service.kubernetes.io/topology-mode";
+/// Asks for topology-aware routing (zone hints), name before Kubernetes 1.27.
+pub const TOPOLOGY_AWARE_HINTS_ANNOTATION: &str = "service.kubernetes.io/topology-aware-hints";
+/// The annotation the EndpointSlice controller sets to the time of the change (pod, service)
+/// that triggered the slice's last update.
+pub const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+
+/// Namespace of objects that do not name one (hand-written manifests), as `kubectl apply` does.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// An IP address as written in an object: parsed, or the text that does not parse (kept for
+/// the report that names it).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Address {
+    Ip(IpAddr),
+    Invalid(Box<str>),
+}
+
+impl Address {
+    pub fn parse(text: &str) -> Self {
+        match text.parse() {
+            Ok(ip) => Address::Ip(ip),
+            Err(_) => Address::Invalid(text.into()),
+        }
+    }
+}
+
+impl Serialize for Address {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Address::Ip(ip) => s.collect_str(ip),
+            Address::Invalid(text) => s.serialize_str(text),
+        }
+    }
+}
+
+/// A port's `protocol`; absent is TCP (the API default, and how every reader takes it).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum PortProtocol {
+    Tcp,
+    Udp,
+    Sctp,
+    /// Anything else, as written (reported).
+    Other(Box<str>),
+}
+
+impl PortProtocol {
+    pub fn parse(protocol: Option<&str>) -> Self {
+        match protocol {
+            None | Some("TCP") => PortProtocol::Tcp,
+            Some("UDP") => PortProtocol::Udp,
+            Some("SCTP") => PortProtocol::Sctp,
+            Some(other) => PortProtocol::Other(other.into()),
+        }
+    }
+
+    /// As written (`TCP` when it was absent).
+    pub fn as_str(&self) -> &str {
+        match self {
+            PortProtocol::Tcp => "TCP",
+            PortProtocol::Udp => "UDP",
+            PortProtocol::Sctp => "SCTP",
+            PortProtocol::Other(other) => other,
+        }
+    }
+}
+
+/// A Service: `metadata` (name, namespace, creation time, the service-proxy-name label, the
+/// topology annotations), `spec` and the load balancer ingress of `status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Service {
+    /// `service.kubernetes.io/topology-aware-hints` annotation.
+    pub topology_aware_hints: Option<Box<str>>,
+    /// `service.kubernetes.io/topology-mode` annotation.
+    pub topology_mode: Option<Box<str>>,
+    pub creation_timestamp: Option<Time>,
+    /// `service.kubernetes.io/service-proxy-name` label.
+    pub service_proxy_name: Option<Box<str>>,
+    /// `None` when the object names none (distinct from an empty name for the agent's log).
+    pub name: Option<Box<str>>,
+    /// [`DEFAULT_NAMESPACE`] when absent or empty.
+    #[serde(serialize_with = "serialize_arc")]
+    pub namespace: Arc<str>,
+    /// `None`: the object has no `spec` (reported).
+    pub spec: Option<Box<ServiceSpec>>,
+    /// `status.loadBalancer.ingress` entries with an IP address that are not `ipMode: Proxy`
+    /// (the others have nothing to capture), in order.
+    pub load_balancer_ingress: Box<[Ingress]>,
+}
+
+impl Service {
+    /// `metadata.name`, empty when absent.
+    pub fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or_default()
+    }
+
+    /// `spec.internalTrafficPolicy: Local`.
+    pub fn internal_traffic_local(&self) -> bool {
+        self.spec
+            .as_ref()
+            .is_some_and(|spec| spec.internal_traffic_local)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum ServiceType {
+    /// `ClusterIP`, absent, or a value the engine does not distinguish.
+    ClusterIP,
+    NodePort,
+    LoadBalancer,
+    ExternalName,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// `spec.clusterIPs` when not empty, else `spec.clusterIP`; empty strings left out. The
+    /// first being `None` (invalid, as written) means headless.
+    pub cluster_ips: Box<[Address]>,
+    pub external_ips: Box<[Address]>,
+    /// `internalTrafficPolicy: Local`.
+    pub internal_traffic_local: bool,
+    /// Absent and empty alike (the engine reports "no ports" for both).
+    pub ports: Box<[ServicePort]>,
+    /// `sessionAffinity: ClientIP`.
+    pub session_affinity_client_ip: bool,
+    /// `sessionAffinityConfig.clientIP.timeoutSeconds`, as written.
+    pub affinity_timeout_seconds: Option<i32>,
+    pub traffic_distribution: Option<Box<str>>,
+    #[serde(rename = "type")]
+    pub type_: ServiceType,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicePort {
+    /// Empty when unnamed.
+    pub name: Box<str>,
+    pub node_port: Option<i32>,
+    pub port: i32,
+    pub protocol: PortProtocol,
+}
+
+/// One load balancer ingress entry worth planning or reporting.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum Ingress {
+    /// `ipMode` absent or `VIP`: a frontend.
+    Vip(Address),
+    /// An `ipMode` the engine does not know (reported, not captured), with the IP as written.
+    UnknownMode { ip: Box<str>, mode: Box<str> },
+}
+
+/// An EndpointSlice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointSlice {
+    /// `metadata.name`, empty when absent.
+    pub name: Box<str>,
+    /// [`DEFAULT_NAMESPACE`] when absent or empty.
+    pub namespace: Arc<str>,
+    /// The `kubernetes.io/service-name` label, as written (possibly empty).
+    pub service_name: Option<Box<str>>,
+    pub address_type: AddressType,
+    pub ports: Box<[EndpointPort]>,
+    pub endpoints: Box<[Endpoint]>,
+    /// The `endpoints.kubernetes.io/last-change-trigger-time` annotation, when present and
+    /// valid (RFC 3339, not before 1970).
+    pub trigger_time: Option<SystemTime>,
+}
+
+impl EndpointSlice {
+    /// The Service label, unless empty (the engine's test for "belongs to a Service").
+    pub fn service(&self) -> Option<&str> {
+        self.service_name.as_deref().filter(|name| !name.is_empty())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AddressType {
+    IPv4,
+    IPv6,
+    Fqdn,
+    /// As written.
+    Other(Box<str>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointPort {
+    /// Empty when unnamed.
+    pub name: Box<str>,
+    pub protocol: PortProtocol,
+    /// As written (checked by the engine).
+    pub port: Option<i32>,
+}
+
+/// One endpoint: its first address (all the engine uses, like kube-proxy), conditions, node and
+/// hints. Ordered by those fields in that order (the engine's tie-break among copies).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Endpoint {
+    pub address: EndpointAddress,
+    pub conditions: Conditions,
+    pub node_name: Option<Arc<str>>,
+    /// `None` when it has neither node nor zone hints.
+    pub hints: Option<Box<Hints>>,
+}
+
+impl Endpoint {
+    /// The address, when it parsed.
+    pub fn ip(&self) -> Option<IpAddr> {
+        match self.address {
+            EndpointAddress::Ip(ip) => Some(ip),
+            _ => None,
+        }
+    }
+
+    pub fn for_nodes(&self) -> &[Arc<str>] {
+        self.hints.as_ref().map_or(&[], |h| &h.for_nodes)
+    }
+
+    pub fn for_zones(&self) -> &[Arc<str>] {
+        self.hints.as_ref().map_or(&[], |h| &h.for_zones)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum EndpointAddress {
+    /// Of the slice's `addressType` (any family when that is not IPv4 or IPv6).
+    Ip(IpAddr),
+    /// A valid address of the other family than the slice's `addressType`, as written.
+    OtherFamily(Box<str>),
+    /// Not an IP address, as written.
+    Invalid(Box<str>),
+    /// `addresses` empty; `target` is `"<kind> <name>"` of its `targetRef` when it has both.
+    Missing { target: Option<Box<str>> },
+}
+
+/// The conditions of an endpoint, with the API defaults applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Conditions {
+    /// `ready` true or unset.
+    pub ready: bool,
+    /// `serving` true or unset.
+    pub serving: bool,
+    /// `terminating` true (unset is false).
+    pub terminating: bool,
+}
+
+impl Conditions {
+    /// Usable as a fallback when no endpoint is ready (graceful termination, KEP-1669).
+    pub fn serving_terminating(self) -> bool {
+        self.serving && self.terminating
+    }
+}
+
+/// The topology hints the EndpointSlice controller wrote on an endpoint: sorted, de-duplicated.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Hints {
+    pub for_nodes: Box<[Arc<str>]>,
+    pub for_zones: Box<[Arc<str>]>,
+}
+
+/// A Node: its name, zone label and the addresses NodePorts listen on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Node {
+    pub name: Option<Box<str>>,
+    /// The `topology.kubernetes.io/zone` label, as written (possibly empty).
+    #[serde(serialize_with = "serialize_opt_arc")]
+    pub zone: Option<Arc<str>>,
+    /// The `InternalIP` and `ExternalIP` entries of `status.addresses`, in order.
+    pub addresses: Box<[NodeAddress]>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NodeAddress {
+    pub address: Address,
+    #[serde(rename = "type")]
+    pub type_: NodeAddressType,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum NodeAddressType {
+    InternalIP,
+    ExternalIP,
+}
+
+impl fmt::Display for NodeAddressType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NodeAddressType::InternalIP => "InternalIP",
+            NodeAddressType::ExternalIP => "ExternalIP",
+        })
+    }
+}
+
+fn serialize_arc<S: Serializer>(value: &Arc<str>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(value)
+}
+
+fn serialize_opt_arc<S: Serializer>(value: &Option<Arc<str>>, s: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(value) => s.serialize_some(&**value),
+        None => s.serialize_none(),
+    }
+}
