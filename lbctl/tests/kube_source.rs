@@ -800,10 +800,7 @@ async fn reads_share_the_stored_objects_and_a_relist_replaces_them_whole() {
     // Two snapshots and the first take hand out the very objects the stores hold.
     let first = source.snapshot();
     let second = source.snapshot();
-    assert_eq!(
-        names(&first.services),
-        ["default/web", "kube-system/dns"]
-    );
+    assert_eq!(names(&first.services), ["default/web", "kube-system/dns"]);
     assert_eq!(
         names(&first.endpoint_slices),
         ["default/web-abc", "kube-system/dns-xyz"]
@@ -832,10 +829,7 @@ async fn reads_share_the_stored_objects_and_a_relist_replaces_them_whole() {
     })
     .await;
     let third = source.snapshot();
-    assert_eq!(
-        names(&third.services),
-        ["default/web", "kube-system/dns"]
-    );
+    assert_eq!(names(&third.services), ["default/web", "kube-system/dns"]);
     assert_eq!(stats_of(&source, WatchedResource::Services).objects, 2);
     assert!(!Arc::ptr_eq(&third.services[0], &first.services[0]));
     assert!(Arc::ptr_eq(&third.services[1], &first.services[1]), "dns");
