@@ -1,9 +1,11 @@
 //! The writer's mirror of `lb_backends`: each backend id's value and how many slots refer to
-//! it, in one array indexed by id (the writer allocates ids densely from 1), and the id of each
-//! value. One entry costs about 28 bytes in the array plus one in the index, where two hash maps
-//! and a reference count map cost about 100 at 300,000 backends.
-use std::collections::{BTreeMap, HashMap};
+//! it, in one array indexed by id (the writer allocates ids densely from 1), and an index of
+//! ids by the value they hold that stores only the id. About 24 bytes per backend in the array
+//! and 5 in the index, where two hash maps and a reference count map took about 100 at
+//! 300,000 backends.
+use std::{collections::BTreeMap, hash::BuildHasher};
 
+use hashbrown::{DefaultHashBuilder, HashTable};
 use lb_common::Backend;
 
 /// What one backend id holds.
@@ -16,38 +18,26 @@ struct Entry {
     refs: u32,
 }
 
-/// Backend ids -> values and reference counts, and values -> ids.
+/// Entries by id: dense below `limit` (the ids the writer allocates), sparse above (ids an
+/// adopted map sized differently may hold).
 #[derive(Debug)]
-pub(crate) struct BackendTable {
-    /// Entries of ids below `dense_limit`, indexed by id; grown as ids are used.
+struct Entries {
     dense: Vec<Entry>,
-    /// Ids at or above `dense_limit` (only adopted maps sized differently hold any).
     sparse: BTreeMap<u32, Entry>,
-    dense_limit: u32,
-    index: HashMap<Backend, u32>,
+    limit: u32,
 }
 
-impl BackendTable {
-    /// `limit`: ids the writer allocates stay below it.
-    pub(crate) fn new(limit: u32) -> Self {
-        Self {
-            dense: Vec::new(),
-            sparse: BTreeMap::new(),
-            dense_limit: limit,
-            index: HashMap::new(),
-        }
-    }
-
-    fn entry(&self, id: u32) -> Entry {
-        if id < self.dense_limit {
+impl Entries {
+    fn get(&self, id: u32) -> Entry {
+        if id < self.limit {
             self.dense.get(id as usize).copied().unwrap_or_default()
         } else {
             self.sparse.get(&id).copied().unwrap_or_default()
         }
     }
 
-    fn set_entry(&mut self, id: u32, entry: Entry) {
-        if id >= self.dense_limit {
+    fn set(&mut self, id: u32, entry: Entry) {
+        if id >= self.limit {
             if entry == Entry::default() {
                 self.sparse.remove(&id);
             } else {
@@ -60,19 +50,49 @@ impl BackendTable {
             if entry == Entry::default() {
                 return;
             }
-            // Grow by a quarter at least (not doubling): the array stays within 25% of the
-            // highest id in use.
-            let len = self.dense.len();
-            let want = (i + 1).max(len + len / 4).min(self.dense_limit as usize);
-            self.dense.reserve_exact(want - len);
+            if i >= self.dense.capacity() {
+                // Grow by a quarter (not doubling): the array stays within 25% of the highest
+                // id in use.
+                let len = self.dense.len();
+                let want = (i + 1).max(len + len / 4).min(self.limit as usize);
+                self.dense.reserve_exact(want - len);
+            }
             self.dense.resize(i + 1, Entry::default());
         }
         self.dense[i] = entry;
     }
+}
+
+/// Backend ids -> values and reference counts, and values -> ids.
+#[derive(Debug)]
+pub(crate) struct BackendTable {
+    entries: Entries,
+    /// Ids by the value they hold (hashed by value, compared through `entries`). A value held
+    /// by two ids (adopted maps) is found under the last one recorded.
+    index: HashTable<u32>,
+    hasher: DefaultHashBuilder,
+    /// Ids that hold a backend.
+    len: usize,
+}
+
+impl BackendTable {
+    /// `limit`: ids the writer allocates stay below it.
+    pub(crate) fn new(limit: u32) -> Self {
+        Self {
+            entries: Entries {
+                dense: Vec::new(),
+                sparse: BTreeMap::new(),
+                limit,
+            },
+            index: HashTable::new(),
+            hasher: DefaultHashBuilder::default(),
+            len: 0,
+        }
+    }
 
     /// The backend of `id`.
     pub(crate) fn get(&self, id: u32) -> Option<Backend> {
-        self.entry(id).value
+        self.entries.get(id).value
     }
 
     pub(crate) fn contains(&self, id: u32) -> bool {
@@ -81,65 +101,93 @@ impl BackendTable {
 
     /// The id holding `value`.
     pub(crate) fn id_of(&self, value: &Backend) -> Option<u32> {
-        self.index.get(value).copied()
+        let entries = &self.entries;
+        self.index
+            .find(self.hasher.hash_one(value), |&id| {
+                entries.get(id).value.as_ref() == Some(value)
+            })
+            .copied()
     }
 
     /// Number of backends.
     pub(crate) fn len(&self) -> usize {
-        self.index.len()
+        self.len
     }
 
-    /// Records that `id` holds `value` (an id holds one value; a value found under two ids in
-    /// adopted maps is looked up by the last one).
+    /// Removes `id` from the index, where it is found under `value`.
+    fn unindex(&mut self, id: u32, value: &Backend) {
+        if let Ok(found) = self
+            .index
+            .find_entry(self.hasher.hash_one(value), |&i| i == id)
+        {
+            found.remove();
+        }
+    }
+
+    /// Records that `id` holds `value`.
     pub(crate) fn insert(&mut self, id: u32, value: Backend) {
-        let mut entry = self.entry(id);
-        if let Some(old) = entry.value.replace(value) {
-            if self.index.get(&old) == Some(&id) {
-                self.index.remove(&old);
+        let mut entry = self.entries.get(id);
+        match entry.value.replace(value) {
+            Some(old) => self.unindex(id, &old),
+            None => self.len += 1,
+        }
+        self.entries.set(id, entry);
+        let hash = self.hasher.hash_one(value);
+        let Self {
+            entries,
+            index,
+            hasher,
+            ..
+        } = self;
+        match index.find_mut(hash, |&i| i != id && entries.get(i).value == Some(value)) {
+            Some(other) => *other = id,
+            None => {
+                index.insert_unique(hash, id, |&i| {
+                    hasher.hash_one(entries.get(i).value.unwrap_or_default())
+                });
             }
         }
-        self.set_entry(id, entry);
-        self.index.insert(value, id);
     }
 
     /// Forgets the backend of `id`, returning it.
     pub(crate) fn remove(&mut self, id: u32) -> Option<Backend> {
-        let mut entry = self.entry(id);
+        let mut entry = self.entries.get(id);
         let value = entry.value.take()?;
-        if self.index.get(&value) == Some(&id) {
-            self.index.remove(&value);
-        }
-        self.set_entry(id, entry);
+        self.unindex(id, &value);
+        self.entries.set(id, entry);
+        self.len -= 1;
         Some(value)
     }
 
     /// Ids that hold a backend and no slot refers to.
     pub(crate) fn unreferenced(&self) -> Vec<u32> {
-        self.index
-            .values()
-            .copied()
-            .filter(|&id| self.entry(id).refs == 0)
+        let dense = (0..self.entries.dense.len() as u32).map(|id| (id, self.entries.get(id)));
+        let sparse = self.entries.sparse.iter().map(|(&id, &e)| (id, e));
+        dense
+            .chain(sparse)
+            .filter(|(_, e)| e.value.is_some() && e.refs == 0)
+            .map(|(id, _)| id)
             .collect()
     }
 
     pub(crate) fn is_referenced(&self, id: u32) -> bool {
-        self.entry(id).refs > 0
+        self.entries.get(id).refs > 0
     }
 
     pub(crate) fn add_ref(&mut self, id: u32) {
-        let mut entry = self.entry(id);
+        let mut entry = self.entries.get(id);
         entry.refs += 1;
-        self.set_entry(id, entry);
+        self.entries.set(id, entry);
     }
 
     /// Drops one reference; true when it was the last.
     pub(crate) fn release_ref(&mut self, id: u32) -> bool {
-        let mut entry = self.entry(id);
+        let mut entry = self.entries.get(id);
         if entry.refs == 0 {
             return false;
         }
         entry.refs -= 1;
-        self.set_entry(id, entry);
+        self.entries.set(id, entry);
         entry.refs == 0
     }
 }
@@ -186,11 +234,64 @@ mod tests {
         assert_eq!(t.remove(5000), Some(backend(136)));
         assert_eq!(t.remove(5000), None);
         assert_eq!(t.id_of(&backend(136)), None);
-        assert!(t.sparse.is_empty() || t.sparse.keys().all(|&id| id == 100));
+        assert_eq!(t.entries.sparse.keys().collect::<Vec<_>>(), vec![&100]);
         // A new value for an id replaces the old one in the index.
         t.insert(1, backend(200));
         assert_eq!(t.id_of(&backend(1)), None);
         assert_eq!(t.id_of(&backend(200)), Some(1));
-        assert!(t.dense.len() <= 100);
+        assert!(t.entries.dense.len() <= 100);
+        assert_eq!(t.len(), 4);
+    }
+
+    #[test]
+    fn a_value_under_two_ids_is_found_under_the_last_and_survives_removing_the_other() {
+        let mut t = BackendTable::new(100);
+        t.insert(3, backend(9));
+        t.insert(4, backend(9));
+        assert_eq!(t.id_of(&backend(9)), Some(4));
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.remove(3), Some(backend(9)));
+        assert_eq!(t.id_of(&backend(9)), Some(4));
+        assert_eq!(t.remove(4), Some(backend(9)));
+        assert_eq!(t.id_of(&backend(9)), None);
+        assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn many_backends_keep_their_ids_through_the_index_growing() {
+        let mut t = BackendTable::new(1 << 20);
+        let value = |id: u32| Backend {
+            address: [
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0xff,
+                0xff,
+                10,
+                (id >> 16) as u8,
+                (id >> 8) as u8,
+                id as u8,
+            ],
+            port: 8080u16.to_be(),
+            proto: 6,
+            flags: 0,
+        };
+        for id in 1..50_000 {
+            t.insert(id, value(id));
+        }
+        for id in (1..50_000).step_by(7) {
+            assert_eq!(t.id_of(&value(id)), Some(id));
+            assert_eq!(t.get(id), Some(value(id)));
+        }
+        assert_eq!(t.len(), 49_999);
+        // Dense, within a quarter of the highest id.
+        assert!(t.entries.dense.capacity() <= 50_000 + 50_000 / 4 + 1);
     }
 }

@@ -378,8 +378,8 @@ fn load_json(text: &str, origin: &str) -> Result<Inventory, ManifestError> {
         .deserialize(&mut deserializer)
         .and_then(|()| deserializer.end())
         .map_err(syntax)?;
-    let shape = DocShape::deserialize(&mut serde_json::Deserializer::from_str(text))
-        .map_err(syntax)?;
+    let shape =
+        DocShape::deserialize(&mut serde_json::Deserializer::from_str(text)).map_err(syntax)?;
     let mut collected = Collected::default();
     let mut deserializer = serde_json::Deserializer::from_str(text);
     DocSeed {
