@@ -133,6 +133,44 @@ pub struct Writer<M: LbMaps = Maps> {
     /// gone. A new frontend given such an id would inherit them, and their retried deletion
     /// would then remove its own.
     reserved_ids: BTreeSet<u32>,
+    /// Wall time of each part of the last apply ([`STEPS`]), microseconds.
+    last_steps: [u64; STEPS.len()],
+}
+
+/// The parts of an apply, as [`Writer::last_steps`] times them.
+pub const STEPS: [&str; 10] = [
+    "diff",
+    "1 backends",
+    "prepare",
+    "2a memberships",
+    "2b slots",
+    "3 masters",
+    "4 masters deleted",
+    "5 slots deleted",
+    "6 memberships deleted",
+    "7 backends deleted",
+];
+
+/// Times consecutive parts of an apply.
+struct Laps {
+    last: std::time::Instant,
+    us: [u64; STEPS.len()],
+}
+
+impl Laps {
+    fn new() -> Self {
+        Self {
+            last: std::time::Instant::now(),
+            us: [0; STEPS.len()],
+        }
+    }
+
+    /// Ends part `i` (of [`STEPS`]).
+    fn lap(&mut self, i: usize) {
+        let now = std::time::Instant::now();
+        self.us[i] = now.duration_since(self.last).as_micros() as u64;
+        self.last = now;
+    }
 }
 
 /// One changed frontend on its way through the steps.
@@ -241,6 +279,7 @@ impl<M: LbMaps> Writer<M> {
             check_stray_members: true,
             undeleted_members: BTreeSet::new(),
             reserved_ids: BTreeSet::new(),
+            last_steps: [0; STEPS.len()],
             limits,
             maps,
         };
@@ -290,6 +329,12 @@ impl<M: LbMaps> Writer<M> {
         &mut self.maps
     }
 
+    /// Wall time of each part of the last apply, microseconds, with its name (a profile of
+    /// where an apply's time goes: each numbered step writes one map).
+    pub fn last_steps(&self) -> Vec<(&'static str, u64)> {
+        STEPS.iter().copied().zip(self.last_steps).collect()
+    }
+
     /// Number of frontends and backends the maps hold.
     pub fn programmed(&self) -> (usize, usize) {
         (self.services.len(), self.backends.len())
@@ -318,6 +363,14 @@ impl<M: LbMaps> Writer<M> {
         desired: &Desired,
         scope: Option<&BTreeSet<FrontendKey>>,
     ) -> Result<ApplyReport, DatapathError> {
+        let mut laps = Laps::new();
+        if scope.is_none() {
+            // Room for the backends a full programming adds, before adding them one by one.
+            let listed: usize = desired.services.values().map(|s| s.backends.len()).sum();
+            let room = (self.limits.backends as usize).saturating_sub(self.backends.len());
+            self.backends
+                .reserve(listed.saturating_sub(self.backends.len()).min(room));
+        }
         let mut report = ApplyReport::default();
         let mut errors: BTreeMap<FrontendKey, String> = BTreeMap::new();
 
@@ -355,6 +408,8 @@ impl<M: LbMaps> Writer<M> {
                 }
             }
         }
+
+        laps.lap(0);
 
         // 1. New backends.
         let maps = &mut self.maps;
@@ -403,6 +458,8 @@ impl<M: LbMaps> Writer<M> {
         // frontend failed).
         drop((applied, failed));
 
+        laps.lap(1);
+
         // What each change writes, within the tables' room.
         let mut service_entries: usize = self.held_entries + self.stray_keys.len();
         let mut member_entries = self.members.len();
@@ -424,6 +481,8 @@ impl<M: LbMaps> Writer<M> {
                 None => {}
             }
         }
+
+        laps.lap(2);
 
         // 2a. Memberships of the backends that join a set: before any slot holds them.
         // (change, backend id) pairs, 8 bytes each.
@@ -467,6 +526,8 @@ impl<M: LbMaps> Writer<M> {
         }
 
         drop((joins, applied, failed));
+
+        laps.lap(3);
 
         // 2b. Slots, of the frontends whose memberships are written: (change, slot index).
         let mut slots: Vec<(u32, u32)> = Vec::new();
@@ -520,6 +581,8 @@ impl<M: LbMaps> Writer<M> {
         }
 
         drop((slots, applied, failed));
+
+        laps.lap(4);
 
         // 3. Masters: from here on readers use the new counts.
         let publish: Vec<usize> = live
@@ -622,14 +685,22 @@ impl<M: LbMaps> Writer<M> {
             }
         }
 
+        laps.lap(5);
+
         // 4. Masters of frontends no longer wanted: their connects pass through from here on.
         let gone: Vec<FrontendKey> = match scope {
-            None => self
-                .services
-                .keys()
-                .filter(|f| !desired.services.contains_key(f))
-                .copied()
-                .collect(),
+            None => {
+                // Both in key order: one merge, no look-ups.
+                let mut wanted = desired.services.keys().peekable();
+                self.services
+                    .keys()
+                    .filter(|&f| {
+                        while wanted.next_if(|&w| w < f).is_some() {}
+                        wanted.peek() != Some(&f)
+                    })
+                    .copied()
+                    .collect()
+            }
             Some(keys) => keys
                 .iter()
                 .filter(|f| self.services.contains_key(f) && !desired.services.contains_key(f))
@@ -670,6 +741,8 @@ impl<M: LbMaps> Writer<M> {
             self.unsettled.remove(&frontend_id);
         }
 
+        laps.lap(6);
+
         // 5. Slots no master reaches. A stray slot this apply wrote again (a frontend that
         // grows into it) stays.
         slot_deletes.retain(|(key, _)| {
@@ -704,6 +777,8 @@ impl<M: LbMaps> Writer<M> {
             }
         }
 
+        laps.lap(7);
+
         // 6. Memberships of backends that left a set, and of frontend ids no frontend has.
         if std::mem::take(&mut self.check_stray_members) {
             let live_ids: BTreeSet<u32> = self
@@ -711,12 +786,16 @@ impl<M: LbMaps> Writer<M> {
                 .values()
                 .map(|p| p.master.frontend_id)
                 .collect();
-            member_deletes.extend(
-                self.members
-                    .iter()
-                    .filter(|(fid, _)| !live_ids.contains(fid))
-                    .copied(),
-            );
+            // Memberships are sorted by frontend id: one look-up per frontend id.
+            let mut last: Option<(u32, bool)> = None;
+            member_deletes.extend(self.members.iter().copied().filter(|&(fid, _)| {
+                let live = match last {
+                    Some((f, live)) if f == fid => live,
+                    _ => live_ids.contains(&fid),
+                };
+                last = Some((fid, live));
+                !live
+            }));
         }
         // A failed deletion is retried unless the backend is in its frontend's set again
         // (this apply counted it as held, so it wrote no membership for it).
@@ -773,6 +852,8 @@ impl<M: LbMaps> Writer<M> {
             self.frontend_alloc.release(fid);
         }
 
+        laps.lap(8);
+
         // 7. Backends no slot refers to any more.
         let stray_refs: BTreeSet<u32> = self
             .stray_keys
@@ -818,6 +899,9 @@ impl<M: LbMaps> Writer<M> {
             self.backends.remove(id);
             self.backend_alloc.release(id);
         }
+
+        laps.lap(9);
+        self.last_steps = laps.us;
 
         report.errors = errors
             .into_iter()
