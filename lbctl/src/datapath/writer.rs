@@ -486,7 +486,12 @@ impl<M: LbMaps> Writer<M> {
 
         // 2a. Memberships of the backends that join a set: before any slot holds them.
         // (change, backend id) pairs, 8 bytes each.
-        let mut joins: Vec<(u32, u32)> = Vec::new();
+        let joining: usize = live
+            .iter()
+            .filter(|&&c| changes[c].failed.is_none())
+            .map(|&c| changes[c].joining().count())
+            .sum();
+        let mut joins: Vec<(u32, u32)> = Vec::with_capacity(joining);
         for &c in &live {
             let change = &changes[c];
             if change.failed.is_none() {
@@ -507,15 +512,18 @@ impl<M: LbMaps> Writer<M> {
                 maps.update_members(&keys)
             },
         );
+        let done = applied.iter().filter(|&&a| a).count();
         let joined = joins
             .iter()
             .enumerate()
             .filter(|&(i, _)| applied[i])
             .map(|(_, &join)| member_of(join));
-        report.map_operations += applied.iter().filter(|&&a| a).count();
+        report.map_operations += done;
         if joins.len() >= self.members.len() / 8 {
             // Many (a full programming): built in bulk and merged, linear in both.
-            let mut joined: BTreeSet<(u32, u32)> = joined.collect();
+            let mut pairs: Vec<(u32, u32)> = Vec::with_capacity(done);
+            pairs.extend(joined);
+            let mut joined = BTreeSet::from_iter(pairs);
             self.members.append(&mut joined);
         } else {
             self.members.extend(joined);
@@ -530,7 +538,12 @@ impl<M: LbMaps> Writer<M> {
         laps.lap(3);
 
         // 2b. Slots, of the frontends whose memberships are written: (change, slot index).
-        let mut slots: Vec<(u32, u32)> = Vec::new();
+        let most: usize = live
+            .iter()
+            .filter(|&&c| changes[c].failed.is_none())
+            .map(|&c| changes[c].ids.len())
+            .sum();
+        let mut slots: Vec<(u32, u32)> = Vec::with_capacity(most);
         for &c in &live {
             let change = &changes[c];
             if change.failed.is_some() {
