@@ -109,25 +109,6 @@ impl BackendTable {
             .copied()
     }
 
-    /// Makes room for `additional` more backends (ids are dense: the array up to about the
-    /// id that many more backends reach).
-    pub(crate) fn reserve(&mut self, additional: usize) {
-        let dense = &mut self.entries.dense;
-        let want = (self.len + additional + 1).min(self.entries.limit as usize);
-        if want > dense.capacity() {
-            dense.reserve_exact(want - dense.len());
-        }
-        let Self {
-            entries,
-            index,
-            hasher,
-            ..
-        } = self;
-        index.reserve(additional, |&i| {
-            hasher.hash_one(entries.get(i).value.unwrap_or_default())
-        });
-    }
-
     /// Number of backends.
     pub(crate) fn len(&self) -> usize {
         self.len

@@ -364,13 +364,6 @@ impl<M: LbMaps> Writer<M> {
         scope: Option<&BTreeSet<FrontendKey>>,
     ) -> Result<ApplyReport, DatapathError> {
         let mut laps = Laps::new();
-        if scope.is_none() {
-            // Room for the backends a full programming adds, before adding them one by one.
-            let listed: usize = desired.services.values().map(|s| s.backends.len()).sum();
-            let room = (self.limits.backends as usize).saturating_sub(self.backends.len());
-            self.backends
-                .reserve(listed.saturating_sub(self.backends.len()).min(room));
-        }
         let mut report = ApplyReport::default();
         let mut errors: BTreeMap<FrontendKey, String> = BTreeMap::new();
 
