@@ -364,6 +364,14 @@ impl<M: LbMaps> Writer<M> {
         scope: Option<&BTreeSet<FrontendKey>>,
     ) -> Result<ApplyReport, DatapathError> {
         let mut laps = Laps::new();
+        if scope.is_none() {
+            // Room in the value index for the backends a full programming may add (an
+            // overestimate where frontends share backends, at 5 bytes a slot).
+            let listed: usize = desired.services.values().map(|s| s.backends.len()).sum();
+            let room = (self.limits.backends as usize).saturating_sub(self.backends.len());
+            self.backends
+                .reserve_index(listed.saturating_sub(self.backends.len()).min(room));
+        }
         let mut report = ApplyReport::default();
         let mut errors: BTreeMap<FrontendKey, String> = BTreeMap::new();
 
