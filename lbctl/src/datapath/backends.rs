@@ -1,8 +1,8 @@
 //! The writer's mirror of `lb_backends`: each backend id's value and how many slots refer to
-//! it, in one array indexed by id (the writer allocates ids densely from 1), and an index of
-//! ids by the value they hold that stores only the id. About 24 bytes per backend in the array
-//! and 5 in the index, where two hash maps and a reference count map took about 100 at
-//! 300,000 backends.
+//! it, in an array indexed by id (the writer allocates ids densely from 1; the array is made of
+//! fixed chunks, so growing it never copies it), and an index of ids by the value they hold
+//! that stores only the id. About 28 bytes per backend in the array and 5 in the index, where
+//! two hash maps and a reference count map took about 100 at 300,000 backends.
 use std::{collections::BTreeMap, hash::BuildHasher};
 
 use hashbrown::{DefaultHashBuilder, HashTable};
@@ -18,11 +18,15 @@ struct Entry {
     refs: u32,
 }
 
-/// Entries by id: dense below `limit` (the ids the writer allocates), sparse above (ids an
-/// adopted map sized differently may hold).
+/// Ids per chunk of the dense part (114 KiB chunks).
+const CHUNK: usize = 4096;
+
+/// Entries by id: dense below `limit` (the ids the writer allocates), in chunks of [`CHUNK`]
+/// ids allocated as ids reach them (never reallocated or copied, at most one chunk more than
+/// the highest id needs); sparse above (ids an adopted map sized differently may hold).
 #[derive(Debug)]
 struct Entries {
-    dense: Vec<Entry>,
+    chunks: Vec<Box<[Entry]>>,
     sparse: BTreeMap<u32, Entry>,
     limit: u32,
 }
@@ -30,7 +34,10 @@ struct Entries {
 impl Entries {
     fn get(&self, id: u32) -> Entry {
         if id < self.limit {
-            self.dense.get(id as usize).copied().unwrap_or_default()
+            let i = id as usize;
+            self.chunks
+                .get(i / CHUNK)
+                .map_or_else(Entry::default, |chunk| chunk[i % CHUNK])
         } else {
             self.sparse.get(&id).copied().unwrap_or_default()
         }
@@ -46,20 +53,26 @@ impl Entries {
             return;
         }
         let i = id as usize;
-        if i >= self.dense.len() {
+        if i / CHUNK >= self.chunks.len() {
             if entry == Entry::default() {
                 return;
             }
-            if i >= self.dense.capacity() {
-                // Grow by a quarter (not doubling): the array stays within 25% of the highest
-                // id in use.
-                let len = self.dense.len();
-                let want = (i + 1).max(len + len / 4).min(self.limit as usize);
-                self.dense.reserve_exact(want - len);
+            while i / CHUNK >= self.chunks.len() {
+                self.chunks
+                    .push(vec![Entry::default(); CHUNK].into_boxed_slice());
             }
-            self.dense.resize(i + 1, Entry::default());
         }
-        self.dense[i] = entry;
+        self.chunks[i / CHUNK][i % CHUNK] = entry;
+    }
+
+    /// Every id below `limit` that may hold something, with its entry.
+    fn dense(&self) -> impl Iterator<Item = (u32, Entry)> + '_ {
+        self.chunks.iter().enumerate().flat_map(|(c, chunk)| {
+            chunk
+                .iter()
+                .enumerate()
+                .map(move |(i, &e)| ((c * CHUNK + i) as u32, e))
+        })
     }
 }
 
@@ -80,7 +93,7 @@ impl BackendTable {
     pub(crate) fn new(limit: u32) -> Self {
         Self {
             entries: Entries {
-                dense: Vec::new(),
+                chunks: Vec::new(),
                 sparse: BTreeMap::new(),
                 limit,
             },
@@ -110,8 +123,8 @@ impl BackendTable {
     }
 
     /// Makes room for `additional` more values in the index (4-5 bytes each), so that adding
-    /// them does not rehash it again and again. The id array is left to grow by a quarter when
-    /// full: it costs 28 bytes an entry, too much to reserve on an estimate.
+    /// them does not rehash it again and again. The id array grows a chunk at a time as ids
+    /// are used: it costs 28 bytes an entry, too much to reserve on an estimate.
     pub(crate) fn reserve_index(&mut self, additional: usize) {
         let Self {
             entries,
@@ -176,7 +189,7 @@ impl BackendTable {
 
     /// Ids that hold a backend and no slot refers to.
     pub(crate) fn unreferenced(&self) -> Vec<u32> {
-        let dense = (0..self.entries.dense.len() as u32).map(|id| (id, self.entries.get(id)));
+        let dense = self.entries.dense();
         let sparse = self.entries.sparse.iter().map(|(&id, &e)| (id, e));
         dense
             .chain(sparse)
@@ -254,7 +267,7 @@ mod tests {
         t.insert(1, backend(200));
         assert_eq!(t.id_of(&backend(1)), None);
         assert_eq!(t.id_of(&backend(200)), Some(1));
-        assert!(t.entries.dense.len() <= 100);
+        assert_eq!(t.entries.chunks.len(), 1);
         assert_eq!(t.len(), 4);
     }
 
@@ -306,7 +319,7 @@ mod tests {
             assert_eq!(t.get(id), Some(value(id)));
         }
         assert_eq!(t.len(), 49_999);
-        // Dense, within a quarter of the highest id.
-        assert!(t.entries.dense.capacity() <= 50_000 + 50_000 / 4 + 1);
+        // Dense: as many chunks as the highest id needs.
+        assert_eq!(t.entries.chunks.len(), 50_000usize.div_ceil(CHUNK));
     }
 }
