@@ -11,13 +11,25 @@ use super::{
 };
 
 /// The three tables in memory. Inserting a new key into a full table fails like the kernel's
-/// hash maps (E2BIG); every batch call is counted.
+/// hash maps (E2BIG); every batch call is counted and logged.
 #[derive(Clone, Debug)]
 pub struct MemMaps {
     pub tables: MapDump,
     pub limits: Limits,
     /// Batch calls made so far.
     pub calls: usize,
+    /// Every batch call in order.
+    pub log: Vec<Call>,
+}
+
+/// One batch call as [`MemMaps`] saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Call {
+    pub op: Op,
+    /// Elements offered.
+    pub len: usize,
+    /// Of them, service masters (slot 0); 0 for the other tables.
+    pub masters: usize,
 }
 
 impl MemMaps {
@@ -26,8 +38,18 @@ impl MemMaps {
             tables: MapDump::default(),
             limits,
             calls: 0,
+            log: Vec::new(),
         }
     }
+
+    fn record(&mut self, op: Op, len: usize, masters: usize) {
+        self.calls += 1;
+        self.log.push(Call { op, len, masters });
+    }
+}
+
+fn masters(keys: &[ServiceKey]) -> usize {
+    keys.iter().filter(|k| k.slot == 0).count()
 }
 
 const FULL: &str = "Argument list too long (os error 7)";
@@ -60,12 +82,12 @@ impl LbMaps for MemMaps {
     }
 
     fn update_backends(&mut self, ids: &[u32], values: &[Backend]) -> Result<(), BatchError> {
-        self.calls += 1;
+        self.record(Op::UpdateBackend, ids.len(), 0);
         insert_all(&mut self.tables.backends, self.limits.backends, ids, values)
     }
 
     fn delete_backends(&mut self, ids: &[u32]) -> Result<(), BatchError> {
-        self.calls += 1;
+        self.record(Op::DeleteBackend, ids.len(), 0);
         for id in ids {
             self.tables.backends.remove(id);
         }
@@ -77,7 +99,7 @@ impl LbMaps for MemMaps {
         keys: &[ServiceKey],
         values: &[ServiceValue],
     ) -> Result<(), BatchError> {
-        self.calls += 1;
+        self.record(Op::UpdateService, keys.len(), masters(keys));
         insert_all(
             &mut self.tables.services,
             self.limits.service_entries,
@@ -87,7 +109,7 @@ impl LbMaps for MemMaps {
     }
 
     fn delete_services(&mut self, keys: &[ServiceKey]) -> Result<(), BatchError> {
-        self.calls += 1;
+        self.record(Op::DeleteService, keys.len(), masters(keys));
         for key in keys {
             self.tables.services.remove(key);
         }
@@ -95,7 +117,7 @@ impl LbMaps for MemMaps {
     }
 
     fn update_members(&mut self, keys: &[MemberKey]) -> Result<(), BatchError> {
-        self.calls += 1;
+        self.record(Op::UpdateMember, keys.len(), 0);
         for (i, key) in keys.iter().enumerate() {
             if !self.tables.members.contains(key)
                 && self.tables.members.len() >= self.limits.members as usize
@@ -111,7 +133,7 @@ impl LbMaps for MemMaps {
     }
 
     fn delete_members(&mut self, keys: &[MemberKey]) -> Result<(), BatchError> {
-        self.calls += 1;
+        self.record(Op::DeleteMember, keys.len(), 0);
         for key in keys {
             self.tables.members.remove(key);
         }

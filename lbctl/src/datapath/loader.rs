@@ -336,6 +336,13 @@ pub(crate) fn load(
             )
         })
         .collect();
+    // Before the loader: each parses the kernel's BTF (tens of MiB while parsed), and the
+    // kfunc's copy is gone by the time the loader makes its own.
+    let (bytes, resolution) = kfunc::patch(
+        &object.bytes,
+        kfunc::SOCK_DESTROY,
+        kfunc::kernel_btf_id(kfunc::SOCK_DESTROY),
+    )?;
     let mut loader = EbpfLoader::new();
     loader.default_map_pin_directory(map_dir);
     for (name, path, capacity) in &pin_paths {
@@ -343,11 +350,6 @@ pub(crate) fn load(
             .map_max_entries(name, *capacity)
             .map_pin_path(name, path.as_path());
     }
-    let (bytes, resolution) = kfunc::patch(
-        &object.bytes,
-        kfunc::SOCK_DESTROY,
-        kfunc::kernel_btf_id(kfunc::SOCK_DESTROY),
-    )?;
     let ebpf = loader.load(&bytes).map_err(DatapathError::Load)?;
     Ok((ebpf, resolution))
 }

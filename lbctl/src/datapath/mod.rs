@@ -1,6 +1,7 @@
 //! The datapath: kernel programs attached to a cgroup, and the maps that tell them where each
 //! service frontend leads. This module knows BPF and nothing of Kubernetes; its input is a
 //! [`Desired`] state built from a [`crate::plan::Plan`].
+mod backends;
 pub mod decode;
 pub mod desired;
 pub mod fake;

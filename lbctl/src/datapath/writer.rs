@@ -33,12 +33,13 @@
 //! socket or a client remembers (UDP stickiness, session affinity) may still be used. A missing
 //! one only costs a new selection; a stale one would keep a socket on a removed backend, so they
 //! are removed in the same apply that removes the backend from the set.
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use lb_common::{Backend, MemberKey, ServiceKey, ServiceValue};
 
 use super::{
     DatapathError, FrontendKey,
+    backends::BackendTable,
     decode::{FoundFrontend, ProgrammedFrontend, decode, frontends_of, slot_key},
     desired::{Desired, ServiceSpec, backend_value},
     ids::Ids,
@@ -46,15 +47,25 @@ use super::{
     store::{BatchError, LbMaps, Limits},
 };
 
-/// What the maps hold for one frontend.
+/// What the maps hold for one frontend. An unchanged spec is recognised by comparing it with
+/// this (its master, and its backends through the backend table), so the writer keeps no copy
+/// of the desired state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Programmed {
     master: ServiceValue,
     /// Backend id of slot `i + 1`.
-    slots: Vec<u32>,
-    /// The spec this was written from, when fully written by this writer: an unchanged spec
-    /// then costs one comparison per apply, without touching the backend table.
-    spec: Option<ServiceSpec>,
+    slots: Box<[u32]>,
+}
+
+/// The master of a frontend of `spec` with `count` slots.
+fn master_of(spec: &ServiceSpec, count: usize, frontend_id: u32) -> ServiceValue {
+    ServiceValue {
+        backend_id: 0,
+        count: count as u16,
+        flags: spec.flags(),
+        frontend_id,
+        affinity_timeout: spec.affinity_timeout.unwrap_or(0),
+    }
 }
 
 /// A frontend that could not be (fully) written, and why. Everything else was written.
@@ -95,9 +106,8 @@ pub struct Writer<M: LbMaps = Maps> {
     /// Service map entries `services` accounts for (a master and its slots each), kept with
     /// it so that an apply of a few frontends does not count all of them.
     held_entries: usize,
-    /// Backend value -> id.
-    backend_ids: HashMap<Backend, u32>,
-    backend_values: HashMap<u32, Backend>,
+    /// Backend ids, values and how many slots refer to each.
+    backends: BackendTable,
     backend_alloc: Ids,
     frontend_alloc: Ids,
     /// Slots or masters found in the maps that belong to no consistent frontend (left by a
@@ -106,14 +116,12 @@ pub struct Writer<M: LbMaps = Maps> {
     stray_keys: Vec<(ServiceKey, u32)>,
     /// (frontend id, backend id) pairs `lb_members` holds.
     members: BTreeSet<(u32, u32)>,
-    /// Backend id -> number of slots (over all frontends) that refer to it.
-    refs: HashMap<u32, u32>,
     /// Backends whose reference count dropped to zero (or that were never used): deleted by
     /// the next apply unless a slot refers to them again.
     maybe_orphans: BTreeSet<u32>,
-    /// Frontend ids whose memberships may disagree with their slots (adopted, or a membership
-    /// write failed): checked in full by the next apply. All others are known to agree, so an
-    /// unchanged frontend costs one comparison.
+    /// Frontend ids whose memberships may disagree with their slots (adopted, a membership
+    /// write failed, or written part-way): checked in full by the next apply. All others are
+    /// known to agree, so an unchanged frontend costs one comparison of its master and slots.
     unsettled: BTreeSet<u32>,
     /// Memberships may exist for frontend ids no frontend has: scan them on the next apply.
     check_stray_members: bool,
@@ -125,6 +133,44 @@ pub struct Writer<M: LbMaps = Maps> {
     /// gone. A new frontend given such an id would inherit them, and their retried deletion
     /// would then remove its own.
     reserved_ids: BTreeSet<u32>,
+    /// Wall time of each part of the last apply ([`STEPS`]), microseconds.
+    last_steps: [u64; STEPS.len()],
+}
+
+/// The parts of an apply, as [`Writer::last_steps`] times them.
+pub const STEPS: [&str; 10] = [
+    "diff",
+    "1 backends",
+    "prepare",
+    "2a memberships",
+    "2b slots",
+    "3 masters",
+    "4 masters deleted",
+    "5 slots deleted",
+    "6 memberships deleted",
+    "7 backends deleted",
+];
+
+/// Times consecutive parts of an apply.
+struct Laps {
+    last: std::time::Instant,
+    us: [u64; STEPS.len()],
+}
+
+impl Laps {
+    fn new() -> Self {
+        Self {
+            last: std::time::Instant::now(),
+            us: [0; STEPS.len()],
+        }
+    }
+
+    /// Ends part `i` (of [`STEPS`]).
+    fn lap(&mut self, i: usize) {
+        let now = std::time::Instant::now();
+        self.us[i] = now.duration_since(self.last).as_micros() as u64;
+        self.last = now;
+    }
 }
 
 /// One changed frontend on its way through the steps.
@@ -138,9 +184,28 @@ struct Change<'a> {
     master: ServiceValue,
     /// Slots as the maps hold them now (old slots, overwritten as writes succeed).
     written: Vec<u32>,
-    held: BTreeSet<u32>,
-    wanted: BTreeSet<u32>,
+    /// Backend ids the frontend's memberships hold, and the ones it needs; both sorted.
+    held: Vec<u32>,
+    wanted: Vec<u32>,
     failed: Option<String>,
+}
+
+impl Change<'_> {
+    /// Backends that join the set (wanted, not held), in order.
+    fn joining(&self) -> impl Iterator<Item = u32> + '_ {
+        self.wanted
+            .iter()
+            .copied()
+            .filter(|id| self.held.binary_search(id).is_err())
+    }
+
+    /// Backends that leave the set (held, not wanted), in order.
+    fn leaving(&self) -> impl Iterator<Item = u32> + '_ {
+        self.held
+            .iter()
+            .copied()
+            .filter(|id| self.wanted.binary_search(id).is_err())
+    }
 }
 
 /// Elements per map call: a step larger than this is split into several calls, all complete
@@ -148,23 +213,24 @@ struct Change<'a> {
 /// the writer builds stay small.
 pub const MAX_BATCH: usize = 16_384;
 
-/// Runs items `0..owners.len()` through `call` in batches of at most [`MAX_BATCH`], in order.
-/// When item `i` fails, the later items of the same owner are dropped and the rest goes on in
-/// the next batch. Returns which items were applied and, per failed owner, its failing item
-/// and the reason.
+/// Runs items `0..len` (item `i` belonging to `owner(i)`) through `call` in batches of at
+/// most [`MAX_BATCH`], in order. When item `i` fails, the later items of the same owner are
+/// dropped and the rest goes on in the next batch. Returns which items were applied and, per
+/// failed owner, its failing item and the reason.
 fn batched(
-    owners: &[usize],
+    len: usize,
+    owner: impl Fn(usize) -> usize,
     calls: &mut usize,
     mut call: impl FnMut(&[usize]) -> Result<(), BatchError>,
 ) -> (Vec<bool>, BTreeMap<usize, (usize, String)>) {
-    let mut applied = vec![false; owners.len()];
+    let mut applied = vec![false; len];
     let mut failed: BTreeMap<usize, (usize, String)> = BTreeMap::new();
     let mut next = 0;
-    let mut window = Vec::with_capacity(owners.len().min(MAX_BATCH));
+    let mut window = Vec::with_capacity(len.min(MAX_BATCH));
     loop {
         window.clear();
-        while next < owners.len() && window.len() < MAX_BATCH {
-            if !failed.contains_key(&owners[next]) {
+        while next < len && window.len() < MAX_BATCH {
+            if !failed.contains_key(&owner(next)) {
                 window.push(next);
             }
             next += 1;
@@ -179,7 +245,7 @@ fn batched(
             Err(e) => {
                 window[..e.done].iter().for_each(|&i| applied[i] = true);
                 let bad = window[e.done];
-                failed.entry(owners[bad]).or_insert((bad, e.reason));
+                failed.entry(owner(bad)).or_insert((bad, e.reason));
                 // The items after the failing one were not attempted.
                 next = bad + 1;
             }
@@ -203,24 +269,22 @@ impl<M: LbMaps> Writer<M> {
         let mut writer = Self {
             services: BTreeMap::new(),
             held_entries: 0,
-            backend_ids: HashMap::new(),
-            backend_values: HashMap::new(),
+            backends: BackendTable::new(limits.backends.saturating_add(1)),
             backend_alloc: Ids::new(limits.backends.saturating_add(1)),
             frontend_alloc: Ids::new(limits.frontends),
             stray_keys: decoded.stray_keys,
             members: decoded.members,
-            refs: HashMap::new(),
             maybe_orphans: BTreeSet::new(),
             unsettled: BTreeSet::new(),
             check_stray_members: true,
             undeleted_members: BTreeSet::new(),
             reserved_ids: BTreeSet::new(),
+            last_steps: [0; STEPS.len()],
             limits,
             maps,
         };
         for (id, value) in decoded.backends {
-            writer.backend_ids.insert(value, id);
-            writer.backend_values.insert(id, value);
+            writer.backends.insert(id, value);
             writer.backend_alloc.take(id);
         }
         for FoundFrontend {
@@ -236,8 +300,7 @@ impl<M: LbMaps> Writer<M> {
                 frontend,
                 Programmed {
                     master,
-                    slots,
-                    spec: None,
+                    slots: slots.into(),
                 },
             );
         }
@@ -251,12 +314,7 @@ impl<M: LbMaps> Writer<M> {
             writer.frontend_alloc.take(fid);
             writer.reserved_ids.insert(fid);
         }
-        let unused: Vec<u32> = writer
-            .backend_values
-            .keys()
-            .filter(|id| !writer.refs.contains_key(id))
-            .copied()
-            .collect();
+        let unused = writer.backends.unreferenced();
         writer.maybe_orphans.extend(unused);
         Ok(writer)
     }
@@ -271,9 +329,15 @@ impl<M: LbMaps> Writer<M> {
         &mut self.maps
     }
 
+    /// Wall time of each part of the last apply, microseconds, with its name (a profile of
+    /// where an apply's time goes: each numbered step writes one map).
+    pub fn last_steps(&self) -> Vec<(&'static str, u64)> {
+        STEPS.iter().copied().zip(self.last_steps).collect()
+    }
+
     /// Number of frontends and backends the maps hold.
     pub fn programmed(&self) -> (usize, usize) {
-        (self.services.len(), self.backend_values.len())
+        (self.services.len(), self.backends.len())
     }
 
     /// Makes the maps hold exactly `desired`, writing only what differs.
@@ -299,12 +363,21 @@ impl<M: LbMaps> Writer<M> {
         desired: &Desired,
         scope: Option<&BTreeSet<FrontendKey>>,
     ) -> Result<ApplyReport, DatapathError> {
+        let mut laps = Laps::new();
+        if scope.is_none() {
+            // Room in the value index for the backends a full programming may add (an
+            // overestimate where frontends share backends, at 5 bytes a slot).
+            let listed: usize = desired.services.values().map(|s| s.backends.len()).sum();
+            let room = (self.limits.backends as usize).saturating_sub(self.backends.len());
+            self.backends
+                .reserve_index(listed.saturating_sub(self.backends.len()).min(room));
+        }
         let mut report = ApplyReport::default();
         let mut errors: BTreeMap<FrontendKey, String> = BTreeMap::new();
 
         // Which frontends change, and the backend ids they need.
         let mut changes: Vec<Change<'_>> = Vec::new();
-        let mut new_backends: Vec<(u32, Backend)> = Vec::new();
+        let mut new_backends: Vec<u32> = Vec::new();
         let candidates: Box<dyn Iterator<Item = (&FrontendKey, &ServiceSpec)>> = match scope {
             None => Box::new(desired.services.iter()),
             Some(keys) => Box::new(
@@ -314,7 +387,7 @@ impl<M: LbMaps> Writer<M> {
         };
         for (frontend, spec) in candidates {
             if self.services.get(frontend).is_some_and(|p| {
-                p.spec.as_ref() == Some(spec) && !self.unsettled.contains(&p.master.frontend_id)
+                !self.unsettled.contains(&p.master.frontend_id) && self.holds(frontend, p, spec)
             }) {
                 continue;
             }
@@ -327,8 +400,8 @@ impl<M: LbMaps> Writer<M> {
                     frontend_id: 0,
                     master: ServiceValue::default(),
                     written: Vec::new(),
-                    held: BTreeSet::new(),
-                    wanted: BTreeSet::new(),
+                    held: Vec::new(),
+                    wanted: Vec::new(),
                     failed: None,
                 }),
                 Err(reason) => {
@@ -337,23 +410,31 @@ impl<M: LbMaps> Writer<M> {
             }
         }
 
+        laps.lap(0);
+
         // 1. New backends.
-        let owners: Vec<usize> = (0..new_backends.len()).collect();
         let maps = &mut self.maps;
-        let (applied, failed) = batched(&owners, &mut report.map_calls, |items| {
-            let ids: Vec<u32> = items.iter().map(|&i| new_backends[i].0).collect();
-            let values: Vec<Backend> = items.iter().map(|&i| new_backends[i].1).collect();
-            maps.update_backends(&ids, &values)
-        });
-        let mut failed_backends: HashMap<u32, String> = HashMap::new();
-        for (i, &(id, value)) in new_backends.iter().enumerate() {
+        let table = &self.backends;
+        let (applied, failed) = batched(
+            new_backends.len(),
+            |i| i,
+            &mut report.map_calls,
+            |items| {
+                let ids: Vec<u32> = items.iter().map(|&i| new_backends[i]).collect();
+                let values: Vec<Backend> = ids
+                    .iter()
+                    .map(|&id| table.get(id).unwrap_or_default())
+                    .collect();
+                maps.update_backends(&ids, &values)
+            },
+        );
+        let mut failed_backends: BTreeMap<u32, String> = BTreeMap::new();
+        for (i, &id) in new_backends.iter().enumerate() {
             if applied[i] {
                 report.map_operations += 1;
                 report.backends_written += 1;
-                self.maybe_orphans.insert(id);
             } else {
-                self.backend_ids.remove(&value);
-                self.backend_values.remove(&id);
+                self.backends.remove(id);
                 self.backend_alloc.release(id);
                 let reason = failed.get(&i).map_or("not attempted", |(_, r)| r.as_str());
                 failed_backends.insert(id, reason.to_owned());
@@ -374,7 +455,11 @@ impl<M: LbMaps> Writer<M> {
 
         // Shadowed locals live to the end of the function: free each step's arrays (hundreds of
         // thousands of elements in a full programming) as soon as it is done.
-        drop((new_backends, owners, applied, failed));
+        // `new_backends` stays: step 7 deletes the ones no slot refers to after all (their
+        // frontend failed).
+        drop((applied, failed));
+
+        laps.lap(1);
 
         // What each change writes, within the tables' room.
         let mut service_entries: usize = self.held_entries + self.stray_keys.len();
@@ -398,40 +483,68 @@ impl<M: LbMaps> Writer<M> {
             }
         }
 
+        laps.lap(2);
+
         // 2a. Memberships of the backends that join a set: before any slot holds them.
-        let mut joins: Vec<(usize, (u32, u32))> = Vec::new();
+        // (change, backend id) pairs, 8 bytes each.
+        let joining: usize = live
+            .iter()
+            .filter(|&&c| changes[c].failed.is_none())
+            .map(|&c| changes[c].joining().count())
+            .sum();
+        let mut joins: Vec<(u32, u32)> = Vec::with_capacity(joining);
         for &c in &live {
             let change = &changes[c];
             if change.failed.is_none() {
-                joins.extend(
-                    change
-                        .wanted
-                        .difference(&change.held)
-                        .map(|&id| (c, (change.frontend_id, id))),
-                );
+                joins.extend(change.joining().map(|id| (c as u32, id)));
             }
         }
-        let owners: Vec<usize> = joins.iter().map(|&(c, _)| c).collect();
         let maps = &mut self.maps;
-        let (applied, failed) = batched(&owners, &mut report.map_calls, |items| {
-            let keys: Vec<MemberKey> = items.iter().map(|&i| member_key(joins[i].1)).collect();
-            maps.update_members(&keys)
-        });
-        for (i, &(_, pair)) in joins.iter().enumerate() {
-            if applied[i] {
-                report.map_operations += 1;
-                self.members.insert(pair);
-            }
+        let member_of = |(c, id): (u32, u32)| (changes[c as usize].frontend_id, id);
+        let (applied, failed) = batched(
+            joins.len(),
+            |i| joins[i].0 as usize,
+            &mut report.map_calls,
+            |items| {
+                let keys: Vec<MemberKey> = items
+                    .iter()
+                    .map(|&i| member_key(member_of(joins[i])))
+                    .collect();
+                maps.update_members(&keys)
+            },
+        );
+        let done = applied.iter().filter(|&&a| a).count();
+        let joined = joins
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| applied[i])
+            .map(|(_, &join)| member_of(join));
+        report.map_operations += done;
+        if joins.len() >= self.members.len() / 8 {
+            // Many (a full programming): built in bulk and merged, linear in both.
+            let mut pairs: Vec<(u32, u32)> = Vec::with_capacity(done);
+            pairs.extend(joined);
+            let mut joined = BTreeSet::from_iter(pairs);
+            self.members.append(&mut joined);
+        } else {
+            self.members.extend(joined);
         }
         for (&c, (_, reason)) in &failed {
             self.unsettled.insert(changes[c].frontend_id);
             changes[c].failed = Some(format!("writing a backend membership: {reason}"));
         }
 
-        drop((joins, owners, applied, failed));
+        drop((joins, applied, failed));
 
-        // 2b. Slots, of the frontends whose memberships are written.
-        let mut slots: Vec<(usize, usize)> = Vec::new();
+        laps.lap(3);
+
+        // 2b. Slots, of the frontends whose memberships are written: (change, slot index).
+        let most: usize = live
+            .iter()
+            .filter(|&&c| changes[c].failed.is_none())
+            .map(|&c| changes[c].ids.len())
+            .sum();
+        let mut slots: Vec<(u32, u32)> = Vec::with_capacity(most);
         for &c in &live {
             let change = &changes[c];
             if change.failed.is_some() {
@@ -440,36 +553,35 @@ impl<M: LbMaps> Writer<M> {
             let old = change.old.as_ref().map_or(&[][..], |p| &p.slots[..]);
             for (i, &id) in change.ids.iter().enumerate() {
                 if old.get(i) != Some(&id) {
-                    slots.push((c, i));
+                    slots.push((c as u32, i as u32));
                 }
             }
         }
-        let owners: Vec<usize> = slots.iter().map(|&(c, _)| c).collect();
         let maps = &mut self.maps;
-        let (applied, failed) = batched(&owners, &mut report.map_calls, |items| {
-            let keys: Vec<ServiceKey> = items
-                .iter()
-                .map(|&i| {
+        let (applied, failed) = batched(
+            slots.len(),
+            |i| slots[i].0 as usize,
+            &mut report.map_calls,
+            |items| {
+                let mut keys: Vec<ServiceKey> = Vec::with_capacity(items.len());
+                let mut values: Vec<ServiceValue> = Vec::with_capacity(items.len());
+                for &i in items {
                     let (c, s) = slots[i];
-                    slot_key(&changes[c].frontend.key(), s as u32 + 1)
-                })
-                .collect();
-            let values: Vec<ServiceValue> = items
-                .iter()
-                .map(|&i| {
-                    let (c, s) = slots[i];
-                    ServiceValue {
-                        backend_id: changes[c].ids[s],
+                    let change = &changes[c as usize];
+                    keys.push(slot_key(&change.frontend.key(), s + 1));
+                    values.push(ServiceValue {
+                        backend_id: change.ids[s as usize],
                         ..ServiceValue::default()
-                    }
-                })
-                .collect();
-            maps.update_services(&keys, &values)
-        });
+                    });
+                }
+                maps.update_services(&keys, &values)
+            },
+        );
         for (i, &(c, s)) in slots.iter().enumerate() {
             if applied[i] {
                 report.map_operations += 1;
-                let change = &mut changes[c];
+                let change = &mut changes[c as usize];
+                let s = s as usize;
                 let id = change.ids[s];
                 if s < change.written.len() {
                     change.written[s] = id;
@@ -482,7 +594,9 @@ impl<M: LbMaps> Writer<M> {
             changes[c].failed = Some(format!("writing slot {}: {reason}", slots[*i].1 + 1));
         }
 
-        drop((slots, owners, applied, failed));
+        drop((slots, applied, failed));
+
+        laps.lap(4);
 
         // 3. Masters: from here on readers use the new counts.
         let publish: Vec<usize> = live
@@ -491,15 +605,20 @@ impl<M: LbMaps> Writer<M> {
             .filter(|&c| changes[c].failed.is_none())
             .collect();
         let maps = &mut self.maps;
-        let (applied, failed) = batched(&publish, &mut report.map_calls, |items| {
-            let keys: Vec<ServiceKey> = items
-                .iter()
-                .map(|&i| changes[publish[i]].frontend.key())
-                .collect();
-            let values: Vec<ServiceValue> =
-                items.iter().map(|&i| changes[publish[i]].master).collect();
-            maps.update_services(&keys, &values)
-        });
+        let (applied, failed) = batched(
+            publish.len(),
+            |i| publish[i],
+            &mut report.map_calls,
+            |items| {
+                let keys: Vec<ServiceKey> = items
+                    .iter()
+                    .map(|&i| changes[publish[i]].frontend.key())
+                    .collect();
+                let values: Vec<ServiceValue> =
+                    items.iter().map(|&i| changes[publish[i]].master).collect();
+                maps.update_services(&keys, &values)
+            },
+        );
         for (&c, (_, reason)) in &failed {
             changes[c].failed = Some(format!("writing the service entry: {reason}"));
         }
@@ -521,25 +640,18 @@ impl<M: LbMaps> Writer<M> {
                     .map(|s| (slot_key(&base, s as u32 + 1), change.written[s])),
             );
             // Memberships of the backends that left the set.
-            member_deletes.extend(
-                change
-                    .held
-                    .difference(&change.wanted)
-                    .map(|&id| (change.frontend_id, id)),
-            );
-            let (frontend, master, ids, spec, frontend_id) = (
+            member_deletes.extend(change.leaving().map(|id| (change.frontend_id, id)));
+            let (frontend, master, ids, frontend_id) = (
                 change.frontend,
                 change.master,
                 std::mem::take(&mut change.ids),
-                change.spec.clone(),
                 change.frontend_id,
             );
             self.set_programmed(
                 frontend,
                 Programmed {
                     master,
-                    slots: ids,
-                    spec: Some(spec),
+                    slots: ids.into(),
                 },
             );
             self.unsettled.remove(&frontend_id);
@@ -566,10 +678,11 @@ impl<M: LbMaps> Writer<M> {
                         change.frontend,
                         Programmed {
                             master: old.master,
-                            slots: written,
-                            spec: None,
+                            slots: written.into(),
                         },
                     );
+                    // Compared in full (memberships too) by the next apply.
+                    self.unsettled.insert(change.frontend_id);
                 }
                 None => {
                     let base = change.frontend.key();
@@ -586,26 +699,38 @@ impl<M: LbMaps> Writer<M> {
             }
         }
 
+        laps.lap(5);
+
         // 4. Masters of frontends no longer wanted: their connects pass through from here on.
         let gone: Vec<FrontendKey> = match scope {
-            None => self
-                .services
-                .keys()
-                .filter(|f| !desired.services.contains_key(f))
-                .copied()
-                .collect(),
+            None => {
+                // Both in key order: one merge, no look-ups.
+                let mut wanted = desired.services.keys().peekable();
+                self.services
+                    .keys()
+                    .filter(|&f| {
+                        while wanted.next_if(|&w| w < f).is_some() {}
+                        wanted.peek() != Some(&f)
+                    })
+                    .copied()
+                    .collect()
+            }
             Some(keys) => keys
                 .iter()
                 .filter(|f| self.services.contains_key(f) && !desired.services.contains_key(f))
                 .copied()
                 .collect(),
         };
-        let owners: Vec<usize> = (0..gone.len()).collect();
         let maps = &mut self.maps;
-        let (applied, failed) = batched(&owners, &mut report.map_calls, |items| {
-            let keys: Vec<ServiceKey> = items.iter().map(|&i| gone[i].key()).collect();
-            maps.delete_services(&keys)
-        });
+        let (applied, failed) = batched(
+            gone.len(),
+            |i| i,
+            &mut report.map_calls,
+            |items| {
+                let keys: Vec<ServiceKey> = items.iter().map(|&i| gone[i].key()).collect();
+                maps.delete_services(&keys)
+            },
+        );
         for (&g, (_, reason)) in &failed {
             errors.insert(gone[g], format!("deleting the service entry: {reason}"));
         }
@@ -630,6 +755,8 @@ impl<M: LbMaps> Writer<M> {
             self.unsettled.remove(&frontend_id);
         }
 
+        laps.lap(6);
+
         // 5. Slots no master reaches. A stray slot this apply wrote again (a frontend that
         // grows into it) stays.
         slot_deletes.retain(|(key, _)| {
@@ -639,12 +766,16 @@ impl<M: LbMaps> Writer<M> {
         });
         slot_deletes.sort_unstable();
         slot_deletes.dedup();
-        let owners: Vec<usize> = (0..slot_deletes.len()).collect();
         let maps = &mut self.maps;
-        let (applied, _) = batched(&owners, &mut report.map_calls, |items| {
-            let keys: Vec<ServiceKey> = items.iter().map(|&i| slot_deletes[i].0).collect();
-            maps.delete_services(&keys)
-        });
+        let (applied, _) = batched(
+            slot_deletes.len(),
+            |i| i,
+            &mut report.map_calls,
+            |items| {
+                let keys: Vec<ServiceKey> = items.iter().map(|&i| slot_deletes[i].0).collect();
+                maps.delete_services(&keys)
+            },
+        );
         for (i, &(key, backend_id)) in slot_deletes.iter().enumerate() {
             if applied[i] {
                 report.map_operations += 1;
@@ -660,6 +791,8 @@ impl<M: LbMaps> Writer<M> {
             }
         }
 
+        laps.lap(7);
+
         // 6. Memberships of backends that left a set, and of frontend ids no frontend has.
         if std::mem::take(&mut self.check_stray_members) {
             let live_ids: BTreeSet<u32> = self
@@ -667,12 +800,16 @@ impl<M: LbMaps> Writer<M> {
                 .values()
                 .map(|p| p.master.frontend_id)
                 .collect();
-            member_deletes.extend(
-                self.members
-                    .iter()
-                    .filter(|(fid, _)| !live_ids.contains(fid))
-                    .copied(),
-            );
+            // Memberships are sorted by frontend id: one look-up per frontend id.
+            let mut last: Option<(u32, bool)> = None;
+            member_deletes.extend(self.members.iter().copied().filter(|&(fid, _)| {
+                let live = match last {
+                    Some((f, live)) if f == fid => live,
+                    _ => live_ids.contains(&fid),
+                };
+                last = Some((fid, live));
+                !live
+            }));
         }
         // A failed deletion is retried unless the backend is in its frontend's set again
         // (this apply counted it as held, so it wrote no membership for it).
@@ -686,15 +823,19 @@ impl<M: LbMaps> Writer<M> {
             member_deletes.extend(undeleted.into_iter().filter(|m| !wanted.contains(m)));
         }
         let member_deletes: Vec<(u32, u32)> = member_deletes.into_iter().collect();
-        let owners: Vec<usize> = (0..member_deletes.len()).collect();
         let maps = &mut self.maps;
-        let (applied, _) = batched(&owners, &mut report.map_calls, |items| {
-            let keys: Vec<MemberKey> = items
-                .iter()
-                .map(|&i| member_key(member_deletes[i]))
-                .collect();
-            maps.delete_members(&keys)
-        });
+        let (applied, _) = batched(
+            member_deletes.len(),
+            |i| i,
+            &mut report.map_calls,
+            |items| {
+                let keys: Vec<MemberKey> = items
+                    .iter()
+                    .map(|&i| member_key(member_deletes[i]))
+                    .collect();
+                maps.delete_members(&keys)
+            },
+        );
         for (i, &(fid, bid)) in member_deletes.iter().enumerate() {
             if applied[i] {
                 report.map_operations += 1;
@@ -725,6 +866,8 @@ impl<M: LbMaps> Writer<M> {
             self.frontend_alloc.release(fid);
         }
 
+        laps.lap(8);
+
         // 7. Backends no slot refers to any more.
         let stray_refs: BTreeSet<u32> = self
             .stray_keys
@@ -733,19 +876,32 @@ impl<M: LbMaps> Writer<M> {
             .chain(self.undeleted_members.iter().map(|&(_, id)| id))
             .collect();
         let mut orphans: Vec<u32> = Vec::new();
-        for id in std::mem::take(&mut self.maybe_orphans) {
+        let candidates = std::mem::take(&mut self.maybe_orphans);
+        // A new backend is unused when its frontend failed: rare, so the check is a scan of
+        // the new ids, not a set of them.
+        let fresh = new_backends
+            .iter()
+            .copied()
+            .filter(|&id| !candidates.contains(&id) && !self.backends.is_referenced(id));
+        let unused: Vec<u32> = fresh.collect();
+        for id in candidates.into_iter().chain(unused) {
             if stray_refs.contains(&id) {
                 self.maybe_orphans.insert(id);
-            } else if !self.refs.contains_key(&id) && self.backend_values.contains_key(&id) {
+            } else if !self.backends.is_referenced(id) && self.backends.contains(id) {
                 orphans.push(id);
             }
         }
-        let owners: Vec<usize> = (0..orphans.len()).collect();
+        drop(new_backends);
         let maps = &mut self.maps;
-        let (applied, _) = batched(&owners, &mut report.map_calls, |items| {
-            let ids: Vec<u32> = items.iter().map(|&i| orphans[i]).collect();
-            maps.delete_backends(&ids)
-        });
+        let (applied, _) = batched(
+            orphans.len(),
+            |i| i,
+            &mut report.map_calls,
+            |items| {
+                let ids: Vec<u32> = items.iter().map(|&i| orphans[i]).collect();
+                maps.delete_backends(&ids)
+            },
+        );
         for (i, &id) in orphans.iter().enumerate() {
             if !applied[i] {
                 tracing::warn!(backend_id = id, "could not delete a backend");
@@ -754,11 +910,12 @@ impl<M: LbMaps> Writer<M> {
             }
             report.map_operations += 1;
             report.backends_deleted += 1;
-            if let Some(value) = self.backend_values.remove(&id) {
-                self.backend_ids.remove(&value);
-            }
+            self.backends.remove(id);
             self.backend_alloc.release(id);
         }
+
+        laps.lap(9);
+        self.last_steps = laps.us;
 
         report.errors = errors
             .into_iter()
@@ -773,7 +930,7 @@ impl<M: LbMaps> Writer<M> {
         &mut self,
         frontend: FrontendKey,
         spec: &ServiceSpec,
-        new: &mut Vec<(u32, Backend)>,
+        new: &mut Vec<u32>,
     ) -> Result<Vec<u32>, String> {
         if spec.backends.len() > usize::from(u16::MAX) {
             return Err(format!(
@@ -790,7 +947,7 @@ impl<M: LbMaps> Writer<M> {
                 ));
             }
             let value = backend_value(*addr, frontend.protocol);
-            if let Some(&id) = self.backend_ids.get(&value) {
+            if let Some(id) = self.backends.id_of(&value) {
                 ids.push(id);
                 continue;
             }
@@ -798,9 +955,8 @@ impl<M: LbMaps> Writer<M> {
                 .backend_alloc
                 .allocate()
                 .ok_or_else(|| "the backend table is full".to_owned())?;
-            self.backend_ids.insert(value, id);
-            self.backend_values.insert(id, value);
-            new.push((id, value));
+            self.backends.insert(id, value);
+            new.push(id);
             ids.push(id);
         }
         Ok(ids)
@@ -816,22 +972,17 @@ impl<M: LbMaps> Writer<M> {
     ) -> Result<(), String> {
         let spec = change.spec;
         let ids = &change.ids;
-        let master_of = |frontend_id| ServiceValue {
-            backend_id: 0,
-            count: ids.len() as u16,
-            flags: spec.flags(),
-            frontend_id,
-            affinity_timeout: spec.affinity_timeout.unwrap_or(0),
-        };
-        let wanted: BTreeSet<u32> = ids.iter().copied().collect();
+        let master_of = |frontend_id| master_of(spec, ids.len(), frontend_id);
+        let mut wanted: Vec<u32> = ids.clone();
+        wanted.sort_unstable();
+        wanted.dedup();
         if let Some(p) = &change.old {
-            let held: BTreeSet<u32> = self.members_of(p.master.frontend_id).collect();
-            if p.slots == *ids && p.master == master_of(p.master.frontend_id) && held == wanted {
-                // Already as wanted: remember the spec so the next apply skips it.
-                let frontend_id = p.master.frontend_id;
-                if let Some(p) = self.services.get_mut(&change.frontend) {
-                    p.spec = Some(spec.clone());
-                }
+            let frontend_id = p.master.frontend_id;
+            if *p.slots == **ids
+                && p.master == master_of(frontend_id)
+                && self.members_of(frontend_id).eq(wanted.iter().copied())
+            {
+                // Already as wanted: the next apply skips it.
                 self.unsettled.remove(&frontend_id);
                 return Ok(());
             }
@@ -851,8 +1002,11 @@ impl<M: LbMaps> Writer<M> {
                 .allocate()
                 .ok_or_else(|| "no free frontend id (raise --max-frontends)".to_owned())?,
         };
-        let held: BTreeSet<u32> = self.members_of(frontend_id).collect();
-        let joining = wanted.difference(&held).count();
+        let held: Vec<u32> = self.members_of(frontend_id).collect();
+        let joining = wanted
+            .iter()
+            .filter(|id| held.binary_search(id).is_err())
+            .count();
         if *member_entries + joining > self.limits.members as usize {
             if change.old.is_none() {
                 self.frontend_alloc.release(frontend_id);
@@ -869,16 +1023,26 @@ impl<M: LbMaps> Writer<M> {
         change.written = change
             .old
             .as_ref()
-            .map_or_else(Vec::new, |p| p.slots.clone());
+            .map_or_else(Vec::new, |p| p.slots.to_vec());
         change.held = held;
         change.wanted = wanted;
         Ok(())
     }
 
+    /// Whether the maps hold `spec` for `frontend` (as `p` records them): its master, and
+    /// each slot's backend.
+    fn holds(&self, frontend: &FrontendKey, p: &Programmed, spec: &ServiceSpec) -> bool {
+        p.master == master_of(spec, spec.backends.len(), p.master.frontend_id)
+            && p.slots.len() == spec.backends.len()
+            && p.slots.iter().zip(&spec.backends).all(|(&id, addr)| {
+                self.backends.get(id) == Some(backend_value(*addr, frontend.protocol))
+            })
+    }
+
     /// Records what the maps hold for a frontend, keeping backend reference counts.
     fn set_programmed(&mut self, frontend: FrontendKey, programmed: Programmed) {
         for &id in &programmed.slots {
-            *self.refs.entry(id).or_default() += 1;
+            self.backends.add_ref(id);
         }
         self.held_entries += 1 + programmed.slots.len();
         if let Some(old) = self.services.insert(frontend, programmed) {
@@ -895,13 +1059,9 @@ impl<M: LbMaps> Writer<M> {
     }
 
     fn release_refs(&mut self, slots: &[u32]) {
-        for id in slots {
-            if let Some(n) = self.refs.get_mut(id) {
-                *n -= 1;
-                if *n == 0 {
-                    self.refs.remove(id);
-                    self.maybe_orphans.insert(*id);
-                }
+        for &id in slots {
+            if self.backends.release_ref(id) {
+                self.maybe_orphans.insert(id);
             }
         }
     }
@@ -918,8 +1078,8 @@ impl<M: LbMaps> Writer<M> {
         frontends_of(
             self.services
                 .iter()
-                .map(|(f, p)| (*f, p.master, p.slots.clone())),
-            |id| self.backend_values.get(&id).copied(),
+                .map(|(f, p)| (*f, p.master, p.slots.to_vec())),
+            |id| self.backends.get(id),
         )
     }
 

@@ -374,11 +374,16 @@ impl<'de> Deserialize<'de> for TypedDoc {
 }
 
 fn load_json(text: &str, origin: &str) -> Result<Inventory, ManifestError> {
-    // serde_json refuses nesting deeper than 128 into a Value (skipped fields are not checked).
-    let value: serde_json::Value = serde_json::from_str(text)
-        .map_err(|e| syntax_error(origin, Format::Json, json_position(&e), &e))?;
-    let shape = DocShape::deserialize(&value)
-        .map_err(|e| syntax_error(origin, Format::Json, (None, None), &e))?;
+    let syntax = |e: serde_json::Error| syntax_error(origin, Format::Json, json_position(&e), &e);
+    // The syntax and the nesting first, keeping nothing (a `serde_json::Value` of a 36 MB list
+    // took half a GiB): skipped fields are not checked for depth by the reads below.
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    JsonSyntax
+        .deserialize(&mut deserializer)
+        .and_then(|()| deserializer.end())
+        .map_err(syntax)?;
+    let shape =
+        DocShape::deserialize(&mut serde_json::Deserializer::from_str(text)).map_err(syntax)?;
     let mut collected = Collected::default();
     let mut deserializer = serde_json::Deserializer::from_str(text);
     DocSeed {
@@ -388,6 +393,57 @@ fn load_json(text: &str, origin: &str) -> Result<Inventory, ManifestError> {
     .deserialize(&mut deserializer)
     .map_err(|e| collected.object_error(&shape, origin, json_position(&e), &e))?;
     Ok(collected.inventory)
+}
+
+/// Walks a JSON value keeping nothing, through `deserialize_any` all the way down, so that
+/// serde_json refuses nesting deeper than 128 (its recursion limit) as it refused it into a
+/// `serde_json::Value`, with the same message and position.
+#[derive(Clone, Copy)]
+struct JsonSyntax;
+
+impl<'de> DeserializeSeed<'de> for JsonSyntax {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for JsonSyntax {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(self)?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while map.next_key_seed(self)?.is_some() {
+            map.next_value_seed(self)?;
+        }
+        Ok(())
+    }
 }
 
 type Position = (Option<usize>, Option<usize>);

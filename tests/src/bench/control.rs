@@ -67,6 +67,10 @@ pub struct LbctlScale {
     /// Map calls (batches: one `bpf()` each) of the full programming.
     #[serde(default)]
     pub full_map_calls: usize,
+    /// Wall time of each part of the full programming (`Writer::last_steps`: the diff, each
+    /// ordered step, one map each), microseconds: where the time goes.
+    #[serde(default)]
+    pub full_apply_steps_us: Vec<(String, u64)>,
     pub map_updates_per_sec: f64,
     /// `Datapath::apply` of an unchanged desired state (median of 5): the diff's floor.
     pub noop_apply_ms: f64,
@@ -211,6 +215,12 @@ pub fn child_main(
     let t = Instant::now();
     let report = dp.apply(&desired)?;
     let full_apply_ms = ms_since(t);
+    let full_apply_steps_us: Vec<(String, u64)> = dp
+        .writer()
+        .last_steps()
+        .into_iter()
+        .map(|(step, us)| (step.to_owned(), us))
+        .collect();
     if !report.errors.is_empty() {
         bail!("programming failed: {:?}", &report.errors[..1]);
     }
@@ -276,6 +286,7 @@ pub fn child_main(
         full_apply_ms,
         full_map_operations: report.map_operations,
         full_map_calls: report.map_calls,
+        full_apply_steps_us,
         map_updates_per_sec: report.map_operations as f64 / (full_apply_ms / 1e3),
         noop_apply_ms: median(&noop),
         change: MsSummary::from_ms(&change_ms),

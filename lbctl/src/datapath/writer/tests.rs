@@ -513,6 +513,96 @@ fn a_large_step_is_split_into_calls_and_a_fault_in_a_later_call_is_contained() {
     check_exact(w.maps(), &want, "large, repaired");
 }
 
+/// `count` frontends with `per` backends each, all distinct.
+fn wide(count: u32, per: u32) -> Desired {
+    Desired {
+        services: (0..count)
+            .map(|i| {
+                (
+                    FrontendKey::new(
+                        SocketAddr::from(([10, 96, (i >> 8) as u8, i as u8], 80)),
+                        Protocol::Tcp,
+                    ),
+                    ServiceSpec {
+                        backends: (0..per)
+                            .map(|j| {
+                                SocketAddr::from((
+                                    [10, 1, (i >> 8) as u8, i as u8],
+                                    8000 + j as u16,
+                                ))
+                            })
+                            .collect(),
+                        affinity_timeout: None,
+                        kind: FrontendKind::ClusterIP,
+                    },
+                )
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn steps_larger_than_a_call_are_written_whole_and_in_step_order() {
+    use super::MAX_BATCH;
+    use crate::datapath::fake::Call;
+    let limits = Limits {
+        service_entries: 1 << 16,
+        backends: 1 << 16,
+        members: 1 << 16,
+        frontends: 4096,
+    };
+    let call = |op, len, masters| Call { op, len, masters };
+    // 2,000 frontends x 10 backends: 20,000 elements in each step but the masters'.
+    let want = wide(2000, 10);
+    let rest = 20_000 - MAX_BATCH;
+    let mut w = Writer::adopt(MemMaps::new(limits)).unwrap();
+    no_errors(&w.apply(&want).unwrap(), "full");
+    check_exact(w.maps(), &want, "full");
+    // Every backend before any membership, every membership before any slot, every slot
+    // before any master; no call carries more than MAX_BATCH elements.
+    assert_eq!(
+        w.maps().log,
+        vec![
+            call(Op::UpdateBackend, MAX_BATCH, 0),
+            call(Op::UpdateBackend, rest, 0),
+            call(Op::UpdateMember, MAX_BATCH, 0),
+            call(Op::UpdateMember, rest, 0),
+            call(Op::UpdateService, MAX_BATCH, 0),
+            call(Op::UpdateService, rest, 0),
+            call(Op::UpdateService, 2000, 2000),
+        ]
+    );
+    // Deleting everything: masters first, then slots, memberships, backends.
+    w.maps_mut().log.clear();
+    let report = w.apply(&Desired::default()).unwrap();
+    no_errors(&report, "empty");
+    assert_eq!(w.maps().tables, MapDump::default());
+    assert_eq!(w.programmed(), (0, 0));
+    assert_eq!(
+        w.maps().log,
+        vec![
+            call(Op::DeleteService, 2000, 2000),
+            call(Op::DeleteService, MAX_BATCH, 0),
+            call(Op::DeleteService, rest, 0),
+            call(Op::DeleteMember, MAX_BATCH, 0),
+            call(Op::DeleteMember, rest, 0),
+            call(Op::DeleteBackend, MAX_BATCH, 0),
+            call(Op::DeleteBackend, rest, 0),
+        ]
+    );
+    assert_eq!(
+        (
+            report.frontends_deleted,
+            report.backends_deleted,
+            report.memberships_deleted
+        ),
+        (2000, 20_000, 20_000)
+    );
+    // And again from empty: the ids freed are reused, the same dump results.
+    no_errors(&w.apply(&want).unwrap(), "again");
+    check_exact(w.maps(), &want, "again");
+}
+
 /// The frontends whose spec differs between two desired states.
 fn changed_keys(before: &Desired, after: &Desired) -> BTreeSet<FrontendKey> {
     before

@@ -1,0 +1,325 @@
+//! The writer's mirror of `lb_backends`: each backend id's value and how many slots refer to
+//! it, in an array indexed by id (the writer allocates ids densely from 1; the array is made of
+//! fixed chunks, so growing it never copies it), and an index of ids by the value they hold
+//! that stores only the id. About 28 bytes per backend in the array and 5 in the index, where
+//! two hash maps and a reference count map took about 100 at 300,000 backends.
+use std::{collections::BTreeMap, hash::BuildHasher};
+
+use hashbrown::{DefaultHashBuilder, HashTable};
+use lb_common::Backend;
+
+/// What one backend id holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Entry {
+    /// `None`: no backend has this id.
+    value: Option<Backend>,
+    /// Slots (over all frontends) that refer to this id, whether or not it has a backend (a
+    /// slot of adopted maps may refer to a missing one).
+    refs: u32,
+}
+
+/// Ids per chunk of the dense part (114 KiB chunks).
+const CHUNK: usize = 4096;
+
+/// Entries by id: dense below `limit` (the ids the writer allocates), in chunks of [`CHUNK`]
+/// ids allocated as ids reach them (never reallocated or copied, at most one chunk more than
+/// the highest id needs); sparse above (ids an adopted map sized differently may hold).
+#[derive(Debug)]
+struct Entries {
+    chunks: Vec<Box<[Entry]>>,
+    sparse: BTreeMap<u32, Entry>,
+    limit: u32,
+}
+
+impl Entries {
+    fn get(&self, id: u32) -> Entry {
+        if id < self.limit {
+            let i = id as usize;
+            self.chunks
+                .get(i / CHUNK)
+                .map_or_else(Entry::default, |chunk| chunk[i % CHUNK])
+        } else {
+            self.sparse.get(&id).copied().unwrap_or_default()
+        }
+    }
+
+    fn set(&mut self, id: u32, entry: Entry) {
+        if id >= self.limit {
+            if entry == Entry::default() {
+                self.sparse.remove(&id);
+            } else {
+                self.sparse.insert(id, entry);
+            }
+            return;
+        }
+        let i = id as usize;
+        if i / CHUNK >= self.chunks.len() {
+            if entry == Entry::default() {
+                return;
+            }
+            while i / CHUNK >= self.chunks.len() {
+                self.chunks
+                    .push(vec![Entry::default(); CHUNK].into_boxed_slice());
+            }
+        }
+        self.chunks[i / CHUNK][i % CHUNK] = entry;
+    }
+
+    /// Every id below `limit` that may hold something, with its entry.
+    fn dense(&self) -> impl Iterator<Item = (u32, Entry)> + '_ {
+        self.chunks.iter().enumerate().flat_map(|(c, chunk)| {
+            chunk
+                .iter()
+                .enumerate()
+                .map(move |(i, &e)| ((c * CHUNK + i) as u32, e))
+        })
+    }
+}
+
+/// Backend ids -> values and reference counts, and values -> ids.
+#[derive(Debug)]
+pub(crate) struct BackendTable {
+    entries: Entries,
+    /// Ids by the value they hold (hashed by value, compared through `entries`). A value held
+    /// by two ids (adopted maps) is found under the last one recorded.
+    index: HashTable<u32>,
+    hasher: DefaultHashBuilder,
+    /// Ids that hold a backend.
+    len: usize,
+}
+
+impl BackendTable {
+    /// `limit`: ids the writer allocates stay below it.
+    pub(crate) fn new(limit: u32) -> Self {
+        Self {
+            entries: Entries {
+                chunks: Vec::new(),
+                sparse: BTreeMap::new(),
+                limit,
+            },
+            index: HashTable::new(),
+            hasher: DefaultHashBuilder::default(),
+            len: 0,
+        }
+    }
+
+    /// The backend of `id`.
+    pub(crate) fn get(&self, id: u32) -> Option<Backend> {
+        self.entries.get(id).value
+    }
+
+    pub(crate) fn contains(&self, id: u32) -> bool {
+        self.get(id).is_some()
+    }
+
+    /// The id holding `value`.
+    pub(crate) fn id_of(&self, value: &Backend) -> Option<u32> {
+        let entries = &self.entries;
+        self.index
+            .find(self.hasher.hash_one(value), |&id| {
+                entries.get(id).value.as_ref() == Some(value)
+            })
+            .copied()
+    }
+
+    /// Makes room for `additional` more values in the index (4-5 bytes each), so that adding
+    /// them does not rehash it again and again. The id array grows a chunk at a time as ids
+    /// are used: it costs 28 bytes an entry, too much to reserve on an estimate.
+    pub(crate) fn reserve_index(&mut self, additional: usize) {
+        let Self {
+            entries,
+            index,
+            hasher,
+            ..
+        } = self;
+        index.reserve(additional, |&i| {
+            hasher.hash_one(entries.get(i).value.unwrap_or_default())
+        });
+    }
+
+    /// Number of backends.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Removes `id` from the index, where it is found under `value`.
+    fn unindex(&mut self, id: u32, value: &Backend) {
+        if let Ok(found) = self
+            .index
+            .find_entry(self.hasher.hash_one(value), |&i| i == id)
+        {
+            found.remove();
+        }
+    }
+
+    /// Records that `id` holds `value`.
+    pub(crate) fn insert(&mut self, id: u32, value: Backend) {
+        let mut entry = self.entries.get(id);
+        match entry.value.replace(value) {
+            Some(old) => self.unindex(id, &old),
+            None => self.len += 1,
+        }
+        self.entries.set(id, entry);
+        let hash = self.hasher.hash_one(value);
+        let Self {
+            entries,
+            index,
+            hasher,
+            ..
+        } = self;
+        match index.find_mut(hash, |&i| i != id && entries.get(i).value == Some(value)) {
+            Some(other) => *other = id,
+            None => {
+                index.insert_unique(hash, id, |&i| {
+                    hasher.hash_one(entries.get(i).value.unwrap_or_default())
+                });
+            }
+        }
+    }
+
+    /// Forgets the backend of `id`, returning it.
+    pub(crate) fn remove(&mut self, id: u32) -> Option<Backend> {
+        let mut entry = self.entries.get(id);
+        let value = entry.value.take()?;
+        self.unindex(id, &value);
+        self.entries.set(id, entry);
+        self.len -= 1;
+        Some(value)
+    }
+
+    /// Ids that hold a backend and no slot refers to.
+    pub(crate) fn unreferenced(&self) -> Vec<u32> {
+        let dense = self.entries.dense();
+        let sparse = self.entries.sparse.iter().map(|(&id, &e)| (id, e));
+        dense
+            .chain(sparse)
+            .filter(|(_, e)| e.value.is_some() && e.refs == 0)
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    pub(crate) fn is_referenced(&self, id: u32) -> bool {
+        self.entries.get(id).refs > 0
+    }
+
+    pub(crate) fn add_ref(&mut self, id: u32) {
+        let mut entry = self.entries.get(id);
+        entry.refs += 1;
+        self.entries.set(id, entry);
+    }
+
+    /// Drops one reference; true when it was the last.
+    pub(crate) fn release_ref(&mut self, id: u32) -> bool {
+        let mut entry = self.entries.get(id);
+        if entry.refs == 0 {
+            return false;
+        }
+        entry.refs -= 1;
+        self.entries.set(id, entry);
+        entry.refs == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(n: u8) -> Backend {
+        Backend {
+            address: [n; 16],
+            port: 80,
+            proto: 6,
+            flags: 0,
+        }
+    }
+
+    #[test]
+    fn values_ids_and_references_round_trip_dense_and_sparse() {
+        let mut t = BackendTable::new(100);
+        for id in [1, 7, 99, 100, 5000] {
+            t.insert(id, backend(id as u8));
+        }
+        assert_eq!(t.len(), 5);
+        for id in [1, 7, 99, 100, 5000] {
+            assert_eq!(t.get(id), Some(backend(id as u8)));
+            assert_eq!(t.id_of(&backend(id as u8)), Some(id));
+        }
+        assert_eq!(t.get(2), None);
+        assert_eq!(t.get(6000), None);
+        t.add_ref(7);
+        t.add_ref(7);
+        t.add_ref(5000);
+        // A slot may refer to an id without a backend.
+        t.add_ref(42);
+        let mut unused = t.unreferenced();
+        unused.sort_unstable();
+        assert_eq!(unused, vec![1, 99, 100]);
+        assert!(!t.release_ref(7));
+        assert!(t.release_ref(7));
+        assert!(!t.release_ref(7), "no reference left to drop");
+        assert!(t.release_ref(5000));
+        assert!(t.release_ref(42));
+        assert_eq!(t.remove(5000), Some(backend(136)));
+        assert_eq!(t.remove(5000), None);
+        assert_eq!(t.id_of(&backend(136)), None);
+        assert_eq!(t.entries.sparse.keys().collect::<Vec<_>>(), vec![&100]);
+        // A new value for an id replaces the old one in the index.
+        t.insert(1, backend(200));
+        assert_eq!(t.id_of(&backend(1)), None);
+        assert_eq!(t.id_of(&backend(200)), Some(1));
+        assert_eq!(t.entries.chunks.len(), 1);
+        assert_eq!(t.len(), 4);
+    }
+
+    #[test]
+    fn a_value_under_two_ids_is_found_under_the_last_and_survives_removing_the_other() {
+        let mut t = BackendTable::new(100);
+        t.insert(3, backend(9));
+        t.insert(4, backend(9));
+        assert_eq!(t.id_of(&backend(9)), Some(4));
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.remove(3), Some(backend(9)));
+        assert_eq!(t.id_of(&backend(9)), Some(4));
+        assert_eq!(t.remove(4), Some(backend(9)));
+        assert_eq!(t.id_of(&backend(9)), None);
+        assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn many_backends_keep_their_ids_through_the_index_growing() {
+        let mut t = BackendTable::new(1 << 20);
+        let value = |id: u32| Backend {
+            address: [
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0xff,
+                0xff,
+                10,
+                (id >> 16) as u8,
+                (id >> 8) as u8,
+                id as u8,
+            ],
+            port: 8080u16.to_be(),
+            proto: 6,
+            flags: 0,
+        };
+        for id in 1..50_000 {
+            t.insert(id, value(id));
+        }
+        for id in (1..50_000).step_by(7) {
+            assert_eq!(t.id_of(&value(id)), Some(id));
+            assert_eq!(t.get(id), Some(value(id)));
+        }
+        assert_eq!(t.len(), 49_999);
+        // Dense: as many chunks as the highest id needs.
+        assert_eq!(t.entries.chunks.len(), 50_000usize.div_ceil(CHUNK));
+    }
+}
