@@ -50,7 +50,11 @@ impl Claims {
     fn insert(&mut self, claim: Claim, frontend: Frontend) {
         match self.0.binary_search_by(|(c, _)| c.cmp(&claim)) {
             Ok(i) => self.0[i].1 = frontend,
-            Err(i) => self.0.insert(i, (claim, frontend)),
+            Err(i) => {
+                // A first push would reserve four.
+                self.0.reserve_exact(1);
+                self.0.insert(i, (claim, frontend));
+            }
         }
     }
 
@@ -286,6 +290,7 @@ impl Planner {
                     self.contested.insert(key);
                 }
             }
+            entry.keys.shrink_to_fit();
             entry.order = Some(order);
         }
         (entry.skipped, entry.warnings) = report.finish();
