@@ -618,5 +618,19 @@ pub fn targets(r: &ChurnResults) -> Vec<Target> {
             measured: format!("{absorbed} at {scale}"),
             status: Status::NotMeasured,
         },
+        Target {
+            target: "agent peak RSS <= 64 MiB at 30,000 x 10 (the whole agent, Kubernetes source, \
+                     after its full sync; BPF maps besides)"
+                .into(),
+            measured: format!(
+                "{:.1} MiB at {scale}",
+                r.agent_vm_hwm_full_sync_kib as f64 / 1024.0
+            ),
+            status: if at_scale {
+                Status::from_bool(r.agent_vm_hwm_full_sync_kib as f64 / 1024.0 <= 64.0)
+            } else {
+                Status::NotMeasured
+            },
+        },
     ]
 }

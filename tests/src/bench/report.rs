@@ -377,22 +377,28 @@ pub fn targets(d: Option<&DatapathResults>, c: Option<&ControlResults>) -> Vec<T
         }),
     );
 
-    // Issues 12 items 2-4: the control plane.
+    // Issues 12 items 2-4: the control plane. Full programming is judged on the agent's whole
+    // reconcile (snapshot, plan, desired state, maps written), as the issue asks; the writer
+    // alone is shown beside it.
     let scale = |n: usize| c.and_then(|c| c.lbctl.iter().find(|s| s.services == n));
+    let agent = |n: usize| c.and_then(|c| c.agent.iter().find(|s| s.services == n));
     for (n, ceiling) in [(10_000, 100.0), (30_000, 300.0)] {
         target(
             &mut out,
-            &format!("full programming of {n} x 10 <= {ceiling} ms"),
-            scale(n).map(|s| {
+            &format!(
+                "full programming of {n} x 10 <= {ceiling} ms, as the agent's whole reconcile"
+            ),
+            agent(n).map(|a| {
+                let writer = scale(n)
+                    .map(|s| format!("; the writer alone {}", fmt_ms(s.full_apply_ms)))
+                    .unwrap_or_default();
                 (
                     format!(
-                        "{} ({} x {}, {} map operations)",
-                        fmt_ms(s.full_apply_ms),
-                        s.services,
-                        s.endpoints,
-                        s.full_map_operations
+                        "{} whole reconcile (plan {}{writer})",
+                        fmt_ms(a.reconcile_ms),
+                        fmt_ms(a.plan_ms)
                     ),
-                    Status::from_bool(s.full_apply_ms <= ceiling),
+                    Status::from_bool(a.reconcile_ms <= ceiling),
                 )
             }),
         );
@@ -416,19 +422,21 @@ pub fn targets(d: Option<&DatapathResults>, c: Option<&ControlResults>) -> Vec<T
             )
         }),
     );
+    // The whole agent's RSS is judged in the churn part (Kubernetes source); this is the
+    // writer's share.
     target(
         &mut out,
-        "agent peak RSS <= 64 MiB at 30,000 x 10",
+        "peak RSS of desired state + writer alone at 30,000 x 10 (reported)",
         big.map(|s| {
-            let mib = s.vm_hwm_kib as f64 / 1024.0;
             (
                 format!(
-                    "{mib:.1} MiB ({} x {}; BPF maps {:.1} MiB besides)",
+                    "{:.1} MiB ({} x {}; BPF maps {:.1} MiB besides)",
+                    s.vm_hwm_kib as f64 / 1024.0,
                     s.services,
                     s.endpoints,
                     s.bpf_map_bytes as f64 / 1048576.0
                 ),
-                judged(s, mib <= 64.0),
+                Status::NotMeasured,
             )
         }),
     );
