@@ -467,30 +467,7 @@ fn a_large_step_is_split_into_calls_and_a_fault_in_a_later_call_is_contained() {
         frontends: 4096,
     };
     // 2,000 frontends x 10 backends: 20,000 elements per step, more than one call's worth.
-    let want = Desired {
-        services: (0..2000u32)
-            .map(|i| {
-                (
-                    FrontendKey::new(
-                        SocketAddr::from(([10, 96, (i >> 8) as u8, i as u8], 80)),
-                        Protocol::Tcp,
-                    ),
-                    ServiceSpec {
-                        backends: (0..10u32)
-                            .map(|j| {
-                                SocketAddr::from((
-                                    [10, 1, (i >> 8) as u8, i as u8],
-                                    8000 + j as u16,
-                                ))
-                            })
-                            .collect(),
-                        affinity_timeout: None,
-                        kind: FrontendKind::ClusterIP,
-                    },
-                )
-            })
-            .collect(),
-    };
+    let want = wide(2000, 10);
     let per_step = 20_000usize.div_ceil(MAX_BATCH);
     let mut w = Writer::adopt(MemMaps::new(limits)).unwrap();
     let report = w.apply(&want).unwrap();
