@@ -17,11 +17,27 @@ use super::{
 };
 
 /// Shares the strings many objects repeat (namespaces, node names, zones): one allocation per
-/// distinct value. Owned by whoever converts, for one read or snapshot; it holds only what
-/// those objects hold, so it is as bounded as they are.
-#[derive(Debug, Default)]
+/// distinct value. Owned by whoever converts: for one read, or for the life of a Kubernetes
+/// source's store. Strings no object holds any more (a deleted namespace, a scaled-down node)
+/// are dropped whenever the set has doubled since the last such sweep, so a long-lived interner
+/// stays as bounded as the objects it serves, at an amortized constant cost per string.
+#[derive(Debug)]
 pub struct Interner {
     strings: HashSet<Arc<str>>,
+    /// The size at which the next sweep runs.
+    sweep_at: usize,
+}
+
+/// The smallest set an interner sweeps.
+const MIN_SWEEP: usize = 1024;
+
+impl Default for Interner {
+    fn default() -> Self {
+        Self {
+            strings: HashSet::new(),
+            sweep_at: MIN_SWEEP,
+        }
+    }
 }
 
 impl Interner {
@@ -33,9 +49,23 @@ impl Interner {
         if let Some(shared) = self.strings.get(value) {
             return shared.clone();
         }
+        if self.strings.len() >= self.sweep_at {
+            // Held only here: no object uses it any more.
+            self.strings.retain(|s| Arc::strong_count(s) > 1);
+            self.sweep_at = MIN_SWEEP.max(self.strings.len() * 2);
+        }
         let shared: Arc<str> = Arc::from(value);
         self.strings.insert(shared.clone());
         shared
+    }
+
+    /// Distinct strings held.
+    pub fn len(&self) -> usize {
+        self.strings.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.strings.is_empty()
     }
 
     /// A namespace, defaulted as `kubectl apply` does.

@@ -520,3 +520,27 @@ fn conditions_take_the_api_defaults() {
         assert_eq!(got.serving_terminating(), serving && terminating, "{name}");
     }
 }
+
+#[test]
+fn a_long_lived_interner_drops_strings_no_object_holds() {
+    let mut interner = Interner::new();
+    // A node name some object still holds, and many that were held once and then let go.
+    let kept = interner.intern("node-kept");
+    for i in 0..5000 {
+        drop(interner.intern(&format!("node-{i}")));
+    }
+    assert!(
+        interner.len() < 2100,
+        "unheld strings are swept as the set grows: {} held",
+        interner.len()
+    );
+    let again = interner.intern("node-kept");
+    assert!(Arc::ptr_eq(&kept, &again), "a held string is never swept");
+    // Strings still held are all kept, however many.
+    let held: Vec<Arc<str>> = (0..3000)
+        .map(|i| interner.intern(&format!("held-{i}")))
+        .collect();
+    for (i, s) in held.iter().enumerate() {
+        assert!(Arc::ptr_eq(s, &interner.intern(&format!("held-{i}"))));
+    }
+}
