@@ -35,6 +35,20 @@ struct Refusing {
     refusal: Refusal,
 }
 
+impl Refusing {
+    /// The one line that says a frontend started refusing (or refuses for another reason).
+    fn log_start(&self, frontend: &FrontendKey) {
+        tracing::warn!(
+            frontend = %frontend,
+            service = %self.service,
+            port_name = %self.port_name,
+            traffic_policy = %self.refusal.policy,
+            reason = %self.refusal.reason,
+            "frontend refuses connections (ECONNREFUSED)"
+        );
+    }
+}
+
 /// Which frontends refuse, across syncs: logs each start and end of a refusal once.
 #[derive(Debug, Default)]
 pub struct Refusals {
@@ -71,14 +85,7 @@ impl Refusals {
         }
         for (addr, r) in &now {
             if self.refusing.get(addr) != Some(r) {
-                tracing::warn!(
-                    frontend = %addr,
-                    service = %r.service,
-                    port_name = %r.port_name,
-                    traffic_policy = %r.refusal.policy,
-                    reason = %r.refusal.reason,
-                    "frontend refuses connections (ECONNREFUSED)"
-                );
+                r.log_start(addr);
             }
         }
         for (addr, r) in &self.refusing {
@@ -125,14 +132,7 @@ impl Refusals {
                         refusal: index.explain(frontend, node),
                     };
                     if old.as_ref() != Some(&now) {
-                        tracing::warn!(
-                            frontend = %addr,
-                            service = %now.service,
-                            port_name = %now.port_name,
-                            traffic_policy = %now.refusal.policy,
-                            reason = %now.refusal.reason,
-                            "frontend refuses connections (ECONNREFUSED)"
-                        );
+                        now.log_start(&addr);
                     }
                     self.refusing.insert(addr, now);
                 }
