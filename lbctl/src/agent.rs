@@ -2,7 +2,7 @@
 //!
 //! Every change the source reports starts a short coalescing window; then the agent asks the
 //! source which Services changed ([`Dirty`]) and re-plans, writes and observes only those:
-//! [`engine::Planner`] re-decides the frontends the changed Services offered or offer now,
+//! [`crate::engine::Planner`] re-decides the frontends the changed Services offered or offer now,
 //! the desired state is patched for those frontends, and [`Datapath::apply_changed`] writes
 //! just them (in the same safe order, with the same rollback). The cost follows the change,
 //! not the number of Services. At start, on the resync timer, after a repair, and when the

@@ -165,7 +165,7 @@ impl Object {
     }
 }
 
-/// How [`install`] found the node.
+/// How `install` found the node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Installed {
     /// Programs loaded, attached and pinned just now.

@@ -2,7 +2,7 @@
 //! (`lb_services`, `lb_backends`, `lb_members`) as a small trait of batched operations.
 //!
 //! [`Maps`] implements it on the kernel's maps with one `BPF_MAP_UPDATE_BATCH` or
-//! `BPF_MAP_DELETE_BATCH` call per batch ([`super::sys`]); [`super::fake`] has an in-memory
+//! `BPF_MAP_DELETE_BATCH` call per batch (`sys`); [`super::fake`] has an in-memory
 //! implementation and a fault-injecting wrapper for the writer's unit tests.
 //!
 //! A batch is applied in order, one element at a time, each element an ordinary single-element

@@ -14,7 +14,7 @@
 //! - an absent field stays distinguishable from an empty one wherever a reader distinguishes
 //!   them (a Service without `spec`, an endpoint without an address).
 //!
-//! Conversions from the k8s-openapi types live in [`convert`]: `From<&k8s>` for one object and
+//! Conversions from the k8s-openapi types live in `convert`: `From<&k8s>` for one object and
 //! [`Inventory::from_objects`] for many (sharing one interner). Sources convert each object as
 //! they read it; the engine never sees a k8s-openapi object.
 mod convert;

@@ -6,8 +6,8 @@
 //! [`watcher`](kube::runtime::watcher()) in the default list-then-watch mode, with the default
 //! client-go-like backoff ([`WatchStreamExt::default_backoff`]: 0.8 s doubling to 30 s, with
 //! jitter), and applies its events to a [`super::store::Store`], which keeps, keyed by
-//! namespace and name, an `Arc` of what the agent needs of each object (see [the
-//! seam](#the-seam-stored-objects-and-the-inventory)) rather than the full k8s-openapi object.
+//! namespace and name, an `Arc` of what the agent needs of each object (see [what the stores
+//! keep](#what-the-stores-keep)) rather than the full k8s-openapi object.
 //! Each object is converted as its event arrives and the k8s object dropped at once. The
 //! watches:
 //!
