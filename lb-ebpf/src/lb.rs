@@ -65,12 +65,16 @@ pub fn master(key: &mut ServiceKey) -> Option<ServiceValue> {
     SERVICES.get_ptr(&*key).map(|p| unsafe { *p })
 }
 
-/// Where the backend with this id is.
+/// Where the backend with this id is. An empty element (`proto == 0`: never written, or
+/// zeroed by the writer when the backend went) is no backend.
 #[inline(always)]
 pub fn backend(id: u32) -> Option<Target> {
-    let p = BACKENDS.get_ptr(&id)?;
-    // SAFETY: the pointer comes from a successful lookup; two fields are read by value.
+    let p = BACKENDS.get_ptr(id)?;
+    // SAFETY: the pointer comes from a successful lookup; three fields are read by value.
     unsafe {
+        if (*p).proto == 0 {
+            return None;
+        }
         Some(Target {
             address: from_bytes(&(*p).address),
             port: (*p).port,

@@ -1,6 +1,7 @@
 //! Every system call the datapath makes outside aya: the BPF commands aya 0.14 does not offer
 //! (opening a pin read-only, `BPF_LINK_UPDATE`, creating and pinning the small state map, the
-//! batched map updates and deletions `BPF_MAP_UPDATE_BATCH`/`BPF_MAP_DELETE_BATCH`),
+//! batched map reads, updates and deletions `BPF_MAP_LOOKUP_BATCH`/`BPF_MAP_UPDATE_BATCH`/
+//! `BPF_MAP_DELETE_BATCH`),
 //! filesystem facts (`statfs`, `mount` of bpffs, through `rustix`) and the network namespace
 //! cookie. Nothing else in lbctl calls `libc` or `bpf(2)` directly.
 use std::{
@@ -14,6 +15,7 @@ use std::{
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 const BPF_LINK_CREATE: libc::c_long = 28;
@@ -298,6 +300,73 @@ pub(crate) fn map_delete_batch<K: Copy>(
             flags: 0,
         },
     )
+}
+
+/// Elements one `BPF_MAP_LOOKUP_BATCH` call of [`array_lookup_all`] reads.
+const LOOKUP_CHUNK: usize = 16_384;
+
+/// Every element of an array map of `len` elements (`max_entries`), in index order, read with
+/// `BPF_MAP_LOOKUP_BATCH` ([`LOOKUP_CHUNK`] elements per call) rather than one `bpf()` call per
+/// element. Each element is copied whole (atomic per element for a concurrent writer, as a
+/// single lookup is).
+///
+/// The map must be an array whose value size is `size_of::<V>()`, `V` plain `repr(C)` data
+/// valid for any bytes.
+pub(crate) fn array_lookup_all<V: Copy + Default>(
+    map: BorrowedFd<'_>,
+    len: u32,
+) -> io::Result<Vec<V>> {
+    let len = len as usize;
+    let mut values = vec![V::default(); len];
+    let mut keys = vec![0u32; len];
+    let mut pos = 0;
+    let mut token: u32 = 0;
+    let mut next: u32 = 0;
+    while pos < len {
+        let count = (len - pos).min(LOOKUP_CHUNK);
+        let mut attr = BatchAttr {
+            in_batch: if pos == 0 {
+                0
+            } else {
+                std::ptr::from_ref(&token) as u64
+            },
+            out_batch: std::ptr::from_mut(&mut next) as u64,
+            keys: keys[pos..].as_mut_ptr() as u64,
+            values: values[pos..].as_mut_ptr() as u64,
+            count: count as u32,
+            map_fd: map.as_raw_fd() as u32,
+            elem_flags: 0,
+            flags: 0,
+        };
+        // SAFETY: `attr` is the batch member; the key and value buffers hold at least `count`
+        // elements of the map's key size (4) and value size (`size_of::<V>()`, the caller's
+        // guarantee) from `pos`, and the batch tokens are `u32`s, an array's key size. All
+        // outlive the call.
+        let result = unsafe { bpf_mut(BPF_MAP_LOOKUP_BATCH, &mut attr) };
+        let got = (attr.count as usize).min(count);
+        match result {
+            Ok(_) => {}
+            // ENOENT: the end of the map, `got` elements read by this last call.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                pos += got;
+                break;
+            }
+            Err(e) => return Err(e),
+        }
+        if got == 0 {
+            break;
+        }
+        pos += got;
+        token = next;
+    }
+    // An array has every index: the keys come back as 0, 1, 2, ...; checked all the same.
+    let mut out = vec![V::default(); len];
+    for (key, value) in keys[..pos].iter().zip(&values[..pos]) {
+        if let Some(slot) = out.get_mut(*key as usize) {
+            *slot = *value;
+        }
+    }
+    Ok(out)
 }
 
 /// The `BPF_MAP_CREATE` member of `union bpf_attr`, up to `map_ifindex`.
