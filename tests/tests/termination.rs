@@ -198,6 +198,28 @@ fn assert_answers(client: &mut Client, name: &str, what: &str) {
     );
 }
 
+/// How many `lb_members` entries the TCP and the UDP frontend of `vip` (ports 80 and 53)
+/// have, read from the pinned maps.
+fn memberships(node: &Node, vip: &str) -> (usize, usize) {
+    use lbctl::{
+        datapath::{Maps, read_frontends},
+        plan::{FrontendKey, Protocol},
+    };
+    let maps = Maps::open_read_only(node.pins.path()).unwrap();
+    let frontends = read_frontends(&maps).unwrap();
+    let keys: Vec<_> = maps.members.keys().map(Result::unwrap).collect();
+    let count = |port: u16, protocol| {
+        let key = FrontendKey::new(format!("{vip}:{port}").parse().unwrap(), protocol);
+        let id = frontends
+            .iter()
+            .find(|f| f.frontend == key)
+            .unwrap_or_else(|| panic!("{key} is programmed"))
+            .frontend_id;
+        keys.iter().filter(|k| k.frontend_id == id).count()
+    };
+    (count(80, Protocol::Tcp), count(53, Protocol::Udp))
+}
+
 fn metric(addr: SocketAddr, name: &str) -> Option<u64> {
     let body = http_get(addr, "/metrics").ok()?;
     body.lines()
@@ -340,8 +362,14 @@ fn tcp_connections_are_terminated_only_under_the_flag() {
         assert!(agent.terminate());
     }
 
-    // --terminate-sockets udp-tcp: established connections to the removed backend abort.
+    // --terminate-sockets udp-tcp: established connections to the removed backend abort,
+    // although a TCP frontend keeps no memberships (its sweep is told the departed pairs).
     let agent = agent_serving_both(&node, vip, port, &["--terminate-sockets", "udp-tcp"], &[]);
+    assert_eq!(
+        memberships(&node, vip),
+        (0, 2),
+        "memberships for the UDP frontend only"
+    );
     let mut tcp = spread(&[], &node, "tcp", &service_tcp, 2);
     let mut tcp6 = spread(&[], &node, "tcp", &format!("[::ffff:{vip}]:80"), 1);
     let mut direct = Client::connect(&[], &node, "tcp", &format!("{A}:{port}"));
