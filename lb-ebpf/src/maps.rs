@@ -29,10 +29,15 @@ pub static SERVICES: HashMap<
     PREALLOC,
 > = HashMap::new();
 
+/// `BPF_F_MMAPABLE`: user space can map the array and read it without a system call per element
+/// (adopting maps and `lbctl status` read every element of `lb_backends`).
+const MMAPABLE: usize = 1 << 10;
+
 /// Backend id -> address and port: an array (a lookup is an index, an update a copy into the
 /// element, no hash, no free list). An all-zero element (`proto == 0`) is no backend.
 #[btf_map(name = "lb_backends")]
-pub static BACKENDS: Array<Backend, { lb_common::DEFAULT_MAX_BACKENDS as usize }> = Array::new();
+pub static BACKENDS: Array<Backend, { lb_common::DEFAULT_MAX_BACKENDS as usize }, MMAPABLE> =
+    Array::new();
 
 /// (frontend id, backend id) -> 1: the current sets of UDP and session-affinity frontends
 /// (`lb_common::needs_members`).

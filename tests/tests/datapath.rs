@@ -405,7 +405,19 @@ fn pinned_maps_carry_btf_field_names() {
             text.contains(&format!("\"{field}\"")),
             "bpftool output lacks field {field}:\n{text}"
         );
-    } // lb_backends, an array: its elements (the empty ones too) print with their fields.
+    }
+    // lb_backends, an array user space can map (BPF_F_MMAPABLE, 0x400): its elements (the
+    // empty ones too) print with their fields.
+    let show = std::process::Command::new("bpftool")
+        .args(["map", "show", "pinned"])
+        .arg(s.pins.path().join(lb_common::BACKENDS_MAP))
+        .output()
+        .expect("bpftool");
+    let show = String::from_utf8_lossy(&show.stdout);
+    assert!(
+        show.contains("array") && show.contains("flags 0x400"),
+        "{show}"
+    );
     let out = std::process::Command::new("bpftool")
         .args(["map", "lookup", "pinned"])
         .arg(s.pins.path().join(lb_common::BACKENDS_MAP))

@@ -366,19 +366,31 @@ impl Maps {
         set(self, meta::SCOPE, scope)
     }
 
-    /// Every backend the array holds (non-empty elements), by id, read in batches.
+    /// Every backend the array holds (non-empty elements), by id, read through a mapping of
+    /// the array (or in batches).
     pub fn backend_entries(&self) -> Result<Vec<(u32, Backend)>, DatapathError> {
         use aya::maps::IterableMap as _;
         use std::os::fd::AsFd as _;
-        let all: Vec<Backend> =
-            super::sys::array_lookup_all(self.backends.map().fd().as_fd(), self.backends.len())
-                .map_err(|e| DatapathError::io(format!("reading {BACKENDS_MAP}"), e))?;
-        Ok(all
-            .into_iter()
-            .enumerate()
-            .filter(|(_, b)| b.proto != 0)
-            .map(|(id, b)| (id as u32, b))
-            .collect())
+        let fd = self.backends.map().fd().as_fd();
+        let len = self.backends.len();
+        fn keep(live: &mut Vec<(u32, Backend)>) -> impl FnMut(u32, Backend) + '_ {
+            move |id, b| {
+                if b.proto != 0 {
+                    live.push((id, b));
+                }
+            }
+        }
+        // Through a mapping of the array (it is `BPF_F_MMAPABLE`); batched lookups where it
+        // cannot be mapped (the kernel refuses to map a map opened read-only, as the
+        // inspection commands open it).
+        let mut live = Vec::new();
+        if super::sys::array_mmap_each(fd, len, keep(&mut live)).is_ok() {
+            return Ok(live);
+        }
+        live.clear();
+        super::sys::array_lookup_each(fd, len, keep(&mut live))
+            .map_err(|e| DatapathError::io(format!("reading {BACKENDS_MAP}"), e))?;
+        Ok(live)
     }
 
     /// Number of live reverse-translation entries (iterates the map: for inspection and tests).
