@@ -393,7 +393,7 @@ fn tcp_connections_are_terminated_only_under_the_flag() {
         "a",
         "a connection made directly to the removed address",
     );
-    let fresh = Client::connect(&[], &node, "tcp", &service_tcp);
+    let mut fresh = Client::connect(&[], &node, "tcp", &service_tcp);
     assert_eq!(fresh.backend, "b");
     assert!(
         wait_until(Duration::from_secs(5), || node
@@ -401,6 +401,46 @@ fn tcp_connections_are_terminated_only_under_the_flag() {
             .counters
             .terminated_tcp
             == terminated),
+        "{:?}",
+        node.status().counters
+    );
+
+    // The TCP port leaves the Service: its frontend is deleted, so every connection through it
+    // departed, those to the remaining backend too (the frontend never had a membership).
+    let without_tcp = cluster(vip, port, &[B]).replace(
+        &format!("  - {{name: http, port: 80, protocol: TCP, targetPort: {port}}}\n"),
+        "",
+    );
+    assert!(!without_tcp.contains("protocol: TCP, targetPort"));
+    node.write_manifest(&without_tcp).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || node.programmed(vip).is_none()),
+        "the TCP frontend was not deleted:\n{}",
+        agent.log()
+    );
+    let deleted = Instant::now();
+    let on_b = tcp
+        .iter_mut()
+        .chain(tcp6.iter_mut())
+        .filter(|c| c.backend == "b")
+        .chain(std::iter::once(&mut fresh));
+    let mut more = 0;
+    for c in on_b {
+        let failure = fails_within_a_second(c, deleted, &agent);
+        assert!(failure.ends_with(&format!(" {ECONNABORTED}")), "{failure}");
+        more += 1;
+    }
+    assert_answers(
+        &mut direct,
+        "a",
+        "a direct connection after the frontend's deletion",
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || node
+            .status()
+            .counters
+            .terminated_tcp
+            == terminated + more),
         "{:?}",
         node.status().counters
     );
