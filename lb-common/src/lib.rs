@@ -24,7 +24,9 @@
 /// 3: `lb_services`, `lb_backends` and `lb_members` are preallocated (batched writes need it).
 /// 4: UDP sockets keep their translation in socket-local storage ([`SOCK_MAP`]); TCP sockets'
 /// backend ports are marked in [`PEER_PORTS_MAP`]; termination counters in [`STATS_MAP`].
-pub const LAYOUT_VERSION: u32 = 4;
+/// 5: [`BACKENDS_MAP`] is an array indexed by backend id; [`MEMBERS_MAP`] holds the members of
+/// UDP and session-affinity frontends only; TCP termination reads [`DEPARTED_MAP`].
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Map names (also the file names under the pin directory).
 pub const SERVICES_MAP: &str = "lb_services";
@@ -47,7 +49,18 @@ pub const PEER_PORTS_MAP: &str = "lb_peer_ports";
 /// Elements of [`PEER_PORTS_MAP`]: one per port.
 pub const PEER_PORTS: u32 = 65_536;
 pub const AFFINITY_MAP: &str = "lb_affinity";
+/// (frontend id, backend id) -> 1 ([`MemberKey`]): the backend sets of the frontends whose
+/// programs check a remembered backend, those of UDP (connected-UDP stickiness) or with session
+/// affinity ([`needs_members`]). A TCP frontend without affinity has none.
 pub const MEMBERS_MAP: &str = "lb_members";
+/// (frontend id, backend id) -> 1 ([`MemberKey`]): the pairs an apply removed from a frontend's
+/// set (or whose frontend it deleted), filled by the agent's socket termination just before it
+/// runs the socket iterators and emptied right after; `iter/tcp` terminates a TCP socket whose
+/// pair is here. Not preallocated: empty between sweeps.
+pub const DEPARTED_MAP: &str = "lb_departed";
+/// Elements of [`DEPARTED_MAP`]: a sweep with more departed pairs runs the iterators once per
+/// this many.
+pub const DEPARTED_CAPACITY: u32 = 65_536;
 /// Frontend id -> the Service (namespace, name, port name) it belongs to; written by the agent
 /// with each apply so inspection and `lbctl monitor` name Services without the API server.
 pub const NAMES_MAP: &str = "lb_fe_names";
@@ -145,7 +158,17 @@ pub struct ServiceValue {
     pub affinity_timeout: u32,
 }
 
-/// Value of [`BACKENDS_MAP`] (key: backend id, `u32`, never 0).
+/// Whether the programs read [`MEMBERS_MAP`] for a frontend of this protocol and these
+/// [`service_flags`]: UDP sockets stick to their backend while it is a member, and session
+/// affinity keeps a client's backend while it is a member. The writer programs memberships for
+/// these frontends only.
+#[inline(always)]
+pub const fn needs_members(proto: u8, flags: u16) -> bool {
+    proto == IPPROTO_UDP || flags & service_flags::AFFINITY != 0
+}
+
+/// Element of [`BACKENDS_MAP`], an array indexed by backend id (id 0 is never used). An
+/// all-zero element (`proto == 0`) is no backend: the programs treat it as absent.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Backend {
@@ -153,7 +176,7 @@ pub struct Backend {
     pub address: [u8; 16],
     /// Backend port, network order.
     pub port: u16,
-    /// IPPROTO_TCP or IPPROTO_UDP.
+    /// IPPROTO_TCP or IPPROTO_UDP; 0 = an empty element (no backend under this id).
     pub proto: u8,
     /// Reserved (0).
     pub flags: u8,
@@ -192,7 +215,8 @@ pub struct RevNat {
 
 /// Key of [`MEMBERS_MAP`] (value: `1u32`): "this backend is in this frontend's current set".
 /// Lets a program check in one lookup that a remembered backend (UDP stickiness, session
-/// affinity) may still be used.
+/// affinity) may still be used. Also the key of [`DEPARTED_MAP`]: "this backend left this
+/// frontend's set".
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct MemberKey {

@@ -7,8 +7,10 @@
 //! Only sockets lbctl translated are judged: UDP sockets with socket-local storage
 //! ([`SOCKS`]), TCP sockets with a [`REVNAT`] entry. A socket is spared when it is not
 //! connected (an unconnected UDP socket's next `sendto` is balanced anew), when it is no longer
-//! connected to the recorded backend (it reconnected elsewhere), or when the backend is still a
-//! member of the frontend.
+//! connected to the recorded backend (it reconnected elsewhere), or when the backend has not
+//! left the frontend: for UDP, it is still a member (`lb_members`); for TCP, whose frontends
+//! keep no memberships, its (frontend, backend) pair is not among the pairs the sweep's apply
+//! removed ([`DEPARTED`], which the agent fills for the sweep and empties after it).
 //!
 //! aya-ebpf has no iterator macro: the sections and the context structs are declared by hand,
 //! after the kernel's `struct bpf_iter__udp` / `bpf_iter__tcp` / `bpf_iter_meta`. The kfunc is
@@ -19,11 +21,11 @@ use core::ffi::c_void;
 use aya_ebpf::helpers::generated::{
     bpf_get_socket_cookie, bpf_seq_write, bpf_sk_storage_get, bpf_skc_to_tcp_sock,
 };
-use lb_common::{IPPROTO_TCP, IPPROTO_UDP, RevNat, Terminated, stat};
+use lb_common::{IPPROTO_TCP, IPPROTO_UDP, MemberKey, RevNat, Terminated, stat};
 
 use crate::{
     lb,
-    maps::{self, REVNAT, SOCKS},
+    maps::{self, DEPARTED, REVNAT, SOCKS},
     sock::{self, Addr, from_bytes},
 };
 
@@ -104,11 +106,28 @@ fn connected_to(sk: *const c_void, e: &RevNat) -> bool {
     lb::eq_addr(&peer, &backend)
 }
 
+/// Whether `e`'s backend left its frontend's set. A UDP frontend's set is in `lb_members`
+/// (it has one for stickiness), so a UDP socket is judged against it whatever apply removed the
+/// backend. A TCP frontend has no memberships (unless it has session affinity): a TCP socket is
+/// judged against the pairs of the apply being swept, in [`DEPARTED`].
+#[inline(always)]
+fn departed(e: &RevNat) -> bool {
+    if e.proto == IPPROTO_UDP {
+        return !lb::is_member(e.frontend_id, e.backend_id);
+    }
+    DEPARTED
+        .get_ptr(&MemberKey {
+            frontend_id: e.frontend_id,
+            backend_id: e.backend_id,
+        })
+        .is_some()
+}
+
 /// Destroys the socket when it is still connected to `e`'s backend and that backend has left
 /// the frontend's set; reports it on the iterator's output and in the counters.
 #[inline(always)]
 fn judge(meta: *mut BpfIterMeta, sk: *mut c_void, cookie: u64, e: &RevNat) {
-    if !connected_to(sk, e) || lb::is_member(e.frontend_id, e.backend_id) {
+    if !connected_to(sk, e) || !departed(e) {
         return;
     }
     // SAFETY: kfunc call with the trusted socket pointer of the iterator's context, whose lock

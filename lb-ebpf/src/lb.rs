@@ -65,12 +65,16 @@ pub fn master(key: &mut ServiceKey) -> Option<ServiceValue> {
     SERVICES.get_ptr(&*key).map(|p| unsafe { *p })
 }
 
-/// Where the backend with this id is.
+/// Where the backend with this id is. An empty element (`proto == 0`: never written, or
+/// zeroed by the writer when the backend went) is no backend.
 #[inline(always)]
 pub fn backend(id: u32) -> Option<Target> {
-    let p = BACKENDS.get_ptr(&id)?;
-    // SAFETY: the pointer comes from a successful lookup; two fields are read by value.
+    let p = BACKENDS.get_ptr(id)?;
+    // SAFETY: the pointer comes from a successful lookup; three fields are read by value.
     unsafe {
+        if (*p).proto == 0 {
+            return None;
+        }
         Some(Target {
             address: from_bytes(&(*p).address),
             port: (*p).port,
@@ -134,8 +138,8 @@ pub fn select(key: &mut ServiceKey, svc: &ServiceValue) -> Option<Chosen> {
 /// names the hook for monitor events and debug logs.
 ///
 /// Lookups: the master; for a datagram the socket's storage ([`SOCKS`]) and, when it names this
-/// frontend, the backend's membership (then nothing else: the datagram keeps the socket's
-/// backend); else a slot and its backend (or, with session affinity, the client's entry, its
+/// frontend, the backend's membership and element (then nothing else: the datagram keeps the
+/// socket's backend); else a slot and its backend (or, with session affinity, the client's entry, its
 /// membership and its backend), and one write of the socket's state ([`remember`]). Then
 /// `lb_meta[DEBUG]`, whose switches are all off unless someone watches (see [`trace`]).
 #[inline(always)]
@@ -271,23 +275,27 @@ fn remember(ctx: &SockAddrContext, entry: &RevNat) {
     }
 }
 
-/// The socket's remembered backend, when `e` names this very frontend (same master) and the
-/// backend is still in its set.
+/// The socket's remembered backend, when `e` names this very frontend (same master), the
+/// backend is still in its set, and its id still names the backend the socket was sent to (ids
+/// are reused in a later apply: a new backend under the same id that joined the set is not the
+/// socket's).
 #[inline(always)]
 fn sticky(e: &RevNat, svc: &ServiceValue, address: &Addr, port: u16, proto: u8) -> Option<Chosen> {
-    (e.frontend_id == svc.frontend_id
+    if !(e.frontend_id == svc.frontend_id
         && e.service_port == port
         && e.proto == proto
         && eq_addr(&from_bytes(&e.service_address), address)
         && is_member(svc.frontend_id, e.backend_id))
-    .then(|| Chosen {
-        frontend_id: e.frontend_id,
-        backend_id: e.backend_id,
-        target: Target {
-            address: from_bytes(&e.backend_address),
-            port: e.backend_port,
-        },
-    })
+    {
+        return None;
+    }
+    let target = backend(e.backend_id)?;
+    (target.port == e.backend_port && eq_addr(&target.address, &from_bytes(&e.backend_address)))
+        .then_some(Chosen {
+            frontend_id: e.frontend_id,
+            backend_id: e.backend_id,
+            target,
+        })
 }
 
 /// The reverse path of `recvmsg4/6` and `getpeername4/6`: when `peer` is the backend this

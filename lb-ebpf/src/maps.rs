@@ -9,14 +9,15 @@ use lb_common::{
     RevNat, ServiceKey, ServiceValue, meta,
 };
 
-/// Map flags of the service, backend and membership tables: none, so the kernel preallocates
+/// Map flags of the service and membership tables: none, so the kernel preallocates
 /// every element at creation (`max_entries` x (48 + key + value, each rounded up to 8 bytes)).
 /// An update then takes a free element instead of allocating one, which makes writing them
 /// (in `BPF_MAP_UPDATE_BATCH` batches) about 3x faster; the price is kernel memory fixed by
 /// the capacities, not by what the tables hold (docs/datapath.md, Maps).
 const PREALLOC: usize = 0;
 
-/// `BPF_F_NO_PREALLOC`: memory for what the map holds only (the names, written one by one).
+/// `BPF_F_NO_PREALLOC`: memory for what the map holds only (the names, written one by one; the
+/// departed pairs, present only during a termination sweep).
 const NO_PREALLOC: usize = 1;
 
 /// Frontends: master entries (slot 0) and backend slots.
@@ -28,18 +29,34 @@ pub static SERVICES: HashMap<
     PREALLOC,
 > = HashMap::new();
 
-/// Backend id -> address and port.
-#[btf_map(name = "lb_backends")]
-pub static BACKENDS: HashMap<u32, Backend, { lb_common::DEFAULT_MAX_BACKENDS as usize }, PREALLOC> =
-    HashMap::new();
+/// `BPF_F_MMAPABLE`: user space can map the array and read it without a system call per element
+/// (adopting maps and `lbctl status` read every element of `lb_backends`).
+const MMAPABLE: usize = 1 << 10;
 
-/// (frontend id, backend id) -> 1: the backends in each frontend's current set.
+/// Backend id -> address and port: an array (a lookup is an index, an update a copy into the
+/// element, no hash, no free list). An all-zero element (`proto == 0`) is no backend.
+#[btf_map(name = "lb_backends")]
+pub static BACKENDS: Array<Backend, { lb_common::DEFAULT_MAX_BACKENDS as usize }, MMAPABLE> =
+    Array::new();
+
+/// (frontend id, backend id) -> 1: the current sets of UDP and session-affinity frontends
+/// (`lb_common::needs_members`).
 #[btf_map(name = "lb_members")]
 pub static MEMBERS: HashMap<
     MemberKey,
     u32,
     { lb_common::DEFAULT_MAX_SERVICE_ENTRIES as usize },
     PREALLOC,
+> = HashMap::new();
+
+/// (frontend id, backend id) -> 1: the pairs the last apply removed, present only while the
+/// agent's socket termination sweeps (`iter/tcp` reads it).
+#[btf_map(name = "lb_departed")]
+pub static DEPARTED: HashMap<
+    MemberKey,
+    u32,
+    { lb_common::DEPARTED_CAPACITY as usize },
+    NO_PREALLOC,
 > = HashMap::new();
 
 /// Socket cookie -> the translation a TCP socket made (its reverse translation for

@@ -243,7 +243,7 @@ pub fn status(pin_dir: &Path) -> Result<Status, InspectError> {
     };
     let switches = maps.meta.get(&meta::DEBUG, 0).unwrap_or(0);
     let service_entries = maps.services.keys().count();
-    let backend_entries = maps.backends.keys().count();
+    let backend_entries = maps.backend_entries()?.len();
     let frontends = maps
         .services
         .keys()

@@ -216,7 +216,8 @@ struct AgentArgs {
     /// map gets the same. Both preallocated: 88 + 64 bytes of kernel memory per entry.
     #[arg(long, default_value_t = lb_common::DEFAULT_MAX_SERVICE_ENTRIES)]
     max_service_entries: u32,
-    /// Capacity of the backend map; preallocated, 80 bytes of kernel memory per entry.
+    /// Capacity of the backend map, an array indexed by backend id (ids 1 to N-1); 24 bytes of
+    /// kernel memory per element.
     #[arg(long, default_value_t = lb_common::DEFAULT_MAX_BACKENDS)]
     max_backends: u32,
     /// Maximum number of frontends (size of the per-frontend counters).

@@ -260,6 +260,59 @@ fn apply_writes_only_the_difference_and_deletes_what_is_gone() {
     assert_eq!(s.datapath.counters().unwrap().refused, 0);
 }
 
+/// `lb_backends` is an array: a removed backend's element is written as zeroes in the same
+/// apply, and neither the writer's dump, `lbctl status` nor `lbctl services` show it; the
+/// datapath treats the empty element as no backend (the kept frontend still works).
+#[test]
+fn a_removed_backends_array_element_is_zeroed_and_never_shown() {
+    use lbctl::{datapath::LbMaps as _, inspect};
+    let mut s = Scratch::new("zeroed").unwrap();
+    let b = Backends::tcp(LOCALHOST4, &["b0", "b1"]).unwrap();
+    let (vip, other) = (sa("10.96.0.22:80"), sa("10.96.0.23:80"));
+    let mut desired = Desired::default();
+    desired.insert(vip, Protocol::Tcp, b.addrs());
+    desired.insert(other, Protocol::Tcp, vec![b.addr("b0")]);
+    s.datapath.apply(&desired).unwrap();
+    let maps = lbctl::datapath::Maps::open_read_only(s.pins.path()).unwrap();
+    let id_of = |addr: SocketAddr| -> u32 {
+        maps.backend_entries()
+            .unwrap()
+            .into_iter()
+            .find(|(_, v)| lbctl::datapath::desired::backend_addr(v) == addr)
+            .map(|(id, _)| id)
+            .unwrap_or_else(|| panic!("{addr} in lb_backends"))
+    };
+    let removed = id_of(b.addr("b1"));
+    assert_ne!(maps.backends.get(&removed, 0).unwrap().proto, 0);
+
+    desired.insert(vip, Protocol::Tcp, vec![b.addr("b0")]);
+    let report = s.datapath.apply(&desired).unwrap();
+    assert_eq!(report.backends_deleted, 1, "{report:?}");
+    assert_eq!(
+        maps.backends.get(&removed, 0).unwrap(),
+        lb_common::Backend::default(),
+        "the removed backend's element is all zeroes"
+    );
+    let dump = maps.dump().unwrap();
+    assert_eq!(dump.backends.len(), 1);
+    assert!(!dump.backends.contains_key(&removed));
+    let status = inspect::status(s.pins.path()).unwrap();
+    let fill = status
+        .maps
+        .iter()
+        .find(|m| m.map == lb_common::BACKENDS_MAP)
+        .unwrap();
+    assert_eq!(fill.entries, 1, "status counts live backends only");
+    let shown: Vec<String> = inspect::services(s.pins.path())
+        .unwrap()
+        .into_iter()
+        .flat_map(|f| f.backends)
+        .collect();
+    assert_eq!(shown, vec![b.addr("b0").to_string(); 2]);
+    let out = Probe::run(Some(&s.cgroup), &["tcp", &vip.to_string(), "4"]).unwrap();
+    assert_eq!(out, vec![Outcome::Reached("b0".into()); 4]);
+}
+
 #[test]
 fn a_restarted_agent_adopts_the_pinned_datapath() {
     let mut s = Scratch::new("adopt").unwrap();
@@ -351,6 +404,36 @@ fn pinned_maps_carry_btf_field_names() {
         assert!(
             text.contains(&format!("\"{field}\"")),
             "bpftool output lacks field {field}:\n{text}"
+        );
+    }
+    // lb_backends, an array user space can map (BPF_F_MMAPABLE, 0x400): its elements (the
+    // empty ones too) print with their fields.
+    let show = std::process::Command::new("bpftool")
+        .args(["map", "show", "pinned"])
+        .arg(s.pins.path().join(lb_common::BACKENDS_MAP))
+        .output()
+        .expect("bpftool");
+    let show = String::from_utf8_lossy(&show.stdout);
+    assert!(
+        show.contains("array") && show.contains("flags 0x400"),
+        "{show}"
+    );
+    let out = std::process::Command::new("bpftool")
+        .args(["map", "lookup", "pinned"])
+        .arg(s.pins.path().join(lb_common::BACKENDS_MAP))
+        .args(["key", "1", "0", "0", "0"])
+        .output()
+        .expect("bpftool");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    for field in ["address", "port", "proto", "flags"] {
+        assert!(
+            text.contains(&format!("\"{field}\"")),
+            "bpftool output of lb_backends lacks field {field}:\n{text}"
         );
     }
 }

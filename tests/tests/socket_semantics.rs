@@ -464,8 +464,9 @@ fn reverse_map_does_not_grow_with_closed_sockets() {
     );
 }
 
-/// `lb_members` holds exactly each frontend's current backend set, through growth, shrink,
-/// deletion and adoption by a restarted agent.
+/// `lb_members` holds exactly the current backend set of each UDP or affinity frontend, through
+/// growth, shrink, deletion and adoption by a restarted agent, and nothing for a TCP frontend
+/// without affinity.
 #[test]
 fn memberships_follow_the_backend_sets() {
     let mut s = Scratch::new("members").unwrap();
@@ -505,6 +506,55 @@ fn memberships_follow_the_backend_sets() {
             .is_noop(),
         "the adopted memberships equal what was written"
     );
+
+    // TCP frontends: memberships only with session affinity (the programs read them for
+    // UDP stickiness and affinity only), written and removed as affinity comes and goes.
+    let (plain, sticky) = (sa("10.96.0.63:80"), sa("10.96.0.64:80"));
+    let with_tcp = |affinity: Option<u32>| {
+        let mut d = Desired::default();
+        d.insert(vip, Protocol::Udp, vec![b.addr("m1")]);
+        d.insert(plain, Protocol::Tcp, b.addrs());
+        d.services.insert(
+            FrontendKey::new(sticky, Protocol::Tcp),
+            ServiceSpec {
+                backends: b.addrs(),
+                affinity_timeout: affinity,
+                kind: FrontendKind::ClusterIP,
+            },
+        );
+        d
+    };
+    s.datapath.apply(&with_tcp(Some(60))).unwrap();
+    let fid = |s: &Scratch, a| {
+        s.datapath
+            .writer()
+            .frontend_id(&FrontendKey::new(a, Protocol::Tcp))
+            .unwrap()
+    };
+    let (plain_id, sticky_id) = (fid(&s, plain), fid(&s, sticky));
+    let by_frontend = |d: &Datapath, id: u32| members(d).iter().filter(|m| m.0 == id).count();
+    assert_eq!(
+        by_frontend(&s.datapath, plain_id),
+        0,
+        "a TCP frontend has none"
+    );
+    assert_eq!(
+        by_frontend(&s.datapath, sticky_id),
+        3,
+        "a TCP affinity frontend has its set"
+    );
+    assert_eq!(
+        by_frontend(&s.datapath, id),
+        1,
+        "the UDP frontend keeps its set"
+    );
+    s.datapath.apply(&with_tcp(None)).unwrap();
+    assert_eq!(
+        by_frontend(&s.datapath, sticky_id),
+        0,
+        "affinity off: memberships gone"
+    );
+    assert_eq!(members(&s.datapath).len(), 1);
 
     s.datapath.apply(&Desired::default()).unwrap();
     assert!(members(&s.datapath).is_empty());

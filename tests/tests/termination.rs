@@ -198,6 +198,28 @@ fn assert_answers(client: &mut Client, name: &str, what: &str) {
     );
 }
 
+/// How many `lb_members` entries the TCP and the UDP frontend of `vip` (ports 80 and 53)
+/// have, read from the pinned maps.
+fn memberships(node: &Node, vip: &str) -> (usize, usize) {
+    use lbctl::{
+        datapath::{Maps, read_frontends},
+        plan::{FrontendKey, Protocol},
+    };
+    let maps = Maps::open_read_only(node.pins.path()).unwrap();
+    let frontends = read_frontends(&maps).unwrap();
+    let keys: Vec<_> = maps.members.keys().map(Result::unwrap).collect();
+    let count = |port: u16, protocol| {
+        let key = FrontendKey::new(format!("{vip}:{port}").parse().unwrap(), protocol);
+        let id = frontends
+            .iter()
+            .find(|f| f.frontend == key)
+            .unwrap_or_else(|| panic!("{key} is programmed"))
+            .frontend_id;
+        keys.iter().filter(|k| k.frontend_id == id).count()
+    };
+    (count(80, Protocol::Tcp), count(53, Protocol::Udp))
+}
+
 fn metric(addr: SocketAddr, name: &str) -> Option<u64> {
     let body = http_get(addr, "/metrics").ok()?;
     body.lines()
@@ -340,8 +362,14 @@ fn tcp_connections_are_terminated_only_under_the_flag() {
         assert!(agent.terminate());
     }
 
-    // --terminate-sockets udp-tcp: established connections to the removed backend abort.
+    // --terminate-sockets udp-tcp: established connections to the removed backend abort,
+    // although a TCP frontend keeps no memberships (its sweep is told the departed pairs).
     let agent = agent_serving_both(&node, vip, port, &["--terminate-sockets", "udp-tcp"], &[]);
+    assert_eq!(
+        memberships(&node, vip),
+        (0, 2),
+        "memberships for the UDP frontend only"
+    );
     let mut tcp = spread(&[], &node, "tcp", &service_tcp, 2);
     let mut tcp6 = spread(&[], &node, "tcp", &format!("[::ffff:{vip}]:80"), 1);
     let mut direct = Client::connect(&[], &node, "tcp", &format!("{A}:{port}"));
@@ -365,7 +393,7 @@ fn tcp_connections_are_terminated_only_under_the_flag() {
         "a",
         "a connection made directly to the removed address",
     );
-    let fresh = Client::connect(&[], &node, "tcp", &service_tcp);
+    let mut fresh = Client::connect(&[], &node, "tcp", &service_tcp);
     assert_eq!(fresh.backend, "b");
     assert!(
         wait_until(Duration::from_secs(5), || node
@@ -373,6 +401,46 @@ fn tcp_connections_are_terminated_only_under_the_flag() {
             .counters
             .terminated_tcp
             == terminated),
+        "{:?}",
+        node.status().counters
+    );
+
+    // The TCP port leaves the Service: its frontend is deleted, so every connection through it
+    // departed, those to the remaining backend too (the frontend never had a membership).
+    let without_tcp = cluster(vip, port, &[B]).replace(
+        &format!("  - {{name: http, port: 80, protocol: TCP, targetPort: {port}}}\n"),
+        "",
+    );
+    assert!(!without_tcp.contains("protocol: TCP, targetPort"));
+    node.write_manifest(&without_tcp).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || node.programmed(vip).is_none()),
+        "the TCP frontend was not deleted:\n{}",
+        agent.log()
+    );
+    let deleted = Instant::now();
+    let on_b = tcp
+        .iter_mut()
+        .chain(tcp6.iter_mut())
+        .filter(|c| c.backend == "b")
+        .chain(std::iter::once(&mut fresh));
+    let mut more = 0;
+    for c in on_b {
+        let failure = fails_within_a_second(c, deleted, &agent);
+        assert!(failure.ends_with(&format!(" {ECONNABORTED}")), "{failure}");
+        more += 1;
+    }
+    assert_answers(
+        &mut direct,
+        "a",
+        "a direct connection after the frontend's deletion",
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || node
+            .status()
+            .counters
+            .terminated_tcp
+            == terminated + more),
         "{:?}",
         node.status().counters
     );

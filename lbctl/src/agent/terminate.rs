@@ -75,17 +75,20 @@ impl Termination {
         }
     }
 
-    /// After an apply: when it removed backend memberships, sweep on a blocking thread.
+    /// After an apply: when it took backends out of frontends' sets (memberships of UDP and
+    /// affinity frontends removed, or pairs of TCP frontends departed), sweep on a blocking
+    /// thread. The sweep is told the departed TCP pairs (TCP frontends keep no memberships).
     pub fn after_apply(&self, report: &ApplyReport, metrics: &Arc<Metrics>) {
         let Some(terminator) = self.terminator.clone() else {
             return;
         };
-        if report.memberships_deleted == 0 {
+        if report.memberships_deleted == 0 && report.departed.is_empty() {
             return;
         }
+        let departed = report.departed.clone();
         let metrics = metrics.clone();
         tokio::task::spawn_blocking(move || {
-            let sweep = terminator.sweep();
+            let sweep = terminator.sweep(&departed);
             let (udp, tcp) = sweep.counts();
             metrics.add_terminated(udp, tcp);
             for t in &sweep.terminated {

@@ -59,7 +59,7 @@ const SOCK_RELEASE: &str = "lb_sock_release";
 pub struct Capacity {
     /// Entries of `lb_services`: one master per frontend plus one slot per backend of it.
     pub service_entries: u32,
-    /// Entries of `lb_backends`.
+    /// Elements of `lb_backends`, an array indexed by backend id: ids 1 to `backends - 1`.
     pub backends: u32,
     /// Frontend ids (size of the per-frontend counters).
     pub frontends: u32,

@@ -3,10 +3,10 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, HashMap, Map, MapData, MapInfo, PerCpuArray};
 use lb_common::{
-    AFFINITY_MAP, AffinityKey, AffinityValue, BACKENDS_MAP, Backend, EVENTS_MAP,
-    FRONTEND_STATS_MAP, FrontendName, FrontendStats, LAYOUT_VERSION, MEMBERS_MAP, META_MAP,
-    MemberKey, NAMES_MAP, PEER_PORTS, PEER_PORTS_MAP, REVNAT_MAP, RevNat, SERVICES_MAP, SOCK_MAP,
-    STATS_MAP, ServiceKey, ServiceValue, meta, stat,
+    AFFINITY_MAP, AffinityKey, AffinityValue, BACKENDS_MAP, Backend, DEPARTED_CAPACITY,
+    DEPARTED_MAP, EVENTS_MAP, FRONTEND_STATS_MAP, FrontendName, FrontendStats, LAYOUT_VERSION,
+    MEMBERS_MAP, META_MAP, MemberKey, NAMES_MAP, PEER_PORTS, PEER_PORTS_MAP, REVNAT_MAP, RevNat,
+    SERVICES_MAP, SOCK_MAP, STATS_MAP, ServiceKey, ServiceValue, meta, stat,
 };
 
 use super::{DatapathError, loader::Capacity};
@@ -21,13 +21,14 @@ pub(crate) struct MapSpec {
 }
 
 /// The maps, written once: the loader pins these, [`Maps`] opens them, uninstall removes them.
-pub(crate) const MAPS: [MapSpec; 12] = [
+pub(crate) const MAPS: [MapSpec; 13] = [
     MapSpec {
         name: SERVICES_MAP,
         key_size: size_of::<ServiceKey>(),
         value_size: size_of::<ServiceValue>(),
         capacity: |c| c.service_entries,
     },
+    // An array indexed by backend id: ids 1..capacity (0 is never used).
     MapSpec {
         name: BACKENDS_MAP,
         key_size: size_of::<u32>(),
@@ -58,6 +59,12 @@ pub(crate) const MAPS: [MapSpec; 12] = [
         value_size: size_of::<u32>(),
         // One membership per backend slot, so as many as service entries.
         capacity: |c| c.service_entries,
+    },
+    MapSpec {
+        name: DEPARTED_MAP,
+        key_size: size_of::<MemberKey>(),
+        value_size: size_of::<u32>(),
+        capacity: |_| DEPARTED_CAPACITY,
     },
     MapSpec {
         name: REVNAT_MAP,
@@ -194,11 +201,13 @@ fn version_mismatch(pin_dir: &Path, found: u32) -> DatapathError {
 
 pub struct Maps {
     pub services: HashMap<MapData, ServiceKey, ServiceValue>,
-    pub backends: HashMap<MapData, u32, Backend>,
+    /// Backend id -> backend (an array: an all-zero element is no backend).
+    pub backends: Array<MapData, Backend>,
     pub stats: PerCpuArray<MapData, u64>,
     pub frontend_stats: PerCpuArray<MapData, FrontendStats>,
     pub meta: Array<MapData, u32>,
-    /// (frontend id, backend id) -> 1: each frontend's current backend set.
+    /// (frontend id, backend id) -> 1: the current backend set of each UDP or session-affinity
+    /// frontend.
     pub members: HashMap<MapData, MemberKey, u32>,
     /// Socket cookie -> the socket's last translation (LRU hash).
     pub revnat: HashMap<MapData, u64, RevNat>,
@@ -355,6 +364,33 @@ impl Maps {
             meta::SCOPE_ALL
         };
         set(self, meta::SCOPE, scope)
+    }
+
+    /// Every backend the array holds (non-empty elements), by id, read through a mapping of
+    /// the array (or in batches).
+    pub fn backend_entries(&self) -> Result<Vec<(u32, Backend)>, DatapathError> {
+        use aya::maps::IterableMap as _;
+        use std::os::fd::AsFd as _;
+        let fd = self.backends.map().fd().as_fd();
+        let len = self.backends.len();
+        fn keep(live: &mut Vec<(u32, Backend)>) -> impl FnMut(u32, Backend) + '_ {
+            move |id, b| {
+                if b.proto != 0 {
+                    live.push((id, b));
+                }
+            }
+        }
+        // Through a mapping of the array (it is `BPF_F_MMAPABLE`); batched lookups where it
+        // cannot be mapped (the kernel refuses to map a map opened read-only, as the
+        // inspection commands open it).
+        let mut live = Vec::new();
+        if super::sys::array_mmap_each(fd, len, keep(&mut live)).is_ok() {
+            return Ok(live);
+        }
+        live.clear();
+        super::sys::array_lookup_each(fd, len, keep(&mut live))
+            .map_err(|e| DatapathError::io(format!("reading {BACKENDS_MAP}"), e))?;
+        Ok(live)
     }
 
     /// Number of live reverse-translation entries (iterates the map: for inspection and tests).

@@ -1,5 +1,7 @@
 //! The seam between the writer's logic and the maps: the three tables the writer programs
 //! (`lb_services`, `lb_backends`, `lb_members`) as a small trait of batched operations.
+//! `lb_backends` is an array: deleting a backend writes its element as zeroes (one
+//! `BPF_MAP_UPDATE_BATCH`, like a write), and a dump leaves the empty elements out.
 //!
 //! [`Maps`] implements it on the kernel's maps with one `BPF_MAP_UPDATE_BATCH` or
 //! `BPF_MAP_DELETE_BATCH` call per batch (`sys`); [`super::fake`] has an in-memory
@@ -13,9 +15,7 @@ use std::collections::BTreeMap;
 use std::os::fd::AsFd as _;
 
 use aya::maps::IterableMap as _;
-use lb_common::{
-    BACKENDS_MAP, Backend, MEMBERS_MAP, MemberKey, SERVICES_MAP, ServiceKey, ServiceValue,
-};
+use lb_common::{Backend, MEMBERS_MAP, MemberKey, SERVICES_MAP, ServiceKey, ServiceValue};
 
 use super::{DatapathError, maps::Maps, sys};
 
@@ -31,7 +31,8 @@ pub struct BatchError {
 pub struct Limits {
     /// Entries of `lb_services` (masters and slots).
     pub service_entries: u32,
-    /// Entries of `lb_backends`; backend ids are 1..=backends.
+    /// Backends `lb_backends` can hold; backend ids are 1..=backends (the array has one
+    /// element more, index 0, never used).
     pub backends: u32,
     /// Entries of `lb_members`.
     pub members: u32,
@@ -113,7 +114,8 @@ impl LbMaps for Maps {
             |info: Result<aya::maps::MapInfo, _>| info.map_or(u32::MAX, |i| i.max_entries());
         Limits {
             service_entries: entries(self.services.map().info()),
-            backends: entries(self.backends.map().info()),
+            // An array indexed by id, whose index 0 is never used.
+            backends: self.backends.len().saturating_sub(1),
             members: entries(self.members.map().info()),
             frontends: self.frontend_stats.len(),
         }
@@ -125,10 +127,7 @@ impl LbMaps for Maps {
             let (key, value) = entry.map_err(|e| DatapathError::map(SERVICES_MAP, e))?;
             dump.services.insert(key, value);
         }
-        for entry in self.backends.iter() {
-            let (id, value) = entry.map_err(|e| DatapathError::map(BACKENDS_MAP, e))?;
-            dump.backends.insert(id, value);
-        }
+        dump.backends.extend(self.backend_entries()?);
         for key in self.members.keys() {
             dump.members
                 .insert(key.map_err(|e| DatapathError::map(MEMBERS_MAP, e))?);
@@ -140,8 +139,10 @@ impl LbMaps for Maps {
         update(self.backends.map().fd().as_fd(), ids, values)
     }
 
+    /// An array element cannot be deleted: it is zeroed (an empty element is no backend).
     fn delete_backends(&mut self, ids: &[u32]) -> Result<(), BatchError> {
-        delete(self.backends.map().fd().as_fd(), ids)
+        let zeroes = vec![Backend::default(); ids.len()];
+        update(self.backends.map().fd().as_fd(), ids, &zeroes)
     }
 
     fn update_services(

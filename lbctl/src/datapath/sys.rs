@@ -1,6 +1,7 @@
 //! Every system call the datapath makes outside aya: the BPF commands aya 0.14 does not offer
 //! (opening a pin read-only, `BPF_LINK_UPDATE`, creating and pinning the small state map, the
-//! batched map updates and deletions `BPF_MAP_UPDATE_BATCH`/`BPF_MAP_DELETE_BATCH`),
+//! batched map reads, updates and deletions `BPF_MAP_LOOKUP_BATCH`/`BPF_MAP_UPDATE_BATCH`/
+//! `BPF_MAP_DELETE_BATCH`),
 //! filesystem facts (`statfs`, `mount` of bpffs, through `rustix`) and the network namespace
 //! cookie. Nothing else in lbctl calls `libc` or `bpf(2)` directly.
 use std::{
@@ -14,6 +15,7 @@ use std::{
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 const BPF_LINK_CREATE: libc::c_long = 28;
@@ -298,6 +300,128 @@ pub(crate) fn map_delete_batch<K: Copy>(
             flags: 0,
         },
     )
+}
+
+/// Elements one `BPF_MAP_LOOKUP_BATCH` call of [`array_lookup_all`] reads.
+const LOOKUP_CHUNK: usize = 16_384;
+
+/// Calls `each(index, value)` for every element of an array map of `len` elements
+/// (`max_entries`), in index order, read with `BPF_MAP_LOOKUP_BATCH` ([`LOOKUP_CHUNK`] elements
+/// per call, into buffers of that size) rather than one `bpf()` call per element. Each element
+/// is copied whole (atomic per element for a concurrent writer, as a single lookup is).
+///
+/// The map must be an array whose value size is `size_of::<V>()`, `V` plain `repr(C)` data
+/// valid for any bytes.
+pub(crate) fn array_lookup_each<V: Copy + Default>(
+    map: BorrowedFd<'_>,
+    len: u32,
+    mut each: impl FnMut(u32, V),
+) -> io::Result<()> {
+    let len = len as usize;
+    let mut values = vec![V::default(); len.min(LOOKUP_CHUNK)];
+    let mut keys = vec![0u32; len.min(LOOKUP_CHUNK)];
+    let mut pos = 0;
+    let mut token: u32 = 0;
+    let mut next: u32 = 0;
+    while pos < len {
+        let count = (len - pos).min(LOOKUP_CHUNK);
+        let mut attr = BatchAttr {
+            in_batch: if pos == 0 {
+                0
+            } else {
+                std::ptr::from_ref(&token) as u64
+            },
+            out_batch: std::ptr::from_mut(&mut next) as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: count as u32,
+            map_fd: map.as_raw_fd() as u32,
+            elem_flags: 0,
+            flags: 0,
+        };
+        // SAFETY: `attr` is the batch member; the key and value buffers hold at least `count`
+        // elements of the map's key size (4) and value size (`size_of::<V>()`, the caller's
+        // guarantee), and the batch tokens are `u32`s, an array's key size. All outlive the
+        // call.
+        let result = unsafe { bpf_mut(BPF_MAP_LOOKUP_BATCH, &mut attr) };
+        let got = (attr.count as usize).min(count);
+        let end = match result {
+            Ok(_) => false,
+            // ENOENT: the end of the map, `got` elements read by this last call.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
+            Err(e) => return Err(e),
+        };
+        for (key, value) in keys[..got].iter().zip(&values[..got]) {
+            each(*key, *value);
+        }
+        pos += got;
+        if end || got == 0 {
+            break;
+        }
+        token = next;
+    }
+    Ok(())
+}
+
+/// Calls `each(index, value)` for every element of an array map of `len` elements created with
+/// `BPF_F_MMAPABLE`, in index order, reading the elements through a read-only shared mapping of
+/// the map (one window of a few hundred KiB at a time, unmapped before the next): no system call
+/// per element or batch, and no copy of the whole array at once. An element is read as a
+/// concurrent update leaves it (the kernel's own lookup copies it without a lock too).
+///
+/// The map must be such an array whose value size rounds up (to 8 bytes, the kernel's element
+/// size) to `size_of::<V>()` rounded up to 8, `V` plain `repr(C)` data valid for any bytes.
+pub(crate) fn array_mmap_each<V: Copy>(
+    map: BorrowedFd<'_>,
+    len: u32,
+    mut each: impl FnMut(u32, V),
+) -> io::Result<()> {
+    let elem = size_of::<V>().next_multiple_of(8);
+    // SAFETY: sysconf has no preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+        .map_err(|_| io::Error::other("no page size"))?;
+    let (mut a, mut b) = (elem, page);
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    // A window holds whole elements and starts on a page: a multiple of lcm(elem, page).
+    let unit = elem / a * page;
+    let window = unit * (384 * 1024 / unit).max(1);
+    let total = (len as usize * elem).next_multiple_of(page);
+    let mut offset = 0;
+    while offset < total {
+        let size = window.min(total - offset);
+        // SAFETY: a new read-only shared mapping of `size` bytes of the map at a page-aligned
+        // offset inside its (page-rounded) value area; nothing else refers to the address.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                size,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                map.as_raw_fd(),
+                offset as libc::off_t,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let first = offset / elem;
+        let last = ((offset + size) / elem).min(len as usize);
+        for i in first..last {
+            // SAFETY: element `i` lies wholly inside the mapping (`offset` is a multiple of
+            // `elem`, and `last` stops before the mapping's end); `V` is valid for any bytes
+            // and the read copies it out.
+            let value = unsafe {
+                std::ptr::read_unaligned(base.cast::<u8>().add(i * elem - offset).cast())
+            };
+            each(i as u32, value);
+        }
+        // SAFETY: the mapping made above, no longer read.
+        unsafe { libc::munmap(base, size) };
+        offset += size;
+    }
+    Ok(())
 }
 
 /// The `BPF_MAP_CREATE` member of `union bpf_attr`, up to `map_ifindex`.

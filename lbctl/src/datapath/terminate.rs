@@ -20,8 +20,9 @@ use std::{
     sync::Mutex,
 };
 
+use aya::maps::{HashMap, IterableMap as _, MapData};
 use aya::programs::Iter;
-use lb_common::{IPPROTO_TCP, IPPROTO_UDP, Terminated};
+use lb_common::{DEPARTED_CAPACITY, DEPARTED_MAP, IPPROTO_TCP, IPPROTO_UDP, MemberKey, Terminated};
 
 use super::{DatapathConfig, DatapathError, Object, kfunc, loader, sys};
 
@@ -91,6 +92,8 @@ pub struct Terminator {
     _ebpf: aya::Ebpf,
     udp: OwnedFd,
     tcp: Option<OwnedFd>,
+    /// `lb_departed`: filled with the departed pairs for the length of a sweep.
+    departed: Mutex<HashMap<MapData, MemberKey, u32>>,
     config: TerminationConfig,
     /// One sweep at a time.
     running: Mutex<()>,
@@ -153,30 +156,113 @@ impl Terminator {
         } else {
             None
         };
+        let map = ebpf
+            .take_map(DEPARTED_MAP)
+            .ok_or_else(|| DatapathError::MissingMap(DEPARTED_MAP.to_owned()))?;
+        let mut departed: HashMap<MapData, MemberKey, u32> =
+            HashMap::try_from(map).map_err(|e| DatapathError::map(DEPARTED_MAP, e))?;
+        // Pairs a sweep that died half-way (an agent killed in it) left behind.
+        let stale: Vec<MemberKey> = departed.keys().filter_map(Result::ok).collect();
+        for key in &stale {
+            let _ = departed.remove(key);
+        }
         Ok(Self {
             _ebpf: ebpf,
             udp,
             tcp,
+            departed: Mutex::new(departed),
             config: config.clone(),
             running: Mutex::new(()),
         })
     }
 
     /// Terminates, in the agent's own network namespace and in every namespace under the
-    /// configured directories, the connected sockets whose backend left their frontend's set.
+    /// configured directories, the connected sockets whose backend left their frontend's set:
+    /// UDP sockets whose backend is no member of their frontend any more, and (with TCP
+    /// termination on) TCP sockets whose (frontend id, backend id) pair is in `departed`, the
+    /// pairs the apply being swept took from TCP frontends ([`super::ApplyReport::departed`]).
+    /// The pairs are in `lb_departed` for the length of the sweep only, at most
+    /// [`DEPARTED_CAPACITY`] at a time (more take one more pass of the TCP iterator each).
     /// Blocking: call it off the async runtime.
-    pub fn sweep(&self) -> Sweep {
+    pub fn sweep(&self, departed: &[(u32, u32)]) -> Sweep {
         let _one = self.running.lock().unwrap_or_else(|e| e.into_inner());
         let mut sweep = Sweep::default();
-        self.sweep_here(&mut sweep, "the agent's network namespace");
+        let tcp_pairs = if self.tcp.is_some() { departed } else { &[] };
+        let mut chunks = tcp_pairs.chunks(DEPARTED_CAPACITY as usize);
+        // The first pass runs the UDP iterator (whatever `departed` holds) and the TCP one on
+        // the first chunk; the others run the TCP iterator on one chunk each.
+        let mut first = true;
+        loop {
+            let chunk = chunks.next();
+            if !first && chunk.is_none() {
+                break;
+            }
+            let keys: Vec<MemberKey> = chunk
+                .unwrap_or_default()
+                .iter()
+                .map(|&(frontend_id, backend_id)| MemberKey {
+                    frontend_id,
+                    backend_id,
+                })
+                .collect();
+            let filled = match self.fill_departed(&keys) {
+                Ok(()) => true,
+                Err(e) => {
+                    sweep.errors.push(format!(
+                        "writing the departed pairs into {DEPARTED_MAP}: {e}"
+                    ));
+                    false
+                }
+            };
+            let pass = Pass {
+                udp: first,
+                tcp: filled && !keys.is_empty(),
+            };
+            self.sweep_everywhere(&mut sweep, pass);
+            if let Err(e) = self.clear_departed(&keys) {
+                sweep.errors.push(format!(
+                    "removing the departed pairs from {DEPARTED_MAP}: {e}"
+                ));
+            }
+            first = false;
+        }
+        sweep
+    }
+
+    fn fill_departed(&self, keys: &[MemberKey]) -> std::io::Result<()> {
+        let map = self.departed.lock().unwrap_or_else(|e| e.into_inner());
+        let ones = vec![1u32; keys.len()];
+        sys::map_update_batch(map.map().fd().as_fd(), keys, &ones).map_err(|f| f.error)
+    }
+
+    /// Empties `lb_departed` of `keys` (a key that is not there is skipped).
+    fn clear_departed(&self, keys: &[MemberKey]) -> std::io::Result<()> {
+        let map = self.departed.lock().unwrap_or_else(|e| e.into_inner());
+        let mut start = 0;
+        while start < keys.len() {
+            match sys::map_delete_batch(map.map().fd().as_fd(), &keys[start..]) {
+                Ok(()) => return Ok(()),
+                Err(f) if f.error.raw_os_error() == Some(libc::ENOENT) => start += f.done + 1,
+                Err(f) => return Err(f.error),
+            }
+        }
+        Ok(())
+    }
+
+    /// One pass of the chosen iterators in every namespace to cover.
+    fn sweep_everywhere(&self, sweep: &mut Sweep, pass: Pass) {
+        if !pass.udp && !pass.tcp {
+            return;
+        }
+        self.sweep_here(sweep, "the agent's network namespace", pass);
         if self.config.netns_dirs.is_empty() {
-            return sweep;
+            return;
         }
         let namespaces = match other_namespaces(&self.config.netns_dirs) {
             Ok(n) => n,
             Err(e) => {
                 sweep.errors.push(e);
-                return sweep;
+                return;
             }
         };
         // A thread of its own that enters each namespace in turn and ends with the sweep.
@@ -191,7 +277,7 @@ impl Terminator {
                         ));
                         continue;
                     }
-                    self.sweep_here(&mut part, &path.display().to_string());
+                    self.sweep_here(&mut part, &path.display().to_string(), pass);
                 }
                 part
             });
@@ -206,13 +292,16 @@ impl Terminator {
                     .push("the namespace sweep thread panicked".to_owned()),
             }
         });
-        sweep
     }
 
-    /// Runs the iterators in the calling thread's network namespace.
-    fn sweep_here(&self, sweep: &mut Sweep, namespace: &str) {
-        sweep.namespaces += 1;
-        for link in std::iter::once(&self.udp).chain(self.tcp.as_ref()) {
+    /// Runs the iterators of `pass` in the calling thread's network namespace.
+    fn sweep_here(&self, sweep: &mut Sweep, namespace: &str, pass: Pass) {
+        if pass.udp {
+            sweep.namespaces += 1;
+        }
+        let udp = pass.udp.then_some(&self.udp);
+        let tcp = self.tcp.as_ref().filter(|_| pass.tcp);
+        for link in udp.into_iter().chain(tcp) {
             match run(link) {
                 Ok(records) => sweep.terminated.extend(records),
                 Err(e) => sweep
@@ -221,6 +310,13 @@ impl Terminator {
             }
         }
     }
+}
+
+/// Which iterators one pass of a sweep runs.
+#[derive(Clone, Copy, Debug)]
+struct Pass {
+    udp: bool,
+    tcp: bool,
 }
 
 /// One run of an iterator link: the sockets it terminated.

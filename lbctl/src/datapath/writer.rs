@@ -32,16 +32,25 @@
 //! Memberships (`lb_members`, (frontend id, backend id)) tell the programs that a backend a
 //! socket or a client remembers (UDP stickiness, session affinity) may still be used. A missing
 //! one only costs a new selection; a stale one would keep a socket on a removed backend, so they
-//! are removed in the same apply that removes the backend from the set.
+//! are removed in the same apply that removes the backend from the set. Only UDP and
+//! session-affinity frontends have them (`lb_common::needs_members`): a TCP frontend without
+//! affinity costs no membership element, and the pairs an apply takes from TCP frontends are
+//! reported instead ([`ApplyReport::departed`]) for the socket termination.
+//!
+//! `lb_backends` is an array indexed by backend id: a backend is deleted by zeroing its element
+//! (step 7). An id is released only after that, when no slot refers to it any more, and is
+//! allocated again no earlier than the next apply's diff: within one apply an id never changes
+//! backend, so a program that read a slot before the apply removed it finds either that very
+//! backend or an empty element (and retries), never another backend under the same id.
 use std::collections::{BTreeMap, BTreeSet};
 
-use lb_common::{Backend, MemberKey, ServiceKey, ServiceValue};
+use lb_common::{Backend, IPPROTO_TCP, MemberKey, ServiceKey, ServiceValue, needs_members};
 
 use super::{
     DatapathError, FrontendKey,
     backends::BackendTable,
     decode::{FoundFrontend, ProgrammedFrontend, decode, frontends_of, slot_key},
-    desired::{Desired, ServiceSpec, backend_value},
+    desired::{Desired, ServiceSpec, backend_value, proto_number},
     ids::Ids,
     maps::Maps,
     store::{BatchError, LbMaps, Limits},
@@ -86,9 +95,14 @@ pub struct ApplyReport {
     pub map_operations: usize,
     /// Batches issued (each one `bpf()` call on the kernel maps).
     pub map_calls: usize,
-    /// Backend memberships removed (a backend left a frontend's set, or the frontend went):
-    /// sockets connected to those backends through those frontends are to be terminated.
+    /// Backend memberships removed (a backend left the set of a UDP or session-affinity
+    /// frontend, or the frontend went).
     pub memberships_deleted: usize,
+    /// (frontend id, backend id) pairs of TCP frontends this apply took out of reach: backends
+    /// that left a set, and every backend of a deleted frontend. Sorted, once each. With
+    /// `memberships_deleted`, what the socket termination sweeps for (TCP frontends keep no
+    /// memberships, so their sweep is told the pairs instead, see `lb_common::DEPARTED_MAP`).
+    pub departed: Vec<(u32, u32)>,
     pub errors: Vec<FrontendError>,
 }
 
@@ -184,25 +198,29 @@ struct Change<'a> {
     master: ServiceValue,
     /// Slots as the maps hold them now (old slots, overwritten as writes succeed).
     written: Vec<u32>,
-    /// Backend ids the frontend's memberships hold, and the ones it needs; both sorted.
+    /// Backend ids the frontend's memberships hold, and the ones its new master needs; both
+    /// sorted.
     held: Vec<u32>,
     wanted: Vec<u32>,
+    /// Backend ids that join the set before the slots are written, sorted: the slots' backends
+    /// not held, when either the old or the new master needs memberships (until step 3 the
+    /// old master is the one readers follow to the new slots).
+    joined: Vec<u32>,
     failed: Option<String>,
 }
 
 impl Change<'_> {
-    /// Backends that join the set (wanted, not held), in order.
+    /// Backends that join the set (step 2a), in order.
     fn joining(&self) -> impl Iterator<Item = u32> + '_ {
-        self.wanted
-            .iter()
-            .copied()
-            .filter(|id| self.held.binary_search(id).is_err())
+        self.joined.iter().copied()
     }
 
-    /// Backends that leave the set (held, not wanted), in order.
+    /// Backends that leave the set once the new master is published (held or joined, not
+    /// wanted).
     fn leaving(&self) -> impl Iterator<Item = u32> + '_ {
         self.held
             .iter()
+            .chain(&self.joined)
             .copied()
             .filter(|id| self.wanted.binary_search(id).is_err())
     }
@@ -252,6 +270,28 @@ fn batched(
         }
     }
     (applied, failed)
+}
+
+/// Adds to `departed` the pairs (frontend id, backend id) of the backends in `before` and not
+/// in `after`, when `frontend` is a TCP one (a UDP frontend's sweep reads its memberships).
+fn departed_from(
+    departed: &mut Vec<(u32, u32)>,
+    frontend: FrontendKey,
+    frontend_id: u32,
+    before: &[u32],
+    after: &[u32],
+) {
+    if proto_number(frontend.protocol) != IPPROTO_TCP {
+        return;
+    }
+    let mut after: Vec<u32> = after.to_vec();
+    after.sort_unstable();
+    departed.extend(
+        before
+            .iter()
+            .filter(|id| after.binary_search(id).is_err())
+            .map(|&id| (frontend_id, id)),
+    );
 }
 
 fn member_key((frontend_id, backend_id): (u32, u32)) -> MemberKey {
@@ -402,6 +442,7 @@ impl<M: LbMaps> Writer<M> {
                     written: Vec::new(),
                     held: Vec::new(),
                     wanted: Vec::new(),
+                    joined: Vec::new(),
                     failed: None,
                 }),
                 Err(reason) => {
@@ -626,6 +667,7 @@ impl<M: LbMaps> Writer<M> {
         // Keys to delete, with the backend each holds.
         let mut slot_deletes: Vec<(ServiceKey, u32)> = std::mem::take(&mut self.stray_keys);
         let mut member_deletes: BTreeSet<(u32, u32)> = BTreeSet::new();
+        let mut departed: Vec<(u32, u32)> = Vec::new();
         for (i, &c) in publish.iter().enumerate() {
             if !applied[i] {
                 continue;
@@ -641,6 +683,15 @@ impl<M: LbMaps> Writer<M> {
             );
             // Memberships of the backends that left the set.
             member_deletes.extend(change.leaving().map(|id| (change.frontend_id, id)));
+            if let Some(old) = &change.old {
+                departed_from(
+                    &mut departed,
+                    change.frontend,
+                    change.frontend_id,
+                    &old.slots,
+                    &change.ids,
+                );
+            }
             let (frontend, master, ids, frontend_id) = (
                 change.frontend,
                 change.master,
@@ -667,6 +718,16 @@ impl<M: LbMaps> Writer<M> {
             let written = std::mem::take(&mut change.written);
             match change.old.take() {
                 Some(old) => {
+                    // The old master still counts the old number of slots, which now hold
+                    // either their old or their new backend: the others are out of reach.
+                    let reachable = &written[..old.slots.len().min(written.len())];
+                    departed_from(
+                        &mut departed,
+                        change.frontend,
+                        change.frontend_id,
+                        &old.slots,
+                        reachable,
+                    );
                     // Backends no slot holds any more left the set even so.
                     let kept: BTreeSet<u32> = written.iter().copied().collect();
                     member_deletes.extend(
@@ -749,6 +810,13 @@ impl<M: LbMaps> Writer<M> {
                     .map(|s| (slot_key(&base, s as u32 + 1), programmed.slots[s])),
             );
             let frontend_id = programmed.master.frontend_id;
+            departed_from(
+                &mut departed,
+                *frontend,
+                frontend_id,
+                &programmed.slots,
+                &[],
+            );
             member_deletes.extend(self.members_of(frontend_id).map(|id| (frontend_id, id)));
             // Released once its memberships are gone (after step 6).
             self.reserved_ids.insert(frontend_id);
@@ -817,8 +885,9 @@ impl<M: LbMaps> Writer<M> {
         if !undeleted.is_empty() {
             let wanted: BTreeSet<(u32, u32)> = self
                 .services
-                .values()
-                .flat_map(|p| p.slots.iter().map(move |&b| (p.master.frontend_id, b)))
+                .iter()
+                .filter(|(f, p)| needs_members(proto_number(f.protocol), p.master.flags))
+                .flat_map(|(_, p)| p.slots.iter().map(move |&b| (p.master.frontend_id, b)))
                 .collect();
             member_deletes.extend(undeleted.into_iter().filter(|m| !wanted.contains(m)));
         }
@@ -917,6 +986,9 @@ impl<M: LbMaps> Writer<M> {
         laps.lap(9);
         self.last_steps = laps.us;
 
+        departed.sort_unstable();
+        departed.dedup();
+        report.departed = departed;
         report.errors = errors
             .into_iter()
             .map(|(frontend, reason)| FrontendError { frontend, reason })
@@ -973,9 +1045,23 @@ impl<M: LbMaps> Writer<M> {
         let spec = change.spec;
         let ids = &change.ids;
         let master_of = |frontend_id| master_of(spec, ids.len(), frontend_id);
-        let mut wanted: Vec<u32> = ids.clone();
-        wanted.sort_unstable();
-        wanted.dedup();
+        // Memberships only where the programs read them (UDP, session affinity): computed per
+        // frontend, so one that gains them gets them written before its master says so (step
+        // 2a), and one that loses them has them deleted after (step 6).
+        let proto = proto_number(change.frontend.protocol);
+        let mut slot_ids: Vec<u32> = ids.clone();
+        slot_ids.sort_unstable();
+        slot_ids.dedup();
+        let needs_now = needs_members(proto, spec.flags());
+        let needed_before = change
+            .old
+            .as_ref()
+            .is_some_and(|p| needs_members(proto, p.master.flags));
+        let wanted: Vec<u32> = if needs_now {
+            slot_ids.clone()
+        } else {
+            Vec::new()
+        };
         if let Some(p) = &change.old {
             let frontend_id = p.master.frontend_id;
             if *p.slots == **ids
@@ -1003,10 +1089,15 @@ impl<M: LbMaps> Writer<M> {
                 .ok_or_else(|| "no free frontend id (raise --max-frontends)".to_owned())?,
         };
         let held: Vec<u32> = self.members_of(frontend_id).collect();
-        let joining = wanted
-            .iter()
-            .filter(|id| held.binary_search(id).is_err())
-            .count();
+        let joined: Vec<u32> = if needs_now || needed_before {
+            slot_ids
+                .into_iter()
+                .filter(|id| held.binary_search(id).is_err())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let joining = joined.len();
         if *member_entries + joining > self.limits.members as usize {
             if change.old.is_none() {
                 self.frontend_alloc.release(frontend_id);
@@ -1026,6 +1117,7 @@ impl<M: LbMaps> Writer<M> {
             .map_or_else(Vec::new, |p| p.slots.to_vec());
         change.held = held;
         change.wanted = wanted;
+        change.joined = joined;
         Ok(())
     }
 

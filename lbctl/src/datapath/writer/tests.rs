@@ -5,7 +5,7 @@ use std::{
     net::SocketAddr,
 };
 
-use lb_common::{MemberKey, ServiceKey};
+use lb_common::{MemberKey, ServiceKey, needs_members};
 
 use super::{ApplyReport, Writer};
 use crate::{
@@ -57,9 +57,9 @@ fn desired(services: Case<'_>) -> Desired {
 }
 
 /// Every master's slots 1..=count exist; every slot's backend exists; every backend of a
-/// published slot is a member of its frontend; every membership belongs to a master and to an
-/// existing backend, and (`strict`: unless a membership deletion failed) to a backend one of
-/// its frontend's slots holds; frontend ids are distinct.
+/// published slot of a UDP or affinity master is a member of its frontend; every membership
+/// belongs to a master and to an existing backend, and (`strict`: unless a membership deletion
+/// failed) to a backend one of its frontend's slots holds; frontend ids are distinct.
 fn check_consistent(t: &MapDump, strict: bool, context: &str) {
     let mut ids = BTreeSet::new();
     for (key, master) in t.services.iter().filter(|(k, _)| k.slot == 0) {
@@ -77,10 +77,11 @@ fn check_consistent(t: &MapDump, strict: bool, context: &str) {
                 )
             });
             assert!(
-                t.members.contains(&MemberKey {
-                    frontend_id: master.frontend_id,
-                    backend_id: value.backend_id
-                }),
+                !needs_members(key.proto, master.flags)
+                    || t.members.contains(&MemberKey {
+                        frontend_id: master.frontend_id,
+                        backend_id: value.backend_id
+                    }),
                 "{context}: backend {} of slot {slot} is no member of frontend {}",
                 value.backend_id,
                 master.frontend_id
@@ -130,8 +131,8 @@ fn check_consistent(t: &MapDump, strict: bool, context: &str) {
 }
 
 /// The tables hold exactly `want`: its frontends with their backends in slot order and their
-/// flags, the memberships of those backends, and no other entry (no stray slot, membership
-/// or backend).
+/// flags, the memberships of the backends of its UDP and affinity frontends, and no other entry
+/// (no stray slot, membership or backend; no membership of a TCP frontend without affinity).
 fn check_exact(maps: &impl LbMaps, want: &Desired, context: &str) {
     let t = maps.dump().unwrap();
     check_consistent(&t, true, context);
@@ -163,10 +164,21 @@ fn check_exact(maps: &impl LbMaps, want: &Desired, context: &str) {
     );
     let members: usize = want
         .services
-        .values()
-        .map(|s| s.backends.iter().collect::<BTreeSet<_>>().len())
+        .iter()
+        .filter(|(f, s)| needs_members(f.key().proto, s.flags()))
+        .map(|(_, s)| s.backends.iter().collect::<BTreeSet<_>>().len())
         .sum();
     assert_eq!(t.members.len(), members, "{context}: stray memberships");
+    for (key, master) in t.services.iter().filter(|(k, _)| k.slot == 0) {
+        if !needs_members(key.proto, master.flags) {
+            assert!(
+                !t.members
+                    .iter()
+                    .any(|m| m.frontend_id == master.frontend_id),
+                "{context}: memberships of a TCP frontend without affinity"
+            );
+        }
+    }
     let backends: BTreeSet<_> = want
         .services
         .iter()
@@ -448,9 +460,10 @@ fn a_full_programming_is_one_batch_per_step() {
     let report = w.apply(&want).unwrap();
     no_errors(&report, "full");
     check_exact(w.maps(), &want, "full");
-    // Backends, slots, memberships, masters.
-    assert_eq!((report.map_calls, w.maps().calls), (4, 4), "{report:?}");
-    assert_eq!(report.map_operations, 300 + 300 + 300 + 100);
+    // Backends, slots, masters: TCP frontends without affinity get no memberships.
+    assert_eq!((report.map_calls, w.maps().calls), (3, 3), "{report:?}");
+    assert_eq!(report.map_operations, 300 + 300 + 100);
+    assert!(w.maps().tables.members.is_empty());
     assert_eq!(
         (report.frontends_written, report.backends_written),
         (100, 300)
@@ -473,8 +486,8 @@ fn a_large_step_is_split_into_calls_and_a_fault_in_a_later_call_is_contained() {
     let report = w.apply(&want).unwrap();
     no_errors(&report, "large");
     check_exact(w.maps(), &want, "large");
-    // Backends, memberships, slots: split; masters (2,000) fit one call.
-    assert_eq!(report.map_calls, 3 * per_step + 1, "{report:?}");
+    // Backends, slots: split; masters (2,000) fit one call; no memberships (TCP).
+    assert_eq!(report.map_calls, 2 * per_step + 1, "{report:?}");
     // A slot write failing in the second call: only its frontend fails.
     let mut w = Writer::adopt(FaultyMaps::new(
         MemMaps::new(limits),
@@ -535,21 +548,19 @@ fn steps_larger_than_a_call_are_written_whole_and_in_step_order() {
     let mut w = Writer::adopt(MemMaps::new(limits)).unwrap();
     no_errors(&w.apply(&want).unwrap(), "full");
     check_exact(w.maps(), &want, "full");
-    // Every backend before any membership, every membership before any slot, every slot
-    // before any master; no call carries more than MAX_BATCH elements.
+    // Every backend before any slot, every slot before any master; no call carries more
+    // than MAX_BATCH elements; TCP frontends without affinity get no memberships.
     assert_eq!(
         w.maps().log,
         vec![
             call(Op::UpdateBackend, MAX_BATCH, 0),
             call(Op::UpdateBackend, rest, 0),
-            call(Op::UpdateMember, MAX_BATCH, 0),
-            call(Op::UpdateMember, rest, 0),
             call(Op::UpdateService, MAX_BATCH, 0),
             call(Op::UpdateService, rest, 0),
             call(Op::UpdateService, 2000, 2000),
         ]
     );
-    // Deleting everything: masters first, then slots, memberships, backends.
+    // Deleting everything: masters first, then slots, backends.
     w.maps_mut().log.clear();
     let report = w.apply(&Desired::default()).unwrap();
     no_errors(&report, "empty");
@@ -561,8 +572,6 @@ fn steps_larger_than_a_call_are_written_whole_and_in_step_order() {
             call(Op::DeleteService, 2000, 2000),
             call(Op::DeleteService, MAX_BATCH, 0),
             call(Op::DeleteService, rest, 0),
-            call(Op::DeleteMember, MAX_BATCH, 0),
-            call(Op::DeleteMember, rest, 0),
             call(Op::DeleteBackend, MAX_BATCH, 0),
             call(Op::DeleteBackend, rest, 0),
         ]
@@ -571,13 +580,116 @@ fn steps_larger_than_a_call_are_written_whole_and_in_step_order() {
         (
             report.frontends_deleted,
             report.backends_deleted,
-            report.memberships_deleted
+            report.memberships_deleted,
+            report.departed.len()
         ),
-        (2000, 20_000, 20_000)
+        (2000, 20_000, 0, 20_000)
     );
     // And again from empty: the ids freed are reused, the same dump results.
     no_errors(&w.apply(&want).unwrap(), "again");
     check_exact(w.maps(), &want, "again");
+}
+
+/// The backend id the maps hold for `addr` (of a TCP or UDP frontend).
+fn backend_id(maps: &MemMaps, addr: &str, protocol: Protocol) -> u32 {
+    let value = backend_value(addr.parse().unwrap(), protocol);
+    *maps
+        .tables
+        .backends
+        .iter()
+        .find(|(_, v)| **v == value)
+        .unwrap_or_else(|| panic!("backend {addr} in the table"))
+        .0
+}
+
+#[test]
+fn tcp_frontends_report_departed_pairs_and_udp_frontends_delete_memberships() {
+    let before = desired(&[
+        (A, &["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"], None),
+        (C, &["10.0.0.1:53", "10.0.0.2:53"], None),
+    ]);
+    let mut w = Writer::adopt(MemMaps::new(LIMITS)).unwrap();
+    no_errors(&w.apply(&before).unwrap(), "before");
+    let (a, c) = (
+        w.frontend_id(&fe(A)).unwrap(),
+        w.frontend_id(&fe(C)).unwrap(),
+    );
+    let tcp = |w: &Writer<MemMaps>, addr| backend_id(w.maps(), addr, Protocol::Tcp);
+    let udp = |w: &Writer<MemMaps>, addr| backend_id(w.maps(), addr, Protocol::Udp);
+    // Only the UDP frontend has memberships.
+    let members: BTreeSet<(u32, u32)> = w
+        .maps()
+        .tables
+        .members
+        .iter()
+        .map(|m| (m.frontend_id, m.backend_id))
+        .collect();
+    assert_eq!(
+        members,
+        BTreeSet::from([(c, udp(&w, "10.0.0.1:53")), (c, udp(&w, "10.0.0.2:53"))])
+    );
+    let (t1, t2, u1) = (
+        tcp(&w, "10.0.0.1:80"),
+        tcp(&w, "10.0.0.2:80"),
+        udp(&w, "10.0.0.1:53"),
+    );
+
+    // A shrinks: its two departed pairs are reported; C's departed backend is a deleted
+    // membership (its sweep reads lb_members), not a departed pair.
+    let after = desired(&[(A, &["10.0.0.3:80"], None), (C, &["10.0.0.2:53"], None)]);
+    let report = w.apply(&after).unwrap();
+    no_errors(&report, "shrink");
+    check_exact(w.maps(), &after, "shrink");
+    assert_eq!(report.departed, vec![(a, t1), (a, t2)]);
+    assert_eq!(report.memberships_deleted, 1);
+    assert!(!w.maps().tables.members.contains(&MemberKey {
+        frontend_id: c,
+        backend_id: u1
+    }));
+    // Nothing changed: nothing departed.
+    assert!(w.apply(&after).unwrap().departed.is_empty());
+
+    // A deleted: every backend it had departed.
+    let t3 = tcp(&w, "10.0.0.3:80");
+    let report = w.apply(&desired(&[(C, &["10.0.0.2:53"], None)])).unwrap();
+    no_errors(&report, "delete");
+    assert_eq!(report.departed, vec![(a, t3)]);
+    assert_eq!(report.memberships_deleted, 0);
+}
+
+#[test]
+fn a_frontend_gaining_affinity_gets_memberships_before_its_master_and_loses_them_after() {
+    use crate::datapath::fake::Call;
+    let call = |op, len, masters| Call { op, len, masters };
+    let plain = desired(&[(A, &["10.0.0.1:80", "10.0.0.2:80"], None)]);
+    let sticky = desired(&[(A, &["10.0.0.1:80", "10.0.0.2:80"], Some(60))]);
+    let mut w = Writer::adopt(MemMaps::new(LIMITS)).unwrap();
+    no_errors(&w.apply(&plain).unwrap(), "plain");
+    assert!(w.maps().tables.members.is_empty());
+
+    w.maps_mut().log.clear();
+    let report = w.apply(&sticky).unwrap();
+    no_errors(&report, "affinity on");
+    check_exact(w.maps(), &sticky, "affinity on");
+    assert_eq!(
+        w.maps().log,
+        vec![call(Op::UpdateMember, 2, 0), call(Op::UpdateService, 1, 1)],
+        "memberships first, then the master with the affinity flag"
+    );
+    assert!(report.departed.is_empty());
+
+    w.maps_mut().log.clear();
+    let report = w.apply(&plain).unwrap();
+    no_errors(&report, "affinity off");
+    check_exact(w.maps(), &plain, "affinity off");
+    assert_eq!(
+        w.maps().log,
+        vec![call(Op::UpdateService, 1, 1), call(Op::DeleteMember, 2, 0)],
+        "the master without the flag first, then the memberships go"
+    );
+    // The backends stay in the set: no socket is to be terminated.
+    assert!(report.departed.is_empty());
+    assert_eq!(report.memberships_deleted, 2);
 }
 
 /// The frontends whose spec differs between two desired states.
