@@ -21,7 +21,7 @@ pub mod observe;
 pub mod terminate;
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeSet,
     future::Future,
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -42,10 +42,7 @@ use crate::{
         SourceCounts,
     },
     model::Inventory,
-    monitor::{
-        MonitorServer,
-        names::{self, NamesWriter},
-    },
+    monitor::{MonitorServer, names::NamesWriter},
     plan::{Frontend, Plan, ServiceRef},
     source::{Dirty, SourceState, files::FileSource, kube::KubeSource},
 };
@@ -441,15 +438,6 @@ struct Parts<'a> {
     retry: &'a mut BTreeSet<FrontendKey>,
 }
 
-/// The map form of a planned frontend (as [`Desired::from_plan`] makes it).
-fn spec_of(frontend: &Frontend) -> ServiceSpec {
-    ServiceSpec {
-        backends: frontend.backends.clone(),
-        affinity_timeout: frontend.affinity_timeout_seconds,
-        kind: frontend.kind,
-    }
-}
-
 /// The full sync: whole snapshot, whole plan, whole desired state, full apply and observation.
 #[allow(clippy::too_many_arguments)]
 fn reconcile_full(
@@ -470,7 +458,7 @@ fn reconcile_full(
     report_skipped(&planner, config, metrics, &mut state.reported);
     state.triggers.note(&inventory.endpoint_slices);
     // From the planner's frontends directly: a materialized Plan would copy all of them.
-    state.desired = Desired::from_frontends(planner.frontends());
+    state.desired = Desired::from_keyed(planner.keyed_frontends());
     match datapath.apply(&state.desired) {
         Ok(report) => {
             serve_current_ring(config, monitoring);
@@ -495,7 +483,7 @@ fn reconcile_full(
                 datapath,
                 metrics,
                 state,
-                planner.frontends(),
+                || planner.keyed_frontends(),
                 &inventory,
                 &failed,
             );
@@ -553,7 +541,10 @@ fn reconcile_changed(
     for key in &changed {
         match planner.frontend(key) {
             Some(frontend) => {
-                state.desired.services.insert(*key, spec_of(frontend));
+                state
+                    .desired
+                    .services
+                    .insert(*key, ServiceSpec::of(frontend));
             }
             None => {
                 state.desired.services.remove(key);
@@ -592,14 +583,7 @@ fn reconcile_changed(
         }
         match (frontend, id) {
             (Some(frontend), Some(id)) => {
-                names_write.push((
-                    id,
-                    names::encode(
-                        &frontend.service.namespace,
-                        &frontend.service.name,
-                        &frontend.port_name,
-                    ),
-                ));
+                names_write.push((id, frontend));
                 named.push(named_frontend(id, &key, frontend));
                 let ok = !failed.contains(&key);
                 programmed.push((key, ok.then_some(frontend)));
@@ -734,7 +718,7 @@ fn log_update(
 fn named_frontend(id: u32, key: &FrontendKey, frontend: &Frontend) -> NamedFrontend {
     NamedFrontend {
         id,
-        frontend: key.to_string(),
+        frontend: *key,
         service: ServicePort {
             namespace: frontend.service.namespace.clone(),
             service: frontend.service.name.clone(),
@@ -745,32 +729,26 @@ fn named_frontend(id: u32, key: &FrontendKey, frontend: &Frontend) -> NamedFront
 
 /// After an apply: names the programmed frontends for the per-Service counters, and reports
 /// frontends that start or stop refusing.
-fn observe_programmed<'a>(
+fn observe_programmed<'a, I: Iterator<Item = (&'a FrontendKey, &'a Frontend)>>(
     config: &AgentConfig,
     datapath: &Datapath,
     metrics: &Metrics,
     state: &mut SyncState,
-    frontends: impl Iterator<Item = &'a Frontend>,
+    frontends: impl Fn() -> I,
     inventory: &Inventory,
     failed: &BTreeSet<FrontendKey>,
 ) {
     let writer = datapath.writer();
-    // The plan's frontend for each address (the first, as `Desired::from_plan` takes it).
-    let mut by_addr: BTreeMap<FrontendKey, &Frontend> = BTreeMap::new();
-    for frontend in frontends {
-        by_addr.entry(frontend.key()).or_insert(frontend);
-    }
-    let named = by_addr
-        .iter()
+    // The planner holds one frontend per address, in address order: no map of its own here.
+    let named = frontends()
         .filter_map(|(addr, frontend)| {
             Some(named_frontend(writer.frontend_id(addr)?, addr, frontend))
         })
         .collect();
     metrics.set_service_frontends(named);
-    let programmed = by_addr
-        .iter()
+    let programmed = frontends()
         .filter(|(addr, _)| !failed.contains(addr) && writer.frontend_id(addr).is_some())
-        .map(|(_, frontend)| *frontend);
+        .map(|(_, frontend)| frontend);
     let refusing = state
         .refusals
         .update(programmed, inventory, &config.node.name);

@@ -111,7 +111,7 @@ fn with_affinity(
     desired.services.insert(
         FrontendKey::new(frontend, protocol),
         ServiceSpec {
-            backends,
+            backends: backends.into(),
             affinity_timeout: Some(seconds),
             kind: FrontendKind::ClusterIP,
         },

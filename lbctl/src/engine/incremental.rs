@@ -93,8 +93,8 @@ struct Entry {
 /// without one (the engine skips such a slice).
 pub fn slice_service(slice: &EndpointSlice) -> Option<ServiceRef> {
     Some(ServiceRef {
-        namespace: slice.namespace.to_string(),
-        name: slice.service()?.to_owned(),
+        namespace: slice.namespace.clone(),
+        name: slice.service()?.into(),
     })
 }
 
@@ -151,6 +151,33 @@ fn group<'a>(inventory: &'a Inventory, node: &NodeContext) -> (Groups<'a>, Vec<&
     (groups, unlabelled)
 }
 
+/// The ref of a group's Service, sharing the strings of its objects (the Service's name, the
+/// interned namespace) rather than copying them.
+fn group_ref(
+    namespace: &str,
+    name: &str,
+    services: &[&Service],
+    slices: &[&EndpointSlice],
+) -> ServiceRef {
+    if let Some(svc) = services.first()
+        && let Some(svc_name) = &svc.name
+    {
+        return ServiceRef {
+            namespace: svc.namespace.clone(),
+            name: svc_name.clone(),
+        };
+    }
+    let namespace = services
+        .first()
+        .map(|svc| svc.namespace.clone())
+        .or_else(|| slices.first().map(|slice| slice.namespace.clone()))
+        .unwrap_or_else(|| namespace.into());
+    ServiceRef {
+        namespace,
+        name: name.into(),
+    }
+}
+
 impl Planner {
     /// Plans everything in `inventory` for `node` (the state [`super::plan`] computes).
     pub fn new(inventory: &Inventory, node: &NodeContext) -> Self {
@@ -170,10 +197,7 @@ impl Planner {
         };
         let mut affected = BTreeSet::new();
         for ((namespace, name), (services, slices)) in groups {
-            let svc_ref = ServiceRef {
-                namespace: namespace.to_owned(),
-                name: name.to_owned(),
-            };
+            let svc_ref = group_ref(namespace, name, &services, &slices);
             planner.plan_one(svc_ref, services, slices, &mut affected);
         }
         planner
@@ -192,7 +216,7 @@ impl Planner {
         for svc_ref in dirty {
             self.remove(svc_ref, &mut affected);
             let (services, slices) = groups
-                .remove(&(svc_ref.namespace.as_str(), svc_ref.name.as_str()))
+                .remove(&(&*svc_ref.namespace, &*svc_ref.name))
                 .unwrap_or_default();
             self.plan_one(svc_ref.clone(), services, slices, &mut affected);
         }
@@ -218,6 +242,13 @@ impl Planner {
         self.claims
             .values()
             .filter_map(|claims| claims.values().next())
+    }
+
+    /// Every planned frontend with its key, in key order (one per key).
+    pub fn keyed_frontends(&self) -> impl Iterator<Item = (&FrontendKey, &Frontend)> {
+        self.claims
+            .iter()
+            .filter_map(|(key, claims)| Some((key, claims.values().next()?)))
     }
 
     /// Skipped input and warnings, as [`Plan::skipped`] and [`Plan::warnings`] (sorted,
