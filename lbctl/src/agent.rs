@@ -24,6 +24,7 @@ use std::{
     collections::BTreeSet,
     future::Future,
     net::SocketAddr,
+    os::fd::AsFd,
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant, SystemTime},
@@ -149,15 +150,7 @@ fn wire_counters(metrics: &Metrics, config: &DatapathConfig, source: &Source) {
     let pin_dir = config.pin_dir.clone();
     metrics.set_frontend_counts(move |ids| {
         let maps = Maps::open_read_only(&pin_dir).ok()?;
-        ids.iter()
-            .map(|id| {
-                let c = maps.frontend_counters(*id).ok()?;
-                Some(FrontendCounts {
-                    rewritten: c.rewritten,
-                    refused: c.refused,
-                })
-            })
-            .collect()
+        frontend_counts(&maps, ids)
     });
     if let Source::Kube(kube) = source {
         let handle = kube.handle();
@@ -173,6 +166,72 @@ fn wire_counters(metrics: &Metrics, config: &DatapathConfig, source: &Source) {
                 .collect()
         });
     }
+}
+
+/// Fewer ids than this are read one lookup each; more (a full sync's baselines: every id is
+/// new) are read as their id range, [`COUNTS_CHUNK`] per system call, where one lookup each
+/// cost a system call per frontend.
+const COUNTS_BATCH_FROM: usize = 64;
+/// Per-frontend counters read per `BPF_MAP_LOOKUP_BATCH` (a buffer of this many values).
+const COUNTS_CHUNK: usize = 4096;
+
+/// The kernel's per-frontend counters of `ids`, summed over CPUs, in the order of `ids`.
+fn frontend_counts(maps: &Maps, ids: &[u32]) -> Option<Vec<FrontendCounts>> {
+    let one = |id: u32| {
+        let c = maps.frontend_counters(id).ok()?;
+        Some(FrontendCounts {
+            rewritten: c.rewritten,
+            refused: c.refused,
+        })
+    };
+    let (Some(&lo), Some(&hi)) = (ids.iter().min(), ids.iter().max()) else {
+        return Some(Vec::new());
+    };
+    let span = (hi - lo) as usize + 1;
+    // Sparse ids would read mostly what nobody asked for.
+    if ids.len() < COUNTS_BATCH_FROM || span > 8 * ids.len() {
+        return ids.iter().map(|id| one(*id)).collect();
+    }
+    let cpus = aya::util::nr_cpus().ok()?;
+    let per_cpu = size_of::<lb_common::FrontendStats>().next_multiple_of(8);
+    let stride = per_cpu * cpus;
+    let chunk = COUNTS_CHUNK.min(span);
+    let mut keys = vec![0u32; chunk];
+    let mut values = vec![0u8; chunk * stride];
+    let fd = aya::maps::IterableMap::map(&maps.frontend_stats)
+        .fd()
+        .as_fd();
+    let mut sums: Vec<FrontendCounts> = Vec::with_capacity(span);
+    while sums.len() < span {
+        let next = lo + sums.len() as u32;
+        let want = chunk.min(span - sums.len());
+        let read = crate::datapath::sys::array_lookup_batch(
+            fd,
+            next.checked_sub(1),
+            &mut keys[..want],
+            &mut values[..want * stride],
+            stride,
+        )
+        .ok()?;
+        if read == 0 {
+            // Ids beyond the array: unreadable, as a lookup of one would be.
+            return None;
+        }
+        for (i, key) in keys[..read].iter().enumerate() {
+            if *key != lo + sums.len() as u32 {
+                return None;
+            }
+            let mut sum = FrontendCounts::default();
+            for cpu in values[i * stride..(i + 1) * stride].chunks_exact(per_cpu) {
+                sum.rewritten += u64::from_ne_bytes(cpu[0..8].try_into().ok()?);
+                sum.refused += u64::from_ne_bytes(cpu[8..16].try_into().ok()?);
+            }
+            sums.push(sum);
+        }
+    }
+    ids.iter()
+        .map(|id| sums.get((id - lo) as usize).copied())
+        .collect()
 }
 
 /// What the agent remembers between syncs: to report changes once, and to apply the next

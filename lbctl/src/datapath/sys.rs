@@ -1,6 +1,7 @@
 //! Every system call the datapath makes outside aya: the BPF commands aya 0.14 does not offer
 //! (opening a pin read-only, `BPF_LINK_UPDATE`, creating and pinning the small state map, the
-//! batched map updates and deletions `BPF_MAP_UPDATE_BATCH`/`BPF_MAP_DELETE_BATCH`),
+//! batched map updates and deletions `BPF_MAP_UPDATE_BATCH`/`BPF_MAP_DELETE_BATCH`, batched
+//! array reads `BPF_MAP_LOOKUP_BATCH`),
 //! filesystem facts (`statfs`, `mount` of bpffs, through `rustix`) and the network namespace
 //! cookie. Nothing else in lbctl calls `libc` or `bpf(2)` directly.
 use std::{
@@ -14,6 +15,7 @@ use std::{
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 const BPF_LINK_CREATE: libc::c_long = 28;
@@ -274,6 +276,52 @@ pub(crate) fn map_update_batch<K: Copy, V: Copy>(
             flags: 0,
         },
     )
+}
+
+/// `BPF_MAP_LOOKUP_BATCH` over an array map: reads up to `keys.len()` elements in index order,
+/// starting after index `after` (at index 0 when `None`), into `keys` and `values`. `values`
+/// holds `keys.len()` values of `value_size` bytes each: the map's value size, or for a per-CPU
+/// map its value size rounded up to 8 bytes times the number of possible CPUs. Returns how many
+/// were read: fewer than asked only at the end of the array.
+pub(crate) fn array_lookup_batch(
+    map: BorrowedFd<'_>,
+    after: Option<u32>,
+    keys: &mut [u32],
+    values: &mut [u8],
+    value_size: usize,
+) -> io::Result<usize> {
+    assert!(
+        values.len() >= keys.len() * value_size,
+        "room for one value per key"
+    );
+    if keys.is_empty() {
+        return Ok(0);
+    }
+    let in_key: u32 = after.unwrap_or(0);
+    let mut out_key: u32 = 0;
+    let mut attr = BatchAttr {
+        in_batch: if after.is_some() {
+            &in_key as *const u32 as u64
+        } else {
+            0
+        },
+        out_batch: &mut out_key as *mut u32 as u64,
+        keys: keys.as_mut_ptr() as u64,
+        values: values.as_mut_ptr() as u64,
+        count: keys.len() as u32,
+        map_fd: map.as_raw_fd() as u32,
+        elem_flags: 0,
+        flags: 0,
+    };
+    // SAFETY: `attr` is the batch member; `in_key`, `out_key` (one array key each) and the
+    // caller's `keys` and `values` (room for `count` keys and values, checked above) outlive
+    // the call.
+    match unsafe { bpf_mut(BPF_MAP_LOOKUP_BATCH, &mut attr) } {
+        Ok(_) => Ok(attr.count as usize),
+        // The end of the array: `count` says how many were read before it.
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(attr.count as usize),
+        Err(e) => Err(e),
+    }
 }
 
 /// `BPF_MAP_DELETE_BATCH`: deletes `keys` in order in one system call; stops at the first key

@@ -15,7 +15,7 @@
 //! What a Service change cannot alter is planned only by [`Planner::new`]: this Node (a Node
 //! change re-plans everything) and EndpointSlices without a `kubernetes.io/service-name` label
 //! (they belong to no Service; their skip entries are refreshed by the next full plan).
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -120,11 +120,12 @@ pub struct Planner {
 }
 
 /// The objects of an inventory by Service (namespace, name), borrowed: served Services and
-/// labelled slices. In `ServiceRef` order.
-type Groups<'a> = BTreeMap<(&'a str, &'a str), (Vec<&'a Service>, Vec<&'a EndpointSlice>)>;
+/// labelled slices. Hashed (a tree keyed by two strings cost most of the grouping in string
+/// comparisons); [`Planner::new`] sorts the groups into `ServiceRef` order.
+type Groups<'a> = HashMap<(&'a str, &'a str), (Vec<&'a Service>, Vec<&'a EndpointSlice>)>;
 
 fn group<'a>(inventory: &'a Inventory, node: &NodeContext) -> (Groups<'a>, Vec<&'a EndpointSlice>) {
-    let mut groups: Groups<'a> = BTreeMap::new();
+    let mut groups: Groups<'a> = HashMap::with_capacity(inventory.services.len());
     for svc in inventory
         .services
         .iter()
@@ -196,6 +197,8 @@ impl Planner {
             reporting: BTreeSet::new(),
         };
         let mut affected = BTreeSet::new();
+        let mut groups: Vec<_> = groups.into_iter().collect();
+        groups.sort_unstable_by_key(|(key, _)| *key);
         for ((namespace, name), (services, slices)) in groups {
             let svc_ref = group_ref(namespace, name, &services, &slices);
             planner.plan_one(svc_ref, services, slices, &mut affected);
