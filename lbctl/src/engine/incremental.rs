@@ -89,6 +89,12 @@ struct Entry {
     warnings: Vec<String>,
 }
 
+impl Entry {
+    fn reports(&self) -> bool {
+        !self.skipped.is_empty() || !self.warnings.is_empty()
+    }
+}
+
 /// The Service an EndpointSlice belongs to, by its `kubernetes.io/service-name` label; `None`
 /// without one (the engine skips such a slice).
 pub fn slice_service(slice: &EndpointSlice) -> Option<ServiceRef> {
@@ -120,11 +126,10 @@ pub struct Planner {
 }
 
 /// The objects of an inventory by Service (namespace, name), borrowed: served Services and
-/// labelled slices. Hashed (a tree keyed by two strings cost most of the grouping in string
-/// comparisons); [`Planner::new`] sorts the groups into `ServiceRef` order.
+/// labelled slices, for [`Planner::update`] (a few Services; [`Planner::new`] groups by sorting).
 type Groups<'a> = HashMap<(&'a str, &'a str), (Vec<&'a Service>, Vec<&'a EndpointSlice>)>;
 
-fn group<'a>(inventory: &'a Inventory, node: &NodeContext) -> (Groups<'a>, Vec<&'a EndpointSlice>) {
+fn group<'a>(inventory: &'a Inventory, node: &NodeContext) -> Groups<'a> {
     let mut groups: Groups<'a> = HashMap::with_capacity(inventory.services.len());
     for svc in inventory
         .services
@@ -138,18 +143,16 @@ fn group<'a>(inventory: &'a Inventory, node: &NodeContext) -> (Groups<'a>, Vec<&
             .0
             .push(svc);
     }
-    let mut unlabelled = Vec::new();
     for slice in inventory.endpoint_slices.iter().map(|slice| &**slice) {
-        match slice.service() {
-            Some(name) => groups
+        if let Some(name) = slice.service() {
+            groups
                 .entry((&*slice.namespace, name))
                 .or_default()
                 .1
-                .push(slice),
-            None => unlabelled.push(slice),
+                .push(slice);
         }
     }
-    (groups, unlabelled)
+    groups
 }
 
 /// The ref of a group's Service, sharing the strings of its objects (the Service's name, the
@@ -157,10 +160,10 @@ fn group<'a>(inventory: &'a Inventory, node: &NodeContext) -> (Groups<'a>, Vec<&
 fn group_ref(
     namespace: &str,
     name: &str,
-    services: &[&Service],
-    slices: &[&EndpointSlice],
+    service: Option<&Service>,
+    slice: Option<&EndpointSlice>,
 ) -> ServiceRef {
-    if let Some(svc) = services.first()
+    if let Some(svc) = service
         && let Some(svc_name) = &svc.name
     {
         return ServiceRef {
@@ -168,10 +171,9 @@ fn group_ref(
             name: svc_name.clone(),
         };
     }
-    let namespace = services
-        .first()
+    let namespace = service
         .map(|svc| svc.namespace.clone())
-        .or_else(|| slices.first().map(|slice| slice.namespace.clone()))
+        .or_else(|| slice.map(|slice| slice.namespace.clone()))
         .unwrap_or_else(|| namespace.into());
     ServiceRef {
         namespace,
@@ -184,7 +186,27 @@ impl Planner {
     pub fn new(inventory: &Inventory, node: &NodeContext) -> Self {
         let mut fixed = Report::default();
         let this_node = ThisNode::resolve(&inventory.nodes, node, &mut fixed);
-        let (groups, unlabelled) = group(inventory, node);
+        // Services and labelled slices, each sorted by Service (stable: a Service's objects
+        // keep their input order), walked side by side: one group per Service with no
+        // allocation per group.
+        let mut services: Vec<((&str, &str), &Service)> = inventory
+            .services
+            .iter()
+            .map(|svc| &**svc)
+            .filter(|svc| node.serves(svc))
+            .map(|svc| ((&*svc.namespace, svc.name()), svc))
+            .collect();
+        services.sort_by_key(|(key, _)| *key);
+        let mut unlabelled = Vec::new();
+        let mut slices: Vec<((&str, &str), &EndpointSlice)> =
+            Vec::with_capacity(inventory.endpoint_slices.len());
+        for slice in inventory.endpoint_slices.iter().map(|slice| &**slice) {
+            match slice.service() {
+                Some(name) => slices.push(((&*slice.namespace, name), slice)),
+                None => unlabelled.push(slice),
+            }
+        }
+        slices.sort_by_key(|(key, _)| *key);
         // Only for their skip entries: these slices feed no Service.
         SliceIndex::build(unlabelled, &mut fixed);
         let mut planner = Planner {
@@ -196,13 +218,41 @@ impl Planner {
             contested: BTreeSet::new(),
             reporting: BTreeSet::new(),
         };
-        let mut affected = BTreeSet::new();
-        let mut groups: Vec<_> = groups.into_iter().collect();
-        groups.sort_unstable_by_key(|(key, _)| *key);
-        for ((namespace, name), (services, slices)) in groups {
-            let svc_ref = group_ref(namespace, name, &services, &slices);
-            planner.plan_one(svc_ref, services, slices, &mut affected);
+        // In Service order: the entries are built in one pass at the end, not inserted one by
+        // one. Nothing is "affected" in a new plan.
+        let mut entries: Vec<(ServiceRef, Entry)> = Vec::new();
+        let (mut services, mut slices) = (&services[..], &slices[..]);
+        while let Some(key) = match (services.first(), slices.first()) {
+            (Some((a, _)), Some((b, _))) => Some((*a).min(*b)),
+            (Some((a, _)), None) => Some(*a),
+            (None, Some((b, _))) => Some(*b),
+            (None, None) => None,
+        } {
+            let (group_services, rest) =
+                services.split_at(services.iter().take_while(|(k, _)| *k == key).count());
+            services = rest;
+            let (group_slices, rest) =
+                slices.split_at(slices.iter().take_while(|(k, _)| *k == key).count());
+            slices = rest;
+            let svc_ref = group_ref(
+                key.0,
+                key.1,
+                group_services.first().map(|(_, svc)| *svc),
+                group_slices.first().map(|(_, slice)| *slice),
+            );
+            entries.extend(planner.plan_one(
+                svc_ref,
+                group_services.iter().map(|(_, svc)| *svc),
+                group_slices.iter().map(|(_, slice)| *slice),
+                None,
+            ));
         }
+        planner.reporting = entries
+            .iter()
+            .filter(|(_, entry)| entry.reports())
+            .map(|(svc_ref, _)| svc_ref.clone())
+            .collect();
+        planner.entries = entries.into_iter().collect();
         planner
     }
 
@@ -215,13 +265,19 @@ impl Planner {
         dirty: &BTreeSet<ServiceRef>,
     ) -> BTreeSet<FrontendKey> {
         let mut affected = BTreeSet::new();
-        let (mut groups, _) = group(inventory, &self.node);
+        let mut groups = group(inventory, &self.node);
         for svc_ref in dirty {
             self.remove(svc_ref, &mut affected);
             let (services, slices) = groups
                 .remove(&(&*svc_ref.namespace, &*svc_ref.name))
                 .unwrap_or_default();
-            self.plan_one(svc_ref.clone(), services, slices, &mut affected);
+            let planned = self.plan_one(
+                svc_ref.clone(),
+                services.into_iter(),
+                slices.into_iter(),
+                Some(&mut affected),
+            );
+            self.keep(planned);
         }
         affected
     }
@@ -298,16 +354,16 @@ impl Planner {
         }
     }
 
-    fn plan_one(
+    fn plan_one<'a>(
         &mut self,
         svc_ref: ServiceRef,
-        services: Vec<&Service>,
-        slices: Vec<&EndpointSlice>,
-        affected: &mut BTreeSet<FrontendKey>,
-    ) {
+        services: impl Iterator<Item = &'a Service>,
+        slices: impl Iterator<Item = &'a EndpointSlice>,
+        mut affected: Option<&mut BTreeSet<FrontendKey>>,
+    ) -> Option<(ServiceRef, Entry)> {
         let mut report = Report::default();
         let index = SliceIndex::build(slices, &mut report);
-        let chosen = services_in_claim_order(services.into_iter(), &mut report);
+        let chosen = services_in_claim_order(services, &mut report);
         let mut entry = Entry::default();
         if let Some(svc) = chosen.first() {
             let time = svc.creation_timestamp.clone();
@@ -317,7 +373,9 @@ impl Planner {
             for (i, frontend) in frontends.into_iter().enumerate() {
                 let key = frontend.key();
                 entry.keys.push(key);
-                affected.insert(key);
+                if let Some(affected) = affected.as_deref_mut() {
+                    affected.insert(key);
+                }
                 let claims = self.claims.entry(key).or_default();
                 claims.insert((order.clone(), i), frontend);
                 if claims.len() > 1 {
@@ -329,10 +387,15 @@ impl Planner {
         }
         (entry.skipped, entry.warnings) = report.finish();
         let reports = !entry.skipped.is_empty() || !entry.warnings.is_empty();
-        if reports {
-            self.reporting.insert(svc_ref.clone());
-        }
-        if reports || entry.order.is_some() {
+        (reports || entry.order.is_some()).then_some((svc_ref, entry))
+    }
+
+    /// Records what [`Planner::plan_one`] returned (the Service's entry, if it has one).
+    fn keep(&mut self, planned: Option<(ServiceRef, Entry)>) {
+        if let Some((svc_ref, entry)) = planned {
+            if entry.reports() {
+                self.reporting.insert(svc_ref.clone());
+            }
             self.entries.insert(svc_ref, entry);
         }
     }
