@@ -290,7 +290,7 @@ impl NamesWriter {
     }
 
     /// [`NamesWriter::sync`] over any frontends (the first of each address wins). The changed
-    /// names go in batches of [`BATCH`] (one system call each, where one update each cost as
+    /// names go in batches of `BATCH` (one system call each, where one update each cost as
     /// much as the rest of the sync), encoded as they go: no buffer of the whole set.
     pub fn sync_frontends<'a>(
         &mut self,
