@@ -127,7 +127,7 @@ fn check_frontend(frontend: &Frontend, sources: &BackendSources) -> Result<(), S
             pair[0], pair[1]
         ));
     }
-    for backend in &frontend.backends {
+    for backend in frontend.backends.iter() {
         if backend.is_ipv4() != frontend.address.is_ipv4() {
             return Err(format!("{name}: backend {backend} of the other family"));
         }
@@ -153,10 +153,7 @@ fn check_frontend(frontend: &Frontend, sources: &BackendSources) -> Result<(), S
 }
 
 fn service_ref(svc: &Service) -> ServiceRef {
-    ServiceRef {
-        namespace: svc.namespace.to_string(),
-        name: svc.name().to_owned(),
-    }
+    ServiceRef::new(svc.namespace.clone(), svc.name())
 }
 
 /// Which (address, port) pairs each Service's slices offer: anywhere, and on this node.
@@ -192,10 +189,7 @@ impl BackendSources {
         let Some(service) = slice.service_name.as_deref() else {
             return;
         };
-        let svc = ServiceRef {
-            namespace: slice.namespace.to_string(),
-            name: service.to_owned(),
-        };
+        let svc = ServiceRef::new(slice.namespace.clone(), service);
         let ports: Vec<u16> = slice
             .ports
             .iter()

@@ -21,9 +21,10 @@ pub mod observe;
 pub mod terminate;
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeSet,
     future::Future,
     net::SocketAddr,
+    os::fd::AsFd,
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant, SystemTime},
@@ -42,10 +43,7 @@ use crate::{
         SourceCounts,
     },
     model::Inventory,
-    monitor::{
-        MonitorServer,
-        names::{self, NamesWriter},
-    },
+    monitor::{MonitorServer, names::NamesWriter},
     plan::{Frontend, Plan, ServiceRef},
     source::{Dirty, SourceState, files::FileSource, kube::KubeSource},
 };
@@ -152,15 +150,7 @@ fn wire_counters(metrics: &Metrics, config: &DatapathConfig, source: &Source) {
     let pin_dir = config.pin_dir.clone();
     metrics.set_frontend_counts(move |ids| {
         let maps = Maps::open_read_only(&pin_dir).ok()?;
-        ids.iter()
-            .map(|id| {
-                let c = maps.frontend_counters(*id).ok()?;
-                Some(FrontendCounts {
-                    rewritten: c.rewritten,
-                    refused: c.refused,
-                })
-            })
-            .collect()
+        frontend_counts(&maps, ids)
     });
     if let Source::Kube(kube) = source {
         let handle = kube.handle();
@@ -176,6 +166,72 @@ fn wire_counters(metrics: &Metrics, config: &DatapathConfig, source: &Source) {
                 .collect()
         });
     }
+}
+
+/// Fewer ids than this are read one lookup each; more (a full sync's baselines: every id is
+/// new) are read as their id range, [`COUNTS_CHUNK`] per system call, where one lookup each
+/// cost a system call per frontend.
+const COUNTS_BATCH_FROM: usize = 64;
+/// Per-frontend counters read per `BPF_MAP_LOOKUP_BATCH` (a buffer of this many values).
+const COUNTS_CHUNK: usize = 4096;
+
+/// The kernel's per-frontend counters of `ids`, summed over CPUs, in the order of `ids`.
+fn frontend_counts(maps: &Maps, ids: &[u32]) -> Option<Vec<FrontendCounts>> {
+    let one = |id: u32| {
+        let c = maps.frontend_counters(id).ok()?;
+        Some(FrontendCounts {
+            rewritten: c.rewritten,
+            refused: c.refused,
+        })
+    };
+    let (Some(&lo), Some(&hi)) = (ids.iter().min(), ids.iter().max()) else {
+        return Some(Vec::new());
+    };
+    let span = (hi - lo) as usize + 1;
+    // Sparse ids would read mostly what nobody asked for.
+    if ids.len() < COUNTS_BATCH_FROM || span > 8 * ids.len() {
+        return ids.iter().map(|id| one(*id)).collect();
+    }
+    let cpus = aya::util::nr_cpus().ok()?;
+    let per_cpu = size_of::<lb_common::FrontendStats>().next_multiple_of(8);
+    let stride = per_cpu * cpus;
+    let chunk = COUNTS_CHUNK.min(span);
+    let mut keys = vec![0u32; chunk];
+    let mut values = vec![0u8; chunk * stride];
+    let fd = aya::maps::IterableMap::map(&maps.frontend_stats)
+        .fd()
+        .as_fd();
+    let mut sums: Vec<FrontendCounts> = Vec::with_capacity(span);
+    while sums.len() < span {
+        let next = lo + sums.len() as u32;
+        let want = chunk.min(span - sums.len());
+        let read = crate::datapath::sys::array_lookup_batch(
+            fd,
+            next.checked_sub(1),
+            &mut keys[..want],
+            &mut values[..want * stride],
+            stride,
+        )
+        .ok()?;
+        if read == 0 {
+            // Ids beyond the array: unreadable, as a lookup of one would be.
+            return None;
+        }
+        for (i, key) in keys[..read].iter().enumerate() {
+            if *key != lo + sums.len() as u32 {
+                return None;
+            }
+            let mut sum = FrontendCounts::default();
+            for cpu in values[i * stride..(i + 1) * stride].chunks_exact(per_cpu) {
+                sum.rewritten += u64::from_ne_bytes(cpu[0..8].try_into().ok()?);
+                sum.refused += u64::from_ne_bytes(cpu[8..16].try_into().ok()?);
+            }
+            sums.push(sum);
+        }
+    }
+    ids.iter()
+        .map(|id| sums.get((id - lo) as usize).copied())
+        .collect()
 }
 
 /// What the agent remembers between syncs: to report changes once, and to apply the next
@@ -441,15 +497,6 @@ struct Parts<'a> {
     retry: &'a mut BTreeSet<FrontendKey>,
 }
 
-/// The map form of a planned frontend (as [`Desired::from_plan`] makes it).
-fn spec_of(frontend: &Frontend) -> ServiceSpec {
-    ServiceSpec {
-        backends: frontend.backends.clone(),
-        affinity_timeout: frontend.affinity_timeout_seconds,
-        kind: frontend.kind,
-    }
-}
-
 /// The full sync: whole snapshot, whole plan, whole desired state, full apply and observation.
 #[allow(clippy::too_many_arguments)]
 fn reconcile_full(
@@ -470,7 +517,7 @@ fn reconcile_full(
     report_skipped(&planner, config, metrics, &mut state.reported);
     state.triggers.note(&inventory.endpoint_slices);
     // From the planner's frontends directly: a materialized Plan would copy all of them.
-    state.desired = Desired::from_frontends(planner.frontends());
+    state.desired = Desired::from_keyed(planner.keyed_frontends());
     match datapath.apply(&state.desired) {
         Ok(report) => {
             serve_current_ring(config, monitoring);
@@ -495,7 +542,7 @@ fn reconcile_full(
                 datapath,
                 metrics,
                 state,
-                planner.frontends(),
+                || planner.keyed_frontends(),
                 &inventory,
                 &failed,
             );
@@ -553,7 +600,10 @@ fn reconcile_changed(
     for key in &changed {
         match planner.frontend(key) {
             Some(frontend) => {
-                state.desired.services.insert(*key, spec_of(frontend));
+                state
+                    .desired
+                    .services
+                    .insert(*key, ServiceSpec::of(frontend));
             }
             None => {
                 state.desired.services.remove(key);
@@ -592,14 +642,7 @@ fn reconcile_changed(
         }
         match (frontend, id) {
             (Some(frontend), Some(id)) => {
-                names_write.push((
-                    id,
-                    names::encode(
-                        &frontend.service.namespace,
-                        &frontend.service.name,
-                        &frontend.port_name,
-                    ),
-                ));
+                names_write.push((id, frontend));
                 named.push(named_frontend(id, &key, frontend));
                 let ok = !failed.contains(&key);
                 programmed.push((key, ok.then_some(frontend)));
@@ -734,7 +777,7 @@ fn log_update(
 fn named_frontend(id: u32, key: &FrontendKey, frontend: &Frontend) -> NamedFrontend {
     NamedFrontend {
         id,
-        frontend: key.to_string(),
+        frontend: *key,
         service: ServicePort {
             namespace: frontend.service.namespace.clone(),
             service: frontend.service.name.clone(),
@@ -745,32 +788,26 @@ fn named_frontend(id: u32, key: &FrontendKey, frontend: &Frontend) -> NamedFront
 
 /// After an apply: names the programmed frontends for the per-Service counters, and reports
 /// frontends that start or stop refusing.
-fn observe_programmed<'a>(
+fn observe_programmed<'a, I: Iterator<Item = (&'a FrontendKey, &'a Frontend)>>(
     config: &AgentConfig,
     datapath: &Datapath,
     metrics: &Metrics,
     state: &mut SyncState,
-    frontends: impl Iterator<Item = &'a Frontend>,
+    frontends: impl Fn() -> I,
     inventory: &Inventory,
     failed: &BTreeSet<FrontendKey>,
 ) {
     let writer = datapath.writer();
-    // The plan's frontend for each address (the first, as `Desired::from_plan` takes it).
-    let mut by_addr: BTreeMap<FrontendKey, &Frontend> = BTreeMap::new();
-    for frontend in frontends {
-        by_addr.entry(frontend.key()).or_insert(frontend);
-    }
-    let named = by_addr
-        .iter()
+    // The planner holds one frontend per address, in address order: no map of its own here.
+    let named = frontends()
         .filter_map(|(addr, frontend)| {
             Some(named_frontend(writer.frontend_id(addr)?, addr, frontend))
         })
         .collect();
     metrics.set_service_frontends(named);
-    let programmed = by_addr
-        .iter()
+    let programmed = frontends()
         .filter(|(addr, _)| !failed.contains(addr) && writer.frontend_id(addr).is_some())
-        .map(|(_, frontend)| *frontend);
+        .map(|(_, frontend)| frontend);
     let refusing = state
         .refusals
         .update(programmed, inventory, &config.node.name);

@@ -54,6 +54,8 @@ use prometheus_client::{
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tracing::{error, info};
 
+use crate::plan::FrontendKey;
+
 /// The content type of `/metrics` (what prometheus-client's text encoder produces).
 pub const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -166,13 +168,15 @@ pub struct FrontendCounts {
     pub refused: u64,
 }
 
-/// A Service port: the unit of `lbctl_service_connects_total`.
+/// A Service port: the unit of `lbctl_service_connects_total`. Its strings are shared with the
+/// plan (the interned namespace, the Service's name and port name): the label set of every
+/// frontend of a Service port is the same three pointers, not three copies.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServicePort {
-    pub namespace: String,
-    pub service: String,
+    pub namespace: Arc<str>,
+    pub service: Arc<str>,
     /// The port's `name` (empty for the single unnamed port of a Service).
-    pub port_name: String,
+    pub port_name: Arc<str>,
 }
 
 /// A frontend programmed on this node, by its id in the maps, and the Service port it belongs
@@ -182,7 +186,7 @@ pub struct NamedFrontend {
     pub id: u32,
     /// The frontend's identity, e.g. `10.96.0.10:80/tcp`: an id given to another frontend
     /// starts counting afresh.
-    pub frontend: String,
+    pub frontend: FrontendKey,
     pub service: ServicePort,
 }
 
@@ -225,7 +229,7 @@ struct ServiceConnects {
 
 #[derive(Debug)]
 struct Owned {
-    frontend: String,
+    frontend: FrontendKey,
     service: ServicePort,
     /// The counters last read; `None` until the first read after the id got this owner.
     last: Option<FrontendCounts>,
@@ -892,9 +896,9 @@ impl Collector for ScrapeTimeCollector {
                     [("rewritten", counts.rewritten), ("refused", counts.refused)]
                 {
                     let labels = [
-                        ("namespace", port.namespace.as_str()),
-                        ("service", port.service.as_str()),
-                        ("port_name", port.port_name.as_str()),
+                        ("namespace", &*port.namespace),
+                        ("service", &*port.service),
+                        ("port_name", &*port.port_name),
                         ("verdict", verdict),
                     ];
                     ConstCounter::new(value).encode(family.encode_family(&labels)?)?;

@@ -69,7 +69,7 @@ fn row(frontend: &Frontend) -> [String; 6] {
     };
     [
         frontend.service.to_string(),
-        frontend.port_name.clone(),
+        frontend.port_name.to_string(),
         frontend.kind.to_string(),
         format!("{address}/{}", frontend.protocol),
         backends,

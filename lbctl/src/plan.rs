@@ -3,6 +3,7 @@
 use std::{
     fmt,
     net::{IpAddr, SocketAddr},
+    sync::Arc,
 };
 
 use serde::{Serialize, Serializer};
@@ -51,11 +52,22 @@ impl fmt::Display for FrontendKind {
     }
 }
 
-/// `namespace/name` of a Service.
+/// `namespace/name` of a Service. Both are shared strings: the namespace is the model's
+/// interned one, the name the Service object's, so the many copies a plan holds (each frontend,
+/// each claim, the metrics' and names' label sets) cost a pointer each, not an allocation.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServiceRef {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+}
+
+impl ServiceRef {
+    pub fn new(namespace: impl Into<Arc<str>>, name: impl Into<Arc<str>>) -> Self {
+        ServiceRef {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
 }
 
 impl fmt::Display for ServiceRef {
@@ -105,14 +117,17 @@ impl fmt::Display for FrontendKey {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Frontend {
     pub service: ServiceRef,
-    pub port_name: String,
+    /// Shared with the Service object's port (and every frontend of that port).
+    #[serde(serialize_with = "serialize_str")]
+    pub port_name: Arc<str>,
     pub protocol: Protocol,
     pub kind: FrontendKind,
     pub address: IpAddr,
     pub port: u16,
-    /// Sorted; IPv6 ones print as `[fd00::5]:8080`.
+    /// Sorted; IPv6 ones print as `[fd00::5]:8080`. Shared with the desired datapath state
+    /// ([`crate::datapath::ServiceSpec::backends`]): one list per frontend, not two.
     #[serde(serialize_with = "serialize_backends")]
-    pub backends: Vec<SocketAddr>,
+    pub backends: Arc<[SocketAddr]>,
     /// `sessionAffinity: ClientIP` timeout, when set.
     pub affinity_timeout_seconds: Option<u32>,
 }
@@ -128,8 +143,15 @@ impl Frontend {
     }
 }
 
-fn serialize_backends<S: Serializer>(backends: &[SocketAddr], s: S) -> Result<S::Ok, S::Error> {
+fn serialize_backends<S: Serializer>(
+    backends: &Arc<[SocketAddr]>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     s.collect_seq(backends.iter().map(|b| b.to_string()))
+}
+
+fn serialize_str<S: Serializer>(value: &Arc<str>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(value)
 }
 
 /// An input object (or part of one) that was left out, and why.

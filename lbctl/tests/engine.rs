@@ -1416,6 +1416,6 @@ fn backends_are_sorted_and_plan_names_the_node() {
     .check();
     assert_eq!(plan.node, "w1");
     let frontend = &plan.frontends[0];
-    assert_eq!(frontend.port_name, "http");
+    assert_eq!(&*frontend.port_name, "http");
     assert_eq!(frontend.affinity_timeout_seconds, None);
 }

@@ -436,19 +436,23 @@ fn check_invariants(
             frontend
         );
         prop_assert!(frontend.port != 0);
-        let mut sorted = frontend.backends.clone();
+        let mut sorted = frontend.backends.to_vec();
         sorted.sort();
         sorted.dedup();
-        prop_assert_eq!(&sorted, &frontend.backends, "backends sorted, unique");
-        for backend in &frontend.backends {
+        prop_assert_eq!(
+            &sorted[..],
+            &frontend.backends[..],
+            "backends sorted, unique"
+        );
+        for backend in frontend.backends.iter() {
             prop_assert_eq!(backend.is_ipv4(), frontend.address.is_ipv4(), "same family");
             prop_assert!(backend.port() != 0);
             prop_assert!(everywhere.contains(&backend.ip()));
         }
         // Service names are unique in the generator; a Local service's ClusterIP frontends only
         // lead to endpoints on this node.
-        if frontend.kind == FrontendKind::ClusterIP && itp_local.contains(&frontend.service.name) {
-            for backend in &frontend.backends {
+        if frontend.kind == FrontendKind::ClusterIP && itp_local.contains(&*frontend.service.name) {
+            for backend in frontend.backends.iter() {
                 prop_assert!(
                     local.contains(&backend.ip()),
                     "ITP Local backend {} is not on {}",
@@ -545,7 +549,7 @@ fn the_generator_produces_interesting_plans() {
         let everywhere = all_endpoint_addresses(&inventory);
         if plan.frontends.iter().any(|f| {
             f.kind == FrontendKind::ClusterIP
-                && itp_local.contains(&f.service.name)
+                && itp_local.contains(&*f.service.name)
                 && !f.backends.is_empty()
                 && everywhere.iter().any(|ip| !local.contains(ip))
         }) {

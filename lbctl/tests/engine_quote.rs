@@ -31,7 +31,7 @@ fn backends(plan: &Plan, service: &str) -> Vec<String> {
     assert_eq!(frontend.kind, FrontendKind::ClusterIP);
     assert_eq!(frontend.protocol, Protocol::Tcp);
     assert_eq!(frontend.port, 80);
-    assert_eq!(frontend.port_name, "http");
+    assert_eq!(&*frontend.port_name, "http");
     frontend.backends.iter().map(|b| b.to_string()).collect()
 }
 

@@ -87,7 +87,7 @@ fn bystander() -> String {
 fn frontends_of<'a>(plan: &'a Plan, service: &str) -> Vec<&'a Frontend> {
     plan.frontends
         .iter()
-        .filter(|f| f.service.name == service)
+        .filter(|f| &*f.service.name == service)
         .collect()
 }
 
@@ -348,7 +348,7 @@ fn absurd_slice_ports_are_skipped_and_named() {
     }
     let sliced = frontends_of(&plan, "sliced");
     let expected: SocketAddr = "10.244.1.4:8080".parse().expect("address");
-    assert_eq!(sliced[0].backends, [expected]);
+    assert_eq!(*sliced[0].backends, [expected]);
 }
 
 #[test]

@@ -352,10 +352,19 @@ fn port(namespace: &str, service: &str, port_name: &str) -> ServicePort {
     }
 }
 
+/// `frontend` as the key prints: `10.96.0.10:80/tcp`.
 fn named(id: u32, frontend: &str, service: &ServicePort) -> NamedFrontend {
+    let (addr, protocol) = frontend.rsplit_once('/').expect("address/protocol");
+    let protocol = match protocol {
+        "tcp" => lbctl::plan::Protocol::Tcp,
+        "udp" => lbctl::plan::Protocol::Udp,
+        other => panic!("protocol {other}"),
+    };
+    let key = lbctl::plan::FrontendKey::new(addr.parse().expect("socket address"), protocol);
+    assert_eq!(key.to_string(), frontend);
     NamedFrontend {
         id,
-        frontend: frontend.into(),
+        frontend: key,
         service: service.clone(),
     }
 }

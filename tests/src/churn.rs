@@ -187,7 +187,7 @@ fn plan_sets(cluster: &Cluster) -> Result<(Desired, Sets)> {
     let sets = plan
         .frontends
         .iter()
-        .map(|f| (SocketAddr::new(f.address, f.port), f.backends.clone()))
+        .map(|f| (SocketAddr::new(f.address, f.port), f.backends.to_vec()))
         .collect();
     Ok((Desired::from_plan(&plan), sets))
 }

@@ -279,6 +279,76 @@ fn per_service_counters_and_the_refusing_gauge_follow_real_connects_and_log_once
     assert_eq!(lines_with(&log, "frontend refuses connections"), 1, "{log}");
 }
 
+/// Enough Services that the agent reads their counters as an id range in batches (it reads a
+/// few ids one lookup each): the baselines a restarted agent reads, and every scrape, go through
+/// the batch read.
+const MANY: usize = 150;
+
+fn many_vip(i: usize) -> String {
+    format!("10.96.2.{}", i + 1)
+}
+
+#[test]
+fn per_service_counters_of_many_services_start_from_the_kernel_counts_after_a_restart() {
+    let node = Observed::new("obs-many");
+    let b = Backends::tcp_same_port(&["b0"]).unwrap();
+    let b0 = b.addr("b0");
+    let mut yaml = nodes();
+    for i in 0..MANY {
+        yaml += &service(
+            &format!("svc-{i}"),
+            &many_vip(i),
+            "Cluster",
+            &[(b0, NODE)],
+            None,
+        );
+    }
+    node.write(&yaml);
+    let (first, last) = ("svc-0", format!("svc-{}", MANY - 1));
+    let counts = |node: &Observed| {
+        let body = node.scrape();
+        (
+            sample(&body, &service_series(first, "rewritten")),
+            sample(&body, &service_series(&last, "rewritten")),
+        )
+    };
+
+    let mut agent = node.agent(&[]);
+    node.wait_for_series(&service_series(&last, "rewritten"), &agent);
+    assert_eq!(
+        connect(&node, &many_vip(0), 3),
+        vec![Outcome::Reached("b0".into()); 3]
+    );
+    assert_eq!(
+        connect(&node, &many_vip(MANY - 1), 2),
+        vec![Outcome::Reached("b0".into()); 2]
+    );
+    assert_eq!(counts(&node), (Some(3.0), Some(2.0)), "{}", agent.log());
+    assert!(
+        agent.terminate(),
+        "the agent did not exit:\n{}",
+        agent.log()
+    );
+
+    // The kernel's counters survive the restart; the new agent counts from their values then.
+    let agent = node.agent(&[]);
+    node.wait_for_series(&service_series(&last, "rewritten"), &agent);
+    assert_eq!(counts(&node), (Some(0.0), Some(0.0)), "{}", agent.log());
+    assert_eq!(
+        connect(&node, &many_vip(0), 1),
+        vec![Outcome::Reached("b0".into())]
+    );
+    assert_eq!(
+        connect(&node, &many_vip(MANY - 1), 4),
+        vec![Outcome::Reached("b0".into()); 4]
+    );
+    assert_eq!(counts(&node), (Some(1.0), Some(4.0)), "{}", agent.log());
+    assert_eq!(
+        node.sample(r#"lbctl_errors_total{kind="read_counters"}"#),
+        Some(0.0)
+    );
+}
+
 /// RFC 3339 in UTC with nanoseconds, as the EndpointSlice controller writes it.
 fn rfc3339(at: SystemTime) -> String {
     let d = at.duration_since(SystemTime::UNIX_EPOCH).unwrap();

@@ -111,7 +111,7 @@ fn with_affinity(
     desired.services.insert(
         FrontendKey::new(frontend, protocol),
         ServiceSpec {
-            backends,
+            backends: backends.into(),
             affinity_timeout: Some(seconds),
             kind: FrontendKind::ClusterIP,
         },
@@ -517,7 +517,7 @@ fn memberships_follow_the_backend_sets() {
         d.services.insert(
             FrontendKey::new(sticky, Protocol::Tcp),
             ServiceSpec {
-                backends: b.addrs(),
+                backends: b.addrs().into(),
                 affinity_timeout: affinity,
                 kind: FrontendKind::ClusterIP,
             },

@@ -31,7 +31,7 @@ pub struct Refusal {
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Refusing {
     service: ServiceRef,
-    port_name: String,
+    port_name: Arc<str>,
     refusal: Refusal,
 }
 
@@ -65,11 +65,16 @@ impl Refusals {
         node: &str,
     ) -> BTreeMap<TrafficPolicy, usize> {
         let mut now: BTreeMap<FrontendKey, Refusing> = BTreeMap::new();
+        // Only the frontends that refused before and serve now: the rest cost nothing here.
         let mut serving: BTreeMap<FrontendKey, (&Frontend, usize)> = BTreeMap::new();
         let mut index: Option<Index> = None;
         for frontend in programmed {
+            let has_backends = !frontend.backends.is_empty();
+            if has_backends && self.refusing.is_empty() {
+                continue;
+            }
             let addr = frontend.key();
-            if frontend.backends.is_empty() {
+            if !has_backends {
                 let index = index.get_or_insert_with(|| Index::new(inventory));
                 now.insert(
                     addr,
@@ -79,7 +84,7 @@ impl Refusals {
                         refusal: index.explain(frontend, node),
                     },
                 );
-            } else {
+            } else if self.refusing.contains_key(&addr) {
                 serving.insert(addr, (frontend, frontend.backends.len()));
             }
         }
@@ -217,10 +222,7 @@ impl<'a> Index<'a> {
     }
 
     fn explain(&self, frontend: &Frontend, node: &str) -> Refusal {
-        let key = (
-            frontend.service.namespace.as_str(),
-            frontend.service.name.as_str(),
-        );
+        let key = (&*frontend.service.namespace, &*frontend.service.name);
         explain_from(
             frontend,
             self.services.get(&key).copied(),
@@ -453,7 +455,7 @@ mod tests {
             kind,
             address: "10.96.0.10".parse().unwrap(),
             port: 80,
-            backends: vec![],
+            backends: Arc::from([]),
             affinity_timeout_seconds: None,
         }
     }

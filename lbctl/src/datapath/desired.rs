@@ -3,6 +3,7 @@
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr},
+    sync::Arc,
 };
 
 use lb_common::{Backend, IPPROTO_TCP, IPPROTO_UDP, SCOPE_ANY, ServiceKey, service_flags};
@@ -39,14 +40,24 @@ impl FrontendKey {
 /// What one frontend must lead to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceSpec {
-    /// Empty: the frontend refuses connects.
-    pub backends: Vec<SocketAddr>,
+    /// Empty: the frontend refuses connects. Shared with the plan's
+    /// [`Frontend::backends`]: the desired state adds no copy of the backend lists.
+    pub backends: Arc<[SocketAddr]>,
     /// Session affinity timeout, seconds.
     pub affinity_timeout: Option<u32>,
     pub kind: FrontendKind,
 }
 
 impl ServiceSpec {
+    /// The map form of a planned frontend (its backend list shared, not copied).
+    pub fn of(fe: &Frontend) -> Self {
+        ServiceSpec {
+            backends: fe.backends.clone(),
+            affinity_timeout: fe.affinity_timeout_seconds,
+            kind: fe.kind,
+        }
+    }
+
     pub fn flags(&self) -> u16 {
         let mut flags = 0;
         if self.affinity_timeout.is_some() {
@@ -80,13 +91,23 @@ impl Desired {
     pub fn from_frontends<'a>(frontends: impl IntoIterator<Item = &'a Frontend>) -> Self {
         let mut services = BTreeMap::new();
         for fe in frontends {
-            services.entry(fe.key()).or_insert_with(|| ServiceSpec {
-                backends: fe.backends.clone(),
-                affinity_timeout: fe.affinity_timeout_seconds,
-                kind: fe.kind,
-            });
+            services
+                .entry(fe.key())
+                .or_insert_with(|| ServiceSpec::of(fe));
         }
         Self { services }
+    }
+
+    /// Frontends already keyed, in key order, one per key (as the planner holds them): the
+    /// map is built in one pass, each spec sharing its frontend's backend list.
+    pub fn from_keyed<'a>(
+        frontends: impl Iterator<Item = (&'a FrontendKey, &'a Frontend)>,
+    ) -> Self {
+        Self {
+            services: frontends
+                .map(|(key, fe)| (*key, ServiceSpec::of(fe)))
+                .collect(),
+        }
     }
 
     /// Adds (or replaces) a ClusterIP-style frontend; handy for tests and tools.
@@ -99,7 +120,7 @@ impl Desired {
         self.services.insert(
             FrontendKey::new(frontend, protocol),
             ServiceSpec {
-                backends,
+                backends: backends.into(),
                 affinity_timeout: None,
                 kind: FrontendKind::ClusterIP,
             },

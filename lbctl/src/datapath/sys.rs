@@ -278,6 +278,52 @@ pub(crate) fn map_update_batch<K: Copy, V: Copy>(
     )
 }
 
+/// `BPF_MAP_LOOKUP_BATCH` over an array map: reads up to `keys.len()` elements in index order,
+/// starting after index `after` (at index 0 when `None`), into `keys` and `values`. `values`
+/// holds `keys.len()` values of `value_size` bytes each: the map's value size, or for a per-CPU
+/// map its value size rounded up to 8 bytes times the number of possible CPUs. Returns how many
+/// were read: fewer than asked only at the end of the array.
+pub(crate) fn array_lookup_batch(
+    map: BorrowedFd<'_>,
+    after: Option<u32>,
+    keys: &mut [u32],
+    values: &mut [u8],
+    value_size: usize,
+) -> io::Result<usize> {
+    assert!(
+        values.len() >= keys.len() * value_size,
+        "room for one value per key"
+    );
+    if keys.is_empty() {
+        return Ok(0);
+    }
+    let in_key: u32 = after.unwrap_or(0);
+    let mut out_key: u32 = 0;
+    let mut attr = BatchAttr {
+        in_batch: if after.is_some() {
+            &in_key as *const u32 as u64
+        } else {
+            0
+        },
+        out_batch: &mut out_key as *mut u32 as u64,
+        keys: keys.as_mut_ptr() as u64,
+        values: values.as_mut_ptr() as u64,
+        count: keys.len() as u32,
+        map_fd: map.as_raw_fd() as u32,
+        elem_flags: 0,
+        flags: 0,
+    };
+    // SAFETY: `attr` is the batch member; `in_key`, `out_key` (one array key each) and the
+    // caller's `keys` and `values` (room for `count` keys and values, checked above) outlive
+    // the call.
+    match unsafe { bpf_mut(BPF_MAP_LOOKUP_BATCH, &mut attr) } {
+        Ok(_) => Ok(attr.count as usize),
+        // The end of the array: `count` says how many were read before it.
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(attr.count as usize),
+        Err(e) => Err(e),
+    }
+}
+
 /// `BPF_MAP_DELETE_BATCH`: deletes `keys` in order in one system call; stops at the first key
 /// that fails (ENOENT for a missing one). Same layout requirements as [`map_update_batch`].
 pub(crate) fn map_delete_batch<K: Copy>(
@@ -312,53 +358,33 @@ const LOOKUP_CHUNK: usize = 16_384;
 ///
 /// The map must be an array whose value size is `size_of::<V>()`, `V` plain `repr(C)` data
 /// valid for any bytes.
-pub(crate) fn array_lookup_each<V: Copy + Default>(
+pub(crate) fn array_lookup_each<V: Copy>(
     map: BorrowedFd<'_>,
     len: u32,
     mut each: impl FnMut(u32, V),
 ) -> io::Result<()> {
     let len = len as usize;
-    let mut values = vec![V::default(); len.min(LOOKUP_CHUNK)];
-    let mut keys = vec![0u32; len.min(LOOKUP_CHUNK)];
+    let chunk = len.min(LOOKUP_CHUNK);
+    let size = size_of::<V>();
+    let mut keys = vec![0u32; chunk];
+    let mut bytes = vec![0u8; chunk * size];
+    let mut after = None;
     let mut pos = 0;
-    let mut token: u32 = 0;
-    let mut next: u32 = 0;
     while pos < len {
-        let count = (len - pos).min(LOOKUP_CHUNK);
-        let mut attr = BatchAttr {
-            in_batch: if pos == 0 {
-                0
-            } else {
-                std::ptr::from_ref(&token) as u64
-            },
-            out_batch: std::ptr::from_mut(&mut next) as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            count: count as u32,
-            map_fd: map.as_raw_fd() as u32,
-            elem_flags: 0,
-            flags: 0,
-        };
-        // SAFETY: `attr` is the batch member; the key and value buffers hold at least `count`
-        // elements of the map's key size (4) and value size (`size_of::<V>()`, the caller's
-        // guarantee), and the batch tokens are `u32`s, an array's key size. All outlive the
-        // call.
-        let result = unsafe { bpf_mut(BPF_MAP_LOOKUP_BATCH, &mut attr) };
-        let got = (attr.count as usize).min(count);
-        let end = match result {
-            Ok(_) => false,
-            // ENOENT: the end of the map, `got` elements read by this last call.
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
-            Err(e) => return Err(e),
-        };
-        for (key, value) in keys[..got].iter().zip(&values[..got]) {
-            each(*key, *value);
+        let count = (len - pos).min(chunk);
+        let got = array_lookup_batch(map, after, &mut keys[..count], &mut bytes, size)?;
+        for (i, key) in keys[..got].iter().enumerate() {
+            // SAFETY: `bytes` holds `got` values of `size_of::<V>()` bytes each, copied by the
+            // kernel from the map's elements; `V` is plain data valid for any bytes (the
+            // caller's guarantee), read unaligned from the byte buffer.
+            let value = unsafe { bytes.as_ptr().add(i * size).cast::<V>().read_unaligned() };
+            each(*key, value);
         }
         pos += got;
-        if end || got == 0 {
+        if got < count {
             break;
         }
-        token = next;
+        after = keys[..got].last().copied();
     }
     Ok(())
 }

@@ -486,7 +486,7 @@ impl<M: LbMaps> Writer<M> {
                 if let Some((addr, reason)) = change
                     .ids
                     .iter()
-                    .zip(&change.spec.backends)
+                    .zip(change.spec.backends.iter())
                     .find_map(|(id, addr)| failed_backends.get(id).map(|r| (addr, r)))
                 {
                     change.failed = Some(format!("writing backend {addr}: {reason}"));
@@ -1012,7 +1012,7 @@ impl<M: LbMaps> Writer<M> {
             ));
         }
         let mut ids = Vec::with_capacity(spec.backends.len());
-        for addr in &spec.backends {
+        for addr in spec.backends.iter() {
             if addr.is_ipv4() != frontend.address.is_ipv4() {
                 return Err(format!(
                     "backend {addr} is not of the frontend's address family"
@@ -1126,7 +1126,7 @@ impl<M: LbMaps> Writer<M> {
     fn holds(&self, frontend: &FrontendKey, p: &Programmed, spec: &ServiceSpec) -> bool {
         p.master == master_of(spec, spec.backends.len(), p.master.frontend_id)
             && p.slots.len() == spec.backends.len()
-            && p.slots.iter().zip(&spec.backends).all(|(&id, addr)| {
+            && p.slots.iter().zip(spec.backends.iter()).all(|(&id, addr)| {
                 self.backends.get(id) == Some(backend_value(*addr, frontend.protocol))
             })
     }

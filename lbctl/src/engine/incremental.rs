@@ -15,7 +15,7 @@
 //! What a Service change cannot alter is planned only by [`Planner::new`]: this Node (a Node
 //! change re-plans everything) and EndpointSlices without a `kubernetes.io/service-name` label
 //! (they belong to no Service; their skip entries are refreshed by the next full plan).
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -89,12 +89,18 @@ struct Entry {
     warnings: Vec<String>,
 }
 
+impl Entry {
+    fn reports(&self) -> bool {
+        !self.skipped.is_empty() || !self.warnings.is_empty()
+    }
+}
+
 /// The Service an EndpointSlice belongs to, by its `kubernetes.io/service-name` label; `None`
 /// without one (the engine skips such a slice).
 pub fn slice_service(slice: &EndpointSlice) -> Option<ServiceRef> {
     Some(ServiceRef {
-        namespace: slice.namespace.to_string(),
-        name: slice.service()?.to_owned(),
+        namespace: slice.namespace.clone(),
+        name: slice.service()?.into(),
     })
 }
 
@@ -120,11 +126,11 @@ pub struct Planner {
 }
 
 /// The objects of an inventory by Service (namespace, name), borrowed: served Services and
-/// labelled slices. In `ServiceRef` order.
-type Groups<'a> = BTreeMap<(&'a str, &'a str), (Vec<&'a Service>, Vec<&'a EndpointSlice>)>;
+/// labelled slices, for [`Planner::update`] (a few Services; [`Planner::new`] groups by sorting).
+type Groups<'a> = HashMap<(&'a str, &'a str), (Vec<&'a Service>, Vec<&'a EndpointSlice>)>;
 
-fn group<'a>(inventory: &'a Inventory, node: &NodeContext) -> (Groups<'a>, Vec<&'a EndpointSlice>) {
-    let mut groups: Groups<'a> = BTreeMap::new();
+fn group<'a>(inventory: &'a Inventory, node: &NodeContext) -> Groups<'a> {
+    let mut groups: Groups<'a> = HashMap::with_capacity(inventory.services.len());
     for svc in inventory
         .services
         .iter()
@@ -137,18 +143,42 @@ fn group<'a>(inventory: &'a Inventory, node: &NodeContext) -> (Groups<'a>, Vec<&
             .0
             .push(svc);
     }
-    let mut unlabelled = Vec::new();
     for slice in inventory.endpoint_slices.iter().map(|slice| &**slice) {
-        match slice.service() {
-            Some(name) => groups
+        if let Some(name) = slice.service() {
+            groups
                 .entry((&*slice.namespace, name))
                 .or_default()
                 .1
-                .push(slice),
-            None => unlabelled.push(slice),
+                .push(slice);
         }
     }
-    (groups, unlabelled)
+    groups
+}
+
+/// The ref of a group's Service, sharing the strings of its objects (the Service's name, the
+/// interned namespace) rather than copying them.
+fn group_ref(
+    namespace: &str,
+    name: &str,
+    service: Option<&Service>,
+    slice: Option<&EndpointSlice>,
+) -> ServiceRef {
+    if let Some(svc) = service
+        && let Some(svc_name) = &svc.name
+    {
+        return ServiceRef {
+            namespace: svc.namespace.clone(),
+            name: svc_name.clone(),
+        };
+    }
+    let namespace = service
+        .map(|svc| svc.namespace.clone())
+        .or_else(|| slice.map(|slice| slice.namespace.clone()))
+        .unwrap_or_else(|| namespace.into());
+    ServiceRef {
+        namespace,
+        name: name.into(),
+    }
 }
 
 impl Planner {
@@ -156,7 +186,27 @@ impl Planner {
     pub fn new(inventory: &Inventory, node: &NodeContext) -> Self {
         let mut fixed = Report::default();
         let this_node = ThisNode::resolve(&inventory.nodes, node, &mut fixed);
-        let (groups, unlabelled) = group(inventory, node);
+        // Services and labelled slices, each sorted by Service (stable: a Service's objects
+        // keep their input order), walked side by side: one group per Service with no
+        // allocation per group.
+        let mut services: Vec<((&str, &str), &Service)> = inventory
+            .services
+            .iter()
+            .map(|svc| &**svc)
+            .filter(|svc| node.serves(svc))
+            .map(|svc| ((&*svc.namespace, svc.name()), svc))
+            .collect();
+        services.sort_by_key(|(key, _)| *key);
+        let mut unlabelled = Vec::new();
+        let mut slices: Vec<((&str, &str), &EndpointSlice)> =
+            Vec::with_capacity(inventory.endpoint_slices.len());
+        for slice in inventory.endpoint_slices.iter().map(|slice| &**slice) {
+            match slice.service() {
+                Some(name) => slices.push(((&*slice.namespace, name), slice)),
+                None => unlabelled.push(slice),
+            }
+        }
+        slices.sort_by_key(|(key, _)| *key);
         // Only for their skip entries: these slices feed no Service.
         SliceIndex::build(unlabelled, &mut fixed);
         let mut planner = Planner {
@@ -168,14 +218,41 @@ impl Planner {
             contested: BTreeSet::new(),
             reporting: BTreeSet::new(),
         };
-        let mut affected = BTreeSet::new();
-        for ((namespace, name), (services, slices)) in groups {
-            let svc_ref = ServiceRef {
-                namespace: namespace.to_owned(),
-                name: name.to_owned(),
-            };
-            planner.plan_one(svc_ref, services, slices, &mut affected);
+        // In Service order: the entries are built in one pass at the end, not inserted one by
+        // one. Nothing is "affected" in a new plan.
+        let mut entries: Vec<(ServiceRef, Entry)> = Vec::new();
+        let (mut services, mut slices) = (&services[..], &slices[..]);
+        while let Some(key) = match (services.first(), slices.first()) {
+            (Some((a, _)), Some((b, _))) => Some((*a).min(*b)),
+            (Some((a, _)), None) => Some(*a),
+            (None, Some((b, _))) => Some(*b),
+            (None, None) => None,
+        } {
+            let (group_services, rest) =
+                services.split_at(services.iter().take_while(|(k, _)| *k == key).count());
+            services = rest;
+            let (group_slices, rest) =
+                slices.split_at(slices.iter().take_while(|(k, _)| *k == key).count());
+            slices = rest;
+            let svc_ref = group_ref(
+                key.0,
+                key.1,
+                group_services.first().map(|(_, svc)| *svc),
+                group_slices.first().map(|(_, slice)| *slice),
+            );
+            entries.extend(planner.plan_one(
+                svc_ref,
+                group_services.iter().map(|(_, svc)| *svc),
+                group_slices.iter().map(|(_, slice)| *slice),
+                None,
+            ));
         }
+        planner.reporting = entries
+            .iter()
+            .filter(|(_, entry)| entry.reports())
+            .map(|(svc_ref, _)| svc_ref.clone())
+            .collect();
+        planner.entries = entries.into_iter().collect();
         planner
     }
 
@@ -188,13 +265,19 @@ impl Planner {
         dirty: &BTreeSet<ServiceRef>,
     ) -> BTreeSet<FrontendKey> {
         let mut affected = BTreeSet::new();
-        let (mut groups, _) = group(inventory, &self.node);
+        let mut groups = group(inventory, &self.node);
         for svc_ref in dirty {
             self.remove(svc_ref, &mut affected);
             let (services, slices) = groups
-                .remove(&(svc_ref.namespace.as_str(), svc_ref.name.as_str()))
+                .remove(&(&*svc_ref.namespace, &*svc_ref.name))
                 .unwrap_or_default();
-            self.plan_one(svc_ref.clone(), services, slices, &mut affected);
+            let planned = self.plan_one(
+                svc_ref.clone(),
+                services.into_iter(),
+                slices.into_iter(),
+                Some(&mut affected),
+            );
+            self.keep(planned);
         }
         affected
     }
@@ -218,6 +301,13 @@ impl Planner {
         self.claims
             .values()
             .filter_map(|claims| claims.values().next())
+    }
+
+    /// Every planned frontend with its key, in key order (one per key).
+    pub fn keyed_frontends(&self) -> impl Iterator<Item = (&FrontendKey, &Frontend)> {
+        self.claims
+            .iter()
+            .filter_map(|(key, claims)| Some((key, claims.values().next()?)))
     }
 
     /// Skipped input and warnings, as [`Plan::skipped`] and [`Plan::warnings`] (sorted,
@@ -264,16 +354,16 @@ impl Planner {
         }
     }
 
-    fn plan_one(
+    fn plan_one<'a>(
         &mut self,
         svc_ref: ServiceRef,
-        services: Vec<&Service>,
-        slices: Vec<&EndpointSlice>,
-        affected: &mut BTreeSet<FrontendKey>,
-    ) {
+        services: impl Iterator<Item = &'a Service>,
+        slices: impl Iterator<Item = &'a EndpointSlice>,
+        mut affected: Option<&mut BTreeSet<FrontendKey>>,
+    ) -> Option<(ServiceRef, Entry)> {
         let mut report = Report::default();
         let index = SliceIndex::build(slices, &mut report);
-        let chosen = services_in_claim_order(services.into_iter(), &mut report);
+        let chosen = services_in_claim_order(services, &mut report);
         let mut entry = Entry::default();
         if let Some(svc) = chosen.first() {
             let time = svc.creation_timestamp.clone();
@@ -283,7 +373,9 @@ impl Planner {
             for (i, frontend) in frontends.into_iter().enumerate() {
                 let key = frontend.key();
                 entry.keys.push(key);
-                affected.insert(key);
+                if let Some(affected) = affected.as_deref_mut() {
+                    affected.insert(key);
+                }
                 let claims = self.claims.entry(key).or_default();
                 claims.insert((order.clone(), i), frontend);
                 if claims.len() > 1 {
@@ -295,10 +387,15 @@ impl Planner {
         }
         (entry.skipped, entry.warnings) = report.finish();
         let reports = !entry.skipped.is_empty() || !entry.warnings.is_empty();
-        if reports {
-            self.reporting.insert(svc_ref.clone());
-        }
-        if reports || entry.order.is_some() {
+        (reports || entry.order.is_some()).then_some((svc_ref, entry))
+    }
+
+    /// Records what [`Planner::plan_one`] returned (the Service's entry, if it has one).
+    fn keep(&mut self, planned: Option<(ServiceRef, Entry)>) {
+        if let Some((svc_ref, entry)) = planned {
+            if entry.reports() {
+                self.reporting.insert(svc_ref.clone());
+            }
             self.entries.insert(svc_ref, entry);
         }
     }

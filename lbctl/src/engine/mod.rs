@@ -109,10 +109,7 @@ fn services_in_claim_order<'a>(
             _ => report::pick_canonical(copies.iter().map(|(_, svc)| *svc).collect(), || {
                 let (namespace, name) = svc_ref;
                 report.skip(
-                    report::service_object(&ServiceRef {
-                        namespace: namespace.to_owned(),
-                        name: name.to_owned(),
-                    }),
+                    report::service_object(&ServiceRef::new(namespace, name)),
                     "several different objects with this namespace/name; the one that sorts \
                      first as JSON was used",
                 )

@@ -1,5 +1,5 @@
 //! Service ports, protocols, port numbers and address families.
-use std::{fmt, net::IpAddr};
+use std::{fmt, net::IpAddr, sync::Arc};
 
 use super::report::Report;
 use crate::{model::ServicePort, plan::Protocol};
@@ -133,8 +133,8 @@ impl fmt::Display for PortLabel<'_> {
 /// A validated Service port.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct PortSpec<'a> {
-    /// Empty when unnamed.
-    pub(crate) name: &'a str,
+    /// Empty when unnamed. The Service object's (shared by the frontends of the port).
+    pub(crate) name: &'a Arc<str>,
     pub(crate) protocol: Protocol,
     pub(crate) port: u16,
     /// Set and valid.

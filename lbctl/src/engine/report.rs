@@ -1,4 +1,6 @@
 //! What the engine tells the operator besides the frontends: skipped input and warnings.
+use std::sync::Arc;
+
 use serde::Serialize;
 
 use crate::{
@@ -42,8 +44,8 @@ impl Report {
 /// The Service's ref (namespace defaulted, name empty when absent).
 pub(crate) fn service_ref(svc: &Service) -> ServiceRef {
     ServiceRef {
-        namespace: svc.namespace.to_string(),
-        name: svc.name().to_owned(),
+        namespace: svc.namespace.clone(),
+        name: svc.name.clone().unwrap_or_else(|| Arc::from("")),
     }
 }
 

@@ -1,5 +1,8 @@
 //! One Service -> its frontends on this node, each with the backend set its policy selects.
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
 
 use super::{
     endpoints::{BackendSets, Candidate},
@@ -113,17 +116,18 @@ impl ServicePlan<'_> {
         for family in self.families.iter() {
             sets[family as usize] = Some(self.backend_sets(port, family, node));
         }
-        let backends_of = |address: IpAddr, local: bool| -> Vec<SocketAddr> {
-            sets[Family::of(address) as usize]
-                .as_ref()
-                .map(|set| {
-                    if local {
-                        set.local.clone()
-                    } else {
-                        set.cluster.clone()
-                    }
+        // Each set made shareable once, when a frontend first uses it: the frontends of a
+        // port that use the same set (cluster IP, node ports, external IPs) share one list.
+        let mut shared: [[Option<Arc<[SocketAddr]>>; 2]; 2] = Default::default();
+        let mut backends_of = |address: IpAddr, local: bool| -> Arc<[SocketAddr]> {
+            let family = Family::of(address) as usize;
+            shared[family][usize::from(local)]
+                .get_or_insert_with(|| match &sets[family] {
+                    Some(set) if local => Arc::from(set.local.as_slice()),
+                    Some(set) => Arc::from(set.cluster.as_slice()),
+                    None => Arc::from([]),
                 })
-                .unwrap_or_default()
+                .clone()
         };
 
         let mut frontends = Vec::new();
@@ -170,11 +174,11 @@ impl ServicePlan<'_> {
         kind: FrontendKind,
         address: IpAddr,
         number: u16,
-        backends: Vec<SocketAddr>,
+        backends: Arc<[SocketAddr]>,
     ) -> Frontend {
         Frontend {
             service: self.svc_ref.clone(),
-            port_name: port.name.to_owned(),
+            port_name: port.name.clone(),
             protocol: port.protocol,
             kind,
             address,

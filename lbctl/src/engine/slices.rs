@@ -62,7 +62,7 @@ impl<'a> SliceIndex<'a> {
     }
 
     pub(crate) fn for_service(&self, svc: &ServiceRef) -> &[SliceView<'a>] {
-        let key = (svc.namespace.as_str(), svc.name.as_str());
+        let key = (&*svc.namespace, &*svc.name);
         let start = self.keys.partition_point(|k| *k < key);
         let end = start + self.keys[start..].partition_point(|k| *k <= key);
         &self.views[start..end]

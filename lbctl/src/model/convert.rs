@@ -107,7 +107,7 @@ impl Interner {
             topology_mode: annotation(TOPOLOGY_MODE_ANNOTATION),
             creation_timestamp: meta.creation_timestamp.clone(),
             service_proxy_name: label(SERVICE_PROXY_NAME_LABEL),
-            name: meta.name.as_deref().map(Box::from),
+            name: meta.name.as_deref().map(Arc::from),
             namespace: self.namespace(meta),
             spec: svc.spec.as_ref().map(|spec| Box::new(service_spec(spec))),
             load_balancer_ingress,
@@ -287,10 +287,10 @@ fn service_spec(spec: &core::ServiceSpec) -> ServiceSpec {
 /// The ref of a k8s-openapi Service, as `engine::service_ref_of` gives for its compact form
 /// (for sources that key their stores by the API objects).
 pub fn k8s_service_ref(svc: &core::Service) -> ServiceRef {
-    ServiceRef {
-        namespace: namespace_str(&svc.metadata).to_owned(),
-        name: svc.metadata.name.clone().unwrap_or_default(),
-    }
+    ServiceRef::new(
+        namespace_str(&svc.metadata),
+        svc.metadata.name.as_deref().unwrap_or_default(),
+    )
 }
 
 /// The Service a k8s-openapi EndpointSlice belongs to, as `engine::slice_service` gives for
@@ -302,10 +302,10 @@ pub fn k8s_slice_service(slice: &discovery::EndpointSlice) -> Option<ServiceRef>
         .as_ref()?
         .get(SERVICE_NAME_LABEL)
         .filter(|name| !name.is_empty())?;
-    Some(ServiceRef {
-        namespace: namespace_str(&slice.metadata).to_owned(),
-        name: name.clone(),
-    })
+    Some(ServiceRef::new(
+        namespace_str(&slice.metadata),
+        name.as_str(),
+    ))
 }
 
 fn namespace_str(meta: &ObjectMeta) -> &str {

@@ -128,7 +128,9 @@ pub struct Service {
     /// `service.kubernetes.io/service-proxy-name` label.
     pub service_proxy_name: Option<Box<str>>,
     /// `None` when the object names none (distinct from an empty name for the agent's log).
-    pub name: Option<Box<str>>,
+    /// Shared: the plan's [`crate::plan::ServiceRef`]s point at it.
+    #[serde(serialize_with = "serialize_opt_arc")]
+    pub name: Option<Arc<str>>,
     /// [`DEFAULT_NAMESPACE`] when absent or empty.
     #[serde(serialize_with = "serialize_arc")]
     pub namespace: Arc<str>,
@@ -185,8 +187,9 @@ pub struct ServiceSpec {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServicePort {
-    /// Empty when unnamed.
-    pub name: Box<str>,
+    /// Empty when unnamed. Shared: each frontend of the port points at it.
+    #[serde(serialize_with = "serialize_arc")]
+    pub name: Arc<str>,
     pub node_port: Option<i32>,
     pub port: i32,
     pub protocol: PortProtocol,

@@ -1,7 +1,7 @@
 //! The Service behind each frontend id, kept by the agent in the pinned map `lb_fe_names`
 //! beside the other maps, so `lbctl services` and `lbctl monitor` name Services without asking
 //! the API server (bpffs holds BPF objects only, hence a map rather than a file).
-use std::{collections::BTreeMap, path::Path};
+use std::{collections::BTreeMap, path::Path, sync::Arc};
 
 use std::os::fd::AsFd;
 
@@ -10,10 +10,10 @@ use lb_common::{FrontendName, NAME_LEN, NAMES_MAP, PORT_NAME_LEN};
 
 use crate::{
     datapath::{
-        DatapathError, FrontendKey, Writer,
+        DatapathError, Writer,
         sys::{BatchFailure, map_update_batch},
     },
-    plan::{Frontend, Plan},
+    plan::{Frontend, Plan, ServiceRef},
 };
 
 /// A Service port, as named in the cluster.
@@ -91,13 +91,108 @@ pub fn read(pin_dir: &Path) -> Result<BTreeMap<u32, ServiceName>, DatapathError>
         .collect())
 }
 
+/// What one id's entry in the map holds, as the writer knows it: the strings it encoded (shared
+/// with the plan: a pointer each, not the 144-byte encoded form), or the encoded form read back
+/// from a map the agent did not write in this run.
+#[derive(Debug)]
+enum Written {
+    Named {
+        service: ServiceRef,
+        port_name: Arc<str>,
+    },
+    Read(Box<FrontendName>),
+}
+
+impl Written {
+    fn holds(&self, frontend: &Frontend) -> bool {
+        match self {
+            Written::Named { service, port_name } => {
+                *service == frontend.service && *port_name == frontend.port_name
+            }
+            Written::Read(name) => **name == encode_frontend(frontend),
+        }
+    }
+
+    fn of(frontend: &Frontend) -> Self {
+        Written::Named {
+            service: frontend.service.clone(),
+            port_name: frontend.port_name.clone(),
+        }
+    }
+}
+
+fn encode_frontend(frontend: &Frontend) -> FrontendName {
+    encode(
+        &frontend.service.namespace,
+        &frontend.service.name,
+        &frontend.port_name,
+    )
+}
+
+/// Names written per batch call: the buffer is bounded whatever the number of frontends.
+const BATCH: usize = 2048;
+
+/// Ids seen in one sync (frontend ids are small and dense: a bit each).
+#[derive(Default)]
+struct IdSet(Vec<u64>);
+
+impl IdSet {
+    /// Adds `id`; `false` if it was there.
+    fn insert(&mut self, id: u32) -> bool {
+        let (word, bit) = ((id / 64) as usize, id % 64);
+        if word >= self.0.len() {
+            self.0.resize(word + 1, 0);
+        }
+        let fresh = self.0[word] & (1 << bit) == 0;
+        self.0[word] |= 1 << bit;
+        fresh
+    }
+
+    fn contains(&self, id: u32) -> bool {
+        self.0
+            .get((id / 64) as usize)
+            .is_some_and(|word| word & (1 << (id % 64)) != 0)
+    }
+}
+
 /// The agent's side: keeps `lb_fe_names` equal to the names of the programmed frontends.
 #[derive(Default)]
 pub struct NamesWriter {
     /// The map and its id (a repaired datapath has a new map: then it is opened again).
     map: Option<(u32, HashMap<MapData, u32, FrontendName>)>,
     /// What the map holds.
-    written: BTreeMap<u32, FrontendName>,
+    written: BTreeMap<u32, Written>,
+}
+
+/// Writes `ids`/`names` in one batch call, skipping an element that fails; records what was
+/// written and returns the last failure.
+fn write_batch(
+    map: &HashMap<MapData, u32, FrontendName>,
+    ids: &[u32],
+    names: &[FrontendName],
+    mut written: impl FnMut(usize),
+) -> Option<aya::maps::MapError> {
+    let fd = map.map().fd().as_fd();
+    let mut failed = None;
+    let mut start = 0;
+    while start < ids.len() {
+        let done = match map_update_batch(fd, &ids[start..], &names[start..]) {
+            Ok(()) => ids.len() - start,
+            Err(BatchFailure { done, error }) => {
+                failed = Some(aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                    call: "bpf_map_update_batch",
+                    io_error: error,
+                }));
+                done
+            }
+        };
+        for i in start..start + done {
+            written(i);
+        }
+        // Skip the failing element.
+        start += done + 1;
+    }
+    failed
 }
 
 impl NamesWriter {
@@ -110,10 +205,36 @@ impl NamesWriter {
             let map: HashMap<MapData, u32, FrontendName> =
                 HashMap::try_from(Map::from_map_data(data).map_err(map_error)?)
                     .map_err(map_error)?;
-            self.written = map.iter().filter_map(Result::ok).collect();
+            self.written = map
+                .iter()
+                .filter_map(Result::ok)
+                .map(|(id, name)| (id, Written::Read(Box::new(name))))
+                .collect();
             self.map = Some((id, map));
         }
         Ok(())
+    }
+
+    /// Removes the name of `id` from the map, if it holds one.
+    fn remove_id(
+        map: &mut HashMap<MapData, u32, FrontendName>,
+        written: &mut BTreeMap<u32, Written>,
+        id: u32,
+    ) -> Result<bool, aya::maps::MapError> {
+        if !written.contains_key(&id) {
+            return Ok(false);
+        }
+        match map.remove(&id) {
+            Ok(()) => {
+                written.remove(&id);
+            }
+            // Already gone (someone else removed it): as good as removed.
+            Err(_) if matches!(map.get(&id, 0), Err(aya::maps::MapError::KeyNotFound)) => {
+                written.remove(&id);
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(true)
     }
 
     /// Changes some ids only (what [`NamesWriter::sync`] does for all): removes the names of
@@ -122,7 +243,7 @@ impl NamesWriter {
         &mut self,
         pin_dir: &Path,
         remove: &[u32],
-        write: &[(u32, FrontendName)],
+        write: &[(u32, &Frontend)],
     ) -> Result<usize, DatapathError> {
         self.open(pin_dir)?;
         let Some((_, map)) = self.map.as_mut() else {
@@ -131,28 +252,22 @@ impl NamesWriter {
         let mut ops = 0;
         let mut failed = None;
         for id in remove {
-            if !self.written.contains_key(id) {
-                continue;
-            }
-            ops += 1;
-            match map.remove(id) {
-                Ok(()) => {
-                    self.written.remove(id);
+            match Self::remove_id(map, &mut self.written, *id) {
+                Ok(removed) => ops += usize::from(removed),
+                Err(e) => {
+                    ops += 1;
+                    failed = Some(e);
                 }
-                Err(_) if matches!(map.get(id, 0), Err(aya::maps::MapError::KeyNotFound)) => {
-                    self.written.remove(id);
-                }
-                Err(e) => failed = Some(e),
             }
         }
-        for (id, name) in write {
-            if self.written.get(id) == Some(name) {
+        for (id, frontend) in write {
+            if self.written.get(id).is_some_and(|w| w.holds(frontend)) {
                 continue;
             }
             ops += 1;
-            match map.insert(id, name, 0) {
+            match map.insert(id, encode_frontend(frontend), 0) {
                 Ok(()) => {
-                    self.written.insert(*id, *name);
+                    self.written.insert(*id, Written::of(frontend));
                 }
                 Err(e) => failed = Some(e),
             }
@@ -174,80 +289,70 @@ impl NamesWriter {
         self.sync_frontends(pin_dir, &plan.frontends, writer)
     }
 
-    /// [`NamesWriter::sync`] over any frontends (the first of each address wins).
+    /// [`NamesWriter::sync`] over any frontends (the first of each address wins). The changed
+    /// names go in batches of `BATCH` (one system call each, where one update each cost as
+    /// much as the rest of the sync), encoded as they go: no buffer of the whole set.
     pub fn sync_frontends<'a>(
         &mut self,
         pin_dir: &Path,
         frontends: impl IntoIterator<Item = &'a Frontend>,
         writer: &Writer,
     ) -> Result<usize, DatapathError> {
-        let mut desired = BTreeMap::new();
-        for fe in frontends {
-            let addr = FrontendKey {
-                address: fe.address,
-                port: fe.port,
-                protocol: fe.protocol,
-            };
-            if let Some(id) = writer.frontend_id(&addr) {
-                desired.entry(id).or_insert_with(|| {
-                    encode(&fe.service.namespace, &fe.service.name, &fe.port_name)
-                });
-            }
-        }
         self.open(pin_dir)?;
         let Some((_, map)) = self.map.as_mut() else {
             return Ok(0);
         };
+        let written = &mut self.written;
         let mut ops = 0;
         let mut failed = None;
-        let mut written = std::mem::take(&mut self.written);
-        // The changed names in one batch (one system call for a whole cluster's names, where
-        // one update each cost as much as the rest of the sync); an element that fails is
-        // skipped and the batch goes on after it.
-        let (ids, names): (Vec<u32>, Vec<FrontendName>) = desired
-            .iter()
-            .filter(|(id, name)| written.get(id) != Some(name))
-            .map(|(id, name)| (*id, *name))
-            .unzip();
-        ops += ids.len();
-        let fd = map.map().fd().as_fd();
-        let mut start = 0;
-        while start < ids.len() {
-            let done = match map_update_batch(fd, &ids[start..], &names[start..]) {
-                Ok(()) => ids.len() - start,
-                Err(BatchFailure { done, error }) => {
-                    failed = Some(aya::maps::MapError::SyscallError(aya::sys::SyscallError {
-                        call: "bpf_map_update_batch",
-                        io_error: error,
-                    }));
-                    done
-                }
-            };
-            for i in start..start + done {
-                written.insert(ids[i], names[i]);
+        let mut seen = IdSet::default();
+        let mut ids: Vec<u32> = Vec::with_capacity(BATCH);
+        let mut names: Vec<FrontendName> = Vec::with_capacity(BATCH);
+        let mut pending: Vec<&Frontend> = Vec::with_capacity(BATCH);
+        let mut flush = |ids: &mut Vec<u32>,
+                         names: &mut Vec<FrontendName>,
+                         pending: &mut Vec<&Frontend>,
+                         written: &mut BTreeMap<u32, Written>| {
+            if let Some(e) = write_batch(map, ids, names, |i| {
+                written.insert(ids[i], Written::of(pending[i]));
+            }) {
+                failed = Some(e);
             }
-            // Skip the failing element.
-            start += done + 1;
+            ids.clear();
+            names.clear();
+            pending.clear();
+        };
+        for fe in frontends {
+            let Some(id) = writer.frontend_id(&fe.key()) else {
+                continue;
+            };
+            // The first of each address (so of each id) wins.
+            if !seen.insert(id) || written.get(&id).is_some_and(|w| w.holds(fe)) {
+                continue;
+            }
+            ops += 1;
+            ids.push(id);
+            names.push(encode_frontend(fe));
+            pending.push(fe);
+            if ids.len() == BATCH {
+                flush(&mut ids, &mut names, &mut pending, written);
+            }
         }
+        flush(&mut ids, &mut names, &mut pending, written);
         let stale: Vec<u32> = written
             .keys()
-            .filter(|id| !desired.contains_key(id))
+            .filter(|id| !seen.contains(**id))
             .copied()
             .collect();
+        let Some((_, map)) = self.map.as_mut() else {
+            return Ok(ops);
+        };
         for id in stale {
             ops += 1;
-            match map.remove(&id) {
-                Ok(()) => {
-                    written.remove(&id);
-                }
-                // Already gone (someone else removed it): as good as removed.
-                Err(_) if matches!(map.get(&id, 0), Err(aya::maps::MapError::KeyNotFound)) => {
-                    written.remove(&id);
-                }
-                Err(e) => failed = Some(e),
+            if let Err(e) = Self::remove_id(map, &mut self.written, id) {
+                failed = Some(e);
             }
         }
-        self.written = written;
         match failed {
             Some(e) => Err(map_error(e)),
             None => Ok(ops),

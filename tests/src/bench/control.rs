@@ -258,16 +258,18 @@ pub fn child_main(
             std::net::Ipv4Addr::from(u32::from_be_bytes([10, 200, 0, 0]) + k as u32 + 1),
             TARGET_PORT,
         ));
+        let mut backends = spec.backends.to_vec();
         match k % 3 {
             0 => {
-                let j = (next() % spec.backends.len() as u64) as usize;
-                spec.backends[j] = fresh;
+                let j = (next() % backends.len() as u64) as usize;
+                backends[j] = fresh;
             }
-            1 if spec.backends.len() > 1 => {
-                spec.backends.pop();
+            1 if backends.len() > 1 => {
+                backends.pop();
             }
-            _ => spec.backends.push(fresh),
+            _ => backends.push(fresh),
         }
+        spec.backends = backends.into();
         let t = Instant::now();
         let r = dp.apply(&desired)?;
         change_ms.push(ms_since(t));

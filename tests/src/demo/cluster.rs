@@ -302,10 +302,10 @@ mod tests {
     fn backends(plan: &Plan, service: &str) -> Vec<SocketAddr> {
         plan.frontends
             .iter()
-            .find(|f| f.service.name == service)
+            .find(|f| &*f.service.name == service)
             .unwrap_or_else(|| panic!("no frontend for {service} in {plan:?}"))
             .backends
-            .clone()
+            .to_vec()
     }
 
     fn at(ip: [u8; 4]) -> SocketAddr {

@@ -148,7 +148,7 @@ fn check_exact(maps: &impl LbMaps, want: &Desired, context: &str) {
             (
                 *f,
                 (
-                    s.backends.clone(),
+                    s.backends.to_vec(),
                     s.flags(),
                     s.affinity_timeout.unwrap_or(0),
                 ),
@@ -355,7 +355,7 @@ fn a_fault_at_any_element_leaves_a_consistent_state_and_the_next_apply_repairs_i
                     let p = programmed.iter().find(|p| p.frontend == *f);
                     assert_eq!(
                         p.map(|p| &p.backends),
-                        Some(&spec.backends),
+                        Some(&spec.backends.to_vec()),
                         "{context}: {f}"
                     );
                 }

@@ -228,7 +228,7 @@ fn a_deleted_owner_hands_its_frontend_to_the_next_claim() {
     world.apply(&Op::Service(0, Some(newer)));
     let mut planner = Planner::new(&world.inventory(None), &node);
     let key = planner.plan().frontends[0].key();
-    assert_eq!(planner.frontend(&key).unwrap().service.name, "b");
+    assert_eq!(&*planner.frontend(&key).unwrap().service.name, "b");
     assert_eq!(planner.report().0.len(), 1, "a's claim is skipped");
 
     world.apply(&Op::Service(1, None));
@@ -238,6 +238,6 @@ fn a_deleted_owner_hands_its_frontend_to_the_next_claim() {
     }]);
     let affected = planner.update(&world.inventory(Some(1)), &dirty);
     assert_eq!(affected, BTreeSet::from([key]));
-    assert_eq!(planner.frontend(&key).unwrap().service.name, "a");
+    assert_eq!(&*planner.frontend(&key).unwrap().service.name, "a");
     assert!(planner.report().0.is_empty());
 }
