@@ -16,8 +16,8 @@ use lb_common::{
 /// the capacities, not by what the tables hold (docs/datapath.md, Maps).
 const PREALLOC: usize = 0;
 
-/// `BPF_F_NO_PREALLOC`: memory for what the map holds only (the names, written one by one; the
-/// departed pairs, present only during a termination sweep).
+/// `BPF_F_NO_PREALLOC`: memory for what the map holds only (the departed pairs, present only
+/// during a termination sweep).
 const NO_PREALLOC: usize = 1;
 
 /// Frontends: master entries (slot 0) and backend slots.
@@ -156,15 +156,12 @@ pub fn count_frontend(frontend_id: u32, refused: bool) {
     }
 }
 
-/// Frontend id -> Service namespace, name and port name. Written by the agent, never read by
-/// the programs: it lives here so it is created, pinned and removed with the other maps.
+/// Frontend id -> Service namespace, name and port name (an all-zero element: no frontend has
+/// this id). Written by the agent, never read by the programs: it lives here so it is created,
+/// pinned and removed with the other maps. An array indexed by id like [`FRONTEND_STATS`], so
+/// writing the names of a full sync is a batch of copies rather than hash inserts.
 #[btf_map(name = "lb_fe_names")]
-pub static NAMES: HashMap<
-    u32,
-    FrontendName,
-    { lb_common::DEFAULT_MAX_FRONTENDS as usize },
-    NO_PREALLOC,
-> = HashMap::new();
+pub static NAMES: Array<FrontendName, { lb_common::DEFAULT_MAX_FRONTENDS as usize }> = Array::new();
 
 /// Decision events for `lbctl monitor`, written only while `meta::DEBUG_EVENTS` is set.
 #[btf_map(name = "lb_events")]

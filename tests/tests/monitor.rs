@@ -620,3 +620,61 @@ fn an_ipv6_connect_is_reported_from_connect6_with_ipv6_addresses() {
     assert_eq!(e["backend"], b6.addr("v6").to_string(), "{e}");
     assert_caller(&e, &s, pid);
 }
+
+/// `lb_fe_names` is an array indexed by frontend id: a frontend that goes away leaves an empty
+/// element behind (never shown by `lbctl services` or the monitor), and the other frontends keep
+/// their names.
+#[test]
+fn a_removed_frontends_name_is_emptied_and_the_others_keep_theirs() {
+    use aya::maps::{Array, Map, MapData};
+    use lbctl::monitor::names;
+    let s = Setup::new("mon-names", 9);
+    let agent = s.start_agent(&[]);
+    let before = names::read(s.pins.path()).unwrap();
+    assert_eq!(before.len(), 3, "{before:?}");
+    let dns_id = *before
+        .iter()
+        .find(|(_, n)| n.name == "dns")
+        .expect("the dns frontend is named")
+        .0;
+
+    // The dns Service and its slice leave the manifest.
+    let text = fs::read_to_string(&s.manifest).unwrap();
+    let kept: Vec<&str> = text
+        .split("---\n")
+        .filter(|doc| !doc.contains("name: dns"))
+        .collect();
+    fs::write(&s.manifest, kept.join("---\n")).unwrap();
+    let gone = wait_until(Duration::from_secs(10), || {
+        names::read(s.pins.path()).is_ok_and(|n| n.len() == 2 && !n.contains_key(&dns_id))
+    });
+    assert!(gone, "the name stayed:\n{}", agent.log());
+    let after = names::read(s.pins.path()).unwrap();
+    let kept_names: Vec<String> = after.values().map(names::ServiceName::service).collect();
+    assert_eq!(kept_names.len(), 2);
+    assert!(
+        kept_names.contains(&"default/web".to_owned())
+            && kept_names.contains(&"default/empty".to_owned()),
+        "{after:?}"
+    );
+    for (id, name) in &before {
+        if *id != dns_id {
+            assert_eq!(after.get(id), Some(name), "id {id} kept its name");
+        }
+    }
+
+    // The element itself is all zero.
+    let data = MapData::from_pin(s.pins.path().join(lb_common::NAMES_MAP)).unwrap();
+    let map: Array<MapData, lb_common::FrontendName> =
+        Array::try_from(Map::from_map_data(data).unwrap()).unwrap();
+    let raw = map.get(&dns_id, 0).unwrap();
+    assert!(
+        raw.namespace
+            .iter()
+            .chain(&raw.name)
+            .chain(&raw.port_name)
+            .all(|b| *b == 0),
+        "{raw:?}"
+    );
+    assert!(!names::is_named(&raw));
+}

@@ -19,7 +19,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use aya::maps::{HashMap, Map, MapData};
+use aya::maps::{Array, Map, MapData};
 use lb_common::{FrontendName, IPPROTO_UDP, MonitorEvent, NAMES_MAP, hook, reason, verdict};
 use serde::Serialize;
 
@@ -188,7 +188,7 @@ fn monotonic_to_realtime_ns() -> i128 {
 /// Turns events into [`EventRecord`]s: Service names from `lb_fe_names` (read per event, so a
 /// rename or a reused frontend id shows at once), cgroup paths from the cgroup2 tree.
 pub struct Resolver {
-    names: Option<HashMap<MapData, u32, FrontendName>>,
+    names: Option<Array<MapData, FrontendName>>,
     cgroups: cgroups::CgroupNames,
     clock_offset_ns: i128,
 }
@@ -200,7 +200,7 @@ impl Resolver {
             let fd = crate::datapath::sys::obj_get(&path, true)
                 .with_context(|| format!("opening {} read-only", path.display()))?;
             let data = MapData::from_fd(fd)?;
-            Some(HashMap::try_from(Map::from_map_data(data)?)?)
+            Some(Array::try_from(Map::from_map_data(data)?)?)
         } else {
             None
         };
@@ -216,6 +216,7 @@ impl Resolver {
             .names
             .as_ref()
             .and_then(|m| m.get(&e.frontend_id, 0).ok())
+            .filter(names::is_named)
             .map(|n| names::decode(&n));
         let proto = if e.proto == IPPROTO_UDP { "udp" } else { "tcp" };
         let frontend =

@@ -1,17 +1,22 @@
 //! The Service behind each frontend id, kept by the agent in the pinned map `lb_fe_names`
 //! beside the other maps, so `lbctl services` and `lbctl monitor` name Services without asking
 //! the API server (bpffs holds BPF objects only, hence a map rather than a file).
+//!
+//! The map is an array indexed by frontend id (ids are small and dense); an element whose
+//! namespace is empty names no frontend (every Service has a namespace). Removing a name writes
+//! such an empty element. Names are written and removed in `BPF_MAP_UPDATE_BATCH` calls and read
+//! with `BPF_MAP_LOOKUP_BATCH`, never one system call per frontend.
 use std::{collections::BTreeMap, path::Path, sync::Arc};
 
 use std::os::fd::AsFd;
 
-use aya::maps::{HashMap, IterableMap, Map, MapData, MapInfo};
+use aya::maps::{MapData, MapInfo};
 use lb_common::{FrontendName, NAME_LEN, NAMES_MAP, PORT_NAME_LEN};
 
 use crate::{
     datapath::{
         DatapathError, Writer,
-        sys::{BatchFailure, map_update_batch},
+        sys::{BatchFailure, array_lookup_each, map_update_batch},
     },
     plan::{Frontend, Plan, ServiceRef},
 };
@@ -72,6 +77,32 @@ fn map_error(e: aya::maps::MapError) -> DatapathError {
     }
 }
 
+/// The element that names no frontend.
+const UNNAMED: FrontendName = FrontendName {
+    namespace: [0; NAME_LEN],
+    name: [0; NAME_LEN],
+    port_name: [0; PORT_NAME_LEN],
+};
+
+/// Whether an element of the map names a frontend.
+pub fn is_named(v: &FrontendName) -> bool {
+    v.namespace[0] != 0
+}
+
+/// Calls `each(id, name)` for every named element of the map `data`.
+fn read_named(
+    data: &MapData,
+    mut each: impl FnMut(u32, FrontendName),
+) -> Result<(), DatapathError> {
+    let len = data.info().map_err(map_error)?.max_entries();
+    array_lookup_each(data.fd().as_fd(), len, |id, name: FrontendName| {
+        if is_named(&name) {
+            each(id, name);
+        }
+    })
+    .map_err(|e| DatapathError::io(format!("reading {NAMES_MAP}"), e))
+}
+
 /// Every name in the pinned map (opened read-only). An installation from before this map
 /// existed has none: empty.
 pub fn read(pin_dir: &Path) -> Result<BTreeMap<u32, ServiceName>, DatapathError> {
@@ -82,13 +113,11 @@ pub fn read(pin_dir: &Path) -> Result<BTreeMap<u32, ServiceName>, DatapathError>
     let fd = crate::datapath::sys::obj_get(&path, true)
         .map_err(|e| DatapathError::io(format!("opening {} read-only", path.display()), e))?;
     let data = MapData::from_fd(fd).map_err(map_error)?;
-    let map: HashMap<MapData, u32, FrontendName> =
-        HashMap::try_from(Map::from_map_data(data).map_err(map_error)?).map_err(map_error)?;
-    Ok(map
-        .iter()
-        .filter_map(Result::ok)
-        .map(|(id, v)| (id, decode(&v)))
-        .collect())
+    let mut names = BTreeMap::new();
+    read_named(&data, |id, name| {
+        names.insert(id, decode(&name));
+    })?;
+    Ok(names)
 }
 
 /// What one id's entry in the map holds, as the writer knows it: the strings it encoded (shared
@@ -159,20 +188,20 @@ impl IdSet {
 #[derive(Default)]
 pub struct NamesWriter {
     /// The map and its id (a repaired datapath has a new map: then it is opened again).
-    map: Option<(u32, HashMap<MapData, u32, FrontendName>)>,
-    /// What the map holds.
+    map: Option<(u32, MapData)>,
+    /// What the map holds (named elements only).
     written: BTreeMap<u32, Written>,
 }
 
-/// Writes `ids`/`names` in one batch call, skipping an element that fails; records what was
-/// written and returns the last failure.
+/// Writes `ids`/`names` in batch calls, skipping an element that fails; calls `written(i)` for
+/// each element written and returns the last failure.
 fn write_batch(
-    map: &HashMap<MapData, u32, FrontendName>,
+    map: &MapData,
     ids: &[u32],
     names: &[FrontendName],
     mut written: impl FnMut(usize),
 ) -> Option<aya::maps::MapError> {
-    let fd = map.map().fd().as_fd();
+    let fd = map.fd().as_fd();
     let mut failed = None;
     let mut start = 0;
     while start < ids.len() {
@@ -202,39 +231,47 @@ impl NamesWriter {
         let id = MapInfo::from_pin(&path).map_err(map_error)?.id();
         if self.map.as_ref().map(|(held, _)| *held) != Some(id) {
             let data = MapData::from_pin(&path).map_err(map_error)?;
-            let map: HashMap<MapData, u32, FrontendName> =
-                HashMap::try_from(Map::from_map_data(data).map_err(map_error)?)
-                    .map_err(map_error)?;
-            self.written = map
-                .iter()
-                .filter_map(Result::ok)
-                .map(|(id, name)| (id, Written::Read(Box::new(name))))
-                .collect();
-            self.map = Some((id, map));
+            let mut written = BTreeMap::new();
+            read_named(&data, |id, name| {
+                written.insert(id, Written::Read(Box::new(name)));
+            })?;
+            self.written = written;
+            self.map = Some((id, data));
         }
         Ok(())
     }
 
-    /// Removes the name of `id` from the map, if it holds one.
-    fn remove_id(
-        map: &mut HashMap<MapData, u32, FrontendName>,
+    /// Removes the names of `ids` (those the map holds) in batches of empty elements. Returns
+    /// the number of map operations.
+    fn remove_ids(
+        map: &MapData,
         written: &mut BTreeMap<u32, Written>,
-        id: u32,
-    ) -> Result<bool, aya::maps::MapError> {
-        if !written.contains_key(&id) {
-            return Ok(false);
-        }
-        match map.remove(&id) {
-            Ok(()) => {
-                written.remove(&id);
+        ids: impl IntoIterator<Item = u32>,
+        failed: &mut Option<aya::maps::MapError>,
+    ) -> usize {
+        let mut ops = 0;
+        let mut batch: Vec<u32> = Vec::new();
+        let mut flush = |batch: &mut Vec<u32>, written: &mut BTreeMap<u32, Written>| {
+            let empty = vec![UNNAMED; batch.len()];
+            if let Some(e) = write_batch(map, batch, &empty, |i| {
+                written.remove(&batch[i]);
+            }) {
+                *failed = Some(e);
             }
-            // Already gone (someone else removed it): as good as removed.
-            Err(_) if matches!(map.get(&id, 0), Err(aya::maps::MapError::KeyNotFound)) => {
-                written.remove(&id);
+            batch.clear();
+        };
+        for id in ids {
+            if !written.contains_key(&id) {
+                continue;
             }
-            Err(e) => return Err(e),
+            ops += 1;
+            batch.push(id);
+            if batch.len() == BATCH {
+                flush(&mut batch, written);
+            }
         }
-        Ok(true)
+        flush(&mut batch, written);
+        ops
     }
 
     /// Changes some ids only (what [`NamesWriter::sync`] does for all): removes the names of
@@ -246,30 +283,24 @@ impl NamesWriter {
         write: &[(u32, &Frontend)],
     ) -> Result<usize, DatapathError> {
         self.open(pin_dir)?;
-        let Some((_, map)) = self.map.as_mut() else {
+        let Some((_, map)) = self.map.as_ref() else {
             return Ok(0);
         };
-        let mut ops = 0;
         let mut failed = None;
-        for id in remove {
-            match Self::remove_id(map, &mut self.written, *id) {
-                Ok(removed) => ops += usize::from(removed),
-                Err(e) => {
-                    ops += 1;
-                    failed = Some(e);
-                }
-            }
-        }
-        for (id, frontend) in write {
-            if self.written.get(id).is_some_and(|w| w.holds(frontend)) {
-                continue;
-            }
-            ops += 1;
-            match map.insert(id, encode_frontend(frontend), 0) {
-                Ok(()) => {
-                    self.written.insert(*id, Written::of(frontend));
-                }
-                Err(e) => failed = Some(e),
+        let mut ops = Self::remove_ids(map, &mut self.written, remove.iter().copied(), &mut failed);
+        let changed: Vec<(u32, &Frontend)> = write
+            .iter()
+            .filter(|(id, frontend)| !self.written.get(id).is_some_and(|w| w.holds(frontend)))
+            .copied()
+            .collect();
+        for chunk in changed.chunks(BATCH) {
+            let ids: Vec<u32> = chunk.iter().map(|(id, _)| *id).collect();
+            let names: Vec<FrontendName> = chunk.iter().map(|(_, f)| encode_frontend(f)).collect();
+            ops += chunk.len();
+            if let Some(e) = write_batch(map, &ids, &names, |i| {
+                self.written.insert(ids[i], Written::of(chunk[i].1));
+            }) {
+                failed = Some(e);
             }
         }
         match failed {
@@ -299,7 +330,7 @@ impl NamesWriter {
         writer: &Writer,
     ) -> Result<usize, DatapathError> {
         self.open(pin_dir)?;
-        let Some((_, map)) = self.map.as_mut() else {
+        let Some((_, map)) = self.map.as_ref() else {
             return Ok(0);
         };
         let written = &mut self.written;
@@ -344,15 +375,7 @@ impl NamesWriter {
             .filter(|id| !seen.contains(**id))
             .copied()
             .collect();
-        let Some((_, map)) = self.map.as_mut() else {
-            return Ok(ops);
-        };
-        for id in stale {
-            ops += 1;
-            if let Err(e) = Self::remove_id(map, &mut self.written, id) {
-                failed = Some(e);
-            }
-        }
+        ops += Self::remove_ids(map, written, stale, &mut failed);
         match failed {
             Some(e) => Err(map_error(e)),
             None => Ok(ops),
