@@ -18,7 +18,6 @@ impl FrontendKey {
             port: self.port.to_be(),
             proto: proto_number(self.protocol),
             scope: SCOPE_ANY,
-            slot: 0,
         }
     }
 
