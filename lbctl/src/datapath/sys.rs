@@ -488,7 +488,10 @@ impl ArrayMapping {
         debug_assert!(size_of::<V>() <= self.elem);
         // SAFETY: element `index` lies inside the mapping (index < len, size >= len * elem),
         // starts at a multiple of 8 bytes from a page-aligned base (aligned for `V`, whose
-        // alignment is at most 8), and is written by value.
+        // alignment is at most 8), and is written whole, by value. Ordering: the programs
+        // reach an element written here only through what a later `bpf()` call of the writer
+        // publishes (a range of `lb_slots` through its master, a new backend through a slot of
+        // such a range), and `publish_fence` plus that system call order this store before it.
         unsafe {
             std::ptr::write_volatile(
                 self.base
