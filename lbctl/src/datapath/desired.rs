@@ -11,7 +11,7 @@ use crate::plan::{Frontend, FrontendKey, FrontendKind, Plan, Protocol};
 
 /// The BPF map encoding of a frontend key.
 impl FrontendKey {
-    /// The master key (slot 0) of this frontend.
+    /// The master key of this frontend (`lb_services`).
     pub fn key(&self) -> ServiceKey {
         ServiceKey {
             address: addr16(self.address),
