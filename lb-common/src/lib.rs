@@ -11,12 +11,13 @@
 //! frontend with the very same key, and one backend table serves both families. Addresses and
 //! ports are kept in network byte order, exactly as the kernel hands them to the programs.
 //!
-//! # Service layout (after Cilium's `lb4_key`/`lb4_service`)
-//! A frontend is a set of entries in [`SERVICES_MAP`] that share (address, port, protocol):
-//! slot 0 is the *master* ([`ServiceValue::count`] = number of backends, flags, affinity timeout,
-//! frontend id) and slots `1..=count` each carry a backend id that indexes [`BACKENDS_MAP`].
-//! The writer updates slots before the master, so a reader that saw a count always finds its
-//! slots.
+//! # Service layout
+//! A frontend is one entry of [`SERVICES_MAP`] keyed by (address, port, protocol), its *master*
+//! ([`ServiceValue::count`] = number of backends, flags, affinity timeout, frontend id, and
+//! [`ServiceValue::slot_base`]), plus a contiguous range `slot_base..slot_base + count` of
+//! [`SLOTS_MAP`], an array whose elements are backend ids that index [`BACKENDS_MAP`]. The
+//! writer fills a fresh range before it publishes the master that points to it, so a reader
+//! that saw a master always finds its range filled.
 #![no_std]
 
 /// Bumped whenever a map key, value or creation flag changes; stored in the pinned `lb_meta` map.
@@ -25,12 +26,18 @@
 /// 4: UDP sockets keep their translation in socket-local storage ([`SOCK_MAP`]); TCP sockets'
 /// backend ports are marked in [`PEER_PORTS_MAP`]; termination counters in [`STATS_MAP`].
 /// 5: [`BACKENDS_MAP`] is an array indexed by backend id; [`MEMBERS_MAP`] holds the members of
-/// UDP and session-affinity frontends only; TCP termination reads [`DEPARTED_MAP`].
+/// UDP and session-affinity frontends only; TCP termination reads [`DEPARTED_MAP`]; a
+/// frontend's backend ids are a range of the array [`SLOTS_MAP`] its master points to, and
+/// [`SERVICES_MAP`] holds masters only (its key has no slot).
 pub const LAYOUT_VERSION: u32 = 5;
 
 /// Map names (also the file names under the pin directory).
 pub const SERVICES_MAP: &str = "lb_services";
 pub const BACKENDS_MAP: &str = "lb_backends";
+/// Backend ids of every frontend: an array of `u32` (`BPF_F_MMAPABLE`, written by the agent
+/// through a mapping); a frontend's are the range `slot_base..slot_base + count` its master
+/// names. 0 is no backend.
+pub const SLOTS_MAP: &str = "lb_slots";
 pub const STATS_MAP: &str = "lb_stats";
 pub const FRONTEND_STATS_MAP: &str = "lb_fe_stats";
 pub const META_MAP: &str = "lb_meta";
@@ -113,7 +120,7 @@ pub const fn is_v4_mapped(addr: &[u8; 16]) -> bool {
         && addr[11] == 0xff
 }
 
-/// Key of [`SERVICES_MAP`]: one frontend (address, port, protocol) and one slot of it.
+/// Key of [`SERVICES_MAP`]: one frontend (address, port, protocol).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServiceKey {
@@ -125,8 +132,6 @@ pub struct ServiceKey {
     pub proto: u8,
     /// Lookup scope, [`SCOPE_ANY`].
     pub scope: u8,
-    /// 0 = the master entry, 1..=count = backend slots.
-    pub slot: u32,
 }
 
 /// Flags of a master entry.
@@ -139,22 +144,21 @@ pub mod service_flags {
     pub const EXTERNAL: u16 = 1 << 2;
 }
 
-/// Value of [`SERVICES_MAP`]. The master (slot 0) uses `count`, `flags`, `frontend_id` and
-/// `affinity_timeout`; a slot uses `backend_id` only.
+/// Value of [`SERVICES_MAP`]: a frontend's master.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ServiceValue {
-    /// Slots: the backend's id in [`BACKENDS_MAP`]. Master: 0.
-    pub backend_id: u32,
-    /// Master: number of backend slots. 0 = the service exists and has no usable backend:
-    /// `connect()` is refused.
+    /// First element of the frontend's range in [`SLOTS_MAP`] (`count` elements from here).
+    pub slot_base: u32,
+    /// Number of backends (elements of the range). 0 = the service exists and has no usable
+    /// backend: `connect()` is refused.
     pub count: u16,
-    /// Master: [`service_flags`].
+    /// [`service_flags`].
     pub flags: u16,
-    /// Master: stable id of the frontend; indexes the per-frontend counters, keys
-    /// [`MEMBERS_MAP`] and [`AFFINITY_MAP`], and validates [`REVNAT_MAP`] entries.
+    /// Stable id of the frontend; indexes the per-frontend counters, keys [`MEMBERS_MAP`] and
+    /// [`AFFINITY_MAP`], and validates [`REVNAT_MAP`] entries.
     pub frontend_id: u32,
-    /// Master: session affinity timeout in seconds (0 when affinity is off).
+    /// Session affinity timeout in seconds (0 when affinity is off).
     pub affinity_timeout: u32,
 }
 
@@ -424,8 +428,8 @@ macro_rules! assert_layout {
     };
 }
 
-assert_layout!(ServiceKey, 24, address @ 0, port @ 16, proto @ 18, scope @ 19, slot @ 20);
-assert_layout!(ServiceValue, 16, backend_id @ 0, count @ 4, flags @ 6, frontend_id @ 8, affinity_timeout @ 12);
+assert_layout!(ServiceKey, 20, address @ 0, port @ 16, proto @ 18, scope @ 19);
+assert_layout!(ServiceValue, 16, slot_base @ 0, count @ 4, flags @ 6, frontend_id @ 8, affinity_timeout @ 12);
 assert_layout!(Backend, 20, address @ 0, port @ 16, proto @ 18, flags @ 19);
 assert_layout!(RevNat, 48, service_address @ 0, backend_address @ 16, service_port @ 32,
     backend_port @ 34, proto @ 36, pad @ 37, frontend_id @ 40, backend_id @ 44);

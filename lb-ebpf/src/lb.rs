@@ -8,7 +8,7 @@ use lb_common::{
 
 use crate::{
     affinity,
-    maps::{self, BACKENDS, MEMBERS, REVNAT, SERVICES, SOCKS},
+    maps::{self, BACKENDS, MEMBERS, REVNAT, SERVICES, SLOTS, SOCKS},
     sock::{self, Addr, from_bytes, to_bytes},
     trace,
 };
@@ -45,7 +45,7 @@ pub fn eq_addr(a: &Addr, b: &Addr) -> bool {
     a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3]
 }
 
-/// The key of a frontend's master (slot 0); [`select`] reuses it for the slots.
+/// The key of a frontend's master.
 #[inline(always)]
 pub fn service_key(address: &Addr, port: u16, proto: u8) -> ServiceKey {
     ServiceKey {
@@ -53,14 +53,12 @@ pub fn service_key(address: &Addr, port: u16, proto: u8) -> ServiceKey {
         port,
         proto,
         scope: SCOPE_ANY,
-        slot: 0,
     }
 }
 
-/// The master of `key`'s frontend (`key.slot` is set to 0).
+/// The master of `key`'s frontend.
 #[inline(always)]
 pub fn master(key: &mut ServiceKey) -> Option<ServiceValue> {
-    key.slot = 0;
     // SAFETY: the pointer comes from a successful lookup and is read once, by value.
     SERVICES.get_ptr(&*key).map(|p| unsafe { *p })
 }
@@ -94,17 +92,18 @@ pub fn is_member(frontend_id: u32, backend_id: u32) -> bool {
 }
 
 #[inline(always)]
-fn pick(key: &mut ServiceKey, svc: &ServiceValue) -> Option<Chosen> {
+fn pick(svc: &ServiceValue) -> Option<Chosen> {
     // SAFETY: plain helper call without arguments.
-    key.slot = unsafe { bpf_get_prandom_u32() } % u32::from(svc.count) + 1;
+    let offset = unsafe { bpf_get_prandom_u32() } % u32::from(svc.count);
     #[cfg(feature = "test-variant-b")]
-    {
-        key.slot = 1;
+    let offset = offset & 0;
+    // SAFETY: the pointer comes from a successful lookup and is read once, by value.
+    let backend_id = SLOTS
+        .get_ptr(svc.slot_base.wrapping_add(offset))
+        .map(|p| unsafe { *p })?;
+    if backend_id == 0 {
+        return None;
     }
-    // SAFETY: as in `master`.
-    let backend_id = SERVICES
-        .get_ptr(&*key)
-        .map(|p| unsafe { (*p).backend_id })?;
     Some(Chosen {
         frontend_id: svc.frontend_id,
         backend_id,
@@ -115,15 +114,17 @@ fn pick(key: &mut ServiceKey, svc: &ServiceValue) -> Option<Chosen> {
 /// Chooses a backend uniformly at random among the slots of `svc` (the master just read for
 /// `key`'s frontend). `None`: the frontend has no usable backend (or vanished meanwhile).
 ///
-/// The writer fills slots and backends before it publishes a master, and shrinks a master
-/// before it deletes slots, so a miss after reading a master can only be a concurrent shrink:
-/// read the master again and choose once more among the current slots.
+/// The writer fills a fresh range of `lb_slots` and its backends before it publishes the
+/// master that points to it, and frees the old range (and zeroes the backends no range holds)
+/// only after, so a zero slot or an empty backend after reading a master can only be a
+/// concurrent apply that replaced this master (its old backends were deleted meanwhile): read
+/// the master again and choose once more in its current range.
 #[inline(always)]
 pub fn select(key: &mut ServiceKey, svc: &ServiceValue) -> Option<Chosen> {
     if svc.count == 0 {
         return None;
     }
-    if let Some(chosen) = pick(key, svc) {
+    if let Some(chosen) = pick(svc) {
         return Some(chosen);
     }
     maps::count(stat::RETRIED);
@@ -131,7 +132,7 @@ pub fn select(key: &mut ServiceKey, svc: &ServiceValue) -> Option<Chosen> {
     if svc.count == 0 {
         return None;
     }
-    pick(key, &svc)
+    pick(&svc)
 }
 
 /// The forward path of `connect4/6` (`datagram == false`) and `sendmsg4/6` (`true`); `hook`

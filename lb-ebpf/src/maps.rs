@@ -20,12 +20,13 @@ const PREALLOC: usize = 0;
 /// during a termination sweep).
 const NO_PREALLOC: usize = 1;
 
-/// Frontends: master entries (slot 0) and backend slots.
+/// Frontends: one master each (its backends are a range of [`SLOTS`]). Frontend ids are below
+/// the frontend capacity, so the agent sizes it by that.
 #[btf_map(name = "lb_services")]
 pub static SERVICES: HashMap<
     ServiceKey,
     ServiceValue,
-    { lb_common::DEFAULT_MAX_SERVICE_ENTRIES as usize },
+    { lb_common::DEFAULT_MAX_FRONTENDS as usize },
     PREALLOC,
 > = HashMap::new();
 
@@ -37,6 +38,12 @@ const MMAPABLE: usize = 1 << 10;
 /// element, no hash, no free list). An all-zero element (`proto == 0`) is no backend.
 #[btf_map(name = "lb_backends")]
 pub static BACKENDS: Array<Backend, { lb_common::DEFAULT_MAX_BACKENDS as usize }, MMAPABLE> =
+    Array::new();
+
+/// Backend ids of the frontends, each frontend a range `slot_base..slot_base + count` named by
+/// its master. The agent writes it through a shared mapping (`BPF_F_MMAPABLE`).
+#[btf_map(name = "lb_slots")]
+pub static SLOTS: Array<u32, { lb_common::DEFAULT_MAX_SERVICE_ENTRIES as usize }, MMAPABLE> =
     Array::new();
 
 /// (frontend id, backend id) -> 1: the current sets of UDP and session-affinity frontends

@@ -7,7 +7,9 @@ use aya::{
     programs::links::{FdLink, PinnedLink},
 };
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
-use lb_common::{AFFINITY_MAP, BACKENDS_MAP, REVNAT_MAP, SERVICES_MAP, meta, service_flags};
+use lb_common::{
+    AFFINITY_MAP, BACKENDS_MAP, REVNAT_MAP, SERVICES_MAP, SLOTS_MAP, meta, service_flags,
+};
 use serde::Serialize;
 
 use crate::{
@@ -242,13 +244,10 @@ pub fn status(pin_dir: &Path) -> Result<Status, InspectError> {
             .unwrap_or(0)
     };
     let switches = maps.meta.get(&meta::DEBUG, 0).unwrap_or(0);
-    let service_entries = maps.services.keys().count();
+    // One master per frontend.
+    let frontends = maps.services.keys().filter(Result::is_ok).count();
+    let slot_entries = maps.slot_entries()?.len();
     let backend_entries = maps.backend_entries()?.len();
-    let frontends = maps
-        .services
-        .keys()
-        .filter(|k| k.as_ref().is_ok_and(|k| k.slot == 0))
-        .count();
     Ok(Status {
         pin_dir: pin_dir.display().to_string(),
         datapath: state::read(pin_dir)?,
@@ -256,8 +255,13 @@ pub fn status(pin_dir: &Path) -> Result<Status, InspectError> {
         maps: vec![
             MapFill {
                 map: SERVICES_MAP,
-                entries: service_entries,
+                entries: frontends,
                 capacity: capacity(SERVICES_MAP),
+            },
+            MapFill {
+                map: SLOTS_MAP,
+                entries: slot_entries,
+                capacity: capacity(SLOTS_MAP),
             },
             MapFill {
                 map: BACKENDS_MAP,

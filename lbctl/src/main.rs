@@ -212,15 +212,19 @@ struct AgentArgs {
     /// Re-apply at least this often, in seconds.
     #[arg(long, default_value_t = 30)]
     resync_seconds: u64,
-    /// Capacity of the service map (frontends + one entry per backend slot); the membership
-    /// map gets the same. Both preallocated: 88 + 64 bytes of kernel memory per entry.
+    /// Backend slots: the sum over frontends of their backends, each frontend a range of the
+    /// slot array (a changed frontend's new range is written beside its old one, freed by the
+    /// next apply, so leave room for churn); the membership map gets the same. 8 + 64 bytes of
+    /// kernel memory per slot (the array and the preallocated membership hash). The service
+    /// map holds one master per frontend and is sized by --max-frontends.
     #[arg(long, default_value_t = lb_common::DEFAULT_MAX_SERVICE_ENTRIES)]
     max_service_entries: u32,
     /// Capacity of the backend map, an array indexed by backend id (ids 1 to N-1); 24 bytes of
     /// kernel memory per element.
     #[arg(long, default_value_t = lb_common::DEFAULT_MAX_BACKENDS)]
     max_backends: u32,
-    /// Maximum number of frontends (size of the per-frontend counters).
+    /// Maximum number of frontends (size of the per-frontend counters and of the service map,
+    /// one preallocated master of 88 bytes each).
     #[arg(long, default_value_t = lb_common::DEFAULT_MAX_FRONTENDS)]
     max_frontends: u32,
     /// Capacity of the reverse-translation map of TCP sockets (for getpeername); preallocated,

@@ -182,7 +182,8 @@ fn a_killed_agent_restarts_without_failed_connects_or_stale_entries() {
     assert_eq!(
         fill,
         vec![
-            ("lb_services".to_owned(), 3),
+            ("lb_services".to_owned(), 1),
+            ("lb_slots".to_owned(), 2),
             ("lb_backends".to_owned(), 2),
             // Every client socket is closed: no reverse-translation entry may be left.
             ("lb_revnat".to_owned(), 0),

@@ -230,6 +230,80 @@ fn backends_change_under_a_connect_loop_without_failures() {
     }
 }
 
+/// A frontend whose backend set changes 2,000 times (between 1 and 6 of 6 backends, about
+/// 7,000 slots written in all, with room for 4,096): every change goes to a fresh range of
+/// `lb_slots` and the replaced range is reused from the next apply on, so the ranges stay at the
+/// bottom of the array and the table never fills. A client connecting throughout never fails,
+/// and connects made after a change reach only the current set.
+#[test]
+fn a_frontend_changed_many_times_reaches_only_its_current_backends_and_reuses_its_ranges() {
+    use lbctl::datapath::FrontendKey;
+    let mut s = Scratch::new("ranges").unwrap();
+    let names = ["b0", "b1", "b2", "b3", "b4", "b5"];
+    let b = Backends::tcp(LOCALHOST4, &names).unwrap();
+    let vip = sa("10.96.0.14:80");
+    // Change i: a rotating window of 1 to 6 backends.
+    let set = |i: usize| -> Vec<&str> {
+        let len = 1 + i % names.len();
+        (0..len).map(|k| names[(i / 3 + k) % names.len()]).collect()
+    };
+    let capacity = testkit::pins::test_capacity().service_entries as usize;
+    let changes = 2000;
+    let written: usize = (0..changes).map(|i| set(i).len()).sum();
+    assert!(
+        written > capacity,
+        "{written} slots would fit without reuse"
+    );
+    let mut probe = Probe::spawn(Some(&s.cgroup), &["loop", &vip.to_string()]).unwrap();
+    let maps = lbctl::datapath::Maps::open_read_only(s.pins.path()).unwrap();
+    let key = FrontendKey::new(vip, Protocol::Tcp).key();
+    let mut highest = 0;
+    let mut seen = Vec::new();
+    for i in 0..changes {
+        let current = set(i);
+        let report = s
+            .datapath
+            .apply(Desired::default().insert(
+                vip,
+                Protocol::Tcp,
+                current.iter().map(|n| b.addr(n)).collect(),
+            ))
+            .unwrap();
+        assert!(report.errors.is_empty(), "change {i}: {:?}", report.errors);
+        let master = maps.services.get(&key, 0).unwrap();
+        assert_eq!(usize::from(master.count), current.len());
+        highest = highest.max(master.slot_base + u32::from(master.count));
+        if i % 100 == 0 {
+            seen.extend(probe.read(10).unwrap());
+            let out = Probe::run(Some(&s.cgroup), &["tcp", &vip.to_string(), "12"]).unwrap();
+            for (name, _) in reached(&out) {
+                assert!(
+                    current.contains(&name.as_str()),
+                    "change {i}: reached {name}, the set is {current:?}"
+                );
+            }
+        }
+    }
+    // The live range, the one replaced by the last apply (not free yet) and the new one: with
+    // first fit over freed ranges, never beyond three ranges of at most 6.
+    assert!(highest <= 18, "ranges crept up to element {highest}");
+    let slots = maps.slot_entries().unwrap();
+    assert_eq!(
+        slots.len(),
+        set(changes - 1).len(),
+        "stray slots: {slots:?}"
+    );
+    seen.extend(probe.finish().unwrap());
+    assert!(seen.len() > 100, "the client barely ran: {}", seen.len());
+    assert!(
+        seen.iter().all(|o| matches!(o, Outcome::Reached(_))),
+        "a connect failed while the set changed: {:?}",
+        seen.iter()
+            .filter(|o| !matches!(o, Outcome::Reached(_)))
+            .collect::<Vec<_>>()
+    );
+}
+
 #[test]
 fn apply_writes_only_the_difference_and_deletes_what_is_gone() {
     let mut s = Scratch::new("diff").unwrap();
@@ -395,8 +469,7 @@ fn pinned_maps_carry_btf_field_names() {
         "address",
         "port",
         "proto",
-        "slot",
-        "backend_id",
+        "slot_base",
         "count",
         "frontend_id",
         "affinity_timeout",
@@ -411,6 +484,17 @@ fn pinned_maps_carry_btf_field_names() {
     let show = std::process::Command::new("bpftool")
         .args(["map", "show", "pinned"])
         .arg(s.pins.path().join(lb_common::BACKENDS_MAP))
+        .output()
+        .expect("bpftool");
+    let show = String::from_utf8_lossy(&show.stdout);
+    assert!(
+        show.contains("array") && show.contains("flags 0x400"),
+        "{show}"
+    );
+    // lb_slots too (the writer maps both read-write); its elements are backend ids.
+    let show = std::process::Command::new("bpftool")
+        .args(["map", "show", "pinned"])
+        .arg(s.pins.path().join(lb_common::SLOTS_MAP))
         .output()
         .expect("bpftool");
     let show = String::from_utf8_lossy(&show.stdout);

@@ -80,9 +80,23 @@ fn agent_args(
     .collect()
 }
 
+/// (masters + backend slots, backends) the maps hold; (0, 0) until the agent has installed the
+/// datapath.
 fn fill(pins: &PinDirGuard) -> (usize, usize) {
-    // (0, 0) until the agent has installed the datapath.
-    inspect::status(pins.path()).map_or((0, 0), |s| (s.maps[0].entries, s.maps[1].entries))
+    let Ok(status) = inspect::status(pins.path()) else {
+        return (0, 0);
+    };
+    let entries = |map: &str| {
+        status
+            .maps
+            .iter()
+            .find(|m| m.map == map)
+            .map_or(0, |m| m.entries)
+    };
+    (
+        entries(lb_common::SERVICES_MAP) + entries(lb_common::SLOTS_MAP),
+        entries(lb_common::BACKENDS_MAP),
+    )
 }
 
 fn ep(i: usize, generation: usize) -> Vec<SocketAddr> {
@@ -111,7 +125,8 @@ fn sigkill_during_a_large_apply_then_restart_converges_without_failed_connects()
     let args = agent_args(&manifest, &pins, &cgroup, (65536, 65536));
     fs::write(&manifest, many_services(N, |i| ep(i, 0), &anchor.addrs())).unwrap();
     let mut agent = AgentProcess::start(&args).unwrap();
-    // Every frontend has a master and two slots, the anchor too; backends are shared between
+    // Every frontend has a master and a range of two slots, the anchor too (stray ranges of a
+    // killed apply are cleared by the next agent's first apply); backends are shared between
     // services (the same pod addresses recur), each stored once.
     let distinct = |generation: usize| {
         let all: std::collections::BTreeSet<SocketAddr> =
@@ -178,7 +193,7 @@ fn sigkill_during_a_large_apply_then_restart_converges_without_failed_connects()
     );
 }
 
-/// A service map too small for everything: the frontends that do not fit are reported, the
+/// A slot table too small for everything: the frontends that do not fit are reported, the
 /// others keep working.
 #[test]
 fn full_maps_are_reported_and_the_rest_keeps_working() {
@@ -187,7 +202,7 @@ fn full_maps_are_reported_and_the_rest_keeps_working() {
     let dir = TempDir::new("full").unwrap();
     let manifest = dir.path().join("cluster.yaml");
     let anchor = Backends::tcp_same_port(&["a0"]).unwrap();
-    // 40 services × (master + 2 slots) = 120 entries + the anchor's 2; room for 64.
+    // 40 services × 2 slots = 80 slots + the anchor's 1; room for 64.
     fs::write(&manifest, many_services(40, |i| ep(i, 0), &anchor.addrs())).unwrap();
     let agent = AgentProcess::start(&agent_args(&manifest, &pins, &cgroup, (64, 1024))).unwrap();
     assert!(
@@ -198,11 +213,18 @@ fn full_maps_are_reported_and_the_rest_keeps_working() {
         agent.log()
     );
     let (entries, _) = fill(&pins);
-    assert!(entries <= 64 && entries > 0, "{entries}");
+    let slots = inspect::status(pins.path())
+        .unwrap()
+        .maps
+        .iter()
+        .find(|m| m.map == lb_common::SLOTS_MAP)
+        .map(|m| (m.entries, m.capacity))
+        .unwrap();
+    assert!(slots.0 <= 64 && slots.0 > 0 && slots.1 == 64, "{slots:?}");
     // The anchor (lowest address, written first) works.
     let out = Probe::run(Some(&cgroup), &["tcp", "10.96.0.99:80", "3"]).unwrap();
     assert_eq!(out, vec![Outcome::Reached("a0".into()); 3]);
-    // Every frontend in the maps is whole: a master with all its slots, no orphans.
+    // Every frontend in the maps is whole: a master with all its slots, no stray slots.
     let views = inspect::services(pins.path()).unwrap();
     assert!(views.iter().all(|v| v.backends.len()
         == if v.frontend.starts_with("10.96.0.99") {
@@ -254,17 +276,13 @@ fn inspection_opens_the_maps_read_only() {
     assert_eq!(views[0].backends, vec!["127.0.0.1:8080".to_owned()]);
 
     let mut ro = Maps::open_read_only(s.pins.path()).unwrap();
-    assert_eq!(
-        ro.services.keys().count(),
-        2,
-        "master and one slot readable"
-    );
+    assert_eq!(ro.services.keys().count(), 1, "the master readable");
+    assert_eq!(ro.slot_entries().unwrap().len(), 1, "its slot readable");
     let key = ServiceKey {
         address: [0; 16],
         port: 1,
         proto: 6,
         scope: 0,
-        slot: 0,
     };
     let err = ro
         .services

@@ -171,7 +171,7 @@ fn changed_capacities_migrate_to_new_maps_without_a_failed_connect() {
     assert_eq!(distinct(&after).len(), 2, "{after:?}");
 
     assert_eq!(node.capacity("lb_backends"), 2048);
-    assert_eq!(node.capacity("lb_services"), 8192);
+    assert_eq!(node.capacity("lb_slots"), 8192);
     assert_ne!(map_id(&node, "lb_backends"), old_map, "a new map");
     let state = recorded(&node);
     assert_eq!(

@@ -22,13 +22,13 @@ pub struct ProgrammedFrontend {
     pub backends: Vec<std::net::SocketAddr>,
 }
 
-/// A master and the backend ids of the slots found for it.
+/// A master and the backend ids of its range.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct FoundFrontend {
     pub frontend: FrontendKey,
     pub master: ServiceValue,
-    /// Backend ids of the slots 1..=count that exist, in slot order (fewer than `count` when
-    /// a writer stopped half-way).
+    /// Backend ids of the range `slot_base..slot_base + count`, in order, without its zero
+    /// elements (fewer than `count` only if something other than the writer cleared them).
     pub slots: Vec<u32>,
 }
 
@@ -36,16 +36,26 @@ pub(crate) struct FoundFrontend {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Decoded {
     pub frontends: Vec<FoundFrontend>,
-    /// Slots above their master's count, slots without a master, masters of no known protocol.
-    /// Each with the backend id it holds (0 for a master).
-    pub stray_keys: Vec<(ServiceKey, u32)>,
+    /// Masters of no known protocol.
+    pub stray_keys: Vec<ServiceKey>,
+    /// Non-zero elements of `lb_slots` no master's range covers (a range a crashed writer
+    /// filled and never published, or freed and never cleared), as runs (start, length).
+    pub stray_slots: Vec<(u32, u32)>,
     pub backends: BTreeMap<u32, Backend>,
     /// (frontend id, backend id) pairs of `lb_members`.
     pub members: BTreeSet<(u32, u32)>,
 }
 
-pub(crate) fn slot_key(base: &ServiceKey, slot: u32) -> ServiceKey {
-    ServiceKey { slot, ..*base }
+/// Runs (start, length) of consecutive indexes, from sorted indexes.
+pub(crate) fn runs(indexes: impl IntoIterator<Item = u32>) -> Vec<(u32, u32)> {
+    let mut out: Vec<(u32, u32)> = Vec::new();
+    for i in indexes {
+        match out.last_mut() {
+            Some((s, l)) if *s + *l == i => *l += 1,
+            _ => out.push((i, 1)),
+        }
+    }
+    out
 }
 
 pub(crate) fn decode(dump: MapDump) -> Decoded {
@@ -58,47 +68,31 @@ pub(crate) fn decode(dump: MapDump) -> Decoded {
             .collect(),
         ..Decoded::default()
     };
-    let mut masters = BTreeMap::new();
-    let mut slots: BTreeMap<ServiceKey, BTreeMap<u32, u32>> = BTreeMap::new();
-    for (key, value) in dump.services {
-        if key.slot == 0 {
-            masters.insert(key, value);
-        } else {
-            slots
-                .entry(slot_key(&key, 0))
-                .or_default()
-                .insert(key.slot, value.backend_id);
-        }
-    }
-    for (key, master) in masters {
-        let mut found = slots.remove(&key).unwrap_or_default();
-        let mut ids = Vec::with_capacity(usize::from(master.count));
-        let mut held = Vec::new();
-        for slot in 1..=u32::from(master.count) {
-            if let Some(id) = found.remove(&slot) {
-                ids.push(id);
-                held.push((slot_key(&key, slot), id));
-            }
-        }
-        decoded
-            .stray_keys
-            .extend(found.iter().map(|(&slot, &id)| (slot_key(&key, slot), id)));
+    let mut slots = dump.slots;
+    let mut covered: Vec<(u32, u32)> = Vec::new();
+    for (key, master) in dump.services {
         let Some(frontend) = FrontendKey::from_key(&key) else {
-            decoded.stray_keys.push((key, 0));
-            decoded.stray_keys.extend(held);
+            decoded.stray_keys.push(key);
             continue;
         };
+        let base = master.slot_base;
+        let end = base.saturating_add(u32::from(master.count));
+        let ids: Vec<u32> = slots.range(base..end).map(|(_, &id)| id).collect();
+        covered.push((base, end));
         decoded.frontends.push(FoundFrontend {
             frontend,
             master,
             slots: ids,
         });
     }
-    for (key, rest) in slots {
-        decoded
-            .stray_keys
-            .extend(rest.iter().map(|(&slot, &id)| (slot_key(&key, slot), id)));
+    // What no master covers (ranges may overlap only in maps no writer of this layout made).
+    for (base, end) in covered {
+        let inside: Vec<u32> = slots.range(base..end).map(|(&i, _)| i).collect();
+        for i in inside {
+            slots.remove(&i);
+        }
     }
+    decoded.stray_slots = runs(slots.into_keys());
     decoded
 }
 

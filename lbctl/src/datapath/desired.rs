@@ -12,14 +12,13 @@ use crate::plan::{Frontend, FrontendKey, FrontendKind, Plan, Protocol};
 
 /// The BPF map encoding of a frontend key.
 impl FrontendKey {
-    /// The master key (slot 0) of this frontend.
+    /// The master key of this frontend (`lb_services`).
     pub fn key(&self) -> ServiceKey {
         ServiceKey {
             address: addr16(self.address),
             port: self.port.to_be(),
             proto: proto_number(self.protocol),
             scope: SCOPE_ANY,
-            slot: 0,
         }
     }
 

@@ -10,8 +10,9 @@ use super::{
     store::{BatchError, LbMaps, Limits, MapDump},
 };
 
-/// The three tables in memory. Inserting a new key into a full table fails like the kernel's
-/// hash maps (E2BIG); every batch call is counted and logged.
+/// The four tables in memory. Inserting a new key into a full table fails like the kernel's
+/// hash maps (E2BIG), writing beyond an array like the kernel's arrays; every batch call is
+/// counted and logged.
 #[derive(Clone, Debug)]
 pub struct MemMaps {
     pub tables: MapDump,
@@ -28,8 +29,6 @@ pub struct Call {
     pub op: Op,
     /// Elements offered.
     pub len: usize,
-    /// Of them, service masters (slot 0); 0 for the other tables.
-    pub masters: usize,
 }
 
 impl MemMaps {
@@ -42,17 +41,14 @@ impl MemMaps {
         }
     }
 
-    fn record(&mut self, op: Op, len: usize, masters: usize) {
+    fn record(&mut self, op: Op, len: usize) {
         self.calls += 1;
-        self.log.push(Call { op, len, masters });
+        self.log.push(Call { op, len });
     }
 }
 
-fn masters(keys: &[ServiceKey]) -> usize {
-    keys.iter().filter(|k| k.slot == 0).count()
-}
-
 const FULL: &str = "Argument list too long (os error 7)";
+const BEYOND: &str = "Argument list too long (os error 7): beyond the array";
 
 fn insert_all<K: Ord + Copy, V: Copy>(
     table: &mut std::collections::BTreeMap<K, V>,
@@ -81,13 +77,40 @@ impl LbMaps for MemMaps {
         Ok(self.tables.clone())
     }
 
+    fn write_slots(&mut self, indexes: &[u32], ids: &[u32]) -> Result<(), BatchError> {
+        self.record(Op::WriteSlot, ids.len());
+        for (i, (&index, &id)) in indexes.iter().zip(ids).enumerate() {
+            if index >= self.limits.slots {
+                return Err(BatchError {
+                    done: i,
+                    reason: BEYOND.to_owned(),
+                });
+            }
+            if id == 0 {
+                self.tables.slots.remove(&index);
+            } else {
+                self.tables.slots.insert(index, id);
+            }
+        }
+        Ok(())
+    }
+
     fn update_backends(&mut self, ids: &[u32], values: &[Backend]) -> Result<(), BatchError> {
-        self.record(Op::UpdateBackend, ids.len(), 0);
-        insert_all(&mut self.tables.backends, self.limits.backends, ids, values)
+        self.record(Op::UpdateBackend, ids.len());
+        for (i, (&id, value)) in ids.iter().zip(values).enumerate() {
+            if id == 0 || id > self.limits.backends {
+                return Err(BatchError {
+                    done: i,
+                    reason: BEYOND.to_owned(),
+                });
+            }
+            self.tables.backends.insert(id, *value);
+        }
+        Ok(())
     }
 
     fn delete_backends(&mut self, ids: &[u32]) -> Result<(), BatchError> {
-        self.record(Op::DeleteBackend, ids.len(), 0);
+        self.record(Op::DeleteBackend, ids.len());
         for id in ids {
             self.tables.backends.remove(id);
         }
@@ -99,17 +122,17 @@ impl LbMaps for MemMaps {
         keys: &[ServiceKey],
         values: &[ServiceValue],
     ) -> Result<(), BatchError> {
-        self.record(Op::UpdateService, keys.len(), masters(keys));
+        self.record(Op::UpdateService, keys.len());
         insert_all(
             &mut self.tables.services,
-            self.limits.service_entries,
+            self.limits.frontends,
             keys,
             values,
         )
     }
 
     fn delete_services(&mut self, keys: &[ServiceKey]) -> Result<(), BatchError> {
-        self.record(Op::DeleteService, keys.len(), masters(keys));
+        self.record(Op::DeleteService, keys.len());
         for key in keys {
             self.tables.services.remove(key);
         }
@@ -117,7 +140,7 @@ impl LbMaps for MemMaps {
     }
 
     fn update_members(&mut self, keys: &[MemberKey]) -> Result<(), BatchError> {
-        self.record(Op::UpdateMember, keys.len(), 0);
+        self.record(Op::UpdateMember, keys.len());
         for (i, key) in keys.iter().enumerate() {
             if !self.tables.members.contains(key)
                 && self.tables.members.len() >= self.limits.members as usize
@@ -133,7 +156,7 @@ impl LbMaps for MemMaps {
     }
 
     fn delete_members(&mut self, keys: &[MemberKey]) -> Result<(), BatchError> {
-        self.record(Op::DeleteMember, keys.len(), 0);
+        self.record(Op::DeleteMember, keys.len());
         for key in keys {
             self.tables.members.remove(key);
         }
@@ -144,6 +167,7 @@ impl LbMaps for MemMaps {
 /// Which operation a fault hits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Op {
+    WriteSlot,
     UpdateBackend,
     DeleteBackend,
     UpdateService,
@@ -161,7 +185,7 @@ pub struct FaultyMaps<M> {
     /// (operation, element number) pairs that fail.
     pub faults: BTreeSet<(Op, usize)>,
     /// Elements of each operation seen so far, in [`Op`] order.
-    seen: [usize; 6],
+    seen: [usize; 7],
 }
 
 impl<M> FaultyMaps<M> {
@@ -169,7 +193,7 @@ impl<M> FaultyMaps<M> {
         Self {
             inner,
             faults: faults.into_iter().collect(),
-            seen: [0; 6],
+            seen: [0; 7],
         }
     }
 
@@ -213,6 +237,12 @@ impl<M: LbMaps> LbMaps for FaultyMaps<M> {
 
     fn dump(&self) -> Result<MapDump, DatapathError> {
         self.inner.dump()
+    }
+
+    fn write_slots(&mut self, indexes: &[u32], ids: &[u32]) -> Result<(), BatchError> {
+        self.run(Op::WriteSlot, ids.len(), |m, n| {
+            m.write_slots(&indexes[..n], &ids[..n])
+        })
     }
 
     fn update_backends(&mut self, ids: &[u32], values: &[Backend]) -> Result<(), BatchError> {

@@ -57,7 +57,8 @@ const SOCK_RELEASE: &str = "lb_sock_release";
 /// (see [`Installed::Migrating`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Capacity {
-    /// Entries of `lb_services`: one master per frontend plus one slot per backend of it.
+    /// Elements of `lb_slots` (and entries of `lb_members`): one per backend of each frontend,
+    /// a range per frontend. (`lb_services` holds the masters: `frontends` entries.)
     pub service_entries: u32,
     /// Elements of `lb_backends`, an array indexed by backend id: ids 1 to `backends - 1`.
     pub backends: u32,

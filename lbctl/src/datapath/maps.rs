@@ -6,7 +6,7 @@ use lb_common::{
     AFFINITY_MAP, AffinityKey, AffinityValue, BACKENDS_MAP, Backend, DEPARTED_CAPACITY,
     DEPARTED_MAP, EVENTS_MAP, FRONTEND_STATS_MAP, FrontendName, FrontendStats, LAYOUT_VERSION,
     MEMBERS_MAP, META_MAP, MemberKey, NAMES_MAP, PEER_PORTS, PEER_PORTS_MAP, REVNAT_MAP, RevNat,
-    SERVICES_MAP, SOCK_MAP, STATS_MAP, ServiceKey, ServiceValue, meta, stat,
+    SERVICES_MAP, SLOTS_MAP, SOCK_MAP, STATS_MAP, ServiceKey, ServiceValue, meta, stat,
 };
 
 use super::{DatapathError, loader::Capacity};
@@ -21,11 +21,19 @@ pub(crate) struct MapSpec {
 }
 
 /// The maps, written once: the loader pins these, [`Maps`] opens them, uninstall removes them.
-pub(crate) const MAPS: [MapSpec; 13] = [
+pub(crate) const MAPS: [MapSpec; 14] = [
     MapSpec {
         name: SERVICES_MAP,
         key_size: size_of::<ServiceKey>(),
         value_size: size_of::<ServiceValue>(),
+        // Masters only; each has a frontend id below `frontends`.
+        capacity: |c| c.frontends,
+    },
+    // An array of backend ids, a range per frontend.
+    MapSpec {
+        name: SLOTS_MAP,
+        key_size: size_of::<u32>(),
+        value_size: size_of::<u32>(),
         capacity: |c| c.service_entries,
     },
     // An array indexed by backend id: ids 1..capacity (0 is never used).
@@ -57,7 +65,7 @@ pub(crate) const MAPS: [MapSpec; 13] = [
         name: MEMBERS_MAP,
         key_size: size_of::<MemberKey>(),
         value_size: size_of::<u32>(),
-        // One membership per backend slot, so as many as service entries.
+        // One membership per backend slot, so as many as slots.
         capacity: |c| c.service_entries,
     },
     MapSpec {
@@ -200,9 +208,16 @@ fn version_mismatch(pin_dir: &Path, found: u32) -> DatapathError {
 }
 
 pub struct Maps {
+    /// Frontend -> its master.
     pub services: HashMap<MapData, ServiceKey, ServiceValue>,
+    /// Backend ids of the frontends, a range each (an array: 0 is no backend).
+    pub slots: Array<MapData, u32>,
     /// Backend id -> backend (an array: an all-zero element is no backend).
     pub backends: Array<MapData, Backend>,
+    /// Read-write mappings of `slots` and `backends`, made by the writer's first write and
+    /// kept as long as the maps ([`super::store`]).
+    pub(crate) slots_rw: Option<super::sys::ArrayMapping>,
+    pub(crate) backends_rw: Option<super::sys::ArrayMapping>,
     pub stats: PerCpuArray<MapData, u64>,
     pub frontend_stats: PerCpuArray<MapData, FrontendStats>,
     pub meta: Array<MapData, u32>,
@@ -304,7 +319,10 @@ impl Maps {
     ) -> Result<Self, DatapathError> {
         Ok(Self {
             services: typed(SERVICES_MAP, get(SERVICES_MAP)?)?,
+            slots: typed(SLOTS_MAP, get(SLOTS_MAP)?)?,
             backends: typed(BACKENDS_MAP, get(BACKENDS_MAP)?)?,
+            slots_rw: None,
+            backends_rw: None,
             stats: typed(STATS_MAP, get(STATS_MAP)?)?,
             frontend_stats: typed(FRONTEND_STATS_MAP, get(FRONTEND_STATS_MAP)?)?,
             meta: typed(META_MAP, get(META_MAP)?)?,
@@ -390,6 +408,30 @@ impl Maps {
         live.clear();
         super::sys::array_lookup_each(fd, len, keep(&mut live))
             .map_err(|e| DatapathError::io(format!("reading {BACKENDS_MAP}"), e))?;
+        Ok(live)
+    }
+
+    /// Every non-zero element of `lb_slots` (index, backend id), read through a mapping of the
+    /// array (or in batches).
+    pub fn slot_entries(&self) -> Result<Vec<(u32, u32)>, DatapathError> {
+        use aya::maps::IterableMap as _;
+        use std::os::fd::AsFd as _;
+        let fd = self.slots.map().fd().as_fd();
+        let len = self.slots.len();
+        fn keep(live: &mut Vec<(u32, u32)>) -> impl FnMut(u32, u32) + '_ {
+            move |i, id| {
+                if id != 0 {
+                    live.push((i, id));
+                }
+            }
+        }
+        let mut live = Vec::new();
+        if super::sys::array_mmap_each(fd, len, keep(&mut live)).is_ok() {
+            return Ok(live);
+        }
+        live.clear();
+        super::sys::array_lookup_each(fd, len, keep(&mut live))
+            .map_err(|e| DatapathError::io(format!("reading {SLOTS_MAP}"), e))?;
         Ok(live)
     }
 

@@ -9,6 +9,7 @@ mod ids;
 pub mod kfunc;
 pub mod loader;
 pub mod maps;
+mod ranges;
 pub mod state;
 pub mod store;
 pub(crate) mod sys;

@@ -1,21 +1,26 @@
-//! The seam between the writer's logic and the maps: the three tables the writer programs
-//! (`lb_services`, `lb_backends`, `lb_members`) as a small trait of batched operations.
-//! `lb_backends` is an array: deleting a backend writes its element as zeroes (one
-//! `BPF_MAP_UPDATE_BATCH`, like a write), and a dump leaves the empty elements out.
+//! The seam between the writer's logic and the maps: the four tables the writer programs
+//! (`lb_services`, `lb_slots`, `lb_backends`, `lb_members`) as a small trait of batched
+//! operations. `lb_backends` and `lb_slots` are arrays: deleting a backend writes its element
+//! as zeroes, a freed range of slots is written as zeroes, and a dump leaves the empty (zero)
+//! elements out.
 //!
-//! [`Maps`] implements it on the kernel's maps with one `BPF_MAP_UPDATE_BATCH` or
-//! `BPF_MAP_DELETE_BATCH` call per batch (`sys`); [`super::fake`] has an in-memory
-//! implementation and a fault-injecting wrapper for the writer's unit tests.
+//! [`Maps`] implements it on the kernel's maps: the two hash maps with one
+//! `BPF_MAP_UPDATE_BATCH` or `BPF_MAP_DELETE_BATCH` call per batch (`sys`), the two arrays
+//! with plain stores through a read-write mapping of each (`BPF_F_MMAPABLE`), made on the
+//! first write and kept as long as the maps. [`super::fake`] has an in-memory implementation
+//! and a fault-injecting wrapper for the writer's unit tests.
 //!
-//! A batch is applied in order, one element at a time, each element an ordinary single-element
-//! update (atomic for a concurrent reader). A failing element stops the batch: the elements
-//! before it are applied, the ones after it are not attempted ([`BatchError::done`]). Deleting a
-//! key that is not there is not a failure.
+//! A batch is applied in order, one element at a time, each element written whole. A failing
+//! element stops the batch: the elements before it are applied, the ones after it are not
+//! attempted ([`BatchError::done`]). Deleting a key that is not there is not a failure.
 use std::collections::BTreeMap;
 use std::os::fd::AsFd as _;
 
 use aya::maps::IterableMap as _;
-use lb_common::{Backend, MEMBERS_MAP, MemberKey, SERVICES_MAP, ServiceKey, ServiceValue};
+use lb_common::{
+    BACKENDS_MAP, Backend, MEMBERS_MAP, MemberKey, SERVICES_MAP, SLOTS_MAP, ServiceKey,
+    ServiceValue,
+};
 
 use super::{DatapathError, maps::Maps, sys};
 
@@ -29,8 +34,8 @@ pub struct BatchError {
 /// Sizes of the tables.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
-    /// Entries of `lb_services` (masters and slots).
-    pub service_entries: u32,
+    /// Elements of `lb_slots` (the backend ids of every frontend, a range each).
+    pub slots: u32,
     /// Backends `lb_backends` can hold; backend ids are 1..=backends (the array has one
     /// element more, index 0, never used).
     pub backends: u32,
@@ -40,10 +45,13 @@ pub struct Limits {
     pub frontends: u32,
 }
 
-/// Everything the three tables hold, in key order.
+/// Everything the four tables hold, in key order (the arrays without their zero elements).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MapDump {
+    /// Masters.
     pub services: BTreeMap<ServiceKey, ServiceValue>,
+    /// Non-zero elements of `lb_slots`: index -> backend id.
+    pub slots: BTreeMap<u32, u32>,
     pub backends: BTreeMap<u32, Backend>,
     pub members: std::collections::BTreeSet<MemberKey>,
 }
@@ -51,10 +59,13 @@ pub struct MapDump {
 /// The tables the writer programs.
 pub trait LbMaps {
     fn limits(&self) -> Limits;
-    /// Reads every entry of the three tables.
+    /// Reads every entry of the four tables.
     fn dump(&self) -> Result<MapDump, DatapathError>;
+    /// Writes `ids[i]` into element `indexes[i]` of `lb_slots` (zero clears it).
+    fn write_slots(&mut self, indexes: &[u32], ids: &[u32]) -> Result<(), BatchError>;
     fn update_backends(&mut self, ids: &[u32], values: &[Backend]) -> Result<(), BatchError>;
     fn delete_backends(&mut self, ids: &[u32]) -> Result<(), BatchError>;
+    /// Writes masters.
     fn update_services(
         &mut self,
         keys: &[ServiceKey],
@@ -108,12 +119,49 @@ fn delete<K: Copy>(fd: std::os::fd::BorrowedFd<'_>, keys: &[K]) -> Result<(), Ba
     Ok(())
 }
 
+/// Writes `values[i]` into element `first + i` of an array through its mapping (made on first
+/// use); then a fence, so the stores precede the caller's next system call.
+fn write_array<V: Copy>(
+    mapping: &mut Option<sys::ArrayMapping>,
+    map: &aya::maps::MapData,
+    name: &str,
+    index: impl Fn(usize) -> u32,
+    values: &[V],
+) -> Result<(), BatchError> {
+    if mapping.is_none() {
+        let len = map.info().map_or(0, |i| i.max_entries());
+        let made = sys::ArrayMapping::new(map.fd().as_fd(), len, size_of::<V>()).map_err(|e| {
+            BatchError {
+                done: 0,
+                reason: format!("mapping {name}: {e}"),
+            }
+        })?;
+        *mapping = Some(made);
+    }
+    let Some(mapping) = mapping.as_mut() else {
+        unreachable!("made above")
+    };
+    let mut result = Ok(());
+    for (i, &v) in values.iter().enumerate() {
+        if let Err(reason) = mapping.write(index(i), v) {
+            result = Err(BatchError { done: i, reason });
+            break;
+        }
+    }
+    // SAFETY (of the ordering, no unsafe code here): the programs read these elements only
+    // through a master (`lb_slots`) or a slot (`lb_backends`) published by a later `bpf()`
+    // call of the writer, and this fence keeps every store above before that call; the
+    // system call itself orders them for the other CPUs.
+    sys::ArrayMapping::publish_fence();
+    result
+}
+
 impl LbMaps for Maps {
     fn limits(&self) -> Limits {
         let entries =
             |info: Result<aya::maps::MapInfo, _>| info.map_or(u32::MAX, |i| i.max_entries());
         Limits {
-            service_entries: entries(self.services.map().info()),
+            slots: self.slots.len(),
             // An array indexed by id, whose index 0 is never used.
             backends: self.backends.len().saturating_sub(1),
             members: entries(self.members.map().info()),
@@ -127,6 +175,7 @@ impl LbMaps for Maps {
             let (key, value) = entry.map_err(|e| DatapathError::map(SERVICES_MAP, e))?;
             dump.services.insert(key, value);
         }
+        dump.slots.extend(self.slot_entries()?);
         dump.backends.extend(self.backend_entries()?);
         for key in self.members.keys() {
             dump.members
@@ -135,14 +184,30 @@ impl LbMaps for Maps {
         Ok(dump)
     }
 
+    fn write_slots(&mut self, indexes: &[u32], ids: &[u32]) -> Result<(), BatchError> {
+        write_array(
+            &mut self.slots_rw,
+            self.slots.map(),
+            SLOTS_MAP,
+            |i| indexes[i],
+            ids,
+        )
+    }
+
     fn update_backends(&mut self, ids: &[u32], values: &[Backend]) -> Result<(), BatchError> {
-        update(self.backends.map().fd().as_fd(), ids, values)
+        write_array(
+            &mut self.backends_rw,
+            self.backends.map(),
+            BACKENDS_MAP,
+            |i| ids[i],
+            values,
+        )
     }
 
     /// An array element cannot be deleted: it is zeroed (an empty element is no backend).
     fn delete_backends(&mut self, ids: &[u32]) -> Result<(), BatchError> {
         let zeroes = vec![Backend::default(); ids.len()];
-        update(self.backends.map().fd().as_fd(), ids, &zeroes)
+        self.update_backends(ids, &zeroes)
     }
 
     fn update_services(

@@ -450,6 +450,100 @@ pub(crate) fn array_mmap_each<V: Copy>(
     Ok(())
 }
 
+/// A read-write shared mapping of a whole array map created with `BPF_F_MMAPABLE` (the
+/// writer's `lb_backends` and `lb_slots`, mapped for the writer's life): elements are written
+/// with plain stores, no system call. Only user space writes these arrays (the programs read
+/// them), so a value read back is the last one written.
+pub(crate) struct ArrayMapping {
+    base: std::ptr::NonNull<u8>,
+    size: usize,
+    elem: usize,
+    len: u32,
+}
+
+// SAFETY: the mapping is owned by this value alone (no aliasing Rust references to it); moving
+// it to another thread moves that ownership, and `&self` only reads.
+unsafe impl Send for ArrayMapping {}
+// SAFETY: `&self` methods only read elements (copies); writes need `&mut self`.
+unsafe impl Sync for ArrayMapping {}
+
+impl ArrayMapping {
+    /// Maps the `len` elements of `value_size` bytes of `map` read-write. Fails on a map that
+    /// is not `BPF_F_MMAPABLE` or a descriptor opened read-only.
+    pub(crate) fn new(map: BorrowedFd<'_>, len: u32, value_size: usize) -> io::Result<Self> {
+        let elem = value_size.next_multiple_of(8);
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+            .map_err(|_| io::Error::other("no page size"))?;
+        let size = (len as usize * elem).next_multiple_of(page).max(page);
+        // SAFETY: a new shared mapping of the map's (page-rounded) value area at offset 0;
+        // nothing else refers to the address.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.as_raw_fd(),
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let base = std::ptr::NonNull::new(base.cast::<u8>())
+            .ok_or_else(|| io::Error::other("mmap returned a null address"))?;
+        Ok(Self {
+            base,
+            size,
+            elem,
+            len,
+        })
+    }
+
+    /// Writes element `index` whole (a `V` no larger than the element, plain data). The store
+    /// is visible to the programs once made; callers publish what points to it with a later
+    /// `bpf()` call (see [`ArrayMapping::publish_fence`]).
+    pub(crate) fn write<V: Copy>(&mut self, index: u32, value: V) -> Result<(), String> {
+        if index >= self.len {
+            return Err(format!(
+                "index {index} is beyond the array's {} elements",
+                self.len
+            ));
+        }
+        debug_assert!(size_of::<V>() <= self.elem);
+        // SAFETY: element `index` lies inside the mapping (index < len, size >= len * elem),
+        // starts at a multiple of 8 bytes from a page-aligned base (aligned for `V`, whose
+        // alignment is at most 8), and is written whole, by value. Ordering: the programs
+        // reach an element written here only through what a later `bpf()` call of the writer
+        // publishes (a range of `lb_slots` through its master, a new backend through a slot of
+        // such a range), and `publish_fence` plus that system call order this store before it.
+        unsafe {
+            std::ptr::write_volatile(
+                self.base
+                    .as_ptr()
+                    .add(index as usize * self.elem)
+                    .cast::<V>(),
+                value,
+            );
+        }
+        Ok(())
+    }
+
+    /// Orders every store made so far before whatever the caller does next (the `bpf()` call
+    /// that publishes a master pointing to the elements).
+    pub(crate) fn publish_fence() {
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for ArrayMapping {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, not referred to any more.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.size) };
+    }
+}
+
 /// The `BPF_MAP_CREATE` member of `union bpf_attr`, up to `map_ifindex`.
 #[repr(C)]
 struct MapCreateAttr {

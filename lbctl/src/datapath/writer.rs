@@ -3,31 +3,33 @@
 //! The writer keeps a mirror of what the maps hold (rebuilt from the maps when an agent adopts
 //! them, [`super::decode`]), diffs the desired state against it and writes only the difference
 //! through the [`LbMaps`] seam, in the order of `semantics.md`, so a concurrent `connect()`
-//! never sees a half-written service. Each step is one batch (`BPF_MAP_UPDATE_BATCH` or
-//! `BPF_MAP_DELETE_BATCH` on the kernel maps, one call per [`MAX_BATCH`] elements) covering
-//! every frontend the apply changes:
+//! never sees a half-written service. Each step is one batch covering every frontend the apply
+//! changes (on the kernel maps: `BPF_MAP_UPDATE_BATCH` or `BPF_MAP_DELETE_BATCH` for the hash
+//! maps, one call per [`MAX_BATCH`] elements; plain stores through a mapping for the arrays
+//! `lb_backends` and `lb_slots`):
 //! 1. new backends,
-//! 2. the memberships of the backends that join a set, then slots 1..N of every changed
-//!    frontend,
-//! 3. the masters with their new counts (one element each),
+//! 2. the memberships of the backends that join a set, then each changed frontend's backend
+//!    ids into a fresh range of `lb_slots` (one no published master points to),
+//! 3. the masters, each pointing to its new range (one element each),
 //! 4. masters of deleted frontends,
-//! 5. slots above a master's new count, slots of deleted frontends, stray slots,
+//! 5. the ranges no master points to any more (replaced, deleted, rolled back) are cleared;
+//!    they are reused no earlier than the next apply ([`crate::datapath::ranges`]),
 //! 6. memberships of backends that left a set or belong to a deleted frontend,
 //! 7. orphaned backends last.
 //!
-//! Why batching keeps the guarantee: a batch applies its elements in order, each one an
-//! ordinary single-element update that a reader sees whole or not at all; a reader may see any
-//! prefix of a batch. Every step only relies on the steps before it having completed, never on
-//! the order inside a step: a slot written in step 2 refers to a backend of step 1; a master of
-//! step 3 publishes a count whose slots (step 2) all exist, every backend a slot holds is a
-//! member before the slot is written, and while it is not yet written the
-//! old master's count covers slots that hold either their old or their new backend, both
-//! existing; deletions (steps 4-7) only remove what no published master reaches any more.
+//! Why batching keeps the guarantee: a batch applies its elements in order, each one written
+//! whole; a reader may see any prefix of a batch. Every step only relies on the steps before it
+//! having completed, never on the order inside a step: a slot written in step 2 refers to a
+//! backend of step 1, in a range no reader can reach yet; a master of step 3 publishes a range
+//! that is complete, every backend of which is a member (where memberships are kept) before the
+//! master is written, and until then readers follow the old master to its old range, untouched;
+//! deletions (steps 4-7) only remove what no published master reaches any more.
 //!
 //! A frontend whose element fails is left out of the later steps (the rest of the batch goes
-//! on in a new batch): a new frontend is rolled back (its slots and memberships are deleted in
-//! steps 5-6, no master was written), an existing one keeps its old master and the slots it
-//! got, and is rewritten by the next apply. Deletions that fail are retried by the next apply.
+//! on in a new batch): a new frontend is rolled back (its range is cleared in step 5 and its
+//! memberships deleted in step 6, no master was written), an existing one keeps its old master
+//! and its old range, and is rewritten by the next apply. Deletions that fail are retried by
+//! the next apply.
 //!
 //! Memberships (`lb_members`, (frontend id, backend id)) tell the programs that a backend a
 //! socket or a client remembers (UDP stickiness, session affinity) may still be used. A missing
@@ -49,10 +51,11 @@ use lb_common::{Backend, IPPROTO_TCP, MemberKey, ServiceKey, ServiceValue, needs
 use super::{
     DatapathError, FrontendKey,
     backends::BackendTable,
-    decode::{FoundFrontend, ProgrammedFrontend, decode, frontends_of, slot_key},
+    decode::{FoundFrontend, ProgrammedFrontend, decode, frontends_of},
     desired::{Desired, ServiceSpec, backend_value, proto_number},
     ids::Ids,
     maps::Maps,
+    ranges::Ranges,
     store::{BatchError, LbMaps, Limits},
 };
 
@@ -61,15 +64,27 @@ use super::{
 /// of the desired state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Programmed {
+    /// Its range of `lb_slots` is `slot_base..slot_base + count`.
     master: ServiceValue,
-    /// Backend id of slot `i + 1`.
+    /// Backend ids of the range, in order.
     slots: Box<[u32]>,
+    /// Whether the range is this frontend's own in the allocator (false only for a range found
+    /// overlapping another one when adopting maps: never freed, replaced by the next apply).
+    owned: bool,
 }
 
-/// The master of a frontend of `spec` with `count` slots.
-fn master_of(spec: &ServiceSpec, count: usize, frontend_id: u32) -> ServiceValue {
+impl Programmed {
+    /// The range of `lb_slots` this frontend owns, if any.
+    fn range(&self) -> Option<(u32, u32)> {
+        (self.owned && self.master.count > 0)
+            .then_some((self.master.slot_base, u32::from(self.master.count)))
+    }
+}
+
+/// The master of a frontend of `spec` with `count` backends from `slot_base` on.
+fn master_of(spec: &ServiceSpec, count: usize, frontend_id: u32, slot_base: u32) -> ServiceValue {
     ServiceValue {
-        backend_id: 0,
+        slot_base,
         count: count as u16,
         flags: spec.flags(),
         frontend_id,
@@ -93,7 +108,8 @@ pub struct ApplyReport {
     pub backends_deleted: usize,
     /// Map elements updated or deleted (each element of a batch counts once).
     pub map_operations: usize,
-    /// Batches issued (each one `bpf()` call on the kernel maps).
+    /// Batches issued (on the kernel maps, one `bpf()` call each for the hash maps; a batch of
+    /// `lb_backends` or `lb_slots` elements is plain stores through their mappings).
     pub map_calls: usize,
     /// Backend memberships removed (a backend left the set of a UDP or session-affinity
     /// frontend, or the frontend went).
@@ -117,17 +133,21 @@ pub struct Writer<M: LbMaps = Maps> {
     maps: M,
     limits: Limits,
     services: BTreeMap<FrontendKey, Programmed>,
-    /// Service map entries `services` accounts for (a master and its slots each), kept with
-    /// it so that an apply of a few frontends does not count all of them.
-    held_entries: usize,
+    /// Ranges of `lb_slots`.
+    ranges: Ranges,
+    /// Ranges no master points to any more, to clear in step 5 (and retried there while
+    /// clearing fails); out of the allocator until cleared.
+    to_clear: Vec<(u32, u32)>,
+    /// Cleared ranges, given back to the allocator when the next apply starts: a range a
+    /// published master pointed to is never reused within the apply that replaced it.
+    cleared: Vec<(u32, u32)>,
     /// Backend ids, values and how many slots refer to each.
     backends: BackendTable,
     backend_alloc: Ids,
     frontend_alloc: Ids,
-    /// Slots or masters found in the maps that belong to no consistent frontend (left by a
-    /// crashed writer, or a failed deletion); removed by the next apply.
-    /// Each with the backend id it holds (0 for a master), kept until the key is gone.
-    stray_keys: Vec<(ServiceKey, u32)>,
+    /// Masters found in the maps that belong to no frontend this lbctl knows (of an unknown
+    /// protocol), or whose deletion failed; removed by the next apply.
+    stray_keys: Vec<ServiceKey>,
     /// (frontend id, backend id) pairs `lb_members` holds.
     members: BTreeSet<(u32, u32)>,
     /// Backends whose reference count dropped to zero (or that were never used): deleted by
@@ -160,7 +180,7 @@ pub const STEPS: [&str; 10] = [
     "2b slots",
     "3 masters",
     "4 masters deleted",
-    "5 slots deleted",
+    "5 slots cleared",
     "6 memberships deleted",
     "7 backends deleted",
 ];
@@ -196,8 +216,9 @@ struct Change<'a> {
     old: Option<Programmed>,
     frontend_id: u32,
     master: ServiceValue,
-    /// Slots as the maps hold them now (old slots, overwritten as writes succeed).
-    written: Vec<u32>,
+    /// A range was allocated for the new backend ids (`master.slot_base`, written in step
+    /// 2b); else the master keeps the old range (same backends) or has none (no backend).
+    fresh: bool,
     /// Backend ids the frontend's memberships hold, and the ones its new master needs; both
     /// sorted.
     held: Vec<u32>,
@@ -308,7 +329,9 @@ impl<M: LbMaps> Writer<M> {
         let decoded = decode(maps.dump()?);
         let mut writer = Self {
             services: BTreeMap::new(),
-            held_entries: 0,
+            ranges: Ranges::new(limits.slots),
+            to_clear: Vec::new(),
+            cleared: Vec::new(),
             backends: BackendTable::new(limits.backends.saturating_add(1)),
             backend_alloc: Ids::new(limits.backends.saturating_add(1)),
             frontend_alloc: Ids::new(limits.frontends),
@@ -335,14 +358,24 @@ impl<M: LbMaps> Writer<M> {
         {
             writer.frontend_alloc.take(master.frontend_id);
             writer.unsettled.insert(master.frontend_id);
-            // A master whose slots are incomplete is rewritten by the next apply.
+            let owned = writer
+                .ranges
+                .take(master.slot_base, u32::from(master.count));
+            // A master whose range is incomplete or not its own is rewritten by the next apply.
             writer.set_programmed(
                 frontend,
                 Programmed {
                     master,
                     slots: slots.into(),
+                    owned,
                 },
             );
+        }
+        // Filled elements no master reaches: cleared by the next apply, then free.
+        for (start, len) in decoded.stray_slots {
+            if writer.ranges.take(start, len) {
+                writer.to_clear.push((start, len));
+            }
         }
         let stray_ids: BTreeSet<u32> = writer
             .members
@@ -404,6 +437,10 @@ impl<M: LbMaps> Writer<M> {
         scope: Option<&BTreeSet<FrontendKey>>,
     ) -> Result<ApplyReport, DatapathError> {
         let mut laps = Laps::new();
+        // Ranges cleared by earlier applies may hold new backend lists from now on.
+        for (start, len) in std::mem::take(&mut self.cleared) {
+            self.ranges.free(start, len);
+        }
         if scope.is_none() {
             // Room in the value index for the backends a full programming may add (an
             // overestimate where frontends share backends, at 5 bytes a slot).
@@ -439,7 +476,7 @@ impl<M: LbMaps> Writer<M> {
                     old: self.services.get(frontend).cloned(),
                     frontend_id: 0,
                     master: ServiceValue::default(),
-                    written: Vec::new(),
+                    fresh: false,
                     held: Vec::new(),
                     wanted: Vec::new(),
                     joined: Vec::new(),
@@ -503,13 +540,12 @@ impl<M: LbMaps> Writer<M> {
         laps.lap(1);
 
         // What each change writes, within the tables' room.
-        let mut service_entries: usize = self.held_entries + self.stray_keys.len();
         let mut member_entries = self.members.len();
         for change in &mut changes {
             if change.failed.is_some() {
                 continue;
             }
-            if let Err(reason) = self.prepare(change, &mut service_entries, &mut member_entries) {
+            if let Err(reason) = self.prepare(change, &mut member_entries) {
                 change.failed = Some(reason);
             }
         }
@@ -579,23 +615,18 @@ impl<M: LbMaps> Writer<M> {
 
         laps.lap(3);
 
-        // 2b. Slots, of the frontends whose memberships are written: (change, slot index).
+        // 2b. Slots: the new backend ids into each fresh range, of the frontends whose
+        // memberships are written: (change, index in the range).
         let most: usize = live
             .iter()
-            .filter(|&&c| changes[c].failed.is_none())
+            .filter(|&&c| changes[c].failed.is_none() && changes[c].fresh)
             .map(|&c| changes[c].ids.len())
             .sum();
         let mut slots: Vec<(u32, u32)> = Vec::with_capacity(most);
         for &c in &live {
             let change = &changes[c];
-            if change.failed.is_some() {
-                continue;
-            }
-            let old = change.old.as_ref().map_or(&[][..], |p| &p.slots[..]);
-            for (i, &id) in change.ids.iter().enumerate() {
-                if old.get(i) != Some(&id) {
-                    slots.push((c as u32, i as u32));
-                }
+            if change.failed.is_none() && change.fresh {
+                slots.extend((0..change.ids.len() as u32).map(|s| (c as u32, s)));
             }
         }
         let maps = &mut self.maps;
@@ -604,42 +635,30 @@ impl<M: LbMaps> Writer<M> {
             |i| slots[i].0 as usize,
             &mut report.map_calls,
             |items| {
-                let mut keys: Vec<ServiceKey> = Vec::with_capacity(items.len());
-                let mut values: Vec<ServiceValue> = Vec::with_capacity(items.len());
+                let mut indexes: Vec<u32> = Vec::with_capacity(items.len());
+                let mut ids: Vec<u32> = Vec::with_capacity(items.len());
                 for &i in items {
                     let (c, s) = slots[i];
                     let change = &changes[c as usize];
-                    keys.push(slot_key(&change.frontend.key(), s + 1));
-                    values.push(ServiceValue {
-                        backend_id: change.ids[s as usize],
-                        ..ServiceValue::default()
-                    });
+                    indexes.push(change.master.slot_base + s);
+                    ids.push(change.ids[s as usize]);
                 }
-                maps.update_services(&keys, &values)
+                maps.write_slots(&indexes, &ids)
             },
         );
-        for (i, &(c, s)) in slots.iter().enumerate() {
-            if applied[i] {
-                report.map_operations += 1;
-                let change = &mut changes[c as usize];
-                let s = s as usize;
-                let id = change.ids[s];
-                if s < change.written.len() {
-                    change.written[s] = id;
-                } else {
-                    change.written.push(id);
-                }
-            }
-        }
+        report.map_operations += applied.iter().filter(|&&a| a).count();
         for (&c, (i, reason)) in &failed {
-            changes[c].failed = Some(format!("writing slot {}: {reason}", slots[*i].1 + 1));
+            changes[c].failed = Some(format!(
+                "writing backend slot {}: {reason}",
+                slots[*i].1 + 1
+            ));
         }
 
         drop((slots, applied, failed));
 
         laps.lap(4);
 
-        // 3. Masters: from here on readers use the new counts.
+        // 3. Masters: from here on readers use the new ranges.
         let publish: Vec<usize> = live
             .iter()
             .copied()
@@ -664,8 +683,6 @@ impl<M: LbMaps> Writer<M> {
             changes[c].failed = Some(format!("writing the service entry: {reason}"));
         }
 
-        // Keys to delete, with the backend each holds.
-        let mut slot_deletes: Vec<(ServiceKey, u32)> = std::mem::take(&mut self.stray_keys);
         let mut member_deletes: BTreeSet<(u32, u32)> = BTreeSet::new();
         let mut departed: Vec<(u32, u32)> = Vec::new();
         for (i, &c) in publish.iter().enumerate() {
@@ -675,12 +692,13 @@ impl<M: LbMaps> Writer<M> {
             report.map_operations += 1;
             report.frontends_written += 1;
             let change = &mut changes[c];
-            let base = change.frontend.key();
-            // Slots above the new count: no reader can reach them any more.
-            slot_deletes.extend(
-                (change.ids.len()..change.written.len())
-                    .map(|s| (slot_key(&base, s as u32 + 1), change.written[s])),
-            );
+            // The old range, when the new master points elsewhere: no reader reaches it once
+            // the readers that read the old master are done, which clearing it (step 5) and
+            // not reusing it before the next apply allow for.
+            if change.fresh || change.ids.is_empty() {
+                self.to_clear
+                    .extend(change.old.as_ref().and_then(Programmed::range));
+            }
             // Memberships of the backends that left the set.
             member_deletes.extend(change.leaving().map(|id| (change.frontend_id, id)));
             if let Some(old) = &change.old {
@@ -703,53 +721,38 @@ impl<M: LbMaps> Writer<M> {
                 Programmed {
                     master,
                     slots: ids.into(),
+                    owned: true,
                 },
             );
             self.unsettled.remove(&frontend_id);
         }
-        // Frontends that failed part-way: an existing one keeps its old master and the slots
-        // it got; a new one is rolled back.
+        // Frontends that failed part-way: an existing one keeps its old master and its old
+        // range, untouched; a new one is rolled back. A fresh range (written in part or whole,
+        // never published) is cleared in step 5.
         for &c in &live {
             let change = &mut changes[c];
             let Some(reason) = change.failed.take() else {
                 continue;
             };
             errors.insert(change.frontend, reason);
-            let written = std::mem::take(&mut change.written);
+            if change.fresh {
+                self.to_clear
+                    .push((change.master.slot_base, change.ids.len() as u32));
+            }
             match change.old.take() {
                 Some(old) => {
-                    // The old master still counts the old number of slots, which now hold
-                    // either their old or their new backend: the others are out of reach.
-                    let reachable = &written[..old.slots.len().min(written.len())];
-                    departed_from(
-                        &mut departed,
-                        change.frontend,
-                        change.frontend_id,
-                        &old.slots,
-                        reachable,
-                    );
-                    // Backends no slot holds any more left the set even so.
-                    let kept: BTreeSet<u32> = written.iter().copied().collect();
+                    // The memberships of backends the old range does not hold (joined for the
+                    // new one) go again.
+                    let kept: BTreeSet<u32> = old.slots.iter().copied().collect();
                     member_deletes.extend(
                         self.members_of(change.frontend_id)
                             .filter(|id| !kept.contains(id))
                             .map(|id| (change.frontend_id, id)),
                     );
-                    self.set_programmed(
-                        change.frontend,
-                        Programmed {
-                            master: old.master,
-                            slots: written.into(),
-                        },
-                    );
                     // Compared in full (memberships too) by the next apply.
                     self.unsettled.insert(change.frontend_id);
                 }
                 None => {
-                    let base = change.frontend.key();
-                    slot_deletes.extend(
-                        (0..written.len()).map(|s| (slot_key(&base, s as u32 + 1), written[s])),
-                    );
                     member_deletes.extend(
                         self.members_of(change.frontend_id)
                             .map(|id| (change.frontend_id, id)),
@@ -782,18 +785,35 @@ impl<M: LbMaps> Writer<M> {
                 .copied()
                 .collect(),
         };
+        // Masters of no known frontend (their ranges are free: nothing refers to them).
+        let strays = std::mem::take(&mut self.stray_keys);
         let maps = &mut self.maps;
         let (applied, failed) = batched(
-            gone.len(),
+            gone.len() + strays.len(),
             |i| i,
             &mut report.map_calls,
             |items| {
-                let keys: Vec<ServiceKey> = items.iter().map(|&i| gone[i].key()).collect();
+                let keys: Vec<ServiceKey> = items
+                    .iter()
+                    .map(|&i| {
+                        gone.get(i)
+                            .map_or_else(|| strays[i - gone.len()], |f| f.key())
+                    })
+                    .collect();
                 maps.delete_services(&keys)
             },
         );
+        for (i, &key) in strays.iter().enumerate() {
+            if applied[gone.len() + i] {
+                report.map_operations += 1;
+            } else {
+                self.stray_keys.push(key);
+            }
+        }
         for (&g, (_, reason)) in &failed {
-            errors.insert(gone[g], format!("deleting the service entry: {reason}"));
+            if let Some(&frontend) = gone.get(g) {
+                errors.insert(frontend, format!("deleting the service entry: {reason}"));
+            }
         }
         for (g, frontend) in gone.iter().enumerate() {
             if !applied[g] {
@@ -804,11 +824,7 @@ impl<M: LbMaps> Writer<M> {
             let Some(programmed) = self.remove_programmed(frontend) else {
                 continue;
             };
-            let base = frontend.key();
-            slot_deletes.extend(
-                (0..programmed.slots.len())
-                    .map(|s| (slot_key(&base, s as u32 + 1), programmed.slots[s])),
-            );
+            self.to_clear.extend(programmed.range());
             let frontend_id = programmed.master.frontend_id;
             departed_from(
                 &mut departed,
@@ -825,39 +841,38 @@ impl<M: LbMaps> Writer<M> {
 
         laps.lap(6);
 
-        // 5. Slots no master reaches. A stray slot this apply wrote again (a frontend that
-        // grows into it) stays.
-        slot_deletes.retain(|(key, _)| {
-            FrontendKey::from_key(key)
-                .and_then(|f| self.services.get(&f))
-                .is_none_or(|p| key.slot as usize > p.slots.len())
-        });
-        slot_deletes.sort_unstable();
-        slot_deletes.dedup();
+        // 5. Ranges no master points to any more: cleared, and free for the next apply.
+        let to_clear = std::mem::take(&mut self.to_clear);
+        let elements: Vec<(u32, u32)> = to_clear
+            .iter()
+            .enumerate()
+            .flat_map(|(r, &(start, len))| (start..start + len).map(move |i| (r as u32, i)))
+            .collect();
         let maps = &mut self.maps;
-        let (applied, _) = batched(
-            slot_deletes.len(),
-            |i| i,
+        let (applied, failed) = batched(
+            elements.len(),
+            |i| elements[i].0 as usize,
             &mut report.map_calls,
             |items| {
-                let keys: Vec<ServiceKey> = items.iter().map(|&i| slot_deletes[i].0).collect();
-                maps.delete_services(&keys)
+                let indexes: Vec<u32> = items.iter().map(|&i| elements[i].1).collect();
+                maps.write_slots(&indexes, &vec![0; indexes.len()])
             },
         );
-        for (i, &(key, backend_id)) in slot_deletes.iter().enumerate() {
-            if applied[i] {
-                report.map_operations += 1;
-                // The backend may be unused now.
-                if backend_id != 0 {
-                    self.maybe_orphans.insert(backend_id);
-                }
+        report.map_operations += applied.iter().filter(|&&a| a).count();
+        for (r, range) in to_clear.into_iter().enumerate() {
+            if failed.contains_key(&r) {
+                // Unreachable where it is; cleared again by the next apply, free after that.
+                tracing::warn!(
+                    start = range.0,
+                    len = range.1,
+                    "could not clear a slot range"
+                );
+                self.to_clear.push(range);
             } else {
-                // Harmless where it is (no master reaches it); retried by the next apply. Its
-                // backend stays while it is there.
-                tracing::warn!(slot = key.slot, "could not delete a service slot");
-                self.stray_keys.push((key, backend_id));
+                self.cleared.push(range);
             }
         }
+        drop((elements, applied, failed));
 
         laps.lap(7);
 
@@ -938,12 +953,7 @@ impl<M: LbMaps> Writer<M> {
         laps.lap(8);
 
         // 7. Backends no slot refers to any more.
-        let stray_refs: BTreeSet<u32> = self
-            .stray_keys
-            .iter()
-            .map(|&(_, id)| id)
-            .chain(self.undeleted_members.iter().map(|&(_, id)| id))
-            .collect();
+        let stray_refs: BTreeSet<u32> = self.undeleted_members.iter().map(|&(_, id)| id).collect();
         let mut orphans: Vec<u32> = Vec::new();
         let candidates = std::mem::take(&mut self.maybe_orphans);
         // A new backend is unused when its frontend failed: rare, so the check is a scan of
@@ -1039,12 +1049,11 @@ impl<M: LbMaps> Writer<M> {
     fn prepare(
         &mut self,
         change: &mut Change<'_>,
-        service_entries: &mut usize,
         member_entries: &mut usize,
     ) -> Result<(), String> {
         let spec = change.spec;
         let ids = &change.ids;
-        let master_of = |frontend_id| master_of(spec, ids.len(), frontend_id);
+        let master_of = |frontend_id, slot_base| master_of(spec, ids.len(), frontend_id, slot_base);
         // Memberships only where the programs read them (UDP, session affinity): computed per
         // frontend, so one that gains them gets them written before its master says so (step
         // 2a), and one that loses them has them deleted after (step 6).
@@ -1062,10 +1071,14 @@ impl<M: LbMaps> Writer<M> {
         } else {
             Vec::new()
         };
+        // The old range serves the new master when it holds exactly the new backend ids.
+        let keep_range = change.old.as_ref().is_some_and(|p| {
+            p.owned && *p.slots == **ids && usize::from(p.master.count) == ids.len()
+        });
         if let Some(p) = &change.old {
             let frontend_id = p.master.frontend_id;
-            if *p.slots == **ids
-                && p.master == master_of(frontend_id)
+            if keep_range
+                && p.master == master_of(frontend_id, p.master.slot_base)
                 && self.members_of(frontend_id).eq(wanted.iter().copied())
             {
                 // Already as wanted: the next apply skips it.
@@ -1073,20 +1086,39 @@ impl<M: LbMaps> Writer<M> {
                 return Ok(());
             }
         }
-        let old_slots = change.old.as_ref().map_or(0, |p| p.slots.len());
-        let new_entries = usize::from(change.old.is_none()) + ids.len().saturating_sub(old_slots);
-        if *service_entries + new_entries > self.limits.service_entries as usize {
-            return Err(format!(
-                "the service table is full ({} entries)",
-                self.limits.service_entries
-            ));
-        }
+        let fresh = !keep_range && !ids.is_empty();
+        let slot_base = if fresh {
+            self.ranges.allocate(ids.len() as u32).ok_or_else(|| {
+                format!(
+                    "the slot table is full: no free range of {} backend slots \
+                     (--max-service-entries {}, {} in use)",
+                    ids.len(),
+                    self.limits.slots,
+                    self.ranges.used()
+                )
+            })?
+        } else {
+            change
+                .old
+                .as_ref()
+                .filter(|_| keep_range)
+                .map_or(0, |p| p.master.slot_base)
+        };
+        // Never written nor published: free at once when the change is refused below.
+        let unallocate = |ranges: &mut Ranges| {
+            if fresh {
+                ranges.free(slot_base, ids.len() as u32);
+            }
+        };
         let frontend_id = match &change.old {
             Some(p) => p.master.frontend_id,
-            None => self
-                .frontend_alloc
-                .allocate()
-                .ok_or_else(|| "no free frontend id (raise --max-frontends)".to_owned())?,
+            None => match self.frontend_alloc.allocate() {
+                Some(id) => id,
+                None => {
+                    unallocate(&mut self.ranges);
+                    return Err("no free frontend id (raise --max-frontends)".to_owned());
+                }
+            },
         };
         let held: Vec<u32> = self.members_of(frontend_id).collect();
         let joined: Vec<u32> = if needs_now || needed_before {
@@ -1102,19 +1134,16 @@ impl<M: LbMaps> Writer<M> {
             if change.old.is_none() {
                 self.frontend_alloc.release(frontend_id);
             }
+            unallocate(&mut self.ranges);
             return Err(format!(
                 "the membership table is full ({} entries)",
                 self.limits.members
             ));
         }
-        *service_entries += new_entries;
         *member_entries += joining;
-        change.master = master_of(frontend_id);
+        change.master = master_of(frontend_id, slot_base);
         change.frontend_id = frontend_id;
-        change.written = change
-            .old
-            .as_ref()
-            .map_or_else(Vec::new, |p| p.slots.to_vec());
+        change.fresh = fresh;
         change.held = held;
         change.wanted = wanted;
         change.joined = joined;
@@ -1124,7 +1153,14 @@ impl<M: LbMaps> Writer<M> {
     /// Whether the maps hold `spec` for `frontend` (as `p` records them): its master, and
     /// each slot's backend.
     fn holds(&self, frontend: &FrontendKey, p: &Programmed, spec: &ServiceSpec) -> bool {
-        p.master == master_of(spec, spec.backends.len(), p.master.frontend_id)
+        p.owned
+            && p.master
+                == master_of(
+                    spec,
+                    spec.backends.len(),
+                    p.master.frontend_id,
+                    p.master.slot_base,
+                )
             && p.slots.len() == spec.backends.len()
             && p.slots.iter().zip(spec.backends.iter()).all(|(&id, addr)| {
                 self.backends.get(id) == Some(backend_value(*addr, frontend.protocol))
@@ -1136,16 +1172,13 @@ impl<M: LbMaps> Writer<M> {
         for &id in &programmed.slots {
             self.backends.add_ref(id);
         }
-        self.held_entries += 1 + programmed.slots.len();
         if let Some(old) = self.services.insert(frontend, programmed) {
-            self.held_entries -= 1 + old.slots.len();
             self.release_refs(&old.slots);
         }
     }
 
     fn remove_programmed(&mut self, frontend: &FrontendKey) -> Option<Programmed> {
         let old = self.services.remove(frontend)?;
-        self.held_entries -= 1 + old.slots.len();
         self.release_refs(&old.slots);
         Some(old)
     }

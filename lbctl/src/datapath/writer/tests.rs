@@ -5,7 +5,7 @@ use std::{
     net::SocketAddr,
 };
 
-use lb_common::{MemberKey, ServiceKey, needs_members};
+use lb_common::{MemberKey, ServiceValue, needs_members};
 
 use super::{ApplyReport, Writer};
 use crate::{
@@ -19,7 +19,7 @@ use crate::{
 };
 
 const LIMITS: Limits = Limits {
-    service_entries: 4096,
+    slots: 4096,
     backends: 4096,
     members: 4096,
     frontends: 1024,
@@ -56,60 +56,58 @@ fn desired(services: Case<'_>) -> Desired {
     }
 }
 
-/// Every master's slots 1..=count exist; every slot's backend exists; every backend of a
-/// published slot of a UDP or affinity master is a member of its frontend; every membership
-/// belongs to a master and to an existing backend, and (`strict`: unless a membership deletion
-/// failed) to a backend one of its frontend's slots holds; frontend ids are distinct.
+/// Every master's range is filled (no zero element) and overlaps no other master's; every
+/// slot's backend exists; every backend of the range of a UDP or affinity master is a member of
+/// its frontend; every membership belongs to a master and to an existing backend, and
+/// (`strict`: unless a membership deletion failed) to a backend its frontend's range holds;
+/// frontend ids are distinct.
 fn check_consistent(t: &MapDump, strict: bool, context: &str) {
     let mut ids = BTreeSet::new();
-    for (key, master) in t.services.iter().filter(|(k, _)| k.slot == 0) {
+    // Frontend id -> backend ids of its range.
+    let mut held: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
+    let mut ranges: Vec<(u32, u32)> = Vec::new();
+    for (key, master) in &t.services {
         assert!(
             ids.insert(master.frontend_id),
             "{context}: frontend id {} twice",
             master.frontend_id
         );
-        for slot in 1..=u32::from(master.count) {
-            let slot_key = ServiceKey { slot, ..*key };
-            let value = t.services.get(&slot_key).unwrap_or_else(|| {
-                panic!(
-                    "{context}: master of count {} lacks slot {slot}",
-                    master.count
-                )
+        let end = master.slot_base + u32::from(master.count);
+        if master.count > 0 {
+            ranges.push((master.slot_base, end));
+        }
+        for index in master.slot_base..end {
+            let &backend_id = t.slots.get(&index).unwrap_or_else(|| {
+                panic!("{context}: master {master:?} lacks slot {index} of its range",)
             });
+            assert!(
+                t.backends.contains_key(&backend_id),
+                "{context}: slot {index} refers to missing backend {backend_id}",
+            );
             assert!(
                 !needs_members(key.proto, master.flags)
                     || t.members.contains(&MemberKey {
                         frontend_id: master.frontend_id,
-                        backend_id: value.backend_id
+                        backend_id
                     }),
-                "{context}: backend {} of slot {slot} is no member of frontend {}",
-                value.backend_id,
+                "{context}: backend {backend_id} of slot {index} is no member of frontend {}",
                 master.frontend_id
             );
+            held.entry(master.frontend_id)
+                .or_default()
+                .insert(backend_id);
         }
     }
-    for (key, value) in t.services.iter().filter(|(k, _)| k.slot != 0) {
+    ranges.sort_unstable();
+    for pair in ranges.windows(2) {
         assert!(
-            t.backends.contains_key(&value.backend_id),
-            "{context}: slot {} refers to missing backend {}",
-            key.slot,
-            value.backend_id
+            pair[0].1 <= pair[1].0,
+            "{context}: ranges {:?} and {:?} overlap",
+            pair[0],
+            pair[1]
         );
     }
-    // Frontend id -> backend ids of all its slots (any slot number).
-    let mut held: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
-    let by_base: BTreeMap<ServiceKey, u32> = t
-        .services
-        .iter()
-        .filter(|(k, _)| k.slot == 0)
-        .map(|(k, v)| (*k, v.frontend_id))
-        .collect();
-    for (key, value) in t.services.iter().filter(|(k, _)| k.slot != 0) {
-        if let Some(&fid) = by_base.get(&ServiceKey { slot: 0, ..*key }) {
-            held.entry(fid).or_default().insert(value.backend_id);
-        }
-    }
-    let fids: BTreeSet<u32> = by_base.values().copied().collect();
+    let fids: BTreeSet<u32> = t.services.values().map(|v| v.frontend_id).collect();
     for member in &t.members {
         assert!(
             t.backends.contains_key(&member.backend_id),
@@ -159,9 +157,10 @@ fn check_exact(maps: &impl LbMaps, want: &Desired, context: &str) {
     let slots: usize = want.services.values().map(|s| s.backends.len()).sum();
     assert_eq!(
         t.services.len(),
-        want.services.len() + slots,
-        "{context}: stray service entries"
+        want.services.len(),
+        "{context}: stray masters"
     );
+    assert_eq!(t.slots.len(), slots, "{context}: stray slots");
     let members: usize = want
         .services
         .iter()
@@ -169,7 +168,7 @@ fn check_exact(maps: &impl LbMaps, want: &Desired, context: &str) {
         .map(|(_, s)| s.backends.iter().collect::<BTreeSet<_>>().len())
         .sum();
     assert_eq!(t.members.len(), members, "{context}: stray memberships");
-    for (key, master) in t.services.iter().filter(|(k, _)| k.slot == 0) {
+    for (key, master) in &t.services {
         if !needs_members(key.proto, master.flags) {
             assert!(
                 !t.members
@@ -310,7 +309,8 @@ fn tables_reach_the_desired_dump() {
     }
 }
 
-const OPS: [Op; 6] = [
+const OPS: [Op; 7] = [
+    Op::WriteSlot,
     Op::UpdateBackend,
     Op::UpdateService,
     Op::UpdateMember,
@@ -374,11 +374,8 @@ fn a_fault_at_any_element_leaves_a_consistent_state_and_the_next_apply_repairs_i
 }
 
 #[test]
-fn a_full_service_table_refuses_whole_frontends_and_keeps_the_rest() {
-    let limits = Limits {
-        service_entries: 8,
-        ..LIMITS
-    };
+fn a_full_slot_table_refuses_whole_frontends_and_keeps_the_rest() {
+    let limits = Limits { slots: 5, ..LIMITS };
     let mut w = Writer::adopt(MemMaps::new(limits)).unwrap();
     let all = desired(&[
         (A, &["10.0.0.1:80", "10.0.0.2:80"], None),
@@ -409,18 +406,25 @@ fn adopting_a_crashed_writers_leftovers_removes_them() {
     let mut w = Writer::adopt(MemMaps::new(LIMITS)).unwrap();
     w.apply(&want).unwrap();
     let mut maps = w.maps().clone();
-    let master = fe(A).key();
     let orphan = backend_value("10.0.0.9:80".parse().unwrap(), Protocol::Tcp);
     maps.update_backends(&[77], &[orphan]).unwrap();
-    // A slot above the count, slots of a master never written, a membership of no frontend.
-    let stray_slot = ServiceKey { slot: 3, ..master };
-    let headless = ServiceKey {
-        slot: 1,
-        ..fe(B).key()
-    };
-    let value = maps.tables.services[&ServiceKey { slot: 1, ..master }];
-    maps.update_services(&[stray_slot, headless], &[value, value])
+    // A range filled and never published (two runs), a master of no known protocol, a
+    // membership of no frontend.
+    let a = maps.tables.slots.values().next().copied().unwrap();
+    maps.write_slots(&[100, 101, 102, 200], &[a, 77, a, 77])
         .unwrap();
+    let mut unknown = fe(B).key();
+    unknown.proto = 47;
+    maps.update_services(
+        &[unknown],
+        &[ServiceValue {
+            slot_base: 100,
+            count: 0,
+            frontend_id: 500,
+            ..ServiceValue::default()
+        }],
+    )
+    .unwrap();
     maps.update_members(&[MemberKey {
         frontend_id: 99,
         backend_id: 77,
@@ -429,6 +433,10 @@ fn adopting_a_crashed_writers_leftovers_removes_them() {
     let mut adopted = Writer::adopt(maps).unwrap();
     no_errors(&adopted.apply(&want).unwrap(), "adopted");
     check_exact(adopted.maps(), &want, "adopted");
+    // The cleared elements serve new frontends from the next apply on.
+    let more = wide(1, 4000);
+    no_errors(&adopted.apply(&more).unwrap(), "the whole table");
+    check_exact(adopted.maps(), &more, "the whole table");
 }
 
 #[test]
@@ -474,7 +482,7 @@ fn a_full_programming_is_one_batch_per_step() {
 fn a_large_step_is_split_into_calls_and_a_fault_in_a_later_call_is_contained() {
     use super::MAX_BATCH;
     let limits = Limits {
-        service_entries: 1 << 16,
+        slots: 1 << 16,
         backends: 1 << 16,
         members: 1 << 16,
         frontends: 4096,
@@ -491,16 +499,67 @@ fn a_large_step_is_split_into_calls_and_a_fault_in_a_later_call_is_contained() {
     // A slot write failing in the second call: only its frontend fails.
     let mut w = Writer::adopt(FaultyMaps::new(
         MemMaps::new(limits),
-        [(Op::UpdateService, MAX_BATCH + 5)],
+        [(Op::WriteSlot, MAX_BATCH + 5)],
     ))
     .unwrap();
     let report = w.apply(&want).unwrap();
     assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
     check_consistent(&w.maps().inner.tables, true, "large, fault");
+    // The failed frontend's range was cleared: no slot outside the published ranges.
+    assert_eq!(w.maps().inner.tables.slots.len(), 1999 * 10);
     assert_eq!(report.frontends_written, 1999);
     w.maps_mut().faults.clear();
     no_errors(&w.apply(&want).unwrap(), "large, repaired");
     check_exact(w.maps(), &want, "large, repaired");
+}
+
+/// A master whose publication fails leaves the frontend on its old master and old range,
+/// untouched; the fresh range it was to point to is cleared and given back by the next apply,
+/// which reuses it.
+#[test]
+fn a_failed_publish_leaves_the_old_range_live_and_frees_the_new_one() {
+    let before = desired(&[(A, &["10.0.0.1:80", "10.0.0.2:80"], None)]);
+    let after = desired(&[(A, &["10.0.0.3:80"], None)]);
+    let mut w = Writer::adopt(FaultyMaps::new(
+        MemMaps::new(LIMITS),
+        [(Op::UpdateService, 1)],
+    ))
+    .unwrap();
+    no_errors(&w.apply(&before).unwrap(), "before");
+    let old = w.maps().inner.tables.services[&fe(A).key()];
+    let old_slots = w.maps().inner.tables.slots.clone();
+    assert_eq!((old.slot_base, old.count), (0, 2));
+
+    let report = w.apply(&after).unwrap();
+    assert_eq!(report.errors.len(), 1, "{report:?}");
+    assert!(
+        report.errors[0].reason.contains("injected fault"),
+        "{report:?}"
+    );
+    // The published state is the old one, whole.
+    let t = &w.maps().inner.tables;
+    assert_eq!(t.services[&fe(A).key()], old);
+    assert_eq!(
+        t.slots, old_slots,
+        "the old range untouched, the new one cleared"
+    );
+    check_consistent(t, true, "failed publish");
+    // The new range (one element, after the old one) is out of the allocator until the next
+    // apply: cleared, not yet free.
+    assert_eq!(w.cleared, vec![(2, 1)]);
+    assert!(w.to_clear.is_empty());
+    assert_eq!(w.ranges.used(), 3);
+
+    w.maps_mut().faults.clear();
+    no_errors(&w.apply(&after).unwrap(), "repaired");
+    check_exact(w.maps(), &after, "repaired");
+    let new = w.maps().inner.tables.services[&fe(A).key()];
+    assert_eq!((new.slot_base, new.count), (2, 1), "the freed range reused");
+    // Now the old range waits for the next apply.
+    assert_eq!(w.cleared, vec![(0, 2)]);
+    assert_eq!(w.ranges.used(), 3);
+    w.apply(&after).unwrap();
+    assert_eq!(w.ranges.used(), 1, "no element leaked");
 }
 
 /// `count` frontends with `per` backends each, all distinct.
@@ -536,12 +595,12 @@ fn steps_larger_than_a_call_are_written_whole_and_in_step_order() {
     use super::MAX_BATCH;
     use crate::datapath::fake::Call;
     let limits = Limits {
-        service_entries: 1 << 16,
+        slots: 1 << 16,
         backends: 1 << 16,
         members: 1 << 16,
         frontends: 4096,
     };
-    let call = |op, len, masters| Call { op, len, masters };
+    let call = |op, len| Call { op, len };
     // 2,000 frontends x 10 backends: 20,000 elements in each step but the masters'.
     let want = wide(2000, 10);
     let rest = 20_000 - MAX_BATCH;
@@ -553,14 +612,14 @@ fn steps_larger_than_a_call_are_written_whole_and_in_step_order() {
     assert_eq!(
         w.maps().log,
         vec![
-            call(Op::UpdateBackend, MAX_BATCH, 0),
-            call(Op::UpdateBackend, rest, 0),
-            call(Op::UpdateService, MAX_BATCH, 0),
-            call(Op::UpdateService, rest, 0),
-            call(Op::UpdateService, 2000, 2000),
+            call(Op::UpdateBackend, MAX_BATCH),
+            call(Op::UpdateBackend, rest),
+            call(Op::WriteSlot, MAX_BATCH),
+            call(Op::WriteSlot, rest),
+            call(Op::UpdateService, 2000),
         ]
     );
-    // Deleting everything: masters first, then slots, backends.
+    // Deleting everything: masters first, then their ranges are cleared, then backends.
     w.maps_mut().log.clear();
     let report = w.apply(&Desired::default()).unwrap();
     no_errors(&report, "empty");
@@ -569,11 +628,11 @@ fn steps_larger_than_a_call_are_written_whole_and_in_step_order() {
     assert_eq!(
         w.maps().log,
         vec![
-            call(Op::DeleteService, 2000, 2000),
-            call(Op::DeleteService, MAX_BATCH, 0),
-            call(Op::DeleteService, rest, 0),
-            call(Op::DeleteBackend, MAX_BATCH, 0),
-            call(Op::DeleteBackend, rest, 0),
+            call(Op::DeleteService, 2000),
+            call(Op::WriteSlot, MAX_BATCH),
+            call(Op::WriteSlot, rest),
+            call(Op::DeleteBackend, MAX_BATCH),
+            call(Op::DeleteBackend, rest),
         ]
     );
     assert_eq!(
@@ -660,7 +719,7 @@ fn tcp_frontends_report_departed_pairs_and_udp_frontends_delete_memberships() {
 #[test]
 fn a_frontend_gaining_affinity_gets_memberships_before_its_master_and_loses_them_after() {
     use crate::datapath::fake::Call;
-    let call = |op, len, masters| Call { op, len, masters };
+    let call = |op, len| Call { op, len };
     let plain = desired(&[(A, &["10.0.0.1:80", "10.0.0.2:80"], None)]);
     let sticky = desired(&[(A, &["10.0.0.1:80", "10.0.0.2:80"], Some(60))]);
     let mut w = Writer::adopt(MemMaps::new(LIMITS)).unwrap();
@@ -673,7 +732,7 @@ fn a_frontend_gaining_affinity_gets_memberships_before_its_master_and_loses_them
     check_exact(w.maps(), &sticky, "affinity on");
     assert_eq!(
         w.maps().log,
-        vec![call(Op::UpdateMember, 2, 0), call(Op::UpdateService, 1, 1)],
+        vec![call(Op::UpdateMember, 2), call(Op::UpdateService, 1)],
         "memberships first, then the master with the affinity flag"
     );
     assert!(report.departed.is_empty());
@@ -684,7 +743,7 @@ fn a_frontend_gaining_affinity_gets_memberships_before_its_master_and_loses_them
     check_exact(w.maps(), &plain, "affinity off");
     assert_eq!(
         w.maps().log,
-        vec![call(Op::UpdateService, 1, 1), call(Op::DeleteMember, 2, 0)],
+        vec![call(Op::UpdateService, 1), call(Op::DeleteMember, 2)],
         "the master without the flag first, then the memberships go"
     );
     // The backends stay in the set: no socket is to be terminated.
@@ -797,7 +856,7 @@ mod incremental {
         #[test]
         fn changes_applied_incrementally_end_in_the_full_apply(
             states in prop::collection::vec(state(), 1..8),
-            fault in prop::option::of((0..6usize, 0..40usize)),
+            fault in prop::option::of((0..7usize, 0..40usize)),
         ) {
             let faults: Vec<(Op, usize)> = fault.map(|(op, n)| (OPS[op], n)).into_iter().collect();
             let mut w = Writer::adopt(FaultyMaps::new(MemMaps::new(LIMITS), faults)).unwrap();
@@ -810,8 +869,17 @@ mod incremental {
                 let report = w.apply_changed(next, &changed).unwrap();
                 retry = report.errors.iter().map(|e| e.frontend).collect();
                 check_consistent(&w.maps().inner.tables, false, "incremental");
-                let held: usize = w.services.values().map(|p| 1 + p.slots.len()).sum();
-                prop_assert_eq!(w.held_entries, held, "the writer's entry count");
+                // No range leaks: every element in use is a frontend's range or waits to be
+                // cleared or freed.
+                let held: u32 = w
+                    .services
+                    .values()
+                    .filter_map(|p| p.range())
+                    .chain(w.to_clear.iter().copied())
+                    .chain(w.cleared.iter().copied())
+                    .map(|(_, len)| len)
+                    .sum();
+                prop_assert_eq!(w.ranges.used(), held, "elements of lb_slots in use");
                 last = next.clone();
             }
             w.maps_mut().faults.clear();
