@@ -172,7 +172,9 @@ pub const fn needs_members(proto: u8, flags: u16) -> bool {
 }
 
 /// Element of [`BACKENDS_MAP`], an array indexed by backend id (id 0 is never used). An
-/// all-zero element (`proto == 0`) is no backend: the programs treat it as absent.
+/// element with `proto == 0` (never written, or cleared when the backend went: only `proto` is
+/// cleared, the rest stays until the id is reused) is no backend: the programs treat it as
+/// absent.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Backend {

@@ -64,7 +64,8 @@ pub fn master(key: &mut ServiceKey) -> Option<ServiceValue> {
 }
 
 /// Where the backend with this id is. An empty element (`proto == 0`: never written, or
-/// zeroed by the writer when the backend went) is no backend.
+/// cleared by the writer when the backend went) is no backend. The writer clears `proto` alone
+/// (one byte), so an address read after a non-zero `proto` is the backend's whole address.
 #[inline(always)]
 pub fn backend(id: u32) -> Option<Target> {
     let p = BACKENDS.get_ptr(id)?;

@@ -35,7 +35,7 @@ pub static SERVICES: HashMap<
 const MMAPABLE: usize = 1 << 10;
 
 /// Backend id -> address and port: an array (a lookup is an index, an update a copy into the
-/// element, no hash, no free list). An all-zero element (`proto == 0`) is no backend.
+/// element, no hash, no free list). An element with `proto == 0` is no backend.
 #[btf_map(name = "lb_backends")]
 pub static BACKENDS: Array<Backend, { lb_common::DEFAULT_MAX_BACKENDS as usize }, MMAPABLE> =
     Array::new();

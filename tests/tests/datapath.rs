@@ -334,11 +334,12 @@ fn apply_writes_only_the_difference_and_deletes_what_is_gone() {
     assert_eq!(s.datapath.counters().unwrap().refused, 0);
 }
 
-/// `lb_backends` is an array: a removed backend's element is written as zeroes in the same
-/// apply, and neither the writer's dump, `lbctl status` nor `lbctl services` show it; the
-/// datapath treats the empty element as no backend (the kept frontend still works).
+/// `lb_backends` is an array: a removed backend's element has its `proto` cleared in the same
+/// apply, and nothing else (a program reading it meanwhile never sees a half-cleared address);
+/// neither the writer's dump, `lbctl status` nor `lbctl services` show it; the datapath treats
+/// the empty element as no backend (the kept frontend still works).
 #[test]
-fn a_removed_backends_array_element_is_zeroed_and_never_shown() {
+fn a_removed_backends_array_element_is_cleared_and_never_shown() {
     use lbctl::{datapath::LbMaps as _, inspect};
     let mut s = Scratch::new("zeroed").unwrap();
     let b = Backends::tcp(LOCALHOST4, &["b0", "b1"]).unwrap();
@@ -357,15 +358,19 @@ fn a_removed_backends_array_element_is_zeroed_and_never_shown() {
             .unwrap_or_else(|| panic!("{addr} in lb_backends"))
     };
     let removed = id_of(b.addr("b1"));
-    assert_ne!(maps.backends.get(&removed, 0).unwrap().proto, 0);
+    let before = maps.backends.get(&removed, 0).unwrap();
+    assert_ne!(before.proto, 0);
 
     desired.insert(vip, Protocol::Tcp, vec![b.addr("b0")]);
     let report = s.datapath.apply(&desired).unwrap();
     assert_eq!(report.backends_deleted, 1, "{report:?}");
     assert_eq!(
         maps.backends.get(&removed, 0).unwrap(),
-        lb_common::Backend::default(),
-        "the removed backend's element is all zeroes"
+        lb_common::Backend {
+            proto: 0,
+            ..before
+        },
+        "the removed backend's element has proto 0 and its address and port unchanged"
     );
     let dump = maps.dump().unwrap();
     assert_eq!(dump.backends.len(), 1);

@@ -212,7 +212,7 @@ pub struct Maps {
     pub services: HashMap<MapData, ServiceKey, ServiceValue>,
     /// Backend ids of the frontends, a range each (an array: 0 is no backend).
     pub slots: Array<MapData, u32>,
-    /// Backend id -> backend (an array: an all-zero element is no backend).
+    /// Backend id -> backend (an array: an element with `proto` 0 is no backend).
     pub backends: Array<MapData, Backend>,
     /// Read-write mappings of `slots` and `backends`, made by the writer's first write and
     /// kept as long as the maps ([`super::store`]).

@@ -1,8 +1,8 @@
 //! The seam between the writer's logic and the maps: the four tables the writer programs
 //! (`lb_services`, `lb_slots`, `lb_backends`, `lb_members`) as a small trait of batched
-//! operations. `lb_backends` and `lb_slots` are arrays: deleting a backend writes its element
-//! as zeroes, a freed range of slots is written as zeroes, and a dump leaves the empty (zero)
-//! elements out.
+//! operations. `lb_backends` and `lb_slots` are arrays: deleting a backend clears its element's
+//! `proto` (the rest stays until the id is reused), a freed range of slots is written as
+//! zeroes, and a dump leaves the empty elements (`proto` 0, slot 0) out.
 //!
 //! [`Maps`] implements it on the kernel's maps: the two hash maps with one
 //! `BPF_MAP_UPDATE_BATCH` or `BPF_MAP_DELETE_BATCH` call per batch (`sys`), the two arrays
@@ -121,16 +121,16 @@ fn delete<K: Copy>(fd: std::os::fd::BorrowedFd<'_>, keys: &[K]) -> Result<(), Ba
 
 /// Writes `values[i]` into element `first + i` of an array through its mapping (made on first
 /// use); then a fence, so the stores precede the caller's next system call.
-fn write_array<V: Copy>(
-    mapping: &mut Option<sys::ArrayMapping>,
+/// The read-write mapping of `map`, made on first use.
+fn mapping<'a>(
+    mapping: &'a mut Option<sys::ArrayMapping>,
     map: &aya::maps::MapData,
     name: &str,
-    index: impl Fn(usize) -> u32,
-    values: &[V],
-) -> Result<(), BatchError> {
+    value_size: usize,
+) -> Result<&'a mut sys::ArrayMapping, BatchError> {
     if mapping.is_none() {
         let len = map.info().map_or(0, |i| i.max_entries());
-        let made = sys::ArrayMapping::new(map.fd().as_fd(), len, size_of::<V>()).map_err(|e| {
+        let made = sys::ArrayMapping::new(map.fd().as_fd(), len, value_size).map_err(|e| {
             BatchError {
                 done: 0,
                 reason: format!("mapping {name}: {e}"),
@@ -138,9 +138,17 @@ fn write_array<V: Copy>(
         })?;
         *mapping = Some(made);
     }
-    let Some(mapping) = mapping.as_mut() else {
-        unreachable!("made above")
-    };
+    Ok(mapping.as_mut().unwrap_or_else(|| unreachable!("made above")))
+}
+
+fn write_array<V: Copy>(
+    mapping_slot: &mut Option<sys::ArrayMapping>,
+    map: &aya::maps::MapData,
+    name: &str,
+    index: impl Fn(usize) -> u32,
+    values: &[V],
+) -> Result<(), BatchError> {
+    let mapping = mapping(mapping_slot, map, name, size_of::<V>())?;
     let mut result = Ok(());
     for (i, &v) in values.iter().enumerate() {
         if let Err(reason) = mapping.write(index(i), v) {
@@ -204,10 +212,30 @@ impl LbMaps for Maps {
         )
     }
 
-    /// An array element cannot be deleted: it is zeroed (an empty element is no backend).
+    /// An array element cannot be deleted: its `proto` is cleared (an element with `proto` 0 is
+    /// no backend), one byte, and nothing else. A program may still be reading the element
+    /// (it read a slot before this apply cleared the range, then was preempted): it sees
+    /// either the backend's `proto` and then its whole, unchanged address and port, or `proto`
+    /// 0 (no backend: it retries), never a half-cleared address such as `0.0.0.0`, which
+    /// would connect to the node itself. The stale address stays until the id is reused, no
+    /// earlier than the next apply.
     fn delete_backends(&mut self, ids: &[u32]) -> Result<(), BatchError> {
-        let zeroes = vec![Backend::default(); ids.len()];
-        self.update_backends(ids, &zeroes)
+        let mapping = mapping(
+            &mut self.backends_rw,
+            self.backends.map(),
+            BACKENDS_MAP,
+            size_of::<Backend>(),
+        )?;
+        let mut result = Ok(());
+        for (i, &id) in ids.iter().enumerate() {
+            if let Err(reason) = mapping.write_field(id, std::mem::offset_of!(Backend, proto), 0u8)
+            {
+                result = Err(BatchError { done: i, reason });
+                break;
+            }
+        }
+        sys::ArrayMapping::publish_fence();
+        result
     }
 
     fn update_services(

@@ -530,6 +530,39 @@ impl ArrayMapping {
         Ok(())
     }
 
+    /// Writes one field of element `index`: `value` at byte `offset` of the element (plain data,
+    /// naturally aligned: `offset` a multiple of its alignment). The other bytes of the element
+    /// are not touched, so a program reading the element meanwhile sees each of them as it was.
+    pub(crate) fn write_field<F: Copy>(
+        &mut self,
+        index: u32,
+        offset: usize,
+        value: F,
+    ) -> Result<(), String> {
+        if index >= self.len {
+            return Err(format!(
+                "index {index} is beyond the array's {} elements",
+                self.len
+            ));
+        }
+        assert!(
+            offset + size_of::<F>() <= self.elem && offset.is_multiple_of(align_of::<F>()),
+            "a field inside the element, aligned"
+        );
+        // SAFETY: the field lies inside element `index` of the mapping (checked above), at an
+        // offset aligned for `F` from an 8-byte-aligned element start; written by value.
+        unsafe {
+            std::ptr::write_volatile(
+                self.base
+                    .as_ptr()
+                    .add(index as usize * self.elem + offset)
+                    .cast::<F>(),
+                value,
+            );
+        }
+        Ok(())
+    }
+
     /// Orders every store made so far before whatever the caller does next (the `bpf()` call
     /// that publishes a master pointing to the elements).
     pub(crate) fn publish_fence() {

@@ -39,8 +39,9 @@
 //! affinity costs no membership element, and the pairs an apply takes from TCP frontends are
 //! reported instead ([`ApplyReport::departed`]) for the socket termination.
 //!
-//! `lb_backends` is an array indexed by backend id: a backend is deleted by zeroing its element
-//! (step 7). An id is released only after that, when no slot refers to it any more, and is
+//! `lb_backends` is an array indexed by backend id: a backend is deleted by clearing its
+//! element's `proto` (step 7; one byte, so a concurrent reader never sees a half-cleared
+//! address). An id is released only after that, when no slot refers to it any more, and is
 //! allocated again no earlier than the next apply's diff: within one apply an id never changes
 //! backend, so a program that read a slot before the apply removed it finds either that very
 //! backend or an empty element (and retries), never another backend under the same id.
