@@ -366,10 +366,7 @@ fn a_removed_backends_array_element_is_cleared_and_never_shown() {
     assert_eq!(report.backends_deleted, 1, "{report:?}");
     assert_eq!(
         maps.backends.get(&removed, 0).unwrap(),
-        lb_common::Backend {
-            proto: 0,
-            ..before
-        },
+        lb_common::Backend { proto: 0, ..before },
         "the removed backend's element has proto 0 and its address and port unchanged"
     );
     let dump = maps.dump().unwrap();

@@ -130,15 +130,16 @@ fn mapping<'a>(
 ) -> Result<&'a mut sys::ArrayMapping, BatchError> {
     if mapping.is_none() {
         let len = map.info().map_or(0, |i| i.max_entries());
-        let made = sys::ArrayMapping::new(map.fd().as_fd(), len, value_size).map_err(|e| {
-            BatchError {
+        let made =
+            sys::ArrayMapping::new(map.fd().as_fd(), len, value_size).map_err(|e| BatchError {
                 done: 0,
                 reason: format!("mapping {name}: {e}"),
-            }
-        })?;
+            })?;
         *mapping = Some(made);
     }
-    Ok(mapping.as_mut().unwrap_or_else(|| unreachable!("made above")))
+    Ok(mapping
+        .as_mut()
+        .unwrap_or_else(|| unreachable!("made above")))
 }
 
 fn write_array<V: Copy>(
