@@ -481,29 +481,21 @@ fn pinned_maps_carry_btf_field_names() {
             "bpftool output lacks field {field}:\n{text}"
         );
     }
-    // lb_backends, an array user space can map (BPF_F_MMAPABLE, 0x400): its elements (the
-    // empty ones too) print with their fields.
-    let show = std::process::Command::new("bpftool")
-        .args(["map", "show", "pinned"])
-        .arg(s.pins.path().join(lb_common::BACKENDS_MAP))
-        .output()
-        .expect("bpftool");
-    let show = String::from_utf8_lossy(&show.stdout);
-    assert!(
-        show.contains("array") && show.contains("flags 0x400"),
-        "{show}"
-    );
-    // lb_slots too (the writer maps both read-write); its elements are backend ids.
-    let show = std::process::Command::new("bpftool")
-        .args(["map", "show", "pinned"])
-        .arg(s.pins.path().join(lb_common::SLOTS_MAP))
-        .output()
-        .expect("bpftool");
-    let show = String::from_utf8_lossy(&show.stdout);
-    assert!(
-        show.contains("array") && show.contains("flags 0x400"),
-        "{show}"
-    );
+    // lb_backends and lb_slots, arrays user space can map (BPF_F_MMAPABLE, 0x400: the writer
+    // maps both read-write); lb_backends' elements (the empty ones too) print with their
+    // fields, lb_slots' are backend ids.
+    for map in [lb_common::BACKENDS_MAP, lb_common::SLOTS_MAP] {
+        let show = std::process::Command::new("bpftool")
+            .args(["map", "show", "pinned"])
+            .arg(s.pins.path().join(map))
+            .output()
+            .expect("bpftool");
+        let show = String::from_utf8_lossy(&show.stdout);
+        assert!(
+            show.contains("array") && show.contains("flags 0x400"),
+            "{map}: {show}"
+        );
+    }
     let out = std::process::Command::new("bpftool")
         .args(["map", "lookup", "pinned"])
         .arg(s.pins.path().join(lb_common::BACKENDS_MAP))

@@ -1,7 +1,7 @@
 //! Typed handles on the pinned maps, shared by the writer and the read-only inspection commands.
 use std::path::{Path, PathBuf};
 
-use aya::maps::{Array, HashMap, Map, MapData, MapInfo, PerCpuArray};
+use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData, MapInfo, PerCpuArray};
 use lb_common::{
     AFFINITY_MAP, AffinityKey, AffinityValue, BACKENDS_MAP, Backend, DEPARTED_CAPACITY,
     DEPARTED_MAP, EVENTS_MAP, FRONTEND_STATS_MAP, FrontendName, FrontendStats, LAYOUT_VERSION,
@@ -387,52 +387,15 @@ impl Maps {
     /// Every backend the array holds (non-empty elements), by id, read through a mapping of
     /// the array (or in batches).
     pub fn backend_entries(&self) -> Result<Vec<(u32, Backend)>, DatapathError> {
-        use aya::maps::IterableMap as _;
-        use std::os::fd::AsFd as _;
-        let fd = self.backends.map().fd().as_fd();
-        let len = self.backends.len();
-        fn keep(live: &mut Vec<(u32, Backend)>) -> impl FnMut(u32, Backend) + '_ {
-            move |id, b| {
-                if b.proto != 0 {
-                    live.push((id, b));
-                }
-            }
-        }
-        // Through a mapping of the array (it is `BPF_F_MMAPABLE`); batched lookups where it
-        // cannot be mapped (the kernel refuses to map a map opened read-only, as the
-        // inspection commands open it).
-        let mut live = Vec::new();
-        if super::sys::array_mmap_each(fd, len, keep(&mut live)).is_ok() {
-            return Ok(live);
-        }
-        live.clear();
-        super::sys::array_lookup_each(fd, len, keep(&mut live))
-            .map_err(|e| DatapathError::io(format!("reading {BACKENDS_MAP}"), e))?;
-        Ok(live)
+        live_elements(self.backends.map(), BACKENDS_MAP, |b: &Backend| {
+            b.proto != 0
+        })
     }
 
     /// Every non-zero element of `lb_slots` (index, backend id), read through a mapping of the
     /// array (or in batches).
     pub fn slot_entries(&self) -> Result<Vec<(u32, u32)>, DatapathError> {
-        use aya::maps::IterableMap as _;
-        use std::os::fd::AsFd as _;
-        let fd = self.slots.map().fd().as_fd();
-        let len = self.slots.len();
-        fn keep(live: &mut Vec<(u32, u32)>) -> impl FnMut(u32, u32) + '_ {
-            move |i, id| {
-                if id != 0 {
-                    live.push((i, id));
-                }
-            }
-        }
-        let mut live = Vec::new();
-        if super::sys::array_mmap_each(fd, len, keep(&mut live)).is_ok() {
-            return Ok(live);
-        }
-        live.clear();
-        super::sys::array_lookup_each(fd, len, keep(&mut live))
-            .map_err(|e| DatapathError::io(format!("reading {SLOTS_MAP}"), e))?;
-        Ok(live)
+        live_elements(self.slots.map(), SLOTS_MAP, |id: &u32| *id != 0)
     }
 
     /// Number of live reverse-translation entries (iterates the map: for inspection and tests).
@@ -482,4 +445,36 @@ impl Maps {
                 refused: acc.refused + v.refused,
             }))
     }
+}
+
+/// The elements of the array map `data` that `live` keeps (index, value). Through a mapping of
+/// the array (it is `BPF_F_MMAPABLE`); batched lookups where it cannot be mapped (the kernel
+/// refuses to map a map opened read-only, as the inspection commands open it).
+fn live_elements<V: Copy>(
+    data: &MapData,
+    name: &str,
+    live: impl Fn(&V) -> bool,
+) -> Result<Vec<(u32, V)>, DatapathError> {
+    use std::os::fd::AsFd as _;
+    let fd = data.fd().as_fd();
+    let len = data
+        .info()
+        .map_err(|e| DatapathError::map(name, e))?
+        .max_entries();
+    let mut kept = Vec::new();
+    let mapped = super::sys::array_mmap_each(fd, len, |i, v: V| {
+        if live(&v) {
+            kept.push((i, v));
+        }
+    });
+    if mapped.is_err() {
+        kept.clear();
+        super::sys::array_lookup_each(fd, len, |i, v: V| {
+            if live(&v) {
+                kept.push((i, v));
+            }
+        })
+        .map_err(|e| DatapathError::io(format!("reading {name}"), e))?;
+    }
+    Ok(kept)
 }
