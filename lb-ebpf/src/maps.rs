@@ -163,10 +163,11 @@ pub fn count_frontend(frontend_id: u32, refused: bool) {
     }
 }
 
-/// Frontend id -> Service namespace, name and port name (an all-zero element: no frontend has
-/// this id). Written by the agent, never read by the programs: it lives here so it is created,
-/// pinned and removed with the other maps. An array indexed by id like [`FRONTEND_STATS`], so
-/// writing the names of a full sync is a batch of copies rather than hash inserts.
+/// Frontend id -> Service namespace, name and port name (an element with an empty namespace: no
+/// frontend has this id). Written by the agent, never read by the programs: it lives here so it
+/// is created, pinned and removed with the other maps. An array indexed by id like
+/// [`FRONTEND_STATS`], so writing the names of a full sync is a batch of copies rather than hash
+/// inserts.
 #[btf_map(name = "lb_fe_names")]
 pub static NAMES: Array<FrontendName, { lb_common::DEFAULT_MAX_FRONTENDS as usize }> = Array::new();
 
