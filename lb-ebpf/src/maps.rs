@@ -167,9 +167,11 @@ pub fn count_frontend(frontend_id: u32, refused: bool) {
 /// frontend has this id). Written by the agent, never read by the programs: it lives here so it
 /// is created, pinned and removed with the other maps. An array indexed by id like
 /// [`FRONTEND_STATS`], so writing the names of a full sync is a batch of copies rather than hash
-/// inserts.
+/// inserts; mmapable, so the agent reads what an earlier agent wrote without copying every
+/// element through a system call.
 #[btf_map(name = "lb_fe_names")]
-pub static NAMES: Array<FrontendName, { lb_common::DEFAULT_MAX_FRONTENDS as usize }> = Array::new();
+pub static NAMES: Array<FrontendName, { lb_common::DEFAULT_MAX_FRONTENDS as usize }, MMAPABLE> =
+    Array::new();
 
 /// Decision events for `lbctl monitor`, written only while `meta::DEBUG_EVENTS` is set.
 #[btf_map(name = "lb_events")]

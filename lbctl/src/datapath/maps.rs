@@ -450,7 +450,7 @@ impl Maps {
 /// The elements of the array map `data` that `live` keeps (index, value). Through a mapping of
 /// the array (it is `BPF_F_MMAPABLE`); batched lookups where it cannot be mapped (the kernel
 /// refuses to map a map opened read-only, as the inspection commands open it).
-fn live_elements<V: Copy>(
+pub(crate) fn live_elements<V: Copy>(
     data: &MapData,
     name: &str,
     live: impl Fn(&V) -> bool,

@@ -16,7 +16,8 @@ use lb_common::{FrontendName, NAME_LEN, NAMES_MAP, PORT_NAME_LEN};
 use crate::{
     datapath::{
         DatapathError, Writer,
-        sys::{BatchFailure, array_lookup_each, map_update_batch},
+        maps::live_elements,
+        sys::{BatchFailure, map_update_batch},
     },
     plan::{Frontend, Plan, ServiceRef},
 };
@@ -89,18 +90,16 @@ pub fn is_named(v: &FrontendName) -> bool {
     v.namespace[0] != 0
 }
 
-/// Calls `each(id, name)` for every named element of the map `data`.
+/// Calls `each(id, name)` for every named element of the map `data` (read through a mapping of
+/// the array, or in batches where it cannot be mapped: a map opened read-only).
 fn read_named(
     data: &MapData,
     mut each: impl FnMut(u32, FrontendName),
 ) -> Result<(), DatapathError> {
-    let len = data.info().map_err(map_error)?.max_entries();
-    array_lookup_each(data.fd().as_fd(), len, |id, name: FrontendName| {
-        if is_named(&name) {
-            each(id, name);
-        }
-    })
-    .map_err(|e| DatapathError::io(format!("reading {NAMES_MAP}"), e))
+    for (id, name) in live_elements(data, NAMES_MAP, is_named)? {
+        each(id, name);
+    }
+    Ok(())
 }
 
 /// Every name in the pinned map (opened read-only). An installation from before this map
