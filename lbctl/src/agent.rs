@@ -24,7 +24,6 @@ use std::{
     collections::BTreeSet,
     future::Future,
     net::SocketAddr,
-    os::fd::AsFd,
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant, SystemTime},
@@ -192,43 +191,14 @@ fn frontend_counts(maps: &Maps, ids: &[u32]) -> Option<Vec<FrontendCounts>> {
     if ids.len() < COUNTS_BATCH_FROM || span > 8 * ids.len() {
         return ids.iter().map(|id| one(*id)).collect();
     }
-    let cpus = aya::util::nr_cpus().ok()?;
-    let per_cpu = size_of::<lb_common::FrontendStats>().next_multiple_of(8);
-    let stride = per_cpu * cpus;
-    let chunk = COUNTS_CHUNK.min(span);
-    let mut keys = vec![0u32; chunk];
-    let mut values = vec![0u8; chunk * stride];
-    let fd = aya::maps::IterableMap::map(&maps.frontend_stats)
-        .fd()
-        .as_fd();
-    let mut sums: Vec<FrontendCounts> = Vec::with_capacity(span);
-    while sums.len() < span {
-        let next = lo + sums.len() as u32;
-        let want = chunk.min(span - sums.len());
-        let read = crate::datapath::sys::array_lookup_batch(
-            fd,
-            next.checked_sub(1),
-            &mut keys[..want],
-            &mut values[..want * stride],
-            stride,
-        )
-        .ok()?;
-        if read == 0 {
-            // Ids beyond the array: unreadable, as a lookup of one would be.
-            return None;
-        }
-        for (i, key) in keys[..read].iter().enumerate() {
-            if *key != lo + sums.len() as u32 {
-                return None;
-            }
-            let mut sum = FrontendCounts::default();
-            for cpu in values[i * stride..(i + 1) * stride].chunks_exact(per_cpu) {
-                sum.rewritten += u64::from_ne_bytes(cpu[0..8].try_into().ok()?);
-                sum.refused += u64::from_ne_bytes(cpu[8..16].try_into().ok()?);
-            }
-            sums.push(sum);
-        }
-    }
+    let sums: Vec<FrontendCounts> = maps
+        .frontend_counters_range(lo, span, COUNTS_CHUNK)?
+        .into_iter()
+        .map(|c| FrontendCounts {
+            rewritten: c.rewritten,
+            refused: c.refused,
+        })
+        .collect();
     ids.iter()
         .map(|id| sums.get((id - lo) as usize).copied())
         .collect()

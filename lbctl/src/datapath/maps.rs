@@ -445,6 +445,54 @@ impl Maps {
                 refused: acc.refused + v.refused,
             }))
     }
+
+    /// The counters of the `n` frontend ids from `lo`, each summed over CPUs, read in
+    /// `BPF_MAP_LOOKUP_BATCH` calls of at most `chunk` ids (one lookup per id would be a system
+    /// call each). `None` when the range cannot be read whole (ids beyond the array, a failed
+    /// call), as a lookup of one such id fails.
+    pub fn frontend_counters_range(
+        &self,
+        lo: u32,
+        n: usize,
+        chunk: usize,
+    ) -> Option<Vec<FrontendStats>> {
+        use std::os::fd::AsFd as _;
+        let cpus = aya::util::nr_cpus().ok()?;
+        let per_cpu = size_of::<FrontendStats>().next_multiple_of(8);
+        let stride = per_cpu * cpus;
+        let chunk = chunk.min(n).max(1);
+        let mut keys = vec![0u32; chunk];
+        let mut values = vec![0u8; chunk * stride];
+        let fd = self.frontend_stats.map().fd().as_fd();
+        let mut sums: Vec<FrontendStats> = Vec::with_capacity(n);
+        while sums.len() < n {
+            let next = lo + sums.len() as u32;
+            let want = chunk.min(n - sums.len());
+            let read = super::sys::array_lookup_batch(
+                fd,
+                next.checked_sub(1),
+                &mut keys[..want],
+                &mut values[..want * stride],
+                stride,
+            )
+            .ok()?;
+            if read == 0 {
+                return None;
+            }
+            for (i, key) in keys[..read].iter().enumerate() {
+                if *key != lo + sums.len() as u32 {
+                    return None;
+                }
+                let mut sum = FrontendStats::default();
+                for cpu in values[i * stride..(i + 1) * stride].chunks_exact(per_cpu) {
+                    sum.rewritten += u64::from_ne_bytes(cpu[0..8].try_into().ok()?);
+                    sum.refused += u64::from_ne_bytes(cpu[8..16].try_into().ok()?);
+                }
+                sums.push(sum);
+            }
+        }
+        Some(sums)
+    }
 }
 
 /// The elements of the array map `data` that `live` keeps (index, value). Through a mapping of
