@@ -36,17 +36,20 @@ impl Backends {
     }
 
     /// TCP servers on 127.0.0.2, 127.0.0.3, ... all on one port, as the endpoints of one
-    /// EndpointSlice port are.
+    /// EndpointSlice port are (a port outside the ephemeral range, see [`crate::ports`]).
     pub fn tcp_same_port(names: &[&str]) -> Result<Self> {
-        let first = TcpListener::bind("127.0.0.2:0").context("finding a free port")?;
-        let port = first.local_addr()?.port();
-        drop(first);
-        let named: Vec<(&str, SocketAddr)> = names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (*n, SocketAddr::from(([127, 0, 0, 2 + i as u8], port))))
+        let ips: Vec<IpAddr> = (0..names.len())
+            .map(|i| IpAddr::from([127, 0, 0, 2 + i as u8]))
             .collect();
-        Self::tcp_at(&named)
+        let listeners = crate::ports::listeners_on_one_port(&ips)?;
+        Self::serve_on(
+            names
+                .iter()
+                .zip(listeners)
+                .map(|(name, listener)| (*name, listener, format!("{name}\n")))
+                .collect(),
+            false,
+        )
     }
 
     /// TCP servers at the given addresses (port 0: any).
@@ -75,15 +78,28 @@ impl Backends {
     }
 
     /// One listener thread per (name, address, reply): each accepted connection gets the reply
-    /// (after the request head when `http`), then EOF.
+    /// (after the request head when `http`), then EOF. Every address is bound before any thread
+    /// starts, so a failed bind leaves nothing running.
     fn serve(servers: Vec<(&str, SocketAddr, String)>, http: bool) -> Result<Self> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut backends = Vec::new();
-        let mut threads = Vec::new();
+        let mut listeners = Vec::with_capacity(servers.len());
         for (name, at, reply) in servers {
             let listener =
                 TcpListener::bind(at).with_context(|| format!("binding backend {name} on {at}"))?;
-            let addr = listener.local_addr()?;
+            listeners.push((name, listener, reply));
+        }
+        Self::serve_on(listeners, http)
+    }
+
+    /// [`Self::serve`] on listeners already bound.
+    fn serve_on(listeners: Vec<(&str, TcpListener, String)>, http: bool) -> Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut backends = Vec::with_capacity(listeners.len());
+        let mut threads = Vec::with_capacity(listeners.len());
+        for (name, listener, reply) in listeners {
+            backends.push(Backend {
+                name: name.to_owned(),
+                addr: listener.local_addr()?,
+            });
             let stop = stop.clone();
             threads.push(thread::spawn(move || {
                 for conn in listener.incoming() {
@@ -98,10 +114,6 @@ impl Backends {
                     }
                 }
             }));
-            backends.push(Backend {
-                name: name.to_owned(),
-                addr,
-            });
         }
         Ok(Self {
             backends,

@@ -16,6 +16,7 @@ pub mod monitor;
 pub mod netns;
 pub mod pins;
 pub mod podman;
+pub mod ports;
 pub mod probe;
 pub mod sockets;
 pub mod topology;

@@ -7,7 +7,7 @@ use std::{
     ffi::OsStr,
     fs,
     io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -291,10 +291,7 @@ pub fn reached(probe: &mut Probe, n: usize) -> Result<Vec<String>> {
         .collect()
 }
 
-/// A loopback port nobody listens on right now.
-pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
+pub use crate::ports::free_port;
 
 /// `GET path` over plain HTTP/1.0 (no chunked body); the body.
 pub fn http_get(addr: SocketAddr, path: &str) -> Result<String> {

@@ -254,12 +254,10 @@ fn a_frontend_changed_many_times_reaches_only_its_current_backends_and_reuses_it
         written > capacity,
         "{written} slots would fit without reuse"
     );
-    let mut probe = Probe::spawn(Some(&s.cgroup), &["loop", &vip.to_string()]).unwrap();
     let maps = lbctl::datapath::Maps::open_read_only(s.pins.path()).unwrap();
     let key = FrontendKey::new(vip, Protocol::Tcp).key();
     let mut highest = 0;
-    let mut seen = Vec::new();
-    for i in 0..changes {
+    let mut change = |s: &mut Scratch, i: usize| -> Vec<&str> {
         let current = set(i);
         let report = s
             .datapath
@@ -273,7 +271,16 @@ fn a_frontend_changed_many_times_reaches_only_its_current_backends_and_reuses_it
         let master = maps.services.get(&key, 0).unwrap();
         assert_eq!(usize::from(master.count), current.len());
         highest = highest.max(master.slot_base + u32::from(master.count));
-        if i % 100 == 0 {
+        current
+    };
+    // The frontend exists before the client starts: a connect before the first apply would
+    // leave the node untranslated (and hang on whatever answers 10.96.0.14 upstream).
+    change(&mut s, 0);
+    let mut probe = Probe::spawn(Some(&s.cgroup), &["loop", &vip.to_string()]).unwrap();
+    let mut seen = Vec::new();
+    for i in 1..changes {
+        let current = change(&mut s, i);
+        if i % 100 == 1 {
             seen.extend(probe.read(10).unwrap());
             let out = Probe::run(Some(&s.cgroup), &["tcp", &vip.to_string(), "12"]).unwrap();
             for (name, _) in reached(&out) {
@@ -295,6 +302,9 @@ fn a_frontend_changed_many_times_reaches_only_its_current_backends_and_reuses_it
     );
     seen.extend(probe.finish().unwrap());
     assert!(seen.len() > 100, "the client barely ran: {}", seen.len());
+    // Every connect was to the frontend: none may have found no master.
+    let counters = maps.counters().unwrap();
+    assert_eq!(counters.passed, 0, "untranslated connects: {counters:?}");
     assert!(
         seen.iter().all(|o| matches!(o, Outcome::Reached(_))),
         "a connect failed while the set changed: {:?}",
