@@ -51,7 +51,7 @@
 //! copies.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::BTreeSet,
     fmt::Debug,
     future::Future,
     hash::Hash,
@@ -79,6 +79,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     Dirty,
+    owners::SliceOwners,
     store::{self, Store, Writer},
 };
 use crate::{
@@ -421,7 +422,7 @@ impl KubeSourceHandle {
             if let Some(obj) = self.services.get(&svc.namespace, &svc.name) {
                 objects.services.push(obj);
             }
-            let names = inner.slice_owners.slices_of(svc).map(String::as_str);
+            let names = inner.slice_owners.slices_of(svc);
             objects
                 .endpoint_slices
                 .extend(self.endpoint_slices.get_many(&svc.namespace, names));
@@ -490,44 +491,6 @@ struct ResourceStatus {
     lists: u64,
     expired: u64,
     last_error: Option<String>,
-}
-
-/// Which Service each EndpointSlice belongs to (by its label), both ways, so that a slice
-/// event marks the Service it left as well as the one it joined, and the objects of a Service
-/// are found without a scan.
-#[derive(Debug, Default)]
-struct SliceOwners {
-    /// (namespace, slice name) -> its Service.
-    by_slice: HashMap<(String, String), ServiceRef>,
-    /// Service -> names of its slices (in the Service's namespace).
-    by_service: HashMap<ServiceRef, BTreeSet<String>>,
-}
-
-impl SliceOwners {
-    /// Records the slice's owner now; returns its owner before.
-    fn set(&mut self, slice: (String, String), owner: Option<ServiceRef>) -> Option<ServiceRef> {
-        let old = self.by_slice.remove(&slice);
-        if let Some(old) = &old
-            && let Some(names) = self.by_service.get_mut(old)
-        {
-            names.remove(&slice.1);
-            if names.is_empty() {
-                self.by_service.remove(old);
-            }
-        }
-        if let Some(owner) = owner {
-            self.by_service
-                .entry(owner.clone())
-                .or_default()
-                .insert(slice.1.clone());
-            self.by_slice.insert(slice, owner);
-        }
-        old
-    }
-
-    fn slices_of(&self, svc: &ServiceRef) -> impl Iterator<Item = &String> {
-        self.by_service.get(svc).into_iter().flatten()
-    }
 }
 
 #[derive(Debug)]
@@ -700,11 +663,16 @@ fn track_service(inner: &mut Inner, event: &watcher::Event<Service>) {
 /// Marks what an EndpointSlice event changed: the Service it belongs to now and the one it
 /// belonged to before; a completed (re)list replaces the ownership by that of the listed slices.
 fn track_slice(inner: &mut Inner, event: &watcher::Event<EndpointSlice>) {
-    let key = |slice: &EndpointSlice| (slice.namespace().unwrap_or_default(), slice.name_any());
+    fn namespace(slice: &EndpointSlice) -> &str {
+        slice.metadata.namespace.as_deref().unwrap_or_default()
+    }
     match event {
         watcher::Event::Apply(slice) => {
             let owner = slice_service(slice);
-            if let Some(old) = inner.slice_owners.set(key(slice), owner.clone()) {
+            let old = inner
+                .slice_owners
+                .set(namespace(slice), &slice.name_any(), owner.clone());
+            if let Some(old) = old {
                 inner.dirty.service(old);
             }
             if let Some(owner) = owner {
@@ -712,7 +680,10 @@ fn track_slice(inner: &mut Inner, event: &watcher::Event<EndpointSlice>) {
             }
         }
         watcher::Event::Delete(slice) => {
-            if let Some(old) = inner.slice_owners.set(key(slice), None) {
+            let old = inner
+                .slice_owners
+                .set(namespace(slice), &slice.name_any(), None);
+            if let Some(old) = old {
                 inner.dirty.service(old);
             }
             if let Some(owner) = slice_service(slice) {
@@ -721,9 +692,11 @@ fn track_slice(inner: &mut Inner, event: &watcher::Event<EndpointSlice>) {
         }
         watcher::Event::Init => inner.listed_slice_owners = SliceOwners::default(),
         watcher::Event::InitApply(slice) => {
-            inner
-                .listed_slice_owners
-                .set(key(slice), slice_service(slice));
+            inner.listed_slice_owners.set(
+                namespace(slice),
+                &slice.name_any(),
+                slice_service(slice),
+            );
         }
         watcher::Event::InitDone => {
             inner.slice_owners = std::mem::take(&mut inner.listed_slice_owners);

@@ -5,6 +5,7 @@
 pub mod files;
 pub mod kube;
 pub mod manifests;
+mod owners;
 pub mod store;
 
 use std::collections::BTreeSet;
