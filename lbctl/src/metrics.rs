@@ -224,7 +224,16 @@ struct Providers {
 #[derive(Debug, Default)]
 struct ServiceConnects {
     frontends: BTreeMap<u32, Owned>,
-    totals: BTreeMap<ServicePort, FrontendCounts>,
+    /// Every Service port some owner in `frontends` names, and only those.
+    totals: BTreeMap<ServicePort, PortTotal>,
+}
+
+/// What a Service port counted, and how many frontends in [`ServiceConnects::frontends`] name
+/// it: the port is dropped when the last one goes, without a walk of all the frontends.
+#[derive(Debug, Default)]
+struct PortTotal {
+    counts: FrontendCounts,
+    frontends: u32,
 }
 
 #[derive(Debug)]
@@ -258,10 +267,11 @@ impl ServiceConnects {
             let Some(owned) = self.frontends.get_mut(id) else {
                 continue;
             };
-            if let Some(last) = owned.last {
-                let total = self.totals.entry(owned.service.clone()).or_default();
-                total.rewritten += increase(last.rewritten, now.rewritten);
-                total.refused += increase(last.refused, now.refused);
+            if let Some(last) = owned.last
+                && let Some(total) = self.totals.get_mut(&owned.service)
+            {
+                total.counts.rewritten += increase(last.rewritten, now.rewritten);
+                total.counts.refused += increase(last.refused, now.refused);
             }
             owned.last = Some(now);
         }
@@ -273,8 +283,10 @@ impl ServiceConnects {
     /// ids whose owner changes (none when a sync changes no frontend's identity).
     fn set(&mut self, frontends: Vec<NamedFrontend>, read: Option<&FrontendCountsFn>) -> bool {
         let mut next = BTreeMap::new();
-        // Owners that give up their id (to another frontend, or because it is gone).
+        // Owners that give up their id (to another frontend, or because it is gone), and the
+        // Service ports of the new owners.
         let mut leaving: Vec<(u32, Owned)> = Vec::new();
+        let mut joining: Vec<ServicePort> = Vec::new();
         for f in frontends {
             match self.frontends.remove(&f.id) {
                 Some(owned) if owned.frontend == f.frontend && owned.service == f.service => {
@@ -282,6 +294,7 @@ impl ServiceConnects {
                 }
                 old => {
                     leaving.extend(old.map(|owned| (f.id, owned)));
+                    joining.push(f.service.clone());
                     next.insert(
                         f.id,
                         Owned {
@@ -313,12 +326,66 @@ impl ServiceConnects {
             None => false,
         };
         self.frontends = next;
-        let live: BTreeSet<&ServicePort> = self.frontends.values().map(|o| &o.service).collect();
-        self.totals.retain(|port, _| live.contains(port));
-        for owned in self.frontends.values() {
-            self.totals.entry(owned.service.clone()).or_default();
+        // Held before the leaving owners let go, so a port that only changes ids keeps its
+        // counts.
+        self.hold_all(joining);
+        for (_, owned) in &leaving {
+            self.release(&owned.service);
         }
         read_ok
+    }
+
+    /// One more frontend names `port`.
+    fn hold(&mut self, port: &ServicePort) {
+        match self.totals.get_mut(port) {
+            Some(total) => total.frontends += 1,
+            None => {
+                self.totals.insert(
+                    port.clone(),
+                    PortTotal {
+                        counts: FrontendCounts::default(),
+                        frontends: 1,
+                    },
+                );
+            }
+        }
+    }
+
+    /// [`Self::hold`] for each of `ports`; into no totals yet (the first programming) in one
+    /// sorted bulk build rather than one tree insertion each.
+    fn hold_all(&mut self, mut ports: Vec<ServicePort>) {
+        if !self.totals.is_empty() {
+            for port in &ports {
+                self.hold(port);
+            }
+            return;
+        }
+        // The plan lists a Service's frontends together: nearly sorted already.
+        ports.sort_unstable();
+        let mut runs: Vec<(ServicePort, PortTotal)> = Vec::new();
+        for port in ports {
+            match runs.last_mut() {
+                Some((last, total)) if *last == port => total.frontends += 1,
+                _ => runs.push((
+                    port,
+                    PortTotal {
+                        counts: FrontendCounts::default(),
+                        frontends: 1,
+                    },
+                )),
+            }
+        }
+        self.totals = runs.into_iter().collect();
+    }
+
+    /// One frontend less names `port`; the port goes with the last one.
+    fn release(&mut self, port: &ServicePort) {
+        if let Some(total) = self.totals.get_mut(port) {
+            total.frontends = total.frontends.saturating_sub(1);
+            if total.frontends == 0 {
+                self.totals.remove(port);
+            }
+        }
     }
 }
 
@@ -341,8 +408,10 @@ impl ServiceConnects {
     /// ports.
     fn credit(&mut self, leaving: &[(u32, Owned)], now: &BTreeMap<u32, FrontendCounts>) {
         for (id, owned) in leaving {
-            if let (Some(last), Some(now)) = (owned.last, now.get(id)) {
-                let total = self.totals.entry(owned.service.clone()).or_default();
+            if let (Some(last), Some(now)) = (owned.last, now.get(id))
+                && let Some(total) = self.totals.get_mut(&owned.service)
+            {
+                let total = &mut total.counts;
                 total.rewritten += increase(last.rewritten, now.rewritten);
                 total.refused += increase(last.refused, now.refused);
             }
@@ -371,7 +440,7 @@ impl ServiceConnects {
             {
                 continue;
             }
-            self.totals.entry(f.service.clone()).or_default();
+            self.hold(&f.service);
             let owned = Owned {
                 frontend: f.frontend,
                 service: f.service,
@@ -396,16 +465,8 @@ impl ServiceConnects {
             }
             None => false,
         };
-        if !leaving.is_empty() {
-            let gone: BTreeSet<&ServicePort> = leaving.iter().map(|(_, o)| &o.service).collect();
-            let held: BTreeSet<&ServicePort> = self
-                .frontends
-                .values()
-                .map(|o| &o.service)
-                .filter(|port| gone.contains(port))
-                .collect();
-            self.totals
-                .retain(|port, _| !gone.contains(port) || held.contains(port));
+        for (_, owned) in &leaving {
+            self.release(&owned.service);
         }
         read_ok
     }
@@ -853,7 +914,7 @@ impl ScrapeTimeCollector {
         connects
             .totals
             .iter()
-            .map(|(port, counts)| (port.clone(), *counts))
+            .map(|(port, total)| (port.clone(), total.counts))
             .collect()
     }
 }

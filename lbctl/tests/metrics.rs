@@ -454,6 +454,38 @@ fn service_counters_follow_frontend_ids_to_their_service_ports() {
     assert_eq!(service_sample(&body, &web, "rewritten"), Some(11.0));
 }
 
+/// A Service port whose only frontend moves to another id keeps what it counted (its series
+/// is not dropped and re-created in between), in a full set and in a patch alike.
+#[test]
+fn a_service_port_whose_frontend_changes_id_keeps_its_counts() {
+    let metrics = Metrics::new();
+    let kernel = fake_kernel(&metrics);
+    let web = port("shop", "web", "http");
+    metrics.set_service_frontends(vec![named(1, "10.96.0.10:80/tcp", &web)]);
+    kernel.lock().unwrap().insert(1, (5, 2));
+    // The frontend is re-created under id 2 (id 2 starts from its current kernel values).
+    kernel.lock().unwrap().insert(2, (40, 40));
+    metrics.set_service_frontends(vec![named(2, "10.96.0.10:80/tcp", &web)]);
+    kernel.lock().unwrap().insert(2, (41, 40));
+    let body = metrics.encode().unwrap();
+    assert_eq!(
+        service_sample(&body, &web, "rewritten"),
+        Some(6.0),
+        "{body}"
+    );
+    assert_eq!(service_sample(&body, &web, "refused"), Some(2.0), "{body}");
+
+    kernel.lock().unwrap().insert(3, (0, 0));
+    metrics.patch_service_frontends(&[2], vec![named(3, "10.96.0.10:80/tcp", &web)]);
+    kernel.lock().unwrap().insert(3, (1, 0));
+    let body = metrics.encode().unwrap();
+    assert_eq!(
+        service_sample(&body, &web, "rewritten"),
+        Some(7.0),
+        "{body}"
+    );
+}
+
 /// The incremental sync's form: only the ids that changed are named, with the same
 /// accounting as a full `set_service_frontends`.
 #[test]

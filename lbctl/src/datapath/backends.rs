@@ -113,6 +113,7 @@ impl BackendTable {
     }
 
     /// The id holding `value`.
+    #[cfg(test)]
     pub(crate) fn id_of(&self, value: &Backend) -> Option<u32> {
         let entries = &self.entries;
         self.index
@@ -120,6 +121,41 @@ impl BackendTable {
                 entries.get(id).value.as_ref() == Some(value)
             })
             .copied()
+    }
+
+    /// The id holding `value` (`false`), or else an id from `allocate`, recorded as holding
+    /// it (`true`): one hash and one probe of the index either way, where a lookup and then
+    /// [`Self::insert`] take two of each (a full programming adds every backend so).
+    /// `None`: `value` has no id and `allocate` gave none.
+    pub(crate) fn id_or_insert(
+        &mut self,
+        value: Backend,
+        allocate: impl FnOnce() -> Option<u32>,
+    ) -> Option<(u32, bool)> {
+        let hash = self.hasher.hash_one(value);
+        let Self {
+            entries,
+            index,
+            hasher,
+            len,
+        } = self;
+        if let Some(&id) = index.find(hash, |&id| entries.get(id).value == Some(value)) {
+            return Some((id, false));
+        }
+        let id = allocate()?;
+        let mut entry = entries.get(id);
+        if entry.value.is_some() {
+            // Not what an allocator hands out; the general path keeps the index right.
+            self.insert(id, value);
+            return Some((id, true));
+        }
+        entry.value = Some(value);
+        entries.set(id, entry);
+        *len += 1;
+        index.insert_unique(hash, id, |&i| {
+            hasher.hash_one(entries.get(i).value.unwrap_or_default())
+        });
+        Some((id, true))
     }
 
     /// Makes room for `additional` more values in the index (4-5 bytes each), so that adding
@@ -231,6 +267,30 @@ mod tests {
             proto: 6,
             flags: 0,
         }
+    }
+
+    #[test]
+    fn id_or_insert_finds_a_held_value_and_records_a_new_one_once() {
+        let mut t = BackendTable::new(100);
+        t.insert(3, backend(3));
+        let mut next = 10..;
+        let mut allocate = || next.next();
+        assert_eq!(t.id_or_insert(backend(3), &mut allocate), Some((3, false)));
+        assert_eq!(t.id_or_insert(backend(4), &mut allocate), Some((10, true)));
+        assert_eq!(t.id_or_insert(backend(4), &mut allocate), Some((10, false)));
+        assert_eq!(
+            (t.get(10), t.id_of(&backend(4)), t.len()),
+            (Some(backend(4)), Some(10), 2)
+        );
+        // No id to give: nothing recorded.
+        assert_eq!(t.id_or_insert(backend(5), || None), None);
+        assert_eq!((t.id_of(&backend(5)), t.len()), (None, 2));
+        // An allocator handing out an id that holds something: the old value is unindexed.
+        assert_eq!(t.id_or_insert(backend(6), || Some(3)), Some((3, true)));
+        assert_eq!(
+            (t.id_of(&backend(3)), t.id_of(&backend(6)), t.len()),
+            (None, Some(3), 2)
+        );
     }
 
     #[test]

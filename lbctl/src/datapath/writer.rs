@@ -1030,16 +1030,14 @@ impl<M: LbMaps> Writer<M> {
                 ));
             }
             let value = backend_value(*addr, frontend.protocol);
-            if let Some(id) = self.backends.id_of(&value) {
-                ids.push(id);
-                continue;
-            }
-            let id = self
-                .backend_alloc
-                .allocate()
+            let alloc = &mut self.backend_alloc;
+            let (id, fresh) = self
+                .backends
+                .id_or_insert(value, || alloc.allocate())
                 .ok_or_else(|| "the backend table is full".to_owned())?;
-            self.backends.insert(id, value);
-            new.push(id);
+            if fresh {
+                new.push(id);
+            }
             ids.push(id);
         }
         Ok(ids)
