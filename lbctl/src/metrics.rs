@@ -25,7 +25,7 @@
 //! turning ([`Liveness`]).
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     fmt,
     net::SocketAddr,
     sync::{Arc, Mutex, MutexGuard, RwLock, atomic::AtomicU64},
@@ -224,8 +224,9 @@ struct Providers {
 #[derive(Debug, Default)]
 struct ServiceConnects {
     frontends: BTreeMap<u32, Owned>,
-    /// Every Service port some owner in `frontends` names, and only those.
-    totals: BTreeMap<ServicePort, PortTotal>,
+    /// Every Service port some owner in `frontends` names, and only those. Hashed: a full
+    /// sync holds every port once and needs no order; a scrape sorts what it serves.
+    totals: HashMap<ServicePort, PortTotal>,
 }
 
 /// What a Service port counted, and how many frontends in [`ServiceConnects::frontends`] name
@@ -336,46 +337,16 @@ impl ServiceConnects {
     }
 
     /// One more frontend names `port`.
-    fn hold(&mut self, port: &ServicePort) {
-        match self.totals.get_mut(port) {
-            Some(total) => total.frontends += 1,
-            None => {
-                self.totals.insert(
-                    port.clone(),
-                    PortTotal {
-                        counts: FrontendCounts::default(),
-                        frontends: 1,
-                    },
-                );
-            }
-        }
+    fn hold(&mut self, port: ServicePort) {
+        self.totals.entry(port).or_default().frontends += 1;
     }
 
-    /// [`Self::hold`] for each of `ports`; into no totals yet (the first programming) in one
-    /// sorted bulk build rather than one tree insertion each.
-    fn hold_all(&mut self, mut ports: Vec<ServicePort>) {
-        if !self.totals.is_empty() {
-            for port in &ports {
-                self.hold(port);
-            }
-            return;
-        }
-        // The plan lists a Service's frontends together: nearly sorted already.
-        ports.sort_unstable();
-        let mut runs: Vec<(ServicePort, PortTotal)> = Vec::new();
+    /// [`Self::hold`] for each of `ports`, with room made for them first.
+    fn hold_all(&mut self, ports: Vec<ServicePort>) {
+        self.totals.reserve(ports.len());
         for port in ports {
-            match runs.last_mut() {
-                Some((last, total)) if *last == port => total.frontends += 1,
-                _ => runs.push((
-                    port,
-                    PortTotal {
-                        counts: FrontendCounts::default(),
-                        frontends: 1,
-                    },
-                )),
-            }
+            self.hold(port);
         }
-        self.totals = runs.into_iter().collect();
     }
 
     /// One frontend less names `port`; the port goes with the last one.
@@ -440,7 +411,7 @@ impl ServiceConnects {
             {
                 continue;
             }
-            self.hold(&f.service);
+            self.hold(f.service.clone());
             let owned = Owned {
                 frontend: f.frontend,
                 service: f.service,
@@ -902,7 +873,7 @@ impl fmt::Debug for ScrapeTimeCollector {
 }
 
 impl ScrapeTimeCollector {
-    /// The per-Service-port totals, brought up to date.
+    /// The per-Service-port totals, brought up to date, in Service port order.
     fn service_connects(&self) -> Vec<(ServicePort, FrontendCounts)> {
         let read = read_lock(&self.providers.frontends);
         let mut connects = lock(&self.service_connects);
@@ -911,11 +882,13 @@ impl ScrapeTimeCollector {
                 .get_or_create(&labels(&[("kind", ErrorKind::ReadCounters.label())]))
                 .inc();
         }
-        connects
+        let mut totals: Vec<(ServicePort, FrontendCounts)> = connects
             .totals
             .iter()
             .map(|(port, total)| (port.clone(), total.counts))
-            .collect()
+            .collect();
+        totals.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        totals
     }
 }
 

@@ -191,7 +191,8 @@ impl ServicePlan<'_> {
     /// The endpoints of one family for one service port, from all slices, with the backend port
     /// resolved per slice (named target ports may differ between slices).
     fn backend_sets(&self, port: &PortSpec<'_>, family: Family, node: &ThisNode) -> BackendSets {
-        let mut candidates = Vec::new();
+        let mut candidates =
+            Vec::with_capacity(self.slices.iter().map(|s| s.endpoints.len()).sum());
         for slice in self.slices {
             let Some(backend_port) = slice
                 .port_for(port.name, port.protocol)
