@@ -41,6 +41,9 @@ pub struct ControlOptions {
     pub changes: usize,
     /// Service count of the iptables-restore / nft -f comparison.
     pub tool_services: usize,
+    /// Runs of the whole agent per scale, each from empty (a single run on this VM varies by
+    /// a third from one to the next).
+    pub agent_runs: usize,
 }
 
 /// One BPF map the writer holds, from `/proc/self/fdinfo`.
@@ -109,11 +112,15 @@ pub struct AgentScale {
     pub plan_ms: f64,
     /// `Desired::from_plan`, in-process.
     pub desired_ms: f64,
-    /// The agent's `took_us` of its first "datapath updated": its whole first reconcile.
+    /// The agent's `took_us` of its first "datapath updated" (its whole first reconcile): the
+    /// median of the runs.
     pub reconcile_ms: f64,
+    /// Every run's `took_us`, in run order.
+    pub reconcile_runs_ms: Vec<f64>,
     /// From the agent's start to that log line (loading the object and the manifest included).
     pub start_to_programmed_ms: f64,
-    /// The agent's peak RSS (VmHWM) once programmed; kernel map memory is not in it.
+    /// The agent's peak RSS (VmHWM) once programmed, the largest of the runs; kernel map
+    /// memory is not in it.
     pub vm_hwm_kib: u64,
     pub vm_rss_kib: u64,
     pub bpf_maps: Vec<MapMemory>,
@@ -401,12 +408,10 @@ fn took_us(line: &str) -> Option<u64> {
 }
 
 /// Writes `set` as a manifest, loads it in-process (timing the engine's stages), then runs a
-/// real `lbctl agent --manifests` on it in a scratch cgroup and pin directory until its first
-/// "datapath updated".
-fn agent_scale(services: usize, endpoints: usize) -> Result<AgentScale> {
+/// real `lbctl agent --manifests` on it `runs` times, each in a fresh scratch cgroup and pin
+/// directory, until its first "datapath updated".
+fn agent_scale(services: usize, endpoints: usize, runs: usize) -> Result<AgentScale> {
     let set = ServiceSet::new(services, endpoints);
-    let cgroup = scratch::cgroup("cp-agent")?;
-    let pins = scratch::pin_dir("cp-agent")?;
     let text = manifest_yaml(&set);
     let manifest = TempFile::new("yaml")?;
     fs::write(&manifest.path, &text)
@@ -431,10 +436,48 @@ fn agent_scale(services: usize, endpoints: usize) -> Result<AgentScale> {
     }
     drop((inventory, plan, desired));
 
+    let mut agent_runs: Vec<AgentRun> = Vec::with_capacity(runs);
+    for run in 1..=runs.max(1) {
+        eprintln!("lb-bench: the agent, run {run} of {}", runs.max(1));
+        agent_runs.push(agent_run(&manifest.path)?);
+    }
+    let mut sorted: Vec<f64> = agent_runs.iter().map(|r| r.reconcile_ms).collect();
+    sorted.sort_by(f64::total_cmp);
+    let last = agent_runs.last().expect("at least one run");
+    Ok(AgentScale {
+        services,
+        endpoints,
+        manifest_bytes: text.len(),
+        manifest_load_ms,
+        plan_ms,
+        desired_ms,
+        reconcile_ms: sorted[sorted.len() / 2],
+        reconcile_runs_ms: agent_runs.iter().map(|r| r.reconcile_ms).collect(),
+        start_to_programmed_ms: last.start_to_programmed_ms,
+        vm_hwm_kib: agent_runs.iter().map(|r| r.vm_hwm_kib).max().unwrap_or(0),
+        vm_rss_kib: last.vm_rss_kib,
+        bpf_map_bytes: last.bpf_maps.iter().map(|m| m.memlock).sum(),
+        bpf_maps: last.bpf_maps.clone(),
+    })
+}
+
+/// What one run of the agent measured.
+struct AgentRun {
+    reconcile_ms: f64,
+    start_to_programmed_ms: f64,
+    vm_hwm_kib: u64,
+    vm_rss_kib: u64,
+    bpf_maps: Vec<MapMemory>,
+}
+
+/// One `lbctl agent --manifests MANIFEST` from empty, until its first "datapath updated".
+fn agent_run(manifest: &std::path::Path) -> Result<AgentRun> {
+    let cgroup = scratch::cgroup("cp-agent")?;
+    let pins = scratch::pin_dir("cp-agent")?;
     let capacity = scratch::bench_capacity();
     let args: Vec<std::ffi::OsString> = vec![
         "--manifests".into(),
-        manifest.path.clone().into(),
+        manifest.into(),
         "--node".into(),
         AGENT_NODE.into(),
         "--pin-dir".into(),
@@ -478,20 +521,20 @@ fn agent_scale(services: usize, endpoints: usize) -> Result<AgentScale> {
     if !clean_exit {
         eprintln!("lb-bench: note: the agent did not exit with success within 5 s of SIGTERM");
     }
-    Ok(AgentScale {
-        services,
-        endpoints,
-        manifest_bytes: text.len(),
-        manifest_load_ms,
-        plan_ms,
-        desired_ms,
+    Ok(AgentRun {
         reconcile_ms: reconcile_us as f64 / 1e3,
         start_to_programmed_ms,
         vm_hwm_kib,
         vm_rss_kib,
-        bpf_map_bytes: bpf_maps.iter().map(|m| m.memlock).sum(),
         bpf_maps,
     })
+}
+
+/// `min-max` of `values`.
+pub fn fmt_range(values: &[f64]) -> String {
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{}-{}", fmt_ms(min), fmt_ms(max))
 }
 
 /// A file in the temporary directory, removed on drop.
@@ -584,13 +627,13 @@ pub fn run(opts: &ControlOptions, tool_arms: &[Arm]) -> Result<(ControlResults, 
             "\n## control plane: lbctl agent --manifests, {services} services x {}",
             opts.endpoints
         );
-        agent.push(agent_scale(services, opts.endpoints)?);
+        agent.push(agent_scale(services, opts.endpoints, opts.agent_runs)?);
     }
     let mut table = Table::new(
         "Control plane: the whole agent (lbctl agent --manifests, first reconcile)",
         &[
             "services x endpoints",
-            "whole reconcile (took_us)",
+            "whole reconcile (took_us): median [range]",
             "manifest",
             "manifest load",
             "plan",
@@ -606,7 +649,12 @@ pub fn run(opts: &ControlOptions, tool_arms: &[Arm]) -> Result<(ControlResults, 
             .find(|s| s.services == a.services && s.endpoints == a.endpoints);
         table.row(vec![
             format!("{} x {}", a.services, a.endpoints),
-            fmt_ms(a.reconcile_ms),
+            format!(
+                "{} [{}] of {}",
+                fmt_ms(a.reconcile_ms),
+                fmt_range(&a.reconcile_runs_ms),
+                a.reconcile_runs_ms.len()
+            ),
             format!("{:.1} MB", a.manifest_bytes as f64 / 1e6),
             fmt_ms(a.manifest_load_ms),
             fmt_ms(a.plan_ms),

@@ -102,6 +102,7 @@ impl Options {
                 endpoints: 10,
                 changes: 30,
                 tool_services: 1000,
+                agent_runs: 2,
             }
         } else {
             ControlOptions {
@@ -109,6 +110,7 @@ impl Options {
                 endpoints: 10,
                 changes: 150,
                 tool_services: 10_000,
+                agent_runs: 5,
             }
         }
     }
