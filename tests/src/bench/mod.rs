@@ -320,7 +320,8 @@ fn estimate_seconds(
         s += d.rounds.min(10) as f64 * 0.7 + d.rounds as f64 * arms.len() as f64 * 0.01;
     }
     if control {
-        s += if quick { 20.0 } else { 200.0 };
+        // The writer at each scale, 5 (2) runs of the whole agent per scale, iptables and nft.
+        s += if quick { 25.0 } else { 280.0 };
     }
     s
 }
