@@ -302,15 +302,36 @@ impl Terminator {
         let udp = pass.udp.then_some(&self.udp);
         let tcp = self.tcp.as_ref().filter(|_| pass.tcp);
         for link in udp.into_iter().chain(tcp) {
-            match run(link) {
-                Ok(records) => sweep.terminated.extend(records),
-                Err(e) => sweep
-                    .errors
-                    .push(format!("sweeping the sockets of {namespace}: {e}")),
+            for round in 0..RUNS_PER_PASS {
+                match run(link) {
+                    Ok(records) => {
+                        let destroyed = records.iter().any(|t| t.error == 0);
+                        // A socket the kernel refused is refused again: reported once.
+                        sweep
+                            .terminated
+                            .extend(records.into_iter().filter(|t| round == 0 || t.error == 0));
+                        if !destroyed {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        sweep
+                            .errors
+                            .push(format!("sweeping the sockets of {namespace}: {e}"));
+                        break;
+                    }
+                }
             }
         }
     }
 }
+
+/// Runs of one iterator in one pass, at most. The kernel's socket iterators walk a hash bucket
+/// in batches: a socket destroyed during a run can shift the rest of its bucket so that the
+/// run skips a neighbour. A run that destroyed something is therefore followed by another,
+/// until one destroys nothing; a destroyed socket is no longer connected, so no run counts it
+/// twice.
+const RUNS_PER_PASS: usize = 4;
 
 /// Which iterators one pass of a sweep runs.
 #[derive(Clone, Copy, Debug)]
