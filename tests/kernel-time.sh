@@ -8,7 +8,7 @@
 #   tests/kernel-time.sh [N] [TARGET_DIR]     (root; TARGET_DIR holds lbctl and lb-probe,
 #                                              default target/debug)
 #
-# AGENT_ARGS (word-split) is passed to the agent, e.g. AGENT_ARGS="--max-revnat 16384" to
+# AGENT_ARGS (word-split) is passed to the agent, e.g. AGENT_ARGS="--max-affinity 4096" to
 # compare map capacities.
 #
 # Everything it creates (cgroup, pin directory, agent, server, temp dir) is removed on exit, also

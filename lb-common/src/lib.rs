@@ -24,11 +24,14 @@
 /// An agent migrates maps of an older version to new ones and refuses maps of a newer one.
 /// 3: `lb_services`, `lb_backends` and `lb_members` are preallocated (batched writes need it).
 /// 4: UDP sockets keep their translation in socket-local storage ([`SOCK_MAP`]); TCP sockets'
-/// backend ports are marked in [`PEER_PORTS_MAP`]; termination counters in [`STATS_MAP`].
+/// backend ports are marked in `lb_peer_ports` (retired since); termination counters in [`STATS_MAP`].
 /// 5: [`BACKENDS_MAP`] is an array indexed by backend id; [`MEMBERS_MAP`] holds the members of
 /// UDP and session-affinity frontends only; TCP termination reads [`DEPARTED_MAP`]; a
 /// frontend's backend ids are a range of the array [`SLOTS_MAP`] its master points to, and
 /// [`SERVICES_MAP`] holds masters only (its key has no slot).
+///
+/// Retiring a map ([`RETIRED_MAPS`]) is no layout change: the maps that stay keep their keys,
+/// values and flags, so programs of either side of an upgrade (or a rollback) run on them.
 pub const LAYOUT_VERSION: u32 = 5;
 
 /// Map names (also the file names under the pin directory).
@@ -41,20 +44,15 @@ pub const SLOTS_MAP: &str = "lb_slots";
 pub const STATS_MAP: &str = "lb_stats";
 pub const FRONTEND_STATS_MAP: &str = "lb_fe_stats";
 pub const META_MAP: &str = "lb_meta";
-pub const REVNAT_MAP: &str = "lb_revnat";
-/// Socket-local storage (`BPF_MAP_TYPE_SK_STORAGE`, value [`RevNat`]): the translation a UDP
-/// socket made last. Freed with its socket, so it has no capacity and never evicts; the
+/// Socket-local storage (`BPF_MAP_TYPE_SK_STORAGE`, value [`RevNat`]): the translation a TCP
+/// or UDP socket made last. Freed with its socket, so it has no capacity and never evicts; the
 /// socket iterators read it to find connected sockets whose backend left the set.
 pub const SOCK_MAP: &str = "lb_sock";
-/// TCP ports that TCP sockets were sent to (an array of `u32` indexed by the port in host
-/// order, 1 = marked): set by `connect4/6` for each backend port a TCP socket was sent to, never
-/// cleared while the maps live. Only sockets whose
-/// peer port is marked can have a [`REVNAT_MAP`] entry, so `getpeername` and `sock_release`
-/// skip the cookie and the hash lookup for every other socket (an accepted socket's peer is a
-/// client's ephemeral port).
-pub const PEER_PORTS_MAP: &str = "lb_peer_ports";
-/// Elements of [`PEER_PORTS_MAP`]: one per port.
-pub const PEER_PORTS: u32 = 65_536;
+/// Maps that earlier lbctl versions pinned and this one no longer uses: an agent unpins them
+/// once its programs replaced the ones that used them (and `lbctl uninstall` removes them).
+/// `lb_revnat` held TCP sockets' reverse translation by socket cookie (an LRU hash, now
+/// [`SOCK_MAP`]), `lb_peer_ports` marked the backend ports it could hold.
+pub const RETIRED_MAPS: [&str; 2] = ["lb_revnat", "lb_peer_ports"];
 pub const AFFINITY_MAP: &str = "lb_affinity";
 /// (frontend id, backend id) -> 1 ([`MemberKey`]): the backend sets of the frontends whose
 /// programs check a remembered backend, those of UDP (connected-UDP stickiness) or with session
@@ -83,9 +81,6 @@ pub const DEFAULT_MAX_SERVICE_ENTRIES: u32 = 65_536 * 8;
 pub const DEFAULT_MAX_BACKENDS: u32 = 262_144;
 /// Frontend ids index the per-frontend counters, so this bounds the number of frontends.
 pub const DEFAULT_MAX_FRONTENDS: u32 = 65_536;
-/// Sockets whose reverse translation is remembered at once ([`REVNAT_MAP`], an LRU hash: the
-/// kernel preallocates it, about 120 bytes per entry).
-pub const DEFAULT_MAX_REVNAT: u32 = 262_144;
 /// Session affinity entries (client, frontend) ([`AFFINITY_MAP`], an LRU hash, preallocated).
 pub const DEFAULT_MAX_AFFINITY: u32 = 65_536;
 
@@ -156,7 +151,7 @@ pub struct ServiceValue {
     /// [`service_flags`].
     pub flags: u16,
     /// Stable id of the frontend; indexes the per-frontend counters, keys [`MEMBERS_MAP`] and
-    /// [`AFFINITY_MAP`], and validates [`REVNAT_MAP`] entries.
+    /// [`AFFINITY_MAP`], and validates [`SOCK_MAP`] entries.
     pub frontend_id: u32,
     /// Session affinity timeout in seconds (0 when affinity is off).
     pub affinity_timeout: u32,
@@ -188,13 +183,11 @@ pub struct Backend {
     pub flags: u8,
 }
 
-/// The one translation a socket made last: the value of [`REVNAT_MAP`] for TCP sockets (an LRU
-/// hash keyed by socket cookie, `bpf_get_socket_cookie`; `connect4/6` write it, `getpeername4/6`
-/// read it, `sock_release` deletes it when the socket closes) and of [`SOCK_MAP`] for UDP
-/// sockets (socket-local storage written by `connect4/6` and `sendmsg4/6`; `recvmsg4/6` and
-/// `getpeername4/6` make the backend's address look like the service's with it, `sendmsg4/6`
-/// reuse its backend so one UDP socket sticks to one backend, and the socket iterators use it to
-/// terminate connected sockets whose backend left the set).
+/// The one translation a socket made last: the value of [`SOCK_MAP`], socket-local storage
+/// written by `connect4/6` (TCP and UDP) and `sendmsg4/6` (UDP). `getpeername4/6` and
+/// `recvmsg4/6` make the backend's address look like the service's with it, `sendmsg4/6` reuse
+/// its backend so one UDP socket sticks to one backend, and the socket iterators use it to
+/// terminate connected sockets whose backend left the set. The kernel frees it with the socket.
 ///
 /// An entry is used only while the frontend's master still carries `frontend_id` (the service was
 /// not deleted or re-created), and by `sendmsg` only while `(frontend_id, backend_id)` is in

@@ -4,8 +4,8 @@
 //! destroyed with the `bpf_sock_destroy` kfunc (Linux 6.5+), so its next `send`/`recv` fails at
 //! once and the client reconnects through the service to a live backend.
 //!
-//! Only sockets lbctl translated are judged: UDP sockets with socket-local storage
-//! ([`SOCKS`]), TCP sockets with a [`REVNAT`] entry. A socket is spared when it is not
+//! Only sockets lbctl translated are judged: those with socket-local storage ([`SOCKS`]). A
+//! socket is spared when it is not
 //! connected (an unconnected UDP socket's next `sendto` is balanced anew), when it is no longer
 //! connected to the recorded backend (it reconnected elsewhere), or when the backend has not
 //! left the frontend: for UDP, it is still a member (`lb_members`); for TCP, whose frontends
@@ -25,7 +25,7 @@ use lb_common::{IPPROTO_TCP, IPPROTO_UDP, MemberKey, RevNat, Terminated, stat};
 
 use crate::{
     lb,
-    maps::{self, DEPARTED, REVNAT, SOCKS},
+    maps::{self, DEPARTED, SOCKS},
     sock::{self, Addr, from_bytes},
 };
 
@@ -161,6 +161,18 @@ fn judge(meta: *mut BpfIterMeta, sk: *mut c_void, cookie: u64, e: &RevNat) {
     }
 }
 
+/// The socket's storage ([`SOCKS`]), copied; `sk` must be a full socket (`struct sock` or a
+/// type that starts with one, such as `struct tcp_sock` or `struct udp_sock`).
+#[inline(always)]
+fn storage(sk: *mut c_void) -> Option<RevNat> {
+    let map = core::ptr::from_ref(&SOCKS).cast_mut().cast();
+    // SAFETY: the tracing flavour of bpf_sk_storage_get: the map (the static's address is the
+    // map) and a full socket pointer; lookup only.
+    let st = unsafe { bpf_sk_storage_get(map, sk, core::ptr::null_mut(), 0) };
+    // SAFETY: non-null storage of this socket, copied once.
+    (!st.is_null()).then(|| unsafe { *st.cast::<RevNat>() })
+}
+
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "iter/udp")]
 pub extern "C" fn lb_iter_udp(ctx: *mut BpfIterUdp) -> i32 {
@@ -169,15 +181,9 @@ pub extern "C" fn lb_iter_udp(ctx: *mut BpfIterUdp) -> i32 {
     if sk.is_null() {
         return 0;
     }
-    let map = core::ptr::from_ref(&SOCKS).cast_mut().cast();
-    // SAFETY: the tracing flavour of bpf_sk_storage_get: the map (the static's address is the
-    // map) and a socket pointer; lookup only.
-    let st = unsafe { bpf_sk_storage_get(map, sk, core::ptr::null_mut(), 0) };
-    if st.is_null() {
+    let Some(e) = storage(sk) else {
         return 0;
-    }
-    // SAFETY: non-null storage of this socket, copied once.
-    let e = unsafe { *st.cast::<RevNat>() };
+    };
     // SAFETY: bpf_get_socket_cookie accepts the iterator's socket pointer.
     let cookie = unsafe { bpf_get_socket_cookie(sk) };
     judge(meta, sk, cookie, &e);
@@ -194,24 +200,18 @@ pub extern "C" fn lb_iter_tcp(ctx: *mut BpfIterTcp) -> i32 {
     }
     // Request and timewait sockets are no full TCP sockets: skip them.
     // SAFETY: helper call with the iterator's sock_common pointer.
-    if unsafe { bpf_skc_to_tcp_sock(skc) }.is_null() {
+    let tp = unsafe { bpf_skc_to_tcp_sock(skc) };
+    if tp.is_null() {
         return 0;
     }
-    // SAFETY: as in `connected_to`.
-    let port = unsafe { (*skc.cast::<SockCommonHead>()).skc_dport };
-    if !maps::peer_port_marked(port) {
+    let Some(e) = storage(tp.cast()) else {
+        return 0;
+    };
+    if e.proto != IPPROTO_TCP {
         return 0;
     }
     // SAFETY: bpf_get_socket_cookie accepts the iterator's socket pointer.
     let cookie = unsafe { bpf_get_socket_cookie(skc) };
-    let Some(e) = REVNAT.get_ptr(&cookie) else {
-        return 0;
-    };
-    // SAFETY: the pointer comes from a successful lookup; the entry is copied once.
-    let e = unsafe { *e };
-    if e.proto != IPPROTO_TCP {
-        return 0;
-    }
     judge(meta, skc, cookie, &e);
     0
 }

@@ -2,13 +2,12 @@
 //! reverse lookup the `recvmsg4/6` and `getpeername4/6` hooks share.
 use aya_ebpf::{helpers::bpf_get_prandom_u32, programs::SockAddrContext};
 use lb_common::{
-    IPPROTO_UDP, MemberKey, RevNat, SCOPE_ANY, ServiceKey, ServiceValue, reason, service_flags,
-    stat, verdict,
+    MemberKey, RevNat, SCOPE_ANY, ServiceKey, ServiceValue, reason, service_flags, stat, verdict,
 };
 
 use crate::{
     affinity,
-    maps::{self, BACKENDS, MEMBERS, REVNAT, SERVICES, SLOTS, SOCKS},
+    maps::{self, BACKENDS, MEMBERS, SERVICES, SLOTS, SOCKS},
     sock::{self, Addr, from_bytes, to_bytes},
     trace,
 };
@@ -257,23 +256,18 @@ fn decide(
     (Some(chosen), why)
 }
 
-/// Records the translation the socket just made: a UDP socket in its own storage (freed with
-/// it; the termination iterator reads it), a TCP socket in [`REVNAT`] by cookie, with its
-/// backend port marked so `getpeername` and `sock_release` know to look. An error here only
-/// costs the reverse translation of this socket, never the forward one.
+/// Records the translation the socket just made in the socket's own storage ([`SOCKS`]), TCP
+/// and UDP alike: freed with the socket by the kernel (no table to fill, nothing to evict, no
+/// program at close), read by `getpeername`, `recvmsg`, UDP stickiness and the termination
+/// iterators. An error here (the kernel could not allocate the storage) only costs the reverse
+/// translation of this socket, never the forward one.
 #[inline(always)]
 fn remember(ctx: &SockAddrContext, entry: &RevNat) {
-    if entry.proto == IPPROTO_UDP {
-        // SAFETY: lookup-or-create of the calling socket's own storage (zeroed when new).
-        let st = unsafe { SOCKS.get_or_insert_ptr_mut(ctx, None) };
-        if !st.is_null() {
-            // SAFETY: non-null storage of this socket, written whole.
-            unsafe { *st = *entry };
-        }
-    } else {
-        maps::mark_peer_port(entry.backend_port);
-        // A full map evicts its least recently used entry.
-        let _ = REVNAT.insert(&sock::cookie(ctx), entry, 0);
+    // SAFETY: lookup-or-create of the calling socket's own storage (zeroed when new).
+    let st = unsafe { SOCKS.get_or_insert_ptr_mut(ctx, None) };
+    if !st.is_null() {
+        // SAFETY: non-null storage of this socket, written whole.
+        unsafe { *st = *entry };
     }
 }
 
@@ -302,31 +296,18 @@ fn sticky(e: &RevNat, svc: &ServiceValue, address: &Addr, port: u16, proto: u8) 
 
 /// The reverse path of `recvmsg4/6` and `getpeername4/6`: when `peer` is the backend this
 /// socket was sent to and its frontend still exists as it was, the service address and port to
-/// show instead. Lookups: a UDP socket's storage, or for TCP the peer port's mark and then the
-/// socket's [`REVNAT`] entry; then the master (and, on a translation, `lb_meta[DEBUG]`).
+/// show instead. Lookups: the socket's storage (a pointer read for a socket lbctl never
+/// translated, such as an accepted one); then the master (and, on a translation,
+/// `lb_meta[DEBUG]`).
 #[inline(always)]
-pub fn reverse(
-    ctx: &SockAddrContext,
-    peer: &Addr,
-    port: u16,
-    hook: u8,
-    udp: bool,
-) -> Option<Target> {
-    let e = if udp {
-        // SAFETY: a lookup without create of the calling socket's own storage.
-        let st = unsafe { SOCKS.get_ptr_mut(ctx) };
-        if st.is_null() {
-            return None;
-        }
-        st.cast_const()
-    } else {
-        if !maps::peer_port_marked(port) {
-            return None;
-        }
-        REVNAT.get_ptr(&sock::cookie(ctx))?
-    };
-    // SAFETY: the pointer comes from a successful lookup; the entry is only read.
-    let e = unsafe { &*e };
+pub fn reverse(ctx: &SockAddrContext, peer: &Addr, port: u16, hook: u8) -> Option<Target> {
+    // SAFETY: a lookup without create of the calling socket's own storage.
+    let st = unsafe { SOCKS.get_ptr_mut(ctx) };
+    if st.is_null() {
+        return None;
+    }
+    // SAFETY: non-null storage of this socket; the entry is only read.
+    let e = unsafe { &*st };
     if e.backend_port != port || !eq_addr(&from_bytes(&e.backend_address), peer) {
         return None;
     }
@@ -365,11 +346,8 @@ pub fn reverse(
             Some(service)
         }
         _ => {
-            // The service was deleted (or re-created): the entry is stale for good (a UDP
-            // socket's storage goes with the socket, or is overwritten by its next translation).
-            if !udp {
-                let _ = REVNAT.remove(&sock::cookie(ctx));
-            }
+            // The service was deleted (or re-created): the entry is stale for good (the storage
+            // goes with the socket, or is overwritten by its next translation).
             None
         }
     }

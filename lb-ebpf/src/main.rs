@@ -16,8 +16,6 @@ mod maps;
 #[cfg(target_arch = "bpf")]
 mod peer;
 #[cfg(target_arch = "bpf")]
-mod release;
-#[cfg(target_arch = "bpf")]
 mod sock;
 #[cfg(target_arch = "bpf")]
 mod trace;

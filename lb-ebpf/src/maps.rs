@@ -66,45 +66,11 @@ pub static DEPARTED: HashMap<
     NO_PREALLOC,
 > = HashMap::new();
 
-/// Socket cookie -> the translation a TCP socket made (its reverse translation for
-/// `getpeername`). Entries are deleted when their socket closes (`sock_release`); LRU eviction
-/// is the backstop.
-#[btf_map(name = "lb_revnat")]
-pub static REVNAT: LruHashMap<u64, RevNat, { lb_common::DEFAULT_MAX_REVNAT as usize }> =
-    LruHashMap::new();
-
-/// The translation a UDP socket made last, in the socket itself (reverse translation,
-/// stickiness, termination when its backend leaves). Freed with the socket.
+/// The translation a socket made last (TCP or UDP), in the socket itself: reverse
+/// translation (`getpeername`, `recvmsg`), UDP stickiness, termination when its backend leaves.
+/// Freed with the socket.
 #[btf_map(name = "lb_sock")]
 pub static SOCKS: SkStorage<RevNat> = SkStorage::new();
-
-/// TCP backend ports that `lb_revnat` entries may point to, see `lb_common::PEER_PORTS_MAP`.
-#[btf_map(name = "lb_peer_ports")]
-pub static PEER_PORTS: Array<u32, { lb_common::PEER_PORTS as usize }> = Array::new();
-
-/// Whether `port` (network order) is marked in [`PEER_PORTS`].
-#[inline(always)]
-pub fn peer_port_marked(port: u16) -> bool {
-    // SAFETY: the pointer comes from a successful array lookup and is read once, by value.
-    PEER_PORTS
-        .get_ptr(u32::from(u16::from_be(port)))
-        .is_some_and(|p| unsafe { *p } != 0)
-}
-
-/// Marks `port` (network order) in [`PEER_PORTS`], writing only when it is not marked yet (so
-/// the cache line stays shared once a port is known).
-#[inline(always)]
-pub fn mark_peer_port(port: u16) {
-    if let Some(p) = PEER_PORTS.get_ptr_mut(u32::from(u16::from_be(port))) {
-        // SAFETY: an aligned 4-byte element of the map value the lookup returned; every writer
-        // stores the same 1, so racing stores agree.
-        unsafe {
-            if *p == 0 {
-                *p = 1;
-            }
-        }
-    }
-}
 
 /// (netns cookie, client address, frontend id) -> backend id and last use: session affinity.
 #[btf_map(name = "lb_affinity")]

@@ -3,7 +3,7 @@
 //! `recvmsg4`/`recvmsg6` too.
 use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
 
-use lb_common::{IPPROTO_UDP, hook};
+use lb_common::hook;
 
 use crate::{connect::ALLOW, lb, sock};
 
@@ -13,7 +13,7 @@ use crate::{connect::ALLOW, lb, sock};
 #[inline(always)]
 pub fn reverse4(ctx: &SockAddrContext, hook: u8) -> i32 {
     let (peer, port) = sock::user_v4(ctx);
-    if let Some(service) = lb::reverse(ctx, &peer, port, hook, is_udp(ctx, hook))
+    if let Some(service) = lb::reverse(ctx, &peer, port, hook)
         && sock::is_mapped4(&service.address)
     {
         sock::set_user_v4(ctx, &service.address, service.port);
@@ -26,18 +26,10 @@ pub fn reverse4(ctx: &SockAddrContext, hook: u8) -> i32 {
 #[inline(always)]
 pub fn reverse6(ctx: &SockAddrContext, hook: u8) -> i32 {
     let (peer, port) = sock::user_v6(ctx);
-    if let Some(service) = lb::reverse(ctx, &peer, port, hook, is_udp(ctx, hook)) {
+    if let Some(service) = lb::reverse(ctx, &peer, port, hook) {
         sock::set_user_v6(ctx, &service.address, service.port);
     }
     ALLOW
-}
-
-/// Whether the socket is UDP: always in `recvmsg` (the kernel runs it for UDP only), else
-/// from the context.
-#[inline(always)]
-fn is_udp(ctx: &SockAddrContext, hook: u8) -> bool {
-    // SAFETY: the kernel passes a valid bpf_sock_addr; `protocol` is a readable field.
-    hook == hook::RECVMSG || unsafe { (*ctx.sock_addr).protocol } == u32::from(IPPROTO_UDP)
 }
 
 #[cgroup_sock_addr(getpeername4)]

@@ -7,9 +7,7 @@ use aya::{
     programs::links::{FdLink, PinnedLink},
 };
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
-use lb_common::{
-    AFFINITY_MAP, BACKENDS_MAP, REVNAT_MAP, SERVICES_MAP, SLOTS_MAP, meta, service_flags,
-};
+use lb_common::{AFFINITY_MAP, BACKENDS_MAP, SERVICES_MAP, SLOTS_MAP, meta, service_flags};
 use serde::Serialize;
 
 use crate::{
@@ -267,11 +265,6 @@ pub fn status(pin_dir: &Path) -> Result<Status, InspectError> {
                 map: BACKENDS_MAP,
                 entries: backend_entries,
                 capacity: capacity(BACKENDS_MAP),
-            },
-            MapFill {
-                map: REVNAT_MAP,
-                entries: maps.revnat_entries(),
-                capacity: capacity(REVNAT_MAP),
             },
             MapFill {
                 map: AFFINITY_MAP,

@@ -227,10 +227,10 @@ struct AgentArgs {
     /// one preallocated master of 88 bytes each).
     #[arg(long, default_value_t = lb_common::DEFAULT_MAX_FRONTENDS)]
     max_frontends: u32,
-    /// Capacity of the reverse-translation map of TCP sockets (for getpeername); preallocated,
-    /// ~120 bytes each. UDP sockets keep theirs in socket-local storage, which has no capacity.
-    #[arg(long, default_value_t = lb_common::DEFAULT_MAX_REVNAT)]
-    max_revnat: u32,
+    /// No longer used: sockets keep their reverse translation in socket-local storage, which has
+    /// no capacity. Accepted (and ignored, with a warning) so existing DaemonSet arguments work.
+    #[arg(long, hide = true)]
+    max_revnat: Option<u32>,
     /// Capacity of the session affinity map (client network namespace x frontend).
     #[arg(long, default_value_t = lb_common::DEFAULT_MAX_AFFINITY)]
     max_affinity: u32,
@@ -316,6 +316,13 @@ fn run_agent(args: AgentArgs) -> Result<()> {
         tracing::info!(pin_dir = %args.pin.pin_dir.display(), "datapath removed");
         return Ok(());
     }
+    if let Some(n) = args.max_revnat {
+        tracing::warn!(
+            max_revnat = n,
+            "--max-revnat is ignored: sockets keep their reverse translation in socket-local \
+             storage, which has no capacity; remove the flag"
+        );
+    }
     let cgroup = match args.cgroup {
         Some(c) => c,
         None => datapath::system::cgroup2_root()?,
@@ -348,7 +355,6 @@ fn run_agent(args: AgentArgs) -> Result<()> {
                 service_entries: args.max_service_entries,
                 backends: args.max_backends,
                 frontends: args.max_frontends,
-                revnat: args.max_revnat,
                 affinity: args.max_affinity,
             },
             scope: args.socket_lb_scope,

@@ -140,7 +140,7 @@ pub fn one_service_yaml(vip: &str, backends: &[SocketAddr]) -> String {
 pub fn agent_args(source: &[&str], pins: &Path, cgroup: &Path, extra: &[&str]) -> Vec<String> {
     let pins = pins.display().to_string();
     let cgroup = cgroup.display().to_string();
-    let defaults: [(&str, &str); 9] = [
+    let defaults: [(&str, &str); 8] = [
         ("--node", NODE),
         ("--pin-dir", &pins),
         ("--cgroup", &cgroup),
@@ -148,7 +148,6 @@ pub fn agent_args(source: &[&str], pins: &Path, cgroup: &Path, extra: &[&str]) -
         ("--max-service-entries", "4096"),
         ("--max-backends", "1024"),
         ("--max-frontends", "1024"),
-        ("--max-revnat", "4096"),
         ("--max-affinity", "1024"),
     ];
     let mut args: Vec<String> = source.iter().map(ToString::to_string).collect();

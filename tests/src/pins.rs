@@ -40,9 +40,6 @@ pub fn test_capacity() -> Capacity {
         service_entries: 4096,
         backends: 1024,
         frontends: 1024,
-        // Room for the 10,000 sockets of the reverse-map test: without the release hook the
-        // map would fill up to them.
-        revnat: 16_384,
         affinity: 1024,
     }
 }

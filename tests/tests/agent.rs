@@ -185,8 +185,6 @@ fn a_killed_agent_restarts_without_failed_connects_or_stale_entries() {
             ("lb_services".to_owned(), 1),
             ("lb_slots".to_owned(), 2),
             ("lb_backends".to_owned(), 2),
-            // Every client socket is closed: no reverse-translation entry may be left.
-            ("lb_revnat".to_owned(), 0),
             ("lb_affinity".to_owned(), 0),
         ]
     );

@@ -13,7 +13,6 @@ use lbctl::{
     plan::{FrontendKind, Protocol},
 };
 use testkit::{
-    agent::wait_until,
     backends::Backends,
     dns::Dnsmasq,
     netns::NetnsGuard,
@@ -423,45 +422,64 @@ fn host_only_scope_leaves_other_network_namespaces_alone() {
     );
 }
 
-/// The reverse map holds live TCP sockets only: 2,000 short-lived connections leave nothing
-/// behind (`sock_release` deletes their entries), while an open connection keeps its entry; UDP
-/// sockets keep their translation in socket-local storage and never use the map.
+/// A socket's reverse translation lives in the socket (socket-local storage): a long-lived TCP
+/// connection still reports the service as its peer after thousands of newer connections
+/// through the node's services came and went (no table to fill or evict from, nothing to clean
+/// up at close), and its exchanges keep working.
 #[test]
-fn reverse_map_does_not_grow_with_closed_sockets() {
-    let mut s = Scratch::new("revnat-release").unwrap();
+fn a_long_lived_connection_keeps_its_peer_through_many_newer_connections() {
+    let mut s = Scratch::new("sock-state").unwrap();
+    let held_at = SocketAddr::new(LOCALHOST4, testkit::ports::free_port().unwrap());
+    let mut server = Probe::spawn(None, &["serve-hold", "h0", &held_at.to_string()]).unwrap();
+    assert_eq!(server.read_lines(1).unwrap(), ["listening"]);
     let tcp = Backends::tcp(LOCALHOST4, &["t0"]).unwrap();
     let udp = Backends::udp(LOCALHOST4, &["u0", "u1"]).unwrap();
-    let (vip, vip_udp) = (sa("10.96.0.59:80"), sa("10.96.0.59:53"));
+    let (vip_held, vip, vip_udp) = (
+        sa("10.96.0.59:8080"),
+        sa("10.96.0.59:80"),
+        sa("10.96.0.59:53"),
+    );
     s.datapath
         .apply(
             Desired::default()
+                .insert(vip_held, Protocol::Tcp, vec![held_at])
                 .insert(vip, Protocol::Tcp, tcp.addrs())
                 .insert(vip_udp, Protocol::Udp, udp.addrs()),
         )
         .unwrap();
-    let entries = |s: &Scratch| s.datapath.writer().maps().revnat_entries();
 
-    let mut open = Probe::spawn(Some(&s.cgroup), &["hold", "tcp", &vip.to_string()]).unwrap();
-    assert_eq!(open.read_lines(1).unwrap(), [format!("connected {vip}")]);
-    assert_eq!(entries(&s), 1, "an open connection keeps its entry");
+    let mut open = Probe::spawn(Some(&s.cgroup), &["hold", "tcp", &vip_held.to_string()]).unwrap();
+    assert_eq!(
+        open.read_lines(1).unwrap(),
+        [format!("connected {vip_held}")]
+    );
 
-    let out = Probe::run(Some(&s.cgroup), &["peer", "tcp", &vip.to_string(), "2000"]).unwrap();
-    assert_eq!(out.len(), 2000);
+    let out = Probe::run(Some(&s.cgroup), &["peer", "tcp", &vip.to_string(), "3000"]).unwrap();
+    assert_eq!(out.len(), 3000);
+    assert!(
+        out.iter().all(|o| *o == Outcome::Reached("t0".into())),
+        "{out:?}"
+    );
     let mut many = Probe::spawn(
         Some(&s.cgroup),
-        &["dgram-many", &vip_udp.to_string(), "2000"],
+        &["dgram-many", &vip_udp.to_string(), "3000"],
     )
     .unwrap();
-    assert_eq!(many.read_lines(1).unwrap(), ["done 2000 0"]);
+    assert_eq!(many.read_lines(1).unwrap(), ["done 3000 0"]);
     many.finish_raw().unwrap();
-    assert_eq!(entries(&s), 1, "closed sockets left entries behind");
-    assert!(s.datapath.counters().unwrap().rewritten >= 4_001);
+    assert!(s.datapath.counters().unwrap().rewritten >= 6_001);
 
+    open.send("2").unwrap();
+    for line in open.read_lines(2).unwrap() {
+        let reply = Reply::parse(&line).unwrap();
+        assert_eq!(reply.outcome, Outcome::Reached("h0".into()), "{line}");
+        assert_eq!(
+            reply.from,
+            Some(vip_held),
+            "the held socket's peer is still the service"
+        );
+    }
     open.finish_raw().unwrap();
-    assert!(
-        wait_until(Duration::from_secs(2), || entries(&s) == 0),
-        "the closed connection's entry stayed"
-    );
 }
 
 /// `lb_members` holds exactly the current backend set of each UDP or affinity frontend, through

@@ -84,7 +84,7 @@ fn another_object_replaces_the_programs_on_the_pinned_links_without_a_failed_con
     let a_ids = node.program_ids();
     let links_before: Vec<Option<u32>> = node.status().links.iter().map(|l| l.link_id).collect();
     let services_map = node.status();
-    let map_ids = (map_id(&node, "lb_services"), map_id(&node, "lb_revnat"));
+    let map_ids = (map_id(&node, "lb_services"), map_id(&node, "lb_backends"));
 
     let before = reached(&mut probe, 200).unwrap();
     assert_eq!(distinct(&before).len(), 2, "object A spreads: {before:?}");
@@ -120,7 +120,7 @@ fn another_object_replaces_the_programs_on_the_pinned_links_without_a_failed_con
     );
     assert_eq!(status.frontends, services_map.frontends, "maps kept");
     assert_eq!(
-        (map_id(&node, "lb_services"), map_id(&node, "lb_revnat")),
+        (map_id(&node, "lb_services"), map_id(&node, "lb_backends")),
         map_ids,
         "the same maps"
     );
@@ -227,6 +227,105 @@ fn maps_of_an_older_layout_are_migrated_without_a_failed_connect() {
         maps.meta.get(&lb_common::meta::LAYOUT_VERSION, 0).unwrap(),
         lb_common::LAYOUT_VERSION
     );
+}
+
+fn bpftool(args: &[&str]) {
+    let out = std::process::Command::new("bpftool")
+        .args(args)
+        .output()
+        .expect("bpftool (installed by `cargo xtask setup`)");
+    assert!(
+        out.status.success(),
+        "bpftool {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Pins what an lbctl before socket-local TCP state left: the maps `lb_revnat` and
+/// `lb_peer_ports`, and a link pinned as `links/lb_sock_release` (here a second pin of the live
+/// `lb_getpeername4` link: the pin, not the program, is what retiring removes).
+fn pin_retired(node: &Node) {
+    let pins = node.pins.path();
+    for (map, kind, key, value, entries) in [
+        ("lb_revnat", "lru_hash", "8", "48", "16"),
+        ("lb_peer_ports", "array", "4", "4", "65536"),
+    ] {
+        let path = pins.join(map).display().to_string();
+        let name = map.trim_start_matches("lb_");
+        bpftool(&[
+            "map", "create", &path, "type", kind, "key", key, "value", value, "entries", entries,
+            "name", name,
+        ]);
+    }
+    let link = node
+        .status()
+        .links
+        .iter()
+        .find(|l| l.program == "lb_getpeername4")
+        .and_then(|l| l.link_id)
+        .expect("the getpeername link");
+    let retired_link = pins.join("links/lb_sock_release").display().to_string();
+    bpftool(&["link", "pin", "id", &link.to_string(), &retired_link]);
+}
+
+/// An agent upgraded from an lbctl that kept TCP reverse state in `lb_revnat` (and released it
+/// with a `sock_release` program) retires what only that one used: the `lb_sock_release` link
+/// and the two maps are unpinned once the new programs serve, connects never fail, and a TCP
+/// socket still reports the service as its peer. `lbctl uninstall` removes such leftovers too.
+#[test]
+fn what_an_older_lbctl_pinned_and_this_one_no_longer_uses_is_retired() {
+    let vip = "10.96.1.13";
+    let Serving {
+        node,
+        mut agent,
+        mut probe,
+        backends: _backends,
+    } = serving("upgrade-retire", vip);
+    assert!(agent.terminate(), "{}", agent.log());
+    pin_retired(&node);
+    let pins = node.pins.path();
+    let retired = [
+        pins.join("lb_revnat"),
+        pins.join("lb_peer_ports"),
+        pins.join("links/lb_sock_release"),
+    ];
+    assert!(retired.iter().all(|p| p.exists()));
+
+    let mut agent = node.agent(&[]).unwrap();
+    wait_for_log(&mut agent, "retired what an earlier lbctl", WAIT).unwrap();
+    for path in &retired {
+        assert!(!path.exists(), "{} is still pinned", path.display());
+    }
+    let after = reached_after_mark(&mut probe, 200).unwrap();
+    assert_eq!(distinct(&after).len(), 2, "{after:?}");
+    let peers = Probe::spawn(
+        Some(&node.cgroup),
+        &["peer", "tcp", &format!("{vip}:80"), "3"],
+    )
+    .unwrap()
+    .read_lines(3)
+    .unwrap();
+    let service: std::net::SocketAddr = format!("{vip}:80").parse().unwrap();
+    for line in &peers {
+        let reply = testkit::sockets::Reply::parse(line).unwrap();
+        assert_eq!(
+            reply.from,
+            Some(service),
+            "getpeername shows the service: {peers:?}"
+        );
+    }
+    let rest = probe.finish().unwrap();
+    assert!(
+        rest.iter()
+            .all(|o| matches!(o, testkit::probe::Outcome::Reached(_))),
+        "{rest:?}"
+    );
+
+    // Leftovers again, then an uninstall: nothing may stay pinned.
+    assert!(agent.terminate(), "{}", agent.log());
+    pin_retired(&node);
+    lbctl::datapath::uninstall(pins).unwrap();
+    assert!(!pins.exists(), "uninstall leaves no pin behind");
 }
 
 /// A migration interrupted before its first apply leaves staged maps; `uninstall` removes them

@@ -10,7 +10,7 @@ use std::{
 use aya::{
     EbpfLoader,
     programs::{
-        CgroupAttachMode, CgroupSock, CgroupSockAddr,
+        CgroupAttachMode, CgroupSockAddr,
         links::{FdLink, PinnedLink},
     },
 };
@@ -35,10 +35,9 @@ pub fn object_identity() -> Option<&'static str> {
 }
 
 /// The programs, each attached to the hook its name says (`cgroup/connect4`, ...), in attach
-/// order: the hooks that release and read reverse state come before the ones that write it, so
-/// every translated socket has its reverse translation and its cleanup from the start.
-pub const PROGRAMS: [&str; 9] = [
-    "lb_sock_release",
+/// order: the hooks that read reverse state come before the ones that write it, so every
+/// translated socket has its reverse translation from the start.
+pub const PROGRAMS: [&str; 8] = [
     "lb_getpeername4",
     "lb_getpeername6",
     "lb_recvmsg4",
@@ -49,9 +48,11 @@ pub const PROGRAMS: [&str; 9] = [
     "lb_sendmsg6",
 ];
 
-/// The one program of [`PROGRAMS`] that is a `cgroup_sock` program (the others are
-/// `cgroup_sock_addr` programs).
-const SOCK_RELEASE: &str = "lb_sock_release";
+/// Programs that earlier lbctl versions attached and this one does not: their pinned links are
+/// removed (the programs detached) once this object's programs serve the hooks, with the maps
+/// only they used (`lb_common::RETIRED_MAPS`). `lb_sock_release` deleted a closing TCP socket's
+/// `lb_revnat` entry; the translation now lives in the socket and goes with it.
+pub const RETIRED_PROGRAMS: [&str; 1] = ["lb_sock_release"];
 
 /// Map capacities, set when the maps are created. Pinned maps of other capacities are replaced
 /// (see [`Installed::Migrating`]).
@@ -64,10 +65,6 @@ pub struct Capacity {
     pub backends: u32,
     /// Frontend ids (size of the per-frontend counters).
     pub frontends: u32,
-    /// Sockets whose translation is remembered at once (`lb_revnat`, an LRU hash the kernel
-    /// preallocates: about 120 bytes per entry). Needed for UDP replies, `getpeername` and UDP
-    /// stickiness; when full, the least recently used socket loses it.
-    pub revnat: u32,
     /// Session affinity entries, one per (client network namespace, frontend) (`lb_affinity`,
     /// an LRU hash, preallocated).
     pub affinity: u32,
@@ -79,7 +76,6 @@ impl Default for Capacity {
             service_entries: lb_common::DEFAULT_MAX_SERVICE_ENTRIES,
             backends: lb_common::DEFAULT_MAX_BACKENDS,
             frontends: lb_common::DEFAULT_MAX_FRONTENDS,
-            revnat: lb_common::DEFAULT_MAX_REVNAT,
             affinity: lb_common::DEFAULT_MAX_AFFINITY,
         }
     }
@@ -269,6 +265,7 @@ pub(crate) fn install(config: &DatapathConfig, object: &Object) -> Result<Loaded
         maps.stamp_or_check_version(pin_dir)?;
         set_scope(&mut maps, config)?;
         record(config, object, &attach_point)?;
+        retire(pin_dir)?;
         return Ok(Loaded {
             maps,
             installed: Installed::Adopted,
@@ -300,6 +297,7 @@ pub(crate) fn install(config: &DatapathConfig, object: &Object) -> Result<Loaded
         })?;
     }
     record(config, object, &attach_point)?;
+    retire(pin_dir)?;
     let installed = if upgraded {
         tracing::info!(
             pin_dir = %pin_dir.display(),
@@ -449,6 +447,7 @@ pub(crate) fn complete(
         })?;
     }
     remove_dir(&staging)?;
+    retire(pin_dir)?;
     record(config, object, &attach_point)?;
     tracing::info!(
         pin_dir = %pin_dir.display(),
@@ -508,17 +507,13 @@ fn load_program(ebpf: &mut aya::Ebpf, name: &str) -> Result<(), DatapathError> {
     let program = ebpf
         .program_mut(name)
         .ok_or_else(|| DatapathError::MissingProgram(name.to_owned()))?;
-    let err = |e| DatapathError::program(name, e);
-    if name == SOCK_RELEASE {
-        let program: &mut CgroupSock = program.try_into().map_err(err)?;
-        if program.fd().is_err() {
-            program.load().map_err(err)?;
-        }
-    } else {
-        let program: &mut CgroupSockAddr = program.try_into().map_err(err)?;
-        if program.fd().is_err() {
-            program.load().map_err(err)?;
-        }
+    let program: &mut CgroupSockAddr = program
+        .try_into()
+        .map_err(|e| DatapathError::program(name, e))?;
+    if program.fd().is_err() {
+        program
+            .load()
+            .map_err(|e| DatapathError::program(name, e))?;
     }
     Ok(())
 }
@@ -551,27 +546,15 @@ fn attach(ebpf: &mut aya::Ebpf, name: &str, cgroup: &fs::File) -> Result<FdLink,
         detail: e.to_string(),
     };
     let err = |e| DatapathError::program(name, e);
-    if name == SOCK_RELEASE {
-        let program: &mut CgroupSock = program.try_into().map_err(err)?;
-        let id = program
-            .attach(cgroup, CgroupAttachMode::Single)
-            .map_err(err)?;
-        program
-            .take_link(id)
-            .map_err(err)?
-            .try_into()
-            .map_err(link_error)
-    } else {
-        let program: &mut CgroupSockAddr = program.try_into().map_err(err)?;
-        let id = program
-            .attach(cgroup, CgroupAttachMode::Single)
-            .map_err(err)?;
-        program
-            .take_link(id)
-            .map_err(err)?
-            .try_into()
-            .map_err(link_error)
-    }
+    let program: &mut CgroupSockAddr = program.try_into().map_err(err)?;
+    let id = program
+        .attach(cgroup, CgroupAttachMode::Single)
+        .map_err(err)?;
+    program
+        .take_link(id)
+        .map_err(err)?
+        .try_into()
+        .map_err(link_error)
 }
 
 /// Writes the configured scope (and the host network namespace's cookie) into `lb_meta`.
@@ -616,20 +599,57 @@ fn remove_pins(dir: &Path) -> Result<(), DatapathError> {
     remove_dir(dir)
 }
 
+/// Removes the pinned link at `path` (if any), so its program is detached when this returns.
+/// `true` when there was one.
+fn detach(path: &Path) -> Result<bool, DatapathError> {
+    // Hold the link open while removing its pin: the kernel drops a link whose last reference
+    // was its pin from a workqueue, a moment later, whereas closing the last descriptor detaches
+    // it before close() returns.
+    let held = PinnedLink::from_pin(path).ok().map(FdLink::from);
+    let existed = path.exists();
+    remove_file(path)?;
+    drop(held);
+    Ok(existed)
+}
+
+/// Detaches the programs of [`RETIRED_PROGRAMS`] and unpins the maps of
+/// `lb_common::RETIRED_MAPS` that an earlier lbctl left under `pin_dir`; run once this object's
+/// programs serve every hook (the retired programs were the last users of the retired maps, so
+/// the kernel frees those with them). Missing pins are skipped.
+fn retire(pin_dir: &Path) -> Result<(), DatapathError> {
+    let mut detached = Vec::new();
+    for program in RETIRED_PROGRAMS {
+        if detach(&link_path(pin_dir, program))? {
+            detached.push(program);
+        }
+    }
+    let mut unpinned = Vec::new();
+    for map in lb_common::RETIRED_MAPS {
+        let path = maps::pin_path(pin_dir, map);
+        if path.exists() {
+            remove_file(&path)?;
+            unpinned.push(map);
+        }
+    }
+    if !detached.is_empty() || !unpinned.is_empty() {
+        tracing::info!(
+            pin_dir = %pin_dir.display(),
+            programs = ?detached,
+            maps = ?unpinned,
+            "retired what an earlier lbctl attached and pinned and this one no longer uses"
+        );
+    }
+    Ok(())
+}
+
 /// Detaches the programs (by removing their pinned links) and removes the pinned maps, the
 /// state record, staged maps and the pin directory. Safe to run twice; missing pieces are
 /// skipped.
 pub fn uninstall(pin_dir: &Path) -> Result<(), DatapathError> {
     for program in PROGRAMS {
-        let path = link_path(pin_dir, program);
-        // Hold the link open while removing its pin: the kernel drops a link whose last
-        // reference was its pin from a workqueue, a moment later, whereas closing the last
-        // descriptor detaches it before close() returns. So the programs are detached when
-        // this function returns.
-        let held = PinnedLink::from_pin(&path).ok().map(FdLink::from);
-        remove_file(&path)?;
-        drop(held);
+        detach(&link_path(pin_dir, program))?;
     }
+    retire(pin_dir)?;
     remove_maps(pin_dir)?;
     remove_file(&pin_dir.join(STATE_MAP))?;
     remove_pins(&staging_dir(pin_dir))?;

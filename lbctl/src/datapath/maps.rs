@@ -5,8 +5,8 @@ use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData, MapInfo, PerCpuA
 use lb_common::{
     AFFINITY_MAP, AffinityKey, AffinityValue, BACKENDS_MAP, Backend, DEPARTED_CAPACITY,
     DEPARTED_MAP, EVENTS_MAP, FRONTEND_STATS_MAP, FrontendName, FrontendStats, LAYOUT_VERSION,
-    MEMBERS_MAP, META_MAP, MemberKey, NAMES_MAP, PEER_PORTS, PEER_PORTS_MAP, REVNAT_MAP, RevNat,
-    SERVICES_MAP, SLOTS_MAP, SOCK_MAP, STATS_MAP, ServiceKey, ServiceValue, meta, stat,
+    MEMBERS_MAP, META_MAP, MemberKey, NAMES_MAP, RevNat, SERVICES_MAP, SLOTS_MAP, SOCK_MAP,
+    STATS_MAP, ServiceKey, ServiceValue, meta, stat,
 };
 
 use super::{DatapathError, loader::Capacity};
@@ -21,7 +21,7 @@ pub(crate) struct MapSpec {
 }
 
 /// The maps, written once: the loader pins these, [`Maps`] opens them, uninstall removes them.
-pub(crate) const MAPS: [MapSpec; 14] = [
+pub(crate) const MAPS: [MapSpec; 12] = [
     MapSpec {
         name: SERVICES_MAP,
         key_size: size_of::<ServiceKey>(),
@@ -74,24 +74,12 @@ pub(crate) const MAPS: [MapSpec; 14] = [
         value_size: size_of::<u32>(),
         capacity: |_| DEPARTED_CAPACITY,
     },
-    MapSpec {
-        name: REVNAT_MAP,
-        key_size: size_of::<u64>(),
-        value_size: size_of::<RevNat>(),
-        capacity: |c| c.revnat,
-    },
     // Socket-local storage: one value per socket, no capacity (`max_entries` must be 0).
     MapSpec {
         name: SOCK_MAP,
         key_size: size_of::<i32>(),
         value_size: size_of::<RevNat>(),
         capacity: |_| 0,
-    },
-    MapSpec {
-        name: PEER_PORTS_MAP,
-        key_size: size_of::<u32>(),
-        value_size: size_of::<u32>(),
-        capacity: |_| PEER_PORTS,
     },
     MapSpec {
         name: AFFINITY_MAP,
@@ -224,8 +212,6 @@ pub struct Maps {
     /// (frontend id, backend id) -> 1: the current backend set of each UDP or session-affinity
     /// frontend.
     pub members: HashMap<MapData, MemberKey, u32>,
-    /// Socket cookie -> the socket's last translation (LRU hash).
-    pub revnat: HashMap<MapData, u64, RevNat>,
     /// Client of a frontend -> its backend (LRU hash).
     pub affinity: HashMap<MapData, AffinityKey, AffinityValue>,
 }
@@ -327,7 +313,6 @@ impl Maps {
             frontend_stats: typed(FRONTEND_STATS_MAP, get(FRONTEND_STATS_MAP)?)?,
             meta: typed(META_MAP, get(META_MAP)?)?,
             members: typed(MEMBERS_MAP, get(MEMBERS_MAP)?)?,
-            revnat: typed(REVNAT_MAP, get(REVNAT_MAP)?)?,
             affinity: typed(AFFINITY_MAP, get(AFFINITY_MAP)?)?,
         })
     }
@@ -396,11 +381,6 @@ impl Maps {
     /// array (or in batches).
     pub fn slot_entries(&self) -> Result<Vec<(u32, u32)>, DatapathError> {
         live_elements(self.slots.map(), SLOTS_MAP, |id: &u32| *id != 0)
-    }
-
-    /// Number of live reverse-translation entries (iterates the map: for inspection and tests).
-    pub fn revnat_entries(&self) -> usize {
-        self.revnat.keys().filter(Result::is_ok).count()
     }
 
     /// Number of live session affinity entries (iterates the map).
