@@ -22,6 +22,8 @@ use serde::Serialize;
 use super::{
     arms::{self, Arm, Programmed},
     client::{ClientProc, Request, Sample},
+    netns::Topology,
+    floor::{self, EmptyPrograms},
     kernel_time::{self, Attached, KernelTime},
     monitor::MonitorFigure,
     report::{Table, fmt_ms, fmt_rate, fmt_us},
@@ -122,6 +124,10 @@ pub struct DatapathResults {
     pub lbctl_counters: Option<Counters>,
     /// lbctl's connects and `lb_connect4` run time without and with a monitor (smallest count).
     pub monitoring: Option<MonitorFigure>,
+    /// The statistics' floor: the lbctl arm's non-service connects from a cgroup whose only
+    /// programs are empty ones on the hooks lbctl's run on per TCP connection ([`floor`],
+    /// smallest count).
+    pub floor: Option<KernelTime>,
 }
 
 struct Live {
@@ -311,6 +317,79 @@ fn kernel_table(count: usize, k: &KernelFigure) -> Table {
     t
 }
 
+/// The hooks a TCP connection through lbctl runs programs on (the client's connect, the accepted
+/// socket's `getpeername` in `accept()`), each once.
+const CONNECTION_HOOKS: [floor::Hook; 2] = [floor::CONNECT4, floor::GETPEERNAME4];
+
+/// The statistics' floor: `opts.rounds` repetitions of the lbctl arm's non-service connects
+/// (to `backends`, in a topology of its own) from a cgroup whose only programs are empty ones
+/// on [`CONNECTION_HOOKS`].
+fn measure_floor(
+    count: usize,
+    backends: &[std::net::SocketAddr],
+    opts: &DatapathOptions,
+) -> Result<KernelTime> {
+    let topology = Topology::new(
+        &format!("fl{count}"),
+        &ServiceSet::measured_backends(opts.endpoints),
+    )
+    .context("building the topology of the floor measurement")?;
+    let cgroup = scratch::cgroup("bench-empty")?;
+    let empty = EmptyPrograms::attach(cgroup.path(), &CONNECTION_HOOKS)?;
+    let mut client = ClientProc::spawn(&topology, cgroup.path(), opts.cpu)
+        .context("starting the client of the floor measurement")?;
+    let request = Request::Connect {
+        targets: backends.to_vec(),
+        count: opts.connects,
+        warmup: opts.warmup,
+    };
+    let mut k = KernelTime::default();
+    for _ in 0..opts.rounds {
+        let before = kernel_time::snapshot(empty.attached())?;
+        client.request(&request).context("the floor's connects")?;
+        let after = kernel_time::snapshot(empty.attached())?;
+        k.add(&before, &after, (opts.connects + opts.warmup) as u64);
+    }
+    // Before `empty`, `cgroup` and `topology` drop (reverse order of declaration): the client
+    // leaves the cgroup and the namespaces first.
+    drop(client);
+    Ok(k)
+}
+
+fn floor_table(count: usize, floor: &KernelTime, lbctl: &KernelFigure) -> Table {
+    let mut t = Table::new(
+        &format!(
+            "The floor of the BPF statistics: empty programs (`r0 = 1; exit`) on the hooks lbctl's run on per TCP connection, the same connects as lbctl's no-service slot, {}",
+            if count == 1 {
+                "1 service".to_owned()
+            } else {
+                format!("{count} services")
+            }
+        ),
+        &["program", "runs/conn", "ns/run", "ns/conn"],
+    );
+    for (name, p) in &floor.programs {
+        t.row(vec![
+            name.clone(),
+            format!("{:.2}", floor.runs_per_connection(p)),
+            format!("{:.0}", p.ns_per_run()),
+            format!("{:.1}", floor.program_ns_per_connection(p)),
+        ]);
+    }
+    t.row(vec![
+        "all".into(),
+        String::new(),
+        String::new(),
+        format!("**{:.1}**", floor.ns_per_connection()),
+    ]);
+    t.note(format!(
+        "lbctl above this floor at {count}: {:.0} ns per service connection, {:.0} ns per connection to no service (lbctl's figure minus the empty programs'; both run one program per hook per connection).",
+        lbctl.service.ns_per_connection() - floor.ns_per_connection(),
+        lbctl.non_service.ns_per_connection() - floor.ns_per_connection(),
+    ));
+    t
+}
+
 /// One slot's figures at one count.
 struct SlotFigure {
     arm: Arm,
@@ -375,6 +454,7 @@ pub fn run(opts: &DatapathOptions, arms: &[Arm]) -> Result<(DatapathResults, Vec
     let max_count = opts.counts.iter().copied().max().unwrap_or(1);
     let min_count = opts.counts.iter().copied().min().unwrap_or(1);
     let mut monitoring = None;
+    let mut floor_time = None;
     let mut points = Vec::new();
     let mut non_service = Vec::new();
     let mut request_response = Vec::new();
@@ -555,6 +635,17 @@ pub fn run(opts: &DatapathOptions, arms: &[Arm]) -> Result<(DatapathResults, Vec
         }
 
         if count == min_count
+            && let Some(lbctl) = kernel.last()
+        {
+            eprintln!("   measuring the floor: empty programs on lbctl's hooks");
+            let k = measure_floor(count, &backends, opts)?;
+            let table = floor_table(count, &k, lbctl);
+            println!("{table}");
+            tables.push(table);
+            floor_time = Some(k);
+        }
+
+        if count == min_count
             && let Some(lb) = &lb
             && let Some(l) = live.iter_mut().find(|l| l.programmed.arm == Arm::Lbctl)
         {
@@ -653,6 +744,7 @@ pub fn run(opts: &DatapathOptions, arms: &[Arm]) -> Result<(DatapathResults, Vec
             kernel,
             lbctl_counters,
             monitoring,
+            floor: floor_time,
         },
         tables,
     ))

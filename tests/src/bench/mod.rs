@@ -13,6 +13,7 @@ pub mod cleanup;
 pub mod client;
 pub mod control;
 pub mod datapath;
+pub mod floor;
 pub mod kernel_time;
 pub mod machine;
 pub mod monitor;
