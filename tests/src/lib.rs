@@ -33,6 +33,28 @@ pub fn unique_name(tag: &str) -> String {
     )
 }
 
+/// Runs `bpftool` with `args` and returns what it printed; an error (with its stderr) when it
+/// fails or is missing (`cargo xtask setup` installs it).
+pub fn bpftool<I, S>(args: I) -> anyhow::Result<String>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    use anyhow::Context as _;
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+    let out = std::process::Command::new("bpftool")
+        .args(&args)
+        .output()
+        .context("running bpftool (`cargo xtask setup` installs it)")?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "bpftool {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// The repository's root directory (README, docs/, manifests/).
 pub fn repo_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

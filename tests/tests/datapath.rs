@@ -466,17 +466,14 @@ fn pinned_maps_carry_btf_field_names() {
             vec![sa("127.0.0.1:8080")],
         ))
         .unwrap();
-    let out = std::process::Command::new("bpftool")
-        .args(["map", "dump", "pinned"])
-        .arg(s.pins.path().join(lb_common::SERVICES_MAP))
-        .output()
-        .expect("bpftool (installed by `cargo xtask setup`)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let path = s.pins.path().join(lb_common::SERVICES_MAP);
+    let text = testkit::bpftool([
+        "map".as_ref(),
+        "dump".as_ref(),
+        "pinned".as_ref(),
+        path.as_os_str(),
+    ])
+    .unwrap();
     for field in [
         "address",
         "port",
@@ -495,29 +492,28 @@ fn pinned_maps_carry_btf_field_names() {
     // maps both read-write); lb_backends' elements (the empty ones too) print with their
     // fields, lb_slots' are backend ids.
     for map in [lb_common::BACKENDS_MAP, lb_common::SLOTS_MAP] {
-        let show = std::process::Command::new("bpftool")
-            .args(["map", "show", "pinned"])
-            .arg(s.pins.path().join(map))
-            .output()
-            .expect("bpftool");
-        let show = String::from_utf8_lossy(&show.stdout);
+        let path = s.pins.path().join(map);
+        let show = testkit::bpftool([
+            "map".as_ref(),
+            "show".as_ref(),
+            "pinned".as_ref(),
+            path.as_os_str(),
+        ])
+        .unwrap();
         assert!(
             show.contains("array") && show.contains("flags 0x400"),
             "{map}: {show}"
         );
     }
-    let out = std::process::Command::new("bpftool")
-        .args(["map", "lookup", "pinned"])
-        .arg(s.pins.path().join(lb_common::BACKENDS_MAP))
-        .args(["key", "1", "0", "0", "0"])
-        .output()
-        .expect("bpftool");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let path = s.pins.path().join(lb_common::BACKENDS_MAP);
+    let mut args = vec![
+        "map".as_ref(),
+        "lookup".as_ref(),
+        "pinned".as_ref(),
+        path.as_os_str(),
+    ];
+    args.extend(["key", "1", "0", "0", "0"].map(std::ffi::OsStr::new));
+    let text = testkit::bpftool(args).unwrap();
     for field in ["address", "port", "proto", "flags"] {
         assert!(
             text.contains(&format!("\"{field}\"")),

@@ -229,18 +229,6 @@ fn maps_of_an_older_layout_are_migrated_without_a_failed_connect() {
     );
 }
 
-fn bpftool(args: &[&str]) {
-    let out = std::process::Command::new("bpftool")
-        .args(args)
-        .output()
-        .expect("bpftool (installed by `cargo xtask setup`)");
-    assert!(
-        out.status.success(),
-        "bpftool {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Pins what an lbctl before socket-local TCP state left: the maps `lb_revnat` and
 /// `lb_peer_ports`, and a link pinned as `links/lb_sock_release` (here a second pin of the live
 /// `lb_getpeername4` link: the pin, not the program, is what retiring removes).
@@ -252,10 +240,11 @@ fn pin_retired(node: &Node) {
     ] {
         let path = pins.join(map).display().to_string();
         let name = map.trim_start_matches("lb_");
-        bpftool(&[
+        testkit::bpftool([
             "map", "create", &path, "type", kind, "key", key, "value", value, "entries", entries,
             "name", name,
-        ]);
+        ])
+        .unwrap();
     }
     let link = node
         .status()
@@ -265,7 +254,7 @@ fn pin_retired(node: &Node) {
         .and_then(|l| l.link_id)
         .expect("the getpeername link");
     let retired_link = pins.join("links/lb_sock_release").display().to_string();
-    bpftool(&["link", "pin", "id", &link.to_string(), &retired_link]);
+    testkit::bpftool(["link", "pin", "id", &link.to_string(), &retired_link]).unwrap();
 }
 
 /// An agent upgraded from an lbctl that kept TCP reverse state in `lb_revnat` (and released it

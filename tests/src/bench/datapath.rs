@@ -22,10 +22,10 @@ use serde::Serialize;
 use super::{
     arms::{self, Arm, Programmed},
     client::{ClientProc, Request, Sample},
-    netns::Topology,
     floor::{self, EmptyPrograms},
     kernel_time::{self, Attached, KernelTime},
     monitor::MonitorFigure,
+    netns::Topology,
     report::{Table, fmt_ms, fmt_rate, fmt_us},
     scratch::{self, BenchDatapath},
     services::{ServiceSet, TARGET_PORT},
