@@ -171,7 +171,7 @@ pub const fn needs_members(proto: u8, flags: u16) -> bool {
 /// cleared, the rest stays until the id is reused) is no backend: the programs treat it as
 /// absent.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Backend {
     /// Backend address, network order; IPv4 as `::ffff:a.b.c.d`.
     pub address: [u8; 16],
@@ -181,6 +181,19 @@ pub struct Backend {
     pub proto: u8,
     /// Reserved (0).
     pub flags: u8,
+}
+
+/// Hashes the whole element in two writes (the address as one `u128`, the rest as one `u32`)
+/// rather than the derived length-prefixed byte slice and three small writes: the agent's
+/// writer hashes every backend of a full programming (300,000 at 30,000 x 10). Equal elements
+/// write equal words, as `Eq` requires.
+impl core::hash::Hash for Backend {
+    fn hash<H: core::hash::Hasher>(&self, state: &mut H) {
+        state.write_u128(u128::from_ne_bytes(self.address));
+        state.write_u32(
+            u32::from(self.port) | (u32::from(self.proto) << 16) | (u32::from(self.flags) << 24),
+        );
+    }
 }
 
 /// The one translation a socket made last: the value of [`SOCK_MAP`], socket-local storage
