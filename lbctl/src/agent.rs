@@ -488,13 +488,22 @@ fn reconcile_full(
     state.triggers.note(&inventory.endpoint_slices);
     // From the planner's frontends directly: a materialized Plan would copy all of them.
     state.desired = Desired::from_keyed(planner.keyed_frontends());
+    let mut stages = Stages::planned(started);
     match datapath.apply(&state.desired) {
         Ok(report) => {
+            stages.written();
             serve_current_ring(config, monitoring);
+            // The programmed frontends with their ids, resolved once for the names, the
+            // metrics and the refusals.
+            let programmed_ids: Vec<(&FrontendKey, &Frontend, u32)> = datapath
+                .writer()
+                .frontend_ids(planner.keyed_frontends())
+                .collect();
             if let Err(e) = monitoring.names.sync_frontends(
                 datapath.pin_dir(),
-                planner.frontends(),
-                datapath.writer(),
+                programmed_ids
+                    .iter()
+                    .map(|&(_, frontend, id)| (id, frontend)),
             ) {
                 tracing::warn!(error = %e, "writing the Service names of the frontends");
             }
@@ -507,16 +516,9 @@ fn reconcile_full(
                 started,
                 since,
             );
-            observe_programmed(
-                config,
-                datapath,
-                metrics,
-                state,
-                || planner.keyed_frontends(),
-                &inventory,
-                &failed,
-            );
-            log_update(datapath, &report, started, "full", programmed);
+            observe_programmed(config, metrics, state, &programmed_ids, &inventory, &failed);
+            drop(programmed_ids);
+            log_update(datapath, &report, started, stages, "full", programmed);
             state.retry = failed;
             state.planner = Some(planner);
             Some(report)
@@ -586,8 +588,12 @@ fn reconcile_changed(
         .iter()
         .map(|key| (*key, datapath.writer().frontend_id(key)))
         .collect();
+    let mut stages = Stages::planned(started);
     let report = match datapath.apply_changed(state.desired, &changed) {
-        Ok(report) => report,
+        Ok(report) => {
+            stages.written();
+            report
+        }
         Err(e) => {
             tracing::error!(error = %e, "applying the changes failed; will retry in full");
             metrics.inc_error(ErrorKind::Apply);
@@ -653,7 +659,14 @@ fn reconcile_changed(
             .refusals
             .update_changed(programmed.into_iter(), explain_from, &config.node.name);
     metrics.set_refusing(&refusing);
-    log_update(datapath, &report, started, "changed", programmed_triggers);
+    log_update(
+        datapath,
+        &report,
+        started,
+        stages,
+        "changed",
+        programmed_triggers,
+    );
     *state.retry = failed;
     Some(report)
 }
@@ -716,14 +729,43 @@ fn after_apply(
     programmed
 }
 
+/// Where a sync's time went: until the desired state was ready (snapshot or changed objects,
+/// plan, desired state), and the apply that wrote the maps. The rest of `took_us` is the
+/// observation after it (names, metrics, refusals).
+#[derive(Clone, Copy, Debug)]
+struct Stages {
+    plan: Duration,
+    planned_at: Instant,
+    write: Duration,
+}
+
+impl Stages {
+    /// The plan and desired state of a sync that started at `started` are ready now.
+    fn planned(started: Instant) -> Self {
+        let now = Instant::now();
+        Stages {
+            plan: now.duration_since(started),
+            planned_at: now,
+            write: Duration::ZERO,
+        }
+    }
+
+    /// The apply is done now.
+    fn written(&mut self) {
+        self.write = self.planned_at.elapsed();
+    }
+}
+
 /// The `datapath updated` line of a sync that wrote something: `sync` is `full` or
 /// `changed`, `took_us` the sync's own time (snapshot or changed objects, plan, maps,
-/// observation), `triggers` and `trigger_latency_max_us` the EndpointSlice trigger times it
-/// programmed (see `lbctl_network_programming_duration_seconds`).
+/// observation), of which `plan_us` until the desired state was ready and `write_us` the apply
+/// that wrote the maps; `triggers` and `trigger_latency_max_us` the EndpointSlice trigger times
+/// it programmed (see `lbctl_network_programming_duration_seconds`).
 fn log_update(
     datapath: &Datapath,
     report: &ApplyReport,
     started: Instant,
+    stages: Stages,
     sync: &'static str,
     programmed: Programmed,
 ) {
@@ -736,6 +778,8 @@ fn log_update(
             deleted = report.frontends_deleted,
             map_ops = report.map_operations,
             took_us = started.elapsed().as_micros() as u64,
+            plan_us = stages.plan.as_micros() as u64,
+            write_us = stages.write.as_micros() as u64,
             sync,
             triggers = programmed.triggers,
             trigger_latency_max_us = programmed.max_latency.as_micros() as u64,
@@ -758,26 +802,23 @@ fn named_frontend(id: u32, key: &FrontendKey, frontend: &Frontend) -> NamedFront
 
 /// After an apply: names the programmed frontends for the per-Service counters, and reports
 /// frontends that start or stop refusing.
-fn observe_programmed<'a, I: Iterator<Item = (&'a FrontendKey, &'a Frontend)>>(
+fn observe_programmed(
     config: &AgentConfig,
-    datapath: &Datapath,
     metrics: &Metrics,
     state: &mut SyncState,
-    frontends: impl Fn() -> I,
+    programmed_ids: &[(&FrontendKey, &Frontend, u32)],
     inventory: &Inventory,
     failed: &BTreeSet<FrontendKey>,
 ) {
-    let writer = datapath.writer();
-    // The planner holds one frontend per address, in address order: no map of its own here.
-    let named = frontends()
-        .filter_map(|(addr, frontend)| {
-            Some(named_frontend(writer.frontend_id(addr)?, addr, frontend))
-        })
+    let named = programmed_ids
+        .iter()
+        .map(|&(key, frontend, id)| named_frontend(id, key, frontend))
         .collect();
     metrics.set_service_frontends(named);
-    let programmed = frontends()
-        .filter(|(addr, _)| !failed.contains(addr) && writer.frontend_id(addr).is_some())
-        .map(|(_, frontend)| frontend);
+    let programmed = programmed_ids
+        .iter()
+        .filter(|(key, _, _)| !failed.contains(key))
+        .map(|&(_, frontend, _)| frontend);
     let refusing = state
         .refusals
         .update(programmed, inventory, &config.node.name);

@@ -25,7 +25,7 @@
 //! turning ([`Liveness`]).
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::BTreeMap,
     fmt,
     net::SocketAddr,
     sync::{Arc, Mutex, MutexGuard, RwLock, atomic::AtomicU64},
@@ -226,7 +226,7 @@ struct ServiceConnects {
     frontends: BTreeMap<u32, Owned>,
     /// Every Service port some owner in `frontends` names, and only those. Hashed: a full
     /// sync holds every port once and needs no order; a scrape sorts what it serves.
-    totals: HashMap<ServicePort, PortTotal>,
+    totals: hashbrown::HashMap<ServicePort, PortTotal>,
 }
 
 /// What a Service port counted, and how many frontends in [`ServiceConnects::frontends`] name
@@ -283,7 +283,8 @@ impl ServiceConnects {
     /// from the current values, Service ports without a frontend are dropped. Reads only the
     /// ids whose owner changes (none when a sync changes no frontend's identity).
     fn set(&mut self, frontends: Vec<NamedFrontend>, read: Option<&FrontendCountsFn>) -> bool {
-        let mut next = BTreeMap::new();
+        // Collected, then built in bulk (sorted by id) rather than inserted one by one.
+        let mut next: Vec<(u32, Owned)> = Vec::with_capacity(frontends.len());
         // Owners that give up their id (to another frontend, or because it is gone), and the
         // Service ports of the new owners.
         let mut leaving: Vec<(u32, Owned)> = Vec::new();
@@ -291,23 +292,24 @@ impl ServiceConnects {
         for f in frontends {
             match self.frontends.remove(&f.id) {
                 Some(owned) if owned.frontend == f.frontend && owned.service == f.service => {
-                    next.insert(f.id, owned);
+                    next.push((f.id, owned));
                 }
                 old => {
                     leaving.extend(old.map(|owned| (f.id, owned)));
                     joining.push(f.service.clone());
-                    next.insert(
+                    next.push((
                         f.id,
                         Owned {
                             frontend: f.frontend,
                             service: f.service,
                             last: None,
                         },
-                    );
+                    ));
                 }
             }
         }
         leaving.extend(std::mem::take(&mut self.frontends));
+        let mut next: BTreeMap<u32, Owned> = next.into_iter().collect();
         // One read: the last counts of the leaving owners, the baselines of the new ones.
         let ids = leaving.iter().map(|(id, _)| *id).chain(
             next.iter()
@@ -366,7 +368,9 @@ fn read_counts(
     ids: impl Iterator<Item = u32>,
     read: Option<&FrontendCountsFn>,
 ) -> Option<BTreeMap<u32, FrontendCounts>> {
-    let ids: Vec<u32> = ids.collect::<BTreeSet<u32>>().into_iter().collect();
+    let mut ids: Vec<u32> = ids.collect();
+    ids.sort_unstable();
+    ids.dedup();
     if ids.is_empty() {
         return Some(BTreeMap::new());
     }

@@ -1211,6 +1211,22 @@ impl<M: LbMaps> Writer<M> {
     pub fn frontend_id(&self, frontend: &FrontendKey) -> Option<u32> {
         self.services.get(frontend).map(|p| p.master.frontend_id)
     }
+
+    /// The ids of `frontends` that are programmed, which must come in key order (as the
+    /// planner gives them): one merge with the programmed frontends, no look-up per frontend.
+    pub fn frontend_ids<'a, T>(
+        &'a self,
+        frontends: impl Iterator<Item = (&'a FrontendKey, T)> + 'a,
+    ) -> impl Iterator<Item = (&'a FrontendKey, T, u32)> + 'a {
+        let mut programmed = self.services.iter().peekable();
+        frontends.filter_map(move |(key, value)| {
+            while programmed.next_if(|(k, _)| *k < key).is_some() {}
+            match programmed.peek() {
+                Some((k, p)) if *k == key => Some((key, value, p.master.frontend_id)),
+                _ => None,
+            }
+        })
+    }
 }
 
 #[cfg(test)]

@@ -316,7 +316,12 @@ impl NamesWriter {
         plan: &Plan,
         writer: &Writer,
     ) -> Result<usize, DatapathError> {
-        self.sync_frontends(pin_dir, &plan.frontends, writer)
+        self.sync_frontends(
+            pin_dir,
+            plan.frontends
+                .iter()
+                .filter_map(|fe| Some((writer.frontend_id(&fe.key())?, fe))),
+        )
     }
 
     /// [`NamesWriter::sync`] over any frontends (the first of each address wins). The changed
@@ -325,8 +330,7 @@ impl NamesWriter {
     pub fn sync_frontends<'a>(
         &mut self,
         pin_dir: &Path,
-        frontends: impl IntoIterator<Item = &'a Frontend>,
-        writer: &Writer,
+        frontends: impl IntoIterator<Item = (u32, &'a Frontend)>,
     ) -> Result<usize, DatapathError> {
         self.open(pin_dir)?;
         let Some((_, map)) = self.map.as_ref() else {
@@ -352,10 +356,7 @@ impl NamesWriter {
             names.clear();
             pending.clear();
         };
-        for fe in frontends {
-            let Some(id) = writer.frontend_id(&fe.key()) else {
-                continue;
-            };
+        for (id, fe) in frontends {
             // The first of each address (so of each id) wins.
             if !seen.insert(id) || written.get(&id).is_some_and(|w| w.holds(fe)) {
                 continue;
