@@ -348,7 +348,11 @@ impl Reported {
 #[derive(Debug)]
 pub struct TriggerTimes {
     started: SystemTime,
-    seen: HashMap<(String, String), SystemTime>,
+    /// The trigger time seen last, by slice: keyed by a 64-bit hash of its namespace and
+    /// name rather than copies of both (two slices of a cluster sharing a hash is about
+    /// 1 in 10^10 at 30,000 slices, and would at worst count a trigger time twice).
+    seen: hashbrown::HashMap<u64, SystemTime>,
+    hasher: hashbrown::DefaultHashBuilder,
     pending: Vec<SystemTime>,
 }
 
@@ -356,7 +360,8 @@ impl TriggerTimes {
     pub fn new(started: SystemTime) -> Self {
         Self {
             started,
-            seen: HashMap::new(),
+            seen: hashbrown::HashMap::new(),
+            hasher: hashbrown::DefaultHashBuilder::default(),
             pending: Vec::new(),
         }
     }
@@ -364,7 +369,7 @@ impl TriggerTimes {
     /// Notes the trigger times of the slices in this snapshot. A slice that disappeared is
     /// forgotten (a deletion carries no new trigger time).
     pub fn note(&mut self, slices: &[Arc<EndpointSlice>]) {
-        let mut seen = HashMap::with_capacity(slices.len());
+        let mut seen = hashbrown::HashMap::with_capacity(slices.len());
         for slice in slices {
             seen.extend(self.note_slice(slice));
         }
@@ -385,9 +390,9 @@ impl TriggerTimes {
 
     /// A slice's trigger time, pending when it is new since the agent started and differs
     /// from the one seen last; with the slice's key, to remember it by.
-    fn note_slice(&mut self, slice: &EndpointSlice) -> Option<((String, String), SystemTime)> {
+    fn note_slice(&mut self, slice: &EndpointSlice) -> Option<(u64, SystemTime)> {
         let trigger = slice.trigger_time?;
-        let key = (slice.namespace.to_string(), slice.name.to_string());
+        let key = std::hash::BuildHasher::hash_one(&self.hasher, (&*slice.namespace, &*slice.name));
         if self.seen.get(&key) != Some(&trigger) && trigger > self.started {
             self.pending.push(trigger);
         }
