@@ -392,22 +392,24 @@ pub fn targets(d: Option<&DatapathResults>, c: Option<&ControlResults>) -> Vec<T
         }),
     );
 
-    // Issues 12 items 2-4: the control plane. Full programming is judged on the agent's whole
-    // reconcile (snapshot, plan, desired state, maps written), as the issue asks; the writer
-    // alone is shown beside it.
+    // Issues 12 items 2-4: the control plane. Full programming is judged on the agent's
+    // reconcile up to the maps written (snapshot, plan, desired state, maps written: its
+    // plan_us + write_us), as the issue defines it; the whole sync (took_us, with the names
+    // and metrics after) and the writer alone are shown beside it.
     let scale = |n: usize| c.and_then(|c| c.lbctl.iter().find(|s| s.services == n));
     let agent = |n: usize| c.and_then(|c| c.agent.iter().find(|s| s.services == n));
     for (n, ceiling) in [(10_000, 100.0), (30_000, 300.0)] {
         target(
             &mut out,
             &format!(
-                "full programming of {n} x 10 <= {ceiling} ms, as the agent's whole reconcile"
+                "full programming of {n} x 10 <= {ceiling} ms, as the agent's reconcile up to \
+                 the maps written"
             ),
             agent(n).map(|a| {
                 let writer = scale(n)
                     .map(|s| format!("; the writer alone {}", fmt_ms(s.full_apply_ms)))
                     .unwrap_or_default();
-                let runs = &a.reconcile_runs_ms;
+                let runs = &a.programmed_runs_ms;
                 // Judged only when every run is on one side of the ceiling.
                 let status = if runs.iter().all(|&ms| ms <= ceiling) {
                     Status::Met
@@ -418,10 +420,13 @@ pub fn targets(d: Option<&DatapathResults>, c: Option<&ControlResults>) -> Vec<T
                 };
                 (
                     format!(
-                        "{} whole reconcile, median of {} runs [{}] (plan {}{writer})",
-                        fmt_ms(a.reconcile_ms),
+                        "{} to the maps written, median of {} runs [{}]; whole sync with names \
+                         and metrics {} [{}] (plan in-process {}{writer})",
+                        fmt_ms(a.programmed_ms),
                         runs.len(),
                         super::control::fmt_range(runs),
+                        fmt_ms(a.reconcile_ms),
+                        super::control::fmt_range(&a.reconcile_runs_ms),
                         fmt_ms(a.plan_ms)
                     ),
                     status,
