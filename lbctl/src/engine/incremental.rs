@@ -90,41 +90,6 @@ struct Entry {
 }
 
 impl Entry {
-    /// The entry of a Service [`plan_group`] planned, if it has one (a served Service, or
-    /// something to report), and its claims: one per frontend, in its offer order.
-    fn of(
-        planned: PlannedService,
-    ) -> (
-        Option<(ServiceRef, Entry)>,
-        impl Iterator<Item = (FrontendKey, Claim, Frontend)>,
-    ) {
-        let PlannedService {
-            svc_ref,
-            order,
-            frontends,
-            skipped,
-            warnings,
-        } = planned;
-        let entry = Entry {
-            keys: frontends.iter().map(Frontend::key).collect(),
-            order: order.clone(),
-            skipped,
-            warnings,
-        };
-        // No order (no served Service): no frontends either.
-        let claims = order
-            .map(|order| {
-                frontends
-                    .into_iter()
-                    .enumerate()
-                    .map(move |(i, frontend)| (frontend.key(), (order.clone(), i), frontend))
-            })
-            .into_iter()
-            .flatten();
-        let entry = (entry.reports() || entry.order.is_some()).then_some((svc_ref, entry));
-        (entry, claims)
-    }
-
     fn reports(&self) -> bool {
         !self.skipped.is_empty() || !self.warnings.is_empty()
     }
@@ -216,102 +181,6 @@ fn group_ref(
     }
 }
 
-/// The objects of one Service (or of the slices of a Service that does not exist) in
-/// [`Planner::new`]'s sorted walk.
-struct Group<'a> {
-    key: (&'a str, &'a str),
-    services: &'a [((&'a str, &'a str), &'a Service)],
-    slices: &'a [((&'a str, &'a str), &'a EndpointSlice)],
-}
-
-/// One Service planned on its own, before its claims meet the other Services' claims.
-struct PlannedService {
-    svc_ref: ServiceRef,
-    /// `None` when no served Service of this name exists (only its slices do).
-    order: Option<ClaimOrder>,
-    /// In the Service's offer order.
-    frontends: Vec<Frontend>,
-    skipped: Vec<Skipped>,
-    warnings: Vec<String>,
-}
-
-/// Plans one Service from all its objects. Pure, and independent of every other Service.
-fn plan_group<'a>(
-    svc_ref: ServiceRef,
-    services: impl Iterator<Item = &'a Service>,
-    slices: impl Iterator<Item = &'a EndpointSlice>,
-    this_node: &ThisNode,
-) -> PlannedService {
-    let mut report = Report::default();
-    let index = SliceIndex::build(slices, &mut report);
-    let chosen = services_in_claim_order(services, &mut report);
-    let (order, frontends) = match chosen.first() {
-        Some(svc) => {
-            let time = svc.creation_timestamp.clone();
-            let mut frontends = plan_service(svc, &index, this_node, &mut report);
-            sort_offer(&mut frontends);
-            (Some((time.is_none(), time, svc_ref.clone())), frontends)
-        }
-        None => (None, Vec::new()),
-    };
-    let (skipped, warnings) = report.finish();
-    PlannedService {
-        svc_ref,
-        order,
-        frontends,
-        skipped,
-        warnings,
-    }
-}
-
-/// Items per unit of work of [`parallel_map`]: enough that taking one costs nothing next to
-/// planning it, few enough that threads finish close together.
-const PARALLEL_CHUNK: usize = 256;
-
-/// The most threads [`parallel_map`] uses: a full plan is memory-bound beyond a few.
-const MAX_PLAN_THREADS: usize = 4;
-
-/// `items.iter().map(f).collect()`, computed on up to [`MAX_PLAN_THREADS`] threads (as many as
-/// the process may run on) when there is more than a chunk of work, in the items' order.
-fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(MAX_PLAN_THREADS)
-        .min(items.len().div_ceil(PARALLEL_CHUNK));
-    if threads <= 1 {
-        return items.iter().map(f).collect();
-    }
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let work = || {
-        let mut done: Vec<(usize, Vec<R>)> = Vec::new();
-        loop {
-            let chunk = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let start = chunk * PARALLEL_CHUNK;
-            if start >= items.len() {
-                return done;
-            }
-            let end = (start + PARALLEL_CHUNK).min(items.len());
-            done.push((chunk, items[start..end].iter().map(&f).collect()));
-        }
-    };
-    let mut chunks: Vec<(usize, Vec<R>)> = std::thread::scope(|scope| {
-        let helpers: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
-        let mut chunks = work();
-        for helper in helpers {
-            match helper.join() {
-                Ok(more) => chunks.extend(more),
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-        }
-        chunks
-    });
-    chunks.sort_unstable_by_key(|(chunk, _)| *chunk);
-    chunks
-        .into_iter()
-        .flat_map(|(_, results)| results)
-        .collect()
-}
-
 impl Planner {
     /// Plans everything in `inventory` for `node` (the state [`super::plan`] computes).
     pub fn new(inventory: &Inventory, node: &NodeContext) -> Self {
@@ -327,6 +196,7 @@ impl Planner {
             .filter(|svc| node.serves(svc))
             .map(|svc| ((&*svc.namespace, svc.name()), svc))
             .collect();
+        services.sort_by_key(|(key, _)| *key);
         let mut unlabelled = Vec::new();
         let mut slices: Vec<((&str, &str), &EndpointSlice)> =
             Vec::with_capacity(inventory.endpoint_slices.len());
@@ -336,19 +206,7 @@ impl Planner {
                 None => unlabelled.push(slice),
             }
         }
-        // The two sorts at once when both are long (a full plan of a large cluster).
-        let sort_services = |services: &mut Vec<((&str, &str), &Service)>| {
-            services.sort_by_key(|(key, _)| *key);
-        };
-        if services.len().min(slices.len()) >= PARALLEL_CHUNK * 4 {
-            std::thread::scope(|scope| {
-                scope.spawn(|| sort_services(&mut services));
-                slices.sort_by_key(|(key, _)| *key);
-            });
-        } else {
-            sort_services(&mut services);
-            slices.sort_by_key(|(key, _)| *key);
-        }
+        slices.sort_by_key(|(key, _)| *key);
         // Only for their skip entries: these slices feed no Service.
         SliceIndex::build(unlabelled, &mut fixed);
         let mut planner = Planner {
@@ -360,8 +218,9 @@ impl Planner {
             contested: BTreeSet::new(),
             reporting: BTreeSet::new(),
         };
-        // The Services' groups, in Service order.
-        let mut groups: Vec<Group<'_>> = Vec::with_capacity(services.len());
+        // In Service order: the entries are built in one pass at the end, not inserted one by
+        // one. Nothing is "affected" in a new plan.
+        let mut entries: Vec<(ServiceRef, Entry)> = Vec::new();
         let (mut services, mut slices) = (&services[..], &slices[..]);
         while let Some(key) = match (services.first(), slices.first()) {
             (Some((a, _)), Some((b, _))) => Some((*a).min(*b)),
@@ -375,34 +234,18 @@ impl Planner {
             let (group_slices, rest) =
                 slices.split_at(slices.iter().take_while(|(k, _)| *k == key).count());
             slices = rest;
-            groups.push(Group {
-                key,
-                services: group_services,
-                slices: group_slices,
-            });
-        }
-        // Each Service planned on its own (pure, so on several threads), then its claims
-        // recorded in Service order: the entries are built in one pass at the end, not
-        // inserted one by one. Nothing is "affected" in a new plan.
-        let this_node = &planner.this_node;
-        let planned = parallel_map(&groups, |group| {
             let svc_ref = group_ref(
-                group.key.0,
-                group.key.1,
-                group.services.first().map(|(_, svc)| *svc),
-                group.slices.first().map(|(_, slice)| *slice),
+                key.0,
+                key.1,
+                group_services.first().map(|(_, svc)| *svc),
+                group_slices.first().map(|(_, slice)| *slice),
             );
-            plan_group(
+            entries.extend(planner.plan_one(
                 svc_ref,
-                group.services.iter().map(|(_, svc)| *svc),
-                group.slices.iter().map(|(_, slice)| *slice),
-                this_node,
-            )
-        });
-        drop(groups);
-        let mut entries: Vec<(ServiceRef, Entry)> = Vec::with_capacity(planned.len());
-        for service in planned {
-            entries.extend(planner.claim(service, None));
+                group_services.iter().map(|(_, svc)| *svc),
+                group_slices.iter().map(|(_, slice)| *slice),
+                None,
+            ));
         }
         planner.reporting = entries
             .iter()
@@ -516,31 +359,35 @@ impl Planner {
         svc_ref: ServiceRef,
         services: impl Iterator<Item = &'a Service>,
         slices: impl Iterator<Item = &'a EndpointSlice>,
-        affected: Option<&mut BTreeSet<FrontendKey>>,
-    ) -> Option<(ServiceRef, Entry)> {
-        let planned = plan_group(svc_ref, services, slices, &self.this_node);
-        self.claim(planned, affected)
-    }
-
-    /// Records the claims of a Service [`plan_group`] planned; returns its entry, if it has
-    /// one (a served Service, or something to report).
-    fn claim(
-        &mut self,
-        planned: PlannedService,
         mut affected: Option<&mut BTreeSet<FrontendKey>>,
     ) -> Option<(ServiceRef, Entry)> {
-        let (entry, claims) = Entry::of(planned);
-        for (key, claim, frontend) in claims {
-            if let Some(affected) = affected.as_deref_mut() {
-                affected.insert(key);
+        let mut report = Report::default();
+        let index = SliceIndex::build(slices, &mut report);
+        let chosen = services_in_claim_order(services, &mut report);
+        let mut entry = Entry::default();
+        if let Some(svc) = chosen.first() {
+            let time = svc.creation_timestamp.clone();
+            let order: ClaimOrder = (time.is_none(), time, svc_ref.clone());
+            let mut frontends = plan_service(svc, &index, &self.this_node, &mut report);
+            sort_offer(&mut frontends);
+            for (i, frontend) in frontends.into_iter().enumerate() {
+                let key = frontend.key();
+                entry.keys.push(key);
+                if let Some(affected) = affected.as_deref_mut() {
+                    affected.insert(key);
+                }
+                let claims = self.claims.entry(key).or_default();
+                claims.insert((order.clone(), i), frontend);
+                if claims.len() > 1 {
+                    self.contested.insert(key);
+                }
             }
-            let claims = self.claims.entry(key).or_default();
-            claims.insert(claim, frontend);
-            if claims.len() > 1 {
-                self.contested.insert(key);
-            }
+            entry.keys.shrink_to_fit();
+            entry.order = Some(order);
         }
-        entry
+        (entry.skipped, entry.warnings) = report.finish();
+        let reports = !entry.skipped.is_empty() || !entry.warnings.is_empty();
+        (reports || entry.order.is_some()).then_some((svc_ref, entry))
     }
 
     /// Records what [`Planner::plan_one`] returned (the Service's entry, if it has one).
