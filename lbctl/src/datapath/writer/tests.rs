@@ -895,3 +895,31 @@ mod incremental {
         }
     }
 }
+
+#[test]
+fn frontend_ids_of_key_ordered_frontends_are_the_programmed_ones() {
+    // A full slot table refuses the frontend that does not fit: it is planned but has no id.
+    let limits = Limits { slots: 4, ..LIMITS };
+    let want = desired(&[
+        ("10.96.0.1:80/tcp", &["10.0.0.1:80", "10.0.0.2:80"], None),
+        ("10.96.0.2:80/tcp", &["10.0.0.3:80", "10.0.0.4:80"], None),
+        ("10.96.0.3:80/tcp", &["10.0.0.5:80"], None),
+    ]);
+    let mut w = Writer::adopt(MemMaps::new(limits)).unwrap();
+    let report = w.apply(&want).unwrap();
+    assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
+    // Planned frontends in key order, with some that were never applied around them.
+    let mut planned: Vec<FrontendKey> = want.services.keys().copied().collect();
+    planned.extend(["10.96.0.0:80/tcp", "10.96.0.2:81/tcp", "10.96.0.9:80/udp"].map(fe));
+    planned.sort();
+    let merged: Vec<(FrontendKey, u32)> = w
+        .frontend_ids(planned.iter().map(|key| (key, ())))
+        .map(|(key, (), id)| (*key, id))
+        .collect();
+    let looked_up: Vec<(FrontendKey, u32)> = planned
+        .iter()
+        .filter_map(|key| Some((*key, w.frontend_id(key)?)))
+        .collect();
+    assert_eq!(merged, looked_up);
+    assert_eq!(merged.len(), 2, "two of the three fit: {merged:?}");
+}
