@@ -463,18 +463,34 @@ impl<M: LbMaps> Writer<M> {
                     .filter_map(|k| desired.services.get_key_value(k)),
             ),
         };
+        // What each candidate has programmed: a full apply walks both tables in key order
+        // (one merge, no look-up per frontend); a scoped one looks its few keys up.
+        let mut programmed = self.services.iter().peekable();
+        let mut pending: Vec<(&FrontendKey, &ServiceSpec, Option<Programmed>)> = Vec::new();
         for (frontend, spec) in candidates {
-            if self.services.get(frontend).is_some_and(|p| {
+            let old = if scope.is_none() {
+                while programmed.next_if(|(k, _)| *k < frontend).is_some() {}
+                programmed
+                    .peek()
+                    .filter(|(k, _)| *k == frontend)
+                    .map(|(_, p)| *p)
+            } else {
+                self.services.get(frontend)
+            };
+            if old.is_some_and(|p| {
                 !self.unsettled.contains(&p.master.frontend_id) && self.holds(frontend, p, spec)
             }) {
                 continue;
             }
+            pending.push((frontend, spec, old.cloned()));
+        }
+        for (frontend, spec, old) in pending {
             match self.backend_ids_for(*frontend, spec, &mut new_backends) {
                 Ok(ids) => changes.push(Change {
                     frontend: *frontend,
                     spec,
                     ids,
-                    old: self.services.get(frontend).cloned(),
+                    old,
                     frontend_id: 0,
                     master: ServiceValue::default(),
                     fresh: false,
