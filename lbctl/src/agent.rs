@@ -513,7 +513,7 @@ fn reconcile_full(
                 metrics,
                 &mut state.triggers,
                 &report,
-                started,
+                &stages,
                 since,
             );
             observe_programmed(config, metrics, state, &programmed_ids, &inventory, &failed);
@@ -634,7 +634,7 @@ fn reconcile_changed(
     }
     metrics.patch_service_frontends(&remove_ids, named);
     let programmed_triggers =
-        after_apply(datapath, metrics, state.triggers, &report, started, since);
+        after_apply(datapath, metrics, state.triggers, &report, &stages, since);
     // Explaining a refusal needs the objects of its Service, which may be one that did not
     // change (it just won a frontend another Service gave up).
     let others: BTreeSet<ServiceRef> = programmed
@@ -691,24 +691,26 @@ struct Programmed {
     max_latency: Duration,
 }
 
-/// Metrics and readiness of a successful apply.
+/// Metrics and readiness of a successful apply: the sync's duration, the event latency and the
+/// trigger latencies are measured to the moment the maps were written (`stages`), not to the
+/// observation after.
 fn after_apply(
     datapath: &Datapath,
     metrics: &Metrics,
     triggers: &mut observe::TriggerTimes,
     report: &ApplyReport,
-    started: Instant,
+    stages: &Stages,
     since: Instant,
 ) -> Programmed {
-    let applied_at = SystemTime::now();
+    let applied_at = stages.written_at_wall;
     for e in &report.errors {
         tracing::error!(frontend = %e.frontend, reason = %e.reason, "not programmed");
         metrics.inc_error(ErrorKind::Capacity);
     }
     let (frontends, backends) = datapath.writer().programmed();
     metrics.set_programmed(frontends, backends);
-    metrics.observe_sync(started.elapsed());
-    metrics.observe_event_latency(since.elapsed());
+    metrics.observe_sync(stages.plan + stages.write);
+    metrics.observe_event_latency(stages.written_at.saturating_duration_since(since));
     let mut programmed = Programmed::default();
     for trigger in triggers.take() {
         metrics.observe_programming(trigger, applied_at);
@@ -737,6 +739,9 @@ struct Stages {
     plan: Duration,
     planned_at: Instant,
     write: Duration,
+    /// When the maps were written (what the programming latencies are measured to).
+    written_at: Instant,
+    written_at_wall: SystemTime,
 }
 
 impl Stages {
@@ -747,12 +752,16 @@ impl Stages {
             plan: now.duration_since(started),
             planned_at: now,
             write: Duration::ZERO,
+            written_at: now,
+            written_at_wall: SystemTime::now(),
         }
     }
 
     /// The apply is done now.
     fn written(&mut self) {
-        self.write = self.planned_at.elapsed();
+        self.written_at = Instant::now();
+        self.written_at_wall = SystemTime::now();
+        self.write = self.written_at.duration_since(self.planned_at);
     }
 }
 

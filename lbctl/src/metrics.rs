@@ -5,7 +5,7 @@
 //!
 //! | metric | type | set by |
 //! |---|---|---|
-//! | `lbctl_sync_duration_seconds` | histogram | [`Metrics::observe_sync`] (one full plan + apply) |
+//! | `lbctl_sync_duration_seconds` | histogram | [`Metrics::observe_sync`] (one reconcile up to the maps written) |
 //! | `lbctl_event_to_datapath_seconds` | histogram | [`Metrics::observe_event_latency`] (event received -> maps written) |
 //! | `lbctl_network_programming_duration_seconds` | histogram | [`Metrics::observe_programming`] (EndpointSlice trigger time -> maps written) |
 //! | `lbctl_last_sync_timestamp_seconds` | gauge | [`Metrics::set_last_sync`] |
@@ -714,7 +714,7 @@ impl Metrics {
         self.datapath_info.get_or_create(&labels).set(1);
     }
 
-    /// Records the duration of one full sync (plan + apply).
+    /// Records the duration of one sync up to the maps written (snapshot, plan, apply).
     pub fn observe_sync(&self, duration: Duration) {
         self.sync_duration.observe(duration.as_secs_f64());
     }
