@@ -456,34 +456,27 @@ impl<M: LbMaps> Writer<M> {
         // Which frontends change, and the backend ids they need.
         let mut changes: Vec<Change<'_>> = Vec::new();
         let mut new_backends: Vec<u32> = Vec::new();
-        let candidates: Box<dyn Iterator<Item = (&FrontendKey, &ServiceSpec)>> = match scope {
-            None => Box::new(desired.services.iter()),
-            Some(keys) => Box::new(
-                keys.iter()
-                    .filter_map(|k| desired.services.get_key_value(k)),
-            ),
-        };
-        // What each candidate has programmed: a full apply walks both tables in key order
-        // (one merge, no look-up per frontend); a scoped one looks its few keys up.
-        let mut programmed = self.services.iter().peekable();
-        let mut pending: Vec<(&FrontendKey, &ServiceSpec, Option<Programmed>)> = Vec::new();
-        for (frontend, spec) in candidates {
-            let old = if scope.is_none() {
-                while programmed.next_if(|(k, _)| *k < frontend).is_some() {}
-                programmed
-                    .peek()
-                    .filter(|(k, _)| *k == frontend)
-                    .map(|(_, p)| *p)
-            } else {
-                self.services.get(frontend)
+        // Each candidate with what the maps hold for it: a full apply walks both tables in key
+        // order (one merge, no look-up per frontend); a scoped one looks its few keys up.
+        let pending: Vec<(&FrontendKey, &ServiceSpec, Option<Programmed>)> = {
+            let candidates: Box<dyn Iterator<Item = (_, _, Option<&Programmed>)>> = match scope {
+                None => Box::new(self.programmed_in_order(desired.services.iter())),
+                Some(keys) => Box::new(
+                    keys.iter()
+                        .filter_map(|k| desired.services.get_key_value(k))
+                        .map(|(frontend, spec)| (frontend, spec, self.services.get(frontend))),
+                ),
             };
-            if old.is_some_and(|p| {
-                !self.unsettled.contains(&p.master.frontend_id) && self.holds(frontend, p, spec)
-            }) {
-                continue;
-            }
-            pending.push((frontend, spec, old.cloned()));
-        }
+            candidates
+                .filter(|(frontend, spec, old)| {
+                    !old.is_some_and(|p| {
+                        !self.unsettled.contains(&p.master.frontend_id)
+                            && self.holds(frontend, p, spec)
+                    })
+                })
+                .map(|(frontend, spec, old)| (frontend, spec, old.cloned()))
+                .collect()
+        };
         for (frontend, spec, old) in pending {
             match self.backend_ids_for(*frontend, spec, &mut new_backends) {
                 Ok(ids) => changes.push(Change {
@@ -1230,17 +1223,28 @@ impl<M: LbMaps> Writer<M> {
 
     /// The ids of `frontends` that are programmed, which must come in key order (as the
     /// planner gives them): one merge with the programmed frontends, no look-up per frontend.
-    pub fn frontend_ids<'a, T>(
+    pub fn frontend_ids<'a, T: 'a>(
         &'a self,
         frontends: impl Iterator<Item = (&'a FrontendKey, T)> + 'a,
     ) -> impl Iterator<Item = (&'a FrontendKey, T, u32)> + 'a {
+        self.programmed_in_order(frontends)
+            .filter_map(|(key, value, p)| Some((key, value, p?.master.frontend_id)))
+    }
+
+    /// Each of `frontends` (in key order) with what the maps hold for it, found by walking
+    /// the programmed frontends alongside.
+    fn programmed_in_order<'s, 'd: 's, T: 's>(
+        &'s self,
+        frontends: impl Iterator<Item = (&'d FrontendKey, T)> + 's,
+    ) -> impl Iterator<Item = (&'d FrontendKey, T, Option<&'s Programmed>)> + 's {
         let mut programmed = self.services.iter().peekable();
-        frontends.filter_map(move |(key, value)| {
+        frontends.map(move |(key, value)| {
             while programmed.next_if(|(k, _)| *k < key).is_some() {}
-            match programmed.peek() {
-                Some((k, p)) if *k == key => Some((key, value, p.master.frontend_id)),
-                _ => None,
-            }
+            let found = programmed
+                .peek()
+                .filter(|(k, _)| *k == key)
+                .map(|(_, p)| *p);
+            (key, value, found)
         })
     }
 }
