@@ -819,11 +819,11 @@ fn observe_programmed(
     inventory: &Inventory,
     failed: &BTreeSet<FrontendKey>,
 ) {
-    let named = programmed_ids
-        .iter()
-        .map(|&(key, frontend, id)| named_frontend(id, key, frontend))
-        .collect();
-    metrics.set_service_frontends(named);
+    metrics.set_service_frontends(
+        programmed_ids
+            .iter()
+            .map(|&(key, frontend, id)| named_frontend(id, key, frontend)),
+    );
     let programmed = programmed_ids
         .iter()
         .filter(|(key, _, _)| !failed.contains(key))

@@ -56,6 +56,10 @@ use tracing::{error, info};
 
 use crate::plan::FrontendKey;
 
+mod service_connects;
+
+use service_connects::ServiceConnects;
+
 /// The content type of `/metrics` (what prometheus-client's text encoder produces).
 pub const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -209,242 +213,6 @@ struct Providers {
     connects: RwLock<Option<Box<ConnectCountsFn>>>,
     source: RwLock<Option<Box<SourceCountsFn>>>,
     frontends: RwLock<Option<Box<FrontendCountsFn>>>,
-}
-
-/// Per-Service-port connect counters, accumulated from the per-frontend kernel counters.
-///
-/// The kernel counts by frontend id; ids are reused once a frontend is deleted, and a Service
-/// port has several frontends (cluster IPs of both families, node ports, external IPs). So the
-/// agent keeps, per id, the value it last read and adds the increase to the Service port that
-/// owns the id. An id that changes owner (or is new) counts from its value at that moment, so
-/// nothing of a previous owner leaks into a Service; a counter that went down (maps recreated)
-/// counts from zero again. Series exist only for Service ports with a frontend programmed on
-/// this node, and are dropped with their last frontend: at most one series per Service port and
-/// verdict, bounded by the frontend ids (`--max-frontends`).
-#[derive(Debug, Default)]
-struct ServiceConnects {
-    frontends: BTreeMap<u32, Owned>,
-    /// Every Service port some owner in `frontends` names, and only those. Hashed: a full
-    /// sync holds every port once and needs no order; a scrape sorts what it serves.
-    totals: hashbrown::HashMap<ServicePort, PortTotal>,
-}
-
-/// What a Service port counted, and how many frontends in [`ServiceConnects::frontends`] name
-/// it: the port is dropped when the last one goes, without a walk of all the frontends.
-#[derive(Debug, Default)]
-struct PortTotal {
-    counts: FrontendCounts,
-    frontends: u32,
-}
-
-#[derive(Debug)]
-struct Owned {
-    frontend: FrontendKey,
-    service: ServicePort,
-    /// The counters last read; `None` until the first read after the id got this owner.
-    last: Option<FrontendCounts>,
-}
-
-fn increase(last: u64, now: u64) -> u64 {
-    // A counter that went down was recreated (maps rebuilt): everything since counts.
-    now.checked_sub(last).unwrap_or(now)
-}
-
-impl ServiceConnects {
-    /// Adds what the kernel counted since the last read to each id's owner. `false` when the
-    /// counters could not be read (nothing changes then).
-    fn collect(&mut self, read: Option<&FrontendCountsFn>) -> bool {
-        let ids: Vec<u32> = self.frontends.keys().copied().collect();
-        if ids.is_empty() {
-            return true;
-        }
-        let Some(counts) = read.and_then(|read| read(&ids)) else {
-            return false;
-        };
-        if counts.len() != ids.len() {
-            return false;
-        }
-        for (id, now) in ids.iter().zip(counts) {
-            let Some(owned) = self.frontends.get_mut(id) else {
-                continue;
-            };
-            if let Some(last) = owned.last
-                && let Some(total) = self.totals.get_mut(&owned.service)
-            {
-                total.counts.rewritten += increase(last.rewritten, now.rewritten);
-                total.counts.refused += increase(last.refused, now.refused);
-            }
-            owned.last = Some(now);
-        }
-        true
-    }
-
-    /// Replaces the programmed frontends: counts so far go to the old owners, new owners start
-    /// from the current values, Service ports without a frontend are dropped. Reads only the
-    /// ids whose owner changes (none when a sync changes no frontend's identity).
-    fn set(&mut self, frontends: Vec<NamedFrontend>, read: Option<&FrontendCountsFn>) -> bool {
-        // Collected, then built in bulk (sorted by id) rather than inserted one by one.
-        let mut next: Vec<(u32, Owned)> = Vec::with_capacity(frontends.len());
-        // Owners that give up their id (to another frontend, or because it is gone), and the
-        // Service ports of the new owners.
-        let mut leaving: Vec<(u32, Owned)> = Vec::new();
-        let mut joining: Vec<ServicePort> = Vec::new();
-        for f in frontends {
-            match self.frontends.remove(&f.id) {
-                Some(owned) if owned.frontend == f.frontend && owned.service == f.service => {
-                    next.push((f.id, owned));
-                }
-                old => {
-                    leaving.extend(old.map(|owned| (f.id, owned)));
-                    joining.push(f.service.clone());
-                    next.push((
-                        f.id,
-                        Owned {
-                            frontend: f.frontend,
-                            service: f.service,
-                            last: None,
-                        },
-                    ));
-                }
-            }
-        }
-        leaving.extend(std::mem::take(&mut self.frontends));
-        let mut next: BTreeMap<u32, Owned> = next.into_iter().collect();
-        // One read: the last counts of the leaving owners, the baselines of the new ones.
-        let ids = leaving.iter().map(|(id, _)| *id).chain(
-            next.iter()
-                .filter(|(_, owned)| owned.last.is_none())
-                .map(|(id, _)| *id),
-        );
-        let read_ok = match read_counts(ids, read) {
-            Some(now) => {
-                self.credit(&leaving, &now);
-                for (id, owned) in &mut next {
-                    if owned.last.is_none() {
-                        owned.last = now.get(id).copied();
-                    }
-                }
-                true
-            }
-            None => false,
-        };
-        self.frontends = next;
-        // Held before the leaving owners let go, so a port that only changes ids keeps its
-        // counts.
-        self.hold_all(joining);
-        for (_, owned) in &leaving {
-            self.release(&owned.service);
-        }
-        read_ok
-    }
-
-    /// One more frontend names `port`.
-    fn hold(&mut self, port: ServicePort) {
-        self.totals.entry(port).or_default().frontends += 1;
-    }
-
-    /// [`Self::hold`] for each of `ports`, with room made for them first.
-    fn hold_all(&mut self, ports: Vec<ServicePort>) {
-        self.totals.reserve(ports.len());
-        for port in ports {
-            self.hold(port);
-        }
-    }
-
-    /// One frontend less names `port`; the port goes with the last one.
-    fn release(&mut self, port: &ServicePort) {
-        if let Some(total) = self.totals.get_mut(port) {
-            total.frontends = total.frontends.saturating_sub(1);
-            if total.frontends == 0 {
-                self.totals.remove(port);
-            }
-        }
-    }
-}
-
-/// The counters of `ids` (each read once), in one call of `read`: empty when there are no ids,
-/// `None` when they cannot be read.
-fn read_counts(
-    ids: impl Iterator<Item = u32>,
-    read: Option<&FrontendCountsFn>,
-) -> Option<BTreeMap<u32, FrontendCounts>> {
-    let mut ids: Vec<u32> = ids.collect();
-    ids.sort_unstable();
-    ids.dedup();
-    if ids.is_empty() {
-        return Some(BTreeMap::new());
-    }
-    let counts = read?(&ids)?;
-    (counts.len() == ids.len()).then(|| ids.into_iter().zip(counts).collect())
-}
-
-impl ServiceConnects {
-    /// Credits what the leaving owners counted since their last reading to their Service
-    /// ports.
-    fn credit(&mut self, leaving: &[(u32, Owned)], now: &BTreeMap<u32, FrontendCounts>) {
-        for (id, owned) in leaving {
-            if let (Some(last), Some(now)) = (owned.last, now.get(id))
-                && let Some(total) = self.totals.get_mut(&owned.service)
-            {
-                let total = &mut total.counts;
-                total.rewritten += increase(last.rewritten, now.rewritten);
-                total.refused += increase(last.refused, now.refused);
-            }
-        }
-    }
-
-    /// Changes the owners of some ids only (what [`ServiceConnects::set`] does for all):
-    /// `remove` lose theirs, `upsert` get (or keep) theirs. Costs the ids named, plus one pass
-    /// over the owners when a Service port may have lost its last frontend.
-    fn patch(
-        &mut self,
-        remove: &[u32],
-        upsert: Vec<NamedFrontend>,
-        read: Option<&FrontendCountsFn>,
-    ) -> bool {
-        let mut leaving: Vec<(u32, Owned)> = Vec::new();
-        let mut fresh: Vec<u32> = Vec::new();
-        for id in remove {
-            leaving.extend(self.frontends.remove(id).map(|owned| (*id, owned)));
-        }
-        for f in upsert {
-            if self
-                .frontends
-                .get(&f.id)
-                .is_some_and(|o| o.frontend == f.frontend && o.service == f.service)
-            {
-                continue;
-            }
-            self.hold(f.service.clone());
-            let owned = Owned {
-                frontend: f.frontend,
-                service: f.service,
-                last: None,
-            };
-            leaving.extend(self.frontends.insert(f.id, owned).map(|old| (f.id, old)));
-            fresh.push(f.id);
-        }
-        let ids = leaving
-            .iter()
-            .map(|(id, _)| *id)
-            .chain(fresh.iter().copied());
-        let read_ok = match read_counts(ids, read) {
-            Some(now) => {
-                self.credit(&leaving, &now);
-                for id in &fresh {
-                    if let Some(owned) = self.frontends.get_mut(id) {
-                        owned.last = now.get(id).copied();
-                    }
-                }
-                true
-            }
-            None => false,
-        };
-        for (_, owned) in &leaving {
-            self.release(&owned.service);
-        }
-        read_ok
-    }
 }
 
 /// Whether the reconcile loop still turns: it beats once per turn; `/healthz` fails when the
@@ -810,7 +578,7 @@ impl Metrics {
 
     /// The frontends now programmed, with their Service ports (after each apply). Counts up to
     /// now go to the previous owners; see `ServiceConnects` for how ids are followed.
-    pub fn set_service_frontends(&self, frontends: Vec<NamedFrontend>) {
+    pub fn set_service_frontends(&self, frontends: impl IntoIterator<Item = NamedFrontend>) {
         let read = read_lock(&self.providers.frontends);
         let ok = lock(&self.service_connects).set(frontends, read.as_deref());
         if !ok {
@@ -820,7 +588,11 @@ impl Metrics {
 
     /// Changes the Service ports of some frontend ids only (see `set_service_frontends`):
     /// `remove` have no frontend any more, `upsert` are (re)named.
-    pub fn patch_service_frontends(&self, remove: &[u32], upsert: Vec<NamedFrontend>) {
+    pub fn patch_service_frontends(
+        &self,
+        remove: &[u32],
+        upsert: impl IntoIterator<Item = NamedFrontend>,
+    ) {
         let read = read_lock(&self.providers.frontends);
         let ok = lock(&self.service_connects).patch(remove, upsert, read.as_deref());
         if !ok {
@@ -886,13 +658,7 @@ impl ScrapeTimeCollector {
                 .get_or_create(&labels(&[("kind", ErrorKind::ReadCounters.label())]))
                 .inc();
         }
-        let mut totals: Vec<(ServicePort, FrontendCounts)> = connects
-            .totals
-            .iter()
-            .map(|(port, total)| (port.clone(), total.counts))
-            .collect();
-        totals.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        totals
+        connects.totals()
     }
 }
 
