@@ -220,6 +220,15 @@ struct Change<'a> {
     /// A range was allocated for the new backend ids (`master.slot_base`, written in step
     /// 2b); else the master keeps the old range (same backends) or has none (no backend).
     fresh: bool,
+    /// `None` for a frontend without memberships before or after (TCP without session
+    /// affinity: most of a full programming), so a change costs no three empty vectors.
+    members: Option<Box<Memberships>>,
+    failed: Option<String>,
+}
+
+/// How a change moves a frontend's memberships.
+#[derive(Default)]
+struct Memberships {
     /// Backend ids the frontend's memberships hold, and the ones its new master needs; both
     /// sorted.
     held: Vec<u32>,
@@ -228,23 +237,24 @@ struct Change<'a> {
     /// not held, when either the old or the new master needs memberships (until step 3 the
     /// old master is the one readers follow to the new slots).
     joined: Vec<u32>,
-    failed: Option<String>,
 }
 
 impl Change<'_> {
     /// Backends that join the set (step 2a), in order.
     fn joining(&self) -> impl Iterator<Item = u32> + '_ {
-        self.joined.iter().copied()
+        self.members.iter().flat_map(|m| m.joined.iter().copied())
     }
 
     /// Backends that leave the set once the new master is published (held or joined, not
     /// wanted).
     fn leaving(&self) -> impl Iterator<Item = u32> + '_ {
-        self.held
-            .iter()
-            .chain(&self.joined)
-            .copied()
-            .filter(|id| self.wanted.binary_search(id).is_err())
+        self.members.iter().flat_map(|m| {
+            m.held
+                .iter()
+                .chain(&m.joined)
+                .copied()
+                .filter(|id| m.wanted.binary_search(id).is_err())
+        })
     }
 }
 
@@ -442,20 +452,21 @@ impl<M: LbMaps> Writer<M> {
         for (start, len) in std::mem::take(&mut self.cleared) {
             self.ranges.free(start, len);
         }
+        let mut new_backends: Vec<u32> = Vec::new();
         if scope.is_none() {
             // Room in the value index for the backends a full programming may add (an
-            // overestimate where frontends share backends, at 5 bytes a slot).
+            // overestimate where frontends share backends, at 5 bytes a slot), and in the list
+            // of new ones (4 bytes each, rather than up to twice that from growing it).
             let listed: usize = desired.services.values().map(|s| s.backends.len()).sum();
             let room = (self.limits.backends as usize).saturating_sub(self.backends.len());
-            self.backends
-                .reserve_index(listed.saturating_sub(self.backends.len()).min(room));
+            let adding = listed.saturating_sub(self.backends.len()).min(room);
+            self.backends.reserve_index(adding);
+            new_backends.reserve_exact(adding);
         }
         let mut report = ApplyReport::default();
         let mut errors: BTreeMap<FrontendKey, String> = BTreeMap::new();
 
         // Which frontends change, and the backend ids they need.
-        let mut changes: Vec<Change<'_>> = Vec::new();
-        let mut new_backends: Vec<u32> = Vec::new();
         // Each candidate with what the maps hold for it: a full apply walks both tables in key
         // order (one merge, no look-up per frontend); a scoped one looks its few keys up.
         let pending: Vec<(&FrontendKey, &ServiceSpec, Option<Programmed>)> = {
@@ -477,6 +488,7 @@ impl<M: LbMaps> Writer<M> {
                 .map(|(frontend, spec, old)| (frontend, spec, old.cloned()))
                 .collect()
         };
+        let mut changes: Vec<Change<'_>> = Vec::with_capacity(pending.len());
         for (frontend, spec, old) in pending {
             match self.backend_ids_for(*frontend, spec, &mut new_backends) {
                 Ok(ids) => changes.push(Change {
@@ -487,9 +499,7 @@ impl<M: LbMaps> Writer<M> {
                     frontend_id: 0,
                     master: ServiceValue::default(),
                     fresh: false,
-                    held: Vec::new(),
-                    wanted: Vec::new(),
-                    joined: Vec::new(),
+                    members: None,
                     failed: None,
                 }),
                 Err(reason) => {
@@ -1152,9 +1162,14 @@ impl<M: LbMaps> Writer<M> {
         change.master = master_of(frontend_id, slot_base);
         change.frontend_id = frontend_id;
         change.fresh = fresh;
-        change.held = held;
-        change.wanted = wanted;
-        change.joined = joined;
+        change.members =
+            (!(held.is_empty() && wanted.is_empty() && joined.is_empty())).then(|| {
+                Box::new(Memberships {
+                    held,
+                    wanted,
+                    joined,
+                })
+            });
         Ok(())
     }
 
