@@ -18,6 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use smallvec::SmallVec;
 
 use super::{
     NodeContext,
@@ -78,20 +79,32 @@ impl Claims {
     }
 }
 
-/// What one Service (or the slices of a Service that does not exist) contributes.
+/// What one Service (or the slices of a Service that does not exist) contributes. Kept for
+/// every Service, so kept small: most Services claim one key (held inline) and report nothing
+/// (no report vectors).
 #[derive(Debug, Default)]
 struct Entry {
     /// `None` when no served Service of this name exists (only its slices do).
     order: Option<ClaimOrder>,
     /// The keys it claims, in its offer order.
-    keys: Vec<FrontendKey>,
-    skipped: Vec<Skipped>,
-    warnings: Vec<String>,
+    keys: SmallVec<[FrontendKey; 1]>,
+    /// Its skipped input and warnings, when it has any.
+    reports: Option<Box<(Vec<Skipped>, Vec<String>)>>,
 }
 
 impl Entry {
     fn reports(&self) -> bool {
-        !self.skipped.is_empty() || !self.warnings.is_empty()
+        self.reports.is_some()
+    }
+
+    fn skipped(&self) -> &[Skipped] {
+        self.reports.as_deref().map_or(&[], |(skipped, _)| skipped)
+    }
+
+    fn warnings(&self) -> &[String] {
+        self.reports
+            .as_deref()
+            .map_or(&[], |(_, warnings)| warnings)
     }
 }
 
@@ -321,10 +334,10 @@ impl Planner {
             report.warn(w.clone());
         }
         for entry in self.reporting.iter().filter_map(|r| self.entries.get(r)) {
-            for s in &entry.skipped {
+            for s in entry.skipped() {
                 report.skip(s.object.clone(), s.reason.clone());
             }
-            for w in &entry.warnings {
+            for w in entry.warnings() {
                 report.warn(w.clone());
             }
         }
@@ -385,9 +398,11 @@ impl Planner {
             entry.keys.shrink_to_fit();
             entry.order = Some(order);
         }
-        (entry.skipped, entry.warnings) = report.finish();
-        let reports = !entry.skipped.is_empty() || !entry.warnings.is_empty();
-        (reports || entry.order.is_some()).then_some((svc_ref, entry))
+        let (skipped, warnings) = report.finish();
+        if !skipped.is_empty() || !warnings.is_empty() {
+            entry.reports = Some(Box::new((skipped, warnings)));
+        }
+        (entry.reports() || entry.order.is_some()).then_some((svc_ref, entry))
     }
 
     /// Records what [`Planner::plan_one`] returned (the Service's entry, if it has one).
