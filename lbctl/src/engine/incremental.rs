@@ -111,10 +111,7 @@ impl Entry {
 /// The Service an EndpointSlice belongs to, by its `kubernetes.io/service-name` label; `None`
 /// without one (the engine skips such a slice).
 pub fn slice_service(slice: &EndpointSlice) -> Option<ServiceRef> {
-    Some(ServiceRef {
-        namespace: slice.namespace.clone(),
-        name: slice.service()?.into(),
-    })
+    slice.service_ref()
 }
 
 /// The Service ref of a Service object (namespace defaulted as the engine does).

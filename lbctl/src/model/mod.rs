@@ -207,12 +207,14 @@ pub enum Ingress {
 /// An EndpointSlice.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndpointSlice {
-    /// `metadata.name`, empty when absent.
-    pub name: Box<str>,
+    /// `metadata.name`, empty when absent. Shared: the Kubernetes source's index of the slices
+    /// of each Service holds this very string.
+    pub name: Arc<str>,
     /// [`DEFAULT_NAMESPACE`] when absent or empty.
     pub namespace: Arc<str>,
-    /// The `kubernetes.io/service-name` label, as written (possibly empty).
-    pub service_name: Option<Box<str>>,
+    /// The `kubernetes.io/service-name` label, as written (possibly empty). Shared by the
+    /// [`ServiceRef`](crate::plan::ServiceRef)s made of it ([`EndpointSlice::service_ref`]).
+    pub service_name: Option<Arc<str>>,
     pub address_type: AddressType,
     pub ports: Box<[EndpointPort]>,
     pub endpoints: Box<[Endpoint]>,
@@ -225,6 +227,16 @@ impl EndpointSlice {
     /// The Service label, unless empty (the engine's test for "belongs to a Service").
     pub fn service(&self) -> Option<&str> {
         self.service_name.as_deref().filter(|name| !name.is_empty())
+    }
+
+    /// The Service it belongs to, by [`EndpointSlice::service`], made of the slice's own
+    /// strings (no allocation).
+    pub fn service_ref(&self) -> Option<crate::plan::ServiceRef> {
+        let name = self.service_name.as_ref().filter(|name| !name.is_empty())?;
+        Some(crate::plan::ServiceRef {
+            namespace: self.namespace.clone(),
+            name: name.clone(),
+        })
     }
 }
 

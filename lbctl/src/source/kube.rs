@@ -80,7 +80,7 @@ use tracing::{debug, info, warn};
 use super::{
     Dirty,
     owners::SliceOwners,
-    store::{self, Store, Writer},
+    store::{self, Applied, Store, Writer},
 };
 use crate::{
     model::{
@@ -650,7 +650,7 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 }
 
 /// Marks what a Service event changed.
-fn track_service(inner: &mut Inner, event: &watcher::Event<Service>) {
+fn track_service(inner: &mut Inner, event: &watcher::Event<Service>, _: &Applied<model::Service>) {
     match event {
         watcher::Event::Apply(svc) | watcher::Event::Delete(svc) => {
             inner.dirty.service(service_ref_of(svc));
@@ -661,42 +661,44 @@ fn track_service(inner: &mut Inner, event: &watcher::Event<Service>) {
 }
 
 /// Marks what an EndpointSlice event changed: the Service it belongs to now and the one it
-/// belonged to before; a completed (re)list replaces the ownership by that of the listed slices.
-fn track_slice(inner: &mut Inner, event: &watcher::Event<EndpointSlice>) {
-    fn namespace(slice: &EndpointSlice) -> &str {
-        slice.metadata.namespace.as_deref().unwrap_or_default()
-    }
+/// belonged to before (by the stored slice the event replaced or removed); a completed
+/// (re)list replaces the index of slices by Service by that of the listed slices.
+fn track_slice(
+    inner: &mut Inner,
+    event: &watcher::Event<EndpointSlice>,
+    applied: &Applied<model::EndpointSlice>,
+) {
+    let old = applied
+        .previous
+        .as_deref()
+        .and_then(model::EndpointSlice::service_ref);
     match event {
-        watcher::Event::Apply(slice) => {
-            let owner = slice_service(slice);
-            let old = inner
-                .slice_owners
-                .set(namespace(slice), &slice.name_any(), owner.clone());
-            if let Some(old) = old {
-                inner.dirty.service(old);
-            }
-            if let Some(owner) = owner {
-                inner.dirty.service(owner);
+        watcher::Event::Apply(_) => {
+            if let Some(slice) = applied.current.as_deref() {
+                let owner = slice.service_ref();
+                inner
+                    .slice_owners
+                    .set(&slice.name, old.as_ref(), owner.clone());
+                for svc in old.into_iter().chain(owner) {
+                    inner.dirty.service(svc);
+                }
             }
         }
         watcher::Event::Delete(slice) => {
-            let old = inner
-                .slice_owners
-                .set(namespace(slice), &slice.name_any(), None);
-            if let Some(old) = old {
-                inner.dirty.service(old);
+            if let Some(removed) = applied.previous.as_deref() {
+                inner.slice_owners.set(&removed.name, old.as_ref(), None);
             }
-            if let Some(owner) = slice_service(slice) {
-                inner.dirty.service(owner);
+            for svc in old.into_iter().chain(slice_service(slice)) {
+                inner.dirty.service(svc);
             }
         }
         watcher::Event::Init => inner.listed_slice_owners = SliceOwners::default(),
-        watcher::Event::InitApply(slice) => {
-            inner.listed_slice_owners.set(
-                namespace(slice),
-                &slice.name_any(),
-                slice_service(slice),
-            );
+        watcher::Event::InitApply(_) => {
+            if let Some(slice) = applied.current.as_deref() {
+                inner
+                    .listed_slice_owners
+                    .set(&slice.name, None, slice.service_ref());
+            }
         }
         watcher::Event::InitDone => {
             inner.slice_owners = std::mem::take(&mut inner.listed_slice_owners);
@@ -706,7 +708,7 @@ fn track_slice(inner: &mut Inner, event: &watcher::Event<EndpointSlice>) {
 }
 
 /// Any change to this Node may change every frontend (NodePort addresses, zone).
-fn track_node(inner: &mut Inner, event: &watcher::Event<Node>) {
+fn track_node(inner: &mut Inner, event: &watcher::Event<Node>, _: &Applied<model::Node>) {
     if !matches!(event, watcher::Event::Init | watcher::Event::InitApply(_)) {
         inner.dirty.all();
     }
@@ -718,7 +720,7 @@ fn spawn_watch<K, T>(
     mut writer: Writer<K, T>,
     resource: WatchedResource,
     shared: Arc<Shared>,
-    track: fn(&mut Inner, &watcher::Event<K>),
+    track: fn(&mut Inner, &watcher::Event<K>, &Applied<T>),
 ) -> JoinHandle<()>
 where
     K: kube::Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
@@ -733,11 +735,13 @@ where
                 Ok(event) => {
                     // The store first, then the marks, then the generation: whoever a mark or
                     // a generation wakes up finds the store changed.
-                    writer.apply(&event);
-                    track(&mut shared.lock(), &event);
+                    let applied = writer.apply(&event);
+                    track(&mut shared.lock(), &event, &applied);
                     shared.on_event(resource, &event);
-                    // The k8s object goes here: only its conversion stays.
+                    // The k8s object goes here: only its conversion stays (and a replaced one
+                    // goes with `applied`, outside the lock).
                     drop(event);
+                    drop(applied);
                 }
                 Err(error) => shared.on_error(resource, &error),
             }

@@ -1,90 +1,49 @@
-//! Which Service each EndpointSlice belongs to (by its `kubernetes.io/service-name` label),
-//! both ways: a slice event marks the Service the slice left as well as the one it joined, and
-//! the slices of a Service are found without a scan of the store.
+//! The EndpointSlices of each Service (by their `kubernetes.io/service-name` label), so the
+//! slices of a Service are found without a scan of the store.
 //!
-//! Kept for every slice of the cluster, so it is kept small: namespaces are interned, a slice's
-//! name and its Service's name are each stored once and shared by both directions, and a
-//! Service's slices are a short sorted vector (most Services have one slice). At 30,000 slices
-//! this holds a few MiB, where two owned strings per direction and an ordered set per Service
-//! held about 17.
-use std::{
-    collections::{HashMap, HashSet},
-    sync::Arc,
-};
+//! Kept for every slice of the cluster, so it is kept small: it holds the strings of the stored
+//! slices themselves (the Service's name and namespace, the slice's name: no copies), and a
+//! Service's slices are a short sorted list held inline when there is one (most Services have
+//! one slice). Which Service a slice belonged to before an event is not kept here: the store
+//! hands the replaced object to the caller ([`super::store::Applied`]).
+use std::{collections::HashMap, sync::Arc};
+
+use smallvec::SmallVec;
 
 use crate::plan::ServiceRef;
 
 #[derive(Debug, Default)]
 pub(super) struct SliceOwners {
-    /// Every namespace named below, once.
-    namespaces: HashSet<Arc<str>>,
-    /// Namespace -> slice name -> the name of its Service (in the same namespace).
-    by_slice: HashMap<Arc<str>, HashMap<Arc<str>, Arc<str>>>,
     /// Service -> names of its slices, sorted.
-    by_service: HashMap<ServiceRef, Vec<Arc<str>>>,
+    by_service: HashMap<ServiceRef, SmallVec<[Arc<str>; 1]>>,
 }
 
 impl SliceOwners {
-    fn intern(&mut self, namespace: &str) -> Arc<str> {
-        if let Some(ns) = self.namespaces.get(namespace) {
-            return ns.clone();
-        }
-        let ns: Arc<str> = namespace.into();
-        self.namespaces.insert(ns.clone());
-        ns
-    }
-
-    /// Records that slice `namespace`/`slice` now belongs to `owner` (a Service of the same
-    /// namespace; `None`: to none, or deleted); returns the Service it belonged to before.
+    /// Records that the slice `slice` (of the namespace of both Services) moved from the
+    /// Service `old` to the Service `new` (`None`: from or to none; both the same: it stays).
     pub(super) fn set(
         &mut self,
-        namespace: &str,
-        slice: &str,
-        owner: Option<ServiceRef>,
-    ) -> Option<ServiceRef> {
-        let ns = self.intern(namespace);
-        let slices = self.by_slice.entry(ns.clone()).or_default();
-        let (slice, old) = match slices.remove_entry(slice) {
-            Some((name, owner)) => (name, Some(owner)),
-            None => (Arc::from(slice), None),
-        };
-        let old = old.map(|name| {
-            let old = ServiceRef {
-                namespace: ns.clone(),
-                name,
-            };
-            if let Some(names) = self.by_service.get_mut(&old) {
-                if let Ok(i) = names.binary_search(&slice) {
-                    names.remove(i);
-                }
-                if names.is_empty() {
-                    self.by_service.remove(&old);
-                }
+        slice: &Arc<str>,
+        old: Option<&ServiceRef>,
+        new: Option<ServiceRef>,
+    ) {
+        if let Some(old) = old
+            && new.as_ref() != Some(old)
+            && let Some(names) = self.by_service.get_mut(old)
+        {
+            if let Ok(i) = names.binary_search(slice) {
+                names.remove(i);
             }
-            old
-        });
-        if let Some(owner) = owner {
-            let probe = ServiceRef {
-                namespace: ns.clone(),
-                name: owner.name,
-            };
-            // The Service's name as stored already, when it has slices.
-            let name = match self.by_service.get_key_value(&probe) {
-                Some((key, _)) => key.name.clone(),
-                None => probe.name.clone(),
-            };
-            let names = self.by_service.entry(probe).or_default();
-            if let Err(i) = names.binary_search(&slice) {
+            if names.is_empty() {
+                self.by_service.remove(old);
+            }
+        }
+        if let Some(new) = new {
+            let names = self.by_service.entry(new).or_default();
+            if let Err(i) = names.binary_search(slice) {
                 names.insert(i, slice.clone());
             }
-            if let Some(slices) = self.by_slice.get_mut(&ns) {
-                slices.insert(slice, name);
-            }
-        } else if self.by_slice.get(&ns).is_some_and(HashMap::is_empty) {
-            self.by_slice.remove(&ns);
-            self.namespaces.remove(&ns);
         }
-        old
     }
 
     /// The names of `svc`'s slices, in name order.
@@ -112,55 +71,43 @@ mod tests {
     #[test]
     fn slices_join_move_and_leave_their_services() {
         let mut o = SliceOwners::default();
-        assert_eq!(o.set("a", "web-2", Some(svc("a", "web"))), None);
-        assert_eq!(o.set("a", "web-1", Some(svc("a", "web"))), None);
-        assert_eq!(o.set("b", "web-1", Some(svc("b", "web"))), None);
+        let (web_1, web_2) = (Arc::from("web-1"), Arc::from("web-2"));
+        o.set(&web_2, None, Some(svc("a", "web")));
+        o.set(&web_1, None, Some(svc("a", "web")));
+        o.set(&web_1, None, Some(svc("b", "web")));
         assert_eq!(slices(&o, "a", "web"), ["web-1", "web-2"], "sorted by name");
         assert_eq!(slices(&o, "b", "web"), ["web-1"], "namespaces apart");
 
-        // The label moves web-2 to another Service: the old owner is returned and loses it.
-        assert_eq!(
-            o.set("a", "web-2", Some(svc("a", "api"))),
-            Some(svc("a", "web"))
-        );
+        // The label moves web-2 to another Service: the old owner loses it.
+        o.set(&web_2, Some(&svc("a", "web")), Some(svc("a", "api")));
         assert_eq!(slices(&o, "a", "web"), ["web-1"]);
         assert_eq!(slices(&o, "a", "api"), ["web-2"]);
-        // The same owner again: nothing moves.
-        assert_eq!(
-            o.set("a", "web-2", Some(svc("a", "api"))),
-            Some(svc("a", "api"))
-        );
+        // The same owner again: nothing moves, nothing doubles.
+        o.set(&web_2, Some(&svc("a", "api")), Some(svc("a", "api")));
         assert_eq!(slices(&o, "a", "api"), ["web-2"]);
 
         // The label removed, then the slice deleted: no owner left, and nothing kept.
-        assert_eq!(o.set("a", "web-2", None), Some(svc("a", "api")));
+        o.set(&web_2, Some(&svc("a", "api")), None);
         assert!(slices(&o, "a", "api").is_empty());
         assert!(!o.by_service.contains_key(&svc("a", "api")));
-        assert_eq!(o.set("a", "web-2", None), None);
-        assert_eq!(o.set("a", "web-1", None), Some(svc("a", "web")));
-        assert!(!o.by_slice.contains_key("a"));
-        assert!(!o.namespaces.contains("a"));
+        o.set(&web_2, None, None);
+        o.set(&web_1, Some(&svc("a", "web")), None);
+        assert!(o.by_service.keys().all(|s| &*s.namespace != "a"));
         assert_eq!(slices(&o, "b", "web"), ["web-1"]);
     }
 
     #[test]
-    fn names_are_stored_once_and_shared_by_both_directions() {
+    fn the_slice_names_are_the_stored_ones_and_one_is_held_inline() {
         let mut o = SliceOwners::default();
-        o.set("ns", "web-1", Some(svc("ns", "web")));
-        o.set("ns", "web-2", Some(svc("ns", "web")));
-        let (key, names) = o.by_service.get_key_value(&svc("ns", "web")).unwrap();
-        let by_slice = &o.by_slice["ns"];
-        let (slice_key, owner) = by_slice.get_key_value("web-1").unwrap();
+        let web_1: Arc<str> = Arc::from("web-1");
+        o.set(&web_1, None, Some(svc("ns", "web")));
+        let names = &o.by_service[&svc("ns", "web")];
         assert!(
-            Arc::ptr_eq(owner, &key.name),
-            "the Service's name is shared"
+            Arc::ptr_eq(&names[0], &web_1),
+            "no copy of the slice's name"
         );
-        assert!(Arc::ptr_eq(&by_slice["web-2"], &key.name));
-        assert!(
-            Arc::ptr_eq(slice_key, &names[0]),
-            "the slice's name is shared"
-        );
-        let ns = o.namespaces.get("ns").unwrap();
-        assert!(Arc::ptr_eq(ns, &key.namespace), "the namespace is interned");
+        assert!(!names.spilled(), "one slice needs no list of its own");
+        o.set(&Arc::from("web-2"), None, Some(svc("ns", "web")));
+        assert_eq!(slices(&o, "ns", "web"), ["web-1", "web-2"]);
     }
 }

@@ -143,6 +143,25 @@ impl<T> Store<T> {
     }
 }
 
+/// The stored objects one event concerned ([`Writer::apply`]).
+#[derive(Debug)]
+pub struct Applied<T> {
+    /// The object stored for an `Apply` or `InitApply` (in the set being listed, for the
+    /// latter).
+    pub current: Option<Arc<T>>,
+    /// The object an `Apply` replaced or a `Delete` removed, if the store had one.
+    pub previous: Option<Arc<T>>,
+}
+
+impl<T> Default for Applied<T> {
+    fn default() -> Self {
+        Self {
+            current: None,
+            previous: None,
+        }
+    }
+}
+
 /// The conversion from the watched k8s object to what the store keeps. It may keep state
 /// across objects (e.g. an interner of namespace names): only the writer's task calls it.
 type Convert<K, T> = Box<dyn FnMut(&K) -> T + Send>;
@@ -183,35 +202,48 @@ impl<K: Resource, T> Writer<K, T> {
     }
 
     /// Applies one watcher event (see the module documentation). The event's object is only
-    /// read: the caller drops it afterwards.
-    pub fn apply(&mut self, event: &watcher::Event<K>) {
+    /// read: the caller drops it afterwards. Returns the stored objects the event concerned,
+    /// for the caller to note what changed; once it drops them, an object replaced or removed
+    /// is freed (unless a reader holds it), outside the lock.
+    pub fn apply(&mut self, event: &watcher::Event<K>) -> Applied<T> {
         match event {
             watcher::Event::Apply(obj) => {
                 let converted = Arc::new((self.convert)(obj));
-                let replaced = self.store.write().insert(key(obj), converted);
-                // Freed (if no reader holds it) outside the lock.
-                drop(replaced);
+                let previous = self.store.write().insert(key(obj), converted.clone());
+                Applied {
+                    current: Some(converted),
+                    previous,
+                }
             }
             watcher::Event::Delete(obj) => {
                 let (namespace, name) = key(obj);
-                let removed = self.store.write().remove(&namespace, &name);
-                drop(removed);
+                let previous = self.store.write().remove(&namespace, &name);
+                Applied {
+                    current: None,
+                    previous,
+                }
             }
             watcher::Event::Init => {
                 // A list restarted half-way drops what it had listed.
                 self.relist = Some(Objects::default());
+                Applied::default()
             }
             watcher::Event::InitApply(obj) => {
                 let converted = Arc::new((self.convert)(obj));
                 self.relist
                     .get_or_insert_with(Objects::default)
-                    .insert(key(obj), converted);
+                    .insert(key(obj), converted.clone());
+                Applied {
+                    current: Some(converted),
+                    previous: None,
+                }
             }
             watcher::Event::InitDone => {
                 // As kube's store: a list that never started is an empty list.
                 let listed = self.relist.take().unwrap_or_default();
                 let old = std::mem::replace(&mut *self.store.write(), listed);
                 drop(old);
+                Applied::default()
             }
         }
     }
