@@ -180,9 +180,7 @@ impl BackendTable {
         entry.value.replace(value);
         entries.set(id, entry);
         *len += 1;
-        index.insert_unique(hash, id, |&i| {
-            hasher.hash_one(entries.get(i).value.0)
-        });
+        index.insert_unique(hash, id, |&i| hasher.hash_one(entries.get(i).value.0));
         Some((id, true))
     }
 
@@ -196,9 +194,7 @@ impl BackendTable {
             hasher,
             ..
         } = self;
-        index.reserve(additional, |&i| {
-            hasher.hash_one(entries.get(i).value.0)
-        });
+        index.reserve(additional, |&i| hasher.hash_one(entries.get(i).value.0));
     }
 
     /// Number of backends.
@@ -231,12 +227,12 @@ impl BackendTable {
             hasher,
             ..
         } = self;
-        match index.find_mut(hash, |&i| i != id && entries.get(i).value.get() == Some(value)) {
+        match index.find_mut(hash, |&i| {
+            i != id && entries.get(i).value.get() == Some(value)
+        }) {
             Some(other) => *other = id,
             None => {
-                index.insert_unique(hash, id, |&i| {
-                    hasher.hash_one(entries.get(i).value.0)
-                });
+                index.insert_unique(hash, id, |&i| hasher.hash_one(entries.get(i).value.0));
             }
         }
     }
