@@ -11,9 +11,10 @@ use crate::plan::ServiceRef;
 
 use super::{
     Address, AddressType, Conditions, DEFAULT_NAMESPACE, Endpoint, EndpointAddress, EndpointPort,
-    EndpointSlice, Hints, Ingress, Inventory, Node, NodeAddress, NodeAddressType, PortProtocol,
-    SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL, Service, ServicePort, ServiceSpec, ServiceType,
-    TOPOLOGY_AWARE_HINTS_ANNOTATION, TOPOLOGY_MODE_ANNOTATION, TRIGGER_TIME_ANNOTATION, ZONE_LABEL,
+    EndpointSlice, Hints, Ingress, Inventory, Node, NodeAddress, NodeAddressType, NodeName,
+    PortProtocol, SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL, Service, ServicePort, ServiceSpec,
+    ServiceType, TOPOLOGY_AWARE_HINTS_ANNOTATION, TOPOLOGY_MODE_ANNOTATION,
+    TRIGGER_TIME_ANNOTATION, ZONE_LABEL,
 };
 
 /// Shares the strings many objects repeat (namespaces, node names, zones): one allocation per
@@ -26,6 +27,9 @@ pub struct Interner {
     strings: HashSet<Arc<str>>,
     /// The size at which the next sweep runs.
     sweep_at: usize,
+    /// Node names of endpoints, behind thin pointers; swept alike.
+    node_names: HashSet<NodeName>,
+    node_names_sweep_at: usize,
 }
 
 /// The smallest set an interner sweeps.
@@ -36,6 +40,8 @@ impl Default for Interner {
         Self {
             strings: HashSet::new(),
             sweep_at: MIN_SWEEP,
+            node_names: HashSet::new(),
+            node_names_sweep_at: MIN_SWEEP,
         }
     }
 }
@@ -43,6 +49,20 @@ impl Default for Interner {
 impl Interner {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// As [`Interner::intern`], for the node name of an endpoint.
+    pub fn node_name(&mut self, value: &str) -> NodeName {
+        if let Some(shared) = self.node_names.get(value) {
+            return shared.clone();
+        }
+        if self.node_names.len() >= self.node_names_sweep_at {
+            self.node_names.retain(|n| Arc::strong_count(&n.0) > 1);
+            self.node_names_sweep_at = MIN_SWEEP.max(self.node_names.len() * 2);
+        }
+        let shared = NodeName::from(value);
+        self.node_names.insert(shared.clone());
+        shared
     }
 
     pub fn intern(&mut self, value: &str) -> Arc<str> {
@@ -194,7 +214,10 @@ impl Interner {
                 serving: conditions.and_then(|c| c.serving).unwrap_or(true),
                 terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
             },
-            node_name: endpoint.node_name.as_deref().map(|name| self.intern(name)),
+            node_name: endpoint
+                .node_name
+                .as_deref()
+                .map(|name| self.node_name(name)),
             hints,
         }
     }

@@ -264,9 +264,53 @@ pub struct EndpointPort {
 pub struct Endpoint {
     pub address: EndpointAddress,
     pub conditions: Conditions,
-    pub node_name: Option<Arc<str>>,
+    pub node_name: Option<NodeName>,
     /// `None` when it has neither node nor zone hints.
     pub hints: Option<Box<Hints>>,
+}
+
+// Held 300,000 times at 30,000 Services of 10 endpoints: its size is the stores' size.
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(size_of::<Endpoint>() == 48);
+
+/// A node's name as endpoints hold it: a shared string behind a thin pointer, 8 bytes in each
+/// endpoint where an `Arc<str>` takes 16 (300,000 endpoints: 2.4 MB). Interned by the
+/// converter ([`Interner`]), so endpoints on one node share one allocation. Compares, orders
+/// and hashes as its text.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeName(Arc<Box<str>>);
+
+impl NodeName {
+    /// Whether `a` and `b` are the same allocation (interned alike).
+    pub fn ptr_eq(a: &Self, b: &Self) -> bool {
+        Arc::ptr_eq(&a.0, &b.0)
+    }
+}
+
+impl std::ops::Deref for NodeName {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for NodeName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for NodeName {
+    fn from(name: &str) -> Self {
+        NodeName(Arc::new(name.into()))
+    }
+}
+
+impl std::fmt::Debug for NodeName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&**self, f)
+    }
 }
 
 impl Endpoint {

@@ -411,13 +411,17 @@ fn interned_strings_are_shared() {
     };
     assert!(Arc::ptr_eq(&inventory.services[0].namespace, &a.namespace));
     assert!(Arc::ptr_eq(&a.namespace, &b.namespace));
-    let node_names: Vec<&Arc<str>> = [a, b]
+    let node_names: Vec<&NodeName> = [a, b]
         .iter()
         .flat_map(|s| s.endpoints.iter())
         .map(|ep| ep.node_name.as_ref().expect("node name"))
         .collect();
     assert_eq!(node_names.len(), 4);
-    assert!(node_names.iter().all(|n| Arc::ptr_eq(n, node_names[0])));
+    assert!(
+        node_names
+            .iter()
+            .all(|n| NodeName::ptr_eq(n, node_names[0]))
+    );
     let zones: Vec<&Arc<str>> = [a, b]
         .iter()
         .flat_map(|s| s.endpoints.iter())
