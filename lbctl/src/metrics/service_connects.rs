@@ -237,16 +237,7 @@ impl ServiceConnects {
                 }
                 previous => {
                     leaving.extend(previous.map(|owner| (f.id, owner)));
-                    // Held before the leaving owners let go, so a port that only changes ids
-                    // keeps its counts.
-                    let port = self.hold(f.service);
-                    let owner = Owner {
-                        frontend: f.frontend,
-                        port,
-                        last: None,
-                    };
-                    leaving.extend(self.put_owner(f.id, owner).map(|owner| (f.id, owner)));
-                    fresh.push(f.id);
+                    self.take_over(f, &mut leaving, &mut fresh);
                 }
             }
         }
@@ -278,16 +269,28 @@ impl ServiceConnects {
             {
                 continue;
             }
-            let port = self.hold(f.service);
-            let owner = Owner {
-                frontend: f.frontend,
-                port,
-                last: None,
-            };
-            leaving.extend(self.put_owner(f.id, owner).map(|old| (f.id, old)));
-            fresh.push(f.id);
+            self.take_over(f, &mut leaving, &mut fresh);
         }
         self.settle(leaving, fresh, read)
+    }
+
+    /// Gives `f`'s id to `f` (baseline to be read: its id goes to `fresh`); the owner it had,
+    /// if any, goes to `leaving`. The port is held before the leaving owners let go (in
+    /// [`Self::settle`]), so a port that only changes ids keeps its counts.
+    fn take_over(
+        &mut self,
+        f: NamedFrontend,
+        leaving: &mut Vec<(u32, Owner)>,
+        fresh: &mut Vec<u32>,
+    ) {
+        let port = self.hold(f.service);
+        let owner = Owner {
+            frontend: f.frontend,
+            port,
+            last: None,
+        };
+        leaving.extend(self.put_owner(f.id, owner).map(|old| (f.id, old)));
+        fresh.push(f.id);
     }
 
     /// With one read: credits the `leaving` owners' last counts to their ports and lets go of
