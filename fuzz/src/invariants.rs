@@ -121,7 +121,7 @@ fn check_frontend(frontend: &Frontend, sources: &BackendSources) -> Result<(), S
     if frontend.port == 0 {
         return Err(format!("{name}: port 0"));
     }
-    if let Some(pair) = frontend.backends.windows(2).find(|p| p[0] >= p[1]) {
+    if let Some(pair) = frontend.backends.to_vec().windows(2).find(|p| p[0] >= p[1]) {
         return Err(format!(
             "{name}: backends not sorted and de-duplicated: {} then {}",
             pair[0], pair[1]
@@ -134,7 +134,7 @@ fn check_frontend(frontend: &Frontend, sources: &BackendSources) -> Result<(), S
         if backend.port() == 0 {
             return Err(format!("{name}: backend {backend} with port 0"));
         }
-        if !sources.any(&frontend.service).contains(backend) {
+        if !sources.any(&frontend.service).contains(&backend) {
             return Err(format!(
                 "{name}: backend {backend} is no endpoint of this Service's slices"
             ));

@@ -59,7 +59,7 @@ fn row(frontend: &Frontend) -> [String; 6] {
         frontend
             .backends
             .iter()
-            .map(SocketAddr::to_string)
+            .map(|b| b.to_string())
             .collect::<Vec<_>>()
             .join("\n")
     };

@@ -8,6 +8,10 @@ use std::{
 
 use serde::{Serialize, Serializer};
 
+mod backends;
+
+pub use backends::BackendList;
+
 /// Transport protocol of a frontend. SCTP ports are not captured by the socket hooks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub enum Protocol {
@@ -126,8 +130,7 @@ pub struct Frontend {
     pub port: u16,
     /// Sorted; IPv6 ones print as `[fd00::5]:8080`. Shared with the desired datapath state
     /// ([`crate::datapath::ServiceSpec::backends`]): one list per frontend, not two.
-    #[serde(serialize_with = "serialize_backends")]
-    pub backends: Arc<[SocketAddr]>,
+    pub backends: BackendList,
     /// `sessionAffinity: ClientIP` timeout, when set.
     pub affinity_timeout_seconds: Option<u32>,
 }
@@ -141,13 +144,6 @@ impl Frontend {
             protocol: self.protocol,
         }
     }
-}
-
-fn serialize_backends<S: Serializer>(
-    backends: &Arc<[SocketAddr]>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
-    s.collect_seq(backends.iter().map(|b| b.to_string()))
 }
 
 fn serialize_str<S: Serializer>(value: &Arc<str>, s: S) -> Result<S::Ok, S::Error> {

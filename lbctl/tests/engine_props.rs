@@ -441,7 +441,7 @@ fn check_invariants(
         sorted.dedup();
         prop_assert_eq!(
             &sorted[..],
-            &frontend.backends[..],
+            &frontend.backends.to_vec()[..],
             "backends sorted, unique"
         );
         for backend in frontend.backends.iter() {

@@ -407,6 +407,7 @@ impl TriggerTimes {
 
 #[cfg(test)]
 mod tests {
+    use crate::plan::BackendList;
     use k8s_openapi::api::{core::v1 as core, discovery::v1 as discovery};
 
     use super::*;
@@ -460,7 +461,7 @@ mod tests {
             kind,
             address: "10.96.0.10".parse().unwrap(),
             port: 80,
-            backends: Arc::from([]),
+            backends: BackendList::default(),
             affinity_timeout_seconds: None,
         }
     }

@@ -3,12 +3,11 @@
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr},
-    sync::Arc,
 };
 
 use lb_common::{Backend, IPPROTO_TCP, IPPROTO_UDP, SCOPE_ANY, ServiceKey, service_flags};
 
-use crate::plan::{Frontend, FrontendKey, FrontendKind, Plan, Protocol};
+use crate::plan::{BackendList, Frontend, FrontendKey, FrontendKind, Plan, Protocol};
 
 /// The BPF map encoding of a frontend key.
 impl FrontendKey {
@@ -41,7 +40,7 @@ impl FrontendKey {
 pub struct ServiceSpec {
     /// Empty: the frontend refuses connects. Shared with the plan's
     /// [`Frontend::backends`]: the desired state adds no copy of the backend lists.
-    pub backends: Arc<[SocketAddr]>,
+    pub backends: BackendList,
     /// Session affinity timeout, seconds.
     pub affinity_timeout: Option<u32>,
     pub kind: FrontendKind,

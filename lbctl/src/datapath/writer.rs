@@ -1048,7 +1048,7 @@ impl<M: LbMaps> Writer<M> {
                     "backend {addr} is not of the frontend's address family"
                 ));
             }
-            let value = backend_value(*addr, frontend.protocol);
+            let value = backend_value(addr, frontend.protocol);
             let alloc = &mut self.backend_alloc;
             let (id, fresh) = self
                 .backends
@@ -1186,7 +1186,7 @@ impl<M: LbMaps> Writer<M> {
                 )
             && p.slots.len() == spec.backends.len()
             && p.slots.iter().zip(spec.backends.iter()).all(|(&id, addr)| {
-                self.backends.get(id) == Some(backend_value(*addr, frontend.protocol))
+                self.backends.get(id) == Some(backend_value(addr, frontend.protocol))
             })
     }
 

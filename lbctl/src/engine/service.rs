@@ -1,8 +1,5 @@
 //! One Service -> its frontends on this node, each with the backend set its policy selects.
-use std::{
-    net::{IpAddr, SocketAddr},
-    sync::Arc,
-};
+use std::net::{IpAddr, SocketAddr};
 
 use super::{
     endpoints::{BackendSets, Candidate},
@@ -14,7 +11,7 @@ use super::{
 };
 use crate::{
     model::{Address, Ingress, Service, ServiceSpec, ServiceType},
-    plan::{Frontend, FrontendKind, ServiceRef},
+    plan::{BackendList, Frontend, FrontendKind, ServiceRef},
 };
 
 /// `sessionAffinityConfig.clientIP.timeoutSeconds` when unset (3 hours, as in the API).
@@ -118,14 +115,14 @@ impl ServicePlan<'_> {
         }
         // Each set made shareable once, when a frontend first uses it: the frontends of a
         // port that use the same set (cluster IP, node ports, external IPs) share one list.
-        let mut shared: [[Option<Arc<[SocketAddr]>>; 2]; 2] = Default::default();
-        let mut backends_of = |address: IpAddr, local: bool| -> Arc<[SocketAddr]> {
+        let mut shared: [[Option<BackendList>; 2]; 2] = Default::default();
+        let mut backends_of = |address: IpAddr, local: bool| -> BackendList {
             let family = Family::of(address) as usize;
             shared[family][usize::from(local)]
                 .get_or_insert_with(|| match &sets[family] {
-                    Some(set) if local => Arc::from(set.local.as_slice()),
-                    Some(set) => Arc::from(set.cluster.as_slice()),
-                    None => Arc::from([]),
+                    Some(set) if local => BackendList::from(set.local.as_slice()),
+                    Some(set) => BackendList::from(set.cluster.as_slice()),
+                    None => BackendList::default(),
                 })
                 .clone()
         };
@@ -174,7 +171,7 @@ impl ServicePlan<'_> {
         kind: FrontendKind,
         address: IpAddr,
         number: u16,
-        backends: Arc<[SocketAddr]>,
+        backends: BackendList,
     ) -> Frontend {
         Frontend {
             service: self.svc_ref.clone(),

@@ -143,7 +143,7 @@ pub fn summary(plan: &Plan) -> Vec<String> {
             } else {
                 f.backends
                     .iter()
-                    .map(SocketAddr::to_string)
+                    .map(|b| b.to_string())
                     .collect::<Vec<_>>()
                     .join(" ")
             };

@@ -402,7 +402,7 @@ fn planned(plan: &lbctl::plan::Plan) -> Programmed {
         .iter()
         .map(|f| {
             let addr = FrontendKey::new(SocketAddr::new(f.address, f.port), f.protocol);
-            (addr, f.backends.iter().copied().collect())
+            (addr, f.backends.iter().collect())
         })
         .collect()
 }

@@ -181,7 +181,7 @@ fn check_exact(maps: &impl LbMaps, want: &Desired, context: &str) {
     let backends: BTreeSet<_> = want
         .services
         .iter()
-        .flat_map(|(f, s)| s.backends.iter().map(|b| backend_value(*b, f.protocol)))
+        .flat_map(|(f, s)| s.backends.iter().map(|b| backend_value(b, f.protocol)))
         .collect();
     let held: BTreeSet<_> = t.backends.values().copied().collect();
     assert_eq!(held, backends, "{context}: backend table");
