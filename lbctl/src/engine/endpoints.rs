@@ -143,18 +143,18 @@ pub(crate) mod tests {
         terminating: true,
     };
 
-    use crate::model::{EndpointAddress, Hints};
+    use crate::model::EndpointAddress;
 
     /// An endpoint on `node` ("" for none), without hints. Leaked: a test's endpoints live as
     /// long as the test.
     pub(crate) fn ep(address: &str, node: &str, conditions: Conditions) -> EndpointView<'static> {
         let address: IpAddr = address.parse().expect("test address");
-        view(Endpoint {
-            address: EndpointAddress::Ip(address),
+        view(Endpoint::new(
+            EndpointAddress::Ip(address),
             conditions,
-            node_name: (!node.is_empty()).then(|| node.into()),
-            hints: None,
-        })
+            (!node.is_empty()).then(|| node.into()),
+            None,
+        ))
     }
 
     fn view(endpoint: Endpoint) -> EndpointView<'static> {
@@ -175,15 +175,13 @@ pub(crate) mod tests {
     impl EndpointView<'static> {
         pub(crate) fn with_zones(self, zones: &[&str]) -> Self {
             let mut endpoint = self.endpoint.clone();
-            let hints = endpoint.hints.get_or_insert_with(Box::<Hints>::default);
-            hints.for_zones = names(zones);
+            endpoint.hints_mut().for_zones = names(zones);
             view(endpoint)
         }
 
         pub(crate) fn with_nodes(self, nodes: &[&str]) -> Self {
             let mut endpoint = self.endpoint.clone();
-            let hints = endpoint.hints.get_or_insert_with(Box::<Hints>::default);
-            hints.for_nodes = names(nodes);
+            endpoint.hints_mut().for_nodes = names(nodes);
             view(endpoint)
         }
     }

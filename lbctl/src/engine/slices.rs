@@ -110,9 +110,9 @@ fn validate<'a>(
     let mut endpoints = Vec::with_capacity(slice.endpoints.len());
     for endpoint in &slice.endpoints {
         // Addresses are fungible; like kube-proxy, only the first one is used.
-        match &endpoint.address {
-            EndpointAddress::Ip(ip) if Family::of(*ip) == family => endpoints.push(EndpointView {
-                address: *ip,
+        match endpoint.address() {
+            EndpointAddress::Ip(ip) if Family::of(ip) == family => endpoints.push(EndpointView {
+                address: ip,
                 endpoint,
             }),
             EndpointAddress::Ip(ip) => report.skip(

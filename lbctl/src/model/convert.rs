@@ -200,26 +200,24 @@ impl Interner {
         let hints = endpoint.hints.as_ref().and_then(|hints| {
             let for_nodes = self.sorted_names(hints.for_nodes.iter().flatten().map(|h| &h.name));
             let for_zones = self.sorted_names(hints.for_zones.iter().flatten().map(|h| &h.name));
-            (!for_nodes.is_empty() || !for_zones.is_empty()).then(|| {
-                Box::new(Hints {
-                    for_nodes,
-                    for_zones,
-                })
+            (!for_nodes.is_empty() || !for_zones.is_empty()).then_some(Hints {
+                for_nodes,
+                for_zones,
             })
         });
-        Endpoint {
+        Endpoint::new(
             address,
-            conditions: Conditions {
+            Conditions {
                 ready: conditions.and_then(|c| c.ready).unwrap_or(true),
                 serving: conditions.and_then(|c| c.serving).unwrap_or(true),
                 terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
             },
-            node_name: endpoint
+            endpoint
                 .node_name
                 .as_deref()
                 .map(|name| self.node_name(name)),
             hints,
-        }
+        )
     }
 
     fn sorted_names<'a>(&mut self, names: impl Iterator<Item = &'a String>) -> Box<[Arc<str>]> {

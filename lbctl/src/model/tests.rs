@@ -267,7 +267,7 @@ fn endpoint_slices() {
         panic!("five endpoints: {:?}", s.endpoints);
     };
     assert_eq!(
-        first.address,
+        first.address(),
         EndpointAddress::Ip(ip("10.0.0.1")),
         "first address only"
     );
@@ -288,7 +288,7 @@ fn endpoint_slices() {
         "sorted, de-duplicated"
     );
     assert_eq!(names(first.for_nodes()), ["w1"]);
-    assert_eq!(bad.address, EndpointAddress::Invalid("10.0.0.300".into()));
+    assert_eq!(bad.address(), EndpointAddress::Invalid("10.0.0.300".into()));
     assert_eq!(bad.ip(), None);
     assert_eq!(
         bad.conditions,
@@ -301,28 +301,28 @@ fn endpoint_slices() {
     );
     assert_eq!(bad.node_name, None);
     assert_eq!(
-        missing.address,
+        missing.address(),
         EndpointAddress::Missing {
             target: Some("Pod web-3".into())
         }
     );
     assert_eq!(
-        untargeted.address,
+        untargeted.address(),
         EndpointAddress::Missing { target: None }
     );
-    assert_eq!(unhinted.hints, None, "empty hints are no hints");
+    assert_eq!(unhinted.hints(), None, "empty hints are no hints");
 
     let v6 = slice(json!({
         "metadata": {"name": "v6"}, "addressType": "IPv6",
         "endpoints": [{"addresses": ["FD00::1"]}, {"addresses": ["10.0.0.1"]}]
     }));
     assert_eq!(
-        v6.endpoints[0].address,
+        v6.endpoints[0].address(),
         EndpointAddress::Ip(ip("fd00::1")),
         "parsed, case folded"
     );
     assert_eq!(
-        v6.endpoints[1].address,
+        v6.endpoints[1].address(),
         EndpointAddress::OtherFamily("10.0.0.1".into()),
         "the other family keeps its text for the report"
     );
