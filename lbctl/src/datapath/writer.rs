@@ -227,7 +227,6 @@ struct Change<'a> {
 }
 
 /// How a change moves a frontend's memberships.
-#[derive(Default)]
 struct Memberships {
     /// Backend ids the frontend's memberships hold, and the ones its new master needs; both
     /// sorted.

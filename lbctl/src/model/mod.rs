@@ -376,8 +376,9 @@ impl Endpoint {
         self.extra.as_ref()?.hints.as_ref()
     }
 
-    /// Its hints, made empty ones first when it has none.
-    pub fn hints_mut(&mut self) -> &mut Hints {
+    /// Its hints, made empty ones first when it has none (the engine's tests add hints so).
+    #[cfg(test)]
+    pub(crate) fn hints_mut(&mut self) -> &mut Hints {
         self.extra
             .get_or_insert_with(Box::default)
             .hints

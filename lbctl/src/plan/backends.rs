@@ -77,24 +77,9 @@ impl From<Vec<SocketAddr>> for BackendList {
     }
 }
 
-impl<const N: usize> From<[SocketAddr; N]> for BackendList {
-    fn from(list: [SocketAddr; N]) -> Self {
-        Self::from(list.as_slice())
-    }
-}
-
 impl FromIterator<SocketAddr> for BackendList {
     fn from_iter<I: IntoIterator<Item = SocketAddr>>(iter: I) -> Self {
         Self::from(iter.into_iter().collect::<Vec<_>>())
-    }
-}
-
-impl<'a> IntoIterator for &'a BackendList {
-    type Item = SocketAddr;
-    type IntoIter = Iter<'a>;
-
-    fn into_iter(self) -> Iter<'a> {
-        self.iter()
     }
 }
 
