@@ -32,6 +32,8 @@
 ///
 /// Retiring a map ([`RETIRED_MAPS`]) is no layout change: the maps that stay keep their keys,
 /// values and flags, so programs of either side of an upgrade (or a rollback) run on them.
+/// Adding one ([`TCP_RECENT_MAP`]) is none either: an upgraded agent creates it beside the
+/// pinned maps, and the programs of an older one never look at it.
 pub const LAYOUT_VERSION: u32 = 5;
 
 /// Map names (also the file names under the pin directory).
@@ -48,6 +50,13 @@ pub const META_MAP: &str = "lb_meta";
 /// or UDP socket made last. Freed with its socket, so it has no capacity and never evicts; the
 /// socket iterators read it to find connected sockets whose backend left the set.
 pub const SOCK_MAP: &str = "lb_sock";
+/// The translations of the latest TCP connects, an array of [`TcpRecent`] indexed by the low
+/// bits of the socket cookie (its capacity is a power of two): where `connect4/6` records a TCP
+/// socket's translation, a copy into a preallocated element instead of an allocation of socket
+/// storage. A later connect whose cookie has the same low bits takes the element over, so the
+/// agent's keeping pass (`iter/tcp`) copies the translations of sockets still connected into
+/// their storage ([`SOCK_MAP`]) before that can happen. Readers look in the storage first.
+pub const TCP_RECENT_MAP: &str = "lb_tcp_recent";
 /// Maps that earlier lbctl versions pinned and this one no longer uses: an agent unpins them
 /// once its programs replaced the ones that used them (and `lbctl uninstall` removes them).
 /// `lb_revnat` held TCP sockets' reverse translation by socket cookie (an LRU hash, now
@@ -83,6 +92,8 @@ pub const DEFAULT_MAX_BACKENDS: u32 = 262_144;
 pub const DEFAULT_MAX_FRONTENDS: u32 = 65_536;
 /// Session affinity entries (client, frontend) ([`AFFINITY_MAP`], an LRU hash, preallocated).
 pub const DEFAULT_MAX_AFFINITY: u32 = 65_536;
+/// Elements of [`TCP_RECENT_MAP`] (a power of two): 56 bytes each, 3.5 MiB.
+pub const DEFAULT_TCP_RECENT: u32 = 65_536;
 
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
@@ -225,6 +236,16 @@ pub struct RevNat {
     pub backend_id: u32,
 }
 
+/// Element of [`TCP_RECENT_MAP`]: the translation of the TCP socket whose cookie is `cookie`
+/// (0: none). `connect4/6` writes the cookie first, then the translation; a reader copies the
+/// translation and checks the cookie before and after, so it never takes another socket's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TcpRecent {
+    pub cookie: u64,
+    pub translation: RevNat,
+}
+
 /// Key of [`MEMBERS_MAP`] (value: `1u32`): "this backend is in this frontend's current set".
 /// Lets a program check in one lookup that a remembered backend (UDP stickiness, session
 /// affinity) may still be used. Also the key of [`DEPARTED_MAP`]: "this backend left this
@@ -311,6 +332,9 @@ pub mod meta {
     /// written before [`SCOPE`].
     pub const HOST_NETNS_COOKIE_LO: u32 = 3;
     pub const HOST_NETNS_COOKIE_HI: u32 = 4;
+    /// Elements of [`super::TCP_RECENT_MAP`] minus one (a power of two minus one): the mask of
+    /// the socket cookie bits that index it. Written before the programs are attached.
+    pub const TCP_RECENT_MASK: u32 = 5;
     pub const COUNT: u32 = 8;
 
     /// Bit of [`DEBUG`]: kernel-side debug logs (aya-log), `lbctl agent --debug-bpf`.
@@ -429,6 +453,18 @@ pub struct Terminated {
     pub error: i32,
 }
 
+/// One record of the keeping iterator's output (`lb_iter_tcp_keep`): a TCP socket whose
+/// translation it copied from [`TCP_RECENT_MAP`] into its storage ([`SOCK_MAP`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Kept {
+    pub socket_cookie: u64,
+    /// 1 when the kernel could not create the socket's storage (the translation stays in
+    /// [`TCP_RECENT_MAP`] until a later connect takes its element over).
+    pub failed: u32,
+    pub pad: u32,
+}
+
 macro_rules! assert_layout {
     ($t:ty, $size:expr, $($field:ident @ $off:expr),* $(,)?) => {
         const _: () = assert!(core::mem::size_of::<$t>() == $size);
@@ -441,6 +477,8 @@ assert_layout!(ServiceValue, 16, slot_base @ 0, count @ 4, flags @ 6, frontend_i
 assert_layout!(Backend, 20, address @ 0, port @ 16, proto @ 18, flags @ 19);
 assert_layout!(RevNat, 48, service_address @ 0, backend_address @ 16, service_port @ 32,
     backend_port @ 34, proto @ 36, pad @ 37, frontend_id @ 40, backend_id @ 44);
+assert_layout!(Kept, 16, socket_cookie @ 0, failed @ 8, pad @ 12);
+assert_layout!(TcpRecent, 56, cookie @ 0, translation @ 8);
 assert_layout!(MemberKey, 8, frontend_id @ 0, backend_id @ 4);
 assert_layout!(AffinityKey, 32, netns_cookie @ 0, client @ 8, frontend_id @ 24, pad @ 28);
 assert_layout!(AffinityValue, 16, backend_id @ 0, pad @ 4, last_used_ns @ 8);
@@ -465,6 +503,8 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::RevNat {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for super::TcpRecent {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::MemberKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::AffinityKey {}
@@ -478,6 +518,8 @@ mod pod {
     unsafe impl aya::Pod for super::MonitorEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Terminated {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Kept {}
 }
 
 #[cfg(test)]

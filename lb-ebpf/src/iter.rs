@@ -4,13 +4,18 @@
 //! destroyed with the `bpf_sock_destroy` kfunc (Linux 6.5+), so its next `send`/`recv` fails at
 //! once and the client reconnects through the service to a live backend.
 //!
-//! Only sockets lbctl translated are judged: those with socket-local storage ([`SOCKS`]). A
-//! socket is spared when it is not
+//! Only sockets lbctl translated are judged: those with socket-local storage ([`SOCKS`]), and
+//! TCP sockets whose translation is still in `lb_tcp_recent`. A socket is spared when it is not
 //! connected (an unconnected UDP socket's next `sendto` is balanced anew), when it is no longer
 //! connected to the recorded backend (it reconnected elsewhere), or when the backend has not
 //! left the frontend: for UDP, it is still a member (`lb_members`); for TCP, whose frontends
 //! keep no memberships, its (frontend, backend) pair is not among the pairs the sweep's apply
 //! removed ([`DEPARTED`], which the agent fills for the sweep and empties after it).
+//!
+//! A third program, `iter/tcp` [`lb_iter_tcp_keep`], destroys nothing: it copies the
+//! translation of every TCP socket still connected to the backend its `lb_tcp_recent` element
+//! names into the socket's storage, before later connects take the element over. The agent runs
+//! it in the same namespaces after every quarter of the array's capacity of connects.
 //!
 //! aya-ebpf has no iterator macro: the sections and the context structs are declared by hand,
 //! after the kernel's `struct bpf_iter__udp` / `bpf_iter__tcp` / `bpf_iter_meta`. The kfunc is
@@ -21,7 +26,7 @@ use core::ffi::c_void;
 use aya_ebpf::helpers::generated::{
     bpf_get_socket_cookie, bpf_seq_write, bpf_sk_storage_get, bpf_skc_to_tcp_sock,
 };
-use lb_common::{IPPROTO_TCP, IPPROTO_UDP, MemberKey, RevNat, Terminated, stat};
+use lb_common::{IPPROTO_TCP, IPPROTO_UDP, Kept, MemberKey, RevNat, Terminated, stat};
 
 use crate::{
     lb,
@@ -85,8 +90,17 @@ const AF_INET6: u16 = 10;
 fn connected_to(sk: *const c_void, e: &RevNat) -> bool {
     // SAFETY: `sk` is a non-null socket pointer from the iterator context; the verifier checks
     // direct loads from it against the kernel's BTF (fields of `struct sock_common`).
+    let state = unsafe { (*sk.cast::<SockCommonHead>()).skc_state };
+    state == TCP_ESTABLISHED && peer_is(sk, e)
+}
+
+/// Whether the socket at `sk` has the backend `e` recorded as its peer, whatever its state (a
+/// TCP socket still in its handshake, or one its peer closed, has it too).
+#[inline(always)]
+fn peer_is(sk: *const c_void, e: &RevNat) -> bool {
+    // SAFETY: as in `connected_to`.
     let head = unsafe { &*sk.cast::<SockCommonHead>() };
-    if head.skc_state != TCP_ESTABLISHED || head.skc_dport != e.backend_port {
+    if head.skc_dport != e.backend_port {
         return false;
     }
     let backend: Addr = from_bytes(&e.backend_address);
@@ -165,12 +179,39 @@ fn judge(meta: *mut BpfIterMeta, sk: *mut c_void, cookie: u64, e: &RevNat) {
 /// type that starts with one, such as `struct tcp_sock` or `struct udp_sock`).
 #[inline(always)]
 fn storage(sk: *mut c_void) -> Option<RevNat> {
-    let map = core::ptr::from_ref(&SOCKS).cast_mut().cast();
     // SAFETY: the tracing flavour of bpf_sk_storage_get: the map (the static's address is the
     // map) and a full socket pointer; lookup only.
-    let st = unsafe { bpf_sk_storage_get(map, sk, core::ptr::null_mut(), 0) };
+    let st = unsafe { bpf_sk_storage_get(socks(), sk, core::ptr::null_mut(), 0) };
     // SAFETY: non-null storage of this socket, copied once.
     (!st.is_null()).then(|| unsafe { *st.cast::<RevNat>() })
+}
+
+/// [`SOCKS`] as the helpers take a map.
+#[inline(always)]
+fn socks() -> *mut c_void {
+    core::ptr::from_ref(&SOCKS).cast_mut().cast()
+}
+
+/// `BPF_LOCAL_STORAGE_GET_F_CREATE`.
+const STORAGE_CREATE: u64 = 1;
+
+/// The full TCP socket of an `iter/tcp` context with its cookie; `None` for request and
+/// timewait sockets, which are no full sockets.
+#[inline(always)]
+fn tcp_socket(ctx: *mut BpfIterTcp) -> Option<(*mut BpfIterMeta, *mut c_void, *mut c_void, u64)> {
+    // SAFETY: the kernel passes a valid iterator context.
+    let (meta, skc) = unsafe { ((*ctx).meta, (*ctx).sk_common) };
+    if skc.is_null() {
+        return None;
+    }
+    // SAFETY: helper call with the iterator's sock_common pointer.
+    let tp = unsafe { bpf_skc_to_tcp_sock(skc) };
+    if tp.is_null() {
+        return None;
+    }
+    // SAFETY: bpf_get_socket_cookie accepts the iterator's socket pointer.
+    let cookie = unsafe { bpf_get_socket_cookie(skc) };
+    Some((meta, skc, tp.cast(), cookie))
 }
 
 #[unsafe(no_mangle)]
@@ -193,25 +234,60 @@ pub extern "C" fn lb_iter_udp(ctx: *mut BpfIterUdp) -> i32 {
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "iter/tcp")]
 pub extern "C" fn lb_iter_tcp(ctx: *mut BpfIterTcp) -> i32 {
-    // SAFETY: the kernel passes a valid iterator context.
-    let (meta, skc) = unsafe { ((*ctx).meta, (*ctx).sk_common) };
-    if skc.is_null() {
+    let Some((meta, skc, tp, cookie)) = tcp_socket(ctx) else {
         return 0;
-    }
-    // Request and timewait sockets are no full TCP sockets: skip them.
-    // SAFETY: helper call with the iterator's sock_common pointer.
-    let tp = unsafe { bpf_skc_to_tcp_sock(skc) };
-    if tp.is_null() {
-        return 0;
-    }
-    let Some(e) = storage(tp.cast()) else {
+    };
+    let Some(e) = storage(tp).or_else(|| maps::recent_tcp(cookie)) else {
         return 0;
     };
     if e.proto != IPPROTO_TCP {
         return 0;
     }
-    // SAFETY: bpf_get_socket_cookie accepts the iterator's socket pointer.
-    let cookie = unsafe { bpf_get_socket_cookie(skc) };
     judge(meta, skc, cookie, &e);
+    0
+}
+
+/// Keeps the translation of a TCP socket that has none in its storage, when its `lb_tcp_recent`
+/// element still holds it and the socket's peer is still that backend: copies it into the
+/// socket's storage ([`SOCKS`], created here). Reports each socket on the iterator's output
+/// ([`Kept`]).
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/tcp")]
+pub extern "C" fn lb_iter_tcp_keep(ctx: *mut BpfIterTcp) -> i32 {
+    let Some((meta, skc, tp, cookie)) = tcp_socket(ctx) else {
+        return 0;
+    };
+    if storage(tp).is_some() {
+        return 0;
+    }
+    let Some(mut e) = maps::recent_tcp(cookie) else {
+        return 0;
+    };
+    if e.proto != IPPROTO_TCP || !peer_is(skc, &e) {
+        return 0;
+    }
+    // SAFETY: the tracing flavour of bpf_sk_storage_get with create: the map, a full socket
+    // pointer, and the initial value (a stack copy the kernel copies in).
+    let st = unsafe {
+        bpf_sk_storage_get(
+            socks(),
+            tp,
+            core::ptr::from_mut(&mut e).cast(),
+            STORAGE_CREATE,
+        )
+    };
+    let record = Kept {
+        socket_cookie: cookie,
+        failed: u32::from(st.is_null()),
+        pad: 0,
+    };
+    // SAFETY: as in `judge`.
+    unsafe {
+        bpf_seq_write(
+            (*meta).seq.cast(),
+            core::ptr::from_ref(&record).cast(),
+            size_of::<Kept>() as u32,
+        );
+    }
     0
 }

@@ -256,13 +256,28 @@ fn decide(
     (Some(chosen), why)
 }
 
-/// Records the translation the socket just made in the socket's own storage ([`SOCKS`]), TCP
-/// and UDP alike: freed with the socket by the kernel (no table to fill, nothing to evict, no
-/// program at close), read by `getpeername`, `recvmsg`, UDP stickiness and the termination
-/// iterators. An error here (the kernel could not allocate the storage) only costs the reverse
-/// translation of this socket, never the forward one.
+/// Records the translation the socket just made, for `getpeername`, `recvmsg`, UDP
+/// stickiness and the termination iterators. A UDP socket's goes into its own storage
+/// ([`SOCKS`]: freed with the socket by the kernel, nothing to evict, no program at close),
+/// created here when the socket has none. A TCP socket's goes into its storage only when it has
+/// one already (kept by the agent, or from an earlier connect); otherwise into `lb_tcp_recent`
+/// ([`maps::remember_tcp`]), a copy where creating storage is an allocation: a TCP connect
+/// pays about half the BPF time this way (BENCHMARKS.md). An error here (the kernel could not
+/// allocate the storage) only costs the reverse translation of this socket, never the forward
+/// one.
 #[inline(always)]
 fn remember(ctx: &SockAddrContext, entry: &RevNat) {
+    if entry.proto == lb_common::IPPROTO_TCP {
+        // SAFETY: a lookup without create of the calling socket's own storage.
+        let st = unsafe { SOCKS.get_ptr_mut(ctx) };
+        if st.is_null() {
+            maps::remember_tcp(sock::cookie(ctx), entry);
+        } else {
+            // SAFETY: non-null storage of this socket, written whole.
+            unsafe { *st = *entry };
+        }
+        return;
+    }
     // SAFETY: lookup-or-create of the calling socket's own storage (zeroed when new).
     let st = unsafe { SOCKS.get_or_insert_ptr_mut(ctx, None) };
     if !st.is_null() {
@@ -296,18 +311,34 @@ fn sticky(e: &RevNat, svc: &ServiceValue, address: &Addr, port: u16, proto: u8) 
 
 /// The reverse path of `recvmsg4/6` and `getpeername4/6`: when `peer` is the backend this
 /// socket was sent to and its frontend still exists as it was, the service address and port to
-/// show instead. Lookups: the socket's storage (a pointer read for a socket lbctl never
-/// translated, such as an accepted one); then the master (and, on a translation,
-/// `lb_meta[DEBUG]`).
+/// show instead. Lookups: the socket's storage (a pointer read), and when it has none (a TCP
+/// socket not kept yet, or one lbctl never translated, such as an accepted one) its cookie's
+/// element of `lb_tcp_recent`; then the master (and, on a translation, `lb_meta[DEBUG]`).
 #[inline(always)]
 pub fn reverse(ctx: &SockAddrContext, peer: &Addr, port: u16, hook: u8) -> Option<Target> {
     // SAFETY: a lookup without create of the calling socket's own storage.
     let st = unsafe { SOCKS.get_ptr_mut(ctx) };
-    if st.is_null() {
-        return None;
+    if !st.is_null() {
+        // SAFETY: non-null storage of this socket; the entry is only read.
+        return reverse_by(ctx, unsafe { &*st }, peer, port, hook);
     }
-    // SAFETY: non-null storage of this socket; the entry is only read.
-    let e = unsafe { &*st };
+    let cookie = sock::cookie(ctx);
+    let element = maps::recent_tcp_element(cookie)?;
+    // SAFETY: an element of lb_tcp_recent that held this socket's cookie; its fields are read
+    // where they are, and kept only if the cookie is still there after (see `maps::recent_tcp`).
+    let service = reverse_by(ctx, unsafe { &(*element).translation }, peer, port, hook)?;
+    maps::still_recent(element, cookie).then_some(service)
+}
+
+/// [`reverse`] with the socket's translation `e`.
+#[inline(always)]
+fn reverse_by(
+    ctx: &SockAddrContext,
+    e: &RevNat,
+    peer: &Addr,
+    port: u16,
+    hook: u8,
+) -> Option<Target> {
     if e.backend_port != port || !eq_addr(&from_bytes(&e.backend_address), peer) {
         return None;
     }

@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     AffinityKey, AffinityValue, Backend, FrontendName, FrontendStats, MemberKey, MonitorEvent,
-    RevNat, ServiceKey, ServiceValue, meta,
+    RevNat, ServiceKey, ServiceValue, TcpRecent, meta,
 };
 
 /// Map flags of the service and membership tables: none, so the kernel preallocates
@@ -66,11 +66,68 @@ pub static DEPARTED: HashMap<
     NO_PREALLOC,
 > = HashMap::new();
 
-/// The translation a socket made last (TCP or UDP), in the socket itself: reverse
-/// translation (`getpeername`, `recvmsg`), UDP stickiness, termination when its backend leaves.
-/// Freed with the socket.
+/// The translation a socket made last, in the socket itself: every UDP socket's, and a TCP
+/// socket's once the agent kept it (until then it is in [`TCP_RECENT`]). Reverse translation
+/// (`getpeername`, `recvmsg`), UDP stickiness, termination when its backend leaves. Freed with
+/// the socket.
 #[btf_map(name = "lb_sock")]
 pub static SOCKS: SkStorage<RevNat> = SkStorage::new();
+
+/// The translations of the latest TCP connects, by the low bits of the socket cookie
+/// (`lb_common::TCP_RECENT_MAP`): recording one is a copy into a preallocated element, where
+/// creating socket storage is an allocation. The agent's keeping pass moves the translations
+/// of sockets still connected into [`SOCKS`] before later connects take their elements over.
+#[btf_map(name = "lb_tcp_recent")]
+pub static TCP_RECENT: Array<TcpRecent, { lb_common::DEFAULT_TCP_RECENT as usize }> = Array::new();
+
+/// The translation `lb_tcp_recent` holds for the TCP socket with this cookie. The writer
+/// ([`remember_tcp`]) stores the cookie before the translation, so a translation read between
+/// two reads of this cookie is this socket's whole, never part of a later one's.
+#[inline(always)]
+pub fn recent_tcp(cookie: u64) -> Option<RevNat> {
+    let p = recent_tcp_element(cookie)?;
+    // SAFETY: the pointer comes from a successful array lookup; the element is only read.
+    let translation = unsafe { (*p).translation };
+    still_recent(p, cookie).then_some(translation)
+}
+
+/// The element of `lb_tcp_recent` for this cookie, when it holds this cookie's translation as
+/// the call reads it: read its fields, then check [`still_recent`] before using them.
+#[inline(always)]
+pub fn recent_tcp_element(cookie: u64) -> Option<*const TcpRecent> {
+    let p = TCP_RECENT.get_ptr(recent_index(cookie))?;
+    // SAFETY: the pointer comes from a successful array lookup; one volatile read.
+    (unsafe { core::ptr::read_volatile(&raw const (*p).cookie) } == cookie).then_some(p)
+}
+
+/// Whether the element still holds this cookie after its translation was read (the fence keeps
+/// the compiler from moving the translation's reads after this one).
+#[inline(always)]
+pub fn still_recent(p: *const TcpRecent, cookie: u64) -> bool {
+    core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+    // SAFETY: `p` is an element of the array (from `recent_tcp_element`); one volatile read.
+    unsafe { core::ptr::read_volatile(&raw const (*p).cookie) == cookie }
+}
+
+/// Records the translation of the TCP socket with this cookie in `lb_tcp_recent` (cookie first,
+/// see [`recent_tcp`]).
+#[inline(always)]
+pub fn remember_tcp(cookie: u64, translation: &RevNat) {
+    if let Some(p) = TCP_RECENT.get_ptr_mut(recent_index(cookie)) {
+        // SAFETY: the pointer comes from a successful array lookup; the cookie's write is
+        // volatile and the fence keeps the translation's writes after it.
+        unsafe {
+            core::ptr::write_volatile(&raw mut (*p).cookie, cookie);
+            core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+            (*p).translation = *translation;
+        }
+    }
+}
+
+#[inline(always)]
+fn recent_index(cookie: u64) -> u32 {
+    (cookie as u32) & meta(meta::TCP_RECENT_MASK)
+}
 
 /// (netns cookie, client address, frontend id) -> backend id and last use: session affinity.
 #[btf_map(name = "lb_affinity")]

@@ -17,6 +17,7 @@
 //!
 //! The loop beats [`metrics::Liveness`] once per turn (`/healthz` fails when it stops), and
 //! [`observe`] turns each sync into logs that say what changed, once.
+pub mod keep;
 pub mod observe;
 pub mod terminate;
 
@@ -246,6 +247,8 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     };
     let mut termination = terminate::Termination::new(config.termination.clone());
     termination.refresh(&config.datapath, &datapath, &metrics);
+    let mut keeping = keep::Keeping::new(config.termination.netns_dirs.clone());
+    keeping.refresh(&config.datapath, &datapath, &metrics);
 
     let (source, mut changes) = start_source(&config.source, &config.node.name).await?;
     wire_counters(&metrics, &config.datapath, &source);
@@ -320,6 +323,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
             std::mem::take(&mut full_due),
         );
         termination.refresh(&config.datapath, &datapath, &metrics);
+        keeping.refresh(&config.datapath, &datapath, &metrics);
         if let Some(report) = &applied {
             termination.after_apply(report, &metrics);
         }

@@ -234,6 +234,14 @@ struct AgentArgs {
     /// Capacity of the session affinity map (client network namespace x frontend).
     #[arg(long, default_value_t = lb_common::DEFAULT_MAX_AFFINITY)]
     max_affinity: u32,
+    /// Elements of the TCP translation array, a power of two, 56 bytes of kernel memory each: a
+    /// TCP connect through a frontend records its translation there (a copy, cheaper than
+    /// creating socket storage), and the agent keeps the translations of sockets still connected
+    /// in their storage after every quarter of this many connects, in its own network namespace
+    /// and those of --terminate-in-netns-dir. Raise it on nodes that open more than that many
+    /// TCP connections through services in a quarter second.
+    #[arg(long, default_value_t = lb_common::DEFAULT_TCP_RECENT, value_parser = power_of_two)]
+    max_tcp_recent: u32,
     /// Which sockets the load balancer serves: those of `all` network namespaces, or only the
     /// agent's own (`host-only`, for meshes that redirect pod traffic themselves).
     #[arg(long, value_enum, default_value_t = SocketLbScope::All)]
@@ -309,6 +317,15 @@ fn print<T: serde::Serialize>(
     }
 }
 
+/// Parses a power of two of at least 2 (`--max-tcp-recent`).
+fn power_of_two(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|e| format!("{e}"))?;
+    if n < 2 || !n.is_power_of_two() {
+        return Err(format!("{n} is no power of two of at least 2"));
+    }
+    Ok(n)
+}
+
 fn run_agent(args: AgentArgs) -> Result<()> {
     init_logging(args.log_format, args.debug_bpf);
     if args.cleanup {
@@ -356,6 +373,7 @@ fn run_agent(args: AgentArgs) -> Result<()> {
                 backends: args.max_backends,
                 frontends: args.max_frontends,
                 affinity: args.max_affinity,
+                tcp_recent: args.max_tcp_recent,
             },
             scope: args.socket_lb_scope,
         },

@@ -95,17 +95,21 @@ pub enum ErrorKind {
     /// A socket termination sweep failed in a network namespace, or the kernel refused to
     /// destroy a socket; the next removal sweeps again.
     Termination,
+    /// Keeping TCP translations failed in a network namespace, the keeping iterator could not
+    /// be loaded, or the kernel could not create a socket's storage.
+    Keep,
 }
 
 impl ErrorKind {
     /// Every kind, in the order the docs list them.
-    pub const ALL: [ErrorKind; 6] = [
+    pub const ALL: [ErrorKind; 7] = [
         ErrorKind::Apply,
         ErrorKind::Capacity,
         ErrorKind::PinsRemoved,
         ErrorKind::Repair,
         ErrorKind::ReadCounters,
         ErrorKind::Termination,
+        ErrorKind::Keep,
     ];
 
     /// The value of the `kind` label.
@@ -117,6 +121,7 @@ impl ErrorKind {
             ErrorKind::Repair => "repair",
             ErrorKind::ReadCounters => "read_counters",
             ErrorKind::Termination => "termination",
+            ErrorKind::Keep => "keep",
         }
     }
 }
@@ -307,6 +312,7 @@ pub struct Metrics {
     datapath_info: Family<Labels, Gauge>,
     terminated: Family<Labels, Counter>,
     termination_available: Gauge,
+    tcp_kept: Counter,
     readiness: Arc<Readiness>,
     liveness: Arc<Liveness>,
     providers: Arc<Providers>,
@@ -437,6 +443,14 @@ impl Metrics {
              has BPF socket iterators and bpf_sock_destroy); 0 otherwise",
             termination_available.clone(),
         );
+        let tcp_kept = Counter::default();
+        registry.register(
+            "lbctl_tcp_translations_kept",
+            "TCP sockets whose translation the agent moved from the array of recent connects \
+             (lb_tcp_recent) into the socket's own storage, so getpeername and termination find \
+             it for the socket's life",
+            tcp_kept.clone(),
+        );
         registry.register_collector(Box::new(ScrapeTimeCollector {
             readiness: readiness.clone(),
             providers: providers.clone(),
@@ -458,6 +472,7 @@ impl Metrics {
             datapath_info,
             terminated,
             termination_available,
+            tcp_kept,
             readiness,
             liveness,
             providers,
@@ -538,6 +553,11 @@ impl Metrics {
                 .get_or_create(&labels(&[("protocol", protocol)]))
                 .inc_by(n);
         }
+    }
+
+    /// Counts TCP translations kept by one pass.
+    pub fn add_tcp_kept(&self, kept: u64) {
+        self.tcp_kept.inc_by(kept);
     }
 
     /// Whether socket termination works on this agent.

@@ -41,6 +41,7 @@ pub fn test_capacity() -> Capacity {
         backends: 1024,
         frontends: 1024,
         affinity: 1024,
+        tcp_recent: 1024,
     }
 }
 

@@ -18,7 +18,8 @@
 //!                             as [::ffff:10.96.0.1]:53 makes an AF_INET6 socket): prints
 //!                             `connected PEER`; then each stdin line `N` makes N exchanges
 //!                             (send, receive): `ok NAME PEER`, or `err send|recv ERRNO`
-//!                             (0: the peer closed), and a line `recv` receives once
+//!                             (0: the peer closed), a line `recv` receives once, and a
+//!                             line `cookie` prints `cookie N`, the socket's cookie
 //! resolve ADDR NAME           a resolver with one long-lived connected UDP socket to ADDR
 //!                             (a DNS server): each stdin line `N` makes N queries for NAME's A
 //!                             record, `ok IP` or `err ERRNO`; after an error it reconnects
@@ -226,6 +227,14 @@ impl Held {
         .map_or_else(|e| format!("unconnected({})", errno(&e)), |p| p.to_string())
     }
 
+    /// The socket's cookie (`SO_COOKIE`), as the programs see it.
+    fn cookie(&self) -> io::Result<u64> {
+        match self {
+            Self::Tcp(s) => socket2::SockRef::from(s).cookie(),
+            Self::Udp(s) => socket2::SockRef::from(s).cookie(),
+        }
+    }
+
     fn send(&mut self) -> io::Result<()> {
         match self {
             Self::Tcp(s) => s.write_all(b"?\n"),
@@ -253,6 +262,13 @@ fn hold(proto: &str, addr: SocketAddr, out: &mut impl Write) -> Result<(), Strin
     for request in io::stdin().lock().lines() {
         let request = request.map_err(|e| e.to_string())?;
         let request = request.trim();
+        if request == "cookie" {
+            let cookie = held
+                .cookie()
+                .map_err(|e| format!("reading the cookie: {e}"))?;
+            line(out, format_args!("cookie {cookie}"))?;
+            continue;
+        }
         if request == "recv" {
             match held.recv() {
                 Ok(name) => line(out, format_args!("ok {name} {}", held.peer()))?,

@@ -496,3 +496,73 @@ fn healthz_fails_while_the_reconcile_loop_is_stuck() {
 fn thread_sleep_a_resync() {
     std::thread::sleep(Duration::from_millis(1500));
 }
+
+/// The agent keeps the translation of a long-lived TCP connection: once a quarter of
+/// `lb_tcp_recent` (here 64 elements) of newer connects happened, its keeping pass copies the
+/// translation into the socket's storage and counts it in `lbctl_tcp_translations_kept_total`;
+/// after hundreds of newer connects took every element over, the connection still reports the
+/// service as its peer and works.
+#[test]
+fn the_agent_keeps_the_translation_of_a_long_lived_tcp_connection() {
+    const HELD_VIP: &str = "10.96.1.12";
+    const KEPT: &str = "lbctl_tcp_translations_kept_total";
+    let node = Observed::new("obs-keep");
+    let held_at = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
+    let mut server = Probe::spawn(None, &["serve-hold", "h0", &held_at.to_string()]).unwrap();
+    assert_eq!(server.read_lines(1).unwrap(), ["listening"]);
+    let b = Backends::tcp_same_port(&["b0"]).unwrap();
+    node.write(
+        &[
+            nodes().as_str(),
+            &service("held", HELD_VIP, "Cluster", &[(held_at, NODE)], None),
+            &service("web", WEB_VIP, "Cluster", &[(b.addr("b0"), NODE)], None),
+        ]
+        .concat(),
+    );
+    let agent = node.agent(&["--max-tcp-recent", "64"]);
+    node.wait_for_series(&service_series("held", "rewritten"), &agent);
+    assert_eq!(node.sample(KEPT), Some(0.0));
+
+    let service = format!("{HELD_VIP}:80");
+    let mut held = Probe::spawn(Some(&node.node.cgroup), &["hold", "tcp", &service]).unwrap();
+    assert_eq!(
+        held.read_lines(1).unwrap(),
+        [format!("connected {service}")]
+    );
+    // 16 translations make a pass due; the agent looks every 250 ms.
+    assert!(
+        connect(&node, WEB_VIP, 20)
+            .iter()
+            .all(|o| *o == Outcome::Reached("b0".into()))
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || node
+            .sample(KEPT)
+            .is_some_and(|kept| kept >= 1.0)),
+        "no pass kept the held connection:\n{}",
+        agent.log()
+    );
+    let out = connect(&node, WEB_VIP, 640);
+    assert!(
+        out.iter().all(|o| *o == Outcome::Reached("b0".into())),
+        "{out:?}"
+    );
+
+    held.send("2").unwrap();
+    for line in held.read_lines(2).unwrap() {
+        let reply = testkit::sockets::Reply::parse(&line).unwrap();
+        assert_eq!(reply.outcome, Outcome::Reached("h0".into()), "{line}");
+        assert_eq!(
+            reply.from,
+            Some(service.parse().unwrap()),
+            "the held connection's peer is still the service"
+        );
+    }
+    held.finish_raw().unwrap();
+    assert_eq!(
+        node.sample("lbctl_errors_total{kind=\"keep\"}"),
+        Some(0.0),
+        "{}",
+        agent.log()
+    );
+}

@@ -68,6 +68,16 @@ pub struct Capacity {
     /// Session affinity entries, one per (client network namespace, frontend) (`lb_affinity`,
     /// an LRU hash, preallocated).
     pub affinity: u32,
+    /// Elements of `lb_tcp_recent`, a power of two: the translations of the latest TCP connects,
+    /// until the agent keeps those of sockets still connected in their storage (after every
+    /// quarter of this many connects). State records of earlier lbctl versions have none: the
+    /// default.
+    #[serde(default = "default_tcp_recent")]
+    pub tcp_recent: u32,
+}
+
+fn default_tcp_recent() -> u32 {
+    lb_common::DEFAULT_TCP_RECENT
 }
 
 impl Default for Capacity {
@@ -77,6 +87,7 @@ impl Default for Capacity {
             backends: lb_common::DEFAULT_MAX_BACKENDS,
             frontends: lb_common::DEFAULT_MAX_FRONTENDS,
             affinity: lb_common::DEFAULT_MAX_AFFINITY,
+            tcp_recent: lb_common::DEFAULT_TCP_RECENT,
         }
     }
 }
@@ -557,8 +568,10 @@ fn attach(ebpf: &mut aya::Ebpf, name: &str, cgroup: &fs::File) -> Result<FdLink,
         .map_err(link_error)
 }
 
-/// Writes the configured scope (and the host network namespace's cookie) into `lb_meta`.
+/// Writes the configured scope (and the host network namespace's cookie) and the size of
+/// `lb_tcp_recent` into `lb_meta`.
 fn set_scope(maps: &mut Maps, config: &DatapathConfig) -> Result<(), DatapathError> {
+    maps.set_tcp_recent(config.capacity.tcp_recent)?;
     let cookie = current_netns_cookie()
         .map_err(|e| DatapathError::io("reading the network namespace cookie", e))?;
     maps.set_scope(config.scope == SocketLbScope::HostOnly, cookie)?;

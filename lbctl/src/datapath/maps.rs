@@ -6,7 +6,7 @@ use lb_common::{
     AFFINITY_MAP, AffinityKey, AffinityValue, BACKENDS_MAP, Backend, DEPARTED_CAPACITY,
     DEPARTED_MAP, EVENTS_MAP, FRONTEND_STATS_MAP, FrontendName, FrontendStats, LAYOUT_VERSION,
     MEMBERS_MAP, META_MAP, MemberKey, NAMES_MAP, RevNat, SERVICES_MAP, SLOTS_MAP, SOCK_MAP,
-    STATS_MAP, ServiceKey, ServiceValue, meta, stat,
+    STATS_MAP, ServiceKey, ServiceValue, TCP_RECENT_MAP, TcpRecent, meta, stat,
 };
 
 use super::{DatapathError, loader::Capacity};
@@ -21,7 +21,7 @@ pub(crate) struct MapSpec {
 }
 
 /// The maps, written once: the loader pins these, [`Maps`] opens them, uninstall removes them.
-pub(crate) const MAPS: [MapSpec; 12] = [
+pub(crate) const MAPS: [MapSpec; 13] = [
     MapSpec {
         name: SERVICES_MAP,
         key_size: size_of::<ServiceKey>(),
@@ -80,6 +80,13 @@ pub(crate) const MAPS: [MapSpec; 12] = [
         key_size: size_of::<i32>(),
         value_size: size_of::<RevNat>(),
         capacity: |_| 0,
+    },
+    // The latest TCP connects' translations, by the low bits of the socket cookie.
+    MapSpec {
+        name: TCP_RECENT_MAP,
+        key_size: size_of::<u32>(),
+        value_size: size_of::<TcpRecent>(),
+        capacity: |c| c.tcp_recent,
     },
     MapSpec {
         name: AFFINITY_MAP,
@@ -367,6 +374,15 @@ impl Maps {
             meta::SCOPE_ALL
         };
         set(self, meta::SCOPE, scope)
+    }
+
+    /// Tells the programs the size of `lb_tcp_recent` (a power of two: they index it by the
+    /// socket cookie's low bits). Written before the programs are attached or swapped in.
+    pub(crate) fn set_tcp_recent(&mut self, elements: u32) -> Result<(), DatapathError> {
+        debug_assert!(elements.is_power_of_two());
+        self.meta
+            .set(meta::TCP_RECENT_MASK, elements - 1, 0)
+            .map_err(|e| DatapathError::map(META_MAP, e))
     }
 
     /// Every backend the array holds (non-empty elements), by id, read through a mapping of

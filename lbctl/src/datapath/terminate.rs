@@ -4,27 +4,19 @@
 //! the same reason). The kernel side is `lb-ebpf/src/iter.rs`; this module loads its iterator
 //! programs on the pinned maps and runs them in the network namespaces it is asked to cover.
 //!
-//! An iterator walks the sockets of the network namespace of the thread that starts it, so a
-//! sweep of other namespaces runs on a thread of its own that enters each one (`setns`, which
-//! needs CAP_SYS_ADMIN) and ends with the sweep: no thread of the agent ever stays in a pod's
-//! namespace.
+//! The iterators run in the agent's network namespace and those it is told to cover
+//! ([`super::sweep`]).
 use std::{
-    collections::BTreeSet,
-    fs,
-    io::Read as _,
-    os::{
-        fd::{AsFd as _, OwnedFd},
-        unix::fs::MetadataExt as _,
-    },
-    path::{Path, PathBuf},
+    os::fd::{AsFd as _, OwnedFd},
+    path::PathBuf,
     sync::Mutex,
 };
 
 use aya::maps::{HashMap, IterableMap as _, MapData};
-use aya::programs::Iter;
 use lb_common::{DEPARTED_CAPACITY, DEPARTED_MAP, IPPROTO_TCP, IPPROTO_UDP, MemberKey, Terminated};
 
-use super::{DatapathConfig, DatapathError, Object, kfunc, loader, sys};
+pub use super::sweep::check_netns_dir;
+use super::{DatapathConfig, DatapathError, Object, kfunc, loader, sweep, sys};
 
 /// Which connected sockets are terminated when their backend leaves the set.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -136,23 +128,9 @@ impl Terminator {
             return Err(Unavailable::NoKfunc(reason));
         }
         let btf = aya::Btf::from_sys_fs().map_err(|e| Unavailable::NoKfunc(e.to_string()))?;
-        let mut link = |program: &str, target: &str| -> Result<OwnedFd, DatapathError> {
-            let iter: &mut Iter = ebpf
-                .program_mut(program)
-                .ok_or_else(|| DatapathError::MissingProgram(program.to_owned()))?
-                .try_into()
-                .map_err(|e| DatapathError::program(program, e))?;
-            iter.load(target, &btf)
-                .map_err(|e| DatapathError::program(program, e))?;
-            let fd = iter.fd().map_err(|e| DatapathError::program(program, e))?;
-            sys::iter_link_create(fd.as_fd()).map_err(|e| DatapathError::Link {
-                program: program.to_owned(),
-                detail: format!("creating the iterator link: {e}"),
-            })
-        };
-        let udp = link("lb_iter_udp", "udp")?;
+        let udp = sweep::link(&mut ebpf, &btf, "lb_iter_udp", "udp")?;
         let tcp = if config.sockets.tcp() {
-            Some(link("lb_iter_tcp", "tcp")?)
+            Some(sweep::link(&mut ebpf, &btf, "lb_iter_tcp", "tcp")?)
         } else {
             None
         };
@@ -254,44 +232,14 @@ impl Terminator {
         if !pass.udp && !pass.tcp {
             return;
         }
-        self.sweep_here(sweep, "the agent's network namespace", pass);
-        if self.config.netns_dirs.is_empty() {
-            return;
-        }
-        let namespaces = match other_namespaces(&self.config.netns_dirs) {
-            Ok(n) => n,
-            Err(e) => {
-                sweep.errors.push(e);
-                return;
-            }
-        };
-        // A thread of its own that enters each namespace in turn and ends with the sweep.
-        std::thread::scope(|scope| {
-            let worker = scope.spawn(|| {
-                let mut part = Sweep::default();
-                for (path, fd) in &namespaces {
-                    if let Err(e) = sys::enter_netns(fd.as_fd()) {
-                        part.errors.push(format!(
-                            "entering network namespace {}: {e}",
-                            path.display()
-                        ));
-                        continue;
-                    }
-                    self.sweep_here(&mut part, &path.display().to_string(), pass);
-                }
-                part
-            });
-            match worker.join() {
-                Ok(part) => {
-                    sweep.terminated.extend(part.terminated);
-                    sweep.namespaces += part.namespaces;
-                    sweep.errors.extend(part.errors);
-                }
-                Err(_) => sweep
-                    .errors
-                    .push("the namespace sweep thread panicked".to_owned()),
-            }
+        let mut part = Sweep::default();
+        let (_, errors) = sweep::each_namespace(&self.config.netns_dirs, |namespace| {
+            self.sweep_here(&mut part, namespace, pass);
         });
+        sweep.terminated.extend(part.terminated);
+        sweep.namespaces += part.namespaces;
+        sweep.errors.extend(part.errors);
+        sweep.errors.extend(errors);
     }
 
     /// Runs the iterators of `pass` in the calling thread's network namespace.
@@ -303,7 +251,7 @@ impl Terminator {
         let tcp = self.tcp.as_ref().filter(|_| pass.tcp);
         for link in udp.into_iter().chain(tcp) {
             for round in 0..RUNS_PER_PASS {
-                match run(link) {
+                match sweep::run::<Terminated>(link) {
                     Ok(records) => {
                         let destroyed = records.iter().any(|t| t.error == 0);
                         // A socket the kernel refused is refused again: reported once.
@@ -338,59 +286,4 @@ const RUNS_PER_PASS: usize = 4;
 struct Pass {
     udp: bool,
     tcp: bool,
-}
-
-/// One run of an iterator link: the sockets it terminated.
-fn run(link: &OwnedFd) -> std::io::Result<Vec<Terminated>> {
-    let mut out = Vec::new();
-    sys::iter_create(link.as_fd())?.read_to_end(&mut out)?;
-    Ok(out
-        .chunks_exact(size_of::<Terminated>())
-        .map(|chunk| {
-            // SAFETY: `chunk` holds exactly one record as the program wrote it
-            // (`bpf_seq_write` of a `Terminated`); `Terminated` is plain repr(C) data valid for
-            // any bytes, and the unaligned read copies it out.
-            unsafe { std::ptr::read_unaligned(chunk.as_ptr().cast::<Terminated>()) }
-        })
-        .collect())
-}
-
-/// The network namespace handles under `dirs`, once each, without the agent's own.
-fn other_namespaces(dirs: &[PathBuf]) -> Result<Vec<(PathBuf, fs::File)>, String> {
-    let own = fs::metadata("/proc/thread-self/ns/net")
-        .map(|m| (m.dev(), m.ino()))
-        .map_err(|e| format!("reading this thread's network namespace: {e}"))?;
-    let mut seen = BTreeSet::from([own]);
-    let mut found = Vec::new();
-    for dir in dirs {
-        let entries = match fs::read_dir(dir) {
-            Ok(entries) => entries,
-            // A node without pods yet may have no such directory.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(format!("listing {}: {e}", dir.display())),
-        };
-        let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
-        paths.sort();
-        for path in paths {
-            // A namespace can go away between the listing and here: skip it.
-            let Ok(file) = fs::File::open(&path) else {
-                continue;
-            };
-            let Ok(meta) = file.metadata() else { continue };
-            if seen.insert((meta.dev(), meta.ino())) {
-                found.push((path, file));
-            }
-        }
-    }
-    Ok(found)
-}
-
-/// Whether `path` looks like a directory of namespace handles (for a clear start-up error).
-pub fn check_netns_dir(path: &Path) -> Result<(), String> {
-    match fs::metadata(path) {
-        Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => Err(format!("{} is not a directory", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(format!("{}: {e}", path.display())),
-    }
 }
