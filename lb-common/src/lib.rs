@@ -32,7 +32,7 @@
 ///
 /// Retiring a map ([`RETIRED_MAPS`]) is no layout change: the maps that stay keep their keys,
 /// values and flags, so programs of either side of an upgrade (or a rollback) run on them.
-/// Adding one ([`TCP_RECENT_MAP`]) is none either: an upgraded agent creates it beside the
+/// Adding one ([`TCP_RECENT_MAP`], [`TCP_PORTS_MAP`]) is none either: an upgraded agent creates it beside the
 /// pinned maps, and the programs of an older one never look at it.
 pub const LAYOUT_VERSION: u32 = 5;
 
@@ -57,6 +57,12 @@ pub const SOCK_MAP: &str = "lb_sock";
 /// agent's keeping pass (`iter/tcp`) copies the translations of sockets still connected into
 /// their storage ([`SOCK_MAP`]) before that can happen. Readers look in the storage first.
 pub const TCP_RECENT_MAP: &str = "lb_tcp_recent";
+/// A byte per port (network order): 1 when a TCP connect was sent to a backend on that port
+/// (port `p` is byte `p % 64` of element `p / 64`, an array of 1,024 `[u8; 64]`), set by
+/// `connect4/6` and never cleared. `getpeername4/6` look a socket
+/// without storage up in [`TCP_RECENT_MAP`] only when its peer's port is marked, so an accepted
+/// socket (whose peer is a client's port) costs no cookie and no element read.
+pub const TCP_PORTS_MAP: &str = "lb_tcp_backend_ports";
 /// Maps that earlier lbctl versions pinned and this one no longer uses: an agent unpins them
 /// once its programs replaced the ones that used them (and `lbctl uninstall` removes them).
 /// `lb_revnat` held TCP sockets' reverse translation by socket cookie (an LRU hash, now

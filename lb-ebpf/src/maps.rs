@@ -110,9 +110,10 @@ pub fn still_recent(p: *const TcpRecent, cookie: u64) -> bool {
 }
 
 /// Records the translation of the TCP socket with this cookie in `lb_tcp_recent` (cookie first,
-/// see [`recent_tcp`]).
+/// see [`recent_tcp`]), and marks its backend's port.
 #[inline(always)]
 pub fn remember_tcp(cookie: u64, translation: &RevNat) {
+    mark_tcp_port(translation.backend_port);
     if let Some(p) = TCP_RECENT.get_ptr_mut(recent_index(cookie)) {
         // SAFETY: the pointer comes from a successful array lookup; the cookie's write is
         // volatile and the fence keeps the translation's writes after it.
@@ -122,6 +123,39 @@ pub fn remember_tcp(cookie: u64, translation: &RevNat) {
             (*p).translation = *translation;
         }
     }
+}
+
+/// Ports (network order) TCP connects were sent to backends on (`lb_common::TCP_PORTS_MAP`): a
+/// byte per port, 64 ports an element, 64 KiB in all. Bytes, not bits: marks of two ports of
+/// one element never race (the programs have no atomic OR); 64 to an element, not one: the
+/// lookups of accepted sockets' random client ports stay within 64 KiB of cache lines, not 512.
+#[btf_map(name = "lb_tcp_backend_ports")]
+pub static TCP_PORTS: Array<[u8; 64], 1024> = Array::new();
+
+/// Marks the backend port a TCP connect was just sent to (written only when not marked yet,
+/// so the element's cache line stays shared).
+#[inline(always)]
+pub fn mark_tcp_port(port: u16) {
+    if let Some(p) = TCP_PORTS.get_ptr_mut(u32::from(port >> 6)) {
+        let byte = usize::from(port & 63);
+        // SAFETY: the pointer comes from a successful array lookup; one byte of it (the index
+        // is below 64) is read and written.
+        unsafe {
+            if (*p)[byte] == 0 {
+                (*p)[byte] = 1;
+            }
+        }
+    }
+}
+
+/// Whether a TCP connect was ever sent to a backend on this port (network order).
+#[inline(always)]
+pub fn tcp_port_marked(port: u16) -> bool {
+    // SAFETY: the pointer comes from a successful array lookup; one byte of it (the index is
+    // below 64) is read.
+    TCP_PORTS
+        .get_ptr(u32::from(port >> 6))
+        .is_some_and(|p| unsafe { (*p)[usize::from(port & 63)] } != 0)
 }
 
 #[inline(always)]

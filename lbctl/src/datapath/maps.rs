@@ -6,7 +6,7 @@ use lb_common::{
     AFFINITY_MAP, AffinityKey, AffinityValue, BACKENDS_MAP, Backend, DEPARTED_CAPACITY,
     DEPARTED_MAP, EVENTS_MAP, FRONTEND_STATS_MAP, FrontendName, FrontendStats, LAYOUT_VERSION,
     MEMBERS_MAP, META_MAP, MemberKey, NAMES_MAP, RevNat, SERVICES_MAP, SLOTS_MAP, SOCK_MAP,
-    STATS_MAP, ServiceKey, ServiceValue, TCP_RECENT_MAP, TcpRecent, meta, stat,
+    STATS_MAP, ServiceKey, ServiceValue, TCP_PORTS_MAP, TCP_RECENT_MAP, TcpRecent, meta, stat,
 };
 
 use super::{DatapathError, loader::Capacity};
@@ -21,7 +21,7 @@ pub(crate) struct MapSpec {
 }
 
 /// The maps, written once: the loader pins these, [`Maps`] opens them, uninstall removes them.
-pub(crate) const MAPS: [MapSpec; 13] = [
+pub(crate) const MAPS: [MapSpec; 14] = [
     MapSpec {
         name: SERVICES_MAP,
         key_size: size_of::<ServiceKey>(),
@@ -87,6 +87,13 @@ pub(crate) const MAPS: [MapSpec; 13] = [
         key_size: size_of::<u32>(),
         value_size: size_of::<TcpRecent>(),
         capacity: |c| c.tcp_recent,
+    },
+    // A byte per port, 64 ports an element.
+    MapSpec {
+        name: TCP_PORTS_MAP,
+        key_size: size_of::<u32>(),
+        value_size: 64,
+        capacity: |_| 1024,
     },
     MapSpec {
         name: AFFINITY_MAP,
