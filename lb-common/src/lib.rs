@@ -57,11 +57,11 @@ pub const SOCK_MAP: &str = "lb_sock";
 /// agent's keeping pass (`iter/tcp`) copies the translations of sockets still connected into
 /// their storage ([`SOCK_MAP`]) before that can happen. Readers look in the storage first.
 pub const TCP_RECENT_MAP: &str = "lb_tcp_recent";
-/// A byte per port (network order): 1 when a TCP connect was sent to a backend on that port
-/// (port `p` is byte `p % 64` of element `p / 64`, an array of 1,024 `[u8; 64]`), set by
-/// `connect4/6` and never cleared. `getpeername4/6` look a socket
-/// without storage up in [`TCP_RECENT_MAP`] only when its peer's port is marked, so an accepted
-/// socket (whose peer is a client's port) costs no cookie and no element read.
+/// One element of 1,024 bytes, a byte per bucket of ports (the top 10 bits of the port, network
+/// order, times 0x9e3779b1): 1 when a TCP connect was sent to a backend on a port of that
+/// bucket; set by `connect4/6` and never cleared. `getpeername4/6` look a socket without
+/// storage up in [`TCP_RECENT_MAP`] only when its peer's port is in a marked bucket, so an
+/// accepted socket (whose peer is a client's port) mostly costs no cookie and no element read.
 pub const TCP_PORTS_MAP: &str = "lb_tcp_backend_ports";
 /// Maps that earlier lbctl versions pinned and this one no longer uses: an agent unpins them
 /// once its programs replaced the ones that used them (and `lbctl uninstall` removes them).

@@ -125,37 +125,46 @@ pub fn remember_tcp(cookie: u64, translation: &RevNat) {
     }
 }
 
-/// Ports (network order) TCP connects were sent to backends on (`lb_common::TCP_PORTS_MAP`): a
-/// byte per port, 64 ports an element, 64 KiB in all. Bytes, not bits: marks of two ports of
-/// one element never race (the programs have no atomic OR); 64 to an element, not one: the
-/// lookups of accepted sockets' random client ports stay within 64 KiB of cache lines, not 512.
+/// The ports TCP connects were sent to backends on, by bucket (`lb_common::TCP_PORTS_MAP`): one
+/// element of 1,024 bytes, a byte per bucket ([`port_bucket`]), 1 when marked. Small on
+/// purpose: every accepted socket reads one byte of it, so it stays in the cache (a byte per
+/// port, 64 KiB, cost each accept a cache miss: 40-80 ns). Bytes, not bits: marks never race
+/// (the programs have no atomic OR). A client port in a marked bucket only costs its socket a
+/// cookie and an element read.
 #[btf_map(name = "lb_tcp_backend_ports")]
-pub static TCP_PORTS: Array<[u8; 64], 1024> = Array::new();
+pub static TCP_PORTS: Array<[u8; 1024], 1> = Array::new();
 
-/// Marks the backend port a TCP connect was just sent to (written only when not marked yet,
-/// so the element's cache line stays shared).
+/// The bucket of a port (network order): the top 10 bits of a multiplicative hash.
+#[inline(always)]
+fn port_bucket(port: u16) -> usize {
+    (u32::from(port).wrapping_mul(0x9e37_79b1) >> 22) as usize
+}
+
+/// Marks the bucket of the backend port a TCP connect was just sent to (written only when not
+/// marked yet, so the cache line stays shared).
 #[inline(always)]
 pub fn mark_tcp_port(port: u16) {
-    if let Some(p) = TCP_PORTS.get_ptr_mut(u32::from(port >> 6)) {
-        let byte = usize::from(port & 63);
-        // SAFETY: the pointer comes from a successful array lookup; one byte of it (the index
-        // is below 64) is read and written.
+    if let Some(p) = TCP_PORTS.get_ptr_mut(0) {
+        let bucket = port_bucket(port);
+        // SAFETY: the pointer comes from a successful array lookup; one byte of it (the bucket
+        // is below 1,024) is read and written.
         unsafe {
-            if (*p)[byte] == 0 {
-                (*p)[byte] = 1;
+            if (*p)[bucket] == 0 {
+                (*p)[bucket] = 1;
             }
         }
     }
 }
 
-/// Whether a TCP connect was ever sent to a backend on this port (network order).
+/// Whether a TCP connect may have been sent to a backend on this port (network order): its
+/// bucket is marked.
 #[inline(always)]
 pub fn tcp_port_marked(port: u16) -> bool {
-    // SAFETY: the pointer comes from a successful array lookup; one byte of it (the index is
-    // below 64) is read.
+    // SAFETY: the pointer comes from a successful array lookup; one byte of it (the bucket is
+    // below 1,024) is read.
     TCP_PORTS
-        .get_ptr(u32::from(port >> 6))
-        .is_some_and(|p| unsafe { (*p)[usize::from(port & 63)] } != 0)
+        .get_ptr(0)
+        .is_some_and(|p| unsafe { (*p)[port_bucket(port)] } != 0)
 }
 
 #[inline(always)]

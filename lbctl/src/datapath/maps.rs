@@ -88,12 +88,12 @@ pub(crate) const MAPS: [MapSpec; 14] = [
         value_size: size_of::<TcpRecent>(),
         capacity: |c| c.tcp_recent,
     },
-    // A byte per port, 64 ports an element.
+    // One element, a byte per bucket of ports.
     MapSpec {
         name: TCP_PORTS_MAP,
         key_size: size_of::<u32>(),
-        value_size: 64,
-        capacity: |_| 1024,
+        value_size: 1024,
+        capacity: |_| 1,
     },
     MapSpec {
         name: AFFINITY_MAP,
