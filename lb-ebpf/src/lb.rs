@@ -333,7 +333,28 @@ pub fn reverse(ctx: &SockAddrContext, peer: &Addr, port: u16, hook: u8) -> Optio
     // SAFETY: an element of lb_tcp_recent that held this socket's cookie; its fields are read
     // where they are, and kept only if the cookie is still there after (see `maps::recent_tcp`).
     let service = reverse_by(ctx, unsafe { &(*element).translation }, peer, port, hook)?;
-    maps::still_recent(element, cookie).then_some(service)
+    if !maps::still_recent(element, cookie) {
+        return None;
+    }
+    keep(ctx, element, cookie);
+    Some(service)
+}
+
+/// Keeps the calling TCP socket's translation, which `element` of `lb_tcp_recent` holds, in
+/// the socket's storage: a socket that asked for its peer once keeps it for its life, whether or
+/// not a keeping pass reaches its network namespace. The kernel copies the element into the new
+/// storage; when a connect took the element over meanwhile, the storage is deleted again (the
+/// translation stays where it was). A failure costs nothing but the keeping.
+#[inline(always)]
+fn keep(ctx: &SockAddrContext, element: *const lb_common::TcpRecent, cookie: u64) {
+    // SAFETY: lookup-or-create of the calling socket's own storage, initialised from the
+    // element (a map value pointer, which the helper accepts as the initial value).
+    let st =
+        unsafe { SOCKS.get_or_insert_ptr_mut(ctx, Some(&mut (*element.cast_mut()).translation)) };
+    if !st.is_null() && !maps::still_recent(element, cookie) {
+        // SAFETY: `sk` of the hook's context is the calling socket, whose storage this deletes.
+        let _ = unsafe { SOCKS.delete((*ctx.sock_addr).__bindgen_anon_1.sk) };
+    }
 }
 
 /// [`reverse`] with the socket's translation `e`.

@@ -14,9 +14,10 @@
 //!                             writes its name and closes)
 //! serve-hold NAME ADDR ...    TCP servers that keep each connection open and answer every
 //!                             read with their name; `listening` once all are bound
-//! hold tcp|udp ADDR           ONE connected socket (TCP, or connected UDP; an IPv6 ADDR such
+//! hold tcp|udp ADDR [quiet]   ONE connected socket (TCP, or connected UDP; an IPv6 ADDR such
 //!                             as [::ffff:10.96.0.1]:53 makes an AF_INET6 socket): prints
-//!                             `connected PEER`; then each stdin line `N` makes N exchanges
+//!                             `connected PEER` (`connected` with `quiet`, which does not ask
+//!                             for the peer: no getpeername until the first exchange); then each stdin line `N` makes N exchanges
 //!                             (send, receive): `ok NAME PEER`, or `err send|recv ERRNO`
 //!                             (0: the peer closed), a line `recv` receives once, and a
 //!                             line `cookie` prints `cookie N`, the socket's cookie
@@ -256,9 +257,13 @@ impl Held {
     }
 }
 
-fn hold(proto: &str, addr: SocketAddr, out: &mut impl Write) -> Result<(), String> {
+fn hold(proto: &str, addr: SocketAddr, peer: bool, out: &mut impl Write) -> Result<(), String> {
     let mut held = Held::connect(proto, addr).map_err(|e| format!("connecting to {addr}: {e}"))?;
-    line(out, format_args!("connected {}", held.peer()))?;
+    if peer {
+        line(out, format_args!("connected {}", held.peer()))?;
+    } else {
+        line(out, format_args!("connected"))?;
+    }
     for request in io::stdin().lock().lines() {
         let request = request.map_err(|e| e.to_string())?;
         let request = request.trim();
@@ -347,7 +352,12 @@ pub fn run(mode: &str, args: &[String], out: &mut impl Write) -> Result<(), Stri
         ("serve-hold", pairs) => serve_hold(pairs, out),
         ("resolve", [addr, name]) => resolve(parse(addr)?, name, out),
         ("hold", [proto, addr]) if proto == "tcp" || proto == "udp" => {
-            hold(proto, parse(addr)?, out)
+            hold(proto, parse(addr)?, true, out)
+        }
+        ("hold", [proto, addr, quiet])
+            if (proto == "tcp" || proto == "udp") && quiet == "quiet" =>
+        {
+            hold(proto, parse(addr)?, false, out)
         }
         _ => Err(format!("bad arguments for `{mode}`: {args:?}")),
     }

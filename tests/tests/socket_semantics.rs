@@ -425,12 +425,14 @@ fn host_only_scope_leaves_other_network_namespaces_alone() {
 }
 
 /// A TCP connect records its translation in `lb_tcp_recent` (an element chosen by the socket
-/// cookie's low bits), and a keeping pass moves it into the socket's own storage: a long-lived
-/// TCP connection kept that way still reports the service as its peer after thousands of newer
-/// connections through the node's services took every element of the array over (the test's
-/// array has 1,024), and its exchanges keep working. A connection made after the pass, whose
-/// element was taken over before any pass kept it, shows its backend: the pass is what keeps
-/// the translation. UDP sockets keep theirs in their storage from the first datagram.
+/// cookie's low bits), and the socket's storage keeps it for good once a keeping pass or the
+/// socket's own first `getpeername` copied it there. After thousands of newer connections
+/// through the node's services took every element of the array over (the test's array has
+/// 1,024), a connection a pass kept and one that asked for its peer right after connecting
+/// still report the service as their peer, and their exchanges keep working. A connection made
+/// after the pass that asked for nothing lost its translation with its element and shows its
+/// backend: the copy into the storage is what keeps the translation. UDP sockets keep theirs
+/// in their storage from the first datagram.
 #[test]
 fn a_long_lived_connection_keeps_its_peer_through_many_newer_connections() {
     let mut s = Scratch::new("sock-state").unwrap();
@@ -455,19 +457,26 @@ fn a_long_lived_connection_keeps_its_peer_through_many_newer_connections() {
     let keeper = Keeper::load(&s.config(), &Object::embedded().unwrap(), &[]).unwrap();
     let recent = TcpRecentView::open(&s);
 
-    let hold = |s: &Scratch| {
-        let mut held =
-            Probe::spawn(Some(&s.cgroup), &["hold", "tcp", &vip_held.to_string()]).unwrap();
-        assert_eq!(
-            held.read_lines(1).unwrap(),
-            [format!("connected {vip_held}")]
-        );
+    // `quiet`: the probe does not ask for its peer when it connects.
+    let hold = |s: &Scratch, quiet: bool| {
+        let service = vip_held.to_string();
+        let mut args = vec!["hold", "tcp", service.as_str()];
+        if quiet {
+            args.push("quiet");
+        }
+        let mut held = Probe::spawn(Some(&s.cgroup), &args).unwrap();
+        let connected = if quiet {
+            "connected".to_owned()
+        } else {
+            format!("connected {vip_held}")
+        };
+        assert_eq!(held.read_lines(1).unwrap(), [connected]);
         held.send("cookie").unwrap();
         let line = held.read_lines(1).unwrap().remove(0);
         let cookie: u64 = line.strip_prefix("cookie ").unwrap().parse().unwrap();
         (held, cookie)
     };
-    let (mut kept, kept_cookie) = hold(&s);
+    let (mut kept, kept_cookie) = hold(&s, true);
     assert!(
         recent.holds(kept_cookie),
         "the connect recorded its translation in the array"
@@ -479,12 +488,16 @@ fn a_long_lived_connection_keeps_its_peer_through_many_newer_connections() {
         "{pass:?}"
     );
     assert!(pass.errors.is_empty(), "{:?}", pass.errors);
-    let (mut late, late_cookie) = hold(&s);
+    let (mut late, late_cookie) = hold(&s, true);
+    let (mut asked, asked_cookie) = hold(&s, false);
 
-    // Newer connections until both held sockets' elements were taken over (consecutive cookies
+    // Newer connections until the held sockets' elements were taken over (consecutive cookies
     // cover the array's 1,024 elements; a few more rounds allow for cookies from other CPUs).
     let mut rounds = 0;
-    while recent.holds(kept_cookie) || recent.holds(late_cookie) {
+    while [kept_cookie, late_cookie, asked_cookie]
+        .iter()
+        .any(|c| recent.holds(*c))
+    {
         rounds += 1;
         assert!(
             rounds <= 10,
@@ -522,6 +535,14 @@ fn a_long_lived_connection_keeps_its_peer_through_many_newer_connections() {
             "the kept socket's peer is still the service"
         );
     }
+    for reply in exchange(&mut asked) {
+        assert_eq!(reply.outcome, Outcome::Reached("h0".into()));
+        assert_eq!(
+            reply.from,
+            Some(vip_held),
+            "the socket that asked for its peer kept it"
+        );
+    }
     for reply in exchange(&mut late) {
         assert_eq!(reply.outcome, Outcome::Reached("h0".into()));
         assert_eq!(
@@ -533,6 +554,7 @@ fn a_long_lived_connection_keeps_its_peer_through_many_newer_connections() {
     assert_eq!(keeper.run().kept, 0, "nothing is left to keep");
     kept.finish_raw().unwrap();
     late.finish_raw().unwrap();
+    asked.finish_raw().unwrap();
 }
 
 /// Reads the elements of a scratch datapath's `lb_tcp_recent`.
