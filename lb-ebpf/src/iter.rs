@@ -164,13 +164,19 @@ fn judge(meta: *mut BpfIterMeta, sk: *mut c_void, cookie: u64, e: &RevNat) {
         pad: 0,
         error,
     };
+    emit(meta, &record);
+}
+
+/// Writes one record whole to the iterator's output.
+#[inline(always)]
+fn emit<T>(meta: *mut BpfIterMeta, record: &T) {
     // SAFETY: `meta` is the iterator's meta pointer and its seq_file; the record is a plain
     // value on the stack, written whole.
     unsafe {
         bpf_seq_write(
             (*meta).seq.cast(),
-            core::ptr::from_ref(&record).cast(),
-            size_of::<Terminated>() as u32,
+            core::ptr::from_ref(record).cast(),
+            size_of::<T>() as u32,
         );
     }
 }
@@ -281,13 +287,6 @@ pub extern "C" fn lb_iter_tcp_keep(ctx: *mut BpfIterTcp) -> i32 {
         failed: u32::from(st.is_null()),
         pad: 0,
     };
-    // SAFETY: as in `judge`.
-    unsafe {
-        bpf_seq_write(
-            (*meta).seq.cast(),
-            core::ptr::from_ref(&record).cast(),
-            size_of::<Kept>() as u32,
-        );
-    }
+    emit(meta, &record);
     0
 }

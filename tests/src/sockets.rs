@@ -16,11 +16,12 @@
 //!                             read with their name; `listening` once all are bound
 //! hold tcp|udp ADDR [quiet]   ONE connected socket (TCP, or connected UDP; an IPv6 ADDR such
 //!                             as [::ffff:10.96.0.1]:53 makes an AF_INET6 socket): prints
-//!                             `connected PEER` (`connected` with `quiet`, which does not ask
-//!                             for the peer: no getpeername until the first exchange); then each stdin line `N` makes N exchanges
+//!                             `connected PEER` (`connected` with `quiet`, which never asks
+//!                             for the peer: no getpeername, and `ok NAME` answers); then each stdin line `N` makes N exchanges
 //!                             (send, receive): `ok NAME PEER`, or `err send|recv ERRNO`
-//!                             (0: the peer closed), a line `recv` receives once, and a
-//!                             line `cookie` prints `cookie N`, the socket's cookie
+//!                             (0: the peer closed), a line `recv` receives once, a line
+//!                             `peer` prints `peer PEER` (getpeername), and a line `cookie`
+//!                             prints `cookie N`, the socket's cookie
 //! resolve ADDR NAME           a resolver with one long-lived connected UDP socket to ADDR
 //!                             (a DNS server): each stdin line `N` makes N queries for NAME's A
 //!                             record, `ok IP` or `err ERRNO`; after an error it reconnects
@@ -267,6 +268,10 @@ fn hold(proto: &str, addr: SocketAddr, peer: bool, out: &mut impl Write) -> Resu
     for request in io::stdin().lock().lines() {
         let request = request.map_err(|e| e.to_string())?;
         let request = request.trim();
+        if request == "peer" {
+            line(out, format_args!("peer {}", held.peer()))?;
+            continue;
+        }
         if request == "cookie" {
             let cookie = held
                 .cookie()
@@ -276,7 +281,7 @@ fn hold(proto: &str, addr: SocketAddr, peer: bool, out: &mut impl Write) -> Resu
         }
         if request == "recv" {
             match held.recv() {
-                Ok(name) => line(out, format_args!("ok {name} {}", held.peer()))?,
+                Ok(name) => answered(out, &name, &held, peer)?,
                 Err(e) => line(out, format_args!("{e}"))?,
             }
             continue;
@@ -288,12 +293,21 @@ fn hold(proto: &str, addr: SocketAddr, peer: bool, out: &mut impl Write) -> Resu
                 continue;
             }
             match held.recv() {
-                Ok(name) => line(out, format_args!("ok {name} {}", held.peer()))?,
+                Ok(name) => answered(out, &name, &held, peer)?,
                 Err(e) => line(out, format_args!("{e}"))?,
             }
         }
     }
     Ok(())
+}
+
+/// `ok NAME PEER`, or `ok NAME` when the holder does not ask for its peer.
+fn answered(out: &mut impl Write, name: &str, held: &Held, peer: bool) -> Result<(), String> {
+    if peer {
+        line(out, format_args!("ok {name} {}", held.peer()))
+    } else {
+        line(out, format_args!("ok {name}"))
+    }
 }
 
 fn resolver_socket(addr: SocketAddr) -> io::Result<UdpSocket> {

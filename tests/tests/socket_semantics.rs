@@ -519,38 +519,35 @@ fn a_long_lived_connection_keeps_its_peer_through_many_newer_connections() {
     many.finish_raw().unwrap();
     assert!(s.datapath.counters().unwrap().rewritten >= 4_002);
 
-    let exchange = |held: &mut Probe| -> Vec<Reply> {
+    // Two exchanges, then the socket's peer as getpeername reports it (the quiet holders ask
+    // for the first time here).
+    let peer_is = |held: &mut Probe, peer: SocketAddr, why: &str| {
         held.send("2").unwrap();
-        held.read_lines(2)
-            .unwrap()
-            .iter()
-            .map(|line| Reply::parse(line).unwrap())
-            .collect()
+        for line in held.read_lines(2).unwrap() {
+            assert!(line.starts_with("ok h0"), "{line}");
+        }
+        held.send("peer").unwrap();
+        assert_eq!(
+            held.read_lines(1).unwrap(),
+            [format!("peer {peer}")],
+            "{why}"
+        );
     };
-    for reply in exchange(&mut kept) {
-        assert_eq!(reply.outcome, Outcome::Reached("h0".into()));
-        assert_eq!(
-            reply.from,
-            Some(vip_held),
-            "the kept socket's peer is still the service"
-        );
-    }
-    for reply in exchange(&mut asked) {
-        assert_eq!(reply.outcome, Outcome::Reached("h0".into()));
-        assert_eq!(
-            reply.from,
-            Some(vip_held),
-            "the socket that asked for its peer kept it"
-        );
-    }
-    for reply in exchange(&mut late) {
-        assert_eq!(reply.outcome, Outcome::Reached("h0".into()));
-        assert_eq!(
-            reply.from,
-            Some(held_at),
-            "the socket no pass kept lost its translation with its element"
-        );
-    }
+    peer_is(
+        &mut kept,
+        vip_held,
+        "the kept socket's peer is still the service",
+    );
+    peer_is(
+        &mut asked,
+        vip_held,
+        "the socket that asked for its peer kept it",
+    );
+    peer_is(
+        &mut late,
+        held_at,
+        "the socket no pass kept lost its translation with its element",
+    );
     assert_eq!(keeper.run().kept, 0, "nothing is left to keep");
     kept.finish_raw().unwrap();
     late.finish_raw().unwrap();

@@ -72,9 +72,10 @@ impl Keeping {
                 metrics.inc_error(ErrorKind::Keep);
                 tracing::warn!(
                     error = format!("{e:#}"),
-                    "TCP translations are not kept: a TCP socket shows its backend as its peer \
-                     (getpeername) and escapes termination once later connects took its element \
-                     of lb_tcp_recent over; everything else works"
+                    "TCP translations are not kept by passes: a TCP socket that has not asked for \
+                     its peer yet shows its backend as its peer (getpeername) and escapes \
+                     termination once later connects took its element of lb_tcp_recent over; \
+                     everything else works"
                 );
             }
         }
