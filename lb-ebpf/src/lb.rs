@@ -313,8 +313,9 @@ fn sticky(e: &RevNat, svc: &ServiceValue, address: &Addr, port: u16, proto: u8) 
 /// socket was sent to and its frontend still exists as it was, the service address and port to
 /// show instead. Lookups: the socket's storage (a pointer read), and when it has none (a TCP
 /// socket not kept yet, or one lbctl never translated, such as an accepted one) whether the
-/// peer's port is a TCP backend's (`lb_tcp_backend_ports`) and only then its cookie's element of
-/// `lb_tcp_recent`; then the master (and, on a translation, `lb_meta[DEBUG]`).
+/// peer's port is in a bucket a TCP connect marked (`lb_tcp_backend_ports`) and only then its
+/// cookie's element of `lb_tcp_recent` (which [`keep`] then copies into the socket's storage);
+/// then the master (and, on a translation, `lb_meta[DEBUG]`).
 #[inline(always)]
 pub fn reverse(ctx: &SockAddrContext, peer: &Addr, port: u16, hook: u8) -> Option<Target> {
     // SAFETY: a lookup without create of the calling socket's own storage.
@@ -323,8 +324,8 @@ pub fn reverse(ctx: &SockAddrContext, peer: &Addr, port: u16, hook: u8) -> Optio
         // SAFETY: non-null storage of this socket; the entry is only read.
         return reverse_by(ctx, unsafe { &*st }, peer, port, hook);
     }
-    // A peer on a port no TCP connect was sent to (such as an accepted socket's client) cannot
-    // be a translated socket's backend: no cookie to make, no element to read.
+    // A peer on a port in no marked bucket (such as most accepted sockets' clients) cannot be
+    // a translated socket's backend: no cookie to make, no element to read.
     if !maps::tcp_port_marked(port) {
         return None;
     }
