@@ -54,8 +54,9 @@ pub const SOCK_MAP: &str = "lb_sock";
 /// bits of the socket cookie (its capacity is a power of two): where `connect4/6` records a TCP
 /// socket's translation, a copy into a preallocated element instead of an allocation of socket
 /// storage. A later connect whose cookie has the same low bits takes the element over, so the
-/// agent's keeping pass (`iter/tcp`) copies the translations of sockets still connected into
-/// their storage ([`SOCK_MAP`]) before that can happen. Readers look in the storage first.
+/// agent's keeping pass (`iter/tcp`), and a socket's first `getpeername`, copy the
+/// translations of sockets still connected into their storage ([`SOCK_MAP`]) before that can
+/// happen. Readers look in the storage first.
 pub const TCP_RECENT_MAP: &str = "lb_tcp_recent";
 /// One element of 1,024 bytes, a byte per bucket of ports (the top 10 bits of the port, network
 /// order, times 0x9e3779b1): 1 when a TCP connect was sent to a backend on a port of that

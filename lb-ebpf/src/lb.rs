@@ -260,7 +260,7 @@ fn decide(
 /// stickiness and the termination iterators. A UDP socket's goes into its own storage
 /// ([`SOCKS`]: freed with the socket by the kernel, nothing to evict, no program at close),
 /// created here when the socket has none. A TCP socket's goes into its storage only when it has
-/// one already (kept by the agent, or from an earlier connect); otherwise into `lb_tcp_recent`
+/// one already (kept by the agent's pass or by its first `getpeername`, or from an earlier connect); otherwise into `lb_tcp_recent`
 /// ([`maps::remember_tcp`]), a copy where creating storage is an allocation: a TCP connect
 /// pays about half the BPF time this way (BENCHMARKS.md). An error here (the kernel could not
 /// allocate the storage) only costs the reverse translation of this socket, never the forward

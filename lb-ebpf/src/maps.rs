@@ -67,7 +67,7 @@ pub static DEPARTED: HashMap<
 > = HashMap::new();
 
 /// The translation a socket made last, in the socket itself: every UDP socket's, and a TCP
-/// socket's once the agent kept it (until then it is in [`TCP_RECENT`]). Reverse translation
+/// socket's once kept (by the agent's pass or its first `getpeername`; until then it is in [`TCP_RECENT`]). Reverse translation
 /// (`getpeername`, `recvmsg`), UDP stickiness, termination when its backend leaves. Freed with
 /// the socket.
 #[btf_map(name = "lb_sock")]

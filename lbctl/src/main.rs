@@ -254,8 +254,8 @@ struct AgentArgs {
     terminate_sockets: datapath::TerminateSockets,
     /// Also terminate sockets in the network namespaces whose handles are in this directory
     /// (bind mounts such as the CNI's /var/run/netns/cni-*), besides the agent's own (the
-    /// host's). Repeatable. Entering a pod's namespace needs CAP_SYS_ADMIN: see
-    /// docs/operations.md.
+    /// host's). Repeatable. The passes that keep TCP translations (--max-tcp-recent) walk these
+    /// namespaces too. Entering a pod's namespace needs CAP_SYS_ADMIN: see docs/operations.md.
     #[arg(long, value_name = "DIR")]
     terminate_in_netns_dir: Vec<PathBuf>,
     /// Serve `lbctl monitor` on this Unix socket (default: /run/lbctl/<pin dir>.monitor.sock).
