@@ -237,8 +237,9 @@ struct AgentArgs {
     /// Elements of the TCP translation array, a power of two, 56 bytes of kernel memory each: a
     /// TCP connect through a frontend records its translation there (a copy, cheaper than
     /// creating socket storage), and the agent keeps the translations of sockets still connected
-    /// in their storage after every quarter of this many connects, in its own network namespace
-    /// and those of --terminate-in-netns-dir. Raise it on nodes that open more than that many
+    /// in their storage after every quarter of this many connects (or a second after the last
+    /// pass once any happened), in its own network namespace and those of
+    /// --terminate-in-netns-dir. Raise it on nodes that open more than that many
     /// TCP connections through services in a quarter second.
     #[arg(long, default_value_t = lb_common::DEFAULT_TCP_RECENT, value_parser = power_of_two)]
     max_tcp_recent: u32,

@@ -497,9 +497,53 @@ fn thread_sleep_a_resync() {
     std::thread::sleep(Duration::from_millis(1500));
 }
 
+/// A pass is also due a second after the last one once any translation happened: a lone
+/// connection is kept without the quarter of `lb_tcp_recent`'s capacity of connects (16,384 at
+/// the default) that the count alone waits for.
+#[test]
+fn the_agent_keeps_a_lone_tcp_connection_within_seconds() {
+    const HELD_VIP: &str = "10.96.1.13";
+    const KEPT: &str = "lbctl_tcp_translations_kept_total";
+    let node = Observed::new("obs-keep-time");
+    let held_at = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
+    let mut server = Probe::spawn(None, &["serve-hold", "h0", &held_at.to_string()]).unwrap();
+    assert_eq!(server.read_lines(1).unwrap(), ["listening"]);
+    node.write(
+        &[
+            nodes().as_str(),
+            &service("held", HELD_VIP, "Cluster", &[(held_at, NODE)], None),
+        ]
+        .concat(),
+    );
+    let agent = node.agent(&[]);
+    node.wait_for_series(&service_series("held", "rewritten"), &agent);
+    assert_eq!(node.sample(KEPT), Some(0.0));
+
+    let service = format!("{HELD_VIP}:80");
+    let mut held =
+        Probe::spawn(Some(&node.node.cgroup), &["hold", "tcp", &service, "quiet"]).unwrap();
+    assert_eq!(held.read_lines(1).unwrap(), ["connected"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || node
+            .sample(KEPT)
+            .is_some_and(|kept| kept >= 1.0)),
+        "no pass kept the lone connection:\n{}",
+        agent.log()
+    );
+    held.send("peer").unwrap();
+    assert_eq!(held.read_lines(1).unwrap(), [format!("peer {service}")]);
+    held.finish_raw().unwrap();
+    assert_eq!(
+        node.sample("lbctl_errors_total{kind=\"keep\"}"),
+        Some(0.0),
+        "{}",
+        agent.log()
+    );
+}
+
 /// The agent keeps the translation of a long-lived TCP connection: once a quarter of
-/// `lb_tcp_recent`'s capacity (here 64 elements) of newer translations happened, its keeping
-/// pass copies the translation into the socket's storage and counts it in
+/// `lb_tcp_recent`'s capacity (here 64 elements) of newer translations happened (or a second
+/// after the last pass, whichever comes first), its keeping pass copies the translation into the socket's storage and counts it in
 /// `lbctl_tcp_translations_kept_total`; after hundreds of newer connects took every element
 /// over, the connection still reports the service as its peer and works. The translations that
 /// make the pass due are UDP datagrams, which write no element: a TCP connect between the held

@@ -1,8 +1,12 @@
 //! Keeping TCP translations ([`crate::datapath::keep`]): a task that watches the programs'
 //! translation counter and runs a keeping pass on a blocking thread once a quarter of
-//! `lb_tcp_recent`'s capacity of translations happened since the last one (and once when the
-//! keeper is loaded: an agent that was down missed the connects in between).
-use std::{sync::Arc, time::Duration};
+//! `lb_tcp_recent`'s capacity of translations happened since the last one, or a second after it
+//! once any did (and once when the keeper is loaded: an agent that was down missed the connects
+//! in between).
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use crate::{
     datapath::{Datapath, DatapathConfig, Installed, Object, keep::Keeper},
@@ -13,6 +17,32 @@ use crate::{
 /// of connects: with the default 65,536 elements, a node opening more than about 65,000 TCP
 /// connections a second through services outruns this period (and needs `--max-tcp-recent`).
 const POLL: Duration = Duration::from_millis(250);
+
+/// A pass is also due this long after the last one as soon as any translation happened since.
+/// The count alone would leave a young socket's element unkept for as long as a quarter of the
+/// capacity of connects takes, while socket cookies come in per-CPU batches of 4,096: on a node
+/// with many CPUs, another CPU's connects can reach the same element much sooner. With this, a
+/// socket's translation is kept within about a second and a quarter of its connect. The counter
+/// counts UDP translations too, so a node with steady service traffic of either kind runs about
+/// one pass a second: a walk of its TCP sockets.
+const AT_LEAST_EVERY: Duration = Duration::from_secs(1);
+
+/// What the last pass saw: the translation counter, and when.
+#[derive(Clone, Copy, Debug)]
+struct LastPass {
+    translations: u64,
+    at: Instant,
+}
+
+/// Whether a pass is due at `at`, with the counter at `translations`: the first one always; then
+/// after `every` translations, or [`AT_LEAST_EVERY`] after the last pass once any happened.
+fn due(last: Option<LastPass>, translations: u64, at: Instant, every: u64) -> bool {
+    let Some(last) = last else {
+        return true;
+    };
+    let grown = translations.saturating_sub(last.translations);
+    grown >= every || (grown > 0 && at.saturating_duration_since(last.at) >= AT_LEAST_EVERY)
+}
 
 /// The agent's keeping task, restarted on the datapath's current maps when they are replaced.
 pub struct Keeping {
@@ -84,7 +114,7 @@ impl Keeping {
 
 /// Runs a pass now and then whenever one is due, until aborted.
 async fn watch(keeper: Arc<Keeper>, metrics: Arc<Metrics>) {
-    let mut last: Option<u64> = None;
+    let mut last: Option<LastPass> = None;
     let mut poll = tokio::time::interval(POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -97,10 +127,14 @@ async fn watch(keeper: Arc<Keeper>, metrics: Arc<Metrics>) {
                 continue;
             }
         };
-        if last.is_some_and(|last| now.saturating_sub(last) < keeper.every()) {
+        let at = Instant::now();
+        if !due(last, now, at, keeper.every()) {
             continue;
         }
-        last = Some(now);
+        last = Some(LastPass {
+            translations: now,
+            at,
+        });
         let runner = keeper.clone();
         let Ok(pass) = tokio::task::spawn_blocking(move || runner.run()).await else {
             metrics.inc_error(ErrorKind::Keep);
@@ -124,5 +158,41 @@ async fn watch(keeper: Arc<Keeper>, metrics: Arc<Metrics>) {
             translations = now,
             "kept TCP translations"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pass_is_due_first_then_on_count_or_after_a_second_of_any_translation() {
+        let start = Instant::now();
+        let last = Some(LastPass {
+            translations: 100,
+            at: start,
+        });
+        let later = |ms| start + Duration::from_millis(ms);
+        // (last pass, counter now, time now, expected), with a pass due every 16 translations.
+        let table = [
+            (None, 0, start, true),
+            (None, 500, later(10), true),
+            (last, 100, later(10), false),
+            (last, 100, later(60_000), false),
+            (last, 101, later(999), false),
+            (last, 101, later(1_000), true),
+            (last, 115, later(250), false),
+            (last, 116, later(250), true),
+            (last, 5_000, later(0), true),
+            // A counter that went back (maps replaced) is no growth.
+            (last, 50, later(5_000), false),
+        ];
+        for (i, (last, translations, at, expected)) in table.into_iter().enumerate() {
+            assert_eq!(
+                due(last, translations, at, 16),
+                expected,
+                "row {i}: {last:?}, {translations} translations"
+            );
+        }
     }
 }
