@@ -707,6 +707,25 @@ pub fn read_object<T: serde::de::DeserializeOwned>(path: &Path, kind: &str) -> R
         .with_context(|| format!("{}: not a valid {kind}", path.display()))
 }
 
+/// The allocator settings (`MALLOC_*`, plain values) the install's DaemonSet gives the agent:
+/// the benchmark runs the agent with them, as deployed.
+pub fn install_allocator_env() -> Result<Vec<(String, String)>> {
+    let path = crate::repo_root().join("manifests/install/daemonset.yaml");
+    let ds: DaemonSet = read_object(&path, "DaemonSet")?;
+    let agent = ds
+        .spec
+        .and_then(|s| s.template.spec)
+        .and_then(|s| s.containers.into_iter().find(|c| c.name == "agent"))
+        .with_context(|| format!("{}: no container named agent", path.display()))?;
+    Ok(agent
+        .env
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e.name.starts_with("MALLOC_"))
+        .filter_map(|e| Some((e.name, e.value?)))
+        .collect())
+}
+
 /// Writes `objects` as a multi-document file for `podman kube play` (JSON is YAML).
 pub fn write_play_file(path: &Path, objects: &[serde_json::Value]) -> Result<()> {
     let mut text = String::new();

@@ -368,7 +368,7 @@ pub fn run(opts: &ChurnOptions) -> Result<(ChurnResults, Vec<Table>)> {
     .iter()
     .map(ToString::to_string)
     .collect();
-    let agent = AgentProcess::start(&args)?;
+    let agent = super::start_as_deployed(&args)?;
     let registration = super::cleanup::register(super::cleanup::Resource::Process(agent.pid()));
     let result = measure(opts, &api, &mut churn, &agent);
     if let Some(keep) = &opts.keep_log {

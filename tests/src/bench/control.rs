@@ -505,7 +505,7 @@ fn agent_run(manifest: &std::path::Path) -> Result<AgentRun> {
         capacity.frontends.to_string().into(),
     ];
     let started = Instant::now();
-    let mut agent = crate::agent::AgentProcess::start(&args)?;
+    let mut agent = super::start_as_deployed(&args)?;
     let registration = cleanup::register(Resource::Process(agent.pid()));
     let mut reconcile_us = None;
     let programmed = crate::agent::wait_until(std::time::Duration::from_secs(300), || {

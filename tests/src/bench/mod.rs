@@ -326,3 +326,14 @@ fn estimate_seconds(
     }
     s
 }
+
+/// `lbctl agent ARGS` with the allocator settings of the install's DaemonSet
+/// ([`crate::podman::install_allocator_env`]): the agent's memory and times as deployed.
+fn start_as_deployed<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Result<crate::agent::AgentProcess> {
+    let env = crate::podman::install_allocator_env()?;
+    let env: Vec<(&str, &std::ffi::OsStr)> = env
+        .iter()
+        .map(|(name, value)| (name.as_str(), std::ffi::OsStr::new(value)))
+        .collect();
+    crate::agent::AgentProcess::start_with_env(args, &env)
+}
