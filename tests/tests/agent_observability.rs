@@ -497,17 +497,52 @@ fn thread_sleep_a_resync() {
     std::thread::sleep(Duration::from_millis(1500));
 }
 
+/// Keeping passes count the connections they kept here.
+const KEPT: &str = "lbctl_tcp_translations_kept_total";
+
+/// A `serve-hold` server named h0 on a free loopback port, listening.
+fn hold_server() -> (SocketAddr, Probe) {
+    let at = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
+    let mut server = Probe::spawn(None, &["serve-hold", "h0", &at.to_string()]).unwrap();
+    assert_eq!(server.read_lines(1).unwrap(), ["listening"]);
+    (at, server)
+}
+
+/// A TCP connection to `service` from the node's cgroup that never asks for its peer by itself.
+fn hold_quietly(node: &Observed, service: &str) -> Probe {
+    let mut held =
+        Probe::spawn(Some(&node.node.cgroup), &["hold", "tcp", service, "quiet"]).unwrap();
+    assert_eq!(held.read_lines(1).unwrap(), ["connected"]);
+    held
+}
+
+fn wait_for_a_kept_connection(node: &Observed, agent: &AgentProcess) {
+    assert!(
+        wait_until(Duration::from_secs(10), || node
+            .sample(KEPT)
+            .is_some_and(|kept| kept >= 1.0)),
+        "no pass kept the held connection:\n{}",
+        agent.log()
+    );
+}
+
+fn assert_no_keep_errors(node: &Observed, agent: &AgentProcess) {
+    assert_eq!(
+        node.sample("lbctl_errors_total{kind=\"keep\"}"),
+        Some(0.0),
+        "{}",
+        agent.log()
+    );
+}
+
 /// A pass is also due a second after the last one once any translation happened: a lone
 /// connection is kept without the quarter of `lb_tcp_recent`'s capacity of connects (16,384 at
 /// the default) that the count alone waits for.
 #[test]
 fn the_agent_keeps_a_lone_tcp_connection_within_seconds() {
     const HELD_VIP: &str = "10.96.1.13";
-    const KEPT: &str = "lbctl_tcp_translations_kept_total";
     let node = Observed::new("obs-keep-time");
-    let held_at = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
-    let mut server = Probe::spawn(None, &["serve-hold", "h0", &held_at.to_string()]).unwrap();
-    assert_eq!(server.read_lines(1).unwrap(), ["listening"]);
+    let (held_at, _server) = hold_server();
     node.write(
         &[
             nodes().as_str(),
@@ -520,25 +555,12 @@ fn the_agent_keeps_a_lone_tcp_connection_within_seconds() {
     assert_eq!(node.sample(KEPT), Some(0.0));
 
     let service = format!("{HELD_VIP}:80");
-    let mut held =
-        Probe::spawn(Some(&node.node.cgroup), &["hold", "tcp", &service, "quiet"]).unwrap();
-    assert_eq!(held.read_lines(1).unwrap(), ["connected"]);
-    assert!(
-        wait_until(Duration::from_secs(10), || node
-            .sample(KEPT)
-            .is_some_and(|kept| kept >= 1.0)),
-        "no pass kept the lone connection:\n{}",
-        agent.log()
-    );
+    let mut held = hold_quietly(&node, &service);
+    wait_for_a_kept_connection(&node, &agent);
     held.send("peer").unwrap();
     assert_eq!(held.read_lines(1).unwrap(), [format!("peer {service}")]);
     held.finish_raw().unwrap();
-    assert_eq!(
-        node.sample("lbctl_errors_total{kind=\"keep\"}"),
-        Some(0.0),
-        "{}",
-        agent.log()
-    );
+    assert_no_keep_errors(&node, &agent);
 }
 
 /// The agent keeps the translation of a long-lived TCP connection: once a quarter of
@@ -552,11 +574,8 @@ fn the_agent_keeps_a_lone_tcp_connection_within_seconds() {
 #[test]
 fn the_agent_keeps_the_translation_of_a_long_lived_tcp_connection() {
     const HELD_VIP: &str = "10.96.1.12";
-    const KEPT: &str = "lbctl_tcp_translations_kept_total";
     let node = Observed::new("obs-keep");
-    let held_at = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
-    let mut server = Probe::spawn(None, &["serve-hold", "h0", &held_at.to_string()]).unwrap();
-    assert_eq!(server.read_lines(1).unwrap(), ["listening"]);
+    let (held_at, _server) = hold_server();
     let b = Backends::tcp_same_port(&["b0"]).unwrap();
     let u = Backends::udp(std::net::IpAddr::from([127, 0, 0, 1]), &["u0"]).unwrap();
     node.write(
@@ -575,9 +594,7 @@ fn the_agent_keeps_the_translation_of_a_long_lived_tcp_connection() {
 
     let service = format!("{HELD_VIP}:80");
     // Quiet: a socket that asks for its peer keeps its translation by itself.
-    let mut held =
-        Probe::spawn(Some(&node.node.cgroup), &["hold", "tcp", &service, "quiet"]).unwrap();
-    assert_eq!(held.read_lines(1).unwrap(), ["connected"]);
+    let mut held = hold_quietly(&node, &service);
     // 16 translations make a pass due (the agent looks every 250 ms): datagrams.
     let mut datagrams = Probe::spawn(
         Some(&node.node.cgroup),
@@ -586,13 +603,7 @@ fn the_agent_keeps_the_translation_of_a_long_lived_tcp_connection() {
     .unwrap();
     assert_eq!(datagrams.read_lines(1).unwrap(), ["done 20 0"]);
     datagrams.finish_raw().unwrap();
-    assert!(
-        wait_until(Duration::from_secs(10), || node
-            .sample(KEPT)
-            .is_some_and(|kept| kept >= 1.0)),
-        "no pass kept the held connection:\n{}",
-        agent.log()
-    );
+    wait_for_a_kept_connection(&node, &agent);
     let out = connect(&node, WEB_VIP, 640);
     assert!(
         out.iter().all(|o| *o == Outcome::Reached("b0".into())),
@@ -608,10 +619,5 @@ fn the_agent_keeps_the_translation_of_a_long_lived_tcp_connection() {
         "the held connection's peer is still the service"
     );
     held.finish_raw().unwrap();
-    assert_eq!(
-        node.sample("lbctl_errors_total{kind=\"keep\"}"),
-        Some(0.0),
-        "{}",
-        agent.log()
-    );
+    assert_no_keep_errors(&node, &agent);
 }
