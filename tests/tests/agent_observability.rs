@@ -565,8 +565,9 @@ fn the_agent_keeps_a_lone_tcp_connection_within_seconds() {
 
 /// The agent keeps the translation of a long-lived TCP connection: once a quarter of
 /// `lb_tcp_recent`'s capacity (here 64 elements) of newer translations happened (or a second
-/// after the last pass, whichever comes first), its keeping pass copies the translation into the socket's storage and counts it in
-/// `lbctl_tcp_translations_kept_total`; after hundreds of newer connects took every element
+/// after the last pass, whichever comes first: which pass is due when is the table test of
+/// `lbctl::agent::keep`), its keeping pass copies the translation into the socket's storage and
+/// counts it in `lbctl_tcp_translations_kept_total`; after hundreds of newer connects took every element
 /// over, the connection still reports the service as its peer and works. The translations that
 /// make the pass due are UDP datagrams, which write no element: a TCP connect between the held
 /// one and the pass could take its element over first (consecutive cookies of another CPU run
