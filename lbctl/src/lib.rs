@@ -5,6 +5,7 @@
 //! them together; `inspect` and `output` are the CLI's read-only views, `monitor` streams the
 //! datapath's decisions.
 pub mod agent;
+mod compact;
 pub mod datapath;
 pub mod engine;
 pub mod inspect;

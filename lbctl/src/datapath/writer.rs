@@ -381,6 +381,8 @@ impl<M: LbMaps> Writer<M> {
                 },
             );
         }
+        let adopted = writer.services.len();
+        crate::compact::refill_after(&mut writer.services, adopted);
         // Filled elements no master reaches: cleared by the next apply, then free.
         for (start, len) in decoded.stray_slots {
             if writer.ranges.take(start, len) {
@@ -463,6 +465,8 @@ impl<M: LbMaps> Writer<M> {
             new_backends.reserve_exact(adding);
         }
         let mut report = ApplyReport::default();
+        // Frontends new to `services` (see the refill at the end).
+        let mut added = 0;
         let mut errors: BTreeMap<FrontendKey, String> = BTreeMap::new();
 
         // Which frontends change, and the backend ids they need.
@@ -735,14 +739,14 @@ impl<M: LbMaps> Writer<M> {
                 std::mem::take(&mut change.ids),
                 change.frontend_id,
             );
-            self.set_programmed(
+            added += usize::from(self.set_programmed(
                 frontend,
                 Programmed {
                     master,
                     slots: ids.into(),
                     owned: true,
                 },
-            );
+            ));
             self.unsettled.remove(&frontend_id);
         }
         // Frontends that failed part-way: an existing one keeps its old master and its old
@@ -781,6 +785,8 @@ impl<M: LbMaps> Writer<M> {
                 }
             }
         }
+        // Done with: at 30,000 frontends it is a few MB, better not alive with what follows.
+        drop(changes);
 
         laps.lap(5);
 
@@ -1012,6 +1018,9 @@ impl<M: LbMaps> Writer<M> {
             self.backend_alloc.release(id);
         }
 
+        // A full programming inserted most frontends in key order: nodes half full otherwise.
+        crate::compact::refill_after(&mut self.services, added);
+
         laps.lap(9);
         self.last_steps = laps.us;
 
@@ -1189,13 +1198,18 @@ impl<M: LbMaps> Writer<M> {
             })
     }
 
-    /// Records what the maps hold for a frontend, keeping backend reference counts.
-    fn set_programmed(&mut self, frontend: FrontendKey, programmed: Programmed) {
+    /// Records what the maps hold for a frontend, keeping backend reference counts. `true`
+    /// when the frontend is new to the record.
+    fn set_programmed(&mut self, frontend: FrontendKey, programmed: Programmed) -> bool {
         for &id in &programmed.slots {
             self.backends.add_ref(id);
         }
-        if let Some(old) = self.services.insert(frontend, programmed) {
-            self.release_refs(&old.slots);
+        match self.services.insert(frontend, programmed) {
+            Some(old) => {
+                self.release_refs(&old.slots);
+                false
+            }
+            None => true,
         }
     }
 

@@ -263,6 +263,9 @@ impl Planner {
             .map(|(svc_ref, _)| svc_ref.clone())
             .collect();
         planner.entries = entries.into_iter().collect();
+        // Claimed one by one, mostly in key order: nodes half full otherwise.
+        let claimed = planner.claims.len();
+        crate::compact::refill_after(&mut planner.claims, claimed);
         planner
     }
 

@@ -339,6 +339,8 @@ impl NamesWriter {
         let written = &mut self.written;
         let mut ops = 0;
         let mut failed = None;
+        // Ids new to `written` (see the refill below).
+        let mut added = 0;
         let mut seen = IdSet::default();
         let mut ids: Vec<u32> = Vec::with_capacity(BATCH);
         let mut names: Vec<FrontendName> = Vec::with_capacity(BATCH);
@@ -348,7 +350,7 @@ impl NamesWriter {
                          pending: &mut Vec<&Frontend>,
                          written: &mut BTreeMap<u32, Written>| {
             if let Some(e) = write_batch(map, ids, names, |i| {
-                written.insert(ids[i], Written::of(pending[i]));
+                added += usize::from(written.insert(ids[i], Written::of(pending[i])).is_none());
             }) {
                 failed = Some(e);
             }
@@ -370,6 +372,8 @@ impl NamesWriter {
             }
         }
         flush(&mut ids, &mut names, &mut pending, written);
+        // A full programming wrote every name in id order: nodes half full otherwise.
+        crate::compact::refill_after(written, added);
         let stale: Vec<u32> = written
             .keys()
             .filter(|id| !seen.contains(**id))

@@ -701,6 +701,7 @@ fn track_slice(
             }
         }
         watcher::Event::InitDone => {
+            inner.listed_slice_owners.refill();
             inner.slice_owners = std::mem::take(&mut inner.listed_slice_owners);
             inner.dirty.all();
         }

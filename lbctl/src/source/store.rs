@@ -13,8 +13,10 @@
 //! - `Init` starts a (re)list: the `InitApply` objects that follow are converted into a new set
 //!   built beside the current one, which readers keep seeing;
 //! - `InitDone` swaps the new set in at once (objects missing from the list disappear) and
-//!   frees the old one, outside the lock. During a relist the store thus holds the old set and
-//!   the part of the new set listed so far, of converted objects only, and no longer.
+//!   frees the old one, outside the lock. The new set's maps are rebuilt with full nodes first
+//!   (a list inserts in name order, which leaves them half full: see `crate::compact`). During
+//!   a relist the store thus holds the old set and the part of the new set listed so far, of
+//!   converted objects only, and no longer.
 //!
 //! Reads return objects sorted by namespace, then name.
 
@@ -67,6 +69,14 @@ impl<T> Objects<T> {
 
     fn get(&self, namespace: &str, name: &str) -> Option<&Arc<T>> {
         self.by_namespace.get(namespace)?.get(name)
+    }
+
+    /// Rebuilds each namespace's map with full nodes: a list inserts its objects in name order.
+    fn refill(&mut self) {
+        for names in self.by_namespace.values_mut() {
+            let listed = names.len();
+            crate::compact::refill_after(names, listed);
+        }
     }
 
     fn iter(&self) -> impl Iterator<Item = &Arc<T>> {
@@ -240,7 +250,8 @@ impl<K: Resource, T> Writer<K, T> {
             }
             watcher::Event::InitDone => {
                 // As kube's store: a list that never started is an empty list.
-                let listed = self.relist.take().unwrap_or_default();
+                let mut listed = self.relist.take().unwrap_or_default();
+                listed.refill();
                 let old = std::mem::replace(&mut *self.store.write(), listed);
                 drop(old);
                 Applied::default()
