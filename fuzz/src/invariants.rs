@@ -199,7 +199,7 @@ impl BackendSources {
             let Some(ip) = endpoint.ip() else {
                 continue;
             };
-            let on_node = endpoint.node_name.as_deref() == Some(node);
+            let on_node = endpoint.node() == Some(node);
             for port in &ports {
                 let backend = SocketAddr::new(ip, *port);
                 self.any.entry(svc.clone()).or_default().insert(backend);

@@ -396,7 +396,7 @@ fn addresses_on(inventory: &Inventory, node: &str) -> BTreeSet<IpAddr> {
         .endpoint_slices
         .iter()
         .flat_map(|s| &s.endpoints)
-        .filter(|ep| ep.node_name.as_deref() == Some(node))
+        .filter(|ep| ep.node() == Some(node))
         .filter_map(model::Endpoint::ip)
         .collect()
 }

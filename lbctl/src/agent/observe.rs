@@ -293,7 +293,7 @@ fn explain_from(
     if local {
         let usable_here = endpoints
             .iter()
-            .filter(|ep| usable(ep.conditions) && ep.node_name.as_deref() == Some(node))
+            .filter(|ep| usable(ep.conditions) && ep.node() == Some(node))
             .count();
         if usable_here == 0 {
             return refusal(format!(

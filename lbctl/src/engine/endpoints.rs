@@ -20,7 +20,7 @@ impl<'a> EndpointView<'a> {
     }
 
     pub(crate) fn is_on(&self, node: &ThisNode) -> bool {
-        self.endpoint.node_name.as_deref() == Some(node.name.as_str())
+        self.endpoint.node() == Some(node.name.as_str())
     }
 
     /// `hints.forNodes`, sorted.

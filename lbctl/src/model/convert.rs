@@ -11,7 +11,7 @@ use crate::plan::ServiceRef;
 
 use super::{
     Address, AddressType, Conditions, DEFAULT_NAMESPACE, Endpoint, EndpointAddress, EndpointPort,
-    EndpointSlice, Hints, Ingress, Inventory, Node, NodeAddress, NodeAddressType, NodeName,
+    EndpointSlice, Hints, Ingress, Inventory, Node, NodeAddress, NodeAddressType, NodeName, Place,
     PortProtocol, SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL, Service, ServicePort, ServiceSpec,
     ServiceType, TOPOLOGY_AWARE_HINTS_ANNOTATION, TOPOLOGY_MODE_ANNOTATION,
     TRIGGER_TIME_ANNOTATION, ZONE_LABEL,
@@ -30,6 +30,10 @@ pub struct Interner {
     /// Node names of endpoints, behind thin pointers; swept alike.
     node_names: HashSet<NodeName>,
     node_names_sweep_at: usize,
+    /// Places of endpoints (node and hints), shared by the endpoints on one node with the same
+    /// hints; swept alike.
+    places: HashSet<Arc<Place>>,
+    places_sweep_at: usize,
 }
 
 /// The smallest set an interner sweeps.
@@ -42,6 +46,8 @@ impl Default for Interner {
             sweep_at: MIN_SWEEP,
             node_names: HashSet::new(),
             node_names_sweep_at: MIN_SWEEP,
+            places: HashSet::new(),
+            places_sweep_at: MIN_SWEEP,
         }
     }
 }
@@ -62,6 +68,24 @@ impl Interner {
         }
         let shared = NodeName::from(value);
         self.node_names.insert(shared.clone());
+        shared
+    }
+
+    /// An endpoint's place, shared with the endpoints that have an equal one (unless it holds
+    /// an address of its own).
+    fn place(&mut self, place: Place) -> Arc<Place> {
+        if !place.shareable() {
+            return Arc::new(place);
+        }
+        if let Some(shared) = self.places.get(&place) {
+            return shared.clone();
+        }
+        if self.places.len() >= self.places_sweep_at {
+            self.places.retain(|p| Arc::strong_count(p) > 1);
+            self.places_sweep_at = MIN_SWEEP.max(self.places.len() * 2);
+        }
+        let shared = Arc::new(place);
+        self.places.insert(shared.clone());
         shared
     }
 
@@ -205,18 +229,20 @@ impl Interner {
                 for_zones,
             })
         });
-        Endpoint::new(
+        let node_name = endpoint
+            .node_name
+            .as_deref()
+            .map(|name| self.node_name(name));
+        Endpoint::with_place(
             address,
             Conditions {
                 ready: conditions.and_then(|c| c.ready).unwrap_or(true),
                 serving: conditions.and_then(|c| c.serving).unwrap_or(true),
                 terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
             },
-            endpoint
-                .node_name
-                .as_deref()
-                .map(|name| self.node_name(name)),
+            node_name,
             hints,
+            |place| self.place(place),
         )
     }
 

@@ -262,30 +262,44 @@ pub struct EndpointPort {
 /// hints. Ordered by those in that order (the engine's tie-break among copies).
 ///
 /// Held 300,000 times at 30,000 Services of 10 endpoints, so it keeps the common case inline
-/// (an IP address, conditions, a node name: 40 bytes) and the rare parts (an address that is
-/// not one IP of the slice's family, topology hints) in one box.
+/// (an IP address and conditions) and the rest behind one pointer to a [`Place`] that endpoints
+/// on the same node with the same hints share (the converter interns it): 32 bytes, where a
+/// node name and a box of the rare parts side by side took 40.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
-    /// The address when it is [`EndpointAddress::Ip`]; unspecified IPv4 otherwise (`extra`
+    /// The address when it is [`EndpointAddress::Ip`]; unspecified IPv4 otherwise (the place
     /// holds the address then).
     ip: IpAddr,
     pub conditions: Conditions,
-    pub node_name: Option<NodeName>,
-    /// `None` when the address is an IP and there are no hints.
-    extra: Option<Box<Extra>>,
+    /// `None` when the address is an IP and there is neither node name nor hints.
+    place: Option<Arc<Place>>,
 }
 
-/// The rare parts of an [`Endpoint`].
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct Extra {
-    /// Set when the address is not an IP of the slice's family (never [`EndpointAddress::Ip`]).
-    address: Option<EndpointAddress>,
+/// What an [`Endpoint`] holds besides its IP and conditions: its node, its topology hints, and
+/// an address that is not an IP of the slice's family. Equal places are shared.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Place {
+    node_name: Option<NodeName>,
     /// `None` when it has neither node nor zone hints.
     hints: Option<Hints>,
+    /// Set when the address is not an IP of the slice's family (never [`EndpointAddress::Ip`]).
+    address: Option<EndpointAddress>,
+}
+
+impl Place {
+    /// Whether it holds anything at all (an endpoint needs no place otherwise).
+    fn is_empty(&self) -> bool {
+        *self == Place::default()
+    }
+
+    /// Whether endpoints may share it: one with an address of its own is unique.
+    pub(crate) fn shareable(&self) -> bool {
+        self.address.is_none()
+    }
 }
 
 #[cfg(target_pointer_width = "64")]
-const _: () = assert!(size_of::<Endpoint>() == 40);
+const _: () = assert!(size_of::<Endpoint>() == 32);
 
 /// A node's name as endpoints hold it: a shared string behind a thin pointer, 8 bytes in each
 /// endpoint where an `Arc<str>` takes 16 (300,000 endpoints: 2.4 MB). Interned by the
@@ -335,23 +349,52 @@ impl Endpoint {
         node_name: Option<NodeName>,
         hints: Option<Hints>,
     ) -> Self {
+        Self::with_place(address, conditions, node_name, hints, Arc::new)
+    }
+
+    /// As [`Endpoint::new`], with its place (when it needs one) made by `share`: the
+    /// converter hands out an equal place it already holds.
+    pub(crate) fn with_place(
+        address: EndpointAddress,
+        conditions: Conditions,
+        node_name: Option<NodeName>,
+        hints: Option<Hints>,
+        share: impl FnOnce(Place) -> Arc<Place>,
+    ) -> Self {
         let hints = hints.filter(|h| !(h.for_nodes.is_empty() && h.for_zones.is_empty()));
         let (ip, odd) = match address {
             EndpointAddress::Ip(ip) => (ip, None),
             odd => (IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), Some(odd)),
         };
-        let extra = (odd.is_some() || hints.is_some()).then(|| {
-            Box::new(Extra {
-                address: odd,
-                hints,
-            })
-        });
+        let place = Place {
+            node_name,
+            hints,
+            address: odd,
+        };
         Endpoint {
             ip,
             conditions,
-            node_name,
-            extra,
+            place: (!place.is_empty()).then(|| share(place)),
         }
+    }
+
+    /// The node it is on, when named.
+    pub fn node_name(&self) -> Option<&NodeName> {
+        self.place.as_ref()?.node_name.as_ref()
+    }
+
+    /// Whether both hold the very same place (not merely equal ones).
+    #[cfg(test)]
+    pub(crate) fn same_place(&self, other: &Endpoint) -> bool {
+        match (&self.place, &other.place) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+
+        /// The name of the node it is on, when named.
+    pub fn node(&self) -> Option<&str> {
+        self.node_name().map(|name| &**name)
     }
 
     /// The address, as written when it is not an IP of the slice's family.
@@ -363,7 +406,7 @@ impl Endpoint {
     }
 
     fn odd_address(&self) -> Option<&EndpointAddress> {
-        self.extra.as_ref()?.address.as_ref()
+        self.place.as_ref()?.address.as_ref()
     }
 
     /// The address, when it parsed (as one of the slice's family).
@@ -373,14 +416,13 @@ impl Endpoint {
 
     /// `None` when it has neither node nor zone hints.
     pub fn hints(&self) -> Option<&Hints> {
-        self.extra.as_ref()?.hints.as_ref()
+        self.place.as_ref()?.hints.as_ref()
     }
 
     /// Its hints, made empty ones first when it has none (the engine's tests add hints so).
     #[cfg(test)]
     pub(crate) fn hints_mut(&mut self) -> &mut Hints {
-        self.extra
-            .get_or_insert_with(Box::default)
+        Arc::make_mut(self.place.get_or_insert_with(Default::default))
             .hints
             .get_or_insert_with(Hints::default)
     }
@@ -405,7 +447,7 @@ impl Ord for Endpoint {
         };
         address
             .then(self.conditions.cmp(&other.conditions))
-            .then_with(|| self.node_name.cmp(&other.node_name))
+            .then_with(|| self.node_name().cmp(&other.node_name()))
             .then_with(|| self.hints().cmp(&other.hints()))
     }
 }
@@ -416,7 +458,7 @@ impl PartialOrd for Endpoint {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum EndpointAddress {
     /// Of the slice's `addressType` (any family when that is not IPv4 or IPv6).
     Ip(IpAddr),
@@ -447,7 +489,7 @@ impl Conditions {
 }
 
 /// The topology hints the EndpointSlice controller wrote on an endpoint: sorted, de-duplicated.
-#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Hints {
     pub for_nodes: Box<[Arc<str>]>,
     pub for_zones: Box<[Arc<str>]>,

@@ -280,7 +280,7 @@ fn endpoint_slices() {
             terminating: true
         }
     );
-    assert_eq!(first.node_name.as_deref(), Some("w1"));
+    assert_eq!(first.node(), Some("w1"));
     let names = |list: &[Arc<str>]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     assert_eq!(
         names(first.for_zones()),
@@ -299,7 +299,7 @@ fn endpoint_slices() {
         },
         "absent conditions take the API defaults"
     );
-    assert_eq!(bad.node_name, None);
+    assert_eq!(bad.node_name(), None);
     assert_eq!(
         missing.address(),
         EndpointAddress::Missing {
@@ -414,7 +414,7 @@ fn interned_strings_are_shared() {
     let node_names: Vec<&NodeName> = [a, b]
         .iter()
         .flat_map(|s| s.endpoints.iter())
-        .map(|ep| ep.node_name.as_ref().expect("node name"))
+        .map(|ep| ep.node_name().expect("node name"))
         .collect();
     assert_eq!(node_names.len(), 4);
     assert!(
@@ -430,11 +430,43 @@ fn interned_strings_are_shared() {
     assert!(zones.iter().all(|z| Arc::ptr_eq(z, zones[0])));
     let node_zone = inventory.nodes[0].zone.as_ref().expect("zone");
     assert!(Arc::ptr_eq(node_zone, zones[0]), "the Node's zone too");
+    let endpoints: Vec<&Endpoint> = [a, b].iter().flat_map(|s| s.endpoints.iter()).collect();
+    assert!(
+        endpoints.iter().all(|ep| ep.same_place(endpoints[0])),
+        "one node, the same hints: one place"
+    );
 
     // Converted one by one, nothing is shared (and nothing needs to be).
     let (one, two) = (EndpointSlice::from(&s1), EndpointSlice::from(&s2));
     assert!(!Arc::ptr_eq(&one.namespace, &two.namespace));
     assert_eq!(one.namespace, two.namespace);
+}
+
+#[test]
+fn endpoints_share_a_place_only_when_node_and_hints_match_and_the_address_is_an_ip() {
+    let endpoints = json!([
+        {"addresses": ["10.0.0.1"], "nodeName": "w1"},
+        {"addresses": ["10.0.0.2"], "nodeName": "w1"},
+        {"addresses": ["10.0.0.3"], "nodeName": "w2"},
+        {"addresses": ["10.0.0.4"], "nodeName": "w1", "hints": {"forZones": [{"name": "a"}]}},
+        {"addresses": ["not-an-ip"], "nodeName": "w1"},
+        {"addresses": ["not-an-ip"], "nodeName": "w1"},
+        {"addresses": ["10.0.0.5"]}
+    ]);
+    let slice: discovery::EndpointSlice = serde_json::from_value(json!({
+        "metadata": {"name": "web-1", "namespace": "shop"},
+        "addressType": "IPv4", "endpoints": endpoints
+    }))
+    .unwrap();
+    let inventory = Inventory::from_objects([], [&slice], []);
+    let eps = &inventory.endpoint_slices[0].endpoints;
+    assert!(eps[0].same_place(&eps[1]), "same node, no hints");
+    assert!(!eps[0].same_place(&eps[2]), "another node");
+    assert!(!eps[0].same_place(&eps[3]), "hints of its own");
+    assert!(!eps[4].same_place(&eps[5]), "an address of its own is not shared");
+    assert_eq!(eps[4].address(), eps[5].address());
+    assert_eq!(eps[4].node(), Some("w1"));
+    assert_eq!((eps[6].node(), eps[6].hints()), (None, None), "nothing to place");
 }
 
 #[test]
