@@ -715,6 +715,21 @@ fn track_node(inner: &mut Inner, event: &watcher::Event<Node>, _: &Applied<model
     }
 }
 
+// The stores key Services and slices by the name strings the converted objects hold.
+impl store::SharedName for model::Service {
+    fn shared_name(&self) -> Option<&Arc<str>> {
+        self.name.as_ref()
+    }
+}
+
+impl store::SharedName for model::EndpointSlice {
+    fn shared_name(&self) -> Option<&Arc<str>> {
+        Some(&self.name)
+    }
+}
+
+impl store::SharedName for model::Node {}
+
 fn spawn_watch<K, T>(
     api: Api<K>,
     config: watcher::Config,
@@ -726,7 +741,7 @@ fn spawn_watch<K, T>(
 where
     K: kube::Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default,
-    T: Send + Sync + 'static,
+    T: store::SharedName + Send + Sync + 'static,
 {
     tokio::spawn(async move {
         let stream = watcher(api, config).default_backoff();
