@@ -56,7 +56,7 @@ impl NodeContext {
     /// Whether this proxy serves `svc`, by its [`SERVICE_PROXY_NAME_LABEL`] label. A Service
     /// this proxy does not serve is left out silently, as kube-proxy never even sees it.
     pub fn serves(&self, svc: &Service) -> bool {
-        svc.service_proxy_name.as_deref() == self.service_proxy_name.as_deref()
+        svc.service_proxy_name() == self.service_proxy_name.as_deref()
     }
 }
 

@@ -258,7 +258,7 @@ fn external_addresses(
     object: &dyn Fn() -> String,
     report: &mut Report,
 ) -> Vec<ExternalAddress> {
-    if spec.external_ips.is_empty() && svc.load_balancer_ingress.is_empty() {
+    if spec.external_ips.is_empty() && svc.load_balancer_ingress().is_empty() {
         return Vec::new();
     }
     let mut listed: Vec<(FrontendKind, &Address)> = Vec::new();
@@ -267,7 +267,7 @@ fn external_addresses(
             .iter()
             .map(|ip| (FrontendKind::ExternalIP, ip)),
     );
-    for entry in &svc.load_balancer_ingress {
+    for entry in svc.load_balancer_ingress() {
         match entry {
             Ingress::Vip(ip) => listed.push((FrontendKind::LoadBalancer, ip)),
             Ingress::UnknownMode { ip, mode } => report.skip(

@@ -110,12 +110,12 @@ impl RequestedHints {
             _ => {}
         }
         [
-            (TOPOLOGY_MODE_ANNOTATION, &svc.topology_mode),
-            (TOPOLOGY_AWARE_HINTS_ANNOTATION, &svc.topology_aware_hints),
+            (TOPOLOGY_MODE_ANNOTATION, svc.topology_mode()),
+            (TOPOLOGY_AWARE_HINTS_ANNOTATION, svc.topology_aware_hints()),
         ]
         .into_iter()
         .find_map(|(key, value)| {
-            let value = value.as_deref()?;
+            let value = value?;
             matches!(value, "Auto" | "auto").then(|| RequestedHints {
                 asked_by: format!("annotation {key}: {value}"),
                 kind: HintKind::Zone,

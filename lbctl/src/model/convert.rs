@@ -12,8 +12,8 @@ use crate::plan::ServiceRef;
 use super::{
     Address, AddressType, Conditions, DEFAULT_NAMESPACE, Endpoint, EndpointAddress, EndpointPort,
     EndpointSlice, Hints, Ingress, Inventory, Node, NodeAddress, NodeAddressType, NodeName, Place,
-    PortProtocol, SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL, Service, ServicePort, ServiceSpec,
-    ServiceType, TOPOLOGY_AWARE_HINTS_ANNOTATION, TOPOLOGY_MODE_ANNOTATION,
+    PortProtocol, SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL, Service, ServicePort, ServiceRare,
+    ServiceSpec, ServiceType, TOPOLOGY_AWARE_HINTS_ANNOTATION, TOPOLOGY_MODE_ANNOTATION,
     TRIGGER_TIME_ANNOTATION, ZONE_LABEL,
 };
 
@@ -146,15 +146,18 @@ impl Interner {
                 }
             })
             .collect();
-        Service {
+        let rare = ServiceRare {
             topology_aware_hints: annotation(TOPOLOGY_AWARE_HINTS_ANNOTATION),
             topology_mode: annotation(TOPOLOGY_MODE_ANNOTATION),
-            creation_timestamp: meta.creation_timestamp.clone(),
             service_proxy_name: label(SERVICE_PROXY_NAME_LABEL),
+            load_balancer_ingress,
+        };
+        Service {
+            creation_timestamp: meta.creation_timestamp.clone(),
             name: meta.name.as_deref().map(Arc::from),
             namespace: self.namespace(meta),
             spec: svc.spec.as_ref().map(|spec| Box::new(service_spec(spec))),
-            load_balancer_ingress,
+            rare: (rare != ServiceRare::default()).then(|| Box::new(rare)),
         }
     }
 

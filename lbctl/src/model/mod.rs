@@ -116,17 +116,12 @@ impl PortProtocol {
 }
 
 /// A Service: `metadata` (name, namespace, creation time, the service-proxy-name label, the
-/// topology annotations), `spec` and the load balancer ingress of `status`.
+/// topology annotations), `spec` and the load balancer ingress of `status`. Held for every
+/// Service of the cluster, so what most Services do not set is in one optional box.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Service {
-    /// `service.kubernetes.io/topology-aware-hints` annotation.
-    pub topology_aware_hints: Option<Box<str>>,
-    /// `service.kubernetes.io/topology-mode` annotation.
-    pub topology_mode: Option<Box<str>>,
     pub creation_timestamp: Option<Time>,
-    /// `service.kubernetes.io/service-proxy-name` label.
-    pub service_proxy_name: Option<Box<str>>,
     /// `None` when the object names none (distinct from an empty name for the agent's log).
     /// Shared: the plan's [`crate::plan::ServiceRef`]s point at it.
     #[serde(serialize_with = "serialize_opt_arc")]
@@ -136,10 +131,29 @@ pub struct Service {
     pub namespace: Arc<str>,
     /// `None`: the object has no `spec` (reported).
     pub spec: Option<Box<ServiceSpec>>,
+    /// `None` when it sets none of them.
+    #[serde(flatten)]
+    rare: Option<Box<ServiceRare>>,
+}
+
+/// The parts of a [`Service`] few set.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ServiceRare {
+    /// `service.kubernetes.io/topology-aware-hints` annotation.
+    topology_aware_hints: Option<Box<str>>,
+    /// `service.kubernetes.io/topology-mode` annotation.
+    topology_mode: Option<Box<str>>,
+    /// `service.kubernetes.io/service-proxy-name` label.
+    service_proxy_name: Option<Box<str>>,
     /// `status.loadBalancer.ingress` entries with an IP address that are not `ipMode: Proxy`
     /// (the others have nothing to capture), in order.
-    pub load_balancer_ingress: Box<[Ingress]>,
+    load_balancer_ingress: Box<[Ingress]>,
 }
+
+#[cfg(target_pointer_width = "64")]
+// 136 bytes when the rare parts were fields of their own.
+const _: () = assert!(size_of::<Service>() == 72);
 
 impl Service {
     /// `metadata.name`, empty when absent.
@@ -152,6 +166,29 @@ impl Service {
         self.spec
             .as_ref()
             .is_some_and(|spec| spec.internal_traffic_local)
+    }
+
+    /// The `service.kubernetes.io/topology-aware-hints` annotation.
+    pub fn topology_aware_hints(&self) -> Option<&str> {
+        self.rare.as_ref()?.topology_aware_hints.as_deref()
+    }
+
+    /// The `service.kubernetes.io/topology-mode` annotation.
+    pub fn topology_mode(&self) -> Option<&str> {
+        self.rare.as_ref()?.topology_mode.as_deref()
+    }
+
+    /// The `service.kubernetes.io/service-proxy-name` label.
+    pub fn service_proxy_name(&self) -> Option<&str> {
+        self.rare.as_ref()?.service_proxy_name.as_deref()
+    }
+
+    /// `status.loadBalancer.ingress` entries with an IP address that are not `ipMode: Proxy`
+    /// (the others have nothing to capture), in order.
+    pub fn load_balancer_ingress(&self) -> &[Ingress] {
+        self.rare
+            .as_ref()
+            .map_or(&[], |rare| &rare.load_balancer_ingress)
     }
 }
 
@@ -392,7 +429,7 @@ impl Endpoint {
         }
     }
 
-        /// The name of the node it is on, when named.
+    /// The name of the node it is on, when named.
     pub fn node(&self) -> Option<&str> {
         self.node_name().map(|name| &**name)
     }

@@ -47,20 +47,23 @@ fn service_metadata() {
     assert_eq!(svc.name.as_deref(), Some("web"));
     assert_eq!(&*svc.namespace, "shop");
     assert_eq!(
-        svc.creation_timestamp.map(|t| t.0.to_string()).as_deref(),
+        svc.creation_timestamp
+            .as_ref()
+            .map(|t| t.0.to_string())
+            .as_deref(),
         Some("2026-01-01T00:00:00Z")
     );
-    assert_eq!(svc.service_proxy_name.as_deref(), Some("lbctl"));
-    assert_eq!(svc.topology_mode.as_deref(), Some("Auto"));
-    assert_eq!(svc.topology_aware_hints.as_deref(), Some("auto"));
+    assert_eq!(svc.service_proxy_name(), Some("lbctl"));
+    assert_eq!(svc.topology_mode(), Some("Auto"));
+    assert_eq!(svc.topology_aware_hints(), Some("auto"));
     assert_eq!(svc.spec, None, "no spec stays no spec");
 
     let bare = service(json!({"metadata": {}, "spec": {}}));
     assert_eq!(bare.name, None, "absent name");
     assert_eq!(&*bare.namespace, DEFAULT_NAMESPACE);
     assert_eq!(bare.creation_timestamp, None);
-    assert_eq!(bare.service_proxy_name, None);
-    assert_eq!(bare.topology_mode, None);
+    assert_eq!(bare.service_proxy_name(), None);
+    assert_eq!(bare.topology_mode(), None);
     let empty = service(json!({"metadata": {"name": "", "namespace": "",
         "labels": {"service.kubernetes.io/service-proxy-name": ""}}}));
     assert_eq!(empty.name.as_deref(), Some(""), "empty name is not absent");
@@ -69,7 +72,7 @@ fn service_metadata() {
         "empty namespace is defaulted"
     );
     assert_eq!(
-        empty.service_proxy_name.as_deref(),
+        empty.service_proxy_name(),
         Some(""),
         "an empty label is not an absent one"
     );
@@ -181,7 +184,7 @@ fn service_spec() {
         ]
     );
     assert_eq!(
-        &*svc.load_balancer_ingress,
+        svc.load_balancer_ingress(),
         &[
             Ingress::Vip(Address::Ip(ip("198.51.100.1"))),
             Ingress::Vip(Address::Ip(ip("198.51.100.2"))),
@@ -463,10 +466,17 @@ fn endpoints_share_a_place_only_when_node_and_hints_match_and_the_address_is_an_
     assert!(eps[0].same_place(&eps[1]), "same node, no hints");
     assert!(!eps[0].same_place(&eps[2]), "another node");
     assert!(!eps[0].same_place(&eps[3]), "hints of its own");
-    assert!(!eps[4].same_place(&eps[5]), "an address of its own is not shared");
+    assert!(
+        !eps[4].same_place(&eps[5]),
+        "an address of its own is not shared"
+    );
     assert_eq!(eps[4].address(), eps[5].address());
     assert_eq!(eps[4].node(), Some("w1"));
-    assert_eq!((eps[6].node(), eps[6].hints()), (None, None), "nothing to place");
+    assert_eq!(
+        (eps[6].node(), eps[6].hints()),
+        (None, None),
+        "nothing to place"
+    );
 }
 
 #[test]
