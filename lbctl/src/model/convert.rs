@@ -22,33 +22,78 @@ use super::{
 /// source's store. Strings no object holds any more (a deleted namespace, a scaled-down node)
 /// are dropped whenever the set has doubled since the last such sweep, so a long-lived interner
 /// stays as bounded as the objects it serves, at an amortized constant cost per string.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Interner {
-    strings: HashSet<Arc<str>>,
-    /// The size at which the next sweep runs.
-    sweep_at: usize,
-    /// Node names of endpoints, behind thin pointers; swept alike.
-    node_names: HashSet<NodeName>,
-    node_names_sweep_at: usize,
+    strings: Pool<Arc<str>>,
+    /// Node names of endpoints, behind thin pointers.
+    node_names: Pool<NodeName>,
     /// Places of endpoints (node and hints), shared by the endpoints on one node with the same
-    /// hints; swept alike.
-    places: HashSet<Arc<Place>>,
-    places_sweep_at: usize,
+    /// hints.
+    places: Pool<Arc<Place>>,
 }
 
 /// The smallest set an interner sweeps.
 const MIN_SWEEP: usize = 1024;
 
-impl Default for Interner {
+/// A shared value that knows whether anything but its pool still holds it.
+trait Pooled: Clone + Eq + std::hash::Hash {
+    fn held_elsewhere(&self) -> bool;
+}
+
+impl Pooled for Arc<str> {
+    fn held_elsewhere(&self) -> bool {
+        Arc::strong_count(self) > 1
+    }
+}
+
+impl Pooled for Arc<Place> {
+    fn held_elsewhere(&self) -> bool {
+        Arc::strong_count(self) > 1
+    }
+}
+
+impl Pooled for NodeName {
+    fn held_elsewhere(&self) -> bool {
+        Arc::strong_count(&self.0) > 1
+    }
+}
+
+/// One kind of shared value: one per distinct value, swept of the values nothing else holds
+/// whenever the set has doubled since the last sweep.
+#[derive(Debug)]
+struct Pool<T> {
+    set: HashSet<T>,
+    /// The size at which the next sweep runs.
+    sweep_at: usize,
+}
+
+impl<T> Default for Pool<T> {
     fn default() -> Self {
         Self {
-            strings: HashSet::new(),
+            set: HashSet::new(),
             sweep_at: MIN_SWEEP,
-            node_names: HashSet::new(),
-            node_names_sweep_at: MIN_SWEEP,
-            places: HashSet::new(),
-            places_sweep_at: MIN_SWEEP,
         }
+    }
+}
+
+impl<T: Pooled> Pool<T> {
+    /// The value equal to `key`, made by `make` when there is none yet.
+    fn share<Q>(&mut self, key: &Q, make: impl FnOnce(&Q) -> T) -> T
+    where
+        T: std::borrow::Borrow<Q>,
+        Q: Eq + std::hash::Hash + ?Sized,
+    {
+        if let Some(shared) = self.set.get(key) {
+            return shared.clone();
+        }
+        if self.set.len() >= self.sweep_at {
+            // Held only here: no object uses it any more.
+            self.set.retain(Pooled::held_elsewhere);
+            self.sweep_at = MIN_SWEEP.max(self.set.len() * 2);
+        }
+        let shared = make(key);
+        self.set.insert(shared.clone());
+        shared
     }
 }
 
@@ -59,16 +104,8 @@ impl Interner {
 
     /// As [`Interner::intern`], for the node name of an endpoint.
     pub fn node_name(&mut self, value: &str) -> NodeName {
-        if let Some(shared) = self.node_names.get(value) {
-            return shared.clone();
-        }
-        if self.node_names.len() >= self.node_names_sweep_at {
-            self.node_names.retain(|n| Arc::strong_count(&n.0) > 1);
-            self.node_names_sweep_at = MIN_SWEEP.max(self.node_names.len() * 2);
-        }
-        let shared = NodeName::from(value);
-        self.node_names.insert(shared.clone());
-        shared
+        self.node_names
+            .share(value, |name: &str| NodeName::from(name))
     }
 
     /// An endpoint's place, shared with the endpoints that have an equal one (unless it holds
@@ -77,39 +114,20 @@ impl Interner {
         if !place.shareable() {
             return Arc::new(place);
         }
-        if let Some(shared) = self.places.get(&place) {
-            return shared.clone();
-        }
-        if self.places.len() >= self.places_sweep_at {
-            self.places.retain(|p| Arc::strong_count(p) > 1);
-            self.places_sweep_at = MIN_SWEEP.max(self.places.len() * 2);
-        }
-        let shared = Arc::new(place);
-        self.places.insert(shared.clone());
-        shared
+        self.places.share(&place, |place| Arc::new(place.clone()))
     }
 
     pub fn intern(&mut self, value: &str) -> Arc<str> {
-        if let Some(shared) = self.strings.get(value) {
-            return shared.clone();
-        }
-        if self.strings.len() >= self.sweep_at {
-            // Held only here: no object uses it any more.
-            self.strings.retain(|s| Arc::strong_count(s) > 1);
-            self.sweep_at = MIN_SWEEP.max(self.strings.len() * 2);
-        }
-        let shared: Arc<str> = Arc::from(value);
-        self.strings.insert(shared.clone());
-        shared
+        self.strings.share(value, |s: &str| Arc::from(s))
     }
 
     /// Distinct strings held.
     pub fn len(&self) -> usize {
-        self.strings.len()
+        self.strings.set.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.strings.is_empty()
+        self.strings.set.is_empty()
     }
 
     /// A namespace, defaulted as `kubectl apply` does.

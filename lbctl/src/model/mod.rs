@@ -315,7 +315,7 @@ pub struct Endpoint {
 /// What an [`Endpoint`] holds besides its IP and conditions: its node, its topology hints, and
 /// an address that is not an IP of the slice's family. Equal places are shared.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
-pub struct Place {
+pub(crate) struct Place {
     node_name: Option<NodeName>,
     /// `None` when it has neither node nor zone hints.
     hints: Option<Hints>,

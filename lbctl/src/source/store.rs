@@ -216,12 +216,15 @@ fn key<K: Resource>(obj: &K) -> (&str, &str) {
     )
 }
 
-/// `name` as the converted object holds it, or a copy.
-fn shared_name<T: SharedName>(converted: &T, name: &str) -> Arc<str> {
-    match converted.shared_name() {
+/// Where `converted`, made of `obj`, is stored: its namespace, and its name as the converted
+/// object holds it (or a copy).
+fn stored_key<'a, K: Resource, T: SharedName>(obj: &'a K, converted: &T) -> (&'a str, Arc<str>) {
+    let (namespace, name) = key(obj);
+    let name = match converted.shared_name() {
         Some(shared) if **shared == *name => shared.clone(),
         _ => name.into(),
-    }
+    };
+    (namespace, name)
 }
 
 impl<K: Resource, T: SharedName> Writer<K, T> {
@@ -238,8 +241,7 @@ impl<K: Resource, T: SharedName> Writer<K, T> {
         match event {
             watcher::Event::Apply(obj) => {
                 let converted = Arc::new((self.convert)(obj));
-                let (namespace, name) = key(obj);
-                let name = shared_name(&*converted, name);
+                let (namespace, name) = stored_key(obj, &*converted);
                 let previous = self
                     .store
                     .write()
@@ -264,8 +266,7 @@ impl<K: Resource, T: SharedName> Writer<K, T> {
             }
             watcher::Event::InitApply(obj) => {
                 let converted = Arc::new((self.convert)(obj));
-                let (namespace, name) = key(obj);
-                let name = shared_name(&*converted, name);
+                let (namespace, name) = stored_key(obj, &*converted);
                 self.relist.get_or_insert_with(Objects::default).insert(
                     namespace,
                     name,
