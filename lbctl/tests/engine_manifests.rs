@@ -94,8 +94,11 @@ fn multi_document_yaml_keeps_known_kinds_only() {
     assert_eq!(names(&inventory.endpoint_slices), ["web-abc12"]);
     assert_eq!(names(&inventory.nodes), ["w1"]);
     let slice = &inventory.endpoint_slices[0];
-    assert_eq!(slice.endpoints[0].ip(), Some("10.244.1.1".parse().unwrap()));
-    assert_eq!(slice.endpoints[0].node(), Some("w1"));
+    assert_eq!(
+        slice.endpoints.get(0).and_then(|ep| ep.ip()),
+        Some("10.244.1.1".parse().unwrap())
+    );
+    assert_eq!(slice.endpoints.get(0).and_then(|ep| ep.node()), Some("w1"));
 }
 
 const LIST: &str = r#"apiVersion: v1

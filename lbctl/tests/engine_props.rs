@@ -397,7 +397,7 @@ fn addresses_on(inventory: &Inventory, node: &str) -> BTreeSet<IpAddr> {
         .iter()
         .flat_map(|s| &s.endpoints)
         .filter(|ep| ep.node() == Some(node))
-        .filter_map(model::Endpoint::ip)
+        .filter_map(|ep| ep.ip())
         .collect()
 }
 
@@ -406,7 +406,7 @@ fn all_endpoint_addresses(inventory: &Inventory) -> BTreeSet<IpAddr> {
         .endpoint_slices
         .iter()
         .flat_map(|s| &s.endpoints)
-        .filter_map(model::Endpoint::ip)
+        .filter_map(|ep| ep.ip())
         .collect()
 }
 

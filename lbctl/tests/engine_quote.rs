@@ -79,7 +79,7 @@ fn deleting_the_local_pods_makes_quote_local_refuse_on_that_node_only() {
     for slice in &mut inventory.endpoint_slices {
         let slice = std::sync::Arc::make_mut(slice);
         let mut endpoints = slice.endpoints.to_vec();
-        endpoints.retain(|ep| ep.node() != Some("kind-worker"));
+        endpoints.retain(|ep| ep.view().node() != Some("kind-worker"));
         slice.endpoints = endpoints.into();
     }
     let on_worker = plan(&inventory, &NodeContext::new("kind-worker"));
@@ -103,13 +103,16 @@ fn deleting_the_local_pods_makes_quote_local_refuse_on_that_node_only() {
 fn a_terminating_local_pod_still_serves_quote_local_until_it_is_gone() {
     let mut inventory = fixture();
     for slice in &mut inventory.endpoint_slices {
-        for ep in &mut std::sync::Arc::make_mut(slice).endpoints {
-            if ep.node() == Some("kind-worker") {
+        let slice = std::sync::Arc::make_mut(slice);
+        let mut endpoints = slice.endpoints.to_vec();
+        for ep in &mut endpoints {
+            if ep.view().node() == Some("kind-worker") {
                 ep.conditions.ready = false;
                 ep.conditions.serving = true;
                 ep.conditions.terminating = true;
             }
         }
+        slice.endpoints = endpoints.into();
     }
     let plan = plan(&inventory, &NodeContext::new("kind-worker"));
     assert_eq!(

@@ -253,7 +253,10 @@ async fn synced_only_after_all_three_initial_lists() {
     assert_eq!(names(&inv.nodes), ["/node-a"]);
     let web = &inv.endpoint_slices[0];
     assert_eq!(web.endpoints.len(), 2);
-    assert_eq!(web.endpoints[1].ip(), Some("10.244.2.7".parse().unwrap()));
+    assert_eq!(
+        web.endpoints.get(1).and_then(|ep| ep.ip()),
+        Some("10.244.2.7".parse().unwrap())
+    );
     assert_eq!(
         inv.services[0]
             .spec
@@ -384,7 +387,7 @@ async fn expired_resource_version_relists_and_converges() {
         let inv = s.snapshot();
         names(&inv.services) == ["default/new", "default/web"]
             && inv.endpoint_slices.iter().any(|es| {
-                es.endpoints.first().and_then(|e| e.ip()) == Some("10.244.9.9".parse().unwrap())
+                es.endpoints.get(0).and_then(|e| e.ip()) == Some("10.244.9.9".parse().unwrap())
             })
             && inv.nodes.first().and_then(|n| n.zone.as_deref()) == Some("zone-9")
     })

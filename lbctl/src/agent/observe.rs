@@ -289,11 +289,14 @@ fn explain_from(
             "the Service's EndpointSlices list no {family} endpoint"
         ));
     }
-    let usable_anywhere = endpoints.iter().filter(|ep| usable(ep.conditions)).count();
+    let usable_anywhere = endpoints
+        .iter()
+        .filter(|ep| usable(ep.conditions()))
+        .count();
     if local {
         let usable_here = endpoints
             .iter()
-            .filter(|ep| usable(ep.conditions) && ep.node() == Some(node))
+            .filter(|ep| usable(ep.conditions()) && ep.node() == Some(node))
             .count();
         if usable_here == 0 {
             return refusal(format!(

@@ -4,19 +4,19 @@ use std::net::{IpAddr, SocketAddr};
 
 use super::{node::ThisNode, topology::TopologyFilter};
 pub(crate) use crate::model::Conditions;
-use crate::model::Endpoint;
+use crate::model::EndpointRef;
 
 /// One endpoint of an EndpointSlice, validated: its (first) address parsed and of the slice's
 /// family. Ordered as the endpoint (address, conditions, node, hints).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct EndpointView<'a> {
     pub(crate) address: IpAddr,
-    pub(crate) endpoint: &'a Endpoint,
+    pub(crate) endpoint: EndpointRef<'a>,
 }
 
 impl<'a> EndpointView<'a> {
     pub(crate) fn conditions(&self) -> Conditions {
-        self.endpoint.conditions
+        self.endpoint.conditions()
     }
 
     pub(crate) fn is_on(&self, node: &ThisNode) -> bool {
@@ -143,7 +143,7 @@ pub(crate) mod tests {
         terminating: true,
     };
 
-    use crate::model::EndpointAddress;
+    use crate::model::{Endpoint, EndpointAddress};
 
     /// An endpoint on `node` ("" for none), without hints. Leaked: a test's endpoints live as
     /// long as the test.
@@ -158,7 +158,7 @@ pub(crate) mod tests {
     }
 
     fn view(endpoint: Endpoint) -> EndpointView<'static> {
-        let endpoint: &'static Endpoint = Box::leak(Box::new(endpoint));
+        let endpoint = Box::leak(Box::new(endpoint)).view();
         EndpointView {
             address: endpoint.ip().expect("test address"),
             endpoint,
@@ -173,14 +173,25 @@ pub(crate) mod tests {
     }
 
     impl EndpointView<'static> {
+        /// The endpoint it views, owned again.
+        fn owned(self) -> Endpoint {
+            let ep = self.endpoint;
+            Endpoint::new(
+                ep.address(),
+                ep.conditions(),
+                ep.node_name().cloned(),
+                ep.hints().cloned(),
+            )
+        }
+
         pub(crate) fn with_zones(self, zones: &[&str]) -> Self {
-            let mut endpoint = self.endpoint.clone();
+            let mut endpoint = self.owned();
             endpoint.hints_mut().for_zones = names(zones);
             view(endpoint)
         }
 
         pub(crate) fn with_nodes(self, nodes: &[&str]) -> Self {
-            let mut endpoint = self.endpoint.clone();
+            let mut endpoint = self.owned();
             endpoint.hints_mut().for_nodes = names(nodes);
             view(endpoint)
         }

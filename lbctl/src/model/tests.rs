@@ -266,7 +266,8 @@ fn endpoint_slices() {
             },
         ]
     );
-    let [first, bad, missing, untargeted, unhinted] = &*s.endpoints else {
+    let [first, bad, missing, untargeted, unhinted] = &s.endpoints.iter().collect::<Vec<_>>()[..]
+    else {
         panic!("five endpoints: {:?}", s.endpoints);
     };
     assert_eq!(
@@ -276,7 +277,7 @@ fn endpoint_slices() {
     );
     assert_eq!(first.ip(), Some(ip("10.0.0.1")));
     assert_eq!(
-        first.conditions,
+        first.conditions(),
         Conditions {
             ready: false,
             serving: true,
@@ -294,7 +295,7 @@ fn endpoint_slices() {
     assert_eq!(bad.address(), EndpointAddress::Invalid("10.0.0.300".into()));
     assert_eq!(bad.ip(), None);
     assert_eq!(
-        bad.conditions,
+        bad.conditions(),
         Conditions {
             ready: true,
             serving: true,
@@ -319,17 +320,18 @@ fn endpoint_slices() {
         "metadata": {"name": "v6"}, "addressType": "IPv6",
         "endpoints": [{"addresses": ["FD00::1"]}, {"addresses": ["10.0.0.1"]}]
     }));
+    let v6_endpoints: Vec<EndpointRef> = v6.endpoints.iter().collect();
     assert_eq!(
-        v6.endpoints[0].address(),
+        v6_endpoints[0].address(),
         EndpointAddress::Ip(ip("fd00::1")),
         "parsed, case folded"
     );
     assert_eq!(
-        v6.endpoints[1].address(),
+        v6_endpoints[1].address(),
         EndpointAddress::OtherFamily("10.0.0.1".into()),
         "the other family keeps its text for the report"
     );
-    assert_eq!(v6.endpoints[1].ip(), None);
+    assert_eq!(v6_endpoints[1].ip(), None);
 
     let unlabelled = slice(json!({"metadata": {}, "addressType": "FQDN", "endpoints": []}));
     assert_eq!(unlabelled.service_name, None);
@@ -433,9 +435,9 @@ fn interned_strings_are_shared() {
     assert!(zones.iter().all(|z| Arc::ptr_eq(z, zones[0])));
     let node_zone = inventory.nodes[0].zone.as_ref().expect("zone");
     assert!(Arc::ptr_eq(node_zone, zones[0]), "the Node's zone too");
-    let endpoints: Vec<&Endpoint> = [a, b].iter().flat_map(|s| s.endpoints.iter()).collect();
+    let endpoints: Vec<EndpointRef> = [a, b].iter().flat_map(|s| s.endpoints.iter()).collect();
     assert!(
-        endpoints.iter().all(|ep| ep.same_place(endpoints[0])),
+        endpoints.iter().all(|ep| ep.same_place(&endpoints[0])),
         "one node, the same hints: one place"
     );
 
@@ -462,7 +464,7 @@ fn endpoints_share_a_place_only_when_node_and_hints_match_and_the_address_is_an_
     }))
     .unwrap();
     let inventory = Inventory::from_objects([], [&slice], []);
-    let eps = &inventory.endpoint_slices[0].endpoints;
+    let eps: Vec<EndpointRef> = inventory.endpoint_slices[0].endpoints.iter().collect();
     assert!(eps[0].same_place(&eps[1]), "same node, no hints");
     assert!(!eps[0].same_place(&eps[2]), "another node");
     assert!(!eps[0].same_place(&eps[3]), "hints of its own");
@@ -553,7 +555,7 @@ fn conditions_take_the_api_defaults() {
             "metadata": {"name": "s"}, "addressType": "IPv4",
             "endpoints": [{"addresses": ["10.0.0.1"], "conditions": conditions}]
         }));
-        let got = s.endpoints[0].conditions;
+        let got = s.endpoints.get(0).expect("one endpoint").conditions();
         assert_eq!(
             got,
             Conditions {
@@ -588,5 +590,61 @@ fn a_long_lived_interner_drops_strings_no_object_holds() {
         .collect();
     for (i, s) in held.iter().enumerate() {
         assert!(Arc::ptr_eq(s, &interner.intern(&format!("held-{i}"))));
+    }
+}
+
+#[test]
+fn endpoints_read_back_as_built_whether_packed_as_ipv4_or_not() {
+    let node = |name: &str| Some(NodeName::from(name));
+    let ready = Conditions {
+        ready: true,
+        serving: true,
+        terminating: false,
+    };
+    let built = |addresses: &[&str]| -> Vec<Endpoint> {
+        addresses
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let address = match a.parse() {
+                    Ok(ip) => EndpointAddress::Ip(ip),
+                    Err(_) => EndpointAddress::Invalid((*a).into()),
+                };
+                let conditions = Conditions {
+                    terminating: i % 2 == 1,
+                    ..ready
+                };
+                Endpoint::new(address, conditions, node(&format!("w{i}")), None)
+            })
+            .collect()
+    };
+    for addresses in [
+        &["10.0.0.1", "not-an-ip", "10.0.0.2"][..],
+        &["fd00::1", "fd00::2"],
+        &["10.0.0.1", "fd00::1", "not-an-ip"],
+        &[],
+    ] {
+        let endpoints = built(addresses);
+        let packed = Endpoints::from(endpoints.clone());
+        let read: Vec<EndpointRef> = packed.iter().collect();
+        let expected: Vec<EndpointRef> = endpoints.iter().map(Endpoint::view).collect();
+        assert_eq!(read, expected, "{addresses:?}");
+        assert_eq!(packed.len(), addresses.len());
+        assert_eq!(packed.iter().len(), addresses.len());
+        assert_eq!(packed.get(addresses.len()), None);
+        for (i, ep) in read.iter().enumerate() {
+            assert_eq!(ep.node(), Some(format!("w{i}").as_str()), "{addresses:?}");
+            assert_eq!(ep.conditions().terminating, i % 2 == 1, "{addresses:?}");
+            assert_eq!(
+                ep.ip().map(|ip| ip.to_string()),
+                addresses[i].parse::<IpAddr>().ok().map(|ip| ip.to_string()),
+                "{addresses:?}"
+            );
+        }
+        assert_eq!(
+            packed,
+            endpoints.into_iter().collect::<Endpoints>(),
+            "the same list packs the same way"
+        );
     }
 }
