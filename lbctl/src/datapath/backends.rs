@@ -1,12 +1,13 @@
 //! The writer's mirror of `lb_backends`: each backend id's value and how many slots refer to
 //! it, in an array indexed by id (the writer allocates ids densely from 1; the array is made of
 //! fixed chunks, so growing it never copies it), and an index of ids by the value they hold
-//! that stores only the id. About 24 bytes per backend in the array and 5 in the index, where
-//! two hash maps and a reference count map took about 100 at 300,000 backends.
+//! that stores only the id. About 12 bytes per IPv4 backend in the array (28 for IPv6, whose
+//! address is kept beside it) and 5 in the index, where two hash maps and a reference count
+//! map took about 100 at 300,000 backends.
 use std::{collections::BTreeMap, hash::BuildHasher};
 
 use hashbrown::{DefaultHashBuilder, HashTable};
-use lb_common::Backend;
+use lb_common::{Backend, is_v4_mapped, v4_mapped};
 
 /// A backend, or none: an element with `proto == 0`, as in `lb_backends` itself (a backend
 /// always has a protocol). Four bytes less than an `Option` for each of 300,000 entries.
@@ -43,10 +44,27 @@ struct Entry {
     refs: u32,
 }
 
-// The array's cost per backend, as documented above.
-const _: () = assert!(size_of::<Entry>() == 24);
+/// An [`Entry`] as the dense array holds it: 12 bytes. An IPv4 backend's address
+/// (`::ffff:a.b.c.d`) is inline; any other sits in [`Entries::long`].
+#[derive(Clone, Copy, Debug, Default)]
+struct Packed {
+    /// The IPv4 address, or the index of the address in [`Entries::long`] ([`LONG`] set).
+    word: [u8; 4],
+    port: u16,
+    /// 0: no backend (the rest is then zero, as [`Held`] keeps an empty value).
+    proto: u8,
+    flags: u8,
+    /// [`Entry::refs`], and [`LONG`].
+    refs: u32,
+}
 
-/// Ids per chunk of the dense part (96 KiB chunks).
+// The array's cost per backend, as documented above.
+const _: () = assert!(size_of::<Packed>() == 12);
+
+/// In [`Packed::refs`]: the address is in [`Entries::long`]. Slots are far fewer than 2^31.
+const LONG: u32 = 1 << 31;
+
+/// Ids per chunk of the dense part (48 KiB chunks).
 const CHUNK: usize = 4096;
 
 /// Entries by id: dense below `limit` (the ids the writer allocates), in chunks of [`CHUNK`]
@@ -54,18 +72,32 @@ const CHUNK: usize = 4096;
 /// the highest id needs); sparse above (ids an adopted map sized differently may hold).
 #[derive(Debug)]
 struct Entries {
-    chunks: Vec<Box<[Entry]>>,
+    chunks: Vec<Box<[Packed]>>,
+    /// The addresses of dense entries that are not IPv4, by index; `free_long` lists the
+    /// indexes no entry holds.
+    long: Vec<[u8; 16]>,
+    free_long: Vec<u32>,
     sparse: BTreeMap<u32, Entry>,
     limit: u32,
 }
 
 impl Entries {
+    fn new(limit: u32) -> Self {
+        Entries {
+            chunks: Vec::new(),
+            long: Vec::new(),
+            free_long: Vec::new(),
+            sparse: BTreeMap::new(),
+            limit,
+        }
+    }
+
     fn get(&self, id: u32) -> Entry {
         if id < self.limit {
             let i = id as usize;
             self.chunks
                 .get(i / CHUNK)
-                .map_or_else(Entry::default, |chunk| chunk[i % CHUNK])
+                .map_or_else(Entry::default, |chunk| self.unpack(chunk[i % CHUNK]))
         } else {
             self.sparse.get(&id).copied().unwrap_or_default()
         }
@@ -87,19 +119,81 @@ impl Entries {
             }
             while i / CHUNK >= self.chunks.len() {
                 self.chunks
-                    .push(vec![Entry::default(); CHUNK].into_boxed_slice());
+                    .push(vec![Packed::default(); CHUNK].into_boxed_slice());
             }
         }
-        self.chunks[i / CHUNK][i % CHUNK] = entry;
+        let old = self.chunks[i / CHUNK][i % CHUNK];
+        if old.refs & LONG != 0 {
+            let at = u32::from_ne_bytes(old.word);
+            self.free_long.push(at);
+        }
+        let packed = self.pack(entry);
+        self.chunks[i / CHUNK][i % CHUNK] = packed;
+    }
+
+    fn pack(&mut self, entry: Entry) -> Packed {
+        debug_assert!(entry.refs < LONG, "slots are far fewer than 2^31");
+        let b = entry.value.0;
+        let (word, long) = if b.proto == 0 {
+            ([0; 4], 0)
+        } else if is_v4_mapped(&b.address) {
+            (
+                [b.address[12], b.address[13], b.address[14], b.address[15]],
+                0,
+            )
+        } else {
+            let at = match self.free_long.pop() {
+                Some(at) => {
+                    self.long[at as usize] = b.address;
+                    at
+                }
+                None => {
+                    self.long.push(b.address);
+                    (self.long.len() - 1) as u32
+                }
+            };
+            (at.to_ne_bytes(), LONG)
+        };
+        Packed {
+            word,
+            port: b.port,
+            proto: b.proto,
+            flags: b.flags,
+            refs: entry.refs | long,
+        }
+    }
+
+    fn unpack(&self, p: Packed) -> Entry {
+        let refs = p.refs & !LONG;
+        if p.proto == 0 {
+            return Entry {
+                value: Held::default(),
+                refs,
+            };
+        }
+        let address = if p.refs & LONG != 0 {
+            self.long[u32::from_ne_bytes(p.word) as usize]
+        } else {
+            v4_mapped(p.word)
+        };
+        Entry {
+            value: Held(Backend {
+                address,
+                port: p.port,
+                proto: p.proto,
+                flags: p.flags,
+            }),
+            refs,
+        }
     }
 
     /// Every id below `limit` that may hold something, with its entry.
     fn dense(&self) -> impl Iterator<Item = (u32, Entry)> + '_ {
-        self.chunks.iter().enumerate().flat_map(|(c, chunk)| {
+        self.chunks.iter().enumerate().flat_map(move |(c, chunk)| {
             chunk
                 .iter()
                 .enumerate()
-                .map(move |(i, &e)| ((c * CHUNK + i) as u32, e))
+                .map(move |(i, &p)| ((c * CHUNK + i) as u32, self.unpack(p)))
         })
     }
 }
@@ -120,11 +214,7 @@ impl BackendTable {
     /// `limit`: ids the writer allocates stay below it.
     pub(crate) fn new(limit: u32) -> Self {
         Self {
-            entries: Entries {
-                chunks: Vec::new(),
-                sparse: BTreeMap::new(),
-                limit,
-            },
+            entries: Entries::new(limit),
             index: HashTable::new(),
             hasher: DefaultHashBuilder::default(),
             len: 0,
@@ -352,6 +442,50 @@ mod tests {
         assert_eq!(t.id_of(&backend(1)), None);
         assert_eq!(t.id_of(&backend(200)), Some(1));
         assert_eq!(t.entries.chunks.len(), 1);
+        assert_eq!(t.len(), 4);
+    }
+
+    #[test]
+    fn ipv6_backends_round_trip_and_give_their_address_room_back() {
+        let v6 = |n: u8| Backend {
+            address: [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, n],
+            port: 443u16.to_be(),
+            proto: 17,
+            flags: 0,
+        };
+        let v4 = |n: u8| Backend {
+            address: v4_mapped([10, 0, 0, n]),
+            ..v6(n)
+        };
+        let mut t = BackendTable::new(100);
+        t.insert(1, v6(1));
+        t.insert(2, v4(2));
+        t.insert(3, v6(3));
+        t.add_ref(3);
+        assert_eq!(
+            t.entries.long.len(),
+            2,
+            "one address aside per IPv6 backend"
+        );
+        for (id, value) in [(1, v6(1)), (2, v4(2)), (3, v6(3))] {
+            assert_eq!((t.get(id), t.id_of(&value)), (Some(value), Some(id)));
+        }
+        // A reference count beside an address aside stays what it is.
+        assert!(t.is_referenced(3));
+        assert!(!t.is_referenced(1));
+        // Removed, replaced by IPv4, replaced by IPv6 again: the room is reused.
+        assert_eq!(t.remove(1), Some(v6(1)));
+        t.insert(3, v4(3));
+        assert_eq!(t.get(3), Some(v4(3)));
+        assert!(t.is_referenced(3));
+        t.insert(4, v6(4));
+        t.insert(5, v6(5));
+        assert_eq!(t.entries.long.len(), 2, "freed room is reused");
+        assert_eq!(
+            (t.get(4), t.get(5), t.get(1)),
+            (Some(v6(4)), Some(v6(5)), None)
+        );
+        assert_eq!(t.id_of(&v6(3)), None);
         assert_eq!(t.len(), 4);
     }
 
