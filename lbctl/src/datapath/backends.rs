@@ -276,7 +276,7 @@ impl BackendTable {
 
     /// Makes room for `additional` more values in the index (4-5 bytes each), so that adding
     /// them does not rehash it again and again. The id array grows a chunk at a time as ids
-    /// are used: it costs 24 bytes an entry, too much to reserve on an estimate.
+    /// are used: it costs 12 bytes an entry (more for IPv6), too much to reserve on an estimate.
     pub(crate) fn reserve_index(&mut self, additional: usize) {
         let Self {
             entries,
