@@ -123,26 +123,29 @@ impl Entries {
             }
         }
         let old = self.chunks[i / CHUNK][i % CHUNK];
-        if old.refs & LONG != 0 {
-            let at = u32::from_ne_bytes(old.word);
-            self.free_long.push(at);
-        }
-        let packed = self.pack(entry);
+        let held = (old.refs & LONG != 0).then(|| u32::from_ne_bytes(old.word));
+        let packed = self.pack(entry, held);
         self.chunks[i / CHUNK][i % CHUNK] = packed;
     }
 
-    fn pack(&mut self, entry: Entry) -> Packed {
+    /// `held`: the index in `long` the entry's previous value held, reused when the new value
+    /// needs one (a reference count change keeps its place) and freed otherwise.
+    fn pack(&mut self, entry: Entry, held: Option<u32>) -> Packed {
         debug_assert!(entry.refs < LONG, "slots are far fewer than 2^31");
         let b = entry.value.0;
+        let long_address = b.proto != 0 && !is_v4_mapped(&b.address);
+        if let (Some(at), false) = (held, long_address) {
+            self.free_long.push(at);
+        }
         let (word, long) = if b.proto == 0 {
             ([0; 4], 0)
-        } else if is_v4_mapped(&b.address) {
+        } else if !long_address {
             (
                 [b.address[12], b.address[13], b.address[14], b.address[15]],
                 0,
             )
         } else {
-            let at = match self.free_long.pop() {
+            let at = match held.or_else(|| self.free_long.pop()) {
                 Some(at) => {
                     self.long[at as usize] = b.address;
                     at
