@@ -35,7 +35,7 @@ use tokio::sync::watch;
 
 use crate::{
     datapath::{
-        ApplyReport, Datapath, DatapathConfig, Desired, FrontendKey, Maps, Object, ServiceSpec,
+        ApplyReport, Datapath, DatapathConfig, DesiredState, FrontendKey, Maps, Object, SpecRef,
     },
     engine::{NodeContext, Planner},
     metrics::{
@@ -211,12 +211,28 @@ struct SyncState {
     reported: observe::Reported,
     refusals: observe::Refusals,
     triggers: observe::TriggerTimes,
-    /// The plan by Service; `None` until the first full sync (and after a failed one).
+    /// The plan by Service; `None` until the first full sync (and after a failed one). It is
+    /// the desired state too ([`Planned`]): no copy of every frontend beside it.
     planner: Option<Planner>,
-    /// The desired state of every planned frontend (patched by incremental syncs).
-    desired: Desired,
     /// Frontends the last apply could not program: named again by the next incremental apply.
     retry: BTreeSet<FrontendKey>,
+}
+
+/// The planned frontends as the desired state the writer reads.
+struct Planned<'a>(&'a Planner);
+
+impl DesiredState for Planned<'_> {
+    fn frontends(&self) -> impl Iterator<Item = (&FrontendKey, SpecRef<'_>)> {
+        self.0
+            .keyed_frontends()
+            .map(|(key, frontend)| (key, SpecRef::of(frontend)))
+    }
+
+    fn frontend(&self, key: &FrontendKey) -> Option<(&FrontendKey, SpecRef<'_>)> {
+        self.0
+            .keyed_frontend(key)
+            .map(|(key, frontend)| (key, SpecRef::of(frontend)))
+    }
 }
 
 /// Runs until `shutdown` resolves.
@@ -258,7 +274,6 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         refusals: observe::Refusals::default(),
         triggers: observe::TriggerTimes::new(started_at),
         planner: None,
-        desired: Desired::default(),
         retry: BTreeSet::new(),
     };
     // The first sync is a full one; so is every sync the resync timer starts.
@@ -427,7 +442,6 @@ fn reconcile(
         refusals,
         triggers,
         planner: planner_slot,
-        desired,
         retry,
     } = state;
     if let (Some(planner), Dirty::Services(services)) = (planner_slot.as_mut(), &dirty) {
@@ -438,7 +452,6 @@ fn reconcile(
             reported,
             refusals,
             triggers,
-            desired,
             retry,
         };
         let applied = reconcile_changed(
@@ -467,7 +480,6 @@ struct Parts<'a> {
     reported: &'a mut observe::Reported,
     refusals: &'a mut observe::Refusals,
     triggers: &'a mut observe::TriggerTimes,
-    desired: &'a mut Desired,
     retry: &'a mut BTreeSet<FrontendKey>,
 }
 
@@ -485,15 +497,14 @@ fn reconcile_full(
 ) -> Option<ApplyReport> {
     // The old state goes first: the peak memory of a full sync holds one plan, not two.
     state.planner = None;
-    state.desired = Desired::default();
     state.retry.clear();
     let planner = Planner::new(&inventory, &config.node);
     report_skipped(&planner, config, metrics, &mut state.reported);
     state.triggers.note(&inventory.endpoint_slices);
-    // From the planner's frontends directly: a materialized Plan would copy all of them.
-    state.desired = Desired::from_keyed(planner.keyed_frontends());
+    // From the planner's frontends directly: a materialized Plan or Desired would copy all of
+    // them.
     let mut stages = Stages::planned(started);
-    match datapath.apply(&state.desired) {
+    match datapath.apply(&Planned(&planner)) {
         Ok(report) => {
             stages.written();
             serve_current_ring(config, monitoring);
@@ -573,19 +584,6 @@ fn reconcile_changed(
     report_skipped(planner, config, metrics, state.reported);
     state.triggers.note_changed(&inventory.endpoint_slices);
     changed.append(state.retry);
-    for key in &changed {
-        match planner.frontend(key) {
-            Some(frontend) => {
-                state
-                    .desired
-                    .services
-                    .insert(*key, ServiceSpec::of(frontend));
-            }
-            None => {
-                state.desired.services.remove(key);
-            }
-        }
-    }
     // Ids before the apply: a frontend that goes away (or is rewritten under a new id) loses
     // its name and its per-Service counters.
     let old_ids: Vec<(FrontendKey, Option<u32>)> = changed
@@ -593,7 +591,7 @@ fn reconcile_changed(
         .map(|key| (*key, datapath.writer().frontend_id(key)))
         .collect();
     let mut stages = Stages::planned(started);
-    let report = match datapath.apply_changed(state.desired, &changed) {
+    let report = match datapath.apply_changed(&Planned(planner), &changed) {
         Ok(report) => {
             stages.written();
             report

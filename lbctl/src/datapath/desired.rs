@@ -49,14 +49,53 @@ pub struct ServiceSpec {
 impl ServiceSpec {
     /// The map form of a planned frontend (its backend list shared, not copied).
     pub fn of(fe: &Frontend) -> Self {
-        ServiceSpec {
-            backends: fe.backends.clone(),
+        SpecRef::of(fe).to_spec()
+    }
+
+    /// This spec, borrowed as the writer reads it.
+    pub fn view(&self) -> SpecRef<'_> {
+        SpecRef {
+            backends: &self.backends,
+            affinity_timeout: self.affinity_timeout,
+            kind: self.kind,
+        }
+    }
+
+    pub fn flags(&self) -> u16 {
+        self.view().flags()
+    }
+}
+
+/// A [`ServiceSpec`] borrowed from whatever holds it: a [`Desired`], or the planned frontends
+/// themselves (the agent hands the writer its planner, so that it keeps no second copy of
+/// every frontend).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpecRef<'a> {
+    pub backends: &'a BackendList,
+    pub affinity_timeout: Option<u32>,
+    pub kind: FrontendKind,
+}
+
+impl<'a> SpecRef<'a> {
+    /// The spec of a planned frontend.
+    pub fn of(fe: &'a Frontend) -> Self {
+        SpecRef {
+            backends: &fe.backends,
             affinity_timeout: fe.affinity_timeout_seconds,
             kind: fe.kind,
         }
     }
 
-    pub fn flags(&self) -> u16 {
+    pub fn to_spec(self) -> ServiceSpec {
+        ServiceSpec {
+            backends: self.backends.clone(),
+            affinity_timeout: self.affinity_timeout,
+            kind: self.kind,
+        }
+    }
+
+    /// The master's `flags` (`lb_common::service_flags`).
+    pub fn flags(self) -> u16 {
         let mut flags = 0;
         if self.affinity_timeout.is_some() {
             flags |= service_flags::AFFINITY;
@@ -69,6 +108,29 @@ impl ServiceSpec {
             }
         }
         flags
+    }
+}
+
+/// What the writer reads a desired state through: every frontend in key order, and one by its
+/// key. [`Desired`] is one; so is anything else that holds frontends by key (the agent's
+/// planner), which then needs no [`Desired`] copy beside it.
+pub trait DesiredState {
+    /// Every frontend, in key order, each key once.
+    fn frontends(&self) -> impl Iterator<Item = (&FrontendKey, SpecRef<'_>)>;
+
+    /// The frontend of `key`, with the key as held.
+    fn frontend(&self, key: &FrontendKey) -> Option<(&FrontendKey, SpecRef<'_>)>;
+}
+
+impl DesiredState for Desired {
+    fn frontends(&self) -> impl Iterator<Item = (&FrontendKey, SpecRef<'_>)> {
+        self.services.iter().map(|(key, spec)| (key, spec.view()))
+    }
+
+    fn frontend(&self, key: &FrontendKey) -> Option<(&FrontendKey, SpecRef<'_>)> {
+        self.services
+            .get_key_value(key)
+            .map(|(key, spec)| (key, spec.view()))
     }
 }
 

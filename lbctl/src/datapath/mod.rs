@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 /// A frontend's identity, the engine's and the maps' alike (`plan::FrontendKey`).
 pub use crate::plan::FrontendKey;
 pub use decode::{ProgrammedFrontend, read_frontends};
-pub use desired::{Desired, ServiceSpec};
+pub use desired::{Desired, DesiredState, ServiceSpec, SpecRef};
 pub use loader::{Capacity, DatapathConfig, Installed, Object, SocketLbScope, object_identity};
 pub use maps::{Counters, Maps};
 pub use store::LbMaps;
@@ -188,7 +188,7 @@ impl Datapath {
 
     /// Makes the maps hold exactly `desired`. During a migration the new maps get it first;
     /// once every frontend fits, the programs move to them and they replace the old maps.
-    pub fn apply(&mut self, desired: &Desired) -> Result<ApplyReport, DatapathError> {
+    pub fn apply(&mut self, desired: &impl DesiredState) -> Result<ApplyReport, DatapathError> {
         let report = self.writer.apply(desired)?;
         if self.pending.is_some() {
             if report.errors.is_empty() {
@@ -223,7 +223,7 @@ impl Datapath {
     /// a migration waits for its staged maps to be filled, this is a full [`Datapath::apply`].
     pub fn apply_changed(
         &mut self,
-        desired: &Desired,
+        desired: &impl DesiredState,
         changed: &std::collections::BTreeSet<FrontendKey>,
     ) -> Result<ApplyReport, DatapathError> {
         if self.pending.is_some() {

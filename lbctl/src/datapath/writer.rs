@@ -53,7 +53,7 @@ use super::{
     DatapathError, FrontendKey,
     backends::BackendTable,
     decode::{FoundFrontend, ProgrammedFrontend, decode, frontends_of},
-    desired::{Desired, ServiceSpec, backend_value, proto_number},
+    desired::{DesiredState, SpecRef, backend_value, proto_number},
     ids::Ids,
     maps::Maps,
     ranges::Ranges,
@@ -83,7 +83,7 @@ impl Programmed {
 }
 
 /// The master of a frontend of `spec` with `count` backends from `slot_base` on.
-fn master_of(spec: &ServiceSpec, count: usize, frontend_id: u32, slot_base: u32) -> ServiceValue {
+fn master_of(spec: SpecRef<'_>, count: usize, frontend_id: u32, slot_base: u32) -> ServiceValue {
     ServiceValue {
         slot_base,
         count: count as u16,
@@ -211,7 +211,7 @@ impl Laps {
 /// One changed frontend on its way through the steps.
 struct Change<'a> {
     frontend: FrontendKey,
-    spec: &'a ServiceSpec,
+    spec: SpecRef<'a>,
     /// Backend ids in slot order.
     ids: Vec<u32>,
     old: Option<Programmed>,
@@ -426,7 +426,7 @@ impl<M: LbMaps> Writer<M> {
     }
 
     /// Makes the maps hold exactly `desired`, writing only what differs.
-    pub fn apply(&mut self, desired: &Desired) -> Result<ApplyReport, DatapathError> {
+    pub fn apply(&mut self, desired: &impl DesiredState) -> Result<ApplyReport, DatapathError> {
         self.apply_scoped(desired, None)
     }
 
@@ -437,7 +437,7 @@ impl<M: LbMaps> Writer<M> {
     /// caller's full [`Writer::apply`] on its resync timer repairs anything else).
     pub fn apply_changed(
         &mut self,
-        desired: &Desired,
+        desired: &impl DesiredState,
         changed: &BTreeSet<FrontendKey>,
     ) -> Result<ApplyReport, DatapathError> {
         self.apply_scoped(desired, Some(changed))
@@ -445,7 +445,7 @@ impl<M: LbMaps> Writer<M> {
 
     fn apply_scoped(
         &mut self,
-        desired: &Desired,
+        desired: &impl DesiredState,
         scope: Option<&BTreeSet<FrontendKey>>,
     ) -> Result<ApplyReport, DatapathError> {
         let mut laps = Laps::new();
@@ -458,7 +458,7 @@ impl<M: LbMaps> Writer<M> {
             // Room in the value index for the backends a full programming may add (an
             // overestimate where frontends share backends, at 5 bytes a slot), and in the list
             // of new ones (4 bytes each, rather than up to twice that from growing it).
-            let listed: usize = desired.services.values().map(|s| s.backends.len()).sum();
+            let listed: usize = desired.frontends().map(|(_, s)| s.backends.len()).sum();
             let room = (self.limits.backends as usize).saturating_sub(self.backends.len());
             let adding = listed.saturating_sub(self.backends.len()).min(room);
             self.backends.reserve_index(adding);
@@ -472,12 +472,12 @@ impl<M: LbMaps> Writer<M> {
         // Which frontends change, and the backend ids they need.
         // Each candidate with what the maps hold for it: a full apply walks both tables in key
         // order (one merge, no look-up per frontend); a scoped one looks its few keys up.
-        let pending: Vec<(&FrontendKey, &ServiceSpec, Option<Programmed>)> = {
+        let pending: Vec<(&FrontendKey, SpecRef<'_>, Option<Programmed>)> = {
             let candidates: Box<dyn Iterator<Item = (_, _, Option<&Programmed>)>> = match scope {
-                None => Box::new(self.programmed_in_order(desired.services.iter())),
+                None => Box::new(self.programmed_in_order(desired.frontends())),
                 Some(keys) => Box::new(
                     keys.iter()
-                        .filter_map(|k| desired.services.get_key_value(k))
+                        .filter_map(|k| desired.frontend(k))
                         .map(|(frontend, spec)| (frontend, spec, self.services.get(frontend))),
                 ),
             };
@@ -485,7 +485,7 @@ impl<M: LbMaps> Writer<M> {
                 .filter(|(frontend, spec, old)| {
                     !old.is_some_and(|p| {
                         !self.unsettled.contains(&p.master.frontend_id)
-                            && self.holds(frontend, p, spec)
+                            && self.holds(frontend, p, *spec)
                     })
                 })
                 .map(|(frontend, spec, old)| (frontend, spec, old.cloned()))
@@ -794,7 +794,7 @@ impl<M: LbMaps> Writer<M> {
         let gone: Vec<FrontendKey> = match scope {
             None => {
                 // Both in key order: one merge, no look-ups.
-                let mut wanted = desired.services.keys().peekable();
+                let mut wanted = desired.frontends().map(|(key, _)| key).peekable();
                 self.services
                     .keys()
                     .filter(|&f| {
@@ -806,7 +806,7 @@ impl<M: LbMaps> Writer<M> {
             }
             Some(keys) => keys
                 .iter()
-                .filter(|f| self.services.contains_key(f) && !desired.services.contains_key(f))
+                .filter(|f| self.services.contains_key(f) && desired.frontend(f).is_none())
                 .copied()
                 .collect(),
         };
@@ -1039,7 +1039,7 @@ impl<M: LbMaps> Writer<M> {
     fn backend_ids_for(
         &mut self,
         frontend: FrontendKey,
-        spec: &ServiceSpec,
+        spec: SpecRef<'_>,
         new: &mut Vec<u32>,
     ) -> Result<Vec<u32>, String> {
         if spec.backends.len() > usize::from(u16::MAX) {
@@ -1183,7 +1183,7 @@ impl<M: LbMaps> Writer<M> {
 
     /// Whether the maps hold `spec` for `frontend` (as `p` records them): its master, and
     /// each slot's backend.
-    fn holds(&self, frontend: &FrontendKey, p: &Programmed, spec: &ServiceSpec) -> bool {
+    fn holds(&self, frontend: &FrontendKey, p: &Programmed, spec: SpecRef<'_>) -> bool {
         p.owned
             && p.master
                 == master_of(

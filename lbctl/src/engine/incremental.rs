@@ -310,6 +310,12 @@ impl Planner {
         self.claims.get(key)?.values().next()
     }
 
+    /// The planned frontend of `key`, with the key as the planner holds it.
+    pub fn keyed_frontend(&self, key: &FrontendKey) -> Option<(&FrontendKey, &Frontend)> {
+        let (key, claims) = self.claims.get_key_value(key)?;
+        Some((key, claims.values().next()?))
+    }
+
     /// Number of frontends planned.
     pub fn len(&self) -> usize {
         self.claims.len()
