@@ -17,7 +17,7 @@ use super::{
     TRIGGER_TIME_ANNOTATION, ZONE_LABEL,
 };
 
-/// Shares the strings many objects repeat (namespaces, node names, zones): one allocation per
+/// Shares the strings many objects repeat (namespaces, port names, node names, zones): one allocation per
 /// distinct value. Owned by whoever converts: for one read, or for the life of a Kubernetes
 /// source's store. Strings no object holds any more (a deleted namespace, a scaled-down node)
 /// are dropped whenever the set has doubled since the last such sweep, so a long-lived interner
@@ -174,7 +174,10 @@ impl Interner {
             creation_timestamp: meta.creation_timestamp.clone(),
             name: meta.name.as_deref().map(Arc::from),
             namespace: self.namespace(meta),
-            spec: svc.spec.as_ref().map(|spec| Box::new(service_spec(spec))),
+            spec: svc
+                .spec
+                .as_ref()
+                .map(|spec| Box::new(service_spec(self, spec))),
             rare: (rare != ServiceRare::default()).then(|| Box::new(rare)),
         }
     }
@@ -200,7 +203,7 @@ impl Interner {
                 .iter()
                 .flatten()
                 .map(|port| EndpointPort {
-                    name: port.name.as_deref().unwrap_or_default().into(),
+                    name: self.intern(port.name.as_deref().unwrap_or_default()),
                     protocol: PortProtocol::parse(port.protocol.as_deref()),
                     port: port.port,
                 })
@@ -307,7 +310,8 @@ impl Interner {
     }
 }
 
-fn service_spec(spec: &core::ServiceSpec) -> ServiceSpec {
+/// A Service's spec, its port names interned in `strings`.
+fn service_spec(strings: &mut Interner, spec: &core::ServiceSpec) -> ServiceSpec {
     let cluster_ips: Vec<&str> = match spec.cluster_ips.as_deref() {
         Some(ips) if !ips.is_empty() => ips.iter().map(String::as_str).collect(),
         _ => spec.cluster_ip.as_deref().into_iter().collect(),
@@ -330,7 +334,7 @@ fn service_spec(spec: &core::ServiceSpec) -> ServiceSpec {
             .iter()
             .flatten()
             .map(|port| ServicePort {
-                name: port.name.as_deref().unwrap_or_default().into(),
+                name: strings.intern(port.name.as_deref().unwrap_or_default()),
                 node_port: port.node_port,
                 port: port.port,
                 protocol: PortProtocol::parse(port.protocol.as_deref()),

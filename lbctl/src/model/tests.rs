@@ -392,8 +392,11 @@ fn nodes() {
 
 #[test]
 fn interned_strings_are_shared() {
-    let svc: core::Service =
-        serde_json::from_value(json!({"metadata": {"name": "web", "namespace": "shop"}})).unwrap();
+    let svc: core::Service = serde_json::from_value(json!({
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {"clusterIP": "10.96.0.1", "ports": [{"name": "http", "port": 80}]}
+    }))
+    .unwrap();
     let endpoints = json!([
         {"addresses": ["10.0.0.1"], "nodeName": "w1", "hints": {"forZones": [{"name": "a"}]}},
         {"addresses": ["10.0.0.2"], "nodeName": "w1", "hints": {"forZones": [{"name": "a"}]}}
@@ -401,7 +404,8 @@ fn interned_strings_are_shared() {
     let slice = |name: &str| -> discovery::EndpointSlice {
         serde_json::from_value(json!({
             "metadata": {"name": name, "namespace": "shop"},
-            "addressType": "IPv4", "endpoints": endpoints
+            "addressType": "IPv4", "endpoints": endpoints,
+            "ports": [{"name": "http", "port": 8080}]
         }))
         .unwrap()
     };
@@ -416,6 +420,10 @@ fn interned_strings_are_shared() {
     };
     assert!(Arc::ptr_eq(&inventory.services[0].namespace, &a.namespace));
     assert!(Arc::ptr_eq(&a.namespace, &b.namespace));
+    let service_port = &inventory.services[0].spec.as_ref().expect("spec").ports[0].name;
+    assert_eq!(&**service_port, "http");
+    assert!(Arc::ptr_eq(service_port, &a.ports[0].name), "port names");
+    assert!(Arc::ptr_eq(&a.ports[0].name, &b.ports[0].name));
     let node_names: Vec<&NodeName> = [a, b]
         .iter()
         .flat_map(|s| s.endpoints.iter())
