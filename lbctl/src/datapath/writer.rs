@@ -213,8 +213,9 @@ struct Change<'a> {
     frontend: FrontendKey,
     spec: SpecRef<'a>,
     /// Backend ids in slot order.
-    ids: Vec<u32>,
-    old: Option<Programmed>,
+    ids: Box<[u32]>,
+    /// Boxed: `None` for most changes of a full programming, whose `Vec` is a few MB.
+    old: Option<Box<Programmed>>,
     frontend_id: u32,
     master: ServiceValue,
     /// A range was allocated for the new backend ids (`master.slot_base`, written in step
@@ -472,7 +473,7 @@ impl<M: LbMaps> Writer<M> {
         // Which frontends change, and the backend ids they need.
         // Each candidate with what the maps hold for it: a full apply walks both tables in key
         // order (one merge, no look-up per frontend); a scoped one looks its few keys up.
-        let pending: Vec<(&FrontendKey, SpecRef<'_>, Option<Programmed>)> = {
+        let pending: Vec<(&FrontendKey, SpecRef<'_>, Option<Box<Programmed>>)> = {
             let candidates: Box<dyn Iterator<Item = (_, _, Option<&Programmed>)>> = match scope {
                 None => Box::new(self.programmed_in_order(desired.frontends())),
                 Some(keys) => Box::new(
@@ -488,7 +489,7 @@ impl<M: LbMaps> Writer<M> {
                             && self.holds(frontend, p, *spec)
                     })
                 })
-                .map(|(frontend, spec, old)| (frontend, spec, old.cloned()))
+                .map(|(frontend, spec, old)| (frontend, spec, old.cloned().map(Box::new)))
                 .collect()
         };
         let mut changes: Vec<Change<'_>> = Vec::with_capacity(pending.len());
@@ -497,7 +498,7 @@ impl<M: LbMaps> Writer<M> {
                 Ok(ids) => changes.push(Change {
                     frontend: *frontend,
                     spec,
-                    ids,
+                    ids: ids.into_boxed_slice(),
                     old,
                     frontend_id: 0,
                     master: ServiceValue::default(),
@@ -720,7 +721,7 @@ impl<M: LbMaps> Writer<M> {
             // not reusing it before the next apply allow for.
             if change.fresh || change.ids.is_empty() {
                 self.to_clear
-                    .extend(change.old.as_ref().and_then(Programmed::range));
+                    .extend(change.old.as_deref().and_then(Programmed::range));
             }
             // Memberships of the backends that left the set.
             member_deletes.extend(change.leaving().map(|id| (change.frontend_id, id)));
@@ -743,7 +744,7 @@ impl<M: LbMaps> Writer<M> {
                 frontend,
                 Programmed {
                     master,
-                    slots: ids.into(),
+                    slots: ids,
                     owned: true,
                 },
             ));
@@ -1084,7 +1085,7 @@ impl<M: LbMaps> Writer<M> {
         // frontend, so one that gains them gets them written before its master says so (step
         // 2a), and one that loses them has them deleted after (step 6).
         let proto = proto_number(change.frontend.protocol);
-        let mut slot_ids: Vec<u32> = ids.clone();
+        let mut slot_ids: Vec<u32> = ids.to_vec();
         slot_ids.sort_unstable();
         slot_ids.dedup();
         let needs_now = needs_members(proto, spec.flags());
