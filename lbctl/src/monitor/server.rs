@@ -28,6 +28,40 @@ use super::{EVENT_LEN, Frame, RawEvent, bpflog};
 /// Events a slow monitor may fall behind by before it is told it lost some.
 const BACKLOG: usize = 8192;
 
+/// The channel that fans events out to the monitors: made when the first monitor connects and
+/// dropped when the last one leaves, so an agent nobody watches (the usual case) keeps no
+/// backlog (its [`BACKLOG`] slots are about 1 MB).
+#[derive(Default)]
+struct Channel(Mutex<Option<broadcast::Sender<RawEvent>>>);
+
+impl Channel {
+    fn sender(&self) -> std::sync::MutexGuard<'_, Option<broadcast::Sender<RawEvent>>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A new monitor's receiver (the channel is made for the first one).
+    fn subscribe(&self) -> broadcast::Receiver<RawEvent> {
+        self.sender()
+            .get_or_insert_with(|| broadcast::channel(BACKLOG).0)
+            .subscribe()
+    }
+
+    /// Drops the channel once no monitor holds a receiver.
+    fn release(&self) {
+        let mut sender = self.sender();
+        if sender.as_ref().is_some_and(|tx| tx.receiver_count() == 0) {
+            *sender = None;
+        }
+    }
+
+    /// The sender while some monitor is connected.
+    fn current(&self) -> Option<broadcast::Sender<RawEvent>> {
+        self.sender().clone()
+    }
+}
+
 /// The switches the agent owns, written together into `lb_meta[DEBUG]`.
 struct Switches {
     pin_dir: PathBuf,
@@ -116,11 +150,11 @@ impl MonitorServer {
         let ring = unsafe { AsyncFd::register(ring) }
             .map_err(io::Error::from)
             .context("polling the events ring buffer")?;
-        let (tx, _) = broadcast::channel::<RawEvent>(BACKLOG);
-        tasks.push(tokio::spawn(read_ring(ring, tx.clone())));
+        let channel = Arc::new(Channel::default());
+        tasks.push(tokio::spawn(read_ring(ring, channel.clone())));
 
         let listener = bind(socket)?;
-        tasks.push(tokio::spawn(accept(listener, tx, switches.clone())));
+        tasks.push(tokio::spawn(accept(listener, channel, switches.clone())));
         tracing::info!(socket = %socket.display(), debug_bpf = debug_logs, "monitor socket ready");
         Ok(Self {
             switches,
@@ -187,14 +221,14 @@ fn bind(socket: &Path) -> Result<UnixListener> {
 /// Drains the ring when the programs wake the reader (they do once an eighth of it is unread)
 /// and every [`POLL`]: most events are submitted without a wakeup, which would cost each
 /// monitored connect a wakeup of this thread.
-async fn read_ring(mut ring: AsyncFd<RingBuf<MapData>>, tx: broadcast::Sender<RawEvent>) {
+async fn read_ring(mut ring: AsyncFd<RingBuf<MapData>>, channel: Arc<Channel>) {
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             ready = ring.readable_mut() => match ready {
                 Ok(mut guard) => {
-                    drain(guard.get_inner_mut(), &tx);
+                    drain(guard.get_inner_mut(), &channel);
                     guard.clear_ready();
                 }
                 Err(e) => {
@@ -202,7 +236,7 @@ async fn read_ring(mut ring: AsyncFd<RingBuf<MapData>>, tx: broadcast::Sender<Ra
                     return;
                 }
             },
-            _ = tick.tick() => drain(ring.get_mut(), &tx),
+            _ = tick.tick() => drain(ring.get_mut(), &channel),
         }
     }
 }
@@ -210,28 +244,28 @@ async fn read_ring(mut ring: AsyncFd<RingBuf<MapData>>, tx: broadcast::Sender<Ra
 /// How often the agent reads the events ring without being woken.
 const POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
-fn drain(ring: &mut RingBuf<MapData>, tx: &broadcast::Sender<RawEvent>) {
+fn drain(ring: &mut RingBuf<MapData>, channel: &Channel) {
     while let Some(item) = ring.next() {
         if item.len() >= size_of::<MonitorEvent>() {
             let mut raw = [0u8; EVENT_LEN];
             raw.copy_from_slice(&item[..EVENT_LEN]);
-            // No monitor connected (the last one just left): dropped.
-            let _ = tx.send(raw);
+            // Into the channel of the monitors connected now (looked up per event: a monitor
+            // may join, and the channel be made anew, while the ring is drained). None
+            // connected (the last one just left): dropped.
+            if let Some(tx) = channel.current() {
+                let _ = tx.send(raw);
+            }
         }
     }
 }
 
-async fn accept(
-    listener: UnixListener,
-    tx: broadcast::Sender<RawEvent>,
-    switches: Arc<Mutex<Switches>>,
-) {
+async fn accept(listener: UnixListener, channel: Arc<Channel>, switches: Arc<Mutex<Switches>>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
                 // Subscribed before the switch goes on: no event of this monitor's time is lost.
-                let rx = tx.subscribe();
-                tokio::spawn(serve(stream, rx, switches.clone()));
+                let rx = channel.subscribe();
+                tokio::spawn(serve(stream, rx, channel.clone(), switches.clone()));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "accepting a monitor");
@@ -263,6 +297,7 @@ fn count_monitor(switches: &Mutex<Switches>, joined: bool) {
 async fn serve(
     stream: UnixStream,
     mut rx: broadcast::Receiver<RawEvent>,
+    channel: Arc<Channel>,
     switches: Arc<Mutex<Switches>>,
 ) {
     count_monitor(&switches, true);
@@ -288,5 +323,7 @@ async fn serve(
             }
         }
     }
+    drop(rx);
+    channel.release();
     count_monitor(&switches, false);
 }
