@@ -8,6 +8,7 @@ pub mod agent;
 mod compact;
 pub mod datapath;
 pub mod engine;
+mod idset;
 pub mod inspect;
 pub mod metrics;
 pub mod model;

@@ -49,6 +49,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use lb_common::{Backend, IPPROTO_TCP, MemberKey, ServiceKey, ServiceValue, needs_members};
 
+use crate::idset::IdSet;
+
 use super::{
     DatapathError, FrontendKey,
     backends::BackendTable,
@@ -557,9 +559,10 @@ impl<M: LbMaps> Writer<M> {
 
         // Shadowed locals live to the end of the function: free each step's arrays (hundreds of
         // thousands of elements in a full programming) as soon as it is done.
-        // `new_backends` stays: step 7 deletes the ones no slot refers to after all (their
-        // frontend failed).
+        // The new ids stay, a bit each: step 7 deletes the ones no slot refers to after all
+        // (their frontend failed).
         drop((applied, failed));
+        let new_backends: IdSet = new_backends.into_iter().collect();
 
         laps.lap(1);
 
@@ -986,7 +989,6 @@ impl<M: LbMaps> Writer<M> {
         // the new ids, not a set of them.
         let fresh = new_backends
             .iter()
-            .copied()
             .filter(|&id| !candidates.contains(&id) && !self.backends.is_referenced(id));
         let unused: Vec<u32> = fresh.collect();
         for id in candidates.into_iter().chain(unused) {

@@ -19,6 +19,7 @@ use crate::{
         maps::live_elements,
         sys::{BatchFailure, map_update_batch},
     },
+    idset::IdSet,
     plan::{Frontend, Plan},
 };
 
@@ -191,29 +192,6 @@ fn encode_frontend(frontend: &Frontend) -> FrontendName {
 
 /// Names written per batch call: the buffer is bounded whatever the number of frontends.
 const BATCH: usize = 2048;
-
-/// Ids seen in one sync (frontend ids are small and dense: a bit each).
-#[derive(Default)]
-struct IdSet(Vec<u64>);
-
-impl IdSet {
-    /// Adds `id`; `false` if it was there.
-    fn insert(&mut self, id: u32) -> bool {
-        let (word, bit) = ((id / 64) as usize, id % 64);
-        if word >= self.0.len() {
-            self.0.resize(word + 1, 0);
-        }
-        let fresh = self.0[word] & (1 << bit) == 0;
-        self.0[word] |= 1 << bit;
-        fresh
-    }
-
-    fn contains(&self, id: u32) -> bool {
-        self.0
-            .get((id / 64) as usize)
-            .is_some_and(|word| word & (1 << (id % 64)) != 0)
-    }
-}
 
 /// The agent's side: keeps `lb_fe_names` equal to the names of the programmed frontends.
 #[derive(Default)]
