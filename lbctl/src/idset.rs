@@ -23,12 +23,17 @@ impl IdSet {
             .is_some_and(|word| word & (1 << (id % 64)) != 0)
     }
 
-    /// The ids, in ascending order.
+    /// The ids, in ascending order: a step per id and per word of 64 ids.
     pub(crate) fn iter(&self) -> impl Iterator<Item = u32> + '_ {
         self.0.iter().enumerate().flat_map(|(w, &word)| {
-            (0..64u32)
-                .filter(move |bit| word & (1 << bit) != 0)
-                .map(move |bit| w as u32 * 64 + bit)
+            let mut rest = word;
+            std::iter::from_fn(move || {
+                (rest != 0).then(|| {
+                    let bit = rest.trailing_zeros();
+                    rest &= rest - 1;
+                    w as u32 * 64 + bit
+                })
+            })
         })
     }
 }
@@ -55,6 +60,8 @@ mod tests {
         assert!(set.contains(130) && set.contains(0) && !set.contains(2));
         assert!(!set.contains(100_000), "beyond the highest id");
         assert_eq!(set.iter().collect::<Vec<_>>(), [0, 1, 63, 64, 130]);
+        let all: IdSet = (0..200).collect();
+        assert_eq!(all.iter().collect::<Vec<_>>(), (0..200).collect::<Vec<_>>());
         assert_eq!(IdSet::default().iter().count(), 0);
     }
 }
