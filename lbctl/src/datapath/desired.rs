@@ -158,18 +158,6 @@ impl Desired {
         Self { services }
     }
 
-    /// Frontends already keyed, in key order, one per key (as the planner holds them): the
-    /// map is built in one pass, each spec sharing its frontend's backend list.
-    pub fn from_keyed<'a>(
-        frontends: impl Iterator<Item = (&'a FrontendKey, &'a Frontend)>,
-    ) -> Self {
-        Self {
-            services: frontends
-                .map(|(key, fe)| (*key, ServiceSpec::of(fe)))
-                .collect(),
-        }
-    }
-
     /// Adds (or replaces) a ClusterIP-style frontend; handy for tests and tools.
     pub fn insert(
         &mut self,
