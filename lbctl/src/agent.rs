@@ -25,6 +25,7 @@ use std::{
     collections::BTreeSet,
     future::Future,
     net::SocketAddr,
+    num::NonZeroU32,
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant, SystemTime},
@@ -45,14 +46,22 @@ use crate::{
     model::Inventory,
     monitor::{MonitorServer, names::NamesWriter},
     plan::{Frontend, Plan, ServiceRef},
-    source::{Dirty, SourceState, files::FileSource, kube::KubeSource},
+    source::{
+        Dirty, SourceState,
+        files::FileSource,
+        kube::{KubeSource, KubeSourceConfig},
+    },
 };
 
 /// Where the agent reads cluster objects from.
 #[derive(Clone, Debug)]
 pub enum SourceConfig {
-    /// The Kubernetes API (in-cluster config, or this kubeconfig file).
-    Kubernetes { kubeconfig: Option<PathBuf> },
+    /// The Kubernetes API (in-cluster config, or this kubeconfig file), listed in pages of
+    /// `list_page_size` objects.
+    Kubernetes {
+        kubeconfig: Option<PathBuf>,
+        list_page_size: NonZeroU32,
+    },
     /// Manifest files or directories, re-read when they change.
     Manifests(Vec<PathBuf>),
 }
@@ -128,9 +137,16 @@ async fn start_source(
             let (source, rx) = FileSource::start(paths.clone())?;
             (Source::Files(source), rx)
         }
-        SourceConfig::Kubernetes { kubeconfig } => {
+        SourceConfig::Kubernetes {
+            kubeconfig,
+            list_page_size,
+        } => {
             let client = crate::source::kube::client_from(kubeconfig.clone()).await?;
-            let (source, rx) = KubeSource::start(client, node)?;
+            let config = KubeSourceConfig {
+                page_size: *list_page_size,
+                ..KubeSourceConfig::new(node)
+            };
+            let (source, rx) = KubeSource::start_with(client, config)?;
             (Source::Kube(source), rx)
         }
     })

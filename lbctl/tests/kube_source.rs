@@ -269,6 +269,12 @@ async fn synced_only_after_all_three_initial_lists() {
     let lists = server.lists(Kind::Service);
     assert_eq!(lists.len(), 4, "{lists:?}");
     assert!(lists[1..].iter().all(|r| r.query.contains_key("continue")));
+    // Every page asks for the source's default page size (the server gives fewer here).
+    let limit = lbctl::source::kube::DEFAULT_LIST_PAGE_SIZE.to_string();
+    assert!(
+        lists.iter().all(|r| r.query.get("limit") == Some(&limit)),
+        "{lists:?}"
+    );
     // Default list-then-watch mode, watches with bookmarks, from the listed version.
     let watches = server.watches(Kind::Service);
     assert!(!watches.is_empty());
