@@ -26,5 +26,35 @@ fn build_lb_ebpf(features: &[&str]) -> anyhow::Result<()> {
             ..Default::default()
         }],
         aya_build::Toolchain::default(),
-    )
+    )?;
+    strip_dwarf(&out_dir.join("lb-ebpf"))
+}
+
+/// Removes the DWARF sections (`.debug_*` and their relocations) from the object: bpf-linker
+/// needs them to emit BTF (`--btf`), but once linked nothing reads them: the loader and the
+/// kernel use `.BTF` and `.BTF.ext` (kept), which give bpftool its field names and line info.
+/// They were about 1 MB of the 1.2 MB object embedded in lbctl, which the loader's parse
+/// leaves resident for the agent's life. Uses LLVM's objcopy, which `cargo xtask setup`
+/// installs with LLVM 22 for bpf-linker.
+fn strip_dwarf(object: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let candidates = [
+        "/usr/lib/llvm-22/bin/llvm-objcopy",
+        "llvm-objcopy-22",
+        "llvm-objcopy",
+    ];
+    let mut tried = Vec::new();
+    for tool in candidates {
+        match std::process::Command::new(tool)
+            .arg("--strip-debug")
+            .arg(object)
+            .status()
+        {
+            Ok(status) if status.success() => return Ok(()),
+            Ok(status) => anyhow::bail!("{tool} --strip-debug {} failed: {status}", object.display()),
+            Err(e) => tried.push(format!("{tool}: {e}")),
+        }
+    }
+    Err(anyhow::anyhow!(tried.join("; ")))
+        .with_context(|| "no llvm-objcopy to strip the eBPF object's DWARF: run `cargo xtask setup`")
 }

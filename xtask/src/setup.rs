@@ -5,7 +5,8 @@ use anyhow::{Context, Result, bail};
 
 use crate::run as exec;
 
-/// Debian packages: LLVM 22 for bpf-linker, the tools the tests and the demo drive.
+/// Debian packages: LLVM 22 for bpf-linker (and its `llvm-objcopy`, with which the build strips
+/// the eBPF object's DWARF), the tools the tests and the demo drive.
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
