@@ -51,10 +51,13 @@ fn strip_dwarf(object: &std::path::Path) -> anyhow::Result<()> {
             .status()
         {
             Ok(status) if status.success() => return Ok(()),
-            Ok(status) => anyhow::bail!("{tool} --strip-debug {} failed: {status}", object.display()),
+            Ok(status) => {
+                anyhow::bail!("{tool} --strip-debug {} failed: {status}", object.display())
+            }
             Err(e) => tried.push(format!("{tool}: {e}")),
         }
     }
-    Err(anyhow::anyhow!(tried.join("; ")))
-        .with_context(|| "no llvm-objcopy to strip the eBPF object's DWARF: run `cargo xtask setup`")
+    Err(anyhow::anyhow!(tried.join("; "))).context(
+        "no llvm-objcopy to strip the eBPF object's DWARF (`cargo xtask setup` installs LLVM 22)",
+    )
 }

@@ -196,7 +196,12 @@ struct AgentArgs {
     /// Objects per list request to the API server (at start and on every relist). Each page is
     /// decoded whole before its objects are converted: smaller pages keep the agent's peak
     /// memory lower, for more requests (client-go and kube-rs ask for 500).
-    #[arg(long, value_name = "N", default_value_t = lbctl::source::kube::DEFAULT_LIST_PAGE_SIZE, conflicts_with = "manifests")]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = lbctl::source::kube::DEFAULT_LIST_PAGE_SIZE,
+        conflicts_with = "manifests"
+    )]
     list_page_size: std::num::NonZeroU32,
     #[command(flatten)]
     pin: PinDir,
