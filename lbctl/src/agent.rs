@@ -637,7 +637,7 @@ fn reconcile_changed(
         match (frontend, id) {
             (Some(frontend), Some(id)) => {
                 names_write.push((id, frontend));
-                named.push(named_frontend(id, &key, frontend));
+                named.push(named_frontend(id, frontend));
                 let ok = !failed.contains(&key);
                 programmed.push((key, ok.then_some(frontend)));
             }
@@ -815,10 +815,9 @@ fn log_update(
     }
 }
 
-fn named_frontend(id: u32, key: &FrontendKey, frontend: &Frontend) -> NamedFrontend {
+fn named_frontend(id: u32, frontend: &Frontend) -> NamedFrontend {
     NamedFrontend {
         id,
-        frontend: *key,
         service: ServicePort {
             namespace: frontend.service.namespace.clone(),
             service: frontend.service.name.clone(),
@@ -840,7 +839,7 @@ fn observe_programmed(
     metrics.set_service_frontends(
         programmed_ids
             .iter()
-            .map(|&(key, frontend, id)| named_frontend(id, key, frontend)),
+            .map(|&(_, frontend, id)| named_frontend(id, frontend)),
     );
     let programmed = programmed_ids
         .iter()

@@ -54,8 +54,6 @@ use prometheus_client::{
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tracing::{error, info};
 
-use crate::plan::FrontendKey;
-
 mod service_connects;
 
 use service_connects::ServiceConnects;
@@ -189,13 +187,10 @@ pub struct ServicePort {
 }
 
 /// A frontend programmed on this node, by its id in the maps, and the Service port it belongs
-/// to.
+/// to: an id given to another Service port counts for that port from then on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NamedFrontend {
     pub id: u32,
-    /// The frontend's identity, e.g. `10.96.0.10:80/tcp`: an id given to another frontend
-    /// starts counting afresh.
-    pub frontend: FrontendKey,
     pub service: ServicePort,
 }
 

@@ -352,19 +352,9 @@ fn port(namespace: &str, service: &str, port_name: &str) -> ServicePort {
     }
 }
 
-/// `frontend` as the key prints: `10.96.0.10:80/tcp`.
-fn named(id: u32, frontend: &str, service: &ServicePort) -> NamedFrontend {
-    let (addr, protocol) = frontend.rsplit_once('/').expect("address/protocol");
-    let protocol = match protocol {
-        "tcp" => lbctl::plan::Protocol::Tcp,
-        "udp" => lbctl::plan::Protocol::Udp,
-        other => panic!("protocol {other}"),
-    };
-    let key = lbctl::plan::FrontendKey::new(addr.parse().expect("socket address"), protocol);
-    assert_eq!(key.to_string(), frontend);
+fn named(id: u32, service: &ServicePort) -> NamedFrontend {
     NamedFrontend {
         id,
-        frontend: key,
         service: service.clone(),
     }
 }
@@ -407,11 +397,7 @@ fn service_counters_follow_frontend_ids_to_their_service_ports() {
     let dns = port("kube-system", "dns", "dns");
     // Id 7 held counts of an earlier frontend: they belong to no current Service.
     kernel.lock().unwrap().insert(7, (100, 100));
-    metrics.set_service_frontends(vec![
-        named(1, "10.96.0.10:80/tcp", &web),
-        named(2, "[fd00::10]:80/tcp", &web),
-        named(7, "10.96.0.53:53/udp", &dns),
-    ]);
+    metrics.set_service_frontends(vec![named(1, &web), named(2, &web), named(7, &dns)]);
     let body = metrics.encode().unwrap();
     assert_eq!(service_sample(&body, &web, "rewritten"), Some(0.0));
     assert_eq!(service_sample(&body, &dns, "refused"), Some(0.0));
@@ -435,11 +421,7 @@ fn service_counters_follow_frontend_ids_to_their_service_ports() {
         let mut k = kernel.lock().unwrap();
         k.insert(7, (110, 104)); // 8 more dns connects before the apply
     }
-    metrics.set_service_frontends(vec![
-        named(1, "10.96.0.10:80/tcp", &web),
-        named(2, "[fd00::10]:80/tcp", &web),
-        named(7, "192.0.2.1:30080/tcp", &web),
-    ]);
+    metrics.set_service_frontends(vec![named(1, &web), named(2, &web), named(7, &web)]);
     kernel.lock().unwrap().insert(7, (111, 104));
     let body = metrics.encode().unwrap();
     assert_eq!(service_sample(&body, &dns, "rewritten"), None, "{body}");
@@ -461,11 +443,11 @@ fn a_service_port_whose_frontend_changes_id_keeps_its_counts() {
     let metrics = Metrics::new();
     let kernel = fake_kernel(&metrics);
     let web = port("shop", "web", "http");
-    metrics.set_service_frontends(vec![named(1, "10.96.0.10:80/tcp", &web)]);
+    metrics.set_service_frontends(vec![named(1, &web)]);
     kernel.lock().unwrap().insert(1, (5, 2));
     // The frontend is re-created under id 2 (id 2 starts from its current kernel values).
     kernel.lock().unwrap().insert(2, (40, 40));
-    metrics.set_service_frontends(vec![named(2, "10.96.0.10:80/tcp", &web)]);
+    metrics.set_service_frontends(vec![named(2, &web)]);
     kernel.lock().unwrap().insert(2, (41, 40));
     let body = metrics.encode().unwrap();
     assert_eq!(
@@ -476,7 +458,7 @@ fn a_service_port_whose_frontend_changes_id_keeps_its_counts() {
     assert_eq!(service_sample(&body, &web, "refused"), Some(2.0), "{body}");
 
     kernel.lock().unwrap().insert(3, (0, 0));
-    metrics.patch_service_frontends(&[2], vec![named(3, "10.96.0.10:80/tcp", &web)]);
+    metrics.patch_service_frontends(&[2], vec![named(3, &web)]);
     kernel.lock().unwrap().insert(3, (1, 0));
     let body = metrics.encode().unwrap();
     assert_eq!(
@@ -494,17 +476,14 @@ fn patching_some_frontend_ids_accounts_like_setting_them_all() {
     let kernel = fake_kernel(&metrics);
     let web = port("shop", "web", "http");
     let dns = port("kube-system", "dns", "dns");
-    metrics.set_service_frontends(vec![
-        named(1, "10.96.0.10:80/tcp", &web),
-        named(7, "10.96.0.53:53/udp", &dns),
-    ]);
+    metrics.set_service_frontends(vec![named(1, &web), named(7, &dns)]);
     {
         let mut k = kernel.lock().unwrap();
         k.insert(1, (5, 0));
         k.insert(7, (2, 1));
     }
     // Unchanged ids named again change nothing.
-    metrics.patch_service_frontends(&[], vec![named(1, "10.96.0.10:80/tcp", &web)]);
+    metrics.patch_service_frontends(&[], vec![named(1, &web)]);
     let body = metrics.encode().unwrap();
     assert_eq!(service_sample(&body, &web, "rewritten"), Some(5.0));
     assert_eq!(service_sample(&body, &dns, "refused"), Some(1.0));
@@ -512,7 +491,7 @@ fn patching_some_frontend_ids_accounts_like_setting_them_all() {
     // dns goes away and id 7 comes back for web: dns's counts before the patch are kept
     // until its series goes, web counts only what comes after.
     kernel.lock().unwrap().insert(7, (4, 1));
-    metrics.patch_service_frontends(&[7], vec![named(7, "192.0.2.1:30080/tcp", &web)]);
+    metrics.patch_service_frontends(&[7], vec![named(7, &web)]);
     kernel.lock().unwrap().insert(7, (6, 1));
     let body = metrics.encode().unwrap();
     assert_eq!(service_sample(&body, &dns, "rewritten"), None, "{body}");
@@ -544,7 +523,7 @@ fn unreadable_frontend_counters_count_an_error_and_keep_the_totals() {
         })
     });
     let web = port("default", "web", "");
-    metrics.set_service_frontends(vec![named(1, "10.96.0.10:80/tcp", &web)]);
+    metrics.set_service_frontends(vec![named(1, &web)]);
     value.store(9, Ordering::Relaxed);
     let body = metrics.encode().unwrap();
     assert_eq!(service_sample(&body, &web, "rewritten"), Some(5.0));
@@ -698,10 +677,7 @@ fn a_sync_that_changes_no_frontend_reads_no_counter() {
         Some(vec![FrontendCounts::default(); ids.len()])
     });
     let web = port("default", "web", "http");
-    let frontends = vec![
-        named(1, "10.96.0.10:80/tcp", &web),
-        named(2, "10.96.0.11:80/tcp", &web),
-    ];
+    let frontends = vec![named(1, &web), named(2, &web)];
     metrics.set_service_frontends(frontends.clone());
     assert_eq!(
         reads.load(Ordering::Relaxed),
@@ -714,7 +690,7 @@ fn a_sync_that_changes_no_frontend_reads_no_counter() {
         2,
         "nothing changed, nothing read"
     );
-    metrics.set_service_frontends(vec![named(1, "10.96.0.10:80/tcp", &web)]);
+    metrics.set_service_frontends(vec![named(1, &web)]);
     assert_eq!(
         reads.load(Ordering::Relaxed),
         3,

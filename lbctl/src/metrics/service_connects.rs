@@ -12,25 +12,35 @@
 //! Kept for every programmed frontend, so it is kept small: owners in a vector indexed by id
 //! (ids are dense below the frontend capacity), each naming its Service port by its slot in a
 //! table of ports, which holds each port's label strings once (shared with the plan) and is
-//! indexed by value through a hash table of slot numbers. About 50 bytes per frontend and 80
+//! indexed by value through a hash table of slot numbers. About 32 bytes per frontend and 80
 //! per Service port, where a map of owners holding their own label sets took about 300 per
-//! frontend.
+//! frontend. An owner is its Service port alone: an id that passes to another frontend of the
+//! same port goes on counting for that port, which is what crediting the old frontend and
+//! starting the new one from the same reading would give.
+//!
+//! The kernel's counters are read [`READ_CHUNK`] ids at a time, so that the readings of a full
+//! sync (every id new) do not add a vector of every frontend's counters to its peak memory.
 use std::hash::BuildHasher;
 
 use hashbrown::{DefaultHashBuilder, HashTable};
 
 use super::{FrontendCounts, FrontendCountsFn, NamedFrontend, ServicePort};
-use crate::plan::FrontendKey;
 
-/// The frontend that owns an id.
+/// Ids whose counters are read in one call of the reader.
+const READ_CHUNK: usize = 4096;
+
+/// The Service port that owns an id.
 #[derive(Debug)]
 struct Owner {
-    frontend: FrontendKey,
     /// Its Service port's slot in [`ServiceConnects::ports`].
     port: u32,
     /// The counters last read; `None` until the first read after the id got this owner.
     last: Option<FrontendCounts>,
 }
+
+// The cost per frontend documented above.
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(size_of::<Option<Owner>>() == 32);
 
 /// What a Service port counted, and how many owners name it: the port is dropped when the
 /// last one goes, without a walk of all the owners.
@@ -58,25 +68,27 @@ fn increase(last: u64, now: u64) -> u64 {
     now.checked_sub(last).unwrap_or(now)
 }
 
-/// The counters of `ids` (each read once), in one call of `read`, sorted by id: empty when
-/// there are no ids, `None` when they cannot be read.
-fn read_counts(
-    mut ids: Vec<u32>,
+/// Reads the counters of `ids` (sorted, each once) [`READ_CHUNK`] at a time and hands each id's
+/// reading to `each`, in id order. `false` when some could not be read (their ids are left
+/// out); no reader reads nothing.
+fn read_chunked(
+    ids: &[u32],
     read: Option<&FrontendCountsFn>,
-) -> Option<Vec<(u32, FrontendCounts)>> {
-    ids.sort_unstable();
-    ids.dedup();
-    if ids.is_empty() {
-        return Some(Vec::new());
+    mut each: impl FnMut(u32, FrontendCounts),
+) -> bool {
+    debug_assert!(ids.is_sorted(), "ids are read in order");
+    let mut all_read = true;
+    for chunk in ids.chunks(READ_CHUNK) {
+        match read.and_then(|read| read(chunk)) {
+            Some(counts) if counts.len() == chunk.len() => {
+                for (&id, now) in chunk.iter().zip(counts) {
+                    each(id, now);
+                }
+            }
+            _ => all_read = false,
+        }
     }
-    let counts = read?(&ids)?;
-    (counts.len() == ids.len()).then(|| ids.into_iter().zip(counts).collect())
-}
-
-fn counts_of(now: &[(u32, FrontendCounts)], id: u32) -> Option<FrontendCounts> {
-    now.binary_search_by_key(&id, |(id, _)| *id)
-        .ok()
-        .map(|i| now[i].1)
+    all_read
 }
 
 impl ServiceConnects {
@@ -101,9 +113,9 @@ impl ServiceConnects {
         self.ports.get(slot as usize)?.as_ref()
     }
 
-    /// Whether `owner` is the frontend `frontend` of the Service port `port`.
-    fn is(&self, owner: &Owner, frontend: &FrontendKey, port: &ServicePort) -> bool {
-        owner.frontend == *frontend && self.port(owner.port).is_some_and(|p| p.port == *port)
+    /// Whether `owner` is the Service port `port`.
+    fn is(&self, owner: &Owner, port: &ServicePort) -> bool {
+        self.port(owner.port).is_some_and(|p| p.port == *port)
     }
 
     /// One more owner names `port`: its slot.
@@ -181,7 +193,7 @@ impl ServiceConnects {
     }
 
     /// Adds what the kernel counted since the last read to each id's owner. `false` when the
-    /// counters could not be read (nothing changes then).
+    /// counters could not be read (the ids not read keep their last reading).
     pub(super) fn collect(&mut self, read: Option<&FrontendCountsFn>) -> bool {
         let ids: Vec<u32> = self
             .owners
@@ -190,18 +202,9 @@ impl ServiceConnects {
             .filter(|(_, owner)| owner.is_some())
             .map(|(id, _)| id as u32)
             .collect();
-        if ids.is_empty() {
-            return true;
-        }
-        let Some(counts) = read.and_then(|read| read(&ids)) else {
-            return false;
-        };
-        if counts.len() != ids.len() {
-            return false;
-        }
-        for (id, now) in ids.into_iter().zip(counts) {
+        read_chunked(&ids, read, |id, now| {
             let Some(owner) = self.take_owner(id) else {
-                continue;
+                return;
             };
             self.credit(&owner, now);
             self.put_owner(
@@ -211,8 +214,7 @@ impl ServiceConnects {
                     ..owner
                 },
             );
-        }
-        true
+        })
     }
 
     /// Replaces the programmed frontends: counts so far go to the old owners, new owners start
@@ -232,7 +234,7 @@ impl ServiceConnects {
         for f in frontends {
             let previous = old.get_mut(f.id as usize).and_then(Option::take);
             match previous {
-                Some(owner) if self.is(&owner, &f.frontend, &f.service) => {
+                Some(owner) if self.is(&owner, &f.service) => {
                     self.put_owner(f.id, owner);
                 }
                 previous => {
@@ -265,7 +267,7 @@ impl ServiceConnects {
         for f in upsert {
             if self
                 .owner(f.id)
-                .is_some_and(|owner| self.is(owner, &f.frontend, &f.service))
+                .is_some_and(|owner| self.is(owner, &f.service))
             {
                 continue;
             }
@@ -284,45 +286,42 @@ impl ServiceConnects {
         fresh: &mut Vec<u32>,
     ) {
         let port = self.hold(f.service);
-        let owner = Owner {
-            frontend: f.frontend,
-            port,
-            last: None,
-        };
+        let owner = Owner { port, last: None };
         leaving.extend(self.put_owner(f.id, owner).map(|old| (f.id, old)));
         fresh.push(f.id);
     }
 
-    /// With one read: credits the `leaving` owners' last counts to their ports and lets go of
-    /// them, and gives the `fresh` owners their baselines.
+    /// With one reading of each id: credits the `leaving` owners' last counts to their ports
+    /// and lets go of them, and gives the `fresh` owners their baselines.
     fn settle(
         &mut self,
-        leaving: Vec<(u32, Owner)>,
+        mut leaving: Vec<(u32, Owner)>,
         fresh: Vec<u32>,
         read: Option<&FrontendCountsFn>,
     ) -> bool {
-        let ids = leaving
-            .iter()
-            .map(|(id, _)| *id)
-            .chain(fresh.iter().copied())
-            .collect();
-        let read_ok = match read_counts(ids, read) {
-            Some(now) => {
-                for (id, owner) in &leaving {
-                    if let Some(now) = counts_of(&now, *id) {
-                        self.credit(owner, now);
-                    }
+        leaving.sort_unstable_by_key(|(id, _)| *id);
+        let mut ids: Vec<u32> = fresh;
+        ids.extend(leaving.iter().map(|(id, _)| *id));
+        ids.sort_unstable();
+        ids.dedup();
+        // `leaving` is in id order, as the readings come: one pass over it.
+        let mut next = 0;
+        let read_ok = read_chunked(&ids, read, |id, now| {
+            while let Some((leaver, owner)) = leaving.get(next)
+                && *leaver <= id
+            {
+                if *leaver == id {
+                    self.credit(owner, now);
                 }
-                for id in fresh {
-                    let counts = counts_of(&now, id);
-                    if let Some(Some(owner)) = self.owners.get_mut(id as usize) {
-                        owner.last = counts;
-                    }
-                }
-                true
+                next += 1;
             }
-            None => false,
-        };
+            // A fresh owner (still without a reading) starts from this one.
+            if let Some(Some(owner)) = self.owners.get_mut(id as usize)
+                && owner.last.is_none()
+            {
+                owner.last = Some(now);
+            }
+        });
         for (_, owner) in &leaving {
             self.release(owner.port);
         }

@@ -2,12 +2,10 @@
 //! must give.
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr},
     sync::{Arc, Mutex},
 };
 
 use super::*;
-use crate::plan::Protocol;
 
 type Counters = Arc<Mutex<Option<BTreeMap<u32, FrontendCounts>>>>;
 
@@ -61,14 +59,9 @@ fn port(service: &str, port_name: &str) -> ServicePort {
     }
 }
 
-fn frontend(id: u32, last_octet: u8, service: &str, port_name: &str) -> NamedFrontend {
+fn frontend(id: u32, service: &str, port_name: &str) -> NamedFrontend {
     NamedFrontend {
         id,
-        frontend: FrontendKey {
-            address: IpAddr::V4(Ipv4Addr::new(10, 96, 0, last_octet)),
-            port: 80,
-            protocol: Protocol::Tcp,
-        },
         service: port(service, port_name),
     }
 }
@@ -100,7 +93,7 @@ fn counts_since_an_owner_took_its_id_go_to_its_service_port() {
     kernel.count(1, 5, 0);
     kernel.count(2, 7, 1);
     assert!(c.set(
-        [frontend(1, 1, "web", "http"), frontend(2, 2, "web", "http")],
+        [frontend(1, "web", "http"), frontend(2, "web", "http")],
         kernel.read()
     ));
     assert_eq!(
@@ -118,7 +111,7 @@ fn counts_since_an_owner_took_its_id_go_to_its_service_port() {
     );
     // The same set again reads nothing and keeps the baselines.
     assert!(c.set(
-        [frontend(1, 1, "web", "http"), frontend(2, 2, "web", "http")],
+        [frontend(1, "web", "http"), frontend(2, "web", "http")],
         None
     ));
     kernel.count(1, 10, 0);
@@ -130,17 +123,18 @@ fn counts_since_an_owner_took_its_id_go_to_its_service_port() {
 fn a_reused_id_counts_for_its_new_owner_only_from_the_moment_it_changed_hands() {
     let kernel = Kernel::new();
     let mut c = ServiceConnects::default();
-    assert!(c.set([frontend(1, 1, "old", "")], kernel.read()));
+    assert!(c.set([frontend(1, "old", "")], kernel.read()));
     kernel.count(1, 4, 0);
     // The id goes to another Service's frontend: the old owner keeps its 4 (credited at the
     // hand-over), and its port, now without frontends, goes.
-    assert!(c.set([frontend(1, 9, "new", "")], kernel.read()));
+    assert!(c.set([frontend(1, "new", "")], kernel.read()));
     assert_eq!(totals(&c), [row("new", "", 0, 0)]);
     kernel.count(1, 6, 1);
     assert!(c.collect(kernel.read()));
     assert_eq!(totals(&c), [row("new", "", 2, 1)]);
-    // Same Service port, another frontend address under the id: a new owner too.
-    assert!(c.set([frontend(1, 10, "new", "")], kernel.read()));
+    // Another frontend of the same Service port under the id: it goes on counting for the
+    // port (crediting one frontend and starting the next from the same reading adds the same).
+    assert!(c.set([frontend(1, "new", "")], kernel.read()));
     kernel.count(1, 7, 1);
     assert!(c.collect(kernel.read()));
     assert_eq!(totals(&c), [row("new", "", 3, 1)]);
@@ -150,13 +144,11 @@ fn a_reused_id_counts_for_its_new_owner_only_from_the_moment_it_changed_hands() 
 fn a_port_that_only_changes_ids_keeps_its_counts() {
     let kernel = Kernel::new();
     let mut c = ServiceConnects::default();
-    assert!(c.set([frontend(1, 1, "web", "")], kernel.read()));
+    assert!(c.set([frontend(1, "web", "")], kernel.read()));
     kernel.count(1, 3, 0);
     kernel.count(2, 100, 0);
     // The frontend moves to id 2: what id 1 counted is credited, id 2 starts from its value.
-    let mut moved = frontend(2, 2, "web", "");
-    moved.frontend = frontend(1, 1, "web", "").frontend;
-    assert!(c.set([moved], kernel.read()));
+    assert!(c.set([frontend(2, "web", "")], kernel.read()));
     assert_eq!(totals(&c), [row("web", "", 3, 0)]);
     kernel.count(2, 101, 0);
     assert!(c.collect(kernel.read()));
@@ -168,7 +160,7 @@ fn a_counter_that_went_down_counts_from_zero() {
     let kernel = Kernel::new();
     let mut c = ServiceConnects::default();
     kernel.count(1, 50, 0);
-    assert!(c.set([frontend(1, 1, "web", "")], kernel.read()));
+    assert!(c.set([frontend(1, "web", "")], kernel.read()));
     // The maps were recreated: the counter restarted.
     kernel.count(1, 2, 0);
     assert!(c.collect(kernel.read()));
@@ -181,9 +173,9 @@ fn patch_changes_only_the_named_ids() {
     let mut c = ServiceConnects::default();
     assert!(c.set(
         [
-            frontend(1, 1, "a", ""),
-            frontend(2, 2, "b", ""),
-            frontend(3, 3, "b", "")
+            frontend(1, "a", ""),
+            frontend(2, "b", ""),
+            frontend(3, "b", "")
         ],
         kernel.read()
     ));
@@ -193,7 +185,7 @@ fn patch_changes_only_the_named_ids() {
     // Id 2 goes, id 4 is new, id 1 is named again unchanged.
     assert!(c.patch(
         &[2],
-        [frontend(4, 4, "c", ""), frontend(1, 1, "a", "")],
+        [frontend(4, "c", ""), frontend(1, "a", "")],
         kernel.read()
     ));
     kernel.count(1, 2, 0);
@@ -218,7 +210,7 @@ fn patch_changes_only_the_named_ids() {
 fn unreadable_counters_are_reported_and_counted_later() {
     let kernel = Kernel::new();
     let mut c = ServiceConnects::default();
-    assert!(c.set([frontend(1, 1, "web", "")], kernel.read()));
+    assert!(c.set([frontend(1, "web", "")], kernel.read()));
     kernel.unreadable();
     assert!(!c.collect(kernel.read()));
     assert!(!c.collect(None), "no reader is unreadable too");
@@ -237,7 +229,7 @@ fn freed_port_slots_are_reused_without_mixing_ports() {
         let set: Vec<NamedFrontend> = services
             .iter()
             .enumerate()
-            .map(|(i, s)| frontend(i as u32 + 1, i as u8 + 1, s, "p"))
+            .map(|(i, s)| frontend(i as u32 + 1, s, "p"))
             .collect();
         assert!(c.set(set, kernel.read()));
         for i in 0..4u32 {
@@ -260,4 +252,116 @@ fn freed_port_slots_are_reused_without_mixing_ports() {
     assert!(c.set([], kernel.read()));
     assert!(totals(&c).is_empty());
     assert!(c.index.is_empty());
+}
+
+#[test]
+fn many_ids_are_read_a_chunk_at_a_time_and_credited_across_chunks() {
+    let kernel = Kernel::new();
+    let calls: Arc<Mutex<Vec<Vec<u32>>>> = Arc::default();
+    let seen = calls.clone();
+    let inner = kernel.1;
+    let read = move |ids: &[u32]| {
+        seen.lock().unwrap().push(ids.to_vec());
+        inner(ids)
+    };
+    let kernel = Kernel(kernel.0, Box::new(read));
+    let n = READ_CHUNK as u32 * 2 + 7;
+    // Ports "p0".."p2" of one Service, frontends spread over them; every id counted before.
+    let port_of = |id: u32| format!("p{}", id % 3);
+    for id in 1..=n {
+        kernel.count(id, 10, 0);
+    }
+    let mut c = ServiceConnects::default();
+    assert!(c.set(
+        (1..=n).map(|id| frontend(id, "web", &port_of(id))),
+        kernel.read()
+    ));
+    {
+        let calls = calls.lock().unwrap();
+        assert_eq!(calls.len(), 3, "{n} baselines in chunks of {READ_CHUNK}");
+        assert!(
+            calls
+                .iter()
+                .all(|ids| ids.len() <= READ_CHUNK && ids.is_sorted())
+        );
+        let all: Vec<u32> = calls.concat();
+        assert_eq!(
+            all,
+            (1..=n).collect::<Vec<_>>(),
+            "each id read once, in order"
+        );
+    }
+    assert_eq!(
+        totals(&c),
+        [
+            row("web", "p0", 0, 0),
+            row("web", "p1", 0, 0),
+            row("web", "p2", 0, 0)
+        ],
+        "what was counted before the ids were named is nobody's"
+    );
+    // Every id counts 1; then each frontend moves to the id `n` above its own (ids the kernel
+    // counted 100 on): the old ids are credited from the one reading of the move, and the new
+    // ones start from theirs.
+    for id in 1..=n {
+        kernel.count(id, 11, 0);
+        kernel.count(id + n, 100, 0);
+    }
+    calls.lock().unwrap().clear();
+    assert!(c.set(
+        (1..=n).map(|id| frontend(id + n, "web", &port_of(id))),
+        kernel.read()
+    ));
+    assert_eq!(calls.lock().unwrap().concat().len(), 2 * n as usize);
+    for id in 1..=n {
+        kernel.count(id + n, 102, 0);
+    }
+    assert!(c.collect(kernel.read()));
+    let per_port = |p: u32| (1..=n).filter(|id| id % 3 == p).count() as u64 * 3;
+    assert_eq!(
+        totals(&c),
+        [
+            row("web", "p0", per_port(0), 0),
+            row("web", "p1", per_port(1), 0),
+            row("web", "p2", per_port(2), 0)
+        ]
+    );
+}
+
+#[test]
+fn a_chunk_that_cannot_be_read_leaves_the_others_counted() {
+    let kernel = Kernel::new();
+    let failing = Arc::new(Mutex::new(false));
+    let fail = failing.clone();
+    let inner = kernel.1;
+    // Fails the chunk that holds id 1 while `failing` is set.
+    let read = move |ids: &[u32]| {
+        if *fail.lock().unwrap() && ids.contains(&1) {
+            return None;
+        }
+        inner(ids)
+    };
+    let kernel = Kernel(kernel.0, Box::new(read));
+    let n = READ_CHUNK as u32 + 1;
+    let mut c = ServiceConnects::default();
+    assert!(c.set(
+        (1..=n).map(|id| frontend(id, if id == n { "last" } else { "web" }, "")),
+        kernel.read()
+    ));
+    for id in 1..=n {
+        kernel.count(id, 2, 0);
+    }
+    *failing.lock().unwrap() = true;
+    assert!(!c.collect(kernel.read()), "one chunk failed");
+    assert_eq!(
+        totals(&c),
+        [row("last", "", 2, 0), row("web", "", 0, 0)],
+        "the chunk of id {n} alone was read"
+    );
+    *failing.lock().unwrap() = false;
+    assert!(c.collect(kernel.read()));
+    assert_eq!(
+        totals(&c),
+        [row("last", "", 2, 0), row("web", "", 2 * (n as u64 - 1), 0)]
+    );
 }
