@@ -17,8 +17,8 @@ use super::{
     TRIGGER_TIME_ANNOTATION, ZONE_LABEL,
 };
 
-/// Shares the strings many objects repeat (namespaces, port names, node names, zones): one allocation per
-/// distinct value. Owned by whoever converts: for one read, or for the life of a Kubernetes
+/// Shares the strings and lists many objects repeat (namespaces, port names, node names, zones,
+/// port lists): one allocation per distinct value. Owned by whoever converts: for one read, or for the life of a Kubernetes
 /// source's store. Strings no object holds any more (a deleted namespace, a scaled-down node)
 /// are dropped whenever the set has doubled since the last such sweep, so a long-lived interner
 /// stays as bounded as the objects it serves, at an amortized constant cost per string.
@@ -30,6 +30,9 @@ pub struct Interner {
     /// Places of endpoints (node and hints), shared by the endpoints on one node with the same
     /// hints.
     places: Pool<Arc<Place>>,
+    /// Port lists of Services and of EndpointSlices.
+    service_ports: Pool<Arc<[ServicePort]>>,
+    slice_ports: Pool<Arc<[EndpointPort]>>,
 }
 
 /// The smallest set an interner sweeps.
@@ -40,13 +43,7 @@ trait Pooled: Clone + Eq + std::hash::Hash {
     fn held_elsewhere(&self) -> bool;
 }
 
-impl Pooled for Arc<str> {
-    fn held_elsewhere(&self) -> bool {
-        Arc::strong_count(self) > 1
-    }
-}
-
-impl Pooled for Arc<Place> {
+impl<T: Eq + std::hash::Hash + ?Sized> Pooled for Arc<T> {
     fn held_elsewhere(&self) -> bool {
         Arc::strong_count(self) > 1
     }
@@ -198,16 +195,20 @@ impl Interner {
                 .as_ref()
                 .and_then(|labels| labels.get(SERVICE_NAME_LABEL))
                 .map(|name| name.as_str().into()),
-            ports: slice
-                .ports
-                .iter()
-                .flatten()
-                .map(|port| EndpointPort {
-                    name: self.intern(port.name.as_deref().unwrap_or_default()),
-                    protocol: PortProtocol::parse(port.protocol.as_deref()),
-                    port: port.port,
-                })
-                .collect(),
+            ports: {
+                let ports: Vec<EndpointPort> = slice
+                    .ports
+                    .iter()
+                    .flatten()
+                    .map(|port| EndpointPort {
+                        name: self.intern(port.name.as_deref().unwrap_or_default()),
+                        protocol: PortProtocol::parse(port.protocol.as_deref()),
+                        port: port.port,
+                    })
+                    .collect();
+                self.slice_ports
+                    .share(&ports[..], |ports: &[EndpointPort]| Arc::from(ports))
+            },
             endpoints: slice
                 .endpoints
                 .iter()
@@ -310,7 +311,7 @@ impl Interner {
     }
 }
 
-/// A Service's spec, its port names interned in `strings`.
+/// A Service's spec, its port names and port list interned in `strings`.
 fn service_spec(strings: &mut Interner, spec: &core::ServiceSpec) -> ServiceSpec {
     let cluster_ips: Vec<&str> = match spec.cluster_ips.as_deref() {
         Some(ips) if !ips.is_empty() => ips.iter().map(String::as_str).collect(),
@@ -329,17 +330,22 @@ fn service_spec(strings: &mut Interner, spec: &core::ServiceSpec) -> ServiceSpec
             .map(|ip| Address::parse(ip))
             .collect(),
         internal_traffic_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
-        ports: spec
-            .ports
-            .iter()
-            .flatten()
-            .map(|port| ServicePort {
-                name: strings.intern(port.name.as_deref().unwrap_or_default()),
-                node_port: port.node_port,
-                port: port.port,
-                protocol: PortProtocol::parse(port.protocol.as_deref()),
-            })
-            .collect(),
+        ports: {
+            let ports: Vec<ServicePort> = spec
+                .ports
+                .iter()
+                .flatten()
+                .map(|port| ServicePort {
+                    name: strings.intern(port.name.as_deref().unwrap_or_default()),
+                    node_port: port.node_port,
+                    port: port.port,
+                    protocol: PortProtocol::parse(port.protocol.as_deref()),
+                })
+                .collect();
+            strings
+                .service_ports
+                .share(&ports[..], |ports: &[ServicePort]| Arc::from(ports))
+        },
         session_affinity_client_ip: spec.session_affinity.as_deref() == Some("ClientIP"),
         affinity_timeout_seconds: spec
             .session_affinity_config

@@ -7,7 +7,8 @@
 //! shared. The means:
 //! - `Box<str>` / `Box<[T]>` rather than `String` / `Vec` (no spare capacity);
 //! - namespaces, port names, node names and zones interned as `Arc<str>` by an [`Interner`]
-//!   owned by whoever converts (one per manifest read, or the Kubernetes source's own);
+//!   owned by whoever converts (one per manifest read, or the Kubernetes source's own), and
+//!   the port lists of Services and of EndpointSlices interned as `Arc<[_]>` alike;
 //! - only the labels and annotations the engine reads, as typed fields, not maps;
 //! - values parsed once where the engine only ever uses them parsed (an IP address), keeping
 //!   the raw text where the engine reports it ([`Address::Invalid`]), so every report stays word
@@ -213,8 +214,9 @@ pub struct ServiceSpec {
     pub external_ips: Box<[Address]>,
     /// `internalTrafficPolicy: Local`.
     pub internal_traffic_local: bool,
-    /// Absent and empty alike (the engine reports "no ports" for both).
-    pub ports: Box<[ServicePort]>,
+    /// Absent and empty alike (the engine reports "no ports" for both). Shared: the converter
+    /// interns port lists, which repeat across Services (`http` on 80).
+    pub ports: Arc<[ServicePort]>,
     /// `sessionAffinity: ClientIP`.
     pub session_affinity_client_ip: bool,
     /// `sessionAffinityConfig.clientIP.timeoutSeconds`, as written.
@@ -224,7 +226,7 @@ pub struct ServiceSpec {
     pub type_: ServiceType,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServicePort {
     /// Empty when unnamed. Shared: each frontend of the port points at it, and the converter
@@ -257,7 +259,9 @@ pub struct EndpointSlice {
     /// [`ServiceRef`](crate::plan::ServiceRef)s made of it ([`EndpointSlice::service_ref`]).
     pub service_name: Option<Arc<str>>,
     pub address_type: AddressType,
-    pub ports: Box<[EndpointPort]>,
+    /// Shared: the converter interns port lists, which every slice of a Service repeats (and
+    /// Services often repeat between them).
+    pub ports: Arc<[EndpointPort]>,
     pub endpoints: Endpoints,
     /// The `endpoints.kubernetes.io/last-change-trigger-time` annotation, when present and
     /// valid (RFC 3339, not before 1970).
@@ -290,7 +294,7 @@ pub enum AddressType {
     Other(Box<str>),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct EndpointPort {
     /// Empty when unnamed. Shared: the converter interns port names, which repeat across a
     /// cluster (`http`, `metrics`, ...).

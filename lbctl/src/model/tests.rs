@@ -456,6 +456,77 @@ fn interned_strings_are_shared() {
 }
 
 #[test]
+fn equal_port_lists_are_shared_and_different_ones_are_not() {
+    let svc = |name: &str, ports: Value| -> core::Service {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "shop"},
+            "spec": {"clusterIP": "10.96.0.1", "ports": ports}
+        }))
+        .unwrap()
+    };
+    let slice = |name: &str, ports: Value| -> discovery::EndpointSlice {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "shop"},
+            "addressType": "IPv4", "endpoints": [{"addresses": ["10.0.0.1"]}],
+            "ports": ports
+        }))
+        .unwrap()
+    };
+    let http = json!([{"name": "http", "port": 80}]);
+    let services = [
+        svc("a", http.clone()),
+        svc("b", http.clone()),
+        svc("c", json!([{"name": "http", "port": 81}])),
+        svc(
+            "d",
+            json!([{"name": "http", "port": 80, "nodePort": 30080}]),
+        ),
+        svc(
+            "e",
+            json!([{"name": "http", "port": 80, "protocol": "UDP"}]),
+        ),
+        svc("f", json!([{"name": "web", "port": 80}])),
+    ];
+    let slices = [
+        slice("a-1", json!([{"name": "http", "port": 8080}])),
+        slice(
+            "a-2",
+            json!([{"name": "http", "port": 8080, "protocol": "TCP"}]),
+        ),
+        slice("b-1", json!([{"name": "http", "port": 8081}])),
+        slice(
+            "c-1",
+            json!([{"name": "http", "port": 8080}, {"name": "m", "port": 9090}]),
+        ),
+    ];
+    let inventory = Inventory::from_objects(&services, &slices, []);
+    let ports: Vec<&Arc<[ServicePort]>> = inventory
+        .services
+        .iter()
+        .map(|s| &s.spec.as_ref().expect("spec").ports)
+        .collect();
+    assert!(
+        Arc::ptr_eq(ports[0], ports[1]),
+        "equal lists: one allocation"
+    );
+    assert_eq!(ports[0][0].port, 80);
+    for (i, other) in ports.iter().enumerate().skip(2) {
+        assert!(!Arc::ptr_eq(ports[0], other), "service {i} differs");
+        assert_ne!(ports[0], *other);
+    }
+    let sp: Vec<&Arc<[EndpointPort]>> =
+        inventory.endpoint_slices.iter().map(|s| &s.ports).collect();
+    assert!(
+        Arc::ptr_eq(sp[0], sp[1]),
+        "an absent protocol is TCP: the same list"
+    );
+    assert!(!Arc::ptr_eq(sp[0], sp[2]));
+    assert!(!Arc::ptr_eq(sp[0], sp[3]));
+    assert_eq!(sp[3].len(), 2);
+    assert_eq!(sp[2][0].port, Some(8081));
+}
+
+#[test]
 fn endpoints_share_a_place_only_when_node_and_hints_match_and_the_address_is_an_ip() {
     let endpoints = json!([
         {"addresses": ["10.0.0.1"], "nodeName": "w1"},
