@@ -241,3 +241,71 @@ fn a_deleted_owner_hands_its_frontend_to_the_next_claim() {
     assert_eq!(&*planner.frontend(&key).unwrap().service.name, "a");
     assert!(planner.report().0.is_empty());
 }
+
+#[test]
+fn claim_ages_order_as_their_times_and_an_undated_service_comes_last() {
+    let times = [
+        "1969-12-31T23:59:58.5Z",
+        "1969-12-31T23:59:59Z",
+        "1969-12-31T23:59:59.5Z",
+        "1970-01-01T00:00:00Z",
+        "1970-01-01T00:00:00.25Z",
+        "2026-01-01T00:00:00Z",
+    ];
+    let mut ages: Vec<(i64, i32)> = times
+        .iter()
+        .map(|t| Claim::age(Some(&Time(t.parse().expect("test time")))))
+        .collect();
+    ages.push(Claim::age(None));
+    let mut sorted = ages.clone();
+    sorted.sort();
+    assert_eq!(sorted, ages, "{times:?} and no time, in this order");
+    assert_eq!(ages.last(), Some(&Claim::UNDATED));
+}
+
+#[test]
+fn claims_go_from_none_to_one_to_many_and_back_in_claim_order() {
+    let frontend = |service: &str| Frontend {
+        service: ServiceRef::new("ns", service),
+        port_name: "".into(),
+        protocol: crate::plan::Protocol::Tcp,
+        kind: crate::plan::FrontendKind::ClusterIP,
+        address: "10.96.0.1".parse().unwrap(),
+        port: 80,
+        backends: Default::default(),
+        affinity_timeout_seconds: None,
+    };
+    let claim = |seconds: i64, service: &str| Claim {
+        seconds,
+        nanos: 0,
+        offer: 0,
+        frontend: frontend(service),
+    };
+    let services =
+        |c: &Claims| -> Vec<String> { c.values().map(|f| f.service.name.to_string()).collect() };
+    let mut c = Claims::default();
+    assert!(c.is_empty());
+    c.insert(claim(20, "b"));
+    assert!(matches!(c, Claims::One(_)));
+    c.insert(claim(10, "c"));
+    c.insert(claim(20, "a"));
+    assert_eq!(services(&c), ["c", "a", "b"], "older first, then by name");
+    c.insert(claim(5, "a"));
+    assert_eq!(services(&c), ["a", "c", "a", "b"]);
+    c.remove(&ServiceRef::new("ns", "a"), 0);
+    assert_eq!(
+        services(&c),
+        ["c", "b"],
+        "a Service's claims at that offer go"
+    );
+    c.remove(&ServiceRef::new("ns", "c"), 0);
+    assert!(
+        matches!(c, Claims::One(_)),
+        "one claim is held inline again"
+    );
+    assert_eq!(c.len(), 1);
+    c.remove(&ServiceRef::new("ns", "b"), 0);
+    assert!(c.is_empty());
+    c.remove(&ServiceRef::new("ns", "b"), 0);
+    assert!(c.is_empty());
+}
