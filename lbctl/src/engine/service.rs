@@ -49,7 +49,7 @@ pub(crate) fn plan_service(
     let svc_ref = service_ref(svc);
     // Named only when something is reported.
     let object = || service_object(&svc_ref);
-    let Some(spec) = svc.spec.as_deref() else {
+    let Some(spec) = svc.spec.as_ref() else {
         report.skip(object(), "no spec");
         return Vec::new();
     };

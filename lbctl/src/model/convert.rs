@@ -171,10 +171,7 @@ impl Interner {
             creation_timestamp: meta.creation_timestamp.clone(),
             name: meta.name.as_deref().map(Arc::from),
             namespace: self.namespace(meta),
-            spec: svc
-                .spec
-                .as_ref()
-                .map(|spec| Box::new(service_spec(self, spec))),
+            spec: svc.spec.as_ref().map(|spec| service_spec(self, spec)),
             rare: (rare != ServiceRare::default()).then(|| Box::new(rare)),
         }
     }

@@ -149,7 +149,7 @@ fn service_spec() {
             {"ip": "bad"}
         ]}}
     }));
-    let spec = svc.spec.as_deref().expect("spec");
+    let spec = svc.spec.as_ref().expect("spec");
     assert_eq!(spec.type_, ServiceType::LoadBalancer);
     assert_eq!(
         &*spec.external_ips,
@@ -199,7 +199,7 @@ fn service_spec() {
     );
 
     let defaults = service(json!({"metadata": {"name": "s"}, "spec": {"type": "Weird"}}));
-    let spec = defaults.spec.as_deref().expect("spec");
+    let spec = defaults.spec.as_ref().expect("spec");
     assert_eq!(spec.type_, ServiceType::ClusterIP);
     assert!(!spec.internal_traffic_local);
     assert!(!spec.session_affinity_client_ip);
