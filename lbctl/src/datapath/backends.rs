@@ -355,6 +355,22 @@ impl BackendTable {
         self.entries.get(id).refs > 0
     }
 
+    /// Sets every reference count to zero (before counting them all again).
+    pub(crate) fn clear_refs(&mut self) {
+        let ids: Vec<u32> = self
+            .entries
+            .dense()
+            .chain(self.entries.sparse.iter().map(|(&id, &e)| (id, e)))
+            .filter(|(_, e)| e.refs > 0)
+            .map(|(id, _)| id)
+            .collect();
+        for id in ids {
+            let mut entry = self.entries.get(id);
+            entry.refs = 0;
+            self.entries.set(id, entry);
+        }
+    }
+
     pub(crate) fn add_ref(&mut self, id: u32) {
         let mut entry = self.entries.get(id);
         entry.refs += 1;

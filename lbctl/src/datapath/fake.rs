@@ -73,6 +73,10 @@ impl LbMaps for MemMaps {
         self.limits
     }
 
+    fn slot(&self, index: u32) -> u32 {
+        self.tables.slots.get(&index).copied().unwrap_or(0)
+    }
+
     fn dump(&self) -> Result<MapDump, DatapathError> {
         Ok(self.tables.clone())
     }
@@ -233,6 +237,10 @@ impl<M> FaultyMaps<M> {
 impl<M: LbMaps> LbMaps for FaultyMaps<M> {
     fn limits(&self) -> Limits {
         self.inner.limits()
+    }
+
+    fn slot(&self, index: u32) -> u32 {
+        self.inner.slot(index)
     }
 
     fn dump(&self) -> Result<MapDump, DatapathError> {

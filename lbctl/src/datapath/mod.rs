@@ -162,7 +162,7 @@ impl Datapath {
     pub fn install_object(config: &DatapathConfig, object: Object) -> Result<Self, DatapathError> {
         let loaded = loader::install(config, &object)?;
         restrict_pins(&config.pin_dir)?;
-        let writer = Writer::adopt(loaded.maps)?;
+        let writer = Writer::adopt(loaded.maps.for_writing())?;
         Ok(Self {
             pin_dir: config.pin_dir.clone(),
             installed: loaded.installed,
@@ -175,7 +175,7 @@ impl Datapath {
 
     /// Opens an installed datapath for writing without touching its programs.
     pub fn open(pin_dir: &Path) -> Result<Self, DatapathError> {
-        let writer = Writer::adopt(Maps::open(pin_dir)?)?;
+        let writer = Writer::adopt(Maps::open(pin_dir)?.for_writing())?;
         Ok(Self {
             pin_dir: pin_dir.to_path_buf(),
             installed: Installed::Adopted,

@@ -61,6 +61,9 @@ pub trait LbMaps {
     fn limits(&self) -> Limits;
     /// Reads every entry of the four tables.
     fn dump(&self) -> Result<MapDump, DatapathError>;
+    /// Element `index` of `lb_slots`: a backend id, 0 when empty (or beyond the array). The
+    /// writer reads a frontend's backend ids back from here rather than keeping a copy.
+    fn slot(&self, index: u32) -> u32;
     /// Writes `ids[i]` into element `indexes[i]` of `lb_slots` (zero clears it).
     fn write_slots(&mut self, indexes: &[u32], ids: &[u32]) -> Result<(), BatchError>;
     fn update_backends(&mut self, ids: &[u32], values: &[Backend]) -> Result<(), BatchError>;
@@ -165,6 +168,23 @@ fn write_array<V: Copy>(
     result
 }
 
+impl Maps {
+    /// Makes the mapping of `lb_slots` the writer reads its frontends' backend ids through (and
+    /// writes through), so that reading them costs no system call. Unmappable arrays (a
+    /// read-only descriptor) keep reading through lookups, and fail on the first write.
+    pub(crate) fn for_writing(mut self) -> Self {
+        if let Err(e) = mapping(
+            &mut self.slots_rw,
+            self.slots.map(),
+            SLOTS_MAP,
+            size_of::<u32>(),
+        ) {
+            tracing::debug!(reason = %e.reason, "lb_slots not mapped yet");
+        }
+        self
+    }
+}
+
 impl LbMaps for Maps {
     fn limits(&self) -> Limits {
         let entries =
@@ -191,6 +211,15 @@ impl LbMaps for Maps {
                 .insert(key.map_err(|e| DatapathError::map(MEMBERS_MAP, e))?);
         }
         Ok(dump)
+    }
+
+    /// Through the array's mapping once one is made (the first write makes it, and opening
+    /// the maps for a writer does), else one lookup.
+    fn slot(&self, index: u32) -> u32 {
+        match &self.slots_rw {
+            Some(mapping) => mapping.read(index).unwrap_or(0),
+            None => self.slots.get(&index, 0).unwrap_or(0),
+        }
     }
 
     fn write_slots(&mut self, indexes: &[u32], ids: &[u32]) -> Result<(), BatchError> {

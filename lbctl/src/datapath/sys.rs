@@ -530,6 +530,27 @@ impl ArrayMapping {
         Ok(())
     }
 
+    /// Element `index` (a `V` no larger than the element, plain data), as last written; `None`
+    /// beyond the array.
+    pub(crate) fn read<V: Copy>(&self, index: u32) -> Option<V> {
+        if index >= self.len {
+            return None;
+        }
+        debug_assert!(size_of::<V>() <= self.elem);
+        // SAFETY: element `index` lies inside the mapping (index < len, size >= len * elem),
+        // starts at a multiple of 8 bytes from a page-aligned base (aligned for `V`), and `V`
+        // is plain data, so any bytes are a valid value; read by value. Only the writer stores
+        // into the elements it reads back (the programs only read them).
+        Some(unsafe {
+            std::ptr::read_volatile(
+                self.base
+                    .as_ptr()
+                    .add(index as usize * self.elem)
+                    .cast::<V>(),
+            )
+        })
+    }
+
     /// Writes one field of element `index`: `value` at byte `offset` of the element (plain data,
     /// naturally aligned: `offset` a multiple of its alignment). The other bytes of the element
     /// are not touched, so a program reading the element meanwhile sees each of them as it was.

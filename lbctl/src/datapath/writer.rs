@@ -48,6 +48,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use lb_common::{Backend, IPPROTO_TCP, MemberKey, ServiceKey, ServiceValue, needs_members};
+use smallvec::SmallVec;
 
 use crate::idset::IdSet;
 
@@ -64,16 +65,30 @@ use super::{
 
 /// What the maps hold for one frontend. An unchanged spec is recognised by comparing it with
 /// this (its master, and its backends through the backend table), so the writer keeps no copy
-/// of the desired state.
+/// of the desired state. Its backend ids are the ones of its range in `lb_slots`, read back
+/// from the map ([`Writer::slot_ids`]) rather than copied: the range is written before the
+/// master that points to it, and changed only after that master is replaced or deleted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Programmed {
     /// Its range of `lb_slots` is `slot_base..slot_base + count`.
     master: ServiceValue,
-    /// Backend ids of the range, in order.
-    slots: Box<[u32]>,
+    /// A digest of the range's elements when they were counted ([`range_digest`]): the range
+    /// found otherwise when its references are dropped was changed behind the writer's back,
+    /// and every count is taken again from the maps (never a backend deleted in use).
+    digest: u32,
     /// Whether the range is this frontend's own in the allocator (false only for a range found
     /// overlapping another one when adopting maps: never freed, replaced by the next apply).
     owned: bool,
+}
+
+/// The elements of `lb_slots` `master` points to.
+fn range_of(master: &ServiceValue) -> std::ops::Range<u32> {
+    master.slot_base..master.slot_base.saturating_add(u32::from(master.count))
+}
+
+/// FNV-1a over the elements of a range, in order.
+fn range_digest(elements: impl Iterator<Item = u32>) -> u32 {
+    elements.fold(0x811c_9dc5, |h, e| (h ^ e).wrapping_mul(0x0100_0193))
 }
 
 impl Programmed {
@@ -156,6 +171,9 @@ pub struct Writer<M: LbMaps = Maps> {
     /// Backends whose reference count dropped to zero (or that were never used): deleted by
     /// the next apply unless a slot refers to them again.
     maybe_orphans: BTreeSet<u32>,
+    /// A range was found changed behind the writer's back when its references were dropped:
+    /// the counts are taken again from the maps before any backend is deleted.
+    recount: bool,
     /// Frontend ids whose memberships may disagree with their slots (adopted, a membership
     /// write failed, or written part-way): checked in full by the next apply. All others are
     /// known to agree, so an unchanged frontend costs one comparison of its master and slots.
@@ -380,6 +398,7 @@ impl<M: LbMaps> Writer<M> {
             stray_keys: decoded.stray_keys,
             members: decoded.members,
             maybe_orphans: BTreeSet::new(),
+            recount: false,
             unsettled: BTreeSet::new(),
             check_stray_members: true,
             undeleted_members: BTreeSet::new(),
@@ -404,14 +423,9 @@ impl<M: LbMaps> Writer<M> {
                 .ranges
                 .take(master.slot_base, u32::from(master.count));
             // A master whose range is incomplete or not its own is rewritten by the next apply.
-            writer.set_programmed(
-                frontend,
-                Programmed {
-                    master,
-                    slots: slots.into(),
-                    owned,
-                },
-            );
+            // Its backend ids are read back from the range (the non-empty elements, as `slots`).
+            debug_assert!(writer.slot_ids(&master).eq(slots.iter().copied()));
+            writer.set_programmed(frontend, master, owned);
         }
         let adopted = writer.services.len();
         crate::compact::refill_after(&mut writer.services, adopted);
@@ -758,28 +772,19 @@ impl<M: LbMaps> Writer<M> {
             // Memberships of the backends that left the set.
             member_deletes.extend(change.leaving().map(|id| (change.frontend_id, id)));
             if let Some(old) = &change.old {
+                let before: Vec<u32> = self.slot_ids(&old.master).collect();
                 departed_from(
                     &mut departed,
                     change.frontend,
                     change.frontend_id,
-                    &old.slots,
+                    &before,
                     &change.ids,
                 );
             }
-            let (frontend, master, ids, frontend_id) = (
-                change.frontend,
-                change.master,
-                std::mem::take(&mut change.ids),
-                change.frontend_id,
-            );
-            added += usize::from(self.set_programmed(
-                frontend,
-                Programmed {
-                    master,
-                    slots: ids,
-                    owned: true,
-                },
-            ));
+            let (frontend, master, frontend_id) =
+                (change.frontend, change.master, change.frontend_id);
+            change.ids = Box::default();
+            added += usize::from(self.set_programmed(frontend, master, true));
             self.unsettled.remove(&frontend_id);
         }
         // Frontends that failed part-way: an existing one keeps its old master and its old
@@ -799,7 +804,7 @@ impl<M: LbMaps> Writer<M> {
                 Some(old) => {
                     // The memberships of backends the old range does not hold (joined for the
                     // new one) go again.
-                    let kept: BTreeSet<u32> = old.slots.iter().copied().collect();
+                    let kept: BTreeSet<u32> = self.slot_ids(&old.master).collect();
                     member_deletes.extend(
                         self.members_of(change.frontend_id)
                             .filter(|id| !kept.contains(id))
@@ -884,13 +889,8 @@ impl<M: LbMaps> Writer<M> {
             };
             self.to_clear.extend(programmed.range());
             let frontend_id = programmed.master.frontend_id;
-            departed_from(
-                &mut departed,
-                *frontend,
-                frontend_id,
-                &programmed.slots,
-                &[],
-            );
+            let before: Vec<u32> = self.slot_ids(&programmed.master).collect();
+            departed_from(&mut departed, *frontend, frontend_id, &before, &[]);
             member_deletes.extend(self.members_of(frontend_id).map(|id| (frontend_id, id)));
             // Released once its memberships are gone (after step 6).
             self.reserved_ids.insert(frontend_id);
@@ -960,7 +960,10 @@ impl<M: LbMaps> Writer<M> {
                 .services
                 .iter()
                 .filter(|(f, p)| needs_members(proto_number(f.protocol), p.master.flags))
-                .flat_map(|(_, p)| p.slots.iter().map(move |&b| (p.master.frontend_id, b)))
+                .flat_map(|(_, p)| {
+                    self.slot_ids(&p.master)
+                        .map(move |b| (p.master.frontend_id, b))
+                })
                 .collect();
             member_deletes.extend(undeleted.into_iter().filter(|m| !wanted.contains(m)));
         }
@@ -1011,6 +1014,9 @@ impl<M: LbMaps> Writer<M> {
         laps.lap(8);
 
         // 7. Backends no slot refers to any more.
+        if std::mem::take(&mut self.recount) {
+            self.recount_refs();
+        }
         let stray_refs: BTreeSet<u32> = self.undeleted_members.iter().map(|&(_, id)| id).collect();
         let mut orphans: Vec<u32> = Vec::new();
         let candidates = std::mem::take(&mut self.maybe_orphans);
@@ -1131,7 +1137,9 @@ impl<M: LbMaps> Writer<M> {
         };
         // The old range serves the new master when it holds exactly the new backend ids.
         let keep_range = change.old.as_ref().is_some_and(|p| {
-            p.owned && *p.slots == **ids && usize::from(p.master.count) == ids.len()
+            p.owned
+                && usize::from(p.master.count) == ids.len()
+                && self.slot_ids(&p.master).eq(ids.iter().copied())
         });
         if let Some(p) = &change.old {
             let frontend_id = p.master.frontend_id;
@@ -1224,39 +1232,90 @@ impl<M: LbMaps> Writer<M> {
                     p.master.frontend_id,
                     p.master.slot_base,
                 )
-            && p.slots.len() == spec.backends.len()
-            && p.slots.iter().zip(spec.backends.iter()).all(|(&id, addr)| {
-                self.backends.get(id) == Some(backend_value(addr, frontend.protocol))
-            })
+            && self.slot_ids(&p.master).count() == spec.backends.len()
+            && self
+                .slot_ids(&p.master)
+                .zip(spec.backends.iter())
+                .all(|(id, addr)| {
+                    self.backends.get(id) == Some(backend_value(addr, frontend.protocol))
+                })
     }
 
     /// Records what the maps hold for a frontend, keeping backend reference counts. `true`
     /// when the frontend is new to the record.
-    fn set_programmed(&mut self, frontend: FrontendKey, programmed: Programmed) -> bool {
-        for &id in &programmed.slots {
+    /// The backend ids of the range `master` points to, in slot order: the non-empty elements
+    /// (a range the writer wrote has none empty; one found when adopting maps may).
+    fn slot_ids(&self, master: &ServiceValue) -> impl Iterator<Item = u32> + '_ {
+        range_of(master)
+            .map(|index| self.maps.slot(index))
+            .filter(|&id| id != 0)
+    }
+
+    /// Records what the maps hold for a frontend, keeping backend reference counts: its range
+    /// must hold its backend ids already, and the range of the record it replaces still.
+    /// `true` when the frontend is new to the record.
+    fn set_programmed(&mut self, frontend: FrontendKey, master: ServiceValue, owned: bool) -> bool {
+        for id in self.slot_ids(&master).collect::<SmallVec<[u32; 16]>>() {
             self.backends.add_ref(id);
         }
+        let programmed = Programmed {
+            master,
+            digest: self.digest_of(&master),
+            owned,
+        };
         match self.services.insert(frontend, programmed) {
             Some(old) => {
-                self.release_refs(&old.slots);
+                self.release_refs(&old);
                 false
             }
             None => true,
         }
     }
 
+    /// Forgets a frontend, whose range must still hold its backend ids.
     fn remove_programmed(&mut self, frontend: &FrontendKey) -> Option<Programmed> {
         let old = self.services.remove(frontend)?;
-        self.release_refs(&old.slots);
+        self.release_refs(&old);
         Some(old)
     }
 
-    fn release_refs(&mut self, slots: &[u32]) {
-        for &id in slots {
+    /// Drops the references of the backend ids in `p`'s range, unless the range no longer
+    /// holds what was counted (then every count is taken again: [`Writer::recount_refs`]).
+    fn release_refs(&mut self, p: &Programmed) {
+        if self.digest_of(&p.master) != p.digest {
+            tracing::warn!(
+                frontend_id = p.master.frontend_id,
+                "lb_slots was changed behind the writer's back; counting backend references again"
+            );
+            self.recount = true;
+            return;
+        }
+        for id in self.slot_ids(&p.master).collect::<SmallVec<[u32; 16]>>() {
             if self.backends.release_ref(id) {
                 self.maybe_orphans.insert(id);
             }
         }
+    }
+
+    /// The digest of the elements of `master`'s range as the maps hold them now.
+    fn digest_of(&self, master: &ServiceValue) -> u32 {
+        range_digest(range_of(master).map(|i| self.maps.slot(i)))
+    }
+
+    /// Takes every backend reference count again from the ranges as the maps hold them (and
+    /// their digests); backends no range refers to become candidates for deletion.
+    fn recount_refs(&mut self) {
+        self.backends.clear_refs();
+        let maps = &self.maps;
+        let backends = &mut self.backends;
+        for p in self.services.values_mut() {
+            let elements: Vec<u32> = range_of(&p.master).map(|i| maps.slot(i)).collect();
+            for &id in elements.iter().filter(|&&id| id != 0) {
+                backends.add_ref(id);
+            }
+            p.digest = range_digest(elements.into_iter());
+        }
+        self.maybe_orphans.extend(self.backends.unreferenced());
     }
 
     /// Backend ids `lb_members` holds for a frontend id.
@@ -1271,7 +1330,7 @@ impl<M: LbMaps> Writer<M> {
         frontends_of(
             self.services
                 .iter()
-                .map(|(f, p)| (*f, p.master, p.slots.to_vec())),
+                .map(|(f, p)| (*f, p.master, self.slot_ids(&p.master).collect())),
             |id| self.backends.get(id),
         )
     }

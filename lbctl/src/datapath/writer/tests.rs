@@ -923,3 +923,37 @@ fn frontend_ids_of_key_ordered_frontends_are_the_programmed_ones() {
     assert_eq!(merged, looked_up);
     assert_eq!(merged.len(), 2, "two of the three fit: {merged:?}");
 }
+
+/// The writer reads a frontend's backend ids back from its range in `lb_slots` (it keeps no
+/// copy): a slot changed behind its back is seen, and the next full apply rewrites the
+/// frontend, with the backend reference counts kept right throughout.
+#[test]
+fn a_slot_changed_behind_the_writers_back_is_rewritten() {
+    let want = desired(&[
+        (A, &["10.0.0.1:80", "10.0.0.2:80"], None),
+        (B, &["10.0.0.3:80"], None),
+    ]);
+    let mut w = Writer::adopt(MemMaps::new(LIMITS)).unwrap();
+    no_errors(&w.apply(&want).unwrap(), "first");
+    let master = w.maps().tables.services[&fe(A).key()];
+    let b_master = w.maps().tables.services[&fe(B).key()];
+    let b_backend = w.maps().tables.slots[&b_master.slot_base];
+    // A's second slot now names B's backend.
+    w.maps_mut()
+        .write_slots(&[master.slot_base + 1], &[b_backend])
+        .unwrap();
+    let report = w.apply(&want).unwrap();
+    no_errors(&report, "repair");
+    assert_eq!(report.frontends_written, 1, "A alone: {report:?}");
+    check_exact(w.maps(), &want, "repaired");
+    // Its backends are still counted right: dropping A removes A's backends alone, and
+    // dropping B then leaves no backend.
+    let only_b = desired(&[(B, &["10.0.0.3:80"], None)]);
+    no_errors(&w.apply(&only_b).unwrap(), "A gone");
+    no_errors(&w.apply(&only_b).unwrap(), "A gone, settled");
+    check_exact(w.maps(), &only_b, "A gone");
+    let none = desired(&[]);
+    no_errors(&w.apply(&none).unwrap(), "all gone");
+    no_errors(&w.apply(&none).unwrap(), "all gone, settled");
+    check_exact(w.maps(), &none, "all gone");
+}
