@@ -258,12 +258,12 @@ fn external_addresses(
     object: &dyn Fn() -> String,
     report: &mut Report,
 ) -> Vec<ExternalAddress> {
-    if spec.external_ips.is_empty() && svc.load_balancer_ingress().is_empty() {
+    if spec.external_ips().is_empty() && svc.load_balancer_ingress().is_empty() {
         return Vec::new();
     }
     let mut listed: Vec<(FrontendKind, &Address)> = Vec::new();
     listed.extend(
-        spec.external_ips
+        spec.external_ips()
             .iter()
             .map(|ip| (FrontendKind::ExternalIP, ip)),
     );

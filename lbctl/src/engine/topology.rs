@@ -97,7 +97,7 @@ impl RequestedHints {
         let distribution = svc
             .spec
             .as_ref()
-            .and_then(|spec| spec.traffic_distribution.as_deref());
+            .and_then(|spec| spec.traffic_distribution());
         let requested = |kind| {
             Some(RequestedHints {
                 asked_by: format!("trafficDistribution: {}", distribution.unwrap_or_default()),

@@ -13,7 +13,7 @@ use super::{
     Address, AddressType, Conditions, DEFAULT_NAMESPACE, Endpoint, EndpointAddress, EndpointPort,
     EndpointSlice, Hints, Ingress, Inventory, Node, NodeAddress, NodeAddressType, NodeName, Place,
     PortProtocol, SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL, Service, ServicePort, ServiceRare,
-    ServiceSpec, ServiceType, TOPOLOGY_AWARE_HINTS_ANNOTATION, TOPOLOGY_MODE_ANNOTATION,
+    ServiceSpec, ServiceType, SpecRare, TOPOLOGY_AWARE_HINTS_ANNOTATION, TOPOLOGY_MODE_ANNOTATION,
     TRIGGER_TIME_ANNOTATION, ZONE_LABEL,
 };
 
@@ -182,7 +182,7 @@ impl Interner {
             "IPv4" => AddressType::IPv4,
             "IPv6" => AddressType::IPv6,
             "FQDN" => AddressType::Fqdn,
-            other => AddressType::Other(other.into()),
+            other => AddressType::Other(Box::new(other.into())),
         };
         EndpointSlice {
             name: meta.name.as_deref().unwrap_or_default().into(),
@@ -320,12 +320,6 @@ fn service_spec(strings: &mut Interner, spec: &core::ServiceSpec) -> ServiceSpec
             .filter(|ip| !ip.is_empty())
             .map(Address::parse)
             .collect(),
-        external_ips: spec
-            .external_ips
-            .iter()
-            .flatten()
-            .map(|ip| Address::parse(ip))
-            .collect(),
         internal_traffic_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
         ports: {
             let ports: Vec<ServicePort> = spec
@@ -349,12 +343,23 @@ fn service_spec(strings: &mut Interner, spec: &core::ServiceSpec) -> ServiceSpec
             .as_ref()
             .and_then(|config| config.client_ip.as_ref())
             .and_then(|client_ip| client_ip.timeout_seconds),
-        traffic_distribution: spec.traffic_distribution.as_deref().map(Box::from),
         type_: match spec.type_.as_deref() {
             Some("NodePort") => ServiceType::NodePort,
             Some("LoadBalancer") => ServiceType::LoadBalancer,
             Some("ExternalName") => ServiceType::ExternalName,
             _ => ServiceType::ClusterIP,
+        },
+        rare: {
+            let rare = SpecRare {
+                external_ips: spec
+                    .external_ips
+                    .iter()
+                    .flatten()
+                    .map(|ip| Address::parse(ip))
+                    .collect(),
+                traffic_distribution: spec.traffic_distribution.as_deref().map(Box::from),
+            };
+            (rare != SpecRare::default()).then(|| Box::new(rare))
         },
     }
 }

@@ -28,6 +28,7 @@ use std::{fmt, net::IpAddr, sync::Arc, time::SystemTime};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde::{Serialize, Serializer};
+use smallvec::SmallVec;
 
 #[cfg(test)]
 pub(crate) use convert::system_time;
@@ -157,9 +158,9 @@ struct ServiceRare {
 }
 
 #[cfg(target_pointer_width = "64")]
-// The spec inline (80 bytes): 72 and a boxed spec before, 136 and the box when the rare parts
+// The spec inline (72 bytes): 72 and a boxed spec before, 136 and the box when the rare parts
 // were fields of their own.
-const _: () = assert!(size_of::<Service>() == 144);
+const _: () = assert!(size_of::<Service>() == 136);
 
 impl Service {
     /// `metadata.name`, empty when absent.
@@ -207,13 +208,14 @@ pub enum ServiceType {
     ExternalName,
 }
 
+/// Held for every Service (inline in it): one cluster IP is inline too, and what few set is in
+/// one optional box.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceSpec {
     /// `spec.clusterIPs` when not empty, else `spec.clusterIP`; empty strings left out. The
     /// first being `None` (invalid, as written) means headless.
-    pub cluster_ips: Box<[Address]>,
-    pub external_ips: Box<[Address]>,
+    pub cluster_ips: SmallVec<[Address; 1]>,
     /// `internalTrafficPolicy: Local`.
     pub internal_traffic_local: bool,
     /// Absent and empty alike (the engine reports "no ports" for both). Shared: the converter
@@ -223,9 +225,35 @@ pub struct ServiceSpec {
     pub session_affinity_client_ip: bool,
     /// `sessionAffinityConfig.clientIP.timeoutSeconds`, as written.
     pub affinity_timeout_seconds: Option<i32>,
-    pub traffic_distribution: Option<Box<str>>,
     #[serde(rename = "type")]
     pub type_: ServiceType,
+    /// `None` when it sets none of them.
+    #[serde(flatten)]
+    rare: Option<Box<SpecRare>>,
+}
+
+/// The parts of a [`ServiceSpec`] few set.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SpecRare {
+    external_ips: Box<[Address]>,
+    traffic_distribution: Option<Box<str>>,
+}
+
+#[cfg(target_pointer_width = "64")]
+// 80 bytes and a boxed slice per cluster IP list when every field was its own.
+const _: () = assert!(size_of::<ServiceSpec>() == 72);
+
+impl ServiceSpec {
+    /// `spec.externalIPs`.
+    pub fn external_ips(&self) -> &[Address] {
+        self.rare.as_ref().map_or(&[], |rare| &rare.external_ips)
+    }
+
+    /// `spec.trafficDistribution`.
+    pub fn traffic_distribution(&self) -> Option<&str> {
+        self.rare.as_ref()?.traffic_distribution.as_deref()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -270,6 +298,10 @@ pub struct EndpointSlice {
     pub trigger_time: Option<SystemTime>,
 }
 
+#[cfg(target_pointer_width = "64")]
+// 128 bytes when the address type held its text as a fat pointer.
+const _: () = assert!(size_of::<EndpointSlice>() == 120);
+
 impl EndpointSlice {
     /// The Service label, unless empty (the engine's test for "belongs to a Service").
     pub fn service(&self) -> Option<&str> {
@@ -292,8 +324,8 @@ pub enum AddressType {
     IPv4,
     IPv6,
     Fqdn,
-    /// As written.
-    Other(Box<str>),
+    /// As written; behind a thin pointer, so the type takes 16 bytes in every slice, not 24.
+    Other(Box<Box<str>>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

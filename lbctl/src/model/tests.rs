@@ -152,14 +152,14 @@ fn service_spec() {
     let spec = svc.spec.as_ref().expect("spec");
     assert_eq!(spec.type_, ServiceType::LoadBalancer);
     assert_eq!(
-        &*spec.external_ips,
+        spec.external_ips(),
         &[Address::Ip(ip("203.0.113.1")), invalid("nope")]
     );
     assert!(spec.internal_traffic_local);
     assert!(svc.internal_traffic_local());
     assert!(spec.session_affinity_client_ip);
     assert_eq!(spec.affinity_timeout_seconds, Some(0), "as written");
-    assert_eq!(spec.traffic_distribution.as_deref(), Some("PreferClose"));
+    assert_eq!(spec.traffic_distribution(), Some("PreferClose"));
     assert_eq!(
         &*spec.ports,
         &[
@@ -204,7 +204,7 @@ fn service_spec() {
     assert!(!spec.internal_traffic_local);
     assert!(!spec.session_affinity_client_ip);
     assert_eq!(spec.affinity_timeout_seconds, None);
-    assert!(spec.ports.is_empty() && spec.external_ips.is_empty());
+    assert!(spec.ports.is_empty() && spec.external_ips().is_empty());
     assert_eq!(
         PortProtocol::parse(None),
         PortProtocol::Tcp,
@@ -350,7 +350,10 @@ fn endpoint_slices() {
         "empty, not absent"
     );
     assert_eq!(empty_label.service(), None);
-    assert_eq!(empty_label.address_type, AddressType::Other("IPX".into()));
+    assert_eq!(
+        empty_label.address_type,
+        AddressType::Other(Box::new("IPX".into()))
+    );
     assert_eq!(empty_label.trigger_time, None, "an invalid time is none");
 }
 
