@@ -412,9 +412,7 @@ impl<M: LbMaps> Writer<M> {
             writer.backend_alloc.take(id);
         }
         for FoundFrontend {
-            frontend,
-            master,
-            slots,
+            frontend, master, ..
         } in decoded.frontends
         {
             writer.frontend_alloc.take(master.frontend_id);
@@ -423,8 +421,8 @@ impl<M: LbMaps> Writer<M> {
                 .ranges
                 .take(master.slot_base, u32::from(master.count));
             // A master whose range is incomplete or not its own is rewritten by the next apply.
-            // Its backend ids are read back from the range (the non-empty elements, as `slots`).
-            debug_assert!(writer.slot_ids(&master).eq(slots.iter().copied()));
+            // Its backend ids are read back from the range when needed (the non-empty
+            // elements, as the found `slots`, unless another process writes the maps meanwhile).
             writer.set_programmed(frontend, master, owned);
         }
         let adopted = writer.services.len();
@@ -1241,8 +1239,6 @@ impl<M: LbMaps> Writer<M> {
                 })
     }
 
-    /// Records what the maps hold for a frontend, keeping backend reference counts. `true`
-    /// when the frontend is new to the record.
     /// The backend ids of the range `master` points to, in slot order: the non-empty elements
     /// (a range the writer wrote has none empty; one found when adopting maps may).
     fn slot_ids(&self, master: &ServiceValue) -> impl Iterator<Item = u32> + '_ {
