@@ -48,7 +48,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use lb_common::{Backend, IPPROTO_TCP, MemberKey, ServiceKey, ServiceValue, needs_members};
-use smallvec::SmallVec;
 
 use crate::idset::IdSet;
 
@@ -781,6 +780,7 @@ impl<M: LbMaps> Writer<M> {
             }
             let (frontend, master, frontend_id) =
                 (change.frontend, change.master, change.frontend_id);
+            // Published: its range holds the ids now; free the copy before the next change.
             change.ids = Box::default();
             added += usize::from(self.set_programmed(frontend, master, true));
             self.unsettled.remove(&frontend_id);
@@ -1230,13 +1230,15 @@ impl<M: LbMaps> Writer<M> {
                     p.master.frontend_id,
                     p.master.slot_base,
                 )
-            && self.slot_ids(&p.master).count() == spec.backends.len()
-            && self
-                .slot_ids(&p.master)
-                .zip(spec.backends.iter())
-                .all(|(id, addr)| {
-                    self.backends.get(id) == Some(backend_value(addr, frontend.protocol))
-                })
+            && {
+                // One pass over the range: each slot's backend is the spec's, and no slot more.
+                let mut ids = self.slot_ids(&p.master);
+                spec.backends.iter().all(|addr| {
+                    ids.next().is_some_and(|id| {
+                        self.backends.get(id) == Some(backend_value(addr, frontend.protocol))
+                    })
+                }) && ids.next().is_none()
+            }
     }
 
     /// The backend ids of the range `master` points to, in slot order: the non-empty elements
@@ -1251,8 +1253,12 @@ impl<M: LbMaps> Writer<M> {
     /// must hold its backend ids already, and the range of the record it replaces still.
     /// `true` when the frontend is new to the record.
     fn set_programmed(&mut self, frontend: FrontendKey, master: ServiceValue, owned: bool) -> bool {
-        for id in self.slot_ids(&master).collect::<SmallVec<[u32; 16]>>() {
-            self.backends.add_ref(id);
+        let Self { maps, backends, .. } = self;
+        for id in range_of(&master)
+            .map(|i| maps.slot(i))
+            .filter(|&id| id != 0)
+        {
+            backends.add_ref(id);
         }
         let programmed = Programmed {
             master,
@@ -1286,9 +1292,18 @@ impl<M: LbMaps> Writer<M> {
             self.recount = true;
             return;
         }
-        for id in self.slot_ids(&p.master).collect::<SmallVec<[u32; 16]>>() {
-            if self.backends.release_ref(id) {
-                self.maybe_orphans.insert(id);
+        let Self {
+            maps,
+            backends,
+            maybe_orphans,
+            ..
+        } = self;
+        for id in range_of(&p.master)
+            .map(|i| maps.slot(i))
+            .filter(|&id| id != 0)
+        {
+            if backends.release_ref(id) {
+                maybe_orphans.insert(id);
             }
         }
     }

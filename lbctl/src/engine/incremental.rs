@@ -118,13 +118,21 @@ impl Claims {
 
     /// Removes the claim of `service` made by its frontend at `offer`.
     fn remove(&mut self, service: &ServiceRef, offer: u32) {
-        let mut claims = match std::mem::take(self) {
-            Claims::Empty => return,
-            Claims::One(one) => vec![one],
-            Claims::Many(many) => many,
-        };
-        claims.retain(|c| !(c.offer == offer && c.frontend.service == *service));
-        *self = Claims::from(claims);
+        let made = |c: &Claim| c.offer == offer && c.frontend.service == *service;
+        match self {
+            Claims::Empty => {}
+            Claims::One(one) => {
+                if made(one) {
+                    *self = Claims::Empty;
+                }
+            }
+            Claims::Many(many) => {
+                many.retain(|c| !made(c));
+                if many.len() < 2 {
+                    *self = Claims::from(std::mem::take(many));
+                }
+            }
+        }
     }
 
     fn len(&self) -> usize {
