@@ -144,6 +144,12 @@ async fn changes_are_applied_by_service_and_the_resync_finds_nothing_to_write() 
         "endpoint change not programmed:\n{}",
         agent.log()
     );
+    // The agent logs a sync once it has also named what it wrote: after the maps change.
+    assert!(
+        wait(5, || updates(&agent.log()).len() >= 2),
+        "no update logged for the endpoint change:\n{}",
+        agent.log()
+    );
     let seen = updates(&agent.log());
     let change = seen.last().unwrap();
     assert_eq!(change["sync"], "changed", "{seen:?}");
@@ -160,6 +166,11 @@ async fn changes_are_applied_by_service_and_the_resync_finds_nothing_to_write() 
         agent.log()
     );
     assert!(reaches(&cgroup, OTHER, "b3"));
+    assert!(
+        wait(5, || updates(&agent.log()).len() >= 3),
+        "no update logged for the deletion:\n{}",
+        agent.log()
+    );
     let since_change = updates(&agent.log()).len();
     assert!(
         updates(&agent.log())[1..]
