@@ -36,7 +36,7 @@ use crate::{
 
 /// One claim on a frontend: the claiming Service's age, the frontend's place in that Service's
 /// offer order, and the frontend it plans. Held for every frontend, so the age is two plain
-/// fields (not an `Option<Time>` and a flag, 16 bytes more) and a claim is 120 bytes.
+/// fields (not an `Option<Time>` and a flag: 144 bytes a claim then) and a claim is 120 bytes.
 #[derive(Debug)]
 struct Claim {
     /// The Service's creation time, as whole seconds and the nanoseconds past them (negative
