@@ -41,6 +41,15 @@ impl MemMaps {
         }
     }
 
+    /// The calls the writer counts as batches ([`super::ApplyReport::map_calls`]): all but
+    /// the new backends' writes, one element each as they get their ids.
+    pub fn batches(&self) -> usize {
+        self.log
+            .iter()
+            .filter(|c| !(c.op == Op::UpdateBackend && c.len == 1))
+            .count()
+    }
+
     fn record(&mut self, op: Op, len: usize) {
         self.calls += 1;
         self.log.push(Call { op, len });
@@ -75,6 +84,10 @@ impl LbMaps for MemMaps {
 
     fn slot(&self, index: u32) -> u32 {
         self.tables.slots.get(&index).copied().unwrap_or(0)
+    }
+
+    fn backend(&self, id: u32) -> Option<Backend> {
+        self.tables.backends.get(&id).copied()
     }
 
     fn dump(&self) -> Result<MapDump, DatapathError> {
@@ -241,6 +254,10 @@ impl<M: LbMaps> LbMaps for FaultyMaps<M> {
 
     fn slot(&self, index: u32) -> u32 {
         self.inner.slot(index)
+    }
+
+    fn backend(&self, id: u32) -> Option<Backend> {
+        self.inner.backend(id)
     }
 
     fn dump(&self) -> Result<MapDump, DatapathError> {

@@ -64,8 +64,15 @@ pub trait LbMaps {
     /// Element `index` of `lb_slots`: a backend id, 0 when empty (or beyond the array). The
     /// writer reads a frontend's backend ids back from here rather than keeping a copy.
     fn slot(&self, index: u32) -> u32;
+    /// The backend of id `index` in `lb_backends`, `None` when its element is empty (`proto`
+    /// 0) or beyond the array. The writer reads backend values from here rather than keeping
+    /// a copy.
+    fn backend(&self, id: u32) -> Option<Backend>;
     /// Writes `ids[i]` into element `indexes[i]` of `lb_slots` (zero clears it).
     fn write_slots(&mut self, indexes: &[u32], ids: &[u32]) -> Result<(), BatchError>;
+    /// Writes `values[i]` into element `ids[i]` of `lb_backends`. The writer writes a new
+    /// backend as it gives it an id, one element per call: no reader reaches the element before
+    /// a later write of `lb_slots` refers to it.
     fn update_backends(&mut self, ids: &[u32], values: &[Backend]) -> Result<(), BatchError>;
     fn delete_backends(&mut self, ids: &[u32]) -> Result<(), BatchError>;
     /// Writes masters.
@@ -122,8 +129,6 @@ fn delete<K: Copy>(fd: std::os::fd::BorrowedFd<'_>, keys: &[K]) -> Result<(), Ba
     Ok(())
 }
 
-/// Writes `values[i]` into element `first + i` of an array through its mapping (made on first
-/// use); then a fence, so the stores precede the caller's next system call.
 /// The read-write mapping of `map`, made on first use.
 fn mapping<'a>(
     mapping: &'a mut Option<sys::ArrayMapping>,
@@ -145,12 +150,15 @@ fn mapping<'a>(
         .unwrap_or_else(|| unreachable!("made above")))
 }
 
+/// Writes `values[i]` into element `index(i)` of an array through its mapping (made on first
+/// use); then, with `publish`, a fence, so the stores precede the caller's next system call.
 fn write_array<V: Copy>(
     mapping_slot: &mut Option<sys::ArrayMapping>,
     map: &aya::maps::MapData,
     name: &str,
     index: impl Fn(usize) -> u32,
     values: &[V],
+    publish: bool,
 ) -> Result<(), BatchError> {
     let mapping = mapping(mapping_slot, map, name, size_of::<V>())?;
     let mut result = Ok(());
@@ -162,16 +170,19 @@ fn write_array<V: Copy>(
     }
     // SAFETY (of the ordering, no unsafe code here): the programs read these elements only
     // through a master (`lb_slots`) or a slot (`lb_backends`) published by a later `bpf()`
-    // call of the writer, and this fence keeps every store above before that call; the
-    // system call itself orders them for the other CPUs.
-    sys::ArrayMapping::publish_fence();
+    // call of the writer, and this fence keeps every store above (the new backends' before
+    // it too) before that call; the system call itself orders them for the other CPUs.
+    if publish {
+        sys::ArrayMapping::publish_fence();
+    }
     result
 }
 
 impl Maps {
-    /// Makes the mapping of `lb_slots` the writer reads its frontends' backend ids through (and
-    /// writes through), so that reading them costs no system call. Unmappable arrays (a
-    /// read-only descriptor) keep reading through lookups, and fail on the first write.
+    /// Makes the mappings of `lb_slots` and `lb_backends` the writer reads its frontends'
+    /// backend ids and the backends' values through (and writes through), so that reading
+    /// them costs no system call. Unmappable arrays (a read-only descriptor) keep reading
+    /// through lookups, and fail on the first write.
     pub(crate) fn for_writing(mut self) -> Self {
         if let Err(e) = mapping(
             &mut self.slots_rw,
@@ -180,6 +191,14 @@ impl Maps {
             size_of::<u32>(),
         ) {
             tracing::debug!(reason = %e.reason, "lb_slots not mapped yet");
+        }
+        if let Err(e) = mapping(
+            &mut self.backends_rw,
+            self.backends.map(),
+            BACKENDS_MAP,
+            size_of::<Backend>(),
+        ) {
+            tracing::debug!(reason = %e.reason, "lb_backends not mapped yet");
         }
         self
     }
@@ -222,6 +241,15 @@ impl LbMaps for Maps {
         }
     }
 
+    /// Through the array's mapping once one is made, else one lookup.
+    fn backend(&self, id: u32) -> Option<Backend> {
+        let value = match &self.backends_rw {
+            Some(mapping) => mapping.read::<Backend>(id),
+            None => self.backends.get(&id, 0).ok(),
+        };
+        value.filter(|b| b.proto != 0)
+    }
+
     fn write_slots(&mut self, indexes: &[u32], ids: &[u32]) -> Result<(), BatchError> {
         write_array(
             &mut self.slots_rw,
@@ -229,9 +257,12 @@ impl LbMaps for Maps {
             SLOTS_MAP,
             |i| indexes[i],
             ids,
+            true,
         )
     }
 
+    /// Stores alone, no fence: the fence after the slots that refer to the new backends comes
+    /// before any master publishes them.
     fn update_backends(&mut self, ids: &[u32], values: &[Backend]) -> Result<(), BatchError> {
         write_array(
             &mut self.backends_rw,
@@ -239,6 +270,7 @@ impl LbMaps for Maps {
             BACKENDS_MAP,
             |i| ids[i],
             values,
+            false,
         )
     }
 

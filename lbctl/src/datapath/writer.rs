@@ -1,13 +1,16 @@
 //! Desired state -> ordered map writes.
 //!
 //! The writer keeps a mirror of what the maps hold (rebuilt from the maps when an agent adopts
-//! them, [`super::decode`]), diffs the desired state against it and writes only the difference
+//! them, [`super::decode`]; the arrays' contents, a frontend's backend ids and the backends'
+//! values, are read back from the maps rather than copied), diffs the desired state against it and writes only the difference
 //! through the [`LbMaps`] seam, in the order of `semantics.md`, so a concurrent `connect()`
 //! never sees a half-written service. Each step is one batch covering every frontend the apply
 //! changes (on the kernel maps: `BPF_MAP_UPDATE_BATCH` or `BPF_MAP_DELETE_BATCH` for the hash
 //! maps, one call per [`MAX_BATCH`] elements; plain stores through a mapping for the arrays
-//! `lb_backends` and `lb_slots`):
-//! 1. new backends,
+//! `lb_backends` and `lb_slots`), but the first:
+//! 1. new backends, each written as the diff gives it an id (one element at a time: the writer
+//!    keeps no copy of the values, it reads them from `lb_backends`, so the next frontend with
+//!    the same backend finds it there),
 //! 2. the memberships of the backends that join a set, then each changed frontend's backend
 //!    ids into a fresh range of `lb_slots` (one no published master points to),
 //! 3. the masters, each pointing to its new range (one element each),
@@ -63,7 +66,7 @@ use super::{
 };
 
 /// What the maps hold for one frontend. An unchanged spec is recognised by comparing it with
-/// this (its master, and its backends through the backend table), so the writer keeps no copy
+/// this (its master, and its backends as `lb_backends` holds them), so the writer keeps no copy
 /// of the desired state. Its backend ids are the ones of its range in `lb_slots`, read back
 /// from the map ([`Writer::slot_ids`]) rather than copied: the range is written before the
 /// master that points to it, and changed only after that master is replaced or deleted.
@@ -126,7 +129,8 @@ pub struct ApplyReport {
     /// Map elements updated or deleted (each element of a batch counts once).
     pub map_operations: usize,
     /// Batches issued (on the kernel maps, one `bpf()` call each for the hash maps; a batch of
-    /// `lb_backends` or `lb_slots` elements is plain stores through their mappings).
+    /// `lb_backends` or `lb_slots` elements is plain stores through their mappings). New
+    /// backends, written one at a time as they get their ids, are not counted here.
     pub map_calls: usize,
     /// Backend memberships removed (a backend left the set of a UDP or session-affinity
     /// frontend, or the frontend went).
@@ -192,9 +196,8 @@ pub struct Writer<M: LbMaps = Maps> {
 }
 
 /// The parts of an apply, as [`Writer::last_steps`] times them.
-pub const STEPS: [&str; 10] = [
-    "diff",
-    "1 backends",
+pub const STEPS: [&str; 9] = [
+    "diff, 1 backends",
     "prepare",
     "2a memberships",
     "2b slots",
@@ -407,7 +410,8 @@ impl<M: LbMaps> Writer<M> {
             maps,
         };
         for (id, value) in decoded.backends {
-            writer.backends.insert(id, value);
+            let maps = &writer.maps;
+            writer.backends.adopt(id, value, |i| maps.backend(i));
             writer.backend_alloc.take(id);
         }
         for FoundFrontend {
@@ -442,7 +446,7 @@ impl<M: LbMaps> Writer<M> {
             writer.frontend_alloc.take(fid);
             writer.reserved_ids.insert(fid);
         }
-        let unused = writer.backends.unreferenced();
+        let unused = writer.backends.unreferenced(|id| writer.maps.backend(id));
         writer.maybe_orphans.extend(unused);
         Ok(writer)
     }
@@ -504,7 +508,8 @@ impl<M: LbMaps> Writer<M> {
             let listed: usize = desired.frontends().map(|(_, s)| s.backends.len()).sum();
             let room = (self.limits.backends as usize).saturating_sub(self.backends.len());
             let adding = listed.saturating_sub(self.backends.len()).min(room);
-            self.backends.reserve_index(adding);
+            let maps = &self.maps;
+            self.backends.reserve_index(adding, |id| maps.backend(id));
             new_backends.reserve_exact(adding);
         }
         let mut report = ApplyReport::default();
@@ -554,57 +559,14 @@ impl<M: LbMaps> Writer<M> {
             }
         }
 
-        laps.lap(0);
-
-        // 1. New backends.
-        let maps = &mut self.maps;
-        let table = &self.backends;
-        let (applied, failed) = batched(
-            new_backends.len(),
-            |i| i,
-            &mut report.map_calls,
-            |items| {
-                let ids: Vec<u32> = items.iter().map(|&i| new_backends[i]).collect();
-                let values: Vec<Backend> = ids
-                    .iter()
-                    .map(|&id| table.get(id).unwrap_or_default())
-                    .collect();
-                maps.update_backends(&ids, &values)
-            },
-        );
-        let mut failed_backends: BTreeMap<u32, String> = BTreeMap::new();
-        for (i, &id) in new_backends.iter().enumerate() {
-            if applied[i] {
-                report.map_operations += 1;
-                report.backends_written += 1;
-            } else {
-                self.backends.remove(id);
-                self.backend_alloc.release(id);
-                let reason = failed.get(&i).map_or("not attempted", |(_, r)| r.as_str());
-                failed_backends.insert(id, reason.to_owned());
-            }
-        }
-        if !failed_backends.is_empty() {
-            for change in &mut changes {
-                if let Some((addr, reason)) = change
-                    .ids
-                    .iter()
-                    .zip(change.spec.backends.iter())
-                    .find_map(|(id, addr)| failed_backends.get(id).map(|r| (addr, r)))
-                {
-                    change.failed = Some(format!("writing backend {addr}: {reason}"));
-                }
-            }
-        }
-
-        // Shadowed locals live to the end of the function: free each step's arrays (hundreds of
-        // thousands of elements in a full programming) as soon as it is done.
-        // The new ids stay: step 7 deletes the ones no slot refers to after all (their frontend
-        // failed).
-        drop((applied, failed));
+        // 1. New backends were written as they got their ids, above.
+        report.backends_written = new_backends.len();
+        report.map_operations += new_backends.len();
+        // The new ids stay: step 7 deletes the ones no slot refers to after all (their
+        // frontend failed).
         let new_backends = NewIds::from(new_backends);
 
-        laps.lap(1);
+        laps.lap(0);
 
         // What each change writes, within the tables' room.
         let mut member_entries = self.members.len();
@@ -627,7 +589,7 @@ impl<M: LbMaps> Writer<M> {
             }
         }
 
-        laps.lap(2);
+        laps.lap(1);
 
         // 2a. Memberships of the backends that join a set: before any slot holds them.
         // (change, backend id) pairs, 8 bytes each.
@@ -680,7 +642,7 @@ impl<M: LbMaps> Writer<M> {
 
         drop((joins, applied, failed));
 
-        laps.lap(3);
+        laps.lap(2);
 
         // 2b. Slots: the new backend ids into each fresh range, of the frontends whose
         // memberships are written: (change, index in the range).
@@ -723,7 +685,7 @@ impl<M: LbMaps> Writer<M> {
 
         drop((slots, applied, failed));
 
-        laps.lap(4);
+        laps.lap(3);
 
         // 3. Masters: from here on readers use the new ranges.
         let publish: Vec<usize> = live
@@ -824,7 +786,7 @@ impl<M: LbMaps> Writer<M> {
         // Done with: at 30,000 frontends it is a few MB, better not alive with what follows.
         drop(changes);
 
-        laps.lap(5);
+        laps.lap(4);
 
         // 4. Masters of frontends no longer wanted: their connects pass through from here on.
         let gone: Vec<FrontendKey> = match scope {
@@ -895,7 +857,7 @@ impl<M: LbMaps> Writer<M> {
             self.unsettled.remove(&frontend_id);
         }
 
-        laps.lap(6);
+        laps.lap(5);
 
         // 5. Ranges no master points to any more: cleared, and free for the next apply.
         let to_clear = std::mem::take(&mut self.to_clear);
@@ -930,7 +892,7 @@ impl<M: LbMaps> Writer<M> {
         }
         drop((elements, applied, failed));
 
-        laps.lap(7);
+        laps.lap(6);
 
         // 6. Memberships of backends that left a set, and of frontend ids no frontend has.
         if std::mem::take(&mut self.check_stray_members) {
@@ -1009,7 +971,7 @@ impl<M: LbMaps> Writer<M> {
             self.frontend_alloc.release(fid);
         }
 
-        laps.lap(8);
+        laps.lap(7);
 
         // 7. Backends no slot refers to any more.
         if std::mem::take(&mut self.recount) {
@@ -1017,6 +979,8 @@ impl<M: LbMaps> Writer<M> {
         }
         let stray_refs: BTreeSet<u32> = self.undeleted_members.iter().map(|&(_, id)| id).collect();
         let mut orphans: Vec<u32> = Vec::new();
+        // Their values, read before their elements are cleared, to take them out of the index.
+        let mut orphaned: Vec<Backend> = Vec::new();
         let candidates = std::mem::take(&mut self.maybe_orphans);
         // A new backend is unused when its frontend failed: rare, so the check is a scan of
         // the new ids, not a set of them.
@@ -1027,8 +991,11 @@ impl<M: LbMaps> Writer<M> {
         for id in candidates.into_iter().chain(unused) {
             if stray_refs.contains(&id) {
                 self.maybe_orphans.insert(id);
-            } else if !self.backends.is_referenced(id) && self.backends.contains(id) {
+            } else if !self.backends.is_referenced(id)
+                && let Some(value) = self.maps.backend(id)
+            {
                 orphans.push(id);
+                orphaned.push(value);
             }
         }
         drop(new_backends);
@@ -1050,14 +1017,14 @@ impl<M: LbMaps> Writer<M> {
             }
             report.map_operations += 1;
             report.backends_deleted += 1;
-            self.backends.remove(id);
+            self.backends.forget(id, &orphaned[i]);
             self.backend_alloc.release(id);
         }
 
         // A full programming inserted most frontends in key order: nodes half full otherwise.
         crate::compact::refill_after(&mut self.services, added);
 
-        laps.lap(9);
+        laps.lap(8);
         self.last_steps = laps.us;
 
         departed.sort_unstable();
@@ -1070,8 +1037,11 @@ impl<M: LbMaps> Writer<M> {
         Ok(report)
     }
 
-    /// The backend ids of `spec` in slot order; backends not in the table yet get an id and
-    /// are queued in `new` (written by step 1).
+    /// The backend ids of `spec` in slot order. A backend not in `lb_backends` yet gets an id
+    /// and is written there at once (step 1: no slot refers to the id yet, so no reader reaches
+    /// it), and its id is added to `new`; the table finds it there from then on, for the next
+    /// frontend that has it. A failed write gives the id back and fails the frontend (the
+    /// backends it did write are deleted by step 7, unless another frontend uses them).
     fn backend_ids_for(
         &mut self,
         frontend: FrontendKey,
@@ -1093,14 +1063,27 @@ impl<M: LbMaps> Writer<M> {
                 ));
             }
             let value = backend_value(addr, frontend.protocol);
-            let alloc = &mut self.backend_alloc;
-            let (id, fresh) = self
-                .backends
-                .id_or_insert(value, || alloc.allocate())
-                .ok_or_else(|| "the backend table is full".to_owned())?;
-            if fresh {
-                new.push(id);
-            }
+            let Self {
+                maps,
+                backends,
+                backend_alloc,
+                ..
+            } = self;
+            let id = match backends.find(&value, |i| maps.backend(i)) {
+                Ok(id) => id,
+                Err(absent) => {
+                    let id = backend_alloc
+                        .allocate()
+                        .ok_or_else(|| "the backend table is full".to_owned())?;
+                    if let Err(e) = maps.update_backends(&[id], &[value]) {
+                        backend_alloc.release(id);
+                        return Err(format!("writing backend {addr}: {}", e.reason));
+                    }
+                    backends.record(absent, id, |i| maps.backend(i));
+                    new.push(id);
+                    id
+                }
+            };
             ids.push(id);
         }
         Ok(ids)
@@ -1235,7 +1218,7 @@ impl<M: LbMaps> Writer<M> {
                 let mut ids = self.slot_ids(&p.master);
                 spec.backends.iter().all(|addr| {
                     ids.next().is_some_and(|id| {
-                        self.backends.get(id) == Some(backend_value(addr, frontend.protocol))
+                        self.maps.backend(id) == Some(backend_value(addr, frontend.protocol))
                     })
                 }) && ids.next().is_none()
             }
@@ -1326,7 +1309,8 @@ impl<M: LbMaps> Writer<M> {
             }
             p.digest = range_digest(elements.into_iter());
         }
-        self.maybe_orphans.extend(self.backends.unreferenced());
+        let unused = self.backends.unreferenced(|id| self.maps.backend(id));
+        self.maybe_orphans.extend(unused);
     }
 
     /// Backend ids `lb_members` holds for a frontend id.
@@ -1342,7 +1326,7 @@ impl<M: LbMaps> Writer<M> {
             self.services
                 .iter()
                 .map(|(f, p)| (*f, p.master, self.slot_ids(&p.master).collect())),
-            |id| self.backends.get(id),
+            |id| self.maps.backend(id),
         )
     }
 

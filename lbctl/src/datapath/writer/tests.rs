@@ -292,11 +292,11 @@ fn tables_reach_the_desired_dump() {
         check_exact(w.maps(), &after, &format!("{name}, after"));
         assert_eq!(
             report.map_calls,
-            w.maps().calls - {
+            w.maps().batches() - {
                 // Calls of the first apply.
                 let mut fresh = Writer::adopt(MemMaps::new(LIMITS)).unwrap();
                 fresh.apply(&before).unwrap();
-                fresh.maps().calls
+                fresh.maps().batches()
             }
         );
         let again = w.apply(&after).unwrap();
@@ -468,8 +468,15 @@ fn a_full_programming_is_one_batch_per_step() {
     let report = w.apply(&want).unwrap();
     no_errors(&report, "full");
     check_exact(w.maps(), &want, "full");
-    // Backends, slots, masters: TCP frontends without affinity get no memberships.
-    assert_eq!((report.map_calls, w.maps().calls), (3, 3), "{report:?}");
+    // Each new backend written as it got its id, before any slot; then one batch of slots and
+    // one of masters: TCP frontends without affinity get no memberships.
+    let log = &w.maps().log;
+    assert!(
+        log[..300]
+            .iter()
+            .all(|c| (c.op, c.len) == (Op::UpdateBackend, 1))
+    );
+    assert_eq!((report.map_calls, w.maps().batches()), (2, 2), "{report:?}");
     assert_eq!(report.map_operations, 300 + 300 + 100);
     assert!(w.maps().tables.members.is_empty());
     assert_eq!(
@@ -494,8 +501,9 @@ fn a_large_step_is_split_into_calls_and_a_fault_in_a_later_call_is_contained() {
     let report = w.apply(&want).unwrap();
     no_errors(&report, "large");
     check_exact(w.maps(), &want, "large");
-    // Backends, slots: split; masters (2,000) fit one call; no memberships (TCP).
-    assert_eq!(report.map_calls, 2 * per_step + 1, "{report:?}");
+    // Slots: split; masters (2,000) fit one call; no memberships (TCP); the new backends are
+    // written one at a time, not in batches.
+    assert_eq!(report.map_calls, per_step + 1, "{report:?}");
     // A slot write failing in the second call: only its frontend fails.
     let mut w = Writer::adopt(FaultyMaps::new(
         MemMaps::new(limits),
@@ -607,13 +615,14 @@ fn steps_larger_than_a_call_are_written_whole_and_in_step_order() {
     let mut w = Writer::adopt(MemMaps::new(limits)).unwrap();
     no_errors(&w.apply(&want).unwrap(), "full");
     check_exact(w.maps(), &want, "full");
-    // Every backend before any slot, every slot before any master; no call carries more
-    // than MAX_BATCH elements; TCP frontends without affinity get no memberships.
+    // Every backend before any slot (each written as it got its id), every slot before any
+    // master; no call carries more than MAX_BATCH elements; TCP frontends without affinity
+    // get no memberships.
+    let (backends, batches) = w.maps().log.split_at(20_000);
+    assert!(backends.iter().all(|&c| c == call(Op::UpdateBackend, 1)));
     assert_eq!(
-        w.maps().log,
+        batches,
         vec![
-            call(Op::UpdateBackend, MAX_BATCH),
-            call(Op::UpdateBackend, rest),
             call(Op::WriteSlot, MAX_BATCH),
             call(Op::WriteSlot, rest),
             call(Op::UpdateService, 2000),
@@ -956,4 +965,50 @@ fn a_slot_changed_behind_the_writers_back_is_rewritten() {
     no_errors(&w.apply(&none).unwrap(), "all gone");
     no_errors(&w.apply(&none).unwrap(), "all gone, settled");
     check_exact(w.maps(), &none, "all gone");
+}
+
+/// The writer reads backend values from `lb_backends` rather than keeping a copy: a backend
+/// changed behind its back (here to another frontend's backend) is seen by the next full
+/// apply, which gives its frontend a fresh id with the right value and deletes the changed one.
+#[test]
+fn a_backend_changed_behind_the_writers_back_is_rewritten() {
+    let want = desired(&[
+        (A, &["10.0.0.1:80", "10.0.0.2:80"], None),
+        (B, &["10.0.0.3:80"], None),
+    ]);
+    let mut w = Writer::adopt(MemMaps::new(LIMITS)).unwrap();
+    no_errors(&w.apply(&want).unwrap(), "first");
+    let master = w.maps().tables.services[&fe(A).key()];
+    let b_master = w.maps().tables.services[&fe(B).key()];
+    let changed = w.maps().tables.slots[&(master.slot_base + 1)];
+    let b_value = w.maps().tables.backends[&w.maps().tables.slots[&b_master.slot_base]];
+    w.maps_mut()
+        .update_backends(&[changed], &[b_value])
+        .unwrap();
+    let report = w.apply(&want).unwrap();
+    no_errors(&report, "repair");
+    assert_eq!(
+        (
+            report.frontends_written,
+            report.backends_written,
+            report.backends_deleted
+        ),
+        (1, 1, 1),
+        "A alone, with a new id for its second backend: {report:?}"
+    );
+    check_exact(w.maps(), &want, "repaired");
+    assert!(!w.maps().tables.backends.contains_key(&changed));
+    // The same value does not get the changed id back from the index later.
+    let more = desired(&[
+        (A, &["10.0.0.1:80", "10.0.0.2:80"], None),
+        (B, &["10.0.0.3:80"], None),
+        (C, &["10.0.0.2:53", "10.0.0.3:53", "10.0.0.9:53"], None),
+    ]);
+    no_errors(&w.apply(&more).unwrap(), "more");
+    check_exact(w.maps(), &more, "more");
+    let none = desired(&[]);
+    no_errors(&w.apply(&none).unwrap(), "all gone");
+    no_errors(&w.apply(&none).unwrap(), "all gone, settled");
+    check_exact(w.maps(), &none, "all gone");
+    assert_eq!(w.programmed(), (0, 0));
 }
