@@ -726,11 +726,29 @@ impl store::SharedName for model::Service {
     fn shared_name(&self) -> Option<&Arc<str>> {
         self.name.as_ref()
     }
+
+    fn share_with(&mut self, previous: &Self) {
+        share(&mut self.name, &previous.name);
+    }
 }
 
 impl store::SharedName for model::EndpointSlice {
     fn shared_name(&self) -> Option<&Arc<str>> {
         Some(&self.name)
+    }
+
+    /// Its name (the store's key and the slices-by-Service index hold it) and its Service's
+    /// name (the index's key holds it).
+    fn share_with(&mut self, previous: &Self) {
+        share(&mut self.name, &previous.name);
+        share(&mut self.service_name, &previous.service_name);
+    }
+}
+
+/// Makes `string` the very allocation of `previous` when the two are equal.
+fn share<S: Clone + PartialEq>(string: &mut S, previous: &S) {
+    if string == previous {
+        *string = previous.clone();
     }
 }
 
@@ -844,5 +862,49 @@ mod tests {
         let state = inner.state();
         assert!(!state.connected);
         assert_eq!(state.last_error.as_deref(), Some("endpointslices: boom"));
+    }
+
+    #[test]
+    fn a_new_version_shares_the_names_of_the_one_it_replaces() {
+        use store::SharedName as _;
+        let mut k8s = EndpointSlice::default();
+        k8s.metadata.name = Some("web-abc".into());
+        k8s.metadata.namespace = Some("default".into());
+        k8s.metadata.labels = Some(
+            [(model::SERVICE_NAME_LABEL.to_owned(), "web".to_owned())]
+                .into_iter()
+                .collect(),
+        );
+        k8s.address_type = "IPv4".into();
+        let mut interner = Interner::new();
+        let old = interner.endpoint_slice(&k8s);
+        let mut new = interner.endpoint_slice(&k8s);
+        assert!(!Arc::ptr_eq(&old.name, &new.name), "converted apart");
+        new.share_with(&old);
+        assert!(Arc::ptr_eq(&old.name, &new.name));
+        assert!(Arc::ptr_eq(
+            old.service_name.as_ref().unwrap(),
+            new.service_name.as_ref().unwrap()
+        ));
+        // A slice that moved to another Service keeps its own Service name.
+        k8s.metadata.labels = Some(
+            [(model::SERVICE_NAME_LABEL.to_owned(), "api".to_owned())]
+                .into_iter()
+                .collect(),
+        );
+        let mut moved = interner.endpoint_slice(&k8s);
+        moved.share_with(&old);
+        assert_eq!(moved.service_name.as_deref(), Some("api"));
+        assert!(Arc::ptr_eq(&old.name, &moved.name));
+
+        let mut service = Service::default();
+        service.metadata.name = Some("web".into());
+        let old = interner.service(&service);
+        let mut new = interner.service(&service);
+        new.share_with(&old);
+        assert!(Arc::ptr_eq(
+            old.name.as_ref().unwrap(),
+            new.name.as_ref().unwrap()
+        ));
     }
 }
