@@ -105,6 +105,25 @@ pub struct ChurnResults {
     /// memory, counted in the maps' memory as well.
     #[serde(default)]
     pub agent_bpf_map_pages_full_sync_kib: u64,
+    /// The same pages at the end.
+    #[serde(default)]
+    pub agent_bpf_map_pages_kib: u64,
+}
+
+impl ChurnResults {
+    /// The agent's own peak memory, in MiB, as the RSS target counts it: its peak RSS without
+    /// the resident pages of the BPF maps it maps (kernel memory, reported with the maps),
+    /// after its full sync and at the end (after the churn), whichever is higher.
+    fn agent_own_peak_mib(&self) -> (f64, f64) {
+        let own = |hwm: u64, bpf: u64| hwm.saturating_sub(bpf) as f64 / 1024.0;
+        (
+            own(
+                self.agent_vm_hwm_full_sync_kib,
+                self.agent_bpf_map_pages_full_sync_kib,
+            ),
+            own(self.agent_vm_hwm_kib, self.agent_bpf_map_pages_kib),
+        )
+    }
 }
 
 /// Reads the agent's log as it grows, one JSON line at a time.
@@ -546,6 +565,7 @@ fn measure(
         agent_vm_hwm_kib: vm_hwm_kib(agent.pid()),
         agent_vm_hwm_full_sync_kib,
         agent_bpf_map_pages_full_sync_kib,
+        agent_bpf_map_pages_kib: bpf_map_pages_kib(agent.pid()),
     })
 }
 
@@ -581,6 +601,10 @@ fn tables(r: &ChurnResults) -> Vec<Table> {
             r.agent_bpf_map_pages_full_sync_kib,
         ),
         ("agent peak RSS (VmHWM) at the end", r.agent_vm_hwm_kib),
+        (
+            "of which resident pages of BPF maps the agent maps, at the end",
+            r.agent_bpf_map_pages_kib,
+        ),
     ] {
         single.row(vec![
             name.into(),
@@ -674,15 +698,22 @@ pub fn targets(r: &ChurnResults) -> Vec<Target> {
         },
         Target {
             target: "agent peak RSS <= 64 MiB at 30,000 x 10 (the whole agent, Kubernetes source, \
-                     after its full sync; BPF maps besides)"
+                     after its full sync and after the churn; BPF map memory reported separately: \
+                     the pages of BPF maps it maps are left out)"
                 .into(),
-            measured: format!(
-                "{:.1} MiB at {scale} (of which {:.1} MiB are pages of BPF maps it maps)",
-                r.agent_vm_hwm_full_sync_kib as f64 / 1024.0,
-                r.agent_bpf_map_pages_full_sync_kib as f64 / 1024.0
-            ),
+            measured: {
+                let (sync, end) = r.agent_own_peak_mib();
+                format!(
+                    "{sync:.1} MiB after the full sync, {end:.1} MiB at the end, at {scale} \
+                     (with the {:.1} MiB of BPF map pages it maps: {:.1} and {:.1} MiB)",
+                    r.agent_bpf_map_pages_kib as f64 / 1024.0,
+                    r.agent_vm_hwm_full_sync_kib as f64 / 1024.0,
+                    r.agent_vm_hwm_kib as f64 / 1024.0,
+                )
+            },
             status: if at_scale {
-                Status::from_bool(r.agent_vm_hwm_full_sync_kib as f64 / 1024.0 <= 64.0)
+                let (sync, end) = r.agent_own_peak_mib();
+                Status::from_bool(sync.max(end) <= 64.0)
             } else {
                 Status::NotMeasured
             },
