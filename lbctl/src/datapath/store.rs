@@ -184,21 +184,24 @@ impl Maps {
     /// them costs no system call. Unmappable arrays (a read-only descriptor) keep reading
     /// through lookups, and fail on the first write.
     pub(crate) fn for_writing(mut self) -> Self {
-        if let Err(e) = mapping(
-            &mut self.slots_rw,
-            self.slots.map(),
-            SLOTS_MAP,
-            size_of::<u32>(),
-        ) {
-            tracing::debug!(reason = %e.reason, "lb_slots not mapped yet");
-        }
-        if let Err(e) = mapping(
-            &mut self.backends_rw,
-            self.backends.map(),
-            BACKENDS_MAP,
-            size_of::<Backend>(),
-        ) {
-            tracing::debug!(reason = %e.reason, "lb_backends not mapped yet");
+        let arrays = [
+            (
+                &mut self.slots_rw,
+                self.slots.map(),
+                SLOTS_MAP,
+                size_of::<u32>(),
+            ),
+            (
+                &mut self.backends_rw,
+                self.backends.map(),
+                BACKENDS_MAP,
+                size_of::<Backend>(),
+            ),
+        ];
+        for (slot, map, name, value_size) in arrays {
+            if let Err(e) = mapping(slot, map, name, value_size) {
+                tracing::debug!(reason = %e.reason, "{name} not mapped yet");
+            }
         }
         self
     }

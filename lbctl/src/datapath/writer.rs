@@ -2,9 +2,9 @@
 //!
 //! The writer keeps a mirror of what the maps hold (rebuilt from the maps when an agent adopts
 //! them, [`super::decode`]; the arrays' contents, a frontend's backend ids and the backends'
-//! values, are read back from the maps rather than copied), diffs the desired state against it and writes only the difference
-//! through the [`LbMaps`] seam, in the order of `semantics.md`, so a concurrent `connect()`
-//! never sees a half-written service. Each step is one batch covering every frontend the apply
+//! values, are read back from the maps rather than copied), diffs the desired state against
+//! it and writes only the difference through the [`LbMaps`] seam, in the order of
+//! `semantics.md`, so a concurrent `connect()` never sees a half-written service. Each step is one batch covering every frontend the apply
 //! changes (on the kernel maps: `BPF_MAP_UPDATE_BATCH` or `BPF_MAP_DELETE_BATCH` for the hash
 //! maps, one call per [`MAX_BATCH`] elements; plain stores through a mapping for the arrays
 //! `lb_backends` and `lb_slots`), but the first:

@@ -938,12 +938,7 @@ fn frontend_ids_of_key_ordered_frontends_are_the_programmed_ones() {
 /// frontend, with the backend reference counts kept right throughout.
 #[test]
 fn a_slot_changed_behind_the_writers_back_is_rewritten() {
-    let want = desired(&[
-        (A, &["10.0.0.1:80", "10.0.0.2:80"], None),
-        (B, &["10.0.0.3:80"], None),
-    ]);
-    let mut w = Writer::adopt(MemMaps::new(LIMITS)).unwrap();
-    no_errors(&w.apply(&want).unwrap(), "first");
+    let (mut w, want) = a_and_b_programmed();
     let master = w.maps().tables.services[&fe(A).key()];
     let b_master = w.maps().tables.services[&fe(B).key()];
     let b_backend = w.maps().tables.slots[&b_master.slot_base];
@@ -961,10 +956,28 @@ fn a_slot_changed_behind_the_writers_back_is_rewritten() {
     no_errors(&w.apply(&only_b).unwrap(), "A gone");
     no_errors(&w.apply(&only_b).unwrap(), "A gone, settled");
     check_exact(w.maps(), &only_b, "A gone");
+    empty_and_check(&mut w);
+}
+
+/// A (two backends) and B (one) programmed, and the desired state that has them.
+fn a_and_b_programmed() -> (Writer<MemMaps>, Desired) {
+    let want = desired(&[
+        (A, &["10.0.0.1:80", "10.0.0.2:80"], None),
+        (B, &["10.0.0.3:80"], None),
+    ]);
+    let mut w = Writer::adopt(MemMaps::new(LIMITS)).unwrap();
+    no_errors(&w.apply(&want).unwrap(), "first");
+    (w, want)
+}
+
+/// Deletes everything (a second apply settles what the first left for it) and checks that
+/// the maps and the writer's record are empty.
+fn empty_and_check(w: &mut Writer<MemMaps>) {
     let none = desired(&[]);
     no_errors(&w.apply(&none).unwrap(), "all gone");
     no_errors(&w.apply(&none).unwrap(), "all gone, settled");
     check_exact(w.maps(), &none, "all gone");
+    assert_eq!(w.programmed(), (0, 0));
 }
 
 /// The writer reads backend values from `lb_backends` rather than keeping a copy: a backend
@@ -972,12 +985,7 @@ fn a_slot_changed_behind_the_writers_back_is_rewritten() {
 /// apply, which gives its frontend a fresh id with the right value and deletes the changed one.
 #[test]
 fn a_backend_changed_behind_the_writers_back_is_rewritten() {
-    let want = desired(&[
-        (A, &["10.0.0.1:80", "10.0.0.2:80"], None),
-        (B, &["10.0.0.3:80"], None),
-    ]);
-    let mut w = Writer::adopt(MemMaps::new(LIMITS)).unwrap();
-    no_errors(&w.apply(&want).unwrap(), "first");
+    let (mut w, want) = a_and_b_programmed();
     let master = w.maps().tables.services[&fe(A).key()];
     let b_master = w.maps().tables.services[&fe(B).key()];
     let changed = w.maps().tables.slots[&(master.slot_base + 1)];
@@ -1006,9 +1014,5 @@ fn a_backend_changed_behind_the_writers_back_is_rewritten() {
     ]);
     no_errors(&w.apply(&more).unwrap(), "more");
     check_exact(w.maps(), &more, "more");
-    let none = desired(&[]);
-    no_errors(&w.apply(&none).unwrap(), "all gone");
-    no_errors(&w.apply(&none).unwrap(), "all gone, settled");
-    check_exact(w.maps(), &none, "all gone");
-    assert_eq!(w.programmed(), (0, 0));
+    empty_and_check(&mut w);
 }
