@@ -248,16 +248,15 @@ impl<K: Resource, T: SharedName> Writer<K, T> {
         match event {
             watcher::Event::Apply(obj) => {
                 let mut converted = (self.convert)(obj);
+                let mut objects = self.store.write();
                 let (namespace, name) = key(obj);
-                if let Some(previous) = self.store.read().get(namespace, name) {
+                if let Some(previous) = objects.get(namespace, name) {
                     converted.share_with(previous);
                 }
                 let converted = Arc::new(converted);
                 let (namespace, name) = stored_key(obj, &*converted);
-                let previous = self
-                    .store
-                    .write()
-                    .insert(namespace, name, converted.clone());
+                let previous = objects.insert(namespace, name, converted.clone());
+                drop(objects);
                 Applied {
                     current: Some(converted),
                     previous,
