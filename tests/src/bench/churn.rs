@@ -113,7 +113,7 @@ pub struct ChurnResults {
 impl ChurnResults {
     /// The agent's own peak memory, in MiB, as the RSS target counts it: its peak RSS without
     /// the resident pages of the BPF maps it maps (kernel memory, reported with the maps),
-    /// after its full sync and at the end (after the churn), whichever is higher.
+    /// after its full sync and at the end (after the churn); the target holds the higher.
     fn agent_own_peak_mib(&self) -> (f64, f64) {
         let own = |hwm: u64, bpf: u64| hwm.saturating_sub(bpf) as f64 / 1024.0;
         (

@@ -70,8 +70,9 @@ pub struct LbctlScale {
     /// Map calls (batches: one `bpf()` each) of the full programming.
     #[serde(default)]
     pub full_map_calls: usize,
-    /// Wall time of each part of the full programming (`Writer::last_steps`: the diff, each
-    /// ordered step, one map each), microseconds: where the time goes.
+    /// Wall time of each part of the full programming (`Writer::last_steps`: the diff with the
+    /// new backends' writes, then each later ordered step, one map each), microseconds: where
+    /// the time goes.
     #[serde(default)]
     pub full_apply_steps_us: Vec<(String, u64)>,
     pub map_updates_per_sec: f64,
