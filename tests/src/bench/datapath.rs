@@ -10,9 +10,13 @@
 //! interquartile range and a bootstrap 95% interval. A target is met or missed only when the
 //! whole interval is on one side of it; otherwise this run did not resolve it.
 //!
-//! Around every lbctl repetition the run time and run count of every program the lbctl arm
-//! attached are read ([`kernel_time`]): BPF time per connection, per program and in total, for
-//! connects to a service and connects to an address that is no service.
+//! The latency slots run as a node runs: with the kernel's BPF run-time statistics off, which
+//! cost every program run two clock reads. The lbctl arm has two more slots per round, its
+//! **kernel-time slots**, the same connects with statistics switched on around them only; the run
+//! time and run count of every program the lbctl arm attached are read before and after each
+//! ([`kernel_time`]): BPF time per connection, per program and in total, for connects to a
+//! service and connects to an address that is no service. Their latency, paired with the lbctl
+//! slot's, is what the statistics themselves cost a connect.
 use std::{collections::BTreeMap, time::Instant};
 
 use anyhow::{Context, Result};
@@ -99,6 +103,14 @@ pub struct ArmFigure {
 #[derive(Debug, Serialize)]
 pub struct KernelFigure {
     pub services: usize,
+    /// The latency of the kernel-time slot's connects to the service (statistics on).
+    pub service_latency: Aggregate,
+    /// Its p50 over the lbctl slot's (statistics off), paired per round: what the statistics
+    /// cost a connect.
+    pub vs_statistics_off: Option<Ratio>,
+    /// Its p50 over direct's, paired per round (comparable with runs before the statistics
+    /// were confined to these slots).
+    pub vs_direct: Option<Ratio>,
     /// The programs attached in the lbctl arm (pinned link name, program id).
     pub programs: Vec<Attached>,
     /// Connects to the measured service: connect + accept + close, client and accepted
@@ -140,6 +152,9 @@ struct Slot {
     live: usize,
     dest: Dest,
     request: Request,
+    /// A kernel-time slot: BPF statistics on around it, the programs' run time read before and
+    /// after (lbctl only). Its latencies are not the arm's.
+    kernel_time: bool,
 }
 
 /// What one slot measured over all rounds.
@@ -148,12 +163,12 @@ struct SlotResult {
     /// One summary per round, in round order.
     summaries: Vec<Summary>,
     reached: BTreeMap<String, usize>,
-    /// lbctl slots: the programs' run time.
+    /// Kernel-time slots: the programs' run time.
     kernel: KernelTime,
 }
 
-/// Runs every slot once per round, in the order [`round_order`] draws. Around every slot whose
-/// client is the lbctl arm's, snapshots the run time of `programs`.
+/// Runs every slot once per round, in the order [`round_order`] draws. Around every kernel-time
+/// slot, switches the BPF statistics on and snapshots the run time of `programs`.
 fn measure_rounds(
     live: &mut [Live],
     slots: &[Slot],
@@ -167,7 +182,8 @@ fn measure_rounds(
         for i in round_order(&arms, rng) {
             let slot = &slots[i];
             let l = &mut live[slot.live];
-            let programs = programs.filter(|_| l.programmed.arm == Arm::Lbctl);
+            let programs = programs.filter(|_| slot.kernel_time);
+            let statistics = programs.map(|_| kernel_time::enable()).transpose()?;
             let before = programs.map(kernel_time::snapshot).transpose()?;
             let Sample {
                 latencies_ns,
@@ -189,6 +205,7 @@ fn measure_rounds(
                 };
                 out[i].kernel.add(&before, &after, connections);
             }
+            drop(statistics);
             out[i]
                 .summaries
                 .push(Summary::from_ns(&latencies_ns, elapsed_ns));
@@ -314,6 +331,12 @@ fn kernel_table(count: usize, k: &KernelFigure) -> Table {
             idle.join(", ")
         ));
     }
+    t.note(format!(
+        "These connects, with the statistics on: p50 {}; p50 / lbctl's with them off (the latency table), paired per round: {}; p50 / direct: {}.",
+        fmt_us(k.service_latency.p50_us),
+        ratio_cell(k.vs_statistics_off.as_ref()),
+        ratio_cell(k.vs_direct.as_ref()),
+    ));
     t
 }
 
@@ -344,6 +367,7 @@ fn measure_floor(
         warmup: opts.warmup,
     };
     let mut k = KernelTime::default();
+    let _statistics = kernel_time::enable()?;
     for _ in 0..opts.rounds {
         let before = kernel_time::snapshot(empty.attached())?;
         client.request(&request).context("the floor's connects")?;
@@ -400,7 +424,8 @@ struct SlotFigure {
 }
 
 /// The figures of the slots going to `dest` (direct's service slot, which goes to the
-/// backends, stands for both), each paired with direct's service slot round by round.
+/// backends, stands for both), each paired with direct's service slot round by round; the
+/// kernel-time slots are left out.
 fn figures(live: &[Live], slots: &[Slot], results: &[SlotResult], dest: Dest) -> Vec<SlotFigure> {
     let arm = |s: &Slot| live[s.live].programmed.arm;
     let direct = slots
@@ -411,6 +436,7 @@ fn figures(live: &[Live], slots: &[Slot], results: &[SlotResult], dest: Dest) ->
     slots
         .iter()
         .zip(results)
+        .filter(|(s, _)| !s.kernel_time)
         .filter(|(s, _)| {
             if arm(s) == Arm::Direct {
                 s.dest == Dest::Service
@@ -486,28 +512,38 @@ pub fn run(opts: &DatapathOptions, arms: &[Arm]) -> Result<(DatapathResults, Vec
         }
 
         // Every arm to the service; every arm but direct (whose service slot already goes to
-        // the backends) to the backends directly.
+        // the backends) to the backends directly; lbctl's both again as kernel-time slots.
         let mut slots = Vec::new();
         for (i, l) in live.iter().enumerate() {
-            slots.push(Slot {
-                live: i,
-                dest: Dest::Service,
-                request: Request::Connect {
-                    targets: l.programmed.targets.clone(),
-                    count: opts.connects,
-                    warmup: opts.warmup,
-                },
-            });
-            if l.programmed.arm != Arm::Direct {
+            let arm = l.programmed.arm;
+            let kernel_time = if arm == Arm::Lbctl && programs.is_some() {
+                &[false, true][..]
+            } else {
+                &[false][..]
+            };
+            for &kernel_time in kernel_time {
                 slots.push(Slot {
                     live: i,
-                    dest: Dest::NonService,
+                    dest: Dest::Service,
                     request: Request::Connect {
-                        targets: backends.clone(),
+                        targets: l.programmed.targets.clone(),
                         count: opts.connects,
                         warmup: opts.warmup,
                     },
+                    kernel_time,
                 });
+                if arm != Arm::Direct {
+                    slots.push(Slot {
+                        live: i,
+                        dest: Dest::NonService,
+                        request: Request::Connect {
+                            targets: backends.clone(),
+                            count: opts.connects,
+                            warmup: opts.warmup,
+                        },
+                        kernel_time,
+                    });
+                }
             }
         }
         let started = Instant::now();
@@ -604,16 +640,35 @@ pub fn run(opts: &DatapathOptions, arms: &[Arm]) -> Result<(DatapathResults, Vec
         tables.push(table);
 
         if let Some(programs) = &programs {
+            let slot = |dest: Dest, kernel_time: bool| {
+                slots.iter().zip(&results).find_map(|(s, r)| {
+                    (live[s.live].programmed.arm == Arm::Lbctl
+                        && s.dest == dest
+                        && s.kernel_time == kernel_time)
+                        .then_some(r)
+                })
+            };
             let take = |dest: Dest| {
-                slots
-                    .iter()
-                    .zip(&results)
-                    .find(|(s, _)| live[s.live].programmed.arm == Arm::Lbctl && s.dest == dest)
-                    .map(|(_, r)| r.kernel.clone())
+                slot(dest, true)
+                    .map(|r| r.kernel.clone())
                     .unwrap_or_default()
             };
+            let on = slot(Dest::Service, true).map(|r| p50s(&r.summaries));
+            let off = slot(Dest::Service, false).map(|r| p50s(&r.summaries));
+            let direct = points
+                .iter()
+                .find(|p| p.arm == Arm::Direct && p.services == count)
+                .map(|p| p50s(&p.connect.reps));
+            let pair = |den: Option<Vec<f64>>| Ratio::paired(on.as_deref()?, den.as_deref()?);
             let figure = KernelFigure {
                 services: count,
+                service_latency: Aggregate::new(
+                    slot(Dest::Service, true)
+                        .map(|r| r.summaries.clone())
+                        .unwrap_or_default(),
+                ),
+                vs_statistics_off: pair(off),
+                vs_direct: pair(direct),
                 programs: programs.clone(),
                 service: take(Dest::Service),
                 non_service: take(Dest::NonService),
@@ -681,6 +736,7 @@ pub fn run(opts: &DatapathOptions, arms: &[Arm]) -> Result<(DatapathResults, Vec
                         warmup: opts.warmup,
                         size: opts.rr_size,
                     },
+                    kernel_time: false,
                 })
                 .collect();
             let results = measure_rounds(&mut live, &slots, opts.rounds, &mut rng, None)?;

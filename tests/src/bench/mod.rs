@@ -176,9 +176,17 @@ pub fn run(opts: &Options) -> Result<()> {
         "lb-bench: {} cores, {}, kernel {}, load average {}",
         machine.nproc, machine.cpu_model, machine.kernel, machine.loadavg_at_start
     );
-    // Statistics on for the whole run (the lbctl arm's rounds read them); off again when this
-    // process exits, however it exits.
-    let _stats = kernel_time::enable()?;
+    // The latency slots measure the programs as a node runs them, with the BPF statistics off;
+    // the kernel-time slots switch them on around themselves only (`BPF_ENABLE_STATS`, off again
+    // when this process exits, however it exits). The sysctl is the machine's: say so when it
+    // keeps them on.
+    if kernel_time::sysctl_value() != "0" {
+        eprintln!(
+            "lb-bench: kernel.bpf_stats_enabled is {}: every program run pays the statistics' \
+             clock reads, in the latency slots too",
+            kernel_time::sysctl_value()
+        );
+    }
 
     let mut arms = Vec::new();
     let mut skipped = Vec::new();
