@@ -320,7 +320,12 @@ fn estimate_seconds(
                     Arm::IptablesLegacy => (35e-6 + 22e-9 * n, 0.5e-3 * n),
                     Arm::Nftables => (40e-6, 0.125e-3 * n + 9.55e-8 * n * n),
                 };
-                let slots = if arm == Arm::Direct { 1.0 } else { 2.0 };
+                // lbctl: its two latency slots and its two kernel-time slots.
+                let slots = match arm {
+                    Arm::Direct => 1.0,
+                    Arm::Lbctl => 4.0,
+                    _ => 2.0,
+                };
                 // + namespaces, client start, the per-round statistics reads.
                 s += slots * per_slot * cycle + load + 1.0 + slots * d.rounds as f64 * 0.01;
             }
