@@ -177,14 +177,14 @@ pub fn run(opts: &Options) -> Result<()> {
         machine.nproc, machine.cpu_model, machine.kernel, machine.loadavg_at_start
     );
     // The latency slots measure the programs as a node runs them, with the BPF statistics off;
-    // the kernel-time slots switch them on around themselves only (`BPF_ENABLE_STATS`, off again
-    // when this process exits, however it exits). The sysctl is the machine's: say so when it
-    // keeps them on.
-    if kernel_time::sysctl_value() != "0" {
+    // the kernel-time slots switch them on around themselves only (`BPF_ENABLE_STATS`: off again
+    // when the slot ends, or when this process exits, however it exits). The sysctl is the
+    // machine's: say so when it keeps them on.
+    let sysctl = kernel_time::sysctl_value();
+    if sysctl != "0" {
         eprintln!(
-            "lb-bench: kernel.bpf_stats_enabled is {}: every program run pays the statistics' \
-             clock reads, in the latency slots too",
-            kernel_time::sysctl_value()
+            "lb-bench: kernel.bpf_stats_enabled is {sysctl}: every program run pays the \
+             statistics' clock reads, in the latency slots too"
         );
     }
 
