@@ -4,10 +4,11 @@
 //! them, [`super::decode`]; the arrays' contents, a frontend's backend ids and the backends'
 //! values, are read back from the maps rather than copied), diffs the desired state against
 //! it and writes only the difference through the [`LbMaps`] seam, in the order of
-//! `semantics.md`, so a concurrent `connect()` never sees a half-written service. Each step is one batch covering every frontend the apply
-//! changes (on the kernel maps: `BPF_MAP_UPDATE_BATCH` or `BPF_MAP_DELETE_BATCH` for the hash
-//! maps, one call per [`MAX_BATCH`] elements; plain stores through a mapping for the arrays
-//! `lb_backends` and `lb_slots`), but the first:
+//! `semantics.md`, so a concurrent `connect()` never sees a half-written service. Each step is
+//! one batch covering every frontend the apply changes (on the kernel maps:
+//! `BPF_MAP_UPDATE_BATCH` or `BPF_MAP_DELETE_BATCH` for the hash maps, one call per
+//! [`MAX_BATCH`] elements; plain stores through a mapping for the arrays `lb_backends` and
+//! `lb_slots`), but the first:
 //! 1. new backends, each written as the diff gives it an id (one element at a time: the writer
 //!    keeps no copy of the values, it reads them from `lb_backends`, so the next frontend with
 //!    the same backend finds it there),
