@@ -60,9 +60,12 @@ pub const SOCK_MAP: &str = "lb_sock";
 pub const TCP_RECENT_MAP: &str = "lb_tcp_recent";
 /// One element of 1,024 bytes, a byte per bucket of ports (the top 10 bits of the port, network
 /// order, times 0x9e3779b1): 1 when a TCP connect was sent to a backend on a port of that
-/// bucket; set by `connect4/6` and never cleared. `getpeername4/6` look a socket without
-/// storage up in [`TCP_RECENT_MAP`] only when its peer's port is in a marked bucket, so an
-/// accepted socket (whose peer is a client's port) mostly costs no cookie and no element read.
+/// bucket; set by `connect4/6` wherever they record a TCP translation, and never cleared (an
+/// agent that creates it beside a pinned [`SOCK_MAP`] marks every bucket, for the sockets an
+/// older one translated). `getpeername4/6` look for a TCP socket's translation (its storage,
+/// then [`TCP_RECENT_MAP`]) only when its peer's port is in a marked bucket, so an accepted
+/// socket (whose peer is a client's port) mostly costs no storage lookup, no cookie and no
+/// element read.
 pub const TCP_PORTS_MAP: &str = "lb_tcp_backend_ports";
 /// Maps that earlier lbctl versions pinned and this one no longer uses: an agent unpins them
 /// once its programs replaced the ones that used them (and `lbctl uninstall` removes them).

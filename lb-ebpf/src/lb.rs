@@ -273,6 +273,8 @@ fn remember(ctx: &SockAddrContext, entry: &RevNat) {
         if st.is_null() {
             maps::remember_tcp(sock::cookie(ctx), entry);
         } else {
+            // The reverse path looks for a TCP translation only on a marked port.
+            maps::mark_tcp_port(entry.backend_port);
             // SAFETY: non-null storage of this socket, written whole.
             unsafe { *st = *entry };
         }
@@ -311,22 +313,29 @@ fn sticky(e: &RevNat, svc: &ServiceValue, address: &Addr, port: u16, proto: u8) 
 
 /// The reverse path of `recvmsg4/6` and `getpeername4/6`: when `peer` is the backend this
 /// socket was sent to and its frontend still exists as it was, the service address and port to
-/// show instead. Lookups: the socket's storage (a pointer read), and when it has none (a TCP
-/// socket not kept yet, or one lbctl never translated, such as an accepted one) whether the
-/// peer's port is in a bucket a TCP connect marked (`lb_tcp_backend_ports`) and only then its
-/// cookie's element of `lb_tcp_recent` (which [`keep`] then copies into the socket's storage);
-/// then the master (and, on a translation, `lb_meta[DEBUG]`).
+/// show instead.
+///
+/// Lookups, for a TCP socket: whether the peer's port is in a bucket a TCP connect marked
+/// (`lb_tcp_backend_ports`, one byte of a cached element). Every TCP translation marks its
+/// backend's port wherever it is recorded, so a peer on a port of no marked bucket (the client
+/// of most accepted sockets, the one `getpeername` every `accept()` runs) ends it there: no
+/// storage lookup, no cookie. Otherwise the socket's storage (a pointer read), and when it has
+/// none (a TCP socket not kept yet) its cookie's element of `lb_tcp_recent` (which [`keep`]
+/// then copies into the socket's storage). For a UDP socket, the storage only. Then the master
+/// (and, on a translation, `lb_meta[DEBUG]`).
 #[inline(always)]
 pub fn reverse(ctx: &SockAddrContext, peer: &Addr, port: u16, hook: u8) -> Option<Target> {
+    let tcp = sock::is_tcp(ctx);
+    if tcp && !maps::tcp_port_marked(port) {
+        return None;
+    }
     // SAFETY: a lookup without create of the calling socket's own storage.
     let st = unsafe { SOCKS.get_ptr_mut(ctx) };
     if !st.is_null() {
         // SAFETY: non-null storage of this socket; the entry is only read.
         return reverse_by(ctx, unsafe { &*st }, peer, port, hook);
     }
-    // A peer on a port in no marked bucket (such as most accepted sockets' clients) cannot be
-    // a translated socket's backend: no cookie to make, no element to read.
-    if !maps::tcp_port_marked(port) {
+    if !tcp {
         return None;
     }
     let cookie = sock::cookie(ctx);

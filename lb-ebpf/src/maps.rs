@@ -130,7 +130,7 @@ pub fn remember_tcp(cookie: u64, translation: &RevNat) {
 /// purpose: every accepted socket reads one byte of it, so it stays in the cache (a byte per
 /// port, 64 KiB, cost each accept a cache miss: 40-80 ns). Bytes, not bits: marks never race
 /// (the programs have no atomic OR). A client port in a marked bucket only costs its socket a
-/// cookie and an element read.
+/// storage lookup, a cookie and an element read.
 #[btf_map(name = "lb_tcp_backend_ports")]
 pub static TCP_PORTS: Array<[u8; 1024], 1> = Array::new();
 

@@ -99,6 +99,14 @@ pub fn set_user_v6(ctx: &SockAddrContext, address: &Addr, port: u16) {
     }
 }
 
+/// Whether the hook's socket is a TCP one.
+#[inline(always)]
+pub fn is_tcp(ctx: &SockAddrContext) -> bool {
+    // SAFETY: the kernel passes a valid bpf_sock_addr; `protocol` is readable in every
+    // sock_addr hook.
+    unsafe { (*ctx.sock_addr).protocol == u32::from(lb_common::IPPROTO_TCP) }
+}
+
 /// The socket's cookie: unique for the socket's lifetime, never reused while the host runs.
 #[inline(always)]
 pub fn cookie(ctx: &SockAddrContext) -> u64 {

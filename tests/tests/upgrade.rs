@@ -229,6 +229,63 @@ fn maps_of_an_older_layout_are_migrated_without_a_failed_connect() {
     );
 }
 
+/// An lbctl whose programs kept TCP translations in socket storage but marked no backend ports
+/// left TCP sockets whose `getpeername` must still show the service. An upgraded agent that
+/// finds no `lb_tcp_backend_ports` beside the pinned `lb_sock` creates it with every port
+/// marked: its programs look for a TCP translation only on a marked port.
+#[test]
+fn backend_ports_created_beside_kept_sockets_start_all_marked() {
+    let vip = "10.96.1.14";
+    let Serving {
+        node,
+        mut agent,
+        mut probe,
+        backends: _backends,
+    } = serving("upgrade-ports", vip);
+    let service = format!("{vip}:80");
+    // Asks for its peer once connected: its translation is kept in its storage.
+    let mut held = Probe::spawn(Some(&node.cgroup), &["hold", "tcp", &service]).unwrap();
+    assert_eq!(
+        held.read_lines(1).unwrap(),
+        [format!("connected {service}")]
+    );
+
+    // No connect after this one: a connect to the held socket's backend port would mark it.
+    let before = probe.finish().unwrap();
+    assert!(
+        before
+            .iter()
+            .all(|o| matches!(o, testkit::probe::Outcome::Reached(_))),
+        "{before:?}"
+    );
+    // What such an lbctl pinned: the same maps without the ports.
+    assert!(agent.terminate(), "{}", agent.log());
+    let ports = node.pins.path().join(lb_common::TCP_PORTS_MAP);
+    std::fs::remove_file(&ports).unwrap();
+    let variant = variant_b_object().display().to_string();
+    let mut upgraded = node.agent(&["--object", &variant]).unwrap();
+    wait_for_log(&mut upgraded, "every port marked", WAIT).unwrap();
+    wait_for_log(&mut upgraded, "programs replaced on the pinned links", WAIT).unwrap();
+
+    held.send("peer").unwrap();
+    assert_eq!(
+        held.read_lines(1).unwrap(),
+        [format!("peer {service}")],
+        "the kept socket's peer is still the service"
+    );
+    let marks: aya::maps::Array<_, [u8; 1024]> = aya::maps::Array::try_from(aya::maps::Map::Array(
+        aya::maps::MapData::from_pin(&ports).unwrap(),
+    ))
+    .unwrap();
+    let marked = marks.get(&0, 0).unwrap();
+    assert!(
+        marked.iter().all(|b| *b == 1),
+        "every bucket marked: {} of 1024",
+        marked.iter().filter(|b| **b == 1).count()
+    );
+    held.finish_raw().unwrap();
+}
+
 /// Pins what an lbctl before socket-local TCP state left: the maps `lb_revnat` and
 /// `lb_peer_ports`, and a link pinned as `links/lb_sock_release` (here a second pin of the live
 /// `lb_getpeername4` link: the pin, not the program, is what retiring removes).

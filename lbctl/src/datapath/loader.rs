@@ -9,6 +9,7 @@ use std::{
 
 use aya::{
     EbpfLoader,
+    maps::{Array, MapData},
     programs::{
         CgroupAttachMode, CgroupSockAddr,
         links::{FdLink, PinnedLink},
@@ -21,6 +22,7 @@ use super::{
     state::{self, STATE_MAP, State},
     sys, system,
 };
+use lb_common::{SOCK_MAP, TCP_PORTS_MAP};
 
 /// The object built by `build.rs` from `lb-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
@@ -285,7 +287,12 @@ pub(crate) fn install(config: &DatapathConfig, object: &Object) -> Result<Loaded
     }
 
     let cgroup = open_cgroup(&config.cgroup)?;
+    let ports_unknown = maps::pin_path(pin_dir, SOCK_MAP).exists()
+        && !maps::pin_path(pin_dir, TCP_PORTS_MAP).exists();
     let (mut ebpf, _) = load(config, object, pin_dir)?;
+    if ports_unknown {
+        mark_every_port(&mut ebpf)?;
+    }
     let mut maps = Maps::take(&mut ebpf)?;
     maps.stamp_or_check_version(pin_dir)?;
     set_scope(&mut maps, config)?;
@@ -326,6 +333,26 @@ pub(crate) fn install(config: &DatapathConfig, object: &Object) -> Result<Loaded
         installed,
         pending: None,
     })
+}
+
+/// Marks every bucket of a `lb_tcp_backend_ports` created beside a pinned `lb_sock`: the TCP
+/// sockets an older agent's programs translated may keep their translation in their storage
+/// with no mark for its port, and `getpeername` looks for a TCP translation only on a marked
+/// port. The price is the old behaviour: every accepted socket's `getpeername` looks its
+/// storage up.
+fn mark_every_port(ebpf: &mut aya::Ebpf) -> Result<(), DatapathError> {
+    let map = ebpf
+        .map_mut(TCP_PORTS_MAP)
+        .ok_or_else(|| DatapathError::MissingMap(TCP_PORTS_MAP.to_owned()))?;
+    let mut ports: Array<&mut MapData, [u8; 1024]> =
+        Array::try_from(map).map_err(|e| DatapathError::map(TCP_PORTS_MAP, e))?;
+    ports
+        .set(0, [1; 1024], 0)
+        .map_err(|e| DatapathError::map(TCP_PORTS_MAP, e))?;
+    tracing::info!(
+        "lb_tcp_backend_ports created beside the pinned sockets' storage: every port marked"
+    );
+    Ok(())
 }
 
 /// Loads `object` with its maps pinned under `map_dir` (reused when pinned there already,
