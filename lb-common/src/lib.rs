@@ -67,6 +67,24 @@ pub const TCP_RECENT_MAP: &str = "lb_tcp_recent";
 /// socket (whose peer is a client's port) mostly costs no storage lookup, no cookie and no
 /// element read.
 pub const TCP_PORTS_MAP: &str = "lb_tcp_backend_ports";
+/// The IPv4 /16s that hold no frontend address: one element of [`V4_FILTER_WORDS`] `u64`s, a
+/// bit per /16 ([`v4_filter_slot`]), 1 when no frontend's address is in it. The forward hooks
+/// look an IPv4 destination up in [`SERVICES_MAP`] only when its /16's bit is 0, so most
+/// connects on a node (to pods, to other hosts) cost one word of an 8 KiB array instead of a
+/// hash lookup. 0 is the safe value: a new map (an upgrade, a migration) makes every
+/// destination looked up until the writer fills it. The writer clears a /16's bit before it
+/// publishes the first master in it, and sets it after the last one there is deleted.
+pub const V4_FILTER_MAP: &str = "lb_v4_filter";
+/// `u64` words of [`V4_FILTER_MAP`]'s element: 65,536 bits, one per IPv4 /16.
+pub const V4_FILTER_WORDS: usize = 1024;
+
+/// The word of [`V4_FILTER_MAP`] and the bit in it of the IPv4 /16 `prefix` (the address's
+/// first two bytes, the first one high).
+#[inline(always)]
+pub fn v4_filter_slot(prefix: u16) -> (usize, u64) {
+    (usize::from(prefix >> 6), 1u64 << (prefix & 63))
+}
+
 /// Maps that earlier lbctl versions pinned and this one no longer uses: an agent unpins them
 /// once its programs replaced the ones that used them (and `lbctl uninstall` removes them).
 /// `lb_revnat` held TCP sockets' reverse translation by socket cookie (an LRU hash, now

@@ -138,7 +138,9 @@ pub fn select(key: &mut ServiceKey, svc: &ServiceValue) -> Option<Chosen> {
 /// The forward path of `connect4/6` (`datagram == false`) and `sendmsg4/6` (`true`); `hook`
 /// names the hook for monitor events and debug logs.
 ///
-/// Lookups: the master; for a datagram the socket's storage ([`SOCKS`]) and, when it names this
+/// Lookups: for an IPv4 (or IPv4-mapped) destination first one word of `lb_v4_filter`, which
+/// ends it when no frontend is in the destination's /16 (most connects on a node); then the
+/// master; for a datagram the socket's storage ([`SOCKS`]) and, when it names this
 /// frontend, the backend's membership and element (then nothing else: the datagram keeps the
 /// socket's backend); else a slot and its backend (or, with session affinity, the client's entry, its
 /// membership and its backend), and one write of the socket's state ([`remember`]). Then
@@ -152,6 +154,10 @@ pub fn forward(
     datagram: bool,
     hook: u8,
 ) -> Verdict {
+    if sock::is_mapped4(address) && maps::no_v4_frontend(address[3]) {
+        maps::count(stat::PASSED);
+        return Verdict::Pass;
+    }
     let mut key = service_key(address, port, proto);
     let Some(svc) = master(&mut key) else {
         maps::count(stat::PASSED);

@@ -66,6 +66,25 @@ pub static DEPARTED: HashMap<
     NO_PREALLOC,
 > = HashMap::new();
 
+/// A bit per IPv4 /16, set when no frontend's address is in it (`lb_common::V4_FILTER_MAP`).
+#[btf_map(name = "lb_v4_filter")]
+pub static V4_FILTER: Array<[u64; lb_common::V4_FILTER_WORDS], 1> = Array::new();
+
+/// Whether no frontend can have the address `ip4` (network order, as loaded from the
+/// context): the writer set the bit of its /16 in [`V4_FILTER`]. A missing element (never) or a
+/// zero bit (a new map, a /16 with frontends) means look up.
+#[inline(always)]
+pub fn no_v4_frontend(ip4: u32) -> bool {
+    // The first two bytes of the address, the first one high.
+    let prefix = (((ip4 & 0xff) << 8) | ((ip4 >> 8) & 0xff)) as u16;
+    let (word, bit) = lb_common::v4_filter_slot(prefix);
+    // SAFETY: the pointer comes from a successful array lookup; one word of it (the word is
+    // below 1,024) is read.
+    V4_FILTER
+        .get_ptr(0)
+        .is_some_and(|p| unsafe { (*p)[word] } & bit != 0)
+}
+
 /// The translation a socket made last, in the socket itself: every UDP socket's, and a TCP
 /// socket's once kept (by the agent's pass or its first `getpeername`; until then it is in [`TCP_RECENT`]). Reverse translation
 /// (`getpeername`, `recvmsg`), UDP stickiness, termination when its backend leaves. Freed with

@@ -112,6 +112,59 @@ fn destinations_that_are_no_frontend_are_untouched() {
     assert!(s.datapath.counters().unwrap().passed >= 3);
 }
 
+/// The programs skip the services table for a destination whose IPv4 /16 `lb_v4_filter` marks
+/// as holding no frontend, and the bit they read is the one the writer sets: a master put into
+/// `lb_services` behind the writer's back, in a /16 no frontend is in, is never used (the
+/// connect goes to the address itself and is refused there); once the writer programs a
+/// frontend in that /16, the same master rewrites connects.
+#[test]
+fn destinations_in_a_16_without_frontends_skip_the_services_table() {
+    use lbctl::{datapath::FrontendKey, plan::Protocol};
+    let mut s = Scratch::new("filter").unwrap();
+    let b = Backends::tcp(LOCALHOST4, &["b0"]).unwrap();
+    let a = sa("10.96.0.10:80");
+    s.datapath
+        .apply(Desired::default().insert(a, Protocol::Tcp, b.addrs()))
+        .unwrap();
+    // Nothing listens on 127.3.0.1:9: a connect that reaches it is refused by the kernel.
+    let hidden = sa("127.3.0.1:9");
+    let mut maps = lbctl::datapath::Maps::open(s.pins.path()).unwrap();
+    let master = maps
+        .services
+        .get(&FrontendKey::new(a, Protocol::Tcp).key(), 0)
+        .unwrap();
+    maps.services
+        .insert(FrontendKey::new(hidden, Protocol::Tcp).key(), master, 0)
+        .unwrap();
+    let filter = maps.v4_filter.as_ref().unwrap().get(&0, 0).unwrap();
+    let skipped = |a: u8, b: u8| {
+        let (word, bit) = lb_common::v4_filter_slot(u16::from_be_bytes([a, b]));
+        filter[word] & bit != 0
+    };
+    assert!(!skipped(10, 96) && skipped(127, 3) && skipped(10, 97));
+
+    let out = Probe::run(Some(&s.cgroup), &["tcp", &hidden.to_string(), "2"]).unwrap();
+    assert_eq!(
+        out,
+        vec![Outcome::Failed(ECONNREFUSED); 2],
+        "the master is skipped"
+    );
+    let direct = Probe::run(Some(&s.cgroup), &["tcp", &b.addr("b0").to_string(), "2"]).unwrap();
+    assert_eq!(direct, vec![Outcome::Reached("b0".into()); 2]);
+
+    // A frontend in 127.3/16: the /16 is held, and the master found.
+    let mut desired = Desired::default();
+    desired.insert(a, Protocol::Tcp, b.addrs());
+    desired.insert(sa("127.3.0.2:80"), Protocol::Tcp, b.addrs());
+    s.datapath.apply(&desired).unwrap();
+    let out = Probe::run(Some(&s.cgroup), &["tcp", &hidden.to_string(), "2"]).unwrap();
+    assert_eq!(
+        out,
+        vec![Outcome::Reached("b0".into()); 2],
+        "the master is used"
+    );
+}
+
 #[test]
 fn processes_outside_the_cgroup_are_untouched() {
     let mut s = Scratch::new("outside").unwrap();

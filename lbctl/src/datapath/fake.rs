@@ -7,6 +7,7 @@ use lb_common::{Backend, MemberKey, ServiceKey, ServiceValue};
 
 use super::{
     DatapathError,
+    filter::V4Filter,
     store::{BatchError, LbMaps, Limits, MapDump},
 };
 
@@ -16,6 +17,8 @@ use super::{
 #[derive(Clone, Debug)]
 pub struct MemMaps {
     pub tables: MapDump,
+    /// `lb_v4_filter` as last written (`None`: never written, all zero, nothing skipped).
+    pub v4_filter: Option<V4Filter>,
     pub limits: Limits,
     /// Batch calls made so far.
     pub calls: usize,
@@ -35,6 +38,7 @@ impl MemMaps {
     pub fn new(limits: Limits) -> Self {
         Self {
             tables: MapDump::default(),
+            v4_filter: None,
             limits,
             calls: 0,
             log: Vec::new(),
@@ -179,6 +183,27 @@ impl LbMaps for MemMaps {
         }
         Ok(())
     }
+
+    fn v4_filter(&self) -> Option<V4Filter> {
+        // A map never written is all zero: every /16 held.
+        Some(self.v4_filter.clone().unwrap_or_else(V4Filter::all_held))
+    }
+
+    fn write_v4_filter(&mut self, filter: &V4Filter) -> Result<(), String> {
+        self.record(Op::WriteFilter, 1);
+        self.v4_filter = Some(filter.clone());
+        Ok(())
+    }
+}
+
+impl MemMaps {
+    /// Whether a connect to `frontend` would skip the services table (never before the
+    /// filter is written).
+    pub fn skips(&self, frontend: &crate::plan::FrontendKey) -> bool {
+        self.v4_filter
+            .as_ref()
+            .is_some_and(|f| f.skips_frontend(frontend))
+    }
 }
 
 /// Which operation a fault hits.
@@ -191,6 +216,7 @@ pub enum Op {
     DeleteService,
     UpdateMember,
     DeleteMember,
+    WriteFilter,
 }
 
 /// Wraps maps and fails the `n`-th element (counted from 0 over every call) of chosen
@@ -202,7 +228,7 @@ pub struct FaultyMaps<M> {
     /// (operation, element number) pairs that fail.
     pub faults: BTreeSet<(Op, usize)>,
     /// Elements of each operation seen so far, in [`Op`] order.
-    seen: [usize; 7],
+    seen: [usize; 8],
 }
 
 impl<M> FaultyMaps<M> {
@@ -210,7 +236,7 @@ impl<M> FaultyMaps<M> {
         Self {
             inner,
             faults: faults.into_iter().collect(),
-            seen: [0; 7],
+            seen: [0; 8],
         }
     }
 
@@ -308,5 +334,19 @@ impl<M: LbMaps> LbMaps for FaultyMaps<M> {
         self.run(Op::DeleteMember, keys.len(), |m, n| {
             m.delete_members(&keys[..n])
         })
+    }
+
+    fn v4_filter(&self) -> Option<V4Filter> {
+        self.inner.v4_filter()
+    }
+
+    fn write_v4_filter(&mut self, filter: &V4Filter) -> Result<(), String> {
+        match self.check(Op::WriteFilter, 1) {
+            None => self.inner.write_v4_filter(filter),
+            Some(_) => Err(format!(
+                "injected fault (WriteFilter #{})",
+                self.seen[Op::WriteFilter as usize] - 1
+            )),
+        }
     }
 }

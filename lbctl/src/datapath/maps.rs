@@ -6,7 +6,8 @@ use lb_common::{
     AFFINITY_MAP, AffinityKey, AffinityValue, BACKENDS_MAP, Backend, DEPARTED_CAPACITY,
     DEPARTED_MAP, EVENTS_MAP, FRONTEND_STATS_MAP, FrontendName, FrontendStats, LAYOUT_VERSION,
     MEMBERS_MAP, META_MAP, MemberKey, NAMES_MAP, RevNat, SERVICES_MAP, SLOTS_MAP, SOCK_MAP,
-    STATS_MAP, ServiceKey, ServiceValue, TCP_PORTS_MAP, TCP_RECENT_MAP, TcpRecent, meta, stat,
+    STATS_MAP, ServiceKey, ServiceValue, TCP_PORTS_MAP, TCP_RECENT_MAP, TcpRecent, V4_FILTER_MAP,
+    meta, stat,
 };
 
 use super::{DatapathError, loader::Capacity};
@@ -21,7 +22,7 @@ pub(crate) struct MapSpec {
 }
 
 /// The maps, written once: the loader pins these, [`Maps`] opens them, uninstall removes them.
-pub(crate) const MAPS: [MapSpec; 14] = [
+pub(crate) const MAPS: [MapSpec; 15] = [
     MapSpec {
         name: SERVICES_MAP,
         key_size: size_of::<ServiceKey>(),
@@ -93,6 +94,13 @@ pub(crate) const MAPS: [MapSpec; 14] = [
         name: TCP_PORTS_MAP,
         key_size: size_of::<u32>(),
         value_size: 1024,
+        capacity: |_| 1,
+    },
+    // One element, a bit per IPv4 /16.
+    MapSpec {
+        name: V4_FILTER_MAP,
+        key_size: size_of::<u32>(),
+        value_size: size_of::<V4FilterWords>(),
         capacity: |_| 1,
     },
     MapSpec {
@@ -228,7 +236,13 @@ pub struct Maps {
     pub members: HashMap<MapData, MemberKey, u32>,
     /// Client of a frontend -> its backend (LRU hash).
     pub affinity: HashMap<MapData, AffinityKey, AffinityValue>,
+    /// The IPv4 /16s without frontends ([`super::filter`]); `None` when opened on maps an
+    /// lbctl without it pinned (read by the inspection commands only).
+    pub v4_filter: Option<Array<MapData, V4FilterWords>>,
 }
+
+/// The element of `lb_v4_filter`.
+pub type V4FilterWords = [u64; lb_common::V4_FILTER_WORDS];
 
 /// Kernel counters summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -284,7 +298,8 @@ impl Maps {
         if !pin_path(pin_dir, SERVICES_MAP).exists() {
             return Err(DatapathError::NotInstalled(pin_dir.to_path_buf()));
         }
-        let maps = Self::build(|name| {
+        let present = |name: &str| pin_path(pin_dir, name).exists();
+        let maps = Self::build(present, |name| {
             let path = pin_path(pin_dir, name);
             let data = match access {
                 Access::ReadWrite => {
@@ -307,14 +322,19 @@ impl Maps {
 
     /// Takes the maps out of a freshly loaded object.
     pub(crate) fn take(ebpf: &mut aya::Ebpf) -> Result<Self, DatapathError> {
-        Self::build(|name| {
-            ebpf.take_map(name)
-                .ok_or_else(|| DatapathError::MissingMap(name.to_owned()))
-        })
+        Self::build(
+            |_| true,
+            |name| {
+                ebpf.take_map(name)
+                    .ok_or_else(|| DatapathError::MissingMap(name.to_owned()))
+            },
+        )
     }
 
-    /// The one place that names each map of [`MAPS`] with its type.
+    /// The one place that names each map of [`MAPS`] with its type (`present`: whether a map
+    /// an older lbctl may not have pinned is there).
     fn build(
+        present: impl Fn(&'static str) -> bool,
         mut get: impl FnMut(&'static str) -> Result<Map, DatapathError>,
     ) -> Result<Self, DatapathError> {
         Ok(Self {
@@ -328,6 +348,10 @@ impl Maps {
             meta: typed(META_MAP, get(META_MAP)?)?,
             members: typed(MEMBERS_MAP, get(MEMBERS_MAP)?)?,
             affinity: typed(AFFINITY_MAP, get(AFFINITY_MAP)?)?,
+            v4_filter: match present(V4_FILTER_MAP) {
+                true => Some(typed(V4_FILTER_MAP, get(V4_FILTER_MAP)?)?),
+                false => None,
+            },
         })
     }
 

@@ -5,6 +5,7 @@ mod backends;
 pub mod decode;
 pub mod desired;
 pub mod fake;
+pub mod filter;
 mod ids;
 pub mod keep;
 pub mod kfunc;

@@ -19,10 +19,10 @@ use std::os::fd::AsFd as _;
 use aya::maps::IterableMap as _;
 use lb_common::{
     BACKENDS_MAP, Backend, MEMBERS_MAP, MemberKey, SERVICES_MAP, SLOTS_MAP, ServiceKey,
-    ServiceValue,
+    ServiceValue, V4_FILTER_MAP,
 };
 
-use super::{DatapathError, maps::Maps, sys};
+use super::{DatapathError, filter::V4Filter, maps::Maps, sys};
 
 /// A batch that stopped at element `done` (the elements before it were applied).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,6 +85,10 @@ pub trait LbMaps {
     /// Adds memberships (value 1).
     fn update_members(&mut self, keys: &[MemberKey]) -> Result<(), BatchError>;
     fn delete_members(&mut self, keys: &[MemberKey]) -> Result<(), BatchError>;
+    /// Writes `lb_v4_filter` whole (one element).
+    fn write_v4_filter(&mut self, filter: &V4Filter) -> Result<(), String>;
+    /// What `lb_v4_filter` holds (`None` when it cannot be read).
+    fn v4_filter(&self) -> Option<V4Filter>;
 }
 
 fn failure(offset: usize, f: sys::BatchFailure) -> BatchError {
@@ -322,5 +326,17 @@ impl LbMaps for Maps {
 
     fn delete_members(&mut self, keys: &[MemberKey]) -> Result<(), BatchError> {
         delete(self.members.map().fd().as_fd(), keys)
+    }
+
+    fn v4_filter(&self) -> Option<V4Filter> {
+        let words = self.v4_filter.as_ref()?.get(&0, 0).ok()?;
+        Some(V4Filter::from_words(words))
+    }
+
+    fn write_v4_filter(&mut self, filter: &V4Filter) -> Result<(), String> {
+        match &mut self.v4_filter {
+            Some(map) => map.set(0, filter.words(), 0).map_err(|e| e.to_string()),
+            None => Err(format!("{V4_FILTER_MAP} is not open")),
+        }
     }
 }

@@ -51,15 +51,20 @@
 //! backend or an empty element (and retries), never another backend under the same id.
 use std::collections::{BTreeMap, BTreeSet};
 
-use lb_common::{Backend, IPPROTO_TCP, MemberKey, ServiceKey, ServiceValue, needs_members};
+use std::net::IpAddr;
 
-use crate::idset::IdSet;
+use lb_common::{
+    Backend, IPPROTO_TCP, MemberKey, ServiceKey, ServiceValue, V4_FILTER_MAP, needs_members,
+};
+
+use crate::{idset::IdSet, plan::Protocol};
 
 use super::{
     DatapathError, FrontendKey,
     backends::BackendTable,
     decode::{FoundFrontend, ProgrammedFrontend, decode, frontends_of},
     desired::{DesiredState, SpecRef, backend_value, proto_number},
+    filter::{V4Filter, prefix_of},
     ids::Ids,
     maps::Maps,
     ranges::Ranges,
@@ -194,6 +199,10 @@ pub struct Writer<M: LbMaps = Maps> {
     reserved_ids: BTreeSet<u32>,
     /// Wall time of each part of the last apply ([`STEPS`]), microseconds.
     last_steps: [u64; STEPS.len()],
+    /// What `lb_v4_filter` holds, as this writer wrote it; `None` until its first write (adopted
+    /// or new maps) or after a write failed: then the next apply writes it whole, from the
+    /// frontends programmed.
+    v4_filter: Option<V4Filter>,
 }
 
 /// The parts of an apply, as [`Writer::last_steps`] times them.
@@ -407,6 +416,7 @@ impl<M: LbMaps> Writer<M> {
             undeleted_members: BTreeSet::new(),
             reserved_ids: BTreeSet::new(),
             last_steps: [0; STEPS.len()],
+            v4_filter: None,
             limits,
             maps,
         };
@@ -431,6 +441,10 @@ impl<M: LbMaps> Writer<M> {
         }
         let adopted = writer.services.len();
         crate::compact::refill_after(&mut writer.services, adopted);
+        // A filter that is exactly the one of the masters found is kept; any other (a new map,
+        // one a failed write left wider) is written whole by the first apply.
+        let expected = V4Filter::of(writer.services.keys());
+        writer.v4_filter = writer.maps.v4_filter().filter(|found| *found == expected);
         // Filled elements no master reaches: cleared by the next apply, then free.
         for (start, len) in decoded.stray_slots {
             if writer.ranges.take(start, len) {
@@ -689,11 +703,30 @@ impl<M: LbMaps> Writer<M> {
         laps.lap(3);
 
         // 3. Masters: from here on readers use the new ranges.
-        let publish: Vec<usize> = live
+        let mut publish: Vec<usize> = live
             .iter()
             .copied()
             .filter(|&c| changes[c].failed.is_none())
             .collect();
+        // First the /16s of the masters to publish leave `lb_v4_filter`, so no connect skips
+        // them. Where that fails, a new master in a /16 connects may skip is not published
+        // (rolled back below; an existing one's /16 already holds it).
+        let publishing: Vec<FrontendKey> = publish.iter().map(|&c| changes[c].frontend).collect();
+        // What the map holds if the write fails (a failed write changes nothing).
+        let known = self.v4_filter.clone();
+        if let Err(reason) = self.hold_in_v4_filter(&publishing, &mut report) {
+            let known = known.as_ref();
+            for &c in &publish {
+                let change = &mut changes[c];
+                let skipped = prefix_of(&change.frontend).is_some()
+                    && known.is_none_or(|f| f.skips_frontend(&change.frontend));
+                if change.old.is_none() && skipped {
+                    change.failed = Some(format!("writing {V4_FILTER_MAP}: {reason}"));
+                }
+            }
+            publish.retain(|&c| changes[c].failed.is_none());
+        }
+        drop(publishing);
         let maps = &mut self.maps;
         let (applied, failed) = batched(
             publish.len(),
@@ -748,6 +781,9 @@ impl<M: LbMaps> Writer<M> {
             added += usize::from(self.set_programmed(frontend, master, true));
             self.unsettled.remove(&frontend_id);
         }
+        // The /16s of frontends rolled back or deleted: skipped again once no master is left
+        // in them (after step 4).
+        let mut released: BTreeSet<u16> = BTreeSet::new();
         // Frontends that failed part-way: an existing one keeps its old master and its old
         // range, untouched; a new one is rolled back. A fresh range (written in part or whole,
         // never published) is cleared in step 5.
@@ -779,6 +815,7 @@ impl<M: LbMaps> Writer<M> {
                         self.members_of(change.frontend_id)
                             .map(|id| (change.frontend_id, id)),
                     );
+                    released.extend(prefix_of(&change.frontend));
                     self.frontend_alloc.release(change.frontend_id);
                     tracing::debug!(frontend = %change.frontend, "rolled back a partially written frontend");
                 }
@@ -848,6 +885,7 @@ impl<M: LbMaps> Writer<M> {
             let Some(programmed) = self.remove_programmed(frontend) else {
                 continue;
             };
+            released.extend(prefix_of(frontend));
             self.to_clear.extend(programmed.range());
             let frontend_id = programmed.master.frontend_id;
             let before: Vec<u32> = self.slot_ids(&programmed.master).collect();
@@ -856,6 +894,12 @@ impl<M: LbMaps> Writer<M> {
             // Released once its memberships are gone (after step 6).
             self.reserved_ids.insert(frontend_id);
             self.unsettled.remove(&frontend_id);
+        }
+
+        // The /16s no master is left in: connects skip the lookup there from here on.
+        if let Err(reason) = self.release_in_v4_filter(&released, &mut report) {
+            // Only the filter's gain is lost: written whole by the next apply.
+            tracing::warn!("could not write {V4_FILTER_MAP}: {reason}");
         }
 
         laps.lap(5);
@@ -1236,6 +1280,84 @@ impl<M: LbMaps> Writer<M> {
     /// Records what the maps hold for a frontend, keeping backend reference counts: its range
     /// must hold its backend ids already, and the range of the record it replaces still.
     /// `true` when the frontend is new to the record.
+    /// Writes `lb_v4_filter` with the /16s of `publishing` held, when that changes it (or it is
+    /// not known: then whole, from the frontends programmed and `publishing`).
+    fn hold_in_v4_filter(
+        &mut self,
+        publishing: &[FrontendKey],
+        report: &mut ApplyReport,
+    ) -> Result<(), String> {
+        let (mut next, mut changed) = match &self.v4_filter {
+            Some(filter) => (filter.clone(), false),
+            None => (V4Filter::of(self.services.keys()), true),
+        };
+        for frontend in publishing {
+            changed |= next.hold(frontend);
+        }
+        if changed {
+            self.write_v4_filter(next, report)?;
+        }
+        Ok(())
+    }
+
+    /// Writes `lb_v4_filter` with the /16s of `released` that no programmed frontend is in
+    /// any more skipped, when that changes it (or it is not known: then whole).
+    fn release_in_v4_filter(
+        &mut self,
+        released: &BTreeSet<u16>,
+        report: &mut ApplyReport,
+    ) -> Result<(), String> {
+        let Some(mut next) = self.v4_filter.clone() else {
+            let whole = V4Filter::of(self.services.keys());
+            return self.write_v4_filter(whole, report);
+        };
+        let mut changed = false;
+        for &prefix in released {
+            if !self.holds_prefix(prefix) {
+                changed |= next.release(prefix);
+            }
+        }
+        if changed {
+            self.write_v4_filter(next, report)?;
+        }
+        Ok(())
+    }
+
+    fn write_v4_filter(&mut self, next: V4Filter, report: &mut ApplyReport) -> Result<(), String> {
+        report.map_calls += 1;
+        match self.maps.write_v4_filter(&next) {
+            Ok(()) => {
+                report.map_operations += 1;
+                self.v4_filter = Some(next);
+                Ok(())
+            }
+            Err(reason) => {
+                self.v4_filter = None;
+                Err(reason)
+            }
+        }
+    }
+
+    /// Whether a programmed frontend has an address in the IPv4 /16 `prefix` (IPv4 keys sort
+    /// by address, and the IPv4-mapped IPv6 ones of a /16 are together too: two range reads).
+    fn holds_prefix(&self, prefix: u16) -> bool {
+        let [a, b] = prefix.to_be_bytes();
+        let first = std::net::Ipv4Addr::new(a, b, 0, 0);
+        [IpAddr::V4(first), IpAddr::V6(first.to_ipv6_mapped())]
+            .into_iter()
+            .any(|address| {
+                let from = FrontendKey {
+                    address,
+                    port: 0,
+                    protocol: Protocol::Tcp,
+                };
+                self.services
+                    .range(from..)
+                    .next()
+                    .is_some_and(|(k, _)| prefix_of(k) == Some(prefix))
+            })
+    }
+
     fn set_programmed(&mut self, frontend: FrontendKey, master: ServiceValue, owned: bool) -> bool {
         let Self { maps, backends, .. } = self;
         for id in range_of(&master)

@@ -13,6 +13,7 @@ use crate::{
         decode::read_frontends,
         desired::{Desired, ServiceSpec, backend_value},
         fake::{FaultyMaps, MemMaps, Op},
+        filter::V4Filter,
         store::{LbMaps, Limits, MapDump},
     },
     plan::{FrontendKey, FrontendKind, Protocol},
@@ -134,6 +135,11 @@ fn check_consistent(t: &MapDump, strict: bool, context: &str) {
 fn check_exact(maps: &impl LbMaps, want: &Desired, context: &str) {
     let t = maps.dump().unwrap();
     check_consistent(&t, true, context);
+    assert_eq!(
+        maps.v4_filter(),
+        Some(V4Filter::of(want.services.keys())),
+        "{context}: lb_v4_filter skips exactly the /16s without frontends"
+    );
     let found: BTreeMap<FrontendKey, (Vec<SocketAddr>, u16, u32)> = read_frontends(maps)
         .unwrap()
         .into_iter()
@@ -190,6 +196,19 @@ fn check_exact(maps: &impl LbMaps, want: &Desired, context: &str) {
         backends.len(),
         "{context}: duplicate backends"
     );
+}
+
+/// No connect skips a master the maps hold: its /16 is held in `lb_v4_filter`.
+fn check_filter_safe(maps: &impl LbMaps, context: &str) {
+    let filter = maps.v4_filter().unwrap();
+    for key in maps.dump().unwrap().services.keys() {
+        if let Some(frontend) = FrontendKey::from_key(key) {
+            assert!(
+                !filter.skips_frontend(&frontend),
+                "{context}: connects to {frontend} skip its master: {filter:?}"
+            );
+        }
+    }
 }
 
 fn no_errors(report: &ApplyReport, context: &str) {
@@ -309,7 +328,7 @@ fn tables_reach_the_desired_dump() {
     }
 }
 
-const OPS: [Op; 7] = [
+const OPS: [Op; 8] = [
     Op::WriteSlot,
     Op::UpdateBackend,
     Op::UpdateService,
@@ -317,6 +336,7 @@ const OPS: [Op; 7] = [
     Op::DeleteService,
     Op::DeleteMember,
     Op::DeleteBackend,
+    Op::WriteFilter,
 ];
 
 #[test]
@@ -338,6 +358,7 @@ fn a_fault_at_any_element_leaves_a_consistent_state_and_the_next_apply_repairs_i
                 no_errors(&w.apply(&before).unwrap(), &context);
                 let report = w.apply(&after).unwrap();
                 check_consistent(&w.maps().inner.tables, op != Op::DeleteMember, &context);
+                check_filter_safe(w.maps(), &context);
                 if matches!(op, Op::UpdateBackend | Op::UpdateService | Op::UpdateMember) {
                     assert!(
                         report
@@ -476,8 +497,9 @@ fn a_full_programming_is_one_batch_per_step() {
             .iter()
             .all(|c| (c.op, c.len) == (Op::UpdateBackend, 1))
     );
-    assert_eq!((report.map_calls, w.maps().batches()), (2, 2), "{report:?}");
-    assert_eq!(report.map_operations, 300 + 300 + 100);
+    // And one write of `lb_v4_filter`, before the masters.
+    assert_eq!((report.map_calls, w.maps().batches()), (3, 3), "{report:?}");
+    assert_eq!(report.map_operations, 300 + 300 + 1 + 100);
     assert!(w.maps().tables.members.is_empty());
     assert_eq!(
         (report.frontends_written, report.backends_written),
@@ -501,9 +523,9 @@ fn a_large_step_is_split_into_calls_and_a_fault_in_a_later_call_is_contained() {
     let report = w.apply(&want).unwrap();
     no_errors(&report, "large");
     check_exact(w.maps(), &want, "large");
-    // Slots: split; masters (2,000) fit one call; no memberships (TCP); the new backends are
-    // written one at a time, not in batches.
-    assert_eq!(report.map_calls, per_step + 1, "{report:?}");
+    // Slots: split; the filter, one call; masters (2,000) fit one call; no memberships (TCP);
+    // the new backends are written one at a time, not in batches.
+    assert_eq!(report.map_calls, per_step + 2, "{report:?}");
     // A slot write failing in the second call: only its frontend fails.
     let mut w = Writer::adopt(FaultyMaps::new(
         MemMaps::new(limits),
@@ -625,10 +647,12 @@ fn steps_larger_than_a_call_are_written_whole_and_in_step_order() {
         vec![
             call(Op::WriteSlot, MAX_BATCH),
             call(Op::WriteSlot, rest),
+            call(Op::WriteFilter, 1),
             call(Op::UpdateService, 2000),
         ]
     );
-    // Deleting everything: masters first, then their ranges are cleared, then backends.
+    // Deleting everything: masters first, then the filter skips their /16 again, then their
+    // ranges are cleared, then backends.
     w.maps_mut().log.clear();
     let report = w.apply(&Desired::default()).unwrap();
     no_errors(&report, "empty");
@@ -638,6 +662,7 @@ fn steps_larger_than_a_call_are_written_whole_and_in_step_order() {
         w.maps().log,
         vec![
             call(Op::DeleteService, 2000),
+            call(Op::WriteFilter, 1),
             call(Op::WriteSlot, MAX_BATCH),
             call(Op::WriteSlot, rest),
             call(Op::DeleteBackend, MAX_BATCH),
@@ -865,7 +890,7 @@ mod incremental {
         #[test]
         fn changes_applied_incrementally_end_in_the_full_apply(
             states in prop::collection::vec(state(), 1..8),
-            fault in prop::option::of((0..7usize, 0..40usize)),
+            fault in prop::option::of((0..OPS.len(), 0..40usize)),
         ) {
             let faults: Vec<(Op, usize)> = fault.map(|(op, n)| (OPS[op], n)).into_iter().collect();
             let mut w = Writer::adopt(FaultyMaps::new(MemMaps::new(LIMITS), faults)).unwrap();
@@ -878,6 +903,7 @@ mod incremental {
                 let report = w.apply_changed(next, &changed).unwrap();
                 retry = report.errors.iter().map(|e| e.frontend).collect();
                 check_consistent(&w.maps().inner.tables, false, "incremental");
+                check_filter_safe(w.maps(), "incremental");
                 // No range leaks: every element in use is a frontend's range or waits to be
                 // cleared or freed.
                 let held: u32 = w
@@ -1015,4 +1041,111 @@ fn a_backend_changed_behind_the_writers_back_is_rewritten() {
     no_errors(&w.apply(&more).unwrap(), "more");
     check_exact(w.maps(), &more, "more");
     empty_and_check(&mut w);
+}
+
+fn prefix(a: u8, b: u8) -> u16 {
+    u16::from_be_bytes([a, b])
+}
+
+/// `lb_v4_filter` holds a /16 before the first master there is published, and skips it again
+/// only after the last master there is deleted; a change inside held /16s writes no filter.
+#[test]
+fn a_16_is_held_before_its_first_master_and_skipped_after_its_last_one_goes() {
+    const C97: &str = "10.97.0.1:80/tcp";
+    let one = |f| (f, &["10.0.0.1:8080"][..], None);
+    let mut w = Writer::adopt(MemMaps::new(LIMITS)).unwrap();
+    no_errors(&w.apply(&desired(&[one(A)])).unwrap(), "A");
+    let filter = w.maps().v4_filter.clone().unwrap();
+    assert!(!filter.skips(prefix(10, 96)) && filter.skips(prefix(10, 97)));
+
+    // A master in a new /16: the filter first.
+    w.maps_mut().log.clear();
+    no_errors(&w.apply(&desired(&[one(A), one(C97)])).unwrap(), "A, C97");
+    let ops: Vec<Op> = w.maps().log.iter().map(|c| c.op).collect();
+    let filter_at = ops.iter().position(|&op| op == Op::WriteFilter);
+    let master_at = ops.iter().position(|&op| op == Op::UpdateService);
+    assert!(filter_at.is_some() && filter_at < master_at, "{ops:?}");
+    assert!(!w.maps().skips(&fe(C97)));
+
+    // Another master in a held /16, and one of two masters of a /16 deleted: no filter write.
+    w.maps_mut().log.clear();
+    no_errors(
+        &w.apply(&desired(&[one(A), one(B), one(C97)])).unwrap(),
+        "A, B, C97",
+    );
+    no_errors(&w.apply(&desired(&[one(B), one(C97)])).unwrap(), "B, C97");
+    assert!(!w.maps().log.iter().any(|c| c.op == Op::WriteFilter));
+    assert!(!w.maps().skips(&fe(B)));
+
+    // The last master of 10.97/16 deleted: the filter after the master.
+    w.maps_mut().log.clear();
+    no_errors(&w.apply(&desired(&[one(B)])).unwrap(), "B");
+    let ops: Vec<Op> = w.maps().log.iter().map(|c| c.op).collect();
+    let deleted_at = ops.iter().position(|&op| op == Op::DeleteService);
+    let filter_at = ops.iter().position(|&op| op == Op::WriteFilter);
+    assert!(deleted_at.is_some() && deleted_at < filter_at, "{ops:?}");
+    assert!(w.maps().skips(&fe(C97)) && !w.maps().skips(&fe(B)));
+    check_exact(w.maps(), &desired(&[one(B)]), "B");
+}
+
+/// When the filter cannot be written before the masters, a new master in a /16 connects skip
+/// is not published (the frontend fails, as any failed write does), while a changed master in
+/// a held /16 is; the next apply programs the rest.
+#[test]
+fn a_failed_filter_write_publishes_no_master_connects_would_skip() {
+    const C97: &str = "10.97.0.1:80/tcp";
+    let maps = FaultyMaps::new(MemMaps::new(LIMITS), [(Op::WriteFilter, 1)]);
+    let mut w = Writer::adopt(maps).unwrap();
+    let before = desired(&[(A, &["10.0.0.1:8080"], None)]);
+    no_errors(&w.apply(&before).unwrap(), "A");
+    let after = desired(&[
+        (A, &["10.0.0.2:8080"], None),
+        (C97, &["10.0.0.1:8080"], None),
+    ]);
+    let report = w.apply(&after).unwrap();
+    let failed: Vec<(FrontendKey, &str)> = report
+        .errors
+        .iter()
+        .map(|e| (e.frontend, e.reason.as_str()))
+        .collect();
+    assert_eq!(failed.len(), 1, "{report:?}");
+    assert_eq!(failed[0].0, fe(C97));
+    assert!(failed[0].1.contains("lb_v4_filter"), "{report:?}");
+    let programmed = read_frontends(w.maps()).unwrap();
+    assert_eq!(programmed.len(), 1, "no master for C97: {programmed:?}");
+    assert_eq!(programmed[0].backends, ["10.0.0.2:8080".parse().unwrap()]);
+    check_filter_safe(w.maps(), "after the failure");
+
+    no_errors(&w.apply(&after).unwrap(), "the next apply");
+    check_exact(w.maps(), &after, "repaired");
+}
+
+/// An agent that adopts maps whose filter is exactly the masters' writes nothing for it; one
+/// that finds another filter (a new map, all zero: nothing skipped) writes it whole first.
+#[test]
+fn an_adopted_filter_is_kept_when_exact_and_written_whole_otherwise() {
+    let want = desired(&[
+        (A, &["10.0.0.1:8080"], None),
+        ("10.97.3.3:53/udp", &["10.0.0.2:53"], None),
+    ]);
+    let mut w = Writer::adopt(MemMaps::new(LIMITS)).unwrap();
+    no_errors(&w.apply(&want).unwrap(), "first");
+
+    let mut kept = Writer::adopt(w.maps().clone()).unwrap();
+    assert_eq!(kept.apply(&want).unwrap().map_calls, 0);
+
+    let mut new_map = w.maps().clone();
+    new_map.v4_filter = None;
+    new_map.log.clear();
+    let mut whole = Writer::adopt(new_map).unwrap();
+    let report = whole.apply(&want).unwrap();
+    assert_eq!(
+        whole.maps().log,
+        [crate::datapath::fake::Call {
+            op: Op::WriteFilter,
+            len: 1
+        }],
+        "{report:?}"
+    );
+    check_exact(whole.maps(), &want, "written whole");
 }
