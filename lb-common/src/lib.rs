@@ -32,8 +32,9 @@
 ///
 /// Retiring a map ([`RETIRED_MAPS`]) is no layout change: the maps that stay keep their keys,
 /// values and flags, so programs of either side of an upgrade (or a rollback) run on them.
-/// Adding one ([`TCP_RECENT_MAP`], [`TCP_PORTS_MAP`]) is none either: an upgraded agent creates it beside the
-/// pinned maps, and the programs of an older one never look at it.
+/// Adding one ([`TCP_RECENT_MAP`], [`TCP_PORTS_MAP`], [`V4_FILTER_MAP`]) is none either: an
+/// upgraded agent creates it beside the pinned maps, and the programs of an older one never look
+/// at it.
 pub const LAYOUT_VERSION: u32 = 5;
 
 /// Map names (also the file names under the pin directory).
