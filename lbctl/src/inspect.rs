@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::{
     datapath::{
-        DatapathError, FrontendKey, Maps, ProgrammedFrontend, loader, read_frontends,
+        DatapathError, FrontendKey, LbMaps as _, Maps, ProgrammedFrontend, loader, read_frontends,
         state::{self, State},
     },
     monitor::names::{self, ServiceName},
@@ -217,6 +217,12 @@ pub struct Status {
     pub monitor_events: bool,
     /// The programs write kernel debug logs (`lbctl agent --debug-bpf`).
     pub debug_logs: bool,
+    /// The IPv4 /16s `lb_v4_filter` holds frontends in (`a.b.0.0/16`): an IPv4 destination
+    /// elsewhere skips the services lookup. `None` without the map (an older install).
+    pub v4_filter_held: Option<Vec<String>>,
+    /// Masters in a /16 the filter skips: connects never reach them. Always 0 unless the maps
+    /// were changed behind the agent's back (its next full apply repairs the filter).
+    pub hidden_frontends: usize,
 }
 
 pub fn status(pin_dir: &Path) -> Result<Status, InspectError> {
@@ -243,7 +249,23 @@ pub fn status(pin_dir: &Path) -> Result<Status, InspectError> {
     };
     let switches = maps.meta.get(&meta::DEBUG, 0).unwrap_or(0);
     // One master per frontend.
-    let frontends = maps.services.keys().filter(Result::is_ok).count();
+    let keys: Vec<_> = maps.services.keys().filter_map(Result::ok).collect();
+    let frontends = keys.len();
+    let filter = maps.v4_filter();
+    let hidden_frontends = filter.as_ref().map_or(0, |f| {
+        keys.iter()
+            .filter_map(FrontendKey::from_key)
+            .filter(|k| f.skips_frontend(k))
+            .count()
+    });
+    let v4_filter_held = filter.map(|f| {
+        f.held()
+            .map(|p| {
+                let [a, b] = p.to_be_bytes();
+                format!("{a}.{b}.0.0/16")
+            })
+            .collect()
+    });
     let slot_entries = maps.slot_entries()?.len();
     let backend_entries = maps.backend_entries()?.len();
     Ok(Status {
@@ -276,6 +298,8 @@ pub fn status(pin_dir: &Path) -> Result<Status, InspectError> {
         counters: maps.counters()?,
         monitor_events: switches & meta::DEBUG_EVENTS != 0,
         debug_logs: switches & meta::DEBUG_LOGS != 0,
+        v4_filter_held,
+        hidden_frontends,
     })
 }
 
@@ -337,6 +361,26 @@ pub fn status_text(s: &Status) -> String {
         c.terminated_tcp,
         c.terminate_failed
     ));
+    out.push_str(&match &s.v4_filter_held {
+        None => "IPv4 filter: none (maps of an older lbctl): every destination is looked up\n"
+            .to_owned(),
+        Some(held) if held.len() > 16 => format!(
+            "IPv4 filter: {} /16s hold frontends ({}, ...); other IPv4 destinations skip the lookup\n",
+            held.len(),
+            held[..16].join(", ")
+        ),
+        Some(held) => format!(
+            "IPv4 filter: /16s with frontends: {}; other IPv4 destinations skip the lookup\n",
+            if held.is_empty() { "none".to_owned() } else { held.join(", ") }
+        ),
+    });
+    if s.hidden_frontends > 0 {
+        out.push_str(&format!(
+            "WARNING: {} frontends are in /16s the IPv4 filter skips: connects to them are not \
+             load-balanced until the agent's next full apply\n",
+            s.hidden_frontends
+        ));
+    }
     let on = |b: bool| if b { "on" } else { "off" };
     out.push_str(&format!(
         "monitor events: {} (on while an `lbctl monitor` is connected); kernel debug logs: {}\n",

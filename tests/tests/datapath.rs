@@ -142,6 +142,13 @@ fn destinations_in_a_16_without_frontends_skip_the_services_table() {
         filter[word] & bit != 0
     };
     assert!(!skipped(10, 96) && skipped(127, 3) && skipped(10, 97));
+    let status = lbctl::inspect::status(s.pins.path()).unwrap();
+    assert_eq!(status.v4_filter_held, Some(vec!["10.96.0.0/16".to_owned()]));
+    assert_eq!(
+        status.hidden_frontends, 1,
+        "the master put behind the writer's back"
+    );
+    assert!(lbctl::inspect::status_text(&status).contains("WARNING: 1 frontends"));
 
     let out = Probe::run(Some(&s.cgroup), &["tcp", &hidden.to_string(), "2"]).unwrap();
     assert_eq!(
@@ -162,6 +169,14 @@ fn destinations_in_a_16_without_frontends_skip_the_services_table() {
         out,
         vec![Outcome::Reached("b0".into()); 2],
         "the master is used"
+    );
+    let status = lbctl::inspect::status(s.pins.path()).unwrap();
+    assert_eq!(
+        (status.v4_filter_held, status.hidden_frontends),
+        (
+            Some(vec!["10.96.0.0/16".to_owned(), "127.3.0.0/16".to_owned()]),
+            0
+        )
     );
 }
 
