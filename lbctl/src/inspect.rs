@@ -220,8 +220,9 @@ pub struct Status {
     /// The IPv4 /16s `lb_v4_filter` holds frontends in (`a.b.0.0/16`): an IPv4 destination
     /// elsewhere skips the services lookup. `None` without the map (an older install).
     pub v4_filter_held: Option<Vec<String>>,
-    /// Masters in a /16 the filter skips: connects never reach them. Always 0 unless the maps
-    /// were changed behind the agent's back (its next full apply repairs the filter).
+    /// Masters in a /16 the filter skips: connects never reach them. Always 0 unless masters
+    /// were written behind the agent's back (it does not know them; a restarted agent adopts
+    /// the maps and deletes the masters it does not want).
     pub hidden_frontends: usize,
 }
 
@@ -377,7 +378,7 @@ pub fn status_text(s: &Status) -> String {
     if s.hidden_frontends > 0 {
         out.push_str(&format!(
             "WARNING: {} frontends are in /16s the IPv4 filter skips: connects to them are not \
-             load-balanced until the agent's next full apply\n",
+             load-balanced (masters written behind the agent's back?)\n",
             s.hidden_frontends
         ));
     }
