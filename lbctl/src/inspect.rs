@@ -12,7 +12,8 @@ use serde::Serialize;
 
 use crate::{
     datapath::{
-        DatapathError, FrontendKey, LbMaps as _, Maps, ProgrammedFrontend, loader, read_frontends,
+        DatapathError, FrontendKey, LbMaps as _, Maps, ProgrammedFrontend, filter, loader,
+        read_frontends,
         state::{self, State},
     },
     monitor::names::{self, ServiceName},
@@ -259,14 +260,7 @@ pub fn status(pin_dir: &Path) -> Result<Status, InspectError> {
             .filter(|k| f.skips_frontend(k))
             .count()
     });
-    let v4_filter_held = filter.map(|f| {
-        f.held()
-            .map(|p| {
-                let [a, b] = p.to_be_bytes();
-                format!("{a}.{b}.0.0/16")
-            })
-            .collect()
-    });
+    let v4_filter_held = filter.map(|f| f.held().map(filter::prefix_name).collect());
     let slot_entries = maps.slot_entries()?.len();
     let backend_entries = maps.backend_entries()?.len();
     Ok(Status {

@@ -25,6 +25,12 @@ pub fn prefix_of(frontend: &FrontendKey) -> Option<u16> {
     Some(u16::from_be_bytes([a, b]))
 }
 
+/// `a.b.0.0/16`.
+pub fn prefix_name(prefix: u16) -> String {
+    let [a, b] = prefix.to_be_bytes();
+    format!("{a}.{b}.0.0/16")
+}
+
 impl V4Filter {
     /// Every /16 without frontends.
     pub fn none_held() -> Self {
@@ -98,13 +104,7 @@ impl V4Filter {
 
 impl std::fmt::Debug for V4Filter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let held: Vec<String> = self
-            .held()
-            .map(|p| {
-                let [a, b] = p.to_be_bytes();
-                format!("{a}.{b}.0.0/16")
-            })
-            .collect();
+        let held: Vec<String> = self.held().map(prefix_name).collect();
         f.debug_tuple("V4Filter").field(&held).finish()
     }
 }
