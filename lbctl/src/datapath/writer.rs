@@ -14,8 +14,10 @@
 //!    the same backend finds it there),
 //! 2. the memberships of the backends that join a set, then each changed frontend's backend
 //!    ids into a fresh range of `lb_slots` (one no published master points to),
-//! 3. the masters, each pointing to its new range (one element each),
-//! 4. masters of deleted frontends,
+//! 3. `lb_v4_filter` with the /16s of the masters to publish held (when one is new), then the
+//!    masters, each pointing to its new range (one element each),
+//! 4. masters of deleted frontends, then `lb_v4_filter` with the /16s no master is left in
+//!    skipped ([`super::filter`]),
 //! 5. the ranges no master points to any more (replaced, deleted, rolled back) are cleared;
 //!    they are reused no earlier than the next apply ([`crate::datapath::ranges`]),
 //! 6. memberships of backends that left a set or belong to a deleted frontend,
@@ -49,9 +51,10 @@
 //! allocated again no earlier than the next apply's diff: within one apply an id never changes
 //! backend, so a program that read a slot before the apply removed it finds either that very
 //! backend or an empty element (and retries), never another backend under the same id.
-use std::collections::{BTreeMap, BTreeSet};
-
-use std::net::IpAddr;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
 
 use lb_common::{
     Backend, IPPROTO_TCP, MemberKey, ServiceKey, ServiceValue, V4_FILTER_MAP, needs_members,
@@ -1277,9 +1280,6 @@ impl<M: LbMaps> Writer<M> {
             .filter(|&id| id != 0)
     }
 
-    /// Records what the maps hold for a frontend, keeping backend reference counts: its range
-    /// must hold its backend ids already, and the range of the record it replaces still.
-    /// `true` when the frontend is new to the record.
     /// Writes `lb_v4_filter` with the /16s of `publishing` held, when that changes it (or it is
     /// not known: then whole, from the frontends programmed and `publishing`).
     fn hold_in_v4_filter(
@@ -1358,6 +1358,9 @@ impl<M: LbMaps> Writer<M> {
             })
     }
 
+    /// Records what the maps hold for a frontend, keeping backend reference counts: its range
+    /// must hold its backend ids already, and the range of the record it replaces still.
+    /// `true` when the frontend is new to the record.
     fn set_programmed(&mut self, frontend: FrontendKey, master: ServiceValue, owned: bool) -> bool {
         let Self { maps, backends, .. } = self;
         for id in range_of(&master)
