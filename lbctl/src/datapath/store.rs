@@ -2,7 +2,8 @@
 //! (`lb_services`, `lb_slots`, `lb_backends`, `lb_members`) as a small trait of batched
 //! operations. `lb_backends` and `lb_slots` are arrays: deleting a backend clears its element's
 //! `proto` (the rest stays until the id is reused), a freed range of slots is written as
-//! zeroes, and a dump leaves the empty elements (`proto` 0, slot 0) out.
+//! zeroes, and a dump leaves the empty elements (`proto` 0, slot 0) out. Beside them the trait
+//! writes and reads `lb_v4_filter` ([`super::filter`]), one element written whole.
 //!
 //! [`Maps`] implements it on the kernel's maps: the two hash maps with one
 //! `BPF_MAP_UPDATE_BATCH` or `BPF_MAP_DELETE_BATCH` call per batch (`sys`), the two arrays
