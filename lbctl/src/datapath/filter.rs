@@ -47,11 +47,6 @@ impl V4Filter {
         Self(Box::new(words))
     }
 
-    /// Whether every /16 `other` holds frontends in is held here too: no connect to them skips.
-    pub fn holds_all_of(&self, other: &V4Filter) -> bool {
-        self.0.iter().zip(other.0.iter()).all(|(s, o)| s & !o == 0)
-    }
-
     /// The filter of exactly these frontends.
     pub fn of<'a>(frontends: impl IntoIterator<Item = &'a FrontendKey>) -> Self {
         let mut filter = Self::none_held();
