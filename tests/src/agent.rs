@@ -25,19 +25,28 @@ impl AgentProcess {
 
     /// Starts `lbctl agent ARGS` with these environment variables set too.
     pub fn start_with_env<S: AsRef<OsStr>>(args: &[S], env: &[(&str, &OsStr)]) -> Result<Self> {
+        // Found (or the test fails naming what to build) before the log file exists.
+        let binary = sibling_binary("lbctl");
         let log = std::env::temp_dir().join(format!("{}.log", crate::unique_name("agent")));
         let file = fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let child = Command::new(sibling_binary("lbctl"))
-            .arg("agent")
-            .args(args)
-            .envs(env.iter().copied())
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file)
-            .spawn()
-            .context("starting lbctl agent")?;
-        Ok(Self { child, log })
+        let spawned = file.try_clone().and_then(|stdout| {
+            Command::new(binary)
+                .arg("agent")
+                .args(args)
+                .envs(env.iter().copied())
+                .env("RUST_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(stdout)
+                .stderr(file)
+                .spawn()
+        });
+        match spawned {
+            Ok(child) => Ok(Self { child, log }),
+            Err(e) => {
+                let _ = fs::remove_file(&log);
+                Err(e).context("starting lbctl agent")
+            }
+        }
     }
 
     /// The file the agent logs to.
