@@ -7,6 +7,11 @@
 //! kinds (Pod, Deployment, a Knative `Service`...) and documents that are not objects are
 //! ignored. Loading is stateless: call [`load_paths`] again whenever a file changes.
 //!
+//! A large `kind: List` (what `kubectl get -o yaml` prints) is cut into runs of whole items
+//! that are read on several threads, one per CPU (`load_yaml_parallel`, `list_split`); a list
+//! that cannot be cut safely, or any run that fails, is read whole as below. The limits below
+//! then apply to each run, scaled to its size.
+//!
 //! A YAML file is first read once straight into the objects (`one_pass`), which succeeds for
 //! well-formed manifests such as `kubectl get -o yaml` prints. Otherwise (and for JSON) each
 //! file is read twice: once for its syntax and which kind and name each object has
@@ -20,6 +25,8 @@ use std::{
     path::{Path, PathBuf},
     sync::Arc,
 };
+
+mod list_split;
 
 use crate::model::{Interner, Inventory};
 use k8s_openapi::api::{
@@ -209,12 +216,70 @@ pub fn load_str(text: &str, origin: &str) -> Result<Inventory, ManifestError> {
 }
 
 fn load_yaml(text: &str, origin: &str) -> Result<Inventory, ManifestError> {
+    // A large list is read on several threads when it can be (see [`load_yaml_parallel`]).
+    if let Some(inventory) = load_yaml_parallel(text, parallel_parts(text.len())) {
+        return Ok(inventory);
+    }
     // One read straight into the objects when it can be done (see [`one_pass`]); anything it
     // cannot do, and every error, is left to the two reads that name the faulty object.
     if let Ok(inventory) = one_pass::load(text, yaml_options(text)) {
         return Ok(inventory);
     }
     load_yaml_careful(text, origin)
+}
+
+/// A list's items are read in parallel only in runs of at least this many bytes: below it
+/// a thread's start and the list's second look (its skeleton) are not worth it.
+const MIN_PARALLEL_RUN_BYTES: usize = 1 << 20;
+
+/// Threads a parallel read may use: one per CPU this process may run on, at most 8.
+const MAX_PARALLEL_PARTS: usize = 8;
+
+/// How many runs a YAML text of `len` bytes is read in (1: read whole).
+fn parallel_parts(len: usize) -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    cpus.min(MAX_PARALLEL_PARTS)
+        .min(len / MIN_PARALLEL_RUN_BYTES)
+        .max(1)
+}
+
+/// A `kind: List` document (what `kubectl get -o yaml` prints) read in up to `parts` runs of
+/// whole items at once, each on its own thread by [`one_pass::load_items`], after the list's
+/// kind is read from the text around the items (see [`list_split`]). The objects are those of
+/// the whole read, in the same order. `None` (the caller reads the text whole, which reports
+/// errors where they are) when the text cannot be split, or any run fails to read.
+fn load_yaml_parallel(text: &str, parts: usize) -> Option<Inventory> {
+    let split = list_split::split(text, parts)?;
+    let context = one_pass::list_items_context(&split.skeleton, yaml_options(&split.skeleton))?;
+    let read = |run: &str| one_pass::load_items(run, context, yaml_options(run)).ok();
+    let (first, rest) = split.runs.split_first()?;
+    let inventories: Vec<Option<Inventory>> = std::thread::scope(|scope| {
+        let threads: Vec<_> = rest
+            .iter()
+            .map(|run| {
+                // The main thread's stack size: deep (but allowed) nesting fits as it does there.
+                std::thread::Builder::new()
+                    .name("lbctl-yaml".to_owned())
+                    .stack_size(8 << 20)
+                    .spawn_scoped(scope, move || read(run))
+                    .map_err(|_| run)
+            })
+            .collect();
+        let mut inventories = vec![read(first)];
+        for thread in threads {
+            inventories.push(match thread {
+                Ok(thread) => thread.join().ok().flatten(),
+                // No thread to be had: this one reads it.
+                Err(run) => read(run),
+            });
+        }
+        inventories
+    });
+    let mut inventory = Inventory::default();
+    for part in inventories {
+        inventory.extend(part?);
+    }
+    Some(inventory)
 }
 
 /// The two reads: the documents' shapes, then the typed objects (see the module doc).
@@ -1142,26 +1207,91 @@ mod one_pass {
                 }
                 Class::List(item_kind) => {
                     let item_context = item_kind.map_or(Context::ListItem, Context::TypedItem);
-                    for item in self.items.into_iter().flatten() {
-                        match item {
-                            // Items read before the list's kind was known were read as `v1
-                            // List` items: a typed list's items must then name its kind
-                            // themselves (a converted item named its kind).
-                            Item::Converted(kind, objects) => {
-                                if let Context::TypedItem(list_kind) = item_context
-                                    && kind != list_kind
-                                {
-                                    return Err("a typed list's item names another kind");
-                                }
-                                out.extend(objects);
-                            }
-                            Item::Pending(parts) => parts.resolve(item_context, out, interner)?,
-                        }
-                    }
+                    resolve_items(self.items.unwrap_or_default(), item_context, out, interner)?;
                 }
             }
             Ok(())
         }
+    }
+
+    /// The objects a list's `items` stand for, into `out`, once the list's kind is known.
+    fn resolve_items(
+        items: Vec<Item>,
+        item_context: Context,
+        out: &mut Inventory,
+        interner: &mut Interner,
+    ) -> Result<(), &'static str> {
+        for item in items {
+            match item {
+                // Items read before the list's kind was known were read as `v1 List` items:
+                // a typed list's items must then name its kind themselves (a converted item
+                // named its kind).
+                Item::Converted(kind, objects) => {
+                    if let Context::TypedItem(list_kind) = item_context
+                        && kind != list_kind
+                    {
+                        return Err("a typed list's item names another kind");
+                    }
+                    out.extend(objects);
+                }
+                Item::Pending(parts) => parts.resolve(item_context, out, interner)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// How the items of a list are read, from the list's own kind fields (see
+    /// [`list_items_context`]).
+    #[derive(Clone, Copy, Debug)]
+    pub(super) struct ItemsContext(Context);
+
+    /// How the items of the list `skeleton` (one document, the list with `items: []`) are
+    /// read; `None` when it is no list or anything about it is unsure.
+    pub(super) fn list_items_context(
+        skeleton: &str,
+        options: serde_saphyr::Options,
+    ) -> Option<ItemsContext> {
+        let parts = serde_saphyr::with_deserializer_from_str_with_options(
+            skeleton,
+            options,
+            |deserializer| PartsSeed(Context::TopLevel).deserialize(deserializer),
+        )
+        .ok()?;
+        let Some(Class::List(item_kind)) = parts.class_now(Context::TopLevel) else {
+            return None;
+        };
+        // The rest of the document as the whole read would judge it (no objects: no items).
+        let mut none = Inventory::default();
+        parts
+            .resolve(Context::TopLevel, &mut none, &mut Interner::new())
+            .ok()?;
+        Some(ItemsContext(
+            item_kind.map_or(Context::ListItem, Context::TypedItem),
+        ))
+    }
+
+    /// The objects of `run`, some of a list's items written as a block sequence, read as
+    /// that list's items.
+    pub(super) fn load_items(
+        run: &str,
+        context: ItemsContext,
+        options: serde_saphyr::Options,
+    ) -> Result<Inventory, serde_saphyr::Error> {
+        let ItemsContext(context) = context;
+        INTERNER.set(Interner::new());
+        let items =
+            serde_saphyr::with_deserializer_from_str_with_options(run, options, |deserializer| {
+                ItemsSeed(context).deserialize(deserializer)
+            });
+        let mut out = Inventory::default();
+        let resolved = items.and_then(|items| {
+            INTERNER
+                .with_borrow_mut(|interner| resolve_items(items, context, &mut out, interner))
+                .map_err(serde_saphyr::Error::custom)
+        });
+        // Not kept past the read: the objects hold what they share.
+        INTERNER.set(Interner::new());
+        resolved.map(|()| out)
     }
 
     fn api_version_of(kind: KnownKind) -> &'static str {
@@ -1483,6 +1613,162 @@ mod tests {
                 public.as_ref().map_err(ToString::to_string)
             );
         }
+    }
+
+    /// A list item: `doc` as a column-0 block sequence entry.
+    fn as_item(doc: &str) -> String {
+        doc.lines()
+            .enumerate()
+            .map(|(i, l)| format!("{}{l}\n", if i == 0 { "- " } else { "  " }))
+            .collect()
+    }
+
+    fn service_doc(name: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: ns\n\
+             spec:\n  clusterIP: 10.96.0.1\n  ports:\n  - port: 80\n    targetPort: http\n"
+        )
+    }
+
+    fn slice_doc(name: &str) -> String {
+        format!(
+            "addressType: IPv4\napiVersion: discovery.k8s.io/v1\nendpoints:\n\
+             - addresses: [10.0.0.1]\n  conditions: {{ready: true}}\n  nodeName: n1\n\
+             kind: EndpointSlice\nmetadata:\n  name: {name}-1\n  namespace: ns\n  labels: \
+             {{kubernetes.io/service-name: {name}}}\nports: [{{name: http, port: 8080}}]\n"
+        )
+    }
+
+    /// The parallel read returns what the whole read does (every object, in order), or
+    /// nothing, however the items are cut.
+    #[test]
+    fn the_parallel_read_agrees_with_the_whole_read() {
+        let node = "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n\
+                    status: {addresses: [{type: InternalIP, address: 192.0.2.1}]}\n";
+        let deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n";
+        let mut mixed = vec![node.to_owned(), deployment.to_owned()];
+        for i in 0..6 {
+            mixed.push(service_doc(&format!("s{i}")));
+            mixed.push(slice_doc(&format!("s{i}")));
+        }
+        let items = |docs: &[String]| docs.iter().map(|d| as_item(d)).collect::<String>();
+        let services: Vec<String> = (0..5).map(|i| service_doc(&format!("t{i}"))).collect();
+        // A Service item that does not name its kind: a ServiceList's item all the same.
+        let kindless = "apiVersion: v1\nmetadata: {name: k, namespace: ns}\n\
+                        spec: {clusterIP: 10.96.0.9}\n";
+        let agreeing = [
+            // kubectl's order: items between apiVersion and kind.
+            format!(
+                "apiVersion: v1\nitems:\n{}kind: List\nmetadata:\n  resourceVersion: \"\"\n",
+                items(&mixed)
+            ),
+            format!(
+                "apiVersion: v1\nkind: List\nmetadata: {{}}\nitems:\n{}",
+                items(&mixed)
+            ),
+            // Comments and blank lines between items.
+            format!(
+                "apiVersion: v1\nkind: List\nitems:\n# first\n{}\n# more\n\n{}",
+                items(&mixed[..3]),
+                items(&mixed[3..])
+            ),
+            format!(
+                "apiVersion: v1\nitems:\n{}kind: ServiceList\n",
+                items(&services)
+            ),
+            format!(
+                "apiVersion: v1\nkind: ServiceList\nitems:\n{}{}",
+                items(&services),
+                as_item(kindless)
+            ),
+        ];
+        for text in &agreeing {
+            let whole = load_yaml_careful(text, "t.yaml").expect("the whole read loads it");
+            assert!(whole.services.len() >= 5, "{text}");
+            for parts in 2..=4 {
+                let parallel = load_yaml_parallel(text, parts)
+                    .unwrap_or_else(|| panic!("not read in {parts} parts:\n{text}"));
+                assert_eq!(parallel.services, whole.services, "{parts} parts:\n{text}");
+                assert_eq!(parallel.endpoint_slices, whole.endpoint_slices, "{text}");
+                assert_eq!(parallel.nodes, whole.nodes, "{text}");
+            }
+        }
+
+        // Left to the whole read: what a run cannot read alone, and cuts that do not fall
+        // between items.
+        let svc = |i: usize| as_item(&service_doc(&format!("u{i}")));
+        let declined = [
+            // An alias to an anchor in another run, and to one before the items.
+            format!(
+                "kind: List\napiVersion: v1\nitems:\n- &a\n{}{}{}- *a\n",
+                &svc(0)[2..],
+                svc(1),
+                svc(2)
+            ),
+            format!(
+                "apiVersion: v1\nkind: List\nx: &ns ns\nitems:\n{}{}- apiVersion: v1\n  \
+                 kind: Service\n  metadata: {{name: z, namespace: *ns}}\n",
+                svc(0),
+                svc(1)
+            ),
+            // A typed list's item of another kind; an item that is no object.
+            format!(
+                "apiVersion: v1\nkind: ServiceList\nitems:\n{}{}",
+                svc(0),
+                as_item(node)
+            ),
+            format!(
+                "apiVersion: v1\nkind: List\nitems:\n{}- just text\n",
+                svc(0)
+            ),
+            // A quoted scalar whose second line sits at column 0 and looks like an item (the
+            // whole read takes it as `x - y`): the only place to cut, inside the string.
+            "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Service\n  \
+             metadata:\n    name: q\n    annotations:\n      a: \"x\n- y\"\n"
+                .to_owned(),
+            // Not a list.
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: a}}\nitems:\n{}{}",
+                svc(0),
+                svc(1)
+            ),
+        ];
+        for text in &declined {
+            assert!(
+                load_yaml_parallel(text, 2).is_none(),
+                "should be left to the whole read:\n{text}"
+            );
+            // The public entry point still answers as the whole read does.
+            let whole = load_yaml_careful(text, "t.yaml").map(|i| i.services);
+            let public = load_str(text, "t.yaml").map(|i| i.services);
+            assert_eq!(
+                whole.as_ref().map_err(ToString::to_string),
+                public.as_ref().map_err(ToString::to_string),
+                "{text}"
+            );
+        }
+    }
+
+    /// A list large enough to be read in parallel where this machine has two CPUs or more:
+    /// the public entry point returns the whole read's objects.
+    #[test]
+    fn a_large_list_loads_as_the_whole_read_does() {
+        let mut text = String::from("apiVersion: v1\nitems:\n");
+        let mut count = 0;
+        while text.len() < 3 * MIN_PARALLEL_RUN_BYTES {
+            text.push_str(&as_item(&service_doc(&format!("s{count}"))));
+            text.push_str(&as_item(&slice_doc(&format!("s{count}"))));
+            count += 1;
+        }
+        text.push_str("kind: List\nmetadata:\n  resourceVersion: \"\"\n");
+        let loaded = load_str(&text, "big.yaml").expect("loads");
+        let whole = load_yaml_careful(&text, "big.yaml").expect("loads");
+        assert_eq!(loaded.services.len(), count);
+        assert_eq!(loaded.services, whole.services);
+        assert_eq!(loaded.endpoint_slices, whole.endpoint_slices);
+        let parallel = load_yaml_parallel(&text, 3).expect("read in three parts");
+        assert_eq!(parallel.services, whole.services);
+        assert_eq!(parallel.endpoint_slices, whole.endpoint_slices);
     }
 
     #[test]
