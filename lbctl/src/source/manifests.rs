@@ -1755,7 +1755,7 @@ mod tests {
     fn a_large_list_loads_as_the_whole_read_does() {
         let mut text = String::from("apiVersion: v1\nitems:\n");
         let mut count = 0;
-        while text.len() < 3 * MIN_PARALLEL_RUN_BYTES {
+        while text.len() < 2 * MIN_PARALLEL_RUN_BYTES + 4096 {
             text.push_str(&as_item(&service_doc(&format!("s{count}"))));
             text.push_str(&as_item(&slice_doc(&format!("s{count}"))));
             count += 1;
@@ -1769,6 +1769,21 @@ mod tests {
         let parallel = load_yaml_parallel(&text, 3).expect("read in three parts");
         assert_eq!(parallel.services, whole.services);
         assert_eq!(parallel.endpoint_slices, whole.endpoint_slices);
+
+        // A bad object in the last run: the whole read's error, at the line of the value.
+        let last = format!("name: s{}\n", count - 1);
+        let at = text.rfind(&last).expect("the last Service");
+        let port = at + text[at..].find("port: 80\n").expect("its port");
+        let bad = format!("{}port: eighty\n{}", &text[..port], &text[port + 9..]);
+        let err = load_str(&bad, "big.yaml")
+            .expect_err("a bad port")
+            .to_string();
+        let line = bad[..port].matches('\n').count() + 1;
+        assert!(
+            err.starts_with(&format!("big.yaml:{line}:"))
+                && err.contains(&format!("Service ns/s{}: spec.ports[0].port", count - 1)),
+            "{err}"
+        );
     }
 
     #[test]
