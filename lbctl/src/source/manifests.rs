@@ -1749,6 +1749,80 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Whatever the list holds and however its lines are disturbed at column 0 (where the
+        /// cut looks), the parallel read gives the whole read's objects, or declines.
+        #[test]
+        fn the_parallel_read_never_differs_from_the_whole_read(
+            picks in proptest::collection::vec(0usize..16, 2..10),
+            items_first in proptest::bool::ANY,
+            typed in proptest::bool::ANY,
+            inserts in proptest::collection::vec((0usize..400, 0usize..8), 0..2),
+            parts in 2usize..5,
+        ) {
+            let pool = [
+                service_doc("a"),
+                slice_doc("a"),
+                service_doc("b"),
+                "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n".to_owned(),
+                "apiVersion: v1\nmetadata: {name: k, namespace: ns}\nspec: {clusterIP: 10.96.0.9}\n"
+                    .to_owned(),
+                "apiVersion: v1\nkind: Service\nmetadata:\n  name: q\n  namespace: ns\n  \
+                 annotations:\n    a: \"x\n- y\"\nspec: {clusterIP: 10.96.0.7}\n"
+                    .to_owned(),
+                "apiVersion: v1\nkind: Service\nmetadata: &m {name: m, namespace: ns}\n".to_owned(),
+                "apiVersion: v1\nkind: Service\nmetadata: *m\n".to_owned(),
+            ];
+            // Most items are ordinary objects; the pool's odd ones come up now and then.
+            let ordinary = |i: usize| {
+                if i.is_multiple_of(2) {
+                    service_doc(&format!("o{i}"))
+                } else {
+                    slice_doc(&format!("o{i}"))
+                }
+            };
+            let body: String = picks
+                .iter()
+                .map(|&i| as_item(pool.get(i).cloned().unwrap_or_else(|| ordinary(i)).as_str()))
+                .collect();
+            let kind = if typed { "ServiceList" } else { "List" };
+            let mut text = if items_first {
+                format!("apiVersion: v1\nitems:\n{body}kind: {kind}\nmetadata: {{}}\n")
+            } else {
+                format!("apiVersion: v1\nkind: {kind}\nitems:\n{body}")
+            };
+            // Lines dropped in at column 0 (at line starts), the cut's landmarks among them.
+            let lines = [
+                "- apiVersion: v1\n",
+                "-\n",
+                "# c\n",
+                "\n",
+                "items:\n",
+                "kind: List\n",
+                "- \"open\n",
+                "  x: 1\n",
+            ];
+            for &(at, line) in &inserts {
+                let starts: Vec<usize> = std::iter::once(0)
+                    .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+                    .filter(|&i| i < text.len())
+                    .collect();
+                let at = starts[at % starts.len()];
+                text.insert_str(at, lines[line]);
+            }
+            if let Some(parallel) = load_yaml_parallel(&text, parts) {
+                let whole = load_yaml_careful(&text, "t.yaml");
+                proptest::prop_assert!(whole.is_ok(), "the whole read fails, the parallel one not:\n{text}");
+                let whole = whole.expect("checked");
+                proptest::prop_assert_eq!(&parallel.services, &whole.services, "{}", text);
+                proptest::prop_assert_eq!(&parallel.endpoint_slices, &whole.endpoint_slices);
+                proptest::prop_assert_eq!(&parallel.nodes, &whole.nodes);
+            }
+        }
+    }
+
     /// A list large enough to be read in parallel where this machine has two CPUs or more:
     /// the public entry point returns the whole read's objects.
     #[test]
