@@ -1814,7 +1814,11 @@ mod tests {
             }
             if let Some(parallel) = load_yaml_parallel(&text, parts) {
                 let whole = load_yaml_careful(&text, "t.yaml");
-                proptest::prop_assert!(whole.is_ok(), "the whole read fails, the parallel one not:\n{text}");
+                proptest::prop_assert!(
+                    whole.is_ok(),
+                    "the whole read fails, the parallel one not:\n{}",
+                    text
+                );
                 let whole = whole.expect("checked");
                 proptest::prop_assert_eq!(&parallel.services, &whole.services, "{}", text);
                 proptest::prop_assert_eq!(&parallel.endpoint_slices, &whole.endpoint_slices);
