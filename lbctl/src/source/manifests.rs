@@ -237,10 +237,13 @@ const MAX_PARALLEL_PARTS: usize = 8;
 
 /// How many runs a YAML text of `len` bytes is read in (1: read whole).
 fn parallel_parts(len: usize) -> usize {
+    let most = (len / MIN_PARALLEL_RUN_BYTES).min(MAX_PARALLEL_PARTS);
+    if most < 2 {
+        // Not worth asking the system (it reads the cgroup's CPU quota) for a small file.
+        return 1;
+    }
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-    cpus.min(MAX_PARALLEL_PARTS)
-        .min(len / MIN_PARALLEL_RUN_BYTES)
-        .max(1)
+    cpus.min(most)
 }
 
 /// A `kind: List` document (what `kubectl get -o yaml` prints) read in up to `parts` runs of
