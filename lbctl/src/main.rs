@@ -71,7 +71,8 @@ enum Command {
         service_proxy_name: Option<String>,
         #[command(flatten)]
         output: Output,
-        /// Manifest files or directories (YAML, multi-document, `kind: List`).
+        /// Manifest files or directories (YAML, multi-document, `kind: List`, or JSON); `-` reads
+        /// standard input (`kubectl get svc,endpointslices,nodes -A -o yaml | lbctl plan ... -`).
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },

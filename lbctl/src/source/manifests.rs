@@ -7,6 +7,9 @@
 //! kinds (Pod, Deployment, a Knative `Service`...) and documents that are not objects are
 //! ignored. Loading is stateless: call [`load_paths`] again whenever a file changes.
 //!
+//! JSON is YAML: a `.yaml` file or standard input whose text starts with `{` (`kubectl get -o
+//! json | lbctl plan -`) is read as JSON first, and as YAML if the JSON reader refuses it.
+//!
 //! A large `kind: List` (what `kubectl get -o yaml` prints) is cut into runs of whole items
 //! that are read on several threads, one per CPU (`load_yaml_parallel`, `list_split`); a list
 //! that cannot be cut safely, or any run that fails, is read whole as below. The limits below
@@ -207,7 +210,8 @@ fn read(path: &Path) -> Result<(String, String), ManifestError> {
 }
 
 /// Loads the objects in `text`; `origin` names it in errors, and selects JSON when it ends
-/// in `.json` (YAML otherwise).
+/// in `.json` (YAML otherwise; a YAML text that starts as a JSON object does is tried as JSON
+/// first).
 pub fn load_str(text: &str, origin: &str) -> Result<Inventory, ManifestError> {
     match Format::of(origin) {
         Format::Yaml => load_yaml(text, origin),
@@ -216,6 +220,14 @@ pub fn load_str(text: &str, origin: &str) -> Result<Inventory, ManifestError> {
 }
 
 fn load_yaml(text: &str, origin: &str) -> Result<Inventory, ManifestError> {
+    // JSON is YAML: a text that is one JSON object (`kubectl get -o json` piped into `lbctl
+    // plan -`, or saved under a `.yaml` name) is read by the JSON reader, several times
+    // faster. Anything that reader refuses is read as YAML, which reports the errors.
+    if looks_like_json(text)
+        && let Ok(inventory) = load_json(text, origin)
+    {
+        return Ok(inventory);
+    }
     // A large list is read on several threads when it can be (see [`load_yaml_parallel`]).
     if let Some(inventory) = load_yaml_parallel(text, parallel_parts(text.len())) {
         return Ok(inventory);
@@ -226,6 +238,13 @@ fn load_yaml(text: &str, origin: &str) -> Result<Inventory, ManifestError> {
         return Ok(inventory);
     }
     load_yaml_careful(text, origin)
+}
+
+/// Whether `text` starts as a JSON object does (a byte order mark and blanks aside).
+fn looks_like_json(text: &str) -> bool {
+    text.trim_start_matches('\u{feff}')
+        .trim_start_matches([' ', '\t', '\n', '\r'])
+        .starts_with('{')
 }
 
 /// A list's items are read in parallel only in runs of at least this many bytes: below it
@@ -1828,6 +1847,55 @@ mod tests {
                 proptest::prop_assert_eq!(&parallel.nodes, &whole.nodes);
             }
         }
+    }
+
+    /// JSON under a YAML name (or on standard input) is read as JSON: the same objects; and
+    /// JSON's nesting limit (128) applies, not YAML's (64), which shows the reader used.
+    #[test]
+    fn json_text_under_a_yaml_name_is_read_as_json() {
+        let service = serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "a", "namespace": "ns"},
+            "spec": {"clusterIP": "10.96.0.1", "ports": [{"port": 80}]}
+        });
+        let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [service]});
+        let text = format!("\n  {}", serde_json::to_string_pretty(&list).expect("json"));
+        let as_json = load_str(&text, "x.json").expect("JSON");
+        let as_yaml = load_str(&text, "x.yaml").expect("read as JSON");
+        assert_eq!(as_yaml.services, as_json.services);
+        assert_eq!(as_yaml.services.len(), 1);
+        assert_eq!(
+            load_str(&text, STDIN_PATH).expect("stdin").services,
+            as_json.services
+        );
+
+        let deep = format!(
+            "{{\"apiVersion\": \"v1\", \"kind\": \"Node\", \"metadata\": {{\"name\": \"n\"}}, \
+             \"x\": {}1{}}}",
+            "[".repeat(100),
+            "]".repeat(100)
+        );
+        assert_eq!(
+            load_str(&deep, "deep.yaml")
+                .expect("JSON's limit")
+                .nodes
+                .len(),
+            1
+        );
+        let err = load_yaml_careful(&deep, "deep.yaml")
+            .expect_err("YAML's limit")
+            .to_string();
+        assert!(err.contains("nested deeper than 64"), "{err}");
+
+        // What the JSON reader refuses is read as YAML, whose error is reported.
+        let broken =
+            "{\"apiVersion\": \"v1\", \"kind\": \"Service\",\n \"metadata\": {\"name\": \"a\"";
+        let err = load_str(broken, "b.yaml").expect_err("broken").to_string();
+        let yaml_err = load_yaml_careful(broken, "b.yaml")
+            .expect_err("broken")
+            .to_string();
+        assert_eq!(err, yaml_err);
+        assert!(looks_like_json("\u{feff}\r\n {}") && !looks_like_json("kind: List\n{"));
     }
 
     /// A list large enough to be read in parallel where this machine has two CPUs or more:
