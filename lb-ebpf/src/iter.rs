@@ -243,7 +243,9 @@ pub extern "C" fn lb_iter_tcp(ctx: *mut BpfIterTcp) -> i32 {
     let Some((meta, skc, tp, cookie)) = tcp_socket(ctx) else {
         return 0;
     };
-    let Some(e) = storage(tp).or_else(|| maps::recent_tcp(cookie)) else {
+    // The element holds the socket's newest translation while it holds the cookie (a kept
+    // socket that connected again has an older one in its storage).
+    let Some(e) = maps::recent_tcp(cookie).or_else(|| storage(tp)) else {
         return 0;
     };
     if e.proto != IPPROTO_TCP {
@@ -253,27 +255,25 @@ pub extern "C" fn lb_iter_tcp(ctx: *mut BpfIterTcp) -> i32 {
     0
 }
 
-/// Keeps the translation of a TCP socket that has none in its storage, when its `lb_tcp_recent`
-/// element still holds it and the socket's peer is still that backend: copies it into the
-/// socket's storage ([`SOCKS`], created here). Reports each socket on the iterator's output
-/// ([`Kept`]).
+/// Keeps the translation of a TCP socket whose `lb_tcp_recent` element still holds it, when the
+/// socket's peer is still that backend and its storage does not hold it already: copies it into
+/// the socket's storage ([`SOCKS`], created here, or overwritten when the socket was kept before
+/// it connected again). Reports each socket it kept on the iterator's output ([`Kept`]).
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "iter/tcp")]
 pub extern "C" fn lb_iter_tcp_keep(ctx: *mut BpfIterTcp) -> i32 {
     let Some((meta, skc, tp, cookie)) = tcp_socket(ctx) else {
         return 0;
     };
-    if storage(tp).is_some() {
-        return 0;
-    }
     let Some(mut e) = maps::recent_tcp(cookie) else {
         return 0;
     };
-    if e.proto != IPPROTO_TCP || !peer_is(skc, &e) {
+    if e.proto != IPPROTO_TCP || !peer_is(skc, &e) || storage(tp) == Some(e) {
         return 0;
     }
     // SAFETY: the tracing flavour of bpf_sk_storage_get with create: the map, a full socket
-    // pointer, and the initial value (a stack copy the kernel copies in).
+    // pointer, and the initial value (a stack copy the kernel copies in). Existing storage is
+    // returned as it is.
     let st = unsafe {
         bpf_sk_storage_get(
             socks(),
@@ -282,6 +282,10 @@ pub extern "C" fn lb_iter_tcp_keep(ctx: *mut BpfIterTcp) -> i32 {
             STORAGE_CREATE,
         )
     };
+    if !st.is_null() {
+        // SAFETY: non-null storage of this socket (the iterator holds its lock), written whole.
+        unsafe { *st.cast::<RevNat>() = e };
+    }
     let record = Kept {
         socket_cookie: cookie,
         failed: u32::from(st.is_null()),

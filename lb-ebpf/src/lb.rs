@@ -265,25 +265,18 @@ fn decide(
 /// Records the translation the socket just made, for `getpeername`, `recvmsg`, UDP
 /// stickiness and the termination iterators. A UDP socket's goes into its own storage
 /// ([`SOCKS`]: freed with the socket by the kernel, nothing to evict, no program at close),
-/// created here when the socket has none. A TCP socket's goes into its storage only when it has
-/// one already (kept by the agent's pass or by its first `getpeername`, or from an earlier connect); otherwise into `lb_tcp_recent`
-/// ([`maps::remember_tcp`]), a copy where creating storage is an allocation: a TCP connect
-/// pays about half the BPF time this way (BENCHMARKS.md). An error here (the kernel could not
-/// allocate the storage) only costs the reverse translation of this socket, never the forward
-/// one.
+/// created here when the socket has none. A TCP socket's goes into `lb_tcp_recent`
+/// ([`maps::remember_tcp`]), a copy into a preallocated element where creating storage is an
+/// allocation (about half a TCP connect's BPF time, BENCHMARKS.md). It does not look for the
+/// socket's storage (about 60 ns a connect): a TCP socket has storage only once kept, and a kept
+/// socket that connects again (after `connect(AF_UNSPEC)`) has its newest translation in its
+/// element, which every reader takes before the storage while the element holds the cookie, and
+/// which a keeping pass copies over the storage. An error here (the kernel could not allocate
+/// the storage) only costs the reverse translation of this socket, never the forward one.
 #[inline(always)]
 fn remember(ctx: &SockAddrContext, entry: &RevNat) {
     if entry.proto == lb_common::IPPROTO_TCP {
-        // SAFETY: a lookup without create of the calling socket's own storage.
-        let st = unsafe { SOCKS.get_ptr_mut(ctx) };
-        if st.is_null() {
-            maps::remember_tcp(sock::cookie(ctx), entry);
-        } else {
-            // The reverse path looks for a TCP translation only on a marked port.
-            maps::mark_tcp_port(entry.backend_port);
-            // SAFETY: non-null storage of this socket, written whole.
-            unsafe { *st = *entry };
-        }
+        maps::remember_tcp(sock::cookie(ctx), entry);
         return;
     }
     // SAFETY: lookup-or-create of the calling socket's own storage (zeroed when new).
@@ -323,51 +316,61 @@ fn sticky(e: &RevNat, svc: &ServiceValue, address: &Addr, port: u16, proto: u8) 
 ///
 /// Lookups, for a TCP socket: whether the peer's port is in a bucket a TCP connect marked
 /// (`lb_tcp_backend_ports`, one byte of a cached element). Every TCP translation marks its
-/// backend's port wherever it is recorded, so a peer on a port of no marked bucket (the client
-/// of most accepted sockets, the one `getpeername` every `accept()` runs) ends it there: no
-/// storage lookup, no cookie. Otherwise the socket's storage (a pointer read), and when it has
-/// none (a TCP socket not kept yet) its cookie's element of `lb_tcp_recent` (which [`keep`]
-/// then copies into the socket's storage). For a UDP socket, the storage only. Then the master
-/// (and, on a translation, `lb_meta[DEBUG]`).
+/// backend's port, so a peer on a port of no marked bucket (the client of most accepted sockets,
+/// the one `getpeername` every `accept()` runs) ends it there: no cookie, no storage lookup.
+/// Otherwise its cookie's element of `lb_tcp_recent`, which holds the socket's newest
+/// translation while it holds the cookie (and which [`keep`] then copies into the socket's
+/// storage); else the socket's storage (kept earlier). For a UDP socket, the storage only. Then
+/// the master (and, on a translation, `lb_meta[DEBUG]`).
 #[inline(always)]
 pub fn reverse(ctx: &SockAddrContext, peer: &Addr, port: u16, hook: u8) -> Option<Target> {
-    let tcp = sock::is_tcp(ctx);
-    if tcp && !maps::tcp_port_marked(port) {
-        return None;
+    if sock::is_tcp(ctx) {
+        if !maps::tcp_port_marked(port) {
+            return None;
+        }
+        let cookie = sock::cookie(ctx);
+        if let Some(element) = maps::recent_tcp_element(cookie) {
+            // SAFETY: an element of lb_tcp_recent that held this socket's cookie; its fields are
+            // read where they are, and used only if the cookie is still there after (see
+            // `maps::recent_tcp`).
+            let service = reverse_by(ctx, unsafe { &(*element).translation }, peer, port, hook);
+            if maps::still_recent(element, cookie) {
+                if service.is_some() {
+                    keep(ctx, element, cookie);
+                }
+                return service;
+            }
+            // A later connect took the element over meanwhile: the storage is all there is.
+        }
     }
     // SAFETY: a lookup without create of the calling socket's own storage.
     let st = unsafe { SOCKS.get_ptr_mut(ctx) };
-    if !st.is_null() {
-        // SAFETY: non-null storage of this socket; the entry is only read.
-        return reverse_by(ctx, unsafe { &*st }, peer, port, hook);
-    }
-    if !tcp {
+    if st.is_null() {
         return None;
     }
-    let cookie = sock::cookie(ctx);
-    let element = maps::recent_tcp_element(cookie)?;
-    // SAFETY: an element of lb_tcp_recent that held this socket's cookie; its fields are read
-    // where they are, and kept only if the cookie is still there after (see `maps::recent_tcp`).
-    let service = reverse_by(ctx, unsafe { &(*element).translation }, peer, port, hook)?;
-    if !maps::still_recent(element, cookie) {
-        return None;
-    }
-    keep(ctx, element, cookie);
-    Some(service)
+    // SAFETY: non-null storage of this socket; the entry is only read.
+    reverse_by(ctx, unsafe { &*st }, peer, port, hook)
 }
 
 /// Keeps the calling TCP socket's translation, which `element` of `lb_tcp_recent` holds, in
 /// the socket's storage: a socket that asked for its peer once keeps it for its life, whether or
-/// not a keeping pass reaches its network namespace. The kernel copies the element into the new
-/// storage; when a connect took the element over meanwhile, the storage is deleted again (the
-/// translation stays where it was). A failure costs nothing but the keeping.
+/// not a keeping pass reaches its network namespace. New storage is created from the element
+/// (the kernel copies it in); storage the socket had (kept before it connected again) is
+/// overwritten with it. When a connect took the element over meanwhile, the storage is deleted
+/// (its copy may be torn; the element was the newer translation). A failure costs nothing but
+/// the keeping.
 #[inline(always)]
 fn keep(ctx: &SockAddrContext, element: *const lb_common::TcpRecent, cookie: u64) {
     // SAFETY: lookup-or-create of the calling socket's own storage, initialised from the
     // element (a map value pointer, which the helper accepts as the initial value).
     let st =
         unsafe { SOCKS.get_or_insert_ptr_mut(ctx, Some(&mut (*element.cast_mut()).translation)) };
-    if !st.is_null() && !maps::still_recent(element, cookie) {
+    if st.is_null() {
+        return;
+    }
+    // SAFETY: non-null storage of this socket, written whole from the element (a map value).
+    unsafe { *st = (*element).translation };
+    if !maps::still_recent(element, cookie) {
         // SAFETY: `sk` of the hook's context is the calling socket, whose storage this deletes.
         let _ = unsafe { SOCKS.delete((*ctx.sock_addr).__bindgen_anon_1.sk) };
     }

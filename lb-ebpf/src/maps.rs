@@ -86,9 +86,10 @@ pub fn no_v4_frontend(ip4: u32) -> bool {
 }
 
 /// The translation a socket made last, in the socket itself: every UDP socket's, and a TCP
-/// socket's once kept (by the agent's pass or its first `getpeername`; until then it is in [`TCP_RECENT`]). Reverse translation
-/// (`getpeername`, `recvmsg`), UDP stickiness, termination when its backend leaves. Freed with
-/// the socket.
+/// socket's once kept (by the agent's pass or its first `getpeername`). A TCP connect writes
+/// [`TCP_RECENT`] only, so until the next keep a TCP socket's newest translation is there, and
+/// readers take it from there first. Reverse translation (`getpeername`, `recvmsg`), UDP
+/// stickiness, termination when its backend leaves. Freed with the socket.
 #[btf_map(name = "lb_sock")]
 pub static SOCKS: SkStorage<RevNat> = SkStorage::new();
 
@@ -149,7 +150,7 @@ pub fn remember_tcp(cookie: u64, translation: &RevNat) {
 /// purpose: every accepted socket reads one byte of it, so it stays in the cache (a byte per
 /// port, 64 KiB, cost each accept a cache miss: 40-80 ns). Bytes, not bits: marks never race
 /// (the programs have no atomic OR). A client port in a marked bucket only costs its socket a
-/// storage lookup, a cookie and an element read.
+/// cookie, an element read and a storage lookup.
 #[btf_map(name = "lb_tcp_backend_ports")]
 pub static TCP_PORTS: Array<[u8; 1024], 1> = Array::new();
 

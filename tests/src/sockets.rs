@@ -20,8 +20,11 @@
 //!                             for the peer: no getpeername, and `ok NAME` answers); then each stdin line `N` makes N exchanges
 //!                             (send, receive): `ok NAME PEER`, or `err send|recv ERRNO`
 //!                             (0: the peer closed), a line `recv` receives once, a line
-//!                             `peer` prints `peer PEER` (getpeername), and a line `cookie`
-//!                             prints `cookie N`, the socket's cookie
+//!                             `peer` prints `peer PEER` (getpeername), a line `cookie`
+//!                             prints `cookie N`, the socket's cookie, and a line
+//!                             `reconnect ADDR` connects the same socket to ADDR (a TCP one
+//!                             after `connect(AF_UNSPEC)`), then prints `connected PEER` (or
+//!                             `connected` with `quiet`)
 //! resolve ADDR NAME           a resolver with one long-lived connected UDP socket to ADDR
 //!                             (a DNS server): each stdin line `N` makes N queries for NAME's A
 //!                             record, `ok IP` or `err ERRNO`; after an error it reconnects
@@ -229,6 +232,18 @@ impl Held {
         .map_or_else(|e| format!("unconnected({})", errno(&e)), |p| p.to_string())
     }
 
+    /// Connects the same socket to `addr`: a TCP socket is disconnected first
+    /// (`connect(AF_UNSPEC)`), as a TCP socket may connect again only then.
+    fn reconnect(&mut self, addr: SocketAddr) -> io::Result<()> {
+        match self {
+            Self::Tcp(s) => {
+                rustix::net::connect_unspec(&*s)?;
+                socket2::SockRef::from(&*s).connect(&addr.into())
+            }
+            Self::Udp(s) => s.connect(addr),
+        }
+    }
+
     /// The socket's cookie (`SO_COOKIE`), as the programs see it.
     fn cookie(&self) -> io::Result<u64> {
         match self {
@@ -270,6 +285,17 @@ fn hold(proto: &str, addr: SocketAddr, peer: bool, out: &mut impl Write) -> Resu
         let request = request.trim();
         if request == "peer" {
             line(out, format_args!("peer {}", held.peer()))?;
+            continue;
+        }
+        if let Some(to) = request.strip_prefix("reconnect ") {
+            let to = parse(to)?;
+            held.reconnect(to)
+                .map_err(|e| format!("reconnecting to {to}: {e}"))?;
+            if peer {
+                line(out, format_args!("connected {}", held.peer()))?;
+            } else {
+                line(out, format_args!("connected"))?;
+            }
             continue;
         }
         if request == "cookie" {

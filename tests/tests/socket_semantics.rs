@@ -10,7 +10,8 @@ use std::{
 
 use lbctl::{
     datapath::{
-        Datapath, Desired, FrontendKey, Object, ServiceSpec, keep::Keeper, loader::SocketLbScope,
+        Datapath, Desired, FrontendKey, Object, ServiceSpec, TerminateSockets, TerminationConfig,
+        Terminator, keep::Keeper, loader::SocketLbScope,
     },
     plan::{FrontendKind, Protocol},
 };
@@ -552,6 +553,157 @@ fn a_long_lived_connection_keeps_its_peer_through_many_newer_connections() {
     kept.finish_raw().unwrap();
     late.finish_raw().unwrap();
     asked.finish_raw().unwrap();
+}
+
+/// A TCP connect records its translation in `lb_tcp_recent` only, also for a socket whose
+/// storage holds an earlier one: kept, then disconnected (`connect(AF_UNSPEC)`) and connected to
+/// another service. Every reader takes the element first while it holds the socket's cookie, and
+/// keeping copies it over the storage. So such a socket reports its new service as its peer
+/// (its `getpeername` keeps it), a keeping pass copies the new translation of one that did not
+/// ask over its old one, both still report the new service after newer connections took their
+/// elements over, and a sweep judges a socket by its new backend while its storage still holds
+/// the old one.
+#[test]
+fn a_kept_socket_that_connects_again_is_judged_by_its_new_translation() {
+    let mut s = Scratch::new("reconnect").unwrap();
+    let at_a = SocketAddr::new(LOCALHOST4, testkit::ports::free_port().unwrap());
+    let at_b = SocketAddr::new(LOCALHOST4, testkit::ports::free_port().unwrap());
+    let mut server = Probe::spawn(
+        None,
+        &[
+            "serve-hold",
+            "h0",
+            &at_a.to_string(),
+            "h1",
+            &at_b.to_string(),
+        ],
+    )
+    .unwrap();
+    assert_eq!(server.read_lines(1).unwrap(), ["listening"]);
+    let tcp = Backends::tcp(LOCALHOST4, &["t0"]).unwrap();
+    let (vip_a, vip_b, vip) = (
+        sa("10.96.0.61:80"),
+        sa("10.96.0.61:81"),
+        sa("10.96.0.61:82"),
+    );
+    let desired = |b: SocketAddr| {
+        let mut d = Desired::default();
+        d.insert(vip_a, Protocol::Tcp, vec![at_a])
+            .insert(vip_b, Protocol::Tcp, vec![b])
+            .insert(vip, Protocol::Tcp, tcp.addrs());
+        d
+    };
+    s.datapath.apply(&desired(at_b)).unwrap();
+    let object = Object::embedded().unwrap();
+    let keeper = Keeper::load(&s.config(), &object, &[]).unwrap();
+    let terminator = Terminator::load(
+        &s.config(),
+        &object,
+        &TerminationConfig {
+            sockets: TerminateSockets::UdpTcp,
+            netns_dirs: Vec::new(),
+        },
+    )
+    .unwrap();
+    let recent = TcpRecentView::open(&s);
+
+    // A holder on `vip_a`, kept in its storage by its own getpeername (`asked`) or by a pass.
+    let hold = |s: &Scratch, quiet: bool| {
+        let service = vip_a.to_string();
+        let mut args = vec!["hold", "tcp", service.as_str()];
+        if quiet {
+            args.push("quiet");
+        }
+        let mut held = Probe::spawn(Some(&s.cgroup), &args).unwrap();
+        let connected = if quiet {
+            "connected".to_owned()
+        } else {
+            format!("connected {vip_a}")
+        };
+        assert_eq!(held.read_lines(1).unwrap(), [connected]);
+        held.send("cookie").unwrap();
+        let line = held.read_lines(1).unwrap().remove(0);
+        let cookie: u64 = line.strip_prefix("cookie ").unwrap().parse().unwrap();
+        (held, cookie)
+    };
+    let reconnect = |held: &mut Probe, quiet: bool| {
+        held.send(&format!("reconnect {vip_b}")).unwrap();
+        let connected = if quiet {
+            "connected".to_owned()
+        } else {
+            format!("connected {vip_b}")
+        };
+        assert_eq!(
+            held.read_lines(1).unwrap(),
+            [connected],
+            "the element's translation, not the storage's older one"
+        );
+        held.send("2").unwrap();
+        for line in held.read_lines(2).unwrap() {
+            assert!(line.starts_with("ok h1"), "{line}");
+        }
+    };
+    let (mut asked, asked_cookie) = hold(&s, false);
+    let (mut quiet, quiet_cookie) = hold(&s, true);
+    let pass = keeper.run();
+    assert_eq!((pass.kept, pass.failed), (1, 0), "{pass:?}");
+    reconnect(&mut asked, false);
+    reconnect(&mut quiet, true);
+    assert_eq!(
+        keeper.run().kept,
+        1,
+        "the pass copies the quiet socket's new translation over its old one"
+    );
+
+    // Newer connections until both elements were taken over (as in the test above).
+    let mut rounds = 0;
+    while [asked_cookie, quiet_cookie]
+        .iter()
+        .any(|c| recent.holds(*c))
+    {
+        rounds += 1;
+        assert!(
+            rounds <= 10,
+            "10,000 newer connects left an element of a held socket alone"
+        );
+        let out = Probe::run(Some(&s.cgroup), &["peer", "tcp", &vip.to_string(), "1000"]).unwrap();
+        assert!(
+            out.iter().all(|o| *o == Outcome::Reached("t0".into())),
+            "{out:?}"
+        );
+    }
+    for (held, why) in [
+        (&mut asked, "its getpeername kept the new translation"),
+        (&mut quiet, "the pass kept the new translation"),
+    ] {
+        held.send("peer").unwrap();
+        assert_eq!(
+            held.read_lines(1).unwrap(),
+            [format!("peer {vip_b}")],
+            "{why}"
+        );
+    }
+
+    // A third socket, kept on `vip_a` and connected again to `vip_b`: its storage still holds
+    // `vip_a`'s translation. When `vip_b`'s backend leaves, the sweep ends all three.
+    let (mut swept, _) = hold(&s, true);
+    assert_eq!(keeper.run().kept, 1);
+    reconnect(&mut swept, true);
+    let report = s.datapath.apply(&desired(at_a)).unwrap();
+    let sweep = terminator.sweep(&report.departed);
+    assert!(sweep.errors.is_empty(), "{:?}", sweep.errors);
+    assert_eq!(
+        sweep.counts(),
+        (0, 3),
+        "every socket connected to vip_b's old backend, judged by its newest translation"
+    );
+    for held in [&mut asked, &mut quiet, &mut swept] {
+        held.send("1").unwrap();
+        let line = held.read_lines(1).unwrap().remove(0);
+        assert!(line.starts_with("err "), "an aborted socket fails: {line}");
+        held.finish_raw().unwrap();
+    }
+    drop(server);
 }
 
 /// Reads the elements of a scratch datapath's `lb_tcp_recent`.
