@@ -233,7 +233,7 @@ fn load_yaml(text: &str, origin: &str) -> Result<Inventory, ManifestError> {
     // reader, several times faster, when each of its nodes has one meaning in YAML (see
     // [`block_json`]). Anything else, and every error, is left to the YAML reads below.
     if let Some(json) = block_json::to_json(text)
-        && let Ok(inventory) = load_json(&json, origin)
+        && let Ok(inventory) = load_json_objects(&json, origin)
     {
         return Ok(inventory);
     }
@@ -478,6 +478,13 @@ fn load_json(text: &str, origin: &str) -> Result<Inventory, ManifestError> {
         .deserialize(&mut deserializer)
         .and_then(|()| deserializer.end())
         .map_err(syntax)?;
+    load_json_objects(text, origin)
+}
+
+/// The shape and typed reads of [`load_json`], for a text whose syntax and nesting are known
+/// to be good (also [`block_json`]'s rewrite, which nests at most 40 deep).
+fn load_json_objects(text: &str, origin: &str) -> Result<Inventory, ManifestError> {
+    let syntax = |e: serde_json::Error| syntax_error(origin, Format::Json, json_position(&e), &e);
     let shape =
         DocShape::deserialize(&mut serde_json::Deserializer::from_str(text)).map_err(syntax)?;
     let mut collected = Collected::default();

@@ -350,17 +350,17 @@ fn split_entry(body: &str) -> Step<Option<(Cow<'_, str>, &str)>> {
             None => None,
         });
     }
-    let (key, rest) = match body.find(": ") {
-        Some(at) => (&body[..at], &body[at + 1..]),
-        None => match body.strip_suffix(':') {
-            Some(key) => (key, ""),
-            None => return Ok(None),
-        },
+    let bytes = body.as_bytes();
+    let colon =
+        (0..bytes.len()).find(|&i| bytes[i] == b':' && bytes.get(i + 1).is_none_or(|&b| b == b' '));
+    let Some(at) = colon else {
+        return Ok(None);
     };
+    let (key, rest) = (&body[..at], &body[at + 1..]);
     if key.is_empty()
         || key.len() > MAX_KEY_BYTES
         || key.ends_with(' ')
-        || key.contains(" #")
+        || has_comment(key)
         || key == "<<"
         || key.starts_with(INDICATORS)
         || !plain_is_string(key)
@@ -393,7 +393,7 @@ fn push_scalar(out: &mut String, text: &str) -> Step<()> {
         _ if is_decimal(text) => out.push_str(text),
         _ if text.starts_with(INDICATORS) => return Err(Decline),
         _ => {
-            if text.contains(": ") || text.ends_with(':') || text.contains(" #") {
+            if text.ends_with(':') || has_comment(text) || has_entry_colon(text) {
                 return Err(Decline);
             }
             match text {
@@ -405,6 +405,16 @@ fn push_scalar(out: &mut String, text: &str) -> Step<()> {
         }
     }
     Ok(())
+}
+
+/// Whether a plain scalar holds ` #` (where a comment would start).
+fn has_comment(text: &str) -> bool {
+    text.as_bytes().windows(2).any(|w| w == b" #")
+}
+
+/// Whether a plain scalar holds `: ` (where a mapping entry would start).
+fn has_entry_colon(text: &str) -> bool {
+    text.as_bytes().windows(2).any(|w| w == b": ")
 }
 
 /// A decimal integer without a leading zero, sign `-` at most, that fits an `i64`.
@@ -425,7 +435,7 @@ fn plain_is_string(text: &str) -> bool {
     const WORDS: [&str; 12] = [
         "true", "false", "yes", "no", "y", "n", "on", "off", "null", "inf", "infinity", "nan",
     ];
-    if text == "~" || WORDS.iter().any(|w| text.eq_ignore_ascii_case(w)) {
+    if text == "~" || (text.len() <= 8 && WORDS.iter().any(|w| text.eq_ignore_ascii_case(w))) {
         return false;
     }
     match text.as_bytes()[0] {
