@@ -231,7 +231,11 @@ fn load_yaml(text: &str, origin: &str) -> Result<Inventory, ManifestError> {
     }
     // kubectl's block YAML, the usual manifest, is rewritten as JSON and read by the JSON
     // reader, several times faster, when each of its nodes has one meaning in YAML (see
-    // [`block_json`]). Anything else, and every error, is left to the YAML reads below.
+    // [`block_json`]): a large list in runs of items on several threads, anything else whole.
+    // Anything else, and every error, is left to the YAML reads below.
+    if let Some(inventory) = load_list_rewritten(text) {
+        return Ok(inventory);
+    }
     if let Some(json) = block_json::to_json(text)
         && let Ok(inventory) = load_json_objects(&json, origin)
     {
@@ -309,6 +313,77 @@ fn load_yaml_parallel(text: &str, parts: usize) -> Option<Inventory> {
     let mut inventory = Inventory::default();
     for part in inventories {
         inventory.extend(part?);
+    }
+    Some(inventory)
+}
+
+/// A list is rewritten as JSON in runs of about this many bytes, one per thread at a time: the
+/// JSON of the runs being read is all the memory the rewrite adds.
+const REWRITE_RUN_BYTES: usize = 4 << 20;
+
+/// A `kind: List` document of at least 2 MiB, cut as [`load_yaml_parallel`] cuts it into runs of
+/// about [`REWRITE_RUN_BYTES`], each run rewritten as a JSON array ([`block_json::items_to_json`])
+/// and read as the list's items ([`one_pass::load_json_items`]) on one thread per CPU (at most
+/// 8), each taking the next run. The objects are those of the whole read, in order. `None`
+/// when the text cannot be split, or any run is outside the rewrite's subset or fails to read.
+fn load_list_rewritten(text: &str) -> Option<Inventory> {
+    let threads = parallel_parts(text.len());
+    let runs = (text.len() / REWRITE_RUN_BYTES).max(threads);
+    if runs < 2 {
+        return None;
+    }
+    load_runs_rewritten(text, runs, threads)
+}
+
+/// [`load_list_rewritten`] in `runs` runs on `threads` threads.
+fn load_runs_rewritten(text: &str, runs: usize, threads: usize) -> Option<Inventory> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let split = list_split::split(text, runs)?;
+    let context = one_pass::list_items_context(&split.skeleton, yaml_options(&split.skeleton))?;
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let work = || {
+        let mut read: Vec<(usize, Inventory)> = Vec::new();
+        while !failed.load(Ordering::Relaxed) {
+            let index = next.fetch_add(1, Ordering::Relaxed);
+            let Some(run) = split.runs.get(index) else {
+                break;
+            };
+            match block_json::items_to_json(run)
+                .and_then(|json| one_pass::load_json_items(&json, context).ok())
+            {
+                Some(inventory) => read.push((index, inventory)),
+                None => failed.store(true, Ordering::Relaxed),
+            }
+        }
+        read
+    };
+    let mut read: Vec<(usize, Inventory)> = std::thread::scope(|scope| {
+        let helpers: Vec<_> = (1..threads)
+            .filter_map(|_| {
+                std::thread::Builder::new()
+                    .name("lbctl-yaml".to_owned())
+                    .stack_size(8 << 20)
+                    .spawn_scoped(scope, work)
+                    .ok()
+            })
+            .collect();
+        let mut read = work();
+        for helper in helpers {
+            match helper.join() {
+                Ok(more) => read.extend(more),
+                Err(_) => failed.store(true, Ordering::Relaxed),
+            }
+        }
+        read
+    });
+    if failed.load(Ordering::Relaxed) || read.len() != split.runs.len() {
+        return None;
+    }
+    read.sort_unstable_by_key(|(index, _)| *index);
+    let mut inventory = Inventory::default();
+    for (_, part) in read {
+        inventory.extend(part);
     }
     Some(inventory)
 }
@@ -1332,6 +1407,28 @@ mod one_pass {
         resolved.map(|()| out)
     }
 
+    /// The objects of `json`, a JSON array of some of a list's items (a run of them rewritten
+    /// by `block_json::items_to_json`), read as that list's items.
+    pub(super) fn load_json_items(
+        json: &str,
+        context: ItemsContext,
+    ) -> Result<Inventory, serde_json::Error> {
+        let ItemsContext(context) = context;
+        INTERNER.set(Interner::new());
+        let mut deserializer = serde_json::Deserializer::from_str(json);
+        let items = ItemsSeed(context)
+            .deserialize(&mut deserializer)
+            .and_then(|items| deserializer.end().map(|()| items));
+        let mut out = Inventory::default();
+        let resolved = items.and_then(|items| {
+            INTERNER
+                .with_borrow_mut(|interner| resolve_items(items, context, &mut out, interner))
+                .map_err(serde::de::Error::custom)
+        });
+        INTERNER.set(Interner::new());
+        resolved.map(|()| out)
+    }
+
     fn api_version_of(kind: KnownKind) -> &'static str {
         match kind {
             KnownKind::Service | KnownKind::Node => "v1",
@@ -2001,6 +2098,21 @@ mod tests {
         let public = load_str(&text, "k.yaml").expect("loads");
         assert_eq!(public.services, careful.services);
         assert_eq!(public.endpoint_slices, careful.endpoint_slices);
+
+        for (runs, threads) in [(2, 1), (3, 2), (7, 3), (40, 2)] {
+            let read = load_runs_rewritten(&text, runs, threads)
+                .unwrap_or_else(|| panic!("not read in {runs} runs on {threads} threads"));
+            assert_eq!(read.services, careful.services, "{runs} runs");
+            assert_eq!(read.endpoint_slices, careful.endpoint_slices, "{runs} runs");
+            assert_eq!(read.nodes, careful.nodes, "{runs} runs");
+        }
+        // A run outside the subset (an anchor) leaves the list to the reads after.
+        let anchored = text.replacen("  kind: Deployment\n", "  kind: &k Deployment\n", 1);
+        assert!(load_runs_rewritten(&anchored, 3, 2).is_none());
+        assert_eq!(
+            load_str(&anchored, "k.yaml").expect("loads").services,
+            careful.services
+        );
 
         // A port the JSON reader refuses (a string) but the YAML reader takes: read as YAML,
         // the same objects. One neither takes: the YAML reader's error, at its line.

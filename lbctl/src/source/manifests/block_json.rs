@@ -37,14 +37,16 @@ type Step<T> = Result<T, Decline>;
 
 /// `text` as JSON, when it is in the subset.
 pub(super) fn to_json(text: &str) -> Option<String> {
-    let mut reader = Reader {
-        text,
-        pos: 0,
-        peeked: None,
-        out: String::with_capacity(text.len() + text.len() / 4),
-        keys: Vec::new(),
-    };
+    let mut reader = Reader::new(text);
     reader.document().ok()?;
+    Some(reader.out)
+}
+
+/// A run of a list's items (a block sequence at column 0, as `list_split` cuts them) as a
+/// JSON array, when it is in the subset.
+pub(super) fn items_to_json(run: &str) -> Option<String> {
+    let mut reader = Reader::new(run);
+    reader.items().ok()?;
     Some(reader.out)
 }
 
@@ -67,6 +69,28 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    fn new(text: &'a str) -> Self {
+        Self {
+            text,
+            pos: 0,
+            peeked: None,
+            out: String::with_capacity(text.len() + text.len() / 4),
+            keys: Vec::new(),
+        }
+    }
+
+    /// A sequence at column 0, and nothing else.
+    fn items(&mut self) -> Step<()> {
+        match self.peek()? {
+            Some(line) if line.indent == 0 && is_item(line.body) => self.sequence(0, 0)?,
+            _ => return Err(Decline),
+        }
+        match self.peek()? {
+            None => Ok(()),
+            Some(_) => Err(Decline),
+        }
+    }
+
     fn document(&mut self) -> Step<()> {
         if self.text.starts_with('\u{feff}') {
             return Err(Decline);
