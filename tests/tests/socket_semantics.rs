@@ -458,25 +458,7 @@ fn a_long_lived_connection_keeps_its_peer_through_many_newer_connections() {
     let keeper = Keeper::load(&s.config(), &Object::embedded().unwrap(), &[]).unwrap();
     let recent = TcpRecentView::open(&s);
 
-    // `quiet`: the probe does not ask for its peer when it connects.
-    let hold = |s: &Scratch, quiet: bool| {
-        let service = vip_held.to_string();
-        let mut args = vec!["hold", "tcp", service.as_str()];
-        if quiet {
-            args.push("quiet");
-        }
-        let mut held = Probe::spawn(Some(&s.cgroup), &args).unwrap();
-        let connected = if quiet {
-            "connected".to_owned()
-        } else {
-            format!("connected {vip_held}")
-        };
-        assert_eq!(held.read_lines(1).unwrap(), [connected]);
-        held.send("cookie").unwrap();
-        let line = held.read_lines(1).unwrap().remove(0);
-        let cookie: u64 = line.strip_prefix("cookie ").unwrap().parse().unwrap();
-        (held, cookie)
-    };
+    let hold = |s: &Scratch, quiet: bool| hold_tcp(s, vip_held, quiet);
     let (mut kept, kept_cookie) = hold(&s, true);
     assert!(
         recent.holds(kept_cookie),
@@ -492,25 +474,7 @@ fn a_long_lived_connection_keeps_its_peer_through_many_newer_connections() {
     let (mut late, late_cookie) = hold(&s, true);
     let (mut asked, asked_cookie) = hold(&s, false);
 
-    // Newer connections until the held sockets' elements were taken over (consecutive cookies
-    // cover the array's 1,024 elements; a few more rounds allow for cookies from other CPUs).
-    let mut rounds = 0;
-    while [kept_cookie, late_cookie, asked_cookie]
-        .iter()
-        .any(|c| recent.holds(*c))
-    {
-        rounds += 1;
-        assert!(
-            rounds <= 10,
-            "10,000 newer connects left an element of a held socket alone"
-        );
-        let out = Probe::run(Some(&s.cgroup), &["peer", "tcp", &vip.to_string(), "1000"]).unwrap();
-        assert_eq!(out.len(), 1000);
-        assert!(
-            out.iter().all(|o| *o == Outcome::Reached("t0".into())),
-            "{out:?}"
-        );
-    }
+    take_elements_over(&s, &recent, vip, &[kept_cookie, late_cookie, asked_cookie]);
     let mut many = Probe::spawn(
         Some(&s.cgroup),
         &["dgram-many", &vip_udp.to_string(), "3000"],
@@ -608,24 +572,7 @@ fn a_kept_socket_that_connects_again_is_judged_by_its_new_translation() {
     let recent = TcpRecentView::open(&s);
 
     // A holder on `vip_a`, kept in its storage by its own getpeername (`asked`) or by a pass.
-    let hold = |s: &Scratch, quiet: bool| {
-        let service = vip_a.to_string();
-        let mut args = vec!["hold", "tcp", service.as_str()];
-        if quiet {
-            args.push("quiet");
-        }
-        let mut held = Probe::spawn(Some(&s.cgroup), &args).unwrap();
-        let connected = if quiet {
-            "connected".to_owned()
-        } else {
-            format!("connected {vip_a}")
-        };
-        assert_eq!(held.read_lines(1).unwrap(), [connected]);
-        held.send("cookie").unwrap();
-        let line = held.read_lines(1).unwrap().remove(0);
-        let cookie: u64 = line.strip_prefix("cookie ").unwrap().parse().unwrap();
-        (held, cookie)
-    };
+    let hold = |s: &Scratch, quiet: bool| hold_tcp(s, vip_a, quiet);
     let reconnect = |held: &mut Probe, quiet: bool| {
         held.send(&format!("reconnect {vip_b}")).unwrap();
         let connected = if quiet {
@@ -655,23 +602,7 @@ fn a_kept_socket_that_connects_again_is_judged_by_its_new_translation() {
         "the pass copies the quiet socket's new translation over its old one"
     );
 
-    // Newer connections until both elements were taken over (as in the test above).
-    let mut rounds = 0;
-    while [asked_cookie, quiet_cookie]
-        .iter()
-        .any(|c| recent.holds(*c))
-    {
-        rounds += 1;
-        assert!(
-            rounds <= 10,
-            "10,000 newer connects left an element of a held socket alone"
-        );
-        let out = Probe::run(Some(&s.cgroup), &["peer", "tcp", &vip.to_string(), "1000"]).unwrap();
-        assert!(
-            out.iter().all(|o| *o == Outcome::Reached("t0".into())),
-            "{out:?}"
-        );
-    }
+    take_elements_over(&s, &recent, vip, &[asked_cookie, quiet_cookie]);
     for (held, why) in [
         (&mut asked, "its getpeername kept the new translation"),
         (&mut quiet, "the pass kept the new translation"),
@@ -704,6 +635,47 @@ fn a_kept_socket_that_connects_again_is_judged_by_its_new_translation() {
         held.finish_raw().unwrap();
     }
     drop(server);
+}
+
+/// A TCP connection to `service` from the scratch cgroup that stays open, and its socket
+/// cookie. `quiet`: the probe does not ask for its peer when it connects.
+fn hold_tcp(s: &Scratch, service: SocketAddr, quiet: bool) -> (Probe, u64) {
+    let service_arg = service.to_string();
+    let mut args = vec!["hold", "tcp", service_arg.as_str()];
+    if quiet {
+        args.push("quiet");
+    }
+    let mut held = Probe::spawn(Some(&s.cgroup), &args).unwrap();
+    let connected = if quiet {
+        "connected".to_owned()
+    } else {
+        format!("connected {service}")
+    };
+    assert_eq!(held.read_lines(1).unwrap(), [connected]);
+    held.send("cookie").unwrap();
+    let line = held.read_lines(1).unwrap().remove(0);
+    let cookie: u64 = line.strip_prefix("cookie ").unwrap().parse().unwrap();
+    (held, cookie)
+}
+
+/// Newer connections through `vip` (to its one backend, `t0`) until no element of
+/// `lb_tcp_recent` holds any of `cookies` (consecutive cookies cover the array's 1,024
+/// elements; a few more rounds allow for cookies from other CPUs).
+fn take_elements_over(s: &Scratch, recent: &TcpRecentView, vip: SocketAddr, cookies: &[u64]) {
+    let mut rounds = 0;
+    while cookies.iter().any(|c| recent.holds(*c)) {
+        rounds += 1;
+        assert!(
+            rounds <= 10,
+            "10,000 newer connects left an element of a held socket alone"
+        );
+        let out = Probe::run(Some(&s.cgroup), &["peer", "tcp", &vip.to_string(), "1000"]).unwrap();
+        assert_eq!(out.len(), 1000);
+        assert!(
+            out.iter().all(|o| *o == Outcome::Reached("t0".into())),
+            "{out:?}"
+        );
+    }
 }
 
 /// Reads the elements of a scratch datapath's `lb_tcp_recent`.
