@@ -346,15 +346,20 @@ fn is_item(body: &str) -> bool {
     body == "-" || body.starts_with("- ")
 }
 
-/// Characters YAML does not allow in a stream (tabs and carriage returns are allowed, but
-/// change what the lines mean: left to the YAML reader too).
+/// Characters YAML does not allow in a stream, and those some YAML versions take as line
+/// breaks (NEL, LS, PS); tabs and carriage returns are allowed, but change what the lines mean:
+/// all left to the YAML reader.
 fn check_printable(raw: &str) -> Step<()> {
     if raw.bytes().any(|b| b < 0x20 || b == 0x7f) {
         return Err(Decline);
     }
     if !raw.is_ascii()
         && raw.chars().any(|c| {
-            matches!(c, '\u{80}'..='\u{84}' | '\u{86}'..='\u{9f}' | '\u{feff}' | '\u{fffe}' | '\u{ffff}')
+            matches!(
+                c,
+                '\u{80}'
+                    ..='\u{9f}' | '\u{2028}' | '\u{2029}' | '\u{feff}' | '\u{fffe}' | '\u{ffff}'
+            )
         })
     {
         return Err(Decline);
@@ -679,6 +684,8 @@ mod tests {
             "a:\n\tb: 1\n",
             "a: 1\r\n",
             "a: \u{1}\n",
+            "a: x\u{85}y\n",
+            "a: x\u{2028}y\n",
             "---\na: 1\n",
             "%YAML 1.2\n---\na: 1\n",
             "a: long\n  continued\n",
