@@ -354,23 +354,32 @@ pub fn reverse(ctx: &SockAddrContext, peer: &Addr, port: u16, hook: u8) -> Optio
 
 /// Keeps the calling TCP socket's translation, which `element` of `lb_tcp_recent` holds, in
 /// the socket's storage: a socket that asked for its peer once keeps it for its life, whether or
-/// not a keeping pass reaches its network namespace. New storage is created from the element
-/// (the kernel copies it in); storage the socket had (kept before it connected again) is
-/// overwritten with it. When a connect took the element over meanwhile, the storage is deleted
-/// (its copy may be torn; the element was the newer translation). A failure costs nothing but
+/// not a keeping pass reaches its network namespace. Storage the socket has (kept before it
+/// connected again, after `connect(AF_UNSPEC)`, or by an earlier `getpeername`) is overwritten
+/// with a whole copy of the element's translation when it differs, never deleted. Otherwise
+/// new storage is created from the element (the kernel copies it in) and deleted again when a
+/// connect took the element over meanwhile (the copy may be torn). A failure costs nothing but
 /// the keeping.
 #[inline(always)]
 fn keep(ctx: &SockAddrContext, element: *const lb_common::TcpRecent, cookie: u64) {
+    // SAFETY: a lookup without create of the calling socket's own storage.
+    let st = unsafe { SOCKS.get_ptr_mut(ctx) };
+    if !st.is_null() {
+        if let Some(translation) = maps::recent_tcp(cookie) {
+            // SAFETY: non-null storage of this socket, compared and written whole.
+            unsafe {
+                if *st != translation {
+                    *st = translation;
+                }
+            }
+        }
+        return;
+    }
     // SAFETY: lookup-or-create of the calling socket's own storage, initialised from the
     // element (a map value pointer, which the helper accepts as the initial value).
     let st =
         unsafe { SOCKS.get_or_insert_ptr_mut(ctx, Some(&mut (*element.cast_mut()).translation)) };
-    if st.is_null() {
-        return;
-    }
-    // SAFETY: non-null storage of this socket, written whole from the element (a map value).
-    unsafe { *st = (*element).translation };
-    if !maps::still_recent(element, cookie) {
+    if !st.is_null() && !maps::still_recent(element, cookie) {
         // SAFETY: `sk` of the hook's context is the calling socket, whose storage this deletes.
         let _ = unsafe { SOCKS.delete((*ctx.sock_addr).__bindgen_anon_1.sk) };
     }
