@@ -308,10 +308,13 @@ async fn add_modify_delete_are_reflected_and_signalled() {
 
     // Add.
     server.apply(&service("default", "api", "10.96.0.20", 443));
-    within("change signalled", rx.changed())
+    // The store changes before the generation is bumped, so each step waits for both: the
+    // snapshot showing the change, and the generation counting it.
+    let g_added = within("add signalled", rx.wait_for(|s| s.generation > g0))
         .await
-        .expect("alive");
-    assert!(rx.borrow_and_update().generation > g0);
+        .expect("alive")
+        .generation;
+    assert_eq!(g_added, g0 + 1, "one generation for one change");
     wait_until(&source, "api added", |s| {
         names(&s.snapshot().services).contains(&"default/api".to_string())
     })
@@ -340,9 +343,15 @@ async fn add_modify_delete_are_reflected_and_signalled() {
         api_port == Some(8443) && web_endpoints == Some(3)
     })
     .await;
+    let g1 = within(
+        "both modifications signalled",
+        rx.wait_for(|s| s.generation >= g_added + 2),
+    )
+    .await
+    .expect("alive")
+    .generation;
 
     // Delete.
-    let g1 = rx.borrow_and_update().generation;
     server
         .delete(Kind::Service, "default", "web")
         .expect("web exists");
@@ -355,10 +364,12 @@ async fn add_modify_delete_are_reflected_and_signalled() {
             && names(&inv.endpoint_slices) == ["default/web-abc"]
     })
     .await;
-    assert!(
-        rx.borrow().generation >= g1 + 2,
-        "one generation per change"
-    );
+    within(
+        "one generation per deletion",
+        rx.wait_for(|s| s.generation >= g1 + 2),
+    )
+    .await
+    .expect("alive");
 
     // Every change was a watch event: still exactly one list per resource.
     for (resource, stats) in source.stats() {
