@@ -541,12 +541,15 @@ async fn node_watch_is_limited_to_this_node() {
     server.apply(&node("node-a", "zone-7"));
     server.apply(&node("node-d", "zone-4"));
     server.apply(&node("node-b", "zone-5"));
+    // Events are counted after the store changes: wait for both. The watch delivers in order,
+    // so node-a's and node-d's events, were they seen, would be counted before node-b's.
     wait_until(&source, "own node modified", |s| {
         s.snapshot()
             .nodes
             .first()
             .and_then(|n| Some(n.zone.as_deref()?.to_owned()))
             == Some("zone-5".to_string())
+            && stats_of(s, WatchedResource::Nodes).events > events_before
     })
     .await;
     assert_eq!(names(&source.snapshot().nodes), ["/node-b"]);
@@ -895,15 +898,16 @@ async fn reads_share_the_stored_objects_and_a_relist_replaces_them_whole() {
         "ownership changes with the listed set, not before"
     );
     server.hold_lists(Kind::EndpointSlice, false);
+    // A list is counted after its objects are swapped in: wait for both.
     wait_until(&source, "slices relisted", |s| {
         names(&s.snapshot().endpoint_slices) == ["default/web-abc"]
+            && stats_of(s, WatchedResource::EndpointSlices).lists >= 2
     })
     .await;
     assert_eq!(
         stats_of(&source, WatchedResource::EndpointSlices).objects,
         1
     );
-    assert!(stats_of(&source, WatchedResource::EndpointSlices).lists >= 2);
     // The relabelled slice now belongs to api; dns has nothing left.
     assert!(source.objects_of(&web).endpoint_slices.is_empty());
     let api = source.objects_of(&BTreeSet::from([svc_ref("default", "api")]));
