@@ -11,6 +11,14 @@
 # AGENT_ARGS (word-split) is passed to the agent, e.g. AGENT_ARGS="--max-affinity 4096" to
 # compare map capacities.
 #
+# PROFILE=1 also samples the whole machine with perf (cpu-clock, PROFILE_HZ per second, default
+# 20,000) while each destination's connects run, and prints, for every lbctl program, where its
+# samples fell: by the source line of `bpftool prog dump xlated ... linum` that the JIT code came
+# from (tests/bpf-jit-lines.py maps JIT offsets to instructions). A sample lands just after the
+# instruction that stalled, so a load that misses the cache shows on the line that uses it. The
+# first line (the program's attribute) is the prologue every program pays, an empty one too.
+# perf's own interrupts slow the programs, so PROFILE's ns/run are not figures to quote.
+#
 # Everything it creates (cgroup, pin directory, agent, server, temp dir) is removed on exit, also
 # on Ctrl-C, SIGTERM and SIGHUP, and kernel.bpf_stats_enabled is restored. The programs are found
 # from the pinned links, whatever lbctl attaches. `cargo xtask bench` reports the same figure
@@ -24,6 +32,11 @@ PROBE=$BIN/lb-probe
 [ "$(id -u)" = 0 ] || { echo "kernel-time: needs root (BPF, cgroups)" >&2; exit 1; }
 [ -x "$LBCTL" ] && [ -x "$PROBE" ] || { echo "kernel-time: build first: $LBCTL, $PROBE" >&2; exit 1; }
 command -v bpftool >/dev/null || { echo "kernel-time: bpftool missing (cargo xtask setup)" >&2; exit 1; }
+if [ -n "${PROFILE:-}" ]; then
+    command -v perf >/dev/null || { echo "kernel-time: PROFILE needs perf (Debian: linux-perf)" >&2; exit 1; }
+    command -v python3 >/dev/null || { echo "kernel-time: PROFILE needs python3" >&2; exit 1; }
+fi
+HERE=$(cd "$(dirname "$0")" && pwd)
 
 CG_ROOT=$(awk '$9 == "cgroup2" { print $5; exit }' /proc/self/mountinfo)
 [ -n "$CG_ROOT" ] || { echo "kernel-time: no cgroup2 mount in /proc/self/mountinfo" >&2; exit 1; }
@@ -131,7 +144,10 @@ snapshot() {
 measure() {
     local label=$1 target=$2
     snapshot >"$TMP/before"
-    echo go | sh -c 'echo $$ > "$1/cgroup.procs"; shift; exec "$@"' sh "$CG" "$PROBE" tcp "$target" "$N" >"$TMP/probe.out"
+    local perf=()
+    [ -n "${PROFILE:-}" ] &&
+        perf=(perf record -q -a -e cpu-clock -F "${PROFILE_HZ:-20000}" -o "$TMP/perf.data" --)
+    echo go | "${perf[@]}" sh -c 'echo $$ > "$1/cgroup.procs"; shift; exec "$@"' sh "$CG" "$PROBE" tcp "$target" "$N" >"$TMP/probe.out"
     snapshot >"$TMP/after"
     local ok
     ok=$(grep -c ' ok \|^ok ' "$TMP/probe.out" || true)
@@ -140,6 +156,52 @@ measure() {
         { dt = $4 - $2; dc = $5 - $3; total += dt
           if (dc > 0) printf "  %-16s %8d runs %8.1f ns/run\n", $1, dc, dt / dc }
         END { printf "  BPF time per connection: %.1f ns\n", total / n }'
+    [ -z "${PROFILE:-}" ] || profile
+}
+
+# Where each program's perf samples of the last measure() fell, by source line (see PROFILE).
+profile() {
+    perf script -i "$TMP/perf.data" -F ip,sym,symoff 2>/dev/null | awk '{ print $2 }' \
+        | grep '^bpf_prog_' >"$TMP/samples" || true
+    programs | while read -r _ id; do
+        local name
+        name=$(bpftool -j prog show id "$id" | jq -r .name)
+        python3 "$HERE/bpf-jit-lines.py" "$id" >"$TMP/lines"
+        bpftool prog dump xlated id "$id" linum >"$TMP/xlated"
+        grep "_$name+0x" "$TMP/samples" | sed 's/.*+0x//' >"$TMP/offsets" || true
+        awk -v name="$name" -v hz="${PROFILE_HZ:-20000}" '
+            function hex(h,   v, i) {
+                v = 0
+                for (i = 1; i <= length(h); i++) v = v * 16 + index("0123456789abcdef", substr(h, i, 1)) - 1
+                return v
+            }
+            FILENAME == ARGV[1] { rec_off[nrec] = hex($1); rec_insn[nrec++] = $2; next }
+            FILENAME == ARGV[2] {
+                if ($0 ~ /^; /) {
+                    code = $0; sub(/^; /, "", code); sub(/ \[file:.*/, "", code)
+                    file = $0; sub(/.*\[file:/, "", file); sub(/ line_num:.*/, "", file)
+                    sub(/.*\//, "", file)
+                    line = $0; sub(/.*line_num:/, "", line); sub(/ .*/, "", line)
+                    src = file ":" line "  " code
+                } else if ($1 ~ /^[0-9]+:$/) { insn = $1; sub(/:/, "", insn); at[insn] = src }
+                next
+            }
+            {
+                off = hex($1); best = 0
+                for (i = 0; i < nrec; i++) if (rec_off[i] <= off) best = i; else break
+                hits[at[rec_insn[best]]]++; total++
+            }
+            END {
+                if (!total) exit
+                printf "  %s: %d samples (%.1f ms at %d Hz), by source line:\n", name, total, total * 1000 / hz, hz
+                n = 0; for (s in hits) keys[n++] = s
+                for (i = 0; i < n && i < 12; i++) {
+                    m = i; for (j = i + 1; j < n; j++) if (hits[keys[j]] > hits[keys[m]]) m = j
+                    t = keys[i]; keys[i] = keys[m]; keys[m] = t
+                    printf "    %5d %5.1f%%  %s\n", hits[keys[i]], 100 * hits[keys[i]] / total, substr(keys[i], 1, 100)
+                }
+            }' "$TMP/lines" "$TMP/xlated" "$TMP/offsets"
+    done
 }
 
 sysctl -qw kernel.bpf_stats_enabled=1
