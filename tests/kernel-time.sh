@@ -15,8 +15,10 @@
 # 20,000) while each destination's connects run, and prints, for every lbctl program, where its
 # samples fell: by the source line of `bpftool prog dump xlated ... linum` that the JIT code came
 # from (tests/bpf-jit-lines.py maps JIT offsets to instructions). A sample lands just after the
-# instruction that stalled, so a load that misses the cache shows on the line that uses it. The
-# first line (the program's attribute) is the prologue every program pays, an empty one too.
+# instruction that stalled, so a load that misses the cache shows on the line that uses it; loads
+# overlap, so one that takes many samples may cost little once it is gone (check with a build
+# that leaves it out: BENCHMARKS.md has such knock-outs). The first line (the program's
+# attribute) is the prologue every program pays, an empty one too.
 # perf's own interrupts slow the programs, so PROFILE's ns/run are not figures to quote.
 #
 # Everything it creates (cgroup, pin directory, agent, server, temp dir) is removed on exit, also
