@@ -16,7 +16,7 @@ import sys
 BPF_PROG_GET_FD_BY_ID = 13
 BPF_OBJ_GET_INFO_BY_FD = 15
 SYS_BPF = 321  # x86_64
-INFO_SIZE = 232  # struct bpf_prog_info up to prog_tags/run_cnt and what follows, as of 6.x
+INFO_SIZE = 232  # sizeof(struct bpf_prog_info) in the 6.x UAPI (the kernel takes a shorter or longer one)
 
 libc = ctypes.CDLL(None, use_errno=True)
 
