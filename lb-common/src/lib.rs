@@ -32,9 +32,10 @@
 ///
 /// Retiring a map ([`RETIRED_MAPS`]) is no layout change: the maps that stay keep their keys,
 /// values and flags, so programs of either side of an upgrade (or a rollback) run on them.
-/// Adding one ([`TCP_RECENT_MAP`], [`TCP_PORTS_MAP`], [`V4_FILTER_MAP`]) is none either: an
-/// upgraded agent creates it beside the pinned maps, and the programs of an older one never look
-/// at it.
+/// Adding one ([`TCP_RECENT_MAP`], [`TCP_PORTS_MAP`], [`V4_FILTER_MAP`], [`V4_MASTERS_MAP`]) is
+/// none either: an upgraded agent creates it beside the pinned maps, and the programs of an older
+/// one never look at it (an older agent does not keep [`V4_MASTERS_MAP`] either, so a newer one
+/// refills it from the masters before its programs run on it).
 pub const LAYOUT_VERSION: u32 = 5;
 
 /// Map names (also the file names under the pin directory).
@@ -78,6 +79,65 @@ pub const TCP_PORTS_MAP: &str = "lb_tcp_backend_ports";
 pub const V4_FILTER_MAP: &str = "lb_v4_filter";
 /// `u64` words of [`V4_FILTER_MAP`]'s element: 65,536 bits, one per IPv4 /16.
 pub const V4_FILTER_WORDS: usize = 1024;
+
+/// A direct-mapped cache of the IPv4 masters of [`SERVICES_MAP`]: an array of
+/// [`V4MasterEntry`] (`BPF_F_MMAPABLE`, written by the agent through a mapping), indexed by
+/// [`v4_master_index`] of the frontend's [`v4_master_word`]. The forward hooks look an IPv4
+/// frontend up here first (an array lookup the verifier inlines: an index, one cache line) and
+/// in the hash map only when the element holds another frontend or none, which saves about a
+/// third of a service connect's BPF time (BENCHMARKS.md). The agent writes an element right
+/// after the master it caches (in the same ordering phase) and clears it right before the
+/// master is deleted; of two frontends with the same index the first one written keeps the
+/// element and the other is looked up in the hash map. An empty array (a new map, an upgrade)
+/// only means lookups in the hash map; the agent fills it from the masters before its programs
+/// run on it.
+pub const V4_MASTERS_MAP: &str = "lb_v4_masters";
+/// Elements of [`V4_MASTERS_MAP`]: 2^16 (32 bytes each, 2 MiB), a fixed size the programs
+/// index by the top 16 bits of a multiplicative hash.
+pub const V4_MASTERS_ENTRIES: u32 = 1 << 16;
+
+/// [`V4MasterEntry::word`] bits.
+pub mod v4_master {
+    /// Set while the element caches a master (the key bits below name its frontend).
+    pub const VALID: u64 = 1 << 56;
+    /// The frontend's key and [`VALID`]: what a reader compares.
+    pub const KEY_MASK: u64 = (1 << 57) - 1;
+    /// The element's version (7 bits from here), bumped by every change of the element, so a
+    /// reader that finds the same word before and after reading the master knows no write
+    /// happened in between (the same key rewritten with another master changes the word too).
+    pub const VERSION_SHIFT: u32 = 57;
+}
+
+/// The key word of an IPv4 frontend in [`V4_MASTERS_MAP`]: its address (the four bytes in
+/// network order, read as a native `u32`, as the programs load it from the context) in bits
+/// 0-31, its port (network order) in 32-47, its protocol in 48-55, and [`v4_master::VALID`].
+#[inline(always)]
+pub const fn v4_master_word(ip4: u32, port: u16, proto: u8) -> u64 {
+    ip4 as u64 | (port as u64) << 32 | (proto as u64) << 48 | v4_master::VALID
+}
+
+/// The element of [`V4_MASTERS_MAP`] a frontend's key word belongs in: the top 16 bits of a
+/// multiplicative (Fibonacci) hash.
+#[inline(always)]
+pub const fn v4_master_index(word: u64) -> u32 {
+    (word.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 48) as u32
+}
+
+/// Element of [`V4_MASTERS_MAP`]. The agent changes one in three steps: `word` to the bumped
+/// version without [`v4_master::VALID`], then `master`, then `word` to the key, the valid bit and
+/// that version (clearing one is the first step alone). A program takes `master` only when
+/// `word` is its frontend's key with the valid bit, and is the very same word once `master` is
+/// read: otherwise a write crossed the read, and it looks the frontend up in [`SERVICES_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct V4MasterEntry {
+    /// Key, valid bit and version ([`v4_master`]).
+    pub word: u64,
+    /// The master [`SERVICES_MAP`] holds for the frontend.
+    pub master: ServiceValue,
+    /// Reserved (0): 32 bytes, so an element never straddles a cache line.
+    pub pad: u64,
+}
 
 /// The word of [`V4_FILTER_MAP`] and the bit in it of the IPv4 /16 `prefix` (the address's
 /// first two bytes, the first one high).
@@ -503,6 +563,7 @@ macro_rules! assert_layout {
 
 assert_layout!(ServiceKey, 20, address @ 0, port @ 16, proto @ 18, scope @ 19);
 assert_layout!(ServiceValue, 16, slot_base @ 0, count @ 4, flags @ 6, frontend_id @ 8, affinity_timeout @ 12);
+assert_layout!(V4MasterEntry, 32, word @ 0, master @ 8, pad @ 24);
 assert_layout!(Backend, 20, address @ 0, port @ 16, proto @ 18, flags @ 19);
 assert_layout!(RevNat, 48, service_address @ 0, backend_address @ 16, service_port @ 32,
     backend_port @ 34, proto @ 36, pad @ 37, frontend_id @ 40, backend_id @ 44);
@@ -527,6 +588,8 @@ mod pod {
     unsafe impl aya::Pod for super::ServiceKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ServiceValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::V4MasterEntry {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Backend {}
     // SAFETY: as above.

@@ -55,9 +55,16 @@ pub fn service_key(address: &Addr, port: u16, proto: u8) -> ServiceKey {
     }
 }
 
-/// The master of `key`'s frontend.
+/// The master of `key`'s frontend: for an IPv4 frontend from `lb_v4_masters` when it caches
+/// it, else from `lb_services`.
 #[inline(always)]
 pub fn master(key: &mut ServiceKey) -> Option<ServiceValue> {
+    let address = from_bytes(&key.address);
+    if sock::is_mapped4(&address)
+        && let Some(master) = maps::cached_v4_master(address[3], key.port, key.proto)
+    {
+        return Some(master);
+    }
     // SAFETY: the pointer comes from a successful lookup and is read once, by value.
     SERVICES.get_ptr(&*key).map(|p| unsafe { *p })
 }

@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     AffinityKey, AffinityValue, Backend, FrontendName, FrontendStats, MemberKey, MonitorEvent,
-    RevNat, ServiceKey, ServiceValue, TcpRecent, meta,
+    RevNat, ServiceKey, ServiceValue, TcpRecent, V4MasterEntry, meta, v4_master,
 };
 
 /// Map flags of the service and membership tables: none, so the kernel preallocates
@@ -33,6 +33,33 @@ pub static SERVICES: HashMap<
 /// `BPF_F_MMAPABLE`: user space can map the array and read it without a system call per element
 /// (adopting maps and `lbctl status` read every element of `lb_backends`).
 const MMAPABLE: usize = 1 << 10;
+
+/// The IPv4 masters of [`SERVICES`], direct-mapped (`lb_common::V4_MASTERS_MAP`): the agent
+/// writes it through a shared mapping.
+#[btf_map(name = "lb_v4_masters")]
+pub static V4_MASTERS: Array<V4MasterEntry, { lb_common::V4_MASTERS_ENTRIES as usize }, MMAPABLE> =
+    Array::new();
+
+/// The master of the IPv4 frontend `ip4` (network order, as loaded from the context), `port`
+/// (network order), `proto`, when [`V4_MASTERS`] caches it: the element's word names this
+/// frontend, and is the same word after the master is read (see `lb_common::V4MasterEntry`).
+/// `None`: look it up in [`SERVICES`].
+#[inline(always)]
+pub fn cached_v4_master(ip4: u32, port: u16, proto: u8) -> Option<ServiceValue> {
+    let want = lb_common::v4_master_word(ip4, port, proto);
+    let p = V4_MASTERS.get_ptr(lb_common::v4_master_index(want))?;
+    // SAFETY: the pointer comes from a successful array lookup; the element is only read, its
+    // word by two volatile reads around a volatile read of the master (the compiler keeps the
+    // three in order; the x86 JIT's loads are not reordered with each other).
+    unsafe {
+        let word = core::ptr::read_volatile(&raw const (*p).word);
+        if word & v4_master::KEY_MASK != want {
+            return None;
+        }
+        let master = core::ptr::read_volatile(&raw const (*p).master);
+        (core::ptr::read_volatile(&raw const (*p).word) == word).then_some(master)
+    }
+}
 
 /// Backend id -> address and port: an array (a lookup is an index, an update a copy into the
 /// element, no hash, no free list). An element with `proto == 0` is no backend.

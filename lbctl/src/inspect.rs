@@ -7,7 +7,9 @@ use aya::{
     programs::links::{FdLink, PinnedLink},
 };
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
-use lb_common::{AFFINITY_MAP, BACKENDS_MAP, SERVICES_MAP, SLOTS_MAP, meta, service_flags};
+use lb_common::{
+    AFFINITY_MAP, BACKENDS_MAP, SERVICES_MAP, SLOTS_MAP, V4_MASTERS_MAP, meta, service_flags,
+};
 use serde::Serialize;
 
 use crate::{
@@ -272,6 +274,11 @@ pub fn status(pin_dir: &Path) -> Result<Status, InspectError> {
                 map: SERVICES_MAP,
                 entries: frontends,
                 capacity: capacity(SERVICES_MAP),
+            },
+            MapFill {
+                map: V4_MASTERS_MAP,
+                entries: maps.cached_v4_masters()?.len(),
+                capacity: capacity(V4_MASTERS_MAP),
             },
             MapFill {
                 map: SLOTS_MAP,

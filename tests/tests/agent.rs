@@ -183,6 +183,7 @@ fn a_killed_agent_restarts_without_failed_connects_or_stale_entries() {
         fill,
         vec![
             ("lb_services".to_owned(), 1),
+            ("lb_v4_masters".to_owned(), 1),
             ("lb_slots".to_owned(), 2),
             ("lb_backends".to_owned(), 2),
             ("lb_affinity".to_owned(), 0),

@@ -780,3 +780,168 @@ fn the_record_keeps_the_cgroup_the_links_are_attached_to() {
         .expect("recorded");
     assert_eq!(recorded.attach_point.path, s.cgroup.path());
 }
+
+/// What `lb_v4_masters` must say of `lb_services`: every master it caches is the one the hash
+/// map holds for that frontend, and (`complete`) every element some IPv4 master belongs in
+/// caches one of them. Returns the cached key words.
+fn check_v4_masters(pins: &std::path::Path, complete: bool) -> BTreeMap<u64, u32> {
+    use lbctl::datapath::{LbMaps as _, v4masters::word_of};
+    let maps = lbctl::datapath::Maps::open_read_only(pins).unwrap();
+    let masters: BTreeMap<u64, lb_common::ServiceValue> = maps
+        .dump()
+        .unwrap()
+        .services
+        .iter()
+        .filter_map(|(k, v)| word_of(k).map(|w| (w, *v)))
+        .collect();
+    let cached = maps.cached_v4_masters().unwrap();
+    for (word, master) in &cached {
+        assert_eq!(
+            masters.get(word),
+            Some(master),
+            "lb_v4_masters caches {word:#x} with {master:?}; lb_services holds another master or none"
+        );
+    }
+    let elements: std::collections::BTreeSet<u32> = masters
+        .keys()
+        .map(|w| lb_common::v4_master_index(*w))
+        .collect();
+    if complete {
+        assert_eq!(
+            cached.len(),
+            elements.len(),
+            "every element an IPv4 master belongs in caches one"
+        );
+    }
+    cached.iter().map(|(w, m)| (*w, m.frontend_id)).collect()
+}
+
+/// `lb_v4_masters`, the direct-mapped cache of the IPv4 masters the programs read before
+/// `lb_services`, agrees with it through applies that add, change and delete frontends (with
+/// pairs of frontends that share an element: one is cached, the other served from the hash
+/// map alone, and both reach their own backends). A cache gone stale behind the agent's back
+/// (what an older agent, which does not keep it, would leave) is used by the programs until an
+/// agent starts on the maps and brings it back in step before anything else.
+#[test]
+fn the_v4_master_cache_agrees_with_the_services_table() {
+    use lb_common::{IPPROTO_TCP, v4_master_index, v4_master_word};
+    let mut s = Scratch::new("v4cache").unwrap();
+    let b = Backends::tcp(LOCALHOST4, &["b0", "b1", "b2"]).unwrap();
+    let names = ["b0", "b1", "b2"];
+    let word = |vip: SocketAddr| {
+        let IpAddr::V4(v4) = vip.ip() else {
+            unreachable!()
+        };
+        v4_master_word(
+            u32::from_ne_bytes(v4.octets()),
+            vip.port().to_be(),
+            IPPROTO_TCP,
+        )
+    };
+    // 600 frontends in 10.97.0.0/16, and for 20 of them a frontend in 10.98.0.0/16 with the
+    // same element (found by port).
+    let plain: Vec<SocketAddr> = (0..600u32)
+        .map(|i| SocketAddr::new(Ipv4Addr::new(10, 97, (i >> 8) as u8, i as u8).into(), 80))
+        .collect();
+    let twins: Vec<SocketAddr> = plain[..20]
+        .iter()
+        .enumerate()
+        .map(|(i, vip)| {
+            let index = v4_master_index(word(*vip));
+            (1..=u16::MAX)
+                .map(|port| SocketAddr::new(Ipv4Addr::new(10, 98, 0, i as u8).into(), port))
+                .find(|twin| v4_master_index(word(*twin)) == index)
+                .expect("a port whose frontend shares the element")
+        })
+        .collect();
+    let mut desired = Desired::default();
+    for (i, vip) in plain.iter().chain(&twins).enumerate() {
+        desired.insert(*vip, Protocol::Tcp, vec![b.addr(names[i % 3])]);
+    }
+    desired.insert(sa("[fd00::40]:80"), Protocol::Tcp, b.addrs());
+    s.datapath.apply(&desired).unwrap();
+    let cached = check_v4_masters(s.pins.path(), true);
+    assert_eq!(cached.len(), 600, "one of each pair is cached");
+    for (i, (vip, twin)) in plain.iter().zip(&twins).enumerate() {
+        assert!(
+            cached.contains_key(&word(*vip)) != cached.contains_key(&word(*twin)),
+            "exactly one of {vip} and {twin} is cached"
+        );
+        for (j, addr) in [(i, vip), (600 + i, twin)] {
+            let out = Probe::run(Some(&s.cgroup), &["tcp", &addr.to_string(), "1"]).unwrap();
+            assert_eq!(out, vec![Outcome::Reached(names[j % 3].into())], "{addr}");
+        }
+    }
+
+    // Change a third (new masters: new ranges, another backend), delete a third (some twins of
+    // each pair among them), keep a third.
+    let mut desired = Desired::default();
+    for (i, vip) in plain.iter().chain(&twins).enumerate() {
+        match i % 3 {
+            0 => {}
+            1 => {
+                desired.insert(*vip, Protocol::Tcp, vec![b.addr(names[(i + 2) % 3])]);
+            }
+            _ => {
+                desired.insert(*vip, Protocol::Tcp, vec![b.addr(names[i % 3])]);
+            }
+        }
+    }
+    desired.insert(sa("[fd00::40]:80"), Protocol::Tcp, b.addrs());
+    s.datapath.apply(&desired).unwrap();
+    check_v4_masters(s.pins.path(), false);
+    for (i, vip) in plain.iter().chain(&twins).enumerate() {
+        if i % 3 == 1 && i % 10 == 1 {
+            let out = Probe::run(Some(&s.cgroup), &["tcp", &vip.to_string(), "1"]).unwrap();
+            assert_eq!(
+                out,
+                vec![Outcome::Reached(names[(i + 2) % 3].into())],
+                "{vip}"
+            );
+        }
+    }
+
+    // An element made stale behind the agent's back: a kept frontend's element holds another
+    // frontend's master, which the programs take.
+    let (victim, donor) = (plain[2], plain[4]);
+    let (victim_reaches, donor_reaches) = (names[2], names[(4 + 2) % 3]);
+    assert_ne!(victim_reaches, donor_reaches);
+    {
+        let mut maps = lbctl::datapath::Maps::open(s.pins.path()).unwrap();
+        let donor_master = maps
+            .services
+            .get(&lb_key(donor), 0)
+            .expect("the donor's master");
+        let index = v4_master_index(word(victim));
+        let array = maps.v4_masters.as_mut().expect("lb_v4_masters is pinned");
+        let mut entry = array.get(&index, 0).unwrap();
+        assert_eq!(entry.word & lb_common::v4_master::KEY_MASK, word(victim));
+        entry.master = donor_master;
+        array.set(index, entry, 0).unwrap();
+    }
+    let out = Probe::run(Some(&s.cgroup), &["tcp", &victim.to_string(), "1"]).unwrap();
+    assert_eq!(
+        out,
+        vec![Outcome::Reached(donor_reaches.into())],
+        "the programs read the cache"
+    );
+    let again = Datapath::install(&s.config()).unwrap();
+    assert_eq!(again.installed(), Installed::Adopted);
+    drop(std::mem::replace(&mut s.datapath, again));
+    check_v4_masters(s.pins.path(), true);
+    let out = Probe::run(Some(&s.cgroup), &["tcp", &victim.to_string(), "1"]).unwrap();
+    assert_eq!(out, vec![Outcome::Reached(victim_reaches.into())]);
+}
+
+/// The `lb_services` key of a TCP frontend.
+fn lb_key(vip: SocketAddr) -> lb_common::ServiceKey {
+    let IpAddr::V4(v4) = vip.ip() else {
+        unreachable!()
+    };
+    lb_common::ServiceKey {
+        address: lb_common::v4_mapped(v4.octets()),
+        port: vip.port().to_be(),
+        proto: lb_common::IPPROTO_TCP,
+        scope: lb_common::SCOPE_ANY,
+    }
+}

@@ -277,6 +277,9 @@ pub(crate) fn install(config: &DatapathConfig, object: &Object) -> Result<Loaded
         let mut maps = Maps::open(pin_dir)?;
         maps.stamp_or_check_version(pin_dir)?;
         set_scope(&mut maps, config)?;
+        // The same programs kept the cache, but an agent may have died between a master and
+        // its copy.
+        maps.sync_v4_masters()?;
         record(config, object, &attach_point)?;
         retire(pin_dir)?;
         return Ok(Loaded {
@@ -296,6 +299,9 @@ pub(crate) fn install(config: &DatapathConfig, object: &Object) -> Result<Loaded
     let mut maps = Maps::take(&mut ebpf)?;
     maps.stamp_or_check_version(pin_dir)?;
     set_scope(&mut maps, config)?;
+    // Before these programs read the cache: the masters may have changed under programs (and
+    // an agent) that did not keep it.
+    maps.sync_v4_masters()?;
 
     system::create_private_dir(&pin_dir.join("links"))?;
     let mut upgraded = false;

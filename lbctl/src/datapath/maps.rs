@@ -1,5 +1,8 @@
 //! Typed handles on the pinned maps, shared by the writer and the read-only inspection commands.
-use std::path::{Path, PathBuf};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData, MapInfo, PerCpuArray};
 use lb_common::{
@@ -7,7 +10,7 @@ use lb_common::{
     DEPARTED_MAP, EVENTS_MAP, FRONTEND_STATS_MAP, FrontendName, FrontendStats, LAYOUT_VERSION,
     MEMBERS_MAP, META_MAP, MemberKey, NAMES_MAP, RevNat, SERVICES_MAP, SLOTS_MAP, SOCK_MAP,
     STATS_MAP, ServiceKey, ServiceValue, TCP_PORTS_MAP, TCP_RECENT_MAP, TcpRecent, V4_FILTER_MAP,
-    meta, stat,
+    V4_MASTERS_ENTRIES, V4_MASTERS_MAP, V4MasterEntry, meta, stat,
 };
 
 use super::{DatapathError, loader::Capacity};
@@ -22,13 +25,20 @@ pub(crate) struct MapSpec {
 }
 
 /// The maps, written once: the loader pins these, [`Maps`] opens them, uninstall removes them.
-pub(crate) const MAPS: [MapSpec; 15] = [
+pub(crate) const MAPS: [MapSpec; 16] = [
     MapSpec {
         name: SERVICES_MAP,
         key_size: size_of::<ServiceKey>(),
         value_size: size_of::<ServiceValue>(),
         // Masters only; each has a frontend id below `frontends`.
         capacity: |c| c.frontends,
+    },
+    // The IPv4 masters again, direct-mapped: a fixed size the programs' hash is made for.
+    MapSpec {
+        name: V4_MASTERS_MAP,
+        key_size: size_of::<u32>(),
+        value_size: size_of::<V4MasterEntry>(),
+        capacity: |_| V4_MASTERS_ENTRIES,
     },
     // An array of backend ids, a range per frontend.
     MapSpec {
@@ -239,6 +249,12 @@ pub struct Maps {
     /// The IPv4 /16s without frontends ([`super::filter`]); `None` when opened on maps an
     /// lbctl without it pinned (read by the inspection commands only).
     pub v4_filter: Option<Array<MapData, V4FilterWords>>,
+    /// The IPv4 masters, direct-mapped ([`super::v4masters`]); `None` when opened on maps an
+    /// lbctl without it pinned, whose programs do not read it.
+    pub v4_masters: Option<Array<MapData, V4MasterEntry>>,
+    /// Read-write mapping of `v4_masters`, made by [`Maps::sync_v4_masters`] or the first
+    /// write of the masters ([`super::store`]).
+    pub(crate) v4_masters_rw: Option<super::sys::ArrayMapping>,
 }
 
 /// The element of `lb_v4_filter`.
@@ -352,6 +368,11 @@ impl Maps {
                 true => Some(typed(V4_FILTER_MAP, get(V4_FILTER_MAP)?)?),
                 false => None,
             },
+            v4_masters: match present(V4_MASTERS_MAP) {
+                true => Some(typed(V4_MASTERS_MAP, get(V4_MASTERS_MAP)?)?),
+                false => None,
+            },
+            v4_masters_rw: None,
         })
     }
 
@@ -422,6 +443,21 @@ impl Maps {
         live_elements(self.backends.map(), BACKENDS_MAP, |b: &Backend| {
             b.proto != 0
         })
+    }
+
+    /// The IPv4 masters `lb_v4_masters` caches, by key word ([`super::v4masters::word_of`]),
+    /// read through a mapping of the array (or in batches); empty when it is not pinned.
+    pub fn cached_v4_masters(&self) -> Result<BTreeMap<u64, ServiceValue>, DatapathError> {
+        let Some(map) = &self.v4_masters else {
+            return Ok(BTreeMap::new());
+        };
+        let live = live_elements(map.map(), V4_MASTERS_MAP, |e: &V4MasterEntry| {
+            e.word & lb_common::v4_master::VALID != 0
+        })?;
+        Ok(live
+            .into_iter()
+            .map(|(_, e)| (e.word & lb_common::v4_master::KEY_MASK, e.master))
+            .collect())
     }
 
     /// Every non-zero element of `lb_slots` (index, backend id), read through a mapping of the

@@ -18,6 +18,7 @@ mod sweep;
 pub(crate) mod sys;
 pub mod system;
 pub mod terminate;
+pub mod v4masters;
 pub mod writer;
 
 use std::path::{Path, PathBuf};
@@ -99,6 +100,8 @@ pub enum DatapathError {
     Link { program: String, detail: String },
     #[error("resolving the kernel function calls of the object: {0}")]
     Kfunc(#[from] kfunc::KfuncError),
+    #[error("keeping lb_v4_masters in step with lb_services: {0}")]
+    V4Masters(String),
     #[error("map {map}: {source}")]
     Map {
         map: String,
@@ -176,7 +179,9 @@ impl Datapath {
 
     /// Opens an installed datapath for writing without touching its programs.
     pub fn open(pin_dir: &Path) -> Result<Self, DatapathError> {
-        let writer = Writer::adopt(Maps::open(pin_dir)?.for_writing())?;
+        let mut maps = Maps::open(pin_dir)?;
+        maps.sync_v4_masters()?;
+        let writer = Writer::adopt(maps.for_writing())?;
         Ok(Self {
             pin_dir: pin_dir.to_path_buf(),
             installed: Installed::Adopted,

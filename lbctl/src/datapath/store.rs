@@ -20,10 +20,10 @@ use std::os::fd::AsFd as _;
 use aya::maps::IterableMap as _;
 use lb_common::{
     BACKENDS_MAP, Backend, MEMBERS_MAP, MemberKey, SERVICES_MAP, SLOTS_MAP, ServiceKey,
-    ServiceValue, V4_FILTER_MAP,
+    ServiceValue, V4_FILTER_MAP, V4_MASTERS_MAP, V4MasterEntry,
 };
 
-use super::{DatapathError, filter::V4Filter, maps::Maps, sys};
+use super::{DatapathError, filter::V4Filter, maps::Maps, sys, v4masters};
 
 /// A batch that stopped at element `done` (the elements before it were applied).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -212,6 +212,57 @@ impl Maps {
     }
 }
 
+impl Maps {
+    /// Makes `lb_v4_masters` agree with `lb_services` ([`super::v4masters::sync`]): before
+    /// programs that read it are attached or swapped in, and whenever a writer opens maps it
+    /// did not keep itself. `None` when the maps have no such array (pinned by an older lbctl,
+    /// whose programs do not read it).
+    pub(crate) fn sync_v4_masters(
+        &mut self,
+    ) -> Result<Option<v4masters::SyncReport>, DatapathError> {
+        let Some(map) = &self.v4_masters else {
+            return Ok(None);
+        };
+        let mut masters = BTreeMap::new();
+        for entry in self.services.iter() {
+            let (key, value) = entry.map_err(|e| DatapathError::map(SERVICES_MAP, e))?;
+            masters.insert(key, value);
+        }
+        let elements = mapping(
+            &mut self.v4_masters_rw,
+            map.map(),
+            V4_MASTERS_MAP,
+            size_of::<V4MasterEntry>(),
+        )
+        .map_err(|e| DatapathError::V4Masters(e.reason))?;
+        let report = v4masters::sync(elements, &masters);
+        sys::ArrayMapping::publish_fence();
+        tracing::debug!(
+            written = report.written,
+            cleared = report.cleared,
+            cached = report.cached,
+            uncached = report.uncached,
+            "{V4_MASTERS_MAP} synced with {SERVICES_MAP}"
+        );
+        Ok(Some(report))
+    }
+
+    /// The mapping of `lb_v4_masters` the writes of the masters keep it through, `None` when
+    /// the maps have no such array; made on first use.
+    fn v4_masters_elements(&mut self) -> Result<Option<&mut sys::ArrayMapping>, BatchError> {
+        match &self.v4_masters {
+            None => Ok(None),
+            Some(map) => mapping(
+                &mut self.v4_masters_rw,
+                map.map(),
+                V4_MASTERS_MAP,
+                size_of::<V4MasterEntry>(),
+            )
+            .map(Some),
+        }
+    }
+}
+
 impl LbMaps for Maps {
     fn limits(&self) -> Limits {
         let entries =
@@ -308,15 +359,35 @@ impl LbMaps for Maps {
         result
     }
 
+    /// The masters, then their copies in `lb_v4_masters` (the ones written), so a program
+    /// that takes a master from the cache takes one the hash map holds too (or held until this
+    /// call: an apply frees a replaced master's range only after the call returns).
     fn update_services(
         &mut self,
         keys: &[ServiceKey],
         values: &[ServiceValue],
     ) -> Result<(), BatchError> {
-        update(self.services.map().fd().as_fd(), keys, values)
+        // Mapped before anything is written: a cache that cannot be kept must not go stale.
+        self.v4_masters_elements()?;
+        let result = update(self.services.map().fd().as_fd(), keys, values);
+        let written = result.as_ref().map_or_else(|e| e.done, |()| keys.len());
+        if let Some(elements) = self.v4_masters_elements()? {
+            for (key, value) in keys.iter().zip(values).take(written) {
+                v4masters::put(elements, key, value);
+            }
+            sys::ArrayMapping::publish_fence();
+        }
+        result
     }
 
+    /// The masters' copies in `lb_v4_masters` first, then the masters.
     fn delete_services(&mut self, keys: &[ServiceKey]) -> Result<(), BatchError> {
+        if let Some(elements) = self.v4_masters_elements()? {
+            for key in keys {
+                v4masters::remove(elements, key);
+            }
+            sys::ArrayMapping::publish_fence();
+        }
         delete(self.services.map().fd().as_fd(), keys)
     }
 

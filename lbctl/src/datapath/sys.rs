@@ -504,6 +504,11 @@ impl ArrayMapping {
     /// Writes element `index` whole (a `V` no larger than the element, plain data). The store
     /// is visible to the programs once made; callers publish what points to it with a later
     /// `bpf()` call (see [`ArrayMapping::publish_fence`]).
+    /// Elements of the array.
+    pub(crate) fn elements(&self) -> u32 {
+        self.len
+    }
+
     pub(crate) fn write<V: Copy>(&mut self, index: u32, value: V) -> Result<(), String> {
         if index >= self.len {
             return Err(format!(
