@@ -839,7 +839,7 @@ fn the_v4_master_cache_agrees_with_the_services_table() {
         )
     };
     // 600 frontends in 10.97.0.0/16, and for 20 of them a frontend in 10.98.0.0/16 with the
-    // same element (found by port).
+    // same element (found by address and port).
     let plain: Vec<SocketAddr> = (0..600u32)
         .map(|i| SocketAddr::new(Ipv4Addr::new(10, 97, (i >> 8) as u8, i as u8).into(), 80))
         .collect();
@@ -848,10 +848,15 @@ fn the_v4_master_cache_agrees_with_the_services_table() {
         .enumerate()
         .map(|(i, vip)| {
             let index = v4_master_index(word(*vip));
-            (1..=u16::MAX)
-                .map(|port| SocketAddr::new(Ipv4Addr::new(10, 98, 0, i as u8).into(), port))
+            // About 65,536 candidates to try, on average.
+            (0..=u8::MAX)
+                .flat_map(|c| {
+                    (1..=u16::MAX).map(move |port| {
+                        SocketAddr::new(Ipv4Addr::new(10, 98, i as u8, c).into(), port)
+                    })
+                })
                 .find(|twin| v4_master_index(word(*twin)) == index)
-                .expect("a port whose frontend shares the element")
+                .expect("a frontend that shares the element")
         })
         .collect();
     let mut desired = Desired::default();
@@ -860,8 +865,8 @@ fn the_v4_master_cache_agrees_with_the_services_table() {
     }
     desired.insert(sa("[fd00::40]:80"), Protocol::Tcp, b.addrs());
     s.datapath.apply(&desired).unwrap();
+    // Every element some master belongs in caches one (a few of the 600 share one too).
     let cached = check_v4_masters(s.pins.path(), true);
-    assert_eq!(cached.len(), 600, "one of each pair is cached");
     for (i, (vip, twin)) in plain.iter().zip(&twins).enumerate() {
         assert!(
             cached.contains_key(&word(*vip)) != cached.contains_key(&word(*twin)),
