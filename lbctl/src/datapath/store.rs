@@ -210,9 +210,7 @@ impl Maps {
         }
         self
     }
-}
 
-impl Maps {
     /// Makes `lb_v4_masters` agree with `lb_services` ([`super::v4masters::sync`]): before
     /// programs that read it are attached or swapped in, and whenever a writer opens maps it
     /// did not keep itself. `None` when the maps have no such array (pinned by an older lbctl,
