@@ -84,8 +84,8 @@ pub const V4_FILTER_WORDS: usize = 1024;
 /// [`V4MasterEntry`] (`BPF_F_MMAPABLE`, written by the agent through a mapping), indexed by
 /// [`v4_master_index`] of the frontend's [`v4_master_word`]. The forward hooks look an IPv4
 /// frontend up here first (an array lookup the verifier inlines: an index, one cache line) and
-/// in the hash map only when the element holds another frontend or none, which saves about a
-/// third of a service connect's BPF time (BENCHMARKS.md). The agent writes an element right
+/// in the hash map only when the element holds another frontend or none, which saves 25-45 ns
+/// of a service connect's BPF time (BENCHMARKS.md). The agent writes an element right
 /// after the master it caches (in the same ordering phase) and clears it right before the
 /// master is deleted; of two frontends with the same index the first one written keeps the
 /// element and the other is looked up in the hash map. An empty array (a new map, an upgrade)
