@@ -34,6 +34,7 @@ PROBE=$BIN/lb-probe
 [ "$(id -u)" = 0 ] || { echo "kernel-time: needs root (BPF, cgroups)" >&2; exit 1; }
 [ -x "$LBCTL" ] && [ -x "$PROBE" ] || { echo "kernel-time: build first: $LBCTL, $PROBE" >&2; exit 1; }
 command -v bpftool >/dev/null || { echo "kernel-time: bpftool missing (cargo xtask setup)" >&2; exit 1; }
+command -v jq >/dev/null || { echo "kernel-time: jq missing (Debian: jq)" >&2; exit 1; }
 if [ -n "${PROFILE:-}" ]; then
     command -v perf >/dev/null || { echo "kernel-time: PROFILE needs perf (Debian: linux-perf)" >&2; exit 1; }
     command -v python3 >/dev/null || { echo "kernel-time: PROFILE needs python3" >&2; exit 1; }
