@@ -17,7 +17,10 @@ const NS_PER_SEC: u64 = 1_000_000_000;
 
 /// Chooses the client's backend: the remembered one when it is still valid, else a new one
 /// (uniformly at random), remembered from now on.
-#[inline(always)]
+///
+/// A function of its own (a BPF-to-BPF call), not inlined: only session-affinity frontends
+/// take it, and inlined it would put its code between the common path's.
+#[inline(never)]
 pub fn select(ctx: &SockAddrContext, key: &mut ServiceKey, svc: &ServiceValue) -> Option<Chosen> {
     if svc.count == 0 {
         return None;

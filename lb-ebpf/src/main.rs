@@ -20,6 +20,8 @@ mod sock;
 #[cfg(target_arch = "bpf")]
 mod trace;
 #[cfg(target_arch = "bpf")]
+mod translation;
+#[cfg(target_arch = "bpf")]
 mod udp;
 
 #[cfg(target_arch = "bpf")]

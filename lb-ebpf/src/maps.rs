@@ -9,6 +9,8 @@ use lb_common::{
     RevNat, ServiceKey, ServiceValue, TcpRecent, V4MasterEntry, meta, v4_master,
 };
 
+use crate::translation::Translation;
+
 /// Map flags of the service and membership tables: none, so the kernel preallocates
 /// every element at creation (`max_entries` x (48 + key + value, each rounded up to 8 bytes)).
 /// An update then takes a free element instead of allocating one, which makes writing them
@@ -159,15 +161,16 @@ pub fn still_recent(p: *const TcpRecent, cookie: u64) -> bool {
 /// Records the translation of the TCP socket with this cookie in `lb_tcp_recent` (cookie first,
 /// see [`recent_tcp`]), and marks its backend's port.
 #[inline(always)]
-pub fn remember_tcp(cookie: u64, translation: &RevNat) {
-    mark_tcp_port(translation.backend_port);
+pub fn remember_tcp(cookie: u64, translation: &Translation) {
+    mark_tcp_port(translation.backend_port());
     if let Some(p) = TCP_RECENT.get_ptr_mut(recent_index(cookie)) {
-        // SAFETY: the pointer comes from a successful array lookup; the cookie's write is
-        // volatile and the fence keeps the translation's writes after it.
+        // SAFETY: the pointer comes from a successful array lookup (an element of the array,
+        // 8-byte aligned); the cookie's write is volatile and the fence keeps the translation's
+        // writes after it.
         unsafe {
             core::ptr::write_volatile(&raw mut (*p).cookie, cookie);
             core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
-            (*p).translation = *translation;
+            translation.write(&raw mut (*p).translation);
         }
     }
 }

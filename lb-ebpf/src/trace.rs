@@ -45,7 +45,11 @@ pub fn switches() -> u32 {
 }
 
 /// Reports `d` as the switches ask: an event for the monitors, a debug log line.
-#[inline(always)]
+///
+/// A function of its own (a BPF-to-BPF call), not inlined: it runs only while someone watches,
+/// and inlined into every decision of every hook it would be most of their code, spreading the
+/// hot path over more instruction cache lines.
+#[inline(never)]
 pub fn report(ctx: &SockAddrContext, switches: u32, d: &Decision) {
     if switches & meta::DEBUG_EVENTS != 0 {
         event(d);
