@@ -16,12 +16,17 @@ use crate::{
 const NS_PER_SEC: u64 = 1_000_000_000;
 
 /// Chooses the client's backend: the remembered one when it is still valid, else a new one
-/// (uniformly at random), remembered from now on.
+/// (by `random`, see `lb::chooser`), remembered from now on.
 ///
 /// A function of its own (a BPF-to-BPF call), not inlined: only session-affinity frontends
 /// take it, and inlined it would put its code between the common path's.
 #[inline(never)]
-pub fn select(ctx: &SockAddrContext, key: &mut ServiceKey, svc: &ServiceValue) -> Option<Chosen> {
+pub fn select(
+    ctx: &SockAddrContext,
+    key: &mut ServiceKey,
+    svc: &ServiceValue,
+    random: u32,
+) -> Option<Chosen> {
     if svc.count == 0 {
         return None;
     }
@@ -52,7 +57,7 @@ pub fn select(ctx: &SockAddrContext, key: &mut ServiceKey, svc: &ServiceValue) -
             });
         }
     }
-    let chosen = lb::select(key, svc)?;
+    let chosen = lb::select(key, svc, random)?;
     let client = AffinityKey {
         frontend_id: chosen.frontend_id,
         ..client

@@ -110,10 +110,24 @@ fn below(random: u32, count: u16) -> u32 {
     ((u64::from(random) * u64::from(count)) >> 32) as u32
 }
 
+/// The number a forward hook chooses a backend by (uniform over `u32`). A TCP connect's is its
+/// socket's cookie spread over `u32` (multiplied by 2^32 / the golden ratio): the cookie is
+/// taken for recording the translation anyway, and cookies are handed out in sequence, which
+/// the multiplication turns into a sequence that covers `u32` evenly (each run of n connects
+/// falls into n nearly equal parts). Else `bpf_get_prandom_u32` (a helper call and its
+/// per-CPU state). `cookie`: the socket's, or 0 when none was taken.
 #[inline(always)]
-fn pick(svc: &ServiceValue) -> Option<Chosen> {
+fn chooser(cookie: u64) -> u32 {
+    if cookie != 0 {
+        return (cookie as u32).wrapping_mul(0x9e37_79b9);
+    }
     // SAFETY: plain helper call without arguments.
-    let offset = below(unsafe { bpf_get_prandom_u32() }, svc.count);
+    unsafe { bpf_get_prandom_u32() }
+}
+
+#[inline(always)]
+fn pick(svc: &ServiceValue, random: u32) -> Option<Chosen> {
+    let offset = below(random, svc.count);
     #[cfg(feature = "test-variant-b")]
     let offset = offset & 0;
     // SAFETY: the pointer comes from a successful lookup and is read once, by value.
@@ -130,8 +144,9 @@ fn pick(svc: &ServiceValue) -> Option<Chosen> {
     })
 }
 
-/// Chooses a backend uniformly at random among the slots of `svc` (the master just read for
-/// `key`'s frontend). `None`: the frontend has no usable backend (or vanished meanwhile).
+/// Chooses a backend by `random` (see [`chooser`]) among the slots of `svc` (the master just
+/// read for `key`'s frontend). `None`: the frontend has no usable backend (or vanished
+/// meanwhile).
 ///
 /// The writer fills a fresh range of `lb_slots` and its backends before it publishes the
 /// master that points to it, and frees the old range (and zeroes the backends no range holds)
@@ -139,11 +154,11 @@ fn pick(svc: &ServiceValue) -> Option<Chosen> {
 /// concurrent apply that replaced this master (its old backends were deleted meanwhile): read
 /// the master again and choose once more in its current range.
 #[inline(always)]
-pub fn select(key: &mut ServiceKey, svc: &ServiceValue) -> Option<Chosen> {
+pub fn select(key: &mut ServiceKey, svc: &ServiceValue, random: u32) -> Option<Chosen> {
     if svc.count == 0 {
         return None;
     }
-    if let Some(chosen) = pick(svc) {
+    if let Some(chosen) = pick(svc, random) {
         return Some(chosen);
     }
     maps::count(stat::RETRIED);
@@ -151,7 +166,7 @@ pub fn select(key: &mut ServiceKey, svc: &ServiceValue) -> Option<Chosen> {
     if svc.count == 0 {
         return None;
     }
-    pick(&svc)
+    pick(&svc, random)
 }
 
 /// The forward path of `connect4/6` (`datagram == false`) and `sendmsg4/6` (`true`); `hook`
@@ -250,10 +265,18 @@ fn decide(
         maps::count_frontend(svc.frontend_id, false);
         return (Some(chosen), reason::STICKY);
     }
-    let (chosen, why) = if svc.flags & service_flags::AFFINITY != 0 {
-        (affinity::select(ctx, key, svc), reason::AFFINITY)
+    // A TCP connect's translation is recorded under its socket's cookie; the cookie chooses
+    // the backend too.
+    let cookie = if proto == lb_common::IPPROTO_TCP && svc.count > 0 {
+        sock::cookie(ctx)
     } else {
-        (select(key, svc), reason::RANDOM)
+        0
+    };
+    let random = chooser(cookie);
+    let (chosen, why) = if svc.flags & service_flags::AFFINITY != 0 {
+        (affinity::select(ctx, key, svc, random), reason::AFFINITY)
+    } else {
+        (select(key, svc, random), reason::RANDOM)
     };
     let Some(chosen) = chosen else {
         maps::count(stat::REFUSED);
@@ -274,7 +297,7 @@ fn decide(
         chosen.frontend_id,
         chosen.backend_id,
     );
-    remember(ctx, &entry);
+    remember(ctx, cookie, &entry);
     maps::count(stat::REWRITTEN);
     maps::count_frontend(chosen.frontend_id, false);
     (Some(chosen), why)
@@ -291,10 +314,11 @@ fn decide(
 /// element, which every reader takes before the storage while the element holds the cookie, and
 /// which a keeping pass copies over the storage. An error here (the kernel could not allocate
 /// the storage) only costs the reverse translation of this socket, never the forward one.
+/// `cookie`: the TCP socket's (taken by [`decide`]).
 #[inline(always)]
-fn remember(ctx: &SockAddrContext, entry: &Translation) {
+fn remember(ctx: &SockAddrContext, cookie: u64, entry: &Translation) {
     if entry.proto() == lb_common::IPPROTO_TCP {
-        maps::remember_tcp(sock::cookie(ctx), entry);
+        maps::remember_tcp(cookie, entry);
         return;
     }
     // SAFETY: lookup-or-create of the calling socket's own storage (zeroed when new).
