@@ -17,6 +17,11 @@
 # slot, then for each build the medians over the rounds, and for each build after the first the
 # median and quartiles of its paired per-round differences from the first.
 #
+# SERVER=python serves the connections from a Python loop (as tests/kernel-time.sh does: each
+# connection then runs through much more code between two connects, so the programs' code and
+# data are colder); the default is lb-probe's Rust server (as `cargo xtask bench`'s, warm).
+# SERVER_CPU (default 0) is the CPU the servers run on; the client always runs on CPU 1.
+#
 # Everything it creates (cgroups, pin directories, agents, servers, temp dir) is removed on exit,
 # also on Ctrl-C, SIGTERM and SIGHUP, and kernel.bpf_stats_enabled is restored.
 set -euo pipefail
@@ -95,7 +100,12 @@ while True:
     c.sendall(b"b0\n")
     c.close()
 PY
-    (in_cgroup "$CG_ROOT/$TAG-$i" 0 python3 "$TMP/server-$i.py") >"$TMP/server-$i.out" &
+    if [ "${SERVER:-probe}" = python ]; then
+        (in_cgroup "$CG_ROOT/$TAG-$i" "${SERVER_CPU:-0}" python3 "$TMP/server-$i.py") >"$TMP/server-$i.out" &
+    else
+        (in_cgroup "$CG_ROOT/$TAG-$i" "${SERVER_CPU:-0}" "$PROBE" serve tcp b0 "127.0.0.1:$port" <<<go) \
+            >"$TMP/server-$i.out" &
+    fi
     SERVERS+=($!)
     cat >"$TMP/cluster-$i.yaml" <<YAML
 apiVersion: v1
@@ -137,7 +147,7 @@ start_agents() {
     for i in "${!DIRS[@]}"; do
         ok=
         for _ in $(seq 100); do
-            if grep -q ready "$TMP/server-$i.out" 2>/dev/null &&
+            if grep -qE 'ready|listening' "$TMP/server-$i.out" 2>/dev/null &&
                 "${DIRS[$i]}/lbctl" lookup --pin-dir "$BPFFS/$TAG-$i" "$(cat "$TMP/vip-$i"):80/tcp" \
                     2>/dev/null | grep -q "127.0.0.1:$(cat "$TMP/port-$i")"; then
                 ok=1
