@@ -21,6 +21,9 @@
 # connection then runs through much more code between two connects, so the programs' code and
 # data are colder); the default is lb-probe's Rust server (as `cargo xtask bench`'s, warm).
 # SERVER_CPU (default 0) is the CPU the servers run on; the client always runs on CPU 1.
+# PAUSE_AGENTS=1 stops the agents (SIGSTOP) once the service is programmed, for the slots: no
+# keeping pass (a walk of the TCP sockets about once a second while translations happen) then
+# runs between the connects, as none does in `cargo xtask bench`, which has no agent.
 #
 # Everything it creates (cgroups, pin directories, agents, servers, temp dir) is removed on exit,
 # also on Ctrl-C, SIGTERM and SIGHUP, and kernel.bpf_stats_enabled is restored.
@@ -41,6 +44,9 @@ for tool in bpftool jq taskset python3; do
     command -v $tool >/dev/null || { echo "kernel-time-ab: $tool missing" >&2; exit 1; }
 done
 
+# shellcheck source=tests/kernel-time-files.sh
+. "$(cd "$(dirname "$0")" && pwd)/kernel-time-files.sh"
+
 CG_ROOT=$(awk '$9 == "cgroup2" { print $5; exit }' /proc/self/mountinfo)
 [ -n "$CG_ROOT" ] || { echo "kernel-time-ab: no cgroup2 mount in /proc/self/mountinfo" >&2; exit 1; }
 # The agent mounts bpffs there when it is not mounted yet.
@@ -54,7 +60,10 @@ AGENTS=()
 
 stop_agents() {
     local p i
-    for p in "${AGENTS[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
+    for p in "${AGENTS[@]}"; do
+        kill -CONT "$p" 2>/dev/null
+        kill "$p" 2>/dev/null && wait "$p" 2>/dev/null
+    done
     AGENTS=()
     for i in "${!DIRS[@]}"; do
         "${DIRS[$i]}/lbctl" uninstall --pin-dir "$BPFFS/$TAG-$i" >/dev/null 2>&1 || true
@@ -88,18 +97,7 @@ for i in "${!DIRS[@]}"; do
     vip=10.96.$((i + 1)).$((RANDOM % 200 + 1))
     echo "$port" >"$TMP/port-$i"
     echo "$vip" >"$TMP/vip-$i"
-    cat >"$TMP/server-$i.py" <<PY
-import socket
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("127.0.0.1", $port))
-s.listen(1024)
-print("ready", flush=True)
-while True:
-    c, _ = s.accept()
-    c.sendall(b"b0\n")
-    c.close()
-PY
+    write_server "$port" "$TMP/server-$i.py"
     if [ "${SERVER:-probe}" = python ]; then
         (in_cgroup "$CG_ROOT/$TAG-$i" "${SERVER_CPU:-0}" python3 "$TMP/server-$i.py") >"$TMP/server-$i.out" &
     else
@@ -107,33 +105,7 @@ PY
             >"$TMP/server-$i.out" &
     fi
     SERVERS+=($!)
-    cat >"$TMP/cluster-$i.yaml" <<YAML
-apiVersion: v1
-kind: Node
-metadata: {name: node-a}
-status: {addresses: [{type: InternalIP, address: 192.0.2.1}]}
----
-apiVersion: v1
-kind: Service
-metadata: {name: svc, namespace: default}
-spec:
-  clusterIP: $vip
-  clusterIPs: [$vip]
-  ports: [{name: http, port: 80, protocol: TCP, targetPort: $port}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: svc-abc12
-  namespace: default
-  labels: {kubernetes.io/service-name: svc}
-addressType: IPv4
-ports: [{name: http, port: $port, protocol: TCP}]
-endpoints:
-  - addresses: ["127.0.0.1"]
-    nodeName: node-a
-    conditions: {ready: true, serving: true, terminating: false}
-YAML
+    write_cluster "$vip" "$port" "$TMP/cluster-$i.yaml"
 done
 
 start_agents() {
@@ -159,6 +131,9 @@ start_agents() {
         # Warm-up (first runs fault in map pages and code).
         echo go | (in_cgroup "$CG_ROOT/$TAG-$i" 1 "$PROBE" tcp "$(cat "$TMP/vip-$i"):80" 1000) >/dev/null
     done
+    if [ -n "${PAUSE_AGENTS:-}" ]; then
+        for p in "${AGENTS[@]}"; do kill -STOP "$p"; done
+    fi
 }
 
 # "name run_time_ns run_cnt" of every program build $1's agent attached.

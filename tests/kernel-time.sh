@@ -40,6 +40,8 @@ if [ -n "${PROFILE:-}" ]; then
     command -v python3 >/dev/null || { echo "kernel-time: PROFILE needs python3" >&2; exit 1; }
 fi
 HERE=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=tests/kernel-time-files.sh
+. "$HERE/kernel-time-files.sh"
 
 CG_ROOT=$(awk '$9 == "cgroup2" { print $5; exit }' /proc/self/mountinfo)
 [ -n "$CG_ROOT" ] || { echo "kernel-time: no cgroup2 mount in /proc/self/mountinfo" >&2; exit 1; }
@@ -74,49 +76,12 @@ mkdir "$CG"
 # The backend: a TCP server in the test cgroup (so its accepted sockets are the cgroup's too)
 # that answers every connection with a name and closes it.
 PORT=$((20000 + RANDOM % 20000))
-cat >"$TMP/server.py" <<EOF
-import socket
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("127.0.0.1", $PORT))
-s.listen(1024)
-print("ready", flush=True)
-while True:
-    c, _ = s.accept()
-    c.sendall(b"b0\n")
-    c.close()
-EOF
+write_server "$PORT" "$TMP/server.py"
 sh -c 'echo $$ > "$1/cgroup.procs"; exec python3 "$2"' sh "$CG" "$TMP/server.py" >"$TMP/server.out" &
 SERVER=$!
 
 VIP=10.96.$((RANDOM % 200 + 1)).$((RANDOM % 200 + 1))
-cat >"$TMP/cluster.yaml" <<EOF
-apiVersion: v1
-kind: Node
-metadata: {name: node-a}
-status: {addresses: [{type: InternalIP, address: 192.0.2.1}]}
----
-apiVersion: v1
-kind: Service
-metadata: {name: svc, namespace: default}
-spec:
-  clusterIP: $VIP
-  clusterIPs: [$VIP]
-  ports: [{name: http, port: 80, protocol: TCP, targetPort: $PORT}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: svc-abc12
-  namespace: default
-  labels: {kubernetes.io/service-name: svc}
-addressType: IPv4
-ports: [{name: http, port: $PORT, protocol: TCP}]
-endpoints:
-  - addresses: ["127.0.0.1"]
-    nodeName: node-a
-    conditions: {ready: true, serving: true, terminating: false}
-EOF
+write_cluster "$VIP" "$PORT" "$TMP/cluster.yaml"
 "$LBCTL" agent --node node-a --manifests "$TMP/cluster.yaml" --pin-dir "$PINS" --cgroup "$CG" \
     --metrics-addr 127.0.0.1:0 ${AGENT_ARGS:-} >"$TMP/agent.log" 2>&1 &
 AGENT=$!
