@@ -61,7 +61,7 @@ AGENTS=()
 stop_agents() {
     local p i
     for p in "${AGENTS[@]}"; do
-        kill -CONT "$p" 2>/dev/null
+        kill -CONT "$p" 2>/dev/null || true
         kill "$p" 2>/dev/null && wait "$p" 2>/dev/null
     done
     AGENTS=()
