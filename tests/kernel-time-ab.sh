@@ -159,6 +159,7 @@ slot() {
 
 sysctl -qw kernel.bpf_stats_enabled=1
 echo "# round build | service: connect4 ns/run, getpeername4 ns/run, BPF ns/connection | no service: the same"
+# In this shell, not a pipeline's subshell: the EXIT trap must see the agents a round started.
 for round in $(seq "$ROUNDS"); do
     start_agents
     order=("${!DIRS[@]}")
@@ -166,10 +167,10 @@ for round in $(seq "$ROUNDS"); do
     for i in "${order[@]}"; do
         s=$(slot "$i" "$(cat "$TMP/vip-$i"):80")
         ns=$(slot "$i" "127.0.0.1:$(cat "$TMP/port-$i")")
-        echo "$round $i | $s | $ns"
+        echo "$round $i | $s | $ns" | tee -a "$TMP/slots"
     done
     stop_agents
-done | tee "$TMP/slots"
+done
 
 python3 - "$TMP/slots" "${DIRS[@]}" <<'PY'
 import statistics as st
