@@ -60,15 +60,25 @@ pub const SOCK_MAP: &str = "lb_sock";
 /// translations of sockets still connected into their storage ([`SOCK_MAP`]) before that can
 /// happen. Readers look in the storage first.
 pub const TCP_RECENT_MAP: &str = "lb_tcp_recent";
-/// One element of 1,024 bytes, a byte per bucket of ports (the top 10 bits of the port, network
-/// order, times 0x9e3779b1): 1 when a TCP connect was sent to a backend on a port of that
-/// bucket; set by `connect4/6` wherever they record a TCP translation, and never cleared (an
-/// agent that creates it beside a pinned [`SOCK_MAP`] marks every bucket, for the sockets an
-/// older one translated). `getpeername4/6` look for a TCP socket's translation (its storage,
-/// then [`TCP_RECENT_MAP`]) only when its peer's port is in a marked bucket, so an accepted
-/// socket (whose peer is a client's port) mostly costs no storage lookup, no cookie and no
-/// element read.
+/// One element of [`TCP_PORT_BUCKETS`] bytes, a byte per bucket of ports ([`tcp_port_bucket`]):
+/// 1 when a TCP backend may be on a port of that bucket. The agent marks the bucket of every TCP
+/// backend's port before it publishes a master that reaches the backend, and never clears one
+/// (an agent that creates the map beside a pinned [`SOCK_MAP`] marks every bucket, for the
+/// sockets an older one translated; earlier versions' programs marked the port at each TCP
+/// connect instead, a load and a branch on a connect's critical path). `getpeername4/6` look for a TCP socket's translation (its
+/// storage, then [`TCP_RECENT_MAP`]) only when its peer's port is in a marked bucket, so an
+/// accepted socket (whose peer is a client's port) mostly costs no storage lookup, no cookie and
+/// no element read.
 pub const TCP_PORTS_MAP: &str = "lb_tcp_backend_ports";
+/// Buckets (bytes) of [`TCP_PORTS_MAP`]'s element.
+pub const TCP_PORT_BUCKETS: usize = 1024;
+
+/// The bucket of [`TCP_PORTS_MAP`] of a port (as the programs read it: network order): the top
+/// 10 bits of a multiplicative hash.
+#[inline(always)]
+pub fn tcp_port_bucket(port: u16) -> usize {
+    (u32::from(port).wrapping_mul(0x9e37_79b1) >> 22) as usize
+}
 /// The IPv4 /16s that hold no frontend address: one element of [`V4_FILTER_WORDS`] `u64`s, a
 /// bit per /16 ([`v4_filter_slot`]), 1 when no frontend's address is in it. The forward hooks
 /// look an IPv4 destination up in [`SERVICES_MAP`] only when its /16's bit is 0, so most

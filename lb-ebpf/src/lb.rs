@@ -363,9 +363,9 @@ fn sticky(
 /// socket was sent to and its frontend still exists as it was, the service address and port to
 /// show instead.
 ///
-/// Lookups, for a TCP socket: whether the peer's port is in a bucket a TCP connect marked
-/// (`lb_tcp_backend_ports`, one byte of a cached element). Every TCP translation marks its
-/// backend's port, so a peer on a port of no marked bucket (the client of most accepted sockets,
+/// Lookups, for a TCP socket: whether the peer's port is in a marked bucket
+/// (`lb_tcp_backend_ports`, one byte of a cached element). The agent marks the port of every
+/// TCP backend before a connect can be sent to it, so a peer on a port of no marked bucket (the client of most accepted sockets,
 /// the one `getpeername` every `accept()` runs) ends it there: no cookie, no storage lookup.
 /// Otherwise its cookie's element of `lb_tcp_recent`, which holds the socket's newest
 /// translation while it holds the cookie (and which [`keep`] then copies into the socket's

@@ -6,7 +6,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     AffinityKey, AffinityValue, Backend, FrontendName, FrontendStats, MemberKey, MonitorEvent,
-    RevNat, ServiceKey, ServiceValue, TcpRecent, V4MasterEntry, meta, v4_master,
+    RevNat, ServiceKey, ServiceValue, TCP_PORT_BUCKETS, TcpRecent, V4MasterEntry, meta,
+    tcp_port_bucket, v4_master,
 };
 
 use crate::translation::Translation;
@@ -159,10 +160,10 @@ pub fn still_recent(p: *const TcpRecent, cookie: u64) -> bool {
 }
 
 /// Records the translation of the TCP socket with this cookie in `lb_tcp_recent` (cookie first,
-/// see [`recent_tcp`]), and marks its backend's port.
+/// see [`recent_tcp`]). Its backend's port is marked already: the agent marks the port of every
+/// TCP backend before a master reaches it ([`TCP_PORTS`]).
 #[inline(always)]
 pub fn remember_tcp(cookie: u64, translation: &Translation) {
-    mark_tcp_port(translation.backend_port());
     if let Some(p) = TCP_RECENT.get_ptr_mut(recent_index(cookie)) {
         // SAFETY: the pointer comes from a successful array lookup (an element of the array,
         // 8-byte aligned); the cookie's write is volatile and the fence keeps the translation's
@@ -175,46 +176,26 @@ pub fn remember_tcp(cookie: u64, translation: &Translation) {
     }
 }
 
-/// The ports TCP connects were sent to backends on, by bucket (`lb_common::TCP_PORTS_MAP`): one
-/// element of 1,024 bytes, a byte per bucket ([`port_bucket`]), 1 when marked. Small on
-/// purpose: every accepted socket reads one byte of it, so it stays in the cache (a byte per
-/// port, 64 KiB, cost each accept a cache miss: 40-80 ns). Bytes, not bits: marks never race
-/// (the programs have no atomic OR). A client port in a marked bucket only costs its socket a
-/// cookie, an element read and a storage lookup.
+/// The ports of TCP backends, by bucket (`lb_common::TCP_PORTS_MAP`): one element of 1,024
+/// bytes, a byte per bucket ([`tcp_port_bucket`]), 1 when marked. The agent marks the bucket of
+/// every TCP backend's port before it publishes a master that reaches the backend; the programs
+/// only read it. (Marking the port at each connect, as earlier versions did, put a load, a
+/// branch and a rarely taken store on the connect's critical path, after the backend's load:
+/// about 50 ns of a service connect's BPF time under an agent, `tests/kernel-time-ab.sh`.)
+/// Small on purpose: every accepted socket reads one byte of it, so it stays in the cache (a
+/// byte per port, 64 KiB, cost each accept a cache miss: 40-80 ns). A client port in a marked
+/// bucket only costs its socket a cookie, an element read and a storage lookup.
 #[btf_map(name = "lb_tcp_backend_ports")]
-pub static TCP_PORTS: Array<[u8; 1024], 1> = Array::new();
+pub static TCP_PORTS: Array<[u8; TCP_PORT_BUCKETS], 1> = Array::new();
 
-/// The bucket of a port (network order): the top 10 bits of a multiplicative hash.
-#[inline(always)]
-fn port_bucket(port: u16) -> usize {
-    (u32::from(port).wrapping_mul(0x9e37_79b1) >> 22) as usize
-}
-
-/// Marks the bucket of the backend port a TCP connect was just sent to (written only when not
-/// marked yet, so the cache line stays shared).
-#[inline(always)]
-pub fn mark_tcp_port(port: u16) {
-    if let Some(p) = TCP_PORTS.get_ptr_mut(0) {
-        let bucket = port_bucket(port);
-        // SAFETY: the pointer comes from a successful array lookup; one byte of it (the bucket
-        // is below 1,024) is read and written.
-        unsafe {
-            if (*p)[bucket] == 0 {
-                (*p)[bucket] = 1;
-            }
-        }
-    }
-}
-
-/// Whether a TCP connect may have been sent to a backend on this port (network order): its
-/// bucket is marked.
+/// Whether a TCP backend may be on this port (network order): its bucket is marked.
 #[inline(always)]
 pub fn tcp_port_marked(port: u16) -> bool {
     // SAFETY: the pointer comes from a successful array lookup; one byte of it (the bucket is
     // below 1,024) is read.
     TCP_PORTS
         .get_ptr(0)
-        .is_some_and(|p| unsafe { (*p)[port_bucket(port)] } != 0)
+        .is_some_and(|p| unsafe { (*p)[tcp_port_bucket(port)] } != 0)
 }
 
 #[inline(always)]

@@ -286,6 +286,68 @@ fn backend_ports_created_beside_kept_sockets_start_all_marked() {
     held.finish_raw().unwrap();
 }
 
+/// The element of the pinned `lb_tcp_backend_ports`.
+fn port_marks(node: &Node) -> aya::maps::Array<aya::maps::MapData, [u8; 1024]> {
+    let path = node.pins.path().join(lb_common::TCP_PORTS_MAP);
+    aya::maps::Array::try_from(aya::maps::Map::Array(
+        aya::maps::MapData::from_pin(&path).unwrap(),
+    ))
+    .unwrap()
+}
+
+/// The programs of an lbctl before 2026-12-04 marked a backend's port in
+/// `lb_tcp_backend_ports` only when a TCP connect was sent to it; this one's mark none (the
+/// writer marks every TCP backend's port before a master reaches it). An upgraded agent that
+/// adopts maps with a TCP backend whose port no connect marked marks it: a new connection's
+/// `getpeername` shows the service.
+#[test]
+fn an_upgrade_marks_the_ports_of_the_tcp_backends_it_adopts() {
+    let vip = "10.96.1.15";
+    let Serving {
+        node,
+        mut agent,
+        mut probe,
+        backends,
+    } = serving("upgrade-marks", vip);
+    let service = format!("{vip}:80");
+    let before = probe.finish().unwrap();
+    assert!(
+        before
+            .iter()
+            .all(|o| matches!(o, testkit::probe::Outcome::Reached(_))),
+        "{before:?}"
+    );
+    assert!(agent.terminate(), "{}", agent.log());
+    // What such an lbctl left before any connect: no mark.
+    let mut marks = port_marks(&node);
+    marks.set(0, [0; 1024], 0).unwrap();
+    let variant = variant_b_object().display().to_string();
+    let mut upgraded = node.agent(&["--object", &variant]).unwrap();
+    wait_for_log(&mut upgraded, "programs replaced on the pinned links", WAIT).unwrap();
+
+    let marked = marks.get(&0, 0).unwrap();
+    for addr in backends.addrs() {
+        assert_eq!(
+            marked[lb_common::tcp_port_bucket(addr.port().to_be())],
+            1,
+            "the port of backend {addr} is marked"
+        );
+    }
+    let mut held = Probe::spawn(Some(&node.cgroup), &["hold", "tcp", &service]).unwrap();
+    assert_eq!(
+        held.read_lines(1).unwrap(),
+        [format!("connected {service}")]
+    );
+    held.send("peer").unwrap();
+    assert_eq!(
+        held.read_lines(1).unwrap(),
+        [format!("peer {service}")],
+        "a new connection's peer is the service"
+    );
+    held.finish_raw().unwrap();
+    drop(upgraded);
+}
+
 /// Pins what an lbctl before socket-local TCP state left: the maps `lb_revnat` and
 /// `lb_peer_ports`, and a link pinned as `links/lb_sock_release` (here a second pin of the live
 /// `lb_getpeername4` link: the pin, not the program, is what retiring removes).

@@ -8,6 +8,7 @@ use lb_common::{Backend, MemberKey, ServiceKey, ServiceValue};
 use super::{
     DatapathError,
     filter::V4Filter,
+    maps::TcpPortMarks,
     store::{BatchError, LbMaps, Limits, MapDump},
 };
 
@@ -19,6 +20,8 @@ pub struct MemMaps {
     pub tables: MapDump,
     /// `lb_v4_filter` as last written (`None`: never written, all zero, nothing skipped).
     pub v4_filter: Option<V4Filter>,
+    /// `lb_tcp_backend_ports` (a new map is all zero: no bucket marked).
+    pub tcp_ports: TcpPortMarks,
     pub limits: Limits,
     /// Batch calls made so far.
     pub calls: usize,
@@ -39,6 +42,7 @@ impl MemMaps {
         Self {
             tables: MapDump::default(),
             v4_filter: None,
+            tcp_ports: [0; lb_common::TCP_PORT_BUCKETS],
             limits,
             calls: 0,
             log: Vec::new(),
@@ -194,9 +198,24 @@ impl LbMaps for MemMaps {
         self.v4_filter = Some(filter.clone());
         Ok(())
     }
+
+    fn tcp_ports(&self) -> Option<TcpPortMarks> {
+        Some(self.tcp_ports)
+    }
+
+    fn write_tcp_ports(&mut self, marks: &TcpPortMarks) -> Result<(), String> {
+        self.record(Op::WritePorts, 1);
+        self.tcp_ports = *marks;
+        Ok(())
+    }
 }
 
 impl MemMaps {
+    /// Whether the bucket of this TCP port (network order, as `Backend::port`) is marked.
+    pub fn tcp_port_marked(&self, port: u16) -> bool {
+        self.tcp_ports[lb_common::tcp_port_bucket(port)] != 0
+    }
+
     /// Whether a connect to `frontend` would skip the services table (never before the
     /// filter is written).
     pub fn skips(&self, frontend: &crate::plan::FrontendKey) -> bool {
@@ -217,6 +236,7 @@ pub enum Op {
     UpdateMember,
     DeleteMember,
     WriteFilter,
+    WritePorts,
 }
 
 /// Wraps maps and fails the `n`-th element (counted from 0 over every call) of chosen
@@ -228,7 +248,7 @@ pub struct FaultyMaps<M> {
     /// (operation, element number) pairs that fail.
     pub faults: BTreeSet<(Op, usize)>,
     /// Elements of each operation seen so far, in [`Op`] order.
-    seen: [usize; 8],
+    seen: [usize; 9],
 }
 
 impl<M> FaultyMaps<M> {
@@ -236,7 +256,7 @@ impl<M> FaultyMaps<M> {
         Self {
             inner,
             faults: faults.into_iter().collect(),
-            seen: [0; 8],
+            seen: [0; 9],
         }
     }
 
@@ -346,6 +366,20 @@ impl<M: LbMaps> LbMaps for FaultyMaps<M> {
             Some(_) => Err(format!(
                 "injected fault (WriteFilter #{})",
                 self.seen[Op::WriteFilter as usize] - 1
+            )),
+        }
+    }
+
+    fn tcp_ports(&self) -> Option<TcpPortMarks> {
+        self.inner.tcp_ports()
+    }
+
+    fn write_tcp_ports(&mut self, marks: &TcpPortMarks) -> Result<(), String> {
+        match self.check(Op::WritePorts, 1) {
+            None => self.inner.write_tcp_ports(marks),
+            Some(_) => Err(format!(
+                "injected fault (WritePorts #{})",
+                self.seen[Op::WritePorts as usize] - 1
             )),
         }
     }

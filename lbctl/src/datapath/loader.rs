@@ -302,6 +302,8 @@ pub(crate) fn install(config: &DatapathConfig, object: &Object) -> Result<Loaded
     // Before these programs read the cache: the masters may have changed under programs (and
     // an agent) that did not keep it.
     maps.sync_v4_masters()?;
+    // Before these programs run: they mark no port at connect, where older ones did.
+    maps.mark_backend_ports()?;
 
     system::create_private_dir(&pin_dir.join("links"))?;
     let mut upgraded = false;

@@ -252,6 +252,9 @@ pub struct Maps {
     /// The IPv4 masters, direct-mapped ([`super::v4masters`]); `None` when opened on maps an
     /// lbctl without it pinned, whose programs do not read it.
     pub v4_masters: Option<Array<MapData, V4MasterEntry>>,
+    /// The buckets of the TCP backends' ports ([`lb_common::TCP_PORTS_MAP`]); `None` when
+    /// opened on maps an lbctl without it pinned (read by the inspection commands only).
+    pub tcp_ports: Option<Array<MapData, TcpPortMarks>>,
     /// Read-write mapping of `v4_masters`, made by [`Maps::sync_v4_masters`] or the first
     /// write of the masters ([`super::store`]).
     pub(crate) v4_masters_rw: Option<super::sys::ArrayMapping>,
@@ -259,6 +262,8 @@ pub struct Maps {
 
 /// The element of `lb_v4_filter`.
 pub type V4FilterWords = [u64; lb_common::V4_FILTER_WORDS];
+/// The element of `lb_tcp_backend_ports`: a byte per bucket, 1 when marked.
+pub type TcpPortMarks = [u8; lb_common::TCP_PORT_BUCKETS];
 
 /// Kernel counters summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -373,6 +378,10 @@ impl Maps {
                 false => None,
             },
             v4_masters_rw: None,
+            tcp_ports: match present(TCP_PORTS_MAP) {
+                true => Some(typed(TCP_PORTS_MAP, get(TCP_PORTS_MAP)?)?),
+                false => None,
+            },
         })
     }
 

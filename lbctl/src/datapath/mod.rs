@@ -11,6 +11,7 @@ pub mod keep;
 pub mod kfunc;
 pub mod loader;
 pub mod maps;
+pub mod ports;
 mod ranges;
 pub mod state;
 pub mod store;
@@ -102,6 +103,8 @@ pub enum DatapathError {
     Kfunc(#[from] kfunc::KfuncError),
     #[error("keeping lb_v4_masters in step with lb_services: {0}")]
     V4Masters(String),
+    #[error("marking the TCP backends' ports in lb_tcp_backend_ports: {0}")]
+    TcpPorts(String),
     #[error("map {map}: {source}")]
     Map {
         map: String,

@@ -3,7 +3,8 @@
 //! operations. `lb_backends` and `lb_slots` are arrays: deleting a backend clears its element's
 //! `proto` (the rest stays until the id is reused), a freed range of slots is written as
 //! zeroes, and a dump leaves the empty elements (`proto` 0, slot 0) out. Beside them the trait
-//! writes and reads `lb_v4_filter` ([`super::filter`]), one element written whole.
+//! writes and reads `lb_v4_filter` ([`super::filter`]) and `lb_tcp_backend_ports` (the
+//! buckets of the TCP backends' ports), one element each, written whole.
 //!
 //! [`Maps`] implements it on the kernel's maps: the two hash maps with one
 //! `BPF_MAP_UPDATE_BATCH` or `BPF_MAP_DELETE_BATCH` call per batch (`sys`), the two arrays
@@ -20,10 +21,16 @@ use std::os::fd::AsFd as _;
 use aya::maps::IterableMap as _;
 use lb_common::{
     BACKENDS_MAP, Backend, MEMBERS_MAP, MemberKey, SERVICES_MAP, SLOTS_MAP, ServiceKey,
-    ServiceValue, V4_FILTER_MAP, V4_MASTERS_MAP, V4MasterEntry,
+    ServiceValue, TCP_PORTS_MAP, V4_FILTER_MAP, V4_MASTERS_MAP, V4MasterEntry,
 };
 
-use super::{DatapathError, filter::V4Filter, maps::Maps, sys, v4masters};
+use super::{
+    DatapathError,
+    filter::V4Filter,
+    maps::{Maps, TcpPortMarks},
+    ports::PortMarks,
+    sys, v4masters,
+};
 
 /// A batch that stopped at element `done` (the elements before it were applied).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,6 +97,10 @@ pub trait LbMaps {
     fn write_v4_filter(&mut self, filter: &V4Filter) -> Result<(), String>;
     /// What `lb_v4_filter` holds (`None` when it cannot be read).
     fn v4_filter(&self) -> Option<V4Filter>;
+    /// Writes `lb_tcp_backend_ports` whole (one element).
+    fn write_tcp_ports(&mut self, marks: &TcpPortMarks) -> Result<(), String>;
+    /// What `lb_tcp_backend_ports` holds (`None` when it cannot be read).
+    fn tcp_ports(&self) -> Option<TcpPortMarks>;
 }
 
 fn failure(offset: usize, f: sys::BatchFailure) -> BatchError {
@@ -209,6 +220,23 @@ impl Maps {
             }
         }
         self
+    }
+
+    /// Marks the port of every TCP backend `lb_backends` holds in `lb_tcp_backend_ports`
+    /// ([`super::ports`]), before programs that mark none at connect run on maps whose older
+    /// programs marked a port only once a TCP connect was sent to it. Returns the buckets
+    /// marked, `None` when the maps have no such array.
+    pub(crate) fn mark_backend_ports(&mut self) -> Result<Option<usize>, DatapathError> {
+        if self.tcp_ports.is_none() {
+            return Ok(None);
+        }
+        let backends = self.backend_entries()?;
+        let marks = PortMarks::adopted(self.tcp_ports(), backends.iter().map(|(_, b)| b));
+        if let Some(pending) = marks.pending() {
+            self.write_tcp_ports(pending)
+                .map_err(DatapathError::TcpPorts)?;
+        }
+        Ok(Some(marks.count()))
     }
 
     /// Makes `lb_v4_masters` agree with `lb_services` ([`super::v4masters::sync`]): before
@@ -407,6 +435,17 @@ impl LbMaps for Maps {
         match &mut self.v4_filter {
             Some(map) => map.set(0, filter.words(), 0).map_err(|e| e.to_string()),
             None => Err(format!("{V4_FILTER_MAP} is not open")),
+        }
+    }
+
+    fn tcp_ports(&self) -> Option<TcpPortMarks> {
+        self.tcp_ports.as_ref()?.get(&0, 0).ok()
+    }
+
+    fn write_tcp_ports(&mut self, marks: &TcpPortMarks) -> Result<(), String> {
+        match &mut self.tcp_ports {
+            Some(map) => map.set(0, marks, 0).map_err(|e| e.to_string()),
+            None => Err(format!("{TCP_PORTS_MAP} is not open")),
         }
     }
 }

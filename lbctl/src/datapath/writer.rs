@@ -57,7 +57,8 @@ use std::{
 };
 
 use lb_common::{
-    Backend, IPPROTO_TCP, MemberKey, ServiceKey, ServiceValue, V4_FILTER_MAP, needs_members,
+    Backend, IPPROTO_TCP, MemberKey, ServiceKey, ServiceValue, TCP_PORTS_MAP, V4_FILTER_MAP,
+    needs_members,
 };
 
 use crate::{idset::IdSet, plan::Protocol};
@@ -70,6 +71,7 @@ use super::{
     filter::{V4Filter, prefix_of},
     ids::Ids,
     maps::Maps,
+    ports::PortMarks,
     ranges::Ranges,
     store::{BatchError, LbMaps, Limits},
 };
@@ -206,6 +208,32 @@ pub struct Writer<M: LbMaps = Maps> {
     /// or new maps) or after a write failed: then the next apply writes it whole, from the
     /// frontends programmed.
     v4_filter: Option<V4Filter>,
+    /// The buckets of `lb_tcp_backend_ports` the TCP backends' ports need ([`super::ports`]):
+    /// written before the masters that reach them.
+    ports: PortMarks,
+}
+
+/// The backends of a TCP frontend's change, as `lb_backends` holds them (none for another
+/// protocol).
+fn tcp_backends<'a>(change: &'a Change<'_>) -> impl Iterator<Item = Backend> + 'a {
+    let protocol = change.frontend.protocol;
+    (protocol == Protocol::Tcp)
+        .then(|| {
+            change
+                .spec
+                .backends
+                .iter()
+                .map(move |a| backend_value(a, protocol))
+        })
+        .into_iter()
+        .flatten()
+}
+
+/// `lb_tcp_backend_ports` could not be written ([`Writer::mark_ports`]).
+struct PortsFailure {
+    reason: String,
+    /// The changes (indexes) whose marks the map held already: published anyway.
+    held: BTreeSet<usize>,
 }
 
 /// The parts of an apply, as [`Writer::last_steps`] times them.
@@ -420,9 +448,11 @@ impl<M: LbMaps> Writer<M> {
             reserved_ids: BTreeSet::new(),
             last_steps: [0; STEPS.len()],
             v4_filter: None,
+            ports: PortMarks::adopted(None, []),
             limits,
             maps,
         };
+        writer.ports = PortMarks::adopted(writer.maps.tcp_ports(), decoded.backends.values());
         for (id, value) in decoded.backends {
             let maps = &writer.maps;
             writer.backends.adopt(id, value, |i| maps.backend(i));
@@ -711,7 +741,19 @@ impl<M: LbMaps> Writer<M> {
             .copied()
             .filter(|&c| changes[c].failed.is_none())
             .collect();
-        // First the /16s of the masters to publish leave `lb_v4_filter`, so no connect skips
+        // First the ports of the TCP backends these masters reach are marked in
+        // `lb_tcp_backend_ports`, so the reverse hooks look for the translations of the connects
+        // sent to them. Where that fails, a master that reaches a backend whose mark the map
+        // may not hold is not published (an existing frontend keeps its old master).
+        if let Err(reason) = self.mark_ports(&publish, &changes, &mut report) {
+            for &c in &publish {
+                if !reason.held.contains(&c) {
+                    changes[c].failed = Some(format!("writing {TCP_PORTS_MAP}: {}", reason.reason));
+                }
+            }
+            publish.retain(|&c| changes[c].failed.is_none());
+        }
+        // Then the /16s of the masters to publish leave `lb_v4_filter`, so no connect skips
         // them. Where that fails, a new master in a /16 connects may skip is not published
         // (rolled back below; an existing one's /16 already holds it).
         let publishing: Vec<FrontendKey> = publish.iter().map(|&c| changes[c].frontend).collect();
@@ -1321,6 +1363,44 @@ impl<M: LbMaps> Writer<M> {
             self.write_v4_filter(next, report)?;
         }
         Ok(())
+    }
+
+    /// Marks the ports of the TCP backends of the changes `publish` names
+    /// ([`super::ports`]), writing `lb_tcp_backend_ports` when that changes it (or when the
+    /// map is not known to hold the marks). On failure, the changes whose marks the map held
+    /// already.
+    fn mark_ports(
+        &mut self,
+        publish: &[usize],
+        changes: &[Change<'_>],
+        report: &mut ApplyReport,
+    ) -> Result<(), PortsFailure> {
+        let before = self.ports.clone();
+        for &c in publish {
+            for backend in tcp_backends(&changes[c]) {
+                self.ports.want(&backend);
+            }
+        }
+        let Some(&marks) = self.ports.pending() else {
+            return Ok(());
+        };
+        report.map_calls += 1;
+        match self.maps.write_tcp_ports(&marks) {
+            Ok(()) => {
+                report.map_operations += 1;
+                self.ports.set_written(true);
+                Ok(())
+            }
+            Err(reason) => {
+                self.ports.set_written(false);
+                let held = publish
+                    .iter()
+                    .copied()
+                    .filter(|&c| tcp_backends(&changes[c]).all(|b| before.holds(&b)))
+                    .collect();
+                Err(PortsFailure { reason, held })
+            }
+        }
     }
 
     fn write_v4_filter(&mut self, next: V4Filter, report: &mut ApplyReport) -> Result<(), String> {

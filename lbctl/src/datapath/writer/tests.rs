@@ -135,6 +135,7 @@ fn check_consistent(t: &MapDump, strict: bool, context: &str) {
 fn check_exact(maps: &impl LbMaps, want: &Desired, context: &str) {
     let t = maps.dump().unwrap();
     check_consistent(&t, true, context);
+    check_ports_safe(maps, context);
     assert_eq!(
         maps.v4_filter(),
         Some(V4Filter::of(want.services.keys())),
@@ -196,6 +197,30 @@ fn check_exact(maps: &impl LbMaps, want: &Desired, context: &str) {
         backends.len(),
         "{context}: duplicate backends"
     );
+}
+
+/// Every TCP backend a master the maps hold reaches has its port's bucket marked in
+/// `lb_tcp_backend_ports`: `getpeername` on a socket a connect sent there looks for its
+/// translation.
+fn check_ports_safe(maps: &impl LbMaps, context: &str) {
+    let marks = maps.tcp_ports().unwrap();
+    let t = maps.dump().unwrap();
+    for (key, master) in &t.services {
+        if key.proto != lb_common::IPPROTO_TCP {
+            continue;
+        }
+        for index in master.slot_base..master.slot_base + u32::from(master.count) {
+            let Some(backend) = t.slots.get(&index).and_then(|id| t.backends.get(id)) else {
+                continue;
+            };
+            assert_eq!(
+                marks[lb_common::tcp_port_bucket(backend.port)],
+                1,
+                "{context}: backend port {} of {key:?} not marked",
+                u16::from_be(backend.port)
+            );
+        }
+    }
 }
 
 /// No connect skips a master the maps hold: its /16 is held in `lb_v4_filter`.
@@ -328,7 +353,7 @@ fn tables_reach_the_desired_dump() {
     }
 }
 
-const OPS: [Op; 8] = [
+const OPS: [Op; 9] = [
     Op::WriteSlot,
     Op::UpdateBackend,
     Op::UpdateService,
@@ -337,6 +362,7 @@ const OPS: [Op; 8] = [
     Op::DeleteMember,
     Op::DeleteBackend,
     Op::WriteFilter,
+    Op::WritePorts,
 ];
 
 #[test]
@@ -359,6 +385,7 @@ fn a_fault_at_any_element_leaves_a_consistent_state_and_the_next_apply_repairs_i
                 let report = w.apply(&after).unwrap();
                 check_consistent(&w.maps().inner.tables, op != Op::DeleteMember, &context);
                 check_filter_safe(w.maps(), &context);
+                check_ports_safe(w.maps(), &context);
                 if matches!(op, Op::UpdateBackend | Op::UpdateService | Op::UpdateMember) {
                     assert!(
                         report
@@ -497,9 +524,9 @@ fn a_full_programming_is_one_batch_per_step() {
             .iter()
             .all(|c| (c.op, c.len) == (Op::UpdateBackend, 1))
     );
-    // And one write of `lb_v4_filter`, before the masters.
-    assert_eq!((report.map_calls, w.maps().batches()), (3, 3), "{report:?}");
-    assert_eq!(report.map_operations, 300 + 300 + 1 + 100);
+    // And one write of `lb_tcp_backend_ports` and one of `lb_v4_filter`, before the masters.
+    assert_eq!((report.map_calls, w.maps().batches()), (4, 4), "{report:?}");
+    assert_eq!(report.map_operations, 300 + 300 + 1 + 1 + 100);
     assert!(w.maps().tables.members.is_empty());
     assert_eq!(
         (report.frontends_written, report.backends_written),
@@ -523,9 +550,9 @@ fn a_large_step_is_split_into_calls_and_a_fault_in_a_later_call_is_contained() {
     let report = w.apply(&want).unwrap();
     no_errors(&report, "large");
     check_exact(w.maps(), &want, "large");
-    // Slots: split; the filter, one call; masters (2,000) fit one call; no memberships (TCP);
-    // the new backends are written one at a time, not in batches.
-    assert_eq!(report.map_calls, per_step + 2, "{report:?}");
+    // Slots: split; the port marks and the filter, one call each; masters (2,000) fit one
+    // call; no memberships (TCP); the new backends are written one at a time, not in batches.
+    assert_eq!(report.map_calls, per_step + 3, "{report:?}");
     // A slot write failing in the second call: only its frontend fails.
     let mut w = Writer::adopt(FaultyMaps::new(
         MemMaps::new(limits),
@@ -647,6 +674,7 @@ fn steps_larger_than_a_call_are_written_whole_and_in_step_order() {
         vec![
             call(Op::WriteSlot, MAX_BATCH),
             call(Op::WriteSlot, rest),
+            call(Op::WritePorts, 1),
             call(Op::WriteFilter, 1),
             call(Op::UpdateService, 2000),
         ]
@@ -904,6 +932,7 @@ mod incremental {
                 retry = report.errors.iter().map(|e| e.frontend).collect();
                 check_consistent(&w.maps().inner.tables, false, "incremental");
                 check_filter_safe(w.maps(), "incremental");
+                check_ports_safe(w.maps(), "incremental");
                 // No range leaks: every element in use is a frontend's range or waits to be
                 // cleared or freed.
                 let held: u32 = w
@@ -1148,4 +1177,117 @@ fn an_adopted_filter_is_kept_when_exact_and_written_whole_otherwise() {
         "{report:?}"
     );
     check_exact(whole.maps(), &want, "written whole");
+}
+
+/// The port of every TCP backend is marked before the master that reaches it is published (one
+/// write of `lb_tcp_backend_ports` per apply that needs a new mark, none otherwise), UDP
+/// backends' ports are not, and marks stay when their backends go.
+#[test]
+fn tcp_backend_ports_are_marked_before_their_masters() {
+    let want = desired(&[
+        (A, &["10.0.0.1:8080", "10.0.0.2:8443"], None),
+        ("10.97.3.3:53/udp", &["10.0.0.3:5353"], None),
+    ]);
+    let mut w = Writer::adopt(MemMaps::new(LIMITS)).unwrap();
+    no_errors(&w.apply(&want).unwrap(), "first");
+    let ops: Vec<Op> = w.maps().log.iter().map(|c| c.op).collect();
+    let ports_at = ops.iter().position(|&op| op == Op::WritePorts).unwrap();
+    let masters_at = ops.iter().position(|&op| op == Op::UpdateService).unwrap();
+    assert!(ports_at < masters_at, "{ops:?}");
+    let port = |p: u16| p.to_be();
+    let maps = w.maps();
+    assert!(maps.tcp_port_marked(port(8080)) && maps.tcp_port_marked(port(8443)));
+    let udp_only = lb_common::tcp_port_bucket(port(5353));
+    assert!(
+        [8080, 8443]
+            .map(|p| lb_common::tcp_port_bucket(port(p)))
+            .contains(&udp_only)
+            || !maps.tcp_port_marked(port(5353)),
+        "a UDP backend's port is not marked"
+    );
+
+    // A change on known ports writes no marks; a new port writes them once.
+    w.maps_mut().log.clear();
+    let moved = desired(&[(A, &["10.0.0.9:8080"], None)]);
+    no_errors(&w.apply(&moved).unwrap(), "same port");
+    assert!(!w.maps().log.iter().any(|c| c.op == Op::WritePorts));
+    assert!(w.maps().tcp_port_marked(port(8443)), "marks stay");
+    let new_port = desired(&[(A, &["10.0.0.9:9090"], None)]);
+    no_errors(&w.apply(&new_port).unwrap(), "new port");
+    assert_eq!(
+        w.maps()
+            .log
+            .iter()
+            .filter(|c| c.op == Op::WritePorts)
+            .count(),
+        1
+    );
+    assert!(w.maps().tcp_port_marked(port(9090)));
+}
+
+const D: &str = "10.96.0.4:80/tcp";
+
+/// When `lb_tcp_backend_ports` cannot be written, a master that needs a new mark is not
+/// published (an existing frontend keeps its old backends), the rest are, and the next apply
+/// writes the marks and publishes it.
+#[test]
+fn a_failed_port_marks_write_holds_back_only_the_masters_that_need_it() {
+    let before = desired(&[(A, &["10.0.0.1:8080"], None)]);
+    let after = desired(&[
+        (A, &["10.0.0.1:8080", "10.0.0.2:9090"], None),
+        (B, &["10.0.0.3:8080"], None),
+        (D, &["10.0.0.4:7070"], None),
+        ("10.97.3.3:53/udp", &["10.0.0.5:5353"], None),
+    ]);
+    let maps = FaultyMaps::new(MemMaps::new(LIMITS), [(Op::WritePorts, 1)]);
+    let mut w = Writer::adopt(maps).unwrap();
+    no_errors(&w.apply(&before).unwrap(), "before");
+    let report = w.apply(&after).unwrap();
+    let failed: BTreeSet<FrontendKey> = report.errors.iter().map(|e| e.frontend).collect();
+    assert_eq!(failed, BTreeSet::from([fe(A), fe(D)]), "{report:?}");
+    assert!(
+        report
+            .errors
+            .iter()
+            .all(|e| e.reason.contains("lb_tcp_backend_ports")),
+        "{report:?}"
+    );
+    check_ports_safe(w.maps(), "after the failure");
+    let programmed = read_frontends(w.maps()).unwrap();
+    let backends_of = |f: &str| {
+        programmed
+            .iter()
+            .find(|p| p.frontend == fe(f))
+            .map(|p| p.backends.clone())
+    };
+    assert_eq!(backends_of(A), Some(vec!["10.0.0.1:8080".parse().unwrap()]));
+    assert_eq!(backends_of(B), Some(vec!["10.0.0.3:8080".parse().unwrap()]));
+    assert_eq!(backends_of(D), None);
+    no_errors(&w.apply(&after).unwrap(), "the next apply");
+    check_exact(w.maps(), &after, "repaired");
+}
+
+/// Maps an older lbctl programmed hold TCP backends whose ports its programs marked only once a
+/// connect went there: an agent that adopts them marks them all with its first apply, even one
+/// that changes nothing else.
+#[test]
+fn adopted_tcp_backends_get_their_ports_marked() {
+    let want = desired(&[(A, &["10.0.0.1:8080"], None), (B, &["10.0.0.2:8443"], None)]);
+    let mut w = Writer::adopt(MemMaps::new(LIMITS)).unwrap();
+    no_errors(&w.apply(&want).unwrap(), "first");
+    let mut old = w.maps().clone();
+    old.tcp_ports = [0; lb_common::TCP_PORT_BUCKETS];
+    old.log.clear();
+    let mut adopted = Writer::adopt(old).unwrap();
+    let report = adopted.apply(&want).unwrap();
+    no_errors(&report, "adopted");
+    assert_eq!(
+        adopted.maps().log,
+        [crate::datapath::fake::Call {
+            op: Op::WritePorts,
+            len: 1
+        }],
+        "{report:?}"
+    );
+    check_exact(adopted.maps(), &want, "adopted");
 }
