@@ -181,7 +181,8 @@ pub fn remember_tcp(cookie: u64, translation: &Translation) {
 /// every TCP backend's port before it publishes a master that reaches the backend; the programs
 /// only read it. (Marking the port at each connect, as earlier versions did, put a load, a
 /// branch and a rarely taken store on the connect's critical path, after the backend's load:
-/// about 50 ns of a service connect's BPF time under an agent, `tests/kernel-time-ab.sh`.)
+/// 13 ns of a service connection's BPF time under an agent, `tests/kernel-time-ab.sh`, up to
+/// 57 ns when the VM was slow.)
 /// Small on purpose: every accepted socket reads one byte of it, so it stays in the cache (a
 /// byte per port, 64 KiB, cost each accept a cache miss: 40-80 ns). A client port in a marked
 /// bucket only costs its socket a cookie, an element read and a storage lookup.
