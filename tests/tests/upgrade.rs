@@ -30,6 +30,16 @@ fn map_id(node: &Node, map: &str) -> u32 {
         .id()
 }
 
+/// Stops a client loop: every connect it made reached a backend.
+fn all_reached(mut probe: Probe) {
+    let rest = probe.finish().unwrap();
+    assert!(
+        rest.iter()
+            .all(|o| matches!(o, testkit::probe::Outcome::Reached(_))),
+        "{rest:?}"
+    );
+}
+
 fn recorded(node: &Node) -> State {
     state::read(node.pins.path())
         .expect("reading lb_state")
@@ -188,12 +198,7 @@ fn changed_capacities_migrate_to_new_maps_without_a_failed_connect() {
         "the staging directory is gone"
     );
     assert_eq!(node.programmed(vip).map(|v| v.len()), Some(2));
-    let rest = probe.finish().unwrap();
-    assert!(
-        rest.iter()
-            .all(|o| matches!(o, testkit::probe::Outcome::Reached(_))),
-        "{rest:?}"
-    );
+    all_reached(probe);
 }
 
 /// Maps of an older layout version are migrated the same way (the pinned version is set back by
@@ -239,7 +244,7 @@ fn backend_ports_created_beside_kept_sockets_start_all_marked() {
     let Serving {
         node,
         mut agent,
-        mut probe,
+        probe,
         backends: _backends,
     } = serving("upgrade-ports", vip);
     let service = format!("{vip}:80");
@@ -250,14 +255,7 @@ fn backend_ports_created_beside_kept_sockets_start_all_marked() {
         [format!("connected {service}")]
     );
 
-    // No connect after this one: a connect to the held socket's backend port would mark it.
-    let before = probe.finish().unwrap();
-    assert!(
-        before
-            .iter()
-            .all(|o| matches!(o, testkit::probe::Outcome::Reached(_))),
-        "{before:?}"
-    );
+    all_reached(probe);
     // What such an lbctl pinned: the same maps without the ports.
     assert!(agent.terminate(), "{}", agent.log());
     let ports = node.pins.path().join(lb_common::TCP_PORTS_MAP);
@@ -306,17 +304,11 @@ fn an_upgrade_marks_the_ports_of_the_tcp_backends_it_adopts() {
     let Serving {
         node,
         mut agent,
-        mut probe,
+        probe,
         backends,
     } = serving("upgrade-marks", vip);
     let service = format!("{vip}:80");
-    let before = probe.finish().unwrap();
-    assert!(
-        before
-            .iter()
-            .all(|o| matches!(o, testkit::probe::Outcome::Reached(_))),
-        "{before:?}"
-    );
+    all_reached(probe);
     assert!(agent.terminate(), "{}", agent.log());
     // What such an lbctl left before any connect: no mark.
     let mut marks = port_marks(&node);
@@ -422,12 +414,7 @@ fn what_an_older_lbctl_pinned_and_this_one_no_longer_uses_is_retired() {
             "getpeername shows the service: {peers:?}"
         );
     }
-    let rest = probe.finish().unwrap();
-    assert!(
-        rest.iter()
-            .all(|o| matches!(o, testkit::probe::Outcome::Reached(_))),
-        "{rest:?}"
-    );
+    all_reached(probe);
 
     // Leftovers again, then an uninstall: nothing may stay pinned.
     assert!(agent.terminate(), "{}", agent.log());

@@ -223,6 +223,15 @@ fn check_ports_safe(maps: &impl LbMaps, context: &str) {
     }
 }
 
+/// The apply that made `report` wrote nothing but one element of `op` (a one-element map).
+fn assert_only_call(maps: &MemMaps, op: Op, report: &ApplyReport) {
+    assert_eq!(
+        maps.log,
+        [crate::datapath::fake::Call { op, len: 1 }],
+        "{report:?}"
+    );
+}
+
 /// No connect skips a master the maps hold: its /16 is held in `lb_v4_filter`.
 fn check_filter_safe(maps: &impl LbMaps, context: &str) {
     let filter = maps.v4_filter().unwrap();
@@ -1168,14 +1177,7 @@ fn an_adopted_filter_is_kept_when_exact_and_written_whole_otherwise() {
     new_map.log.clear();
     let mut whole = Writer::adopt(new_map).unwrap();
     let report = whole.apply(&want).unwrap();
-    assert_eq!(
-        whole.maps().log,
-        [crate::datapath::fake::Call {
-            op: Op::WriteFilter,
-            len: 1
-        }],
-        "{report:?}"
-    );
+    assert_only_call(whole.maps(), Op::WriteFilter, &report);
     check_exact(whole.maps(), &want, "written whole");
 }
 
@@ -1281,13 +1283,6 @@ fn adopted_tcp_backends_get_their_ports_marked() {
     let mut adopted = Writer::adopt(old).unwrap();
     let report = adopted.apply(&want).unwrap();
     no_errors(&report, "adopted");
-    assert_eq!(
-        adopted.maps().log,
-        [crate::datapath::fake::Call {
-            op: Op::WritePorts,
-            len: 1
-        }],
-        "{report:?}"
-    );
+    assert_only_call(adopted.maps(), Op::WritePorts, &report);
     check_exact(adopted.maps(), &want, "adopted");
 }
