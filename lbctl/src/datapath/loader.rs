@@ -303,7 +303,12 @@ pub(crate) fn install(config: &DatapathConfig, object: &Object) -> Result<Loaded
     // an agent) that did not keep it.
     maps.sync_v4_masters()?;
     // Before these programs run: they mark no port at connect, where older ones did.
-    maps.mark_backend_ports()?;
+    if let Some(buckets) = maps.mark_backend_ports()? {
+        tracing::debug!(
+            buckets,
+            "{TCP_PORTS_MAP}: the ports of the TCP backends marked"
+        );
+    }
 
     system::create_private_dir(&pin_dir.join("links"))?;
     let mut upgraded = false;

@@ -430,6 +430,7 @@ impl<M: LbMaps> Writer<M> {
     pub fn adopt(maps: M) -> Result<Self, DatapathError> {
         let limits = maps.limits();
         let decoded = decode(maps.dump()?);
+        let ports = PortMarks::adopted(maps.tcp_ports(), decoded.backends.values());
         let mut writer = Self {
             services: BTreeMap::new(),
             ranges: Ranges::new(limits.slots),
@@ -448,11 +449,10 @@ impl<M: LbMaps> Writer<M> {
             reserved_ids: BTreeSet::new(),
             last_steps: [0; STEPS.len()],
             v4_filter: None,
-            ports: PortMarks::adopted(None, []),
+            ports,
             limits,
             maps,
         };
-        writer.ports = PortMarks::adopted(writer.maps.tcp_ports(), decoded.backends.values());
         for (id, value) in decoded.backends {
             let maps = &writer.maps;
             writer.backends.adopt(id, value, |i| maps.backend(i));
