@@ -65,10 +65,10 @@ pub const TCP_RECENT_MAP: &str = "lb_tcp_recent";
 /// backend's port before it publishes a master that reaches the backend, and never clears one
 /// (an agent that creates the map beside a pinned [`SOCK_MAP`] marks every bucket, for the
 /// sockets an older one translated; earlier versions' programs marked the port at each TCP
-/// connect instead, a load and a branch on a connect's critical path). `getpeername4/6` look for a TCP socket's translation (its
-/// storage, then [`TCP_RECENT_MAP`]) only when its peer's port is in a marked bucket, so an
-/// accepted socket (whose peer is a client's port) mostly costs no storage lookup, no cookie and
-/// no element read.
+/// connect instead, a load and a branch on a connect's critical path). `getpeername4/6` look
+/// for a TCP socket's translation (its storage, then [`TCP_RECENT_MAP`]) only when its peer's
+/// port is in a marked bucket, so an accepted socket (whose peer is a client's port) mostly
+/// costs no storage lookup, no cookie and no element read.
 pub const TCP_PORTS_MAP: &str = "lb_tcp_backend_ports";
 /// Buckets (bytes) of [`TCP_PORTS_MAP`]'s element.
 pub const TCP_PORT_BUCKETS: usize = 1024;

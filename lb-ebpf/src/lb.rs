@@ -365,9 +365,9 @@ fn sticky(
 ///
 /// Lookups, for a TCP socket: whether the peer's port is in a marked bucket
 /// (`lb_tcp_backend_ports`, one byte of a cached element). The agent marks the port of every
-/// TCP backend before a connect can be sent to it, so a peer on a port of no marked bucket (the client of most accepted sockets,
-/// the one `getpeername` every `accept()` runs) ends it there: no cookie, no storage lookup.
-/// Otherwise its cookie's element of `lb_tcp_recent`, which holds the socket's newest
+/// TCP backend before a connect can be sent to it, so a peer on a port of no marked bucket (the
+/// client of most accepted sockets, the one `getpeername` every `accept()` runs) ends it there:
+/// no cookie, no storage lookup. Otherwise its cookie's element of `lb_tcp_recent`, which holds the socket's newest
 /// translation while it holds the cookie (and which [`keep`] then copies into the socket's
 /// storage); else the socket's storage (kept earlier). For a UDP socket, the storage only. Then
 /// the master (and, on a translation, `lb_meta[DEBUG]`).

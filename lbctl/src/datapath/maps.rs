@@ -103,7 +103,7 @@ pub(crate) const MAPS: [MapSpec; 16] = [
     MapSpec {
         name: TCP_PORTS_MAP,
         key_size: size_of::<u32>(),
-        value_size: 1024,
+        value_size: lb_common::TCP_PORT_BUCKETS,
         capacity: |_| 1,
     },
     // One element, a bit per IPv4 /16.
