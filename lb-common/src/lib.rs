@@ -395,7 +395,8 @@ pub mod stat {
     pub const REWRITTEN: u32 = 0;
     /// `connect()` to a frontend with no usable backend: refused with ECONNREFUSED.
     pub const REFUSED: u32 = 1;
-    /// Destination is no frontend: left untouched.
+    /// Destination looked up and found to be no frontend: left untouched. An IPv4 destination
+    /// in a /16 that holds no frontend is left untouched without a lookup and not counted.
     pub const PASSED: u32 = 2;
     /// A slot or backend vanished between reading the master and following it (a concurrent
     /// update); the program retried with the current entry.

@@ -164,7 +164,8 @@ pub struct ConnectCounts {
     pub rewritten: u64,
     /// The destination was a service without usable backends: ECONNREFUSED.
     pub refused: u64,
-    /// Not a service: left alone.
+    /// Looked up and not a service: left alone (an IPv4 destination in a /16 without
+    /// frontends is left alone without a lookup, and not counted).
     pub passed: u64,
 }
 

@@ -158,6 +158,9 @@ fn destinations_in_a_16_without_frontends_skip_the_services_table() {
     );
     let direct = Probe::run(Some(&s.cgroup), &["tcp", &b.addr("b0").to_string(), "2"]).unwrap();
     assert_eq!(direct, vec![Outcome::Reached("b0".into()); 2]);
+    // Left alone at the filter, without a lookup: not counted as `passed`.
+    let counters = s.datapath.counters().unwrap();
+    assert_eq!(counters.passed, 0, "{counters:?}");
 
     // A frontend in 127.3/16: the /16 is held, and the master found.
     let mut desired = Desired::default();

@@ -270,6 +270,7 @@ pub type TcpPortMarks = [u8; lb_common::TCP_PORT_BUCKETS];
 pub struct Counters {
     pub rewritten: u64,
     pub refused: u64,
+    /// Destinations looked up that are no frontend (`lb_common::stat::PASSED`).
     pub passed: u64,
     pub retried: u64,
     /// Replies (`recvmsg`) and peer addresses (`getpeername`) shown as the service address.
