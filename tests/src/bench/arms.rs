@@ -10,7 +10,7 @@ use super::{
     netns::{Netns, Topology, run, run_with_input},
     rules,
     scratch::BenchDatapath,
-    services::{ServiceSet, TARGET_PORT},
+    services::{DIRECT_PORT, ServiceSet, TARGET_PORT},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -113,7 +113,11 @@ impl FromStr for Arm {
 /// One arm at one service count: its namespaces with the rules loaded.
 pub struct Programmed {
     pub arm: Arm,
-    pub topology: Topology,
+    /// The arm's own namespaces; `None` for the direct arm beside an lbctl arm, which shares
+    /// lbctl's (see [`program`]).
+    pub topology: Option<Topology>,
+    /// The port the arm's client listens on, in the server namespace.
+    pub port: u16,
     /// Wall time of loading the rules (`None` for direct).
     pub program_ms: Option<f64>,
     /// Where the measured connects go (direct: every backend of the measured service, the
@@ -122,12 +126,31 @@ pub struct Programmed {
 }
 
 /// Builds the topology of `arm` and programs `set` into it (or, for lbctl, into `lb`).
+///
+/// The direct arm beside an lbctl arm (`lb` given) builds no namespaces: its client runs in
+/// lbctl's, from a cgroup without lbctl's programs, and listens on [`DIRECT_PORT`] (lbctl's
+/// client holds [`TARGET_PORT`] there). The two arms the tightest targets compare then differ
+/// in the programs alone, not also in where two sets of namespaces, veth pairs and sockets fell
+/// in memory (a placement that held for every round of a service count, and moved a count's
+/// ratios by about 1%).
 pub fn program(arm: Arm, set: &ServiceSet, lb: Option<&mut BenchDatapath>) -> Result<Programmed> {
-    let topology = Topology::new(
-        &format!("{}{}", arm.short(), set.count),
-        &ServiceSet::measured_backends(set.endpoints),
-    )
-    .with_context(|| format!("building the topology of {arm}"))?;
+    let shares_lbctl = arm == Arm::Direct && lb.is_some();
+    let topology = if shares_lbctl {
+        None
+    } else {
+        Some(
+            Topology::new(
+                &format!("{}{}", arm.short(), set.count),
+                &ServiceSet::measured_backends(set.endpoints),
+            )
+            .with_context(|| format!("building the topology of {arm}"))?,
+        )
+    };
+    let port = if shares_lbctl {
+        DIRECT_PORT
+    } else {
+        TARGET_PORT
+    };
     let program_ms = match arm {
         Arm::Direct => None,
         Arm::Lbctl => {
@@ -146,25 +169,37 @@ pub fn program(arm: Arm, set: &ServiceSet, lb: Option<&mut BenchDatapath>) -> Re
             let tool = arm.restore_tool().expect("iptables arm");
             let text = rules::iptables_restore(set);
             let t = Instant::now();
-            run_with_input(topology.client.exec(tool).arg("-w"), text.as_bytes())
-                .with_context(|| format!("loading {} services with {tool}", set.count))?;
+            run_with_input(
+                client_netns(&topology)?.exec(tool).arg("-w"),
+                text.as_bytes(),
+            )
+            .with_context(|| format!("loading {} services with {tool}", set.count))?;
             Some(t.elapsed().as_secs_f64() * 1e3)
         }
-        Arm::Nftables => Some(load_nft_chunked(&topology.client, set)?),
+        Arm::Nftables => Some(load_nft_chunked(client_netns(&topology)?, set)?),
     };
     let targets = match arm {
         Arm::Direct => ServiceSet::measured_backends(set.endpoints)
             .into_iter()
-            .map(|ip| SocketAddr::from((ip, TARGET_PORT)))
+            .map(|ip| SocketAddr::from((ip, port)))
             .collect(),
         _ => vec![set.measured()],
     };
     Ok(Programmed {
         arm,
         topology,
+        port,
         program_ms,
         targets,
     })
+}
+
+/// The client namespace of an arm that has namespaces of its own.
+fn client_netns(topology: &Option<Topology>) -> Result<&Netns> {
+    Ok(&topology
+        .as_ref()
+        .context("the arm has no namespaces")?
+        .client)
 }
 
 /// Loads the nftables rules in transactions of [`NFT_CHUNK`] services; returns the total time.

@@ -24,7 +24,6 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use super::{
     cleanup::{self, Registration, Resource},
     netns::Topology,
-    services::TARGET_PORT,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -221,9 +220,15 @@ fn rr_loop(
 }
 
 /// The child's main: wait for `go` (the parent moves us into the arm's cgroup first, and a
-/// socket belongs to the cgroup of its creator), make the listener in the server namespace,
-/// move to the client namespace, pin to `cpu`, then serve requests until stdin closes.
-pub fn child_main(client_netns: &Path, server_netns: &Path, cpu: Option<usize>) -> Result<()> {
+/// socket belongs to the cgroup of its creator), make the listener on `port` in the server
+/// namespace, move to the client namespace, pin to `cpu`, then serve requests until stdin
+/// closes.
+pub fn child_main(
+    client_netns: &Path,
+    server_netns: &Path,
+    port: u16,
+    cpu: Option<usize>,
+) -> Result<()> {
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
     match lines.next() {
@@ -233,10 +238,7 @@ pub fn child_main(client_netns: &Path, server_netns: &Path, cpu: Option<usize>) 
     enter_netns(server_netns)?;
     let listener = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
     listener.set_reuse_address(true)?;
-    listener.bind(&SockAddr::from(SocketAddr::from((
-        [0, 0, 0, 0],
-        TARGET_PORT,
-    ))))?;
+    listener.bind(&SockAddr::from(SocketAddr::from(([0, 0, 0, 0], port))))?;
     listener.listen(1024)?;
     let listener: TcpListener = listener.into();
     listener.set_nonblocking(false)?;
@@ -287,15 +289,23 @@ pub struct ClientProc {
 }
 
 impl ClientProc {
-    /// Starts a client for `topology`, inside `cgroup`, its measuring thread pinned to `cpu`.
-    pub fn spawn(topology: &Topology, cgroup: &Path, cpu: Option<usize>) -> Result<Self> {
+    /// Starts a client for `topology`, inside `cgroup`, its listener on `port`, its measuring
+    /// thread pinned to `cpu`.
+    pub fn spawn(
+        topology: &Topology,
+        cgroup: &Path,
+        port: u16,
+        cpu: Option<usize>,
+    ) -> Result<Self> {
         let exe: PathBuf = std::env::current_exe().context("current_exe")?;
         let mut cmd = Command::new(exe);
         cmd.arg("__client")
             .arg("--client-netns")
             .arg(topology.client.path())
             .arg("--server-netns")
-            .arg(topology.server.path());
+            .arg(topology.server.path())
+            .arg("--port")
+            .arg(port.to_string());
         if let Some(cpu) = cpu {
             cmd.arg("--cpu").arg(cpu.to_string());
         }

@@ -142,9 +142,12 @@ pub struct DatapathResults {
     pub floor: Option<KernelTime>,
 }
 
+/// An arm's client, and its namespaces with the rules loaded. The client is declared first so it
+/// exits before its namespaces are removed (a direct client in lbctl's namespaces may outlive
+/// them by a moment, which `ip netns del` allows: a namespace goes with its last process).
 struct Live {
-    programmed: Programmed,
     client: ClientProc,
+    programmed: Programmed,
 }
 
 /// One measurement slot: a client (index into the live arms) and what it is asked.
@@ -359,7 +362,7 @@ fn measure_floor(
     .context("building the topology of the floor measurement")?;
     let cgroup = scratch::cgroup("bench-empty")?;
     let empty = EmptyPrograms::attach(cgroup.path(), &CONNECTION_HOOKS)?;
-    let mut client = ClientProc::spawn(&topology, cgroup.path(), opts.cpu)
+    let mut client = ClientProc::spawn(&topology, cgroup.path(), TARGET_PORT, opts.cpu)
         .context("starting the client of the floor measurement")?;
     let request = Request::Connect {
         targets: backends.to_vec(),
@@ -498,18 +501,39 @@ pub fn run(opts: &DatapathOptions, arms: &[Arm]) -> Result<(DatapathResults, Vec
             if count == 1 { "" } else { "s" },
             opts.endpoints
         );
-        let mut live = Vec::new();
+        let mut programmed = Vec::new();
         for &arm in arms {
-            let programmed = arms::program(arm, &set, lb.as_mut())?;
-            if let Some(ms) = programmed.program_ms {
+            let p = arms::program(arm, &set, lb.as_mut())?;
+            if let Some(ms) = p.program_ms {
                 eprintln!("   {arm:<16} programmed in {}", fmt_ms(ms));
             }
-            let lb_cgroup = lb.as_ref().map(|l| l.cgroup.path());
-            let cgroup = arms::cgroup_for(arm, plain.path(), lb_cgroup.unwrap_or(plain.path()));
-            let client = ClientProc::spawn(&programmed.topology, cgroup, opts.cpu)
-                .with_context(|| format!("starting the client of {arm}"))?;
-            live.push(Live { programmed, client });
+            programmed.push(p);
         }
+        // The direct arm beside lbctl has no namespaces of its own: its client runs in lbctl's.
+        let lbctl_topology = programmed
+            .iter()
+            .find(|p| p.arm == Arm::Lbctl)
+            .and_then(|p| p.topology.as_ref());
+        let lb_cgroup = lb.as_ref().map(|l| l.cgroup.path());
+        let mut clients = Vec::new();
+        for p in &programmed {
+            let arm = p.arm;
+            let topology = p
+                .topology
+                .as_ref()
+                .or(lbctl_topology)
+                .with_context(|| format!("no namespaces for the client of {arm}"))?;
+            let cgroup = arms::cgroup_for(arm, plain.path(), lb_cgroup.unwrap_or(plain.path()));
+            clients.push(
+                ClientProc::spawn(topology, cgroup, p.port, opts.cpu)
+                    .with_context(|| format!("starting the client of {arm}"))?,
+            );
+        }
+        let mut live: Vec<Live> = programmed
+            .into_iter()
+            .zip(clients)
+            .map(|(programmed, client)| Live { client, programmed })
+            .collect();
 
         // Every arm to the service; every arm but direct (whose service slot already goes to
         // the backends) to the backends directly; lbctl's both again as kernel-time slots.

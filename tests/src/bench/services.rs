@@ -9,6 +9,9 @@ use lbctl::{datapath::Desired, plan::Protocol};
 
 pub const SERVICE_PORT: u16 = 80;
 pub const TARGET_PORT: u16 = 8080;
+/// The port the direct arm's client listens on when it shares the lbctl arm's namespaces (the
+/// lbctl client's listener holds [`TARGET_PORT`] there).
+pub const DIRECT_PORT: u16 = TARGET_PORT + 1;
 /// The pod network of the synthetic cluster (kube-proxy's `--cluster-cidr`).
 pub const CLUSTER_CIDR: &str = "10.128.0.0/9";
 pub const NAMESPACE: &str = "bench";

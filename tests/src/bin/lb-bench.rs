@@ -70,6 +70,9 @@ enum Internal {
         client_netns: PathBuf,
         #[arg(long)]
         server_netns: PathBuf,
+        /// The port its listener in the server namespace takes.
+        #[arg(long)]
+        port: u16,
         #[arg(long)]
         cpu: Option<usize>,
     },
@@ -95,8 +98,9 @@ fn main() -> Result<()> {
         Some(Internal::Client {
             client_netns,
             server_netns,
+            port,
             cpu,
-        }) => bench::client::child_main(&client_netns, &server_netns, cpu),
+        }) => bench::client::child_main(&client_netns, &server_netns, port, cpu),
         Some(Internal::ControlPlane {
             services,
             endpoints,
