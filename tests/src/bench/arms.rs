@@ -130,9 +130,8 @@ pub struct Programmed {
 /// The direct arm beside an lbctl arm (`lb` given) builds no namespaces: its client runs in
 /// lbctl's, from a cgroup without lbctl's programs, and listens on [`DIRECT_PORT`] (lbctl's
 /// client holds [`TARGET_PORT`] there). The two arms the tightest targets compare then differ
-/// in the programs alone, not also in where two sets of namespaces, veth pairs and sockets fell
-/// in memory (a placement that held for every round of a service count, and moved a count's
-/// ratios by about 1%).
+/// in the programs alone, not also in where two sets of namespaces, veth pairs and listeners
+/// fell in memory (a placement that would hold for every round of a service count).
 pub fn program(arm: Arm, set: &ServiceSet, lb: Option<&mut BenchDatapath>) -> Result<Programmed> {
     let shares_lbctl = arm == Arm::Direct && lb.is_some();
     let topology = if shares_lbctl {
