@@ -189,7 +189,7 @@ pub fn forward(
     hook: u8,
 ) -> Verdict {
     // Not counted: a counter's read-modify-write was about half of what this exit costs above
-    // an empty program (9-10 ns of 18, BENCHMARKS.md), and most connects on a node end here.
+    // an empty program (8-10 ns of 18, BENCHMARKS.md), and most connects on a node end here.
     if sock::is_mapped4(address) && maps::no_v4_frontend(address[3]) {
         return Verdict::Pass;
     }

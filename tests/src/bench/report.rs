@@ -525,11 +525,16 @@ pub fn write(dir: &Path, results: &Results, tables: &[Table]) -> Result<()> {
     ));
     if let Some(d) = &results.datapath {
         md.push_str(&format!(
-            "\nDatapath: {} rounds per service count, {} connects (+{} warm-up) per arm and round, order shuffled per round with direct and lbctl kept adjacent (seed {}), direct's client in lbctl's namespaces (outside lbctl's cgroup, its listener on another port), clients {}; ratios are per-round p50 ratios paired within a round: median [bootstrap 95% interval]; a target is met or missed only when the whole interval is on one side of it. Latency slots run with the BPF statistics off (as a node runs); BPF times: the run time of every program attached in the lbctl arm, read before and after each of its kernel-time slots (the same connects, one more slot per destination and round, with the statistics on through BPF_ENABLE_STATS around the slot only)\n",
+            "\nDatapath: {} rounds per service count, {} connects (+{} warm-up) per arm and round, order shuffled per round with direct and lbctl kept adjacent (seed {}){}, clients {}; ratios are per-round p50 ratios paired within a round: median [bootstrap 95% interval]; a target is met or missed only when the whole interval is on one side of it. Latency slots run with the BPF statistics off (as a node runs); BPF times: the run time of every program attached in the lbctl arm, read before and after each of its kernel-time slots (the same connects, one more slot per destination and round, with the statistics on through BPF_ENABLE_STATS around the slot only)\n",
             d.options.rounds,
             d.options.connects,
             d.options.warmup,
             d.options.seed,
+            if d.arms.contains(&Arm::Direct) && d.arms.contains(&Arm::Lbctl) {
+                ", direct's client in lbctl's namespaces (outside lbctl's cgroup, its listener on another port)"
+            } else {
+                ""
+            },
             d.options
                 .cpu
                 .map_or("not pinned".into(), |c| format!("pinned to CPU {c}"))
